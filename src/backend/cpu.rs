@@ -1,0 +1,566 @@
+//! CPU reference backend: rayon over independent work items, the `gemm` crate for every product.
+//!
+//! Convolutions are im2col + GEMM over tiles of output rows: a tile's column buffer stays in L2, each
+//! rayon task owns one (image, tile) pair, and the GEMM inside a task runs single-threaded so the two
+//! levels of parallelism do not fight.
+
+use super::{Activation, Backend};
+use crate::tensor::Tensor;
+use anyhow::{bail, ensure, Result};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+/// Target number of output pixels per conv tile (columns of the im2col buffer).
+const TILE_COLUMNS: usize = 2048;
+
+/// A raw pointer that rayon tasks may share because each writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    // A method (not field access) so closures capture the Send+Sync wrapper, not the raw pointer.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// dst (m x n, row stride dst_rs) = lhs (m x k, strides lhs_rs/lhs_cs) * rhs (k x n, strides rhs_rs/rhs_cs).
+///
+/// Safety: the pointers must cover the described matrices; dst must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    parallelism: Parallelism,
+) {
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs, false, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0, 1.0, false, false, false,
+        parallelism,
+    );
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// Public so that benches can measure the machine's SGEMM peak through the very code path the
+/// backend uses: C (m x n) = A (m x k) * B (k x n), all row-major.
+pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    unsafe {
+        matmul(m, n, k, c.as_mut_ptr(), n as isize, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, threads());
+    }
+}
+
+fn vector_arg<'a>(t: Option<&'a Tensor>, len: usize, what: &str) -> Result<Option<&'a [f32]>> {
+    match t {
+        Some(t) if t.len() != len => bail!("{what} has {} values, expected {len}", t.len()),
+        Some(t) => Ok(Some(t.data())),
+        None => Ok(None),
+    }
+}
+
+/// Fills `col` (rows = Cin*kh*kw, columns = output pixels of rows [oy0, oy1)) for one image.
+#[allow(clippy::too_many_arguments)]
+fn im2col_rows(
+    img: &[f32],
+    (cin, h, w): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+    wout: usize,
+    (oy0, oy1): (usize, usize),
+    col: &mut [f32],
+) {
+    let ncols = (oy1 - oy0) * wout;
+    for ci in 0..cin {
+        let plane = &img[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
+                let dst = &mut col[row * ncols..(row + 1) * ncols];
+                for (t, oy) in (oy0..oy1).enumerate() {
+                    let out_row = &mut dst[t * wout..(t + 1) * wout];
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    if stride == 1 {
+                        // Valid ox satisfy 0 <= ox + kx - pad < w: one contiguous copy plus zero edges.
+                        let lo = pad.saturating_sub(kx).min(wout);
+                        let hi = (w + pad).saturating_sub(kx).min(wout).max(lo);
+                        out_row[..lo].fill(0.0);
+                        out_row[hi..].fill(0.0);
+                        let s0 = lo + kx - pad;
+                        out_row[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (ox, o) in out_row.iter_mut().enumerate() {
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            *o = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Tensor;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+
+    fn download(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+
+    fn shape<'a>(&self, t: &'a Tensor) -> &'a [usize] {
+        t.shape()
+    }
+
+    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+        let (n, cin, h, w) = x.nchw()?;
+        let (cout, wcin, kh, kw) = weight.nchw()?;
+        ensure!(wcin == cin, "conv2d: input has {cin} channels, weight expects {wcin}");
+        ensure!(stride >= 1, "conv2d: stride must be >= 1");
+        ensure!(h + 2 * pad >= kh && w + 2 * pad >= kw, "conv2d: kernel {kh}x{kw} larger than padded input {h}x{w}");
+        let bias = vector_arg(bias, cout, "conv2d bias")?;
+        let hout = (h + 2 * pad - kh) / stride + 1;
+        let wout = (w + 2 * pad - kw) / stride + 1;
+        let kdim = cin * kh * kw;
+        let mut out = Tensor::zeros(&[n, cout, hout, wout]);
+        let rows_per_tile = (TILE_COLUMNS / wout).clamp(1, hout);
+        let tiles = hout.div_ceil(rows_per_tile);
+        let out_ptr = SharedMut(out.data_mut().as_mut_ptr());
+        let pointwise = kh == 1 && kw == 1 && stride == 1 && pad == 0;
+        (0..n * tiles).into_par_iter().for_each_init(Vec::new, |col: &mut Vec<f32>, task| {
+            let (img_idx, tile) = (task / tiles, task % tiles);
+            let (oy0, oy1) = (tile * rows_per_tile, ((tile + 1) * rows_per_tile).min(hout));
+            let ncols = (oy1 - oy0) * wout;
+            let img = &x.data()[img_idx * cin * h * w..(img_idx + 1) * cin * h * w];
+            // A 1x1 conv reads the input plane directly: its "column buffer" is the image itself.
+            let (rhs, rhs_rs) = if pointwise {
+                (img[oy0 * w..].as_ptr(), (h * w) as isize)
+            } else {
+                col.resize(kdim * ncols, 0.0);
+                im2col_rows(img, (cin, h, w), (kh, kw), stride, pad, wout, (oy0, oy1), col);
+                (col.as_ptr(), ncols as isize)
+            };
+            let plane = hout * wout;
+            // Safety: this task writes rows [oy0, oy1) of every output channel of image img_idx only.
+            unsafe {
+                let dst = out_ptr.ptr().add(img_idx * cout * plane + oy0 * wout);
+                matmul(cout, ncols, kdim, dst, plane as isize, weight.data().as_ptr(), kdim as isize, 1, rhs, rhs_rs, 1, Parallelism::None);
+                if let Some(b) = bias {
+                    for (co, &bv) in b.iter().enumerate() {
+                        let row = std::slice::from_raw_parts_mut(dst.add(co * plane), ncols);
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    fn conv_transpose2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (n, cin, h, w) = x.nchw()?;
+        let (wcin, cout, k, k2) = weight.nchw()?;
+        ensure!(wcin == cin, "conv_transpose2d: input has {cin} channels, weight expects {wcin}");
+        ensure!(k == k2, "conv_transpose2d: only square kernels (kernel = stride) are supported, got {k}x{k2}");
+        let bias = vector_arg(bias, cout, "conv_transpose2d bias")?;
+        let (hout, wout, hw) = (h * k, w * k, h * w);
+        let rows = cout * k * k;
+        let mut out = Tensor::zeros(&[n, cout, hout, wout]);
+        out.data_mut().par_chunks_mut(cout * hout * wout).enumerate().for_each_init(Vec::new, |buf: &mut Vec<f32>, (i, dst)| {
+            // buf[(co, ky, kx), pixel] = sum_ci w[ci, (co, ky, kx)] * x[ci, pixel], then scatter: with
+            // kernel == stride every output pixel receives exactly one term.
+            buf.resize(rows * hw, 0.0);
+            let img = &x.data()[i * cin * hw..(i + 1) * cin * hw];
+            unsafe {
+                matmul(rows, hw, cin, buf.as_mut_ptr(), hw as isize, weight.data().as_ptr(), 1, rows as isize, img.as_ptr(), hw as isize, 1, Parallelism::None);
+            }
+            for co in 0..cout {
+                let b = bias.map_or(0.0, |b| b[co]);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let src = &buf[((co * k + ky) * k + kx) * hw..][..hw];
+                        for y in 0..h {
+                            let row = &mut dst[co * hout * wout + (y * k + ky) * wout..][..wout];
+                            for xx in 0..w {
+                                row[xx * k + kx] = src[y * w + xx] + b;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    fn instance_norm(&self, x: &mut Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<()> {
+        let (_, c, h, w) = x.nchw()?;
+        let gamma = vector_arg(gamma, c, "instance_norm weight")?;
+        let beta = vector_arg(beta, c, "instance_norm bias")?;
+        x.data_mut().par_chunks_mut(h * w).enumerate().for_each(|(i, plane)| {
+            let ch = i % c;
+            // Two passes in f64: planes are up to 512x512, where a one-pass f32 variance loses digits.
+            let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / plane.len() as f64;
+            let var = plane.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / plane.len() as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            let scale = (inv * gamma.map_or(1.0, |g| g[ch] as f64)) as f32;
+            let shift = (beta.map_or(0.0, |b| b[ch] as f64) - mean * inv * gamma.map_or(1.0, |g| g[ch] as f64)) as f32;
+            plane.iter_mut().for_each(|v| *v = *v * scale + shift);
+        });
+        Ok(())
+    }
+
+    fn activate(&self, x: &mut Tensor, act: Activation) -> Result<()> {
+        if act != Activation::Identity {
+            x.data_mut().par_chunks_mut(16384).for_each(|chunk| chunk.iter_mut().for_each(|v| *v = act.apply(*v)));
+        }
+        Ok(())
+    }
+
+    fn max_pool2d(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        let (n, c, h, w) = x.nchw()?;
+        ensure!(k >= 1 && h >= k && w >= k, "max_pool2d: window {k} larger than input {h}x{w}");
+        let (ho, wo) = (h / k, w / k);
+        let mut out = Tensor::zeros(&[n, c, ho, wo]);
+        out.data_mut().par_chunks_mut(ho * wo).enumerate().for_each(|(i, dst)| {
+            let src = &x.data()[i * h * w..(i + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut m = f32::NEG_INFINITY;
+                    for dy in 0..k {
+                        for dx in 0..k {
+                            m = m.max(src[(oy * k + dy) * w + ox * k + dx]);
+                        }
+                    }
+                    dst[oy * wo + ox] = m;
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    fn upsample_bilinear2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.nchw()?;
+        let (ho, wo) = (2 * h, 2 * w);
+        // align_corners = true: output o samples input position o * (in - 1) / (out - 1).
+        let taps = |inp: usize, out: usize| -> Vec<(usize, usize, f32)> {
+            (0..out)
+                .map(|o| {
+                    let pos = if out > 1 { o as f64 * (inp - 1) as f64 / (out - 1) as f64 } else { 0.0 };
+                    let i0 = (pos.floor() as usize).min(inp - 1);
+                    let i1 = (i0 + 1).min(inp - 1);
+                    (i0, i1, (pos - i0 as f64) as f32)
+                })
+                .collect()
+        };
+        let (ty, tx) = (taps(h, ho), taps(w, wo));
+        let mut out = Tensor::zeros(&[n, c, ho, wo]);
+        out.data_mut().par_chunks_mut(ho * wo).enumerate().for_each(|(i, dst)| {
+            let src = &x.data()[i * h * w..(i + 1) * h * w];
+            for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
+                for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
+                    let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
+                    let bot = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
+                    dst[oy * wo + ox] = top * (1.0 - fy) + bot * fy;
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    fn pad_replicate_end(&self, x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
+        let (n, c, h, w) = x.nchw()?;
+        ensure!(ho >= h && wo >= w && h > 0 && w > 0, "pad_replicate_end: cannot pad {h}x{w} to {ho}x{wo}");
+        let mut out = Tensor::zeros(&[n, c, ho, wo]);
+        out.data_mut().par_chunks_mut(ho * wo).enumerate().for_each(|(i, dst)| {
+            let src = &x.data()[i * h * w..(i + 1) * h * w];
+            for oy in 0..ho {
+                let srow = &src[oy.min(h - 1) * w..][..w];
+                let drow = &mut dst[oy * wo..][..wo];
+                drow[..w].copy_from_slice(srow);
+                drow[w..].fill(srow[w - 1]);
+            }
+        });
+        Ok(out)
+    }
+
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (n, ca, h, w) = a.nchw()?;
+        let (nb, cb, hb, wb) = b.nchw()?;
+        ensure!((n, h, w) == (nb, hb, wb), "concat_channels: shapes {:?} and {:?} differ outside channels", a.shape(), b.shape());
+        let (sa, sb) = (ca * h * w, cb * h * w);
+        let mut out = Tensor::zeros(&[n, ca + cb, h, w]);
+        out.data_mut().par_chunks_mut(sa + sb).enumerate().for_each(|(i, dst)| {
+            dst[..sa].copy_from_slice(&a.data()[i * sa..(i + 1) * sa]);
+            dst[sa..].copy_from_slice(&b.data()[i * sb..(i + 1) * sb]);
+        });
+        Ok(out)
+    }
+
+    fn softmax_channels(&self, x: &mut Tensor) -> Result<()> {
+        let (_, c, h, w) = x.nchw()?;
+        let hw = h * w;
+        x.data_mut().par_chunks_mut(c * hw).for_each(|img| {
+            for p in 0..hw {
+                let m = (0..c).map(|ch| img[ch * hw + p]).fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for ch in 0..c {
+                    let e = (img[ch * hw + p] - m).exp();
+                    img[ch * hw + p] = e;
+                    sum += e;
+                }
+                for ch in 0..c {
+                    img[ch * hw + p] /= sum;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let [out_f, in_f] = weight.shape()[..] else { bail!("linear: weight must be (out, in), got {:?}", weight.shape()) };
+        let last = *x.shape().last().unwrap_or(&0);
+        ensure!(last == in_f, "linear: input's last axis is {last}, weight expects {in_f}");
+        let bias = vector_arg(bias, out_f, "linear bias")?;
+        let rows = x.len() / in_f;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = out_f;
+        let mut out = Tensor::zeros(&shape);
+        // rhs = W^T: element (k, j) is W[j, k].
+        unsafe {
+            matmul(rows, out_f, in_f, out.data_mut().as_mut_ptr(), out_f as isize, x.data().as_ptr(), in_f as isize, 1, weight.data().as_ptr(), 1, in_f as isize, threads());
+        }
+        if let Some(b) = bias {
+            out.data_mut().par_chunks_mut(out_f).for_each(|row| row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv));
+        }
+        Ok(out)
+    }
+
+    fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let d = *x.shape().last().unwrap_or(&0);
+        ensure!(gamma.len() == d && beta.len() == d, "layer_norm: weight/bias must have {d} values");
+        let mut out = x.clone();
+        out.data_mut().par_chunks_mut(d).for_each(|row| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gamma.data()).zip(beta.data()) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        });
+        Ok(out)
+    }
+
+    fn softmax_last(&self, x: &mut Tensor) -> Result<()> {
+        let d = *x.shape().last().unwrap_or(&0);
+        ensure!(d > 0, "softmax_last: empty last axis");
+        x.data_mut().par_chunks_mut(d).for_each(softmax_in_place);
+        Ok(())
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+        let [b, heads, lq, d] = q.shape()[..] else { bail!("attention: q must be (B, heads, L, d), got {:?}", q.shape()) };
+        ensure!(k.shape() == v.shape(), "attention: k {:?} and v {:?} differ", k.shape(), v.shape());
+        let [kb, kh, lk, kd] = k.shape()[..] else { bail!("attention: k must be rank 4") };
+        ensure!((kb, kh, kd) == (b, heads, d), "attention: q {:?} and k {:?} do not match", q.shape(), k.shape());
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = Tensor::zeros(&[b, heads, lq, d]);
+        out.data_mut().par_chunks_mut(lq * d).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, dst)| {
+            let (qi, ki, vi) = (&q.data()[i * lq * d..][..lq * d], &k.data()[i * lk * d..][..lk * d], &v.data()[i * lk * d..][..lk * d]);
+            scores.resize(lq * lk, 0.0);
+            unsafe {
+                // scores = Q K^T (rhs element (c, j) = K[j, c]), then softmax rows, then out = P V.
+                matmul(lq, lk, d, scores.as_mut_ptr(), lk as isize, qi.as_ptr(), d as isize, 1, ki.as_ptr(), 1, d as isize, Parallelism::None);
+            }
+            for (r, row) in scores.chunks_mut(lk).enumerate() {
+                row.iter_mut().for_each(|s| *s *= scale);
+                if causal {
+                    row[(r + 1).min(lk)..].fill(f32::NEG_INFINITY);
+                }
+                softmax_in_place(row);
+            }
+            unsafe {
+                matmul(lq, d, lk, dst.as_mut_ptr(), d as isize, scores.as_ptr(), lk as isize, 1, vi.as_ptr(), d as isize, 1, Parallelism::None);
+            }
+        });
+        Ok(out)
+    }
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    row.iter_mut().for_each(|v| {
+        *v = (*v - m).exp();
+        sum += *v;
+    });
+    row.iter_mut().for_each(|v| *v /= sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Philox;
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let rng = Philox::new(seed);
+        Tensor::new(shape, (0..n as u64).map(|i| rng.uniform(i) * 2.0 - 1.0).collect()).unwrap()
+    }
+
+    /// Direct 7-loop convolution: slow and obviously right.
+    fn naive_conv(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Tensor {
+        let (n, cin, h, wd) = x.nchw().unwrap();
+        let (cout, _, kh, kw) = w.nchw().unwrap();
+        let (ho, wo) = ((h + 2 * pad - kh) / stride + 1, (wd + 2 * pad - kw) / stride + 1);
+        let mut out = Tensor::zeros(&[n, cout, ho, wo]);
+        for i in 0..n {
+            for co in 0..cout {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = b.data()[co] as f64;
+                        for ci in 0..cin {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * stride + ky) as isize - pad as isize;
+                                    let ix = (ox * stride + kx) as isize - pad as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                        acc += x.data()[((i * cin + ci) * h + iy as usize) * wd + ix as usize] as f64
+                                            * w.data()[((co * cin + ci) * kh + ky) * kw + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out.data_mut()[((i * cout + co) * ho + oy) * wo + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv2d_matches_direct_convolution() {
+        // Shapes cover: 3x3 pad 1, odd sizes, stride 2, 1x1, rows split over several tiles.
+        for (seed, &(n, cin, cout, h, w, k, s, p)) in
+            [(2, 3, 5, 9, 7, 3, 1, 1), (1, 4, 6, 11, 13, 3, 2, 1), (3, 5, 2, 6, 6, 1, 1, 0), (1, 2, 3, 70, 100, 3, 1, 1), (1, 2, 2, 8, 9, 5, 1, 2)]
+                .iter()
+                .enumerate()
+        {
+            let x = random(&[n, cin, h, w], seed as u64 * 3);
+            let wt = random(&[cout, cin, k, k], seed as u64 * 3 + 1);
+            let b = random(&[cout], seed as u64 * 3 + 2);
+            let got = CpuBackend.conv2d(&x, &wt, Some(&b), s, p).unwrap();
+            let want = naive_conv(&x, &wt, &b, s, p);
+            // Floor 0.05: outputs are O(1) sums of f32 products, so near-zero outputs carry ~1e-6 absolute rounding.
+            let err = got.max_rel_error(&want, 0.05);
+            assert!(err < 1e-4, "case {seed}: rel err {err}");
+        }
+    }
+
+    #[test]
+    fn conv_transpose_places_each_tap() {
+        let x = random(&[2, 3, 4, 5], 11);
+        let wt = random(&[3, 2, 2, 2], 12);
+        let b = random(&[2], 13);
+        let got = CpuBackend.conv_transpose2d(&x, &wt, Some(&b)).unwrap();
+        for (i, co, oy, ox) in [(0, 0, 0, 0), (1, 1, 7, 9), (0, 1, 3, 4), (1, 0, 6, 1)] {
+            let mut want = b.data()[co] as f64;
+            for ci in 0..3 {
+                want += x.data()[((i * 3 + ci) * 4 + oy / 2) * 5 + ox / 2] as f64
+                    * wt.data()[((ci * 2 + co) * 2 + oy % 2) * 2 + ox % 2] as f64;
+            }
+            let g = got.data()[((i * 2 + co) * 8 + oy) * 10 + ox];
+            assert!((g as f64 - want).abs() < 1e-5, "{g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn instance_norm_gives_zero_mean_unit_variance() {
+        let mut x = random(&[2, 3, 10, 10], 5);
+        CpuBackend.instance_norm(&mut x, None, None, 0.0).unwrap();
+        for plane in x.data().chunks(100) {
+            let mean: f32 = plane.iter().sum::<f32>() / 100.0;
+            let var: f32 = plane.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 100.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "mean {mean} var {var}");
+        }
+    }
+
+    #[test]
+    fn upsample_keeps_corners_and_interpolates() {
+        let x = Tensor::new(&[1, 1, 2, 2], vec![0.0, 3.0, 6.0, 9.0]).unwrap();
+        let y = CpuBackend.upsample_bilinear2x(&x).unwrap();
+        let d = y.data();
+        assert_eq!((d[0], d[3], d[12], d[15]), (0.0, 3.0, 6.0, 9.0));
+        assert!((d[1] - 1.0).abs() < 1e-6); // 1/3 of the way from 0 to 3
+    }
+
+    #[test]
+    fn linear_and_attention_match_naive() {
+        let x = random(&[2, 3, 8], 21);
+        let w = random(&[5, 8], 22);
+        let b = random(&[5], 23);
+        let y = CpuBackend.linear(&x, &w, Some(&b)).unwrap();
+        for r in 0..6 {
+            for j in 0..5 {
+                let want: f32 = b.data()[j] + (0..8).map(|c| x.data()[r * 8 + c] * w.data()[j * 8 + c]).sum::<f32>();
+                assert!((y.data()[r * 5 + j] - want).abs() < 1e-5);
+            }
+        }
+        let (q, k, v) = (random(&[1, 2, 4, 3], 31), random(&[1, 2, 4, 3], 32), random(&[1, 2, 4, 3], 33));
+        for causal in [false, true] {
+            let o = CpuBackend.attention(&q, &k, &v, causal).unwrap();
+            for h in 0..2 {
+                for i in 0..4 {
+                    let base = h * 12;
+                    let keys = if causal { i + 1 } else { 4 };
+                    let s: Vec<f32> = (0..keys)
+                        .map(|j| (0..3).map(|c| q.data()[base + i * 3 + c] * k.data()[base + j * 3 + c]).sum::<f32>() / 3f32.sqrt())
+                        .collect();
+                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let z: f32 = s.iter().map(|v| (v - m).exp()).sum();
+                    for c in 0..3 {
+                        let want: f32 = (0..keys).map(|j| (s[j] - m).exp() / z * v.data()[base + j * 3 + c]).sum();
+                        assert!((o.data()[base + i * 3 + c] - want).abs() < 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_variants_match_known_values() {
+        assert!((Activation::Gelu.apply(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((Activation::QuickGelu.apply(1.0) - 1.0 / (1.0 + (-1.702f32).exp())).abs() < 1e-7);
+        assert_eq!(Activation::LeakyRelu(0.1).apply(-2.0), -0.2);
+    }
+}

@@ -1,0 +1,125 @@
+//! The layer-level compute interface. The CPU implementation is the reference for every other backend;
+//! the CUDA backend implements the same calls (and may fuse them) on device-resident tensors.
+//!
+//! Calls take and return the backend's own tensor type, so a model uploads its weights once and keeps
+//! activations where the backend wants them; `upload`/`download` are the only host crossings.
+
+pub mod cpu;
+
+use crate::tensor::Tensor;
+use anyhow::Result;
+
+pub use cpu::CpuBackend;
+
+/// Pointwise non-linearities used by the models (MONAI U-Net: ReLU/LeakyReLU; CLIP: QuickGELU/GELU).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    LeakyRelu(f32),
+    /// x * sigmoid(1.702 x), as in OpenAI CLIP.
+    QuickGelu,
+    /// The exact (erf) GELU.
+    Gelu,
+}
+
+impl Activation {
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::LeakyRelu(slope) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    x * slope
+                }
+            }
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+        }
+    }
+}
+
+/// erf with max abs error ~1.2e-7 (Numerical Recipes' erfc Chebyshev fit), enough for f32 GELU.
+fn erf(x: f32) -> f32 {
+    let z = (x as f64).abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
+}
+
+pub trait Backend: Send + Sync {
+    type Tensor: Clone + Send + Sync;
+
+    fn name(&self) -> String;
+    fn upload(&self, t: &Tensor) -> Result<Self::Tensor>;
+    fn download(&self, t: &Self::Tensor) -> Result<Tensor>;
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
+
+    /// 2-D convolution, NCHW input, weight (Cout, Cin, kh, kw), symmetric zero padding.
+    fn conv2d(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// Transposed convolution whose kernel equals its stride (MONAI's `deconv` upsampling):
+    /// weight (Cin, Cout, k, k), output (N, Cout, k*H, k*W).
+    fn conv_transpose2d(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Per (image, channel) normalisation over H*W with biased variance, then optional affine.
+    fn instance_norm(
+        &self,
+        x: &mut Self::Tensor,
+        gamma: Option<&Self::Tensor>,
+        beta: Option<&Self::Tensor>,
+        eps: f32,
+    ) -> Result<()>;
+
+    fn activate(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;
+
+    /// k x k max pooling with stride k, floor mode (odd edges dropped, as in PyTorch).
+    fn max_pool2d(&self, x: &Self::Tensor, k: usize) -> Result<Self::Tensor>;
+
+    /// Bilinear 2x upsampling with align_corners = true (MONAI's `nontrainable` upsampling).
+    fn upsample_bilinear2x(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Grow H, W to (h, w) by repeating the last row/column (MONAI UpCat's replicate pad).
+    fn pad_replicate_end(&self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
+
+    /// Channel concatenation [a, b] of two NCHW tensors with equal N, H, W.
+    fn concat_channels(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Softmax over the channel axis of an NCHW tensor.
+    fn softmax_channels(&self, x: &mut Self::Tensor) -> Result<()>;
+
+    /// y = x W^T + b over the last axis; weight (out, in) as in torch.nn.Linear.
+    fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+
+    /// LayerNorm over the last axis.
+    fn layer_norm(&self, x: &Self::Tensor, gamma: &Self::Tensor, beta: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+
+    /// Softmax over the last axis.
+    fn softmax_last(&self, x: &mut Self::Tensor) -> Result<()>;
+
+    /// Scaled dot-product attention over (B, heads, L, d) tensors; `causal` masks future positions.
+    fn attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, causal: bool) -> Result<Self::Tensor>;
+}

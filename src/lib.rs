@@ -1,0 +1,7 @@
+//! xaiclip: ROI-guided perturbation explanations for medical image segmentation (XAI-CLIP).
+
+pub mod backend;
+pub mod rng;
+pub mod tensor;
+pub mod models;
+pub mod weights;

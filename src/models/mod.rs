@@ -1,0 +1,5 @@
+//! Network definitions that run on any `Backend`.
+
+pub mod unet;
+
+pub use unet::{BasicUNet, UNetConfig};

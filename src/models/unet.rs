@@ -1,0 +1,318 @@
+//! MONAI `BasicUNet` (2-D), loaded from its PyTorch `state_dict` in safetensors plus a JSON config that
+//! mirrors the constructor's keyword arguments, so any MONAI user can export a trained model and run it.
+//!
+//! Structure (monai/networks/nets/basic_unet.py): conv_0 = TwoConv; down_1..4 = max-pool + TwoConv;
+//! upcat_4..1 = upsample, replicate-pad to the skip's size, concat [skip, up], TwoConv; final 1x1 conv.
+//! Each conv unit is conv -> norm -> dropout (identity at inference) -> activation ("NDA").
+
+use crate::backend::{Activation, Backend};
+use crate::tensor::Tensor;
+use crate::weights::{ParamReader, WeightsFile};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NormKind {
+    Instance { affine: bool },
+    Batch,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Upsample {
+    Deconv,
+    /// Optional 1x1 "preconv" then bilinear 2x with align_corners = true.
+    NonTrainable,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub features: [usize; 6],
+    pub act: Activation,
+    pub norm: NormKind,
+    pub norm_eps: f32,
+    pub bias: bool,
+    pub upsample: Upsample,
+}
+
+/// MONAI accepts a layer spec as "name" or ["name", {args}]; returns (lower-case name, args).
+fn layer_spec(v: &Value, what: &str) -> Result<(String, serde_json::Map<String, Value>)> {
+    match v {
+        Value::String(s) => Ok((s.to_lowercase(), Default::default())),
+        Value::Array(a) if !a.is_empty() && a[0].is_string() => {
+            let args = match a.get(1) {
+                Some(Value::Object(m)) => m.clone(),
+                None => Default::default(),
+                Some(other) => bail!("{what}: expected {{args}} after the name, got {other}"),
+            };
+            Ok((a[0].as_str().unwrap_or_default().to_lowercase(), args))
+        }
+        Value::Null => Ok(("none".into(), Default::default())),
+        other => bail!("{what}: expected \"name\" or [\"name\", {{args}}], got {other}"),
+    }
+}
+
+impl UNetConfig {
+    /// Parses the JSON form of `BasicUNet(spatial_dims=2, ...)` keyword arguments; absent keys take
+    /// MONAI's defaults.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).context("invalid JSON")?;
+        let usize_field = |key: &str, default: usize| -> Result<usize> {
+            match v.get(key) {
+                None => Ok(default),
+                Some(x) => x.as_u64().filter(|&n| n > 0).map(|n| n as usize).with_context(|| format!("{key} must be a positive integer, got {x}")),
+            }
+        };
+        let spatial_dims = usize_field("spatial_dims", 3)?;
+        ensure!(spatial_dims == 2, "spatial_dims is {spatial_dims}; xaiclip runs 2-D U-Nets only (spatial_dims = 2)");
+        let features = match v.get("features") {
+            None => [32, 32, 64, 128, 256, 32],
+            Some(f) => {
+                let list: Vec<usize> = f
+                    .as_array()
+                    .and_then(|a| a.iter().map(|x| x.as_u64().filter(|&n| n > 0).map(|n| n as usize)).collect::<Option<Vec<_>>>())
+                    .with_context(|| format!("features must be a list of positive integers, got {f}"))?;
+                match list.len() {
+                    6 => [list[0], list[1], list[2], list[3], list[4], list[5]],
+                    1 => [list[0]; 6],
+                    n => bail!("features must have 6 entries (MONAI ensure_tuple_rep), got {n}"),
+                }
+            }
+        };
+        let (act_name, act_args) = layer_spec(v.get("act").unwrap_or(&serde_json::json!(["leakyrelu", {"negative_slope": 0.1}])), "act")?;
+        let act = match act_name.as_str() {
+            "relu" => Activation::Relu,
+            // torch.nn.LeakyReLU's own default slope is 0.01 (BasicUNet's default spec passes 0.1).
+            "leakyrelu" => Activation::LeakyRelu(act_args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01) as f32),
+            "gelu" => Activation::Gelu,
+            other => bail!("act {other:?} is not supported (use relu, leakyrelu or gelu)"),
+        };
+        let (norm_name, norm_args) = layer_spec(v.get("norm").unwrap_or(&serde_json::json!(["instance", {"affine": true}])), "norm")?;
+        let norm = match norm_name.as_str() {
+            // MONAI's Norm["instance"] is torch InstanceNorm, affine off unless asked for.
+            "instance" => NormKind::Instance { affine: norm_args.get("affine").and_then(Value::as_bool).unwrap_or(false) },
+            "batch" => NormKind::Batch,
+            "none" => NormKind::None,
+            other => bail!("norm {other:?} is not supported (use instance, batch or none)"),
+        };
+        let norm_eps = norm_args.get("eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32;
+        let upsample = match v.get("upsample").and_then(Value::as_str).unwrap_or("deconv") {
+            "deconv" => Upsample::Deconv,
+            "nontrainable" => Upsample::NonTrainable,
+            other => bail!("upsample {other:?} is not supported (use deconv or nontrainable)"),
+        };
+        Ok(Self {
+            in_channels: usize_field("in_channels", 1)?,
+            out_channels: usize_field("out_channels", 2)?,
+            features,
+            act,
+            norm,
+            norm_eps,
+            bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
+            upsample,
+        })
+    }
+}
+
+/// conv (+ folded batch norm) -> instance norm? -> activation.
+struct ConvUnit<B: Backend> {
+    weight: B::Tensor,
+    bias: Option<B::Tensor>,
+    instance_norm: Option<(Option<B::Tensor>, Option<B::Tensor>)>,
+}
+
+struct TwoConv<B: Backend> {
+    convs: [ConvUnit<B>; 2],
+}
+
+struct UpCat<B: Backend> {
+    /// Deconv weight (Cin, Cup, 2, 2) or nontrainable preconv (Cup, Cin, 1, 1); absent for a
+    /// nontrainable upsample without channel change.
+    up_weight: Option<B::Tensor>,
+    up_bias: Option<B::Tensor>,
+    convs: TwoConv<B>,
+}
+
+pub struct BasicUNet<B: Backend> {
+    config: UNetConfig,
+    conv_0: TwoConv<B>,
+    downs: Vec<TwoConv<B>>,
+    ups: Vec<UpCat<B>>,
+    final_weight: B::Tensor,
+    final_bias: B::Tensor,
+}
+
+struct Loader<'a, 'b, B: Backend> {
+    backend: &'b B,
+    params: ParamReader<'a>,
+    config: &'b UNetConfig,
+}
+
+impl<B: Backend> Loader<'_, '_, B> {
+    fn up(&self, t: &Tensor) -> Result<B::Tensor> {
+        self.backend.upload(t)
+    }
+
+    fn conv_unit(&mut self, prefix: &str, cin: usize, cout: usize) -> Result<ConvUnit<B>> {
+        let mut weight = self.params.take(&format!("{prefix}.conv.weight"), &[cout, cin, 3, 3]);
+        let mut bias = self.config.bias.then(|| self.params.take(&format!("{prefix}.conv.bias"), &[cout]));
+        let norm = |p: &mut ParamReader, leaf: &str| p.take(&format!("{prefix}.adn.N.{leaf}"), &[cout]);
+        let mut instance_norm = None;
+        match self.config.norm {
+            NormKind::Batch => {
+                // Eval-mode batch norm is a per-channel affine map: fold it into the conv.
+                let (g, b, mean, var) = (norm(&mut self.params, "weight"), norm(&mut self.params, "bias"), norm(&mut self.params, "running_mean"), norm(&mut self.params, "running_var"));
+                let bias_vals = bias.get_or_insert_with(|| Tensor::zeros(&[cout]));
+                let per_out = cin * 9;
+                for co in 0..cout {
+                    let scale = g.data()[co] / (var.data()[co] + self.config.norm_eps).sqrt();
+                    weight.data_mut()[co * per_out..(co + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
+                    let bv = &mut bias_vals.data_mut()[co];
+                    *bv = (*bv - mean.data()[co]) * scale + b.data()[co];
+                }
+            }
+            NormKind::Instance { affine } => {
+                let affine_params = if affine {
+                    let (g, b) = (norm(&mut self.params, "weight"), norm(&mut self.params, "bias"));
+                    (Some(self.up(&g)?), Some(self.up(&b)?))
+                } else {
+                    (None, None)
+                };
+                instance_norm = Some(affine_params);
+            }
+            NormKind::None => {}
+        }
+        Ok(ConvUnit { weight: self.up(&weight)?, bias: bias.map(|b| self.up(&b)).transpose()?, instance_norm })
+    }
+
+    fn two_conv(&mut self, prefix: &str, cin: usize, cout: usize) -> Result<TwoConv<B>> {
+        Ok(TwoConv { convs: [self.conv_unit(&format!("{prefix}.conv_0"), cin, cout)?, self.conv_unit(&format!("{prefix}.conv_1"), cout, cout)?] })
+    }
+
+    /// MONAI UpCat(in_chns, cat_chns, out_chns, halves).
+    fn upcat(&mut self, prefix: &str, cin: usize, cat: usize, cout: usize, halves: bool) -> Result<UpCat<B>> {
+        let cup = if halves { cin / 2 } else { cin };
+        let bias = self.config.bias;
+        let (w, b) = match self.config.upsample {
+            Upsample::Deconv => (
+                Some(self.params.take(&format!("{prefix}.upsample.deconv.weight"), &[cin, cup, 2, 2])),
+                bias.then(|| self.params.take(&format!("{prefix}.upsample.deconv.bias"), &[cup])),
+            ),
+            Upsample::NonTrainable if cup != cin => (
+                Some(self.params.take(&format!("{prefix}.upsample.preconv.weight"), &[cup, cin, 1, 1])),
+                bias.then(|| self.params.take(&format!("{prefix}.upsample.preconv.bias"), &[cup])),
+            ),
+            Upsample::NonTrainable => (None, None),
+        };
+        Ok(UpCat {
+            up_weight: w.map(|t| self.up(&t)).transpose()?,
+            up_bias: b.map(|t| self.up(&t)).transpose()?,
+            convs: self.two_conv(&format!("{prefix}.convs"), cat + cup, cout)?,
+        })
+    }
+}
+
+impl<B: Backend> BasicUNet<B> {
+    /// Loads `dir/config.json` and `dir/model.safetensors`.
+    pub fn load_dir(backend: &B, dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read U-Net config", config_path.display()))?;
+        let config = UNetConfig::from_json(&text).with_context(|| format!("{}: bad U-Net config", config_path.display()))?;
+        let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        Self::load(backend, config, &weights)
+    }
+
+    pub fn load(backend: &B, config: UNetConfig, weights: &WeightsFile) -> Result<Self> {
+        let f = config.features;
+        let mut l = Loader { backend, params: ParamReader::new(weights), config: &config };
+        let conv_0 = l.two_conv("conv_0", config.in_channels, f[0])?;
+        let downs = (1..=4).map(|i| l.two_conv(&format!("down_{i}.convs"), f[i - 1], f[i])).collect::<Result<Vec<_>>>()?;
+        let ups = vec![
+            l.upcat("upcat_4", f[4], f[3], f[3], true)?,
+            l.upcat("upcat_3", f[3], f[2], f[2], true)?,
+            l.upcat("upcat_2", f[2], f[1], f[1], true)?,
+            l.upcat("upcat_1", f[1], f[0], f[5], false)?,
+        ];
+        let fw = l.params.take("final_conv.weight", &[config.out_channels, f[5], 1, 1]);
+        // final_conv always has a bias in MONAI (plain Conv, bias=True).
+        let fb = l.params.take("final_conv.bias", &[config.out_channels]);
+        let (final_weight, final_bias) = (l.up(&fw)?, l.up(&fb)?);
+        l.params.finish(&["num_batches_tracked"])?;
+        Ok(Self { config, conv_0, downs, ups, final_weight, final_bias })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    fn conv_unit(&self, b: &B, x: &B::Tensor, u: &ConvUnit<B>) -> Result<B::Tensor> {
+        let mut y = b.conv2d(x, &u.weight, u.bias.as_ref(), 1, 1)?;
+        if let Some((g, bt)) = &u.instance_norm {
+            b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps)?;
+        }
+        b.activate(&mut y, self.config.act)?;
+        Ok(y)
+    }
+
+    fn two_conv(&self, b: &B, x: &B::Tensor, t: &TwoConv<B>) -> Result<B::Tensor> {
+        let y = self.conv_unit(b, x, &t.convs[0])?;
+        self.conv_unit(b, &y, &t.convs[1])
+    }
+
+    fn upcat(&self, b: &B, x: &B::Tensor, skip: &B::Tensor, u: &UpCat<B>) -> Result<B::Tensor> {
+        let up = match (self.config.upsample, &u.up_weight) {
+            (Upsample::Deconv, Some(w)) => b.conv_transpose2d(x, w, u.up_bias.as_ref())?,
+            (Upsample::NonTrainable, Some(w)) => b.upsample_bilinear2x(&b.conv2d(x, w, u.up_bias.as_ref(), 1, 0)?)?,
+            _ => b.upsample_bilinear2x(x)?,
+        };
+        let (sh, sw) = (b.shape(skip)[2], b.shape(skip)[3]);
+        let up = if (b.shape(&up)[2], b.shape(&up)[3]) != (sh, sw) { b.pad_replicate_end(&up, sh, sw)? } else { up };
+        self.two_conv(b, &b.concat_channels(skip, &up)?, &u.convs)
+    }
+
+    /// Logits (N, out_channels, H, W) for a batch (N, in_channels, H, W); H and W must be >= 16 (four
+    /// 2x poolings).
+    pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let shape = b.shape(x);
+        ensure!(shape.len() == 4 && shape[1] == self.config.in_channels, "U-Net expects input (N, {}, H, W), got {shape:?}", self.config.in_channels);
+        ensure!(shape[2] >= 16 && shape[3] >= 16, "U-Net input must be at least 16x16, got {}x{}", shape[2], shape[3]);
+        let mut skips = vec![self.two_conv(b, x, &self.conv_0)?];
+        for down in &self.downs {
+            let pooled = b.max_pool2d(skips.last().expect("non-empty"), 2)?;
+            skips.push(self.two_conv(b, &pooled, down)?);
+        }
+        let mut y = skips.pop().expect("five levels");
+        for up in &self.ups {
+            y = self.upcat(b, &y, &skips.pop().expect("one skip per level"), up)?;
+        }
+        b.conv2d(&y, &self.final_weight, Some(&self.final_bias), 1, 0)
+    }
+
+    /// Class probabilities: softmax over channels of `forward_logits`.
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let mut y = self.forward_logits(b, x)?;
+        b.softmax_channels(&mut y)?;
+        Ok(y)
+    }
+
+    /// Multiply-adds of one forward at H x W, times two: the FLOP count benches report.
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        let f = self.config.features;
+        let conv3 = |cin: usize, cout: usize, hw: f64| 2.0 * 9.0 * (cin * cout) as f64 * hw;
+        let hw = |level: usize| ((h >> level) * (w >> level)) as f64;
+        let mut total = conv3(self.config.in_channels, f[0], hw(0)) + conv3(f[0], f[0], hw(0));
+        for i in 1..=4 {
+            total += conv3(f[i - 1], f[i], hw(i)) + conv3(f[i], f[i], hw(i));
+        }
+        let ups = [(f[4], f[3], f[3], true, 3), (f[3], f[2], f[2], true, 2), (f[2], f[1], f[1], true, 1), (f[1], f[0], f[5], false, 0)];
+        for (cin, cat, cout, halves, level) in ups {
+            let cup = if halves { cin / 2 } else { cin };
+            total += 2.0 * (cin * cup) as f64 * hw(level + 1) * if self.config.upsample == Upsample::Deconv { 4.0 } else { 1.0 };
+            total += conv3(cat + cup, cout, hw(level)) + conv3(cout, cout, hw(level));
+        }
+        total + 2.0 * (f[5] * self.config.out_channels) as f64 * hw(0)
+    }
+}

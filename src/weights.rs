@@ -1,0 +1,121 @@
+//! Reading model weights from safetensors files, and checking them against what a model expects.
+//!
+//! Every problem with a weights file is collected and reported together (missing, wrong shape,
+//! unexpected, non-finite), each with its tensor name, so a user exporting their own MONAI model sees the
+//! whole mismatch at once instead of fixing it one name at a time.
+
+use crate::tensor::Tensor;
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Refuse weight files above this size before reading them (the bundled models are a few MB).
+pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
+
+/// One tensor as stored: name, dtype and shape, for `xaiclip info`.
+#[derive(Clone, Debug)]
+pub struct StoredTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// A safetensors file read into memory, tensors converted to f32 on request.
+pub struct WeightsFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl WeightsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        if meta.len() > MAX_WEIGHTS_BYTES {
+            bail!("{}: {} bytes is larger than the {} byte limit for a weights file", path.display(), meta.len(), MAX_WEIGHTS_BYTES);
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), bytes })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn view(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("validated in open")
+    }
+
+    pub fn tensors(&self) -> Vec<StoredTensor> {
+        let mut list: Vec<StoredTensor> = self
+            .view()
+            .tensors()
+            .into_iter()
+            .map(|(name, t)| StoredTensor { name, dtype: format!("{:?}", t.dtype()), shape: t.shape().to_vec() })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// The tensor converted to f32; errors for unknown names, non-float dtypes and NaN/Inf values.
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        let view = self.view();
+        let t = view.tensor(name).map_err(|_| anyhow::anyhow!("{}: no tensor named {name}", self.path.display()))?;
+        let raw = t.data();
+        let values: Vec<f32> = match t.dtype() {
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => bail!("{}: tensor {name} has dtype {other:?}; weights must be F32, F16 or BF16", self.path.display()),
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!("{}: tensor {name} holds a non-finite value ({}) at flat index {i}", self.path.display(), values[i]);
+        }
+        Tensor::new(t.shape(), values)
+    }
+}
+
+/// Takes the tensors a model asks for, remembering every problem until `finish`.
+pub struct ParamReader<'a> {
+    file: &'a WeightsFile,
+    stored: BTreeMap<String, Vec<usize>>,
+    taken: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl<'a> ParamReader<'a> {
+    pub fn new(file: &'a WeightsFile) -> Self {
+        let stored = file.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
+        Self { file, stored, taken: Vec::new(), problems: Vec::new() }
+    }
+
+    /// The tensor `name` with exactly `shape`; on any problem records it and returns a zero placeholder
+    /// so loading can go on and report everything at once.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Tensor {
+        self.taken.push(name.to_string());
+        match self.stored.get(name) {
+            None => self.problems.push(format!("missing {name} (expected shape {shape:?})")),
+            Some(s) if s != shape => self.problems.push(format!("{name} has shape {s:?}, expected {shape:?}")),
+            Some(_) => match self.file.get(name) {
+                Ok(t) => return t,
+                Err(e) => self.problems.push(format!("{e:#}")),
+            },
+        }
+        Tensor::zeros(shape)
+    }
+
+    /// Fails with every recorded problem plus the stored tensors nobody asked for. Names in
+    /// `ignored_suffixes` (PyTorch bookkeeping such as `num_batches_tracked`) may be left over.
+    pub fn finish(self, ignored_suffixes: &[&str]) -> Result<()> {
+        let mut problems = self.problems;
+        for name in self.stored.keys() {
+            if !self.taken.contains(name) && !ignored_suffixes.iter().any(|s| name.ends_with(s)) {
+                problems.push(format!("unexpected tensor {name} (shape {:?})", self.stored[name]));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!("{}: weights do not match the model config ({} problems):\n  {}", self.file.path.display(), problems.len(), problems.join("\n  "))
+    }
+}

@@ -1,0 +1,62 @@
+//! The Rust BasicUNet against PyTorch/MONAI outputs saved by tests/fixtures/make_unet_fixtures.py.
+
+use std::path::PathBuf;
+use xaiclip::backend::{Backend, CpuBackend};
+use xaiclip::models::BasicUNet;
+use xaiclip::weights::WeightsFile;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn check(case: &str) {
+    let dir = fixture(&format!("unet_{case}"));
+    let model = BasicUNet::load_dir(&CpuBackend, &dir).unwrap();
+    let io = WeightsFile::open(&dir.join("io.safetensors")).unwrap();
+    let x = io.get("input").unwrap();
+    let logits = model.forward_logits(&CpuBackend, &x).unwrap();
+    let probs = model.forward(&CpuBackend, &x).unwrap();
+    // Element-wise relative error. Denominators are floored (logits: 1% of the largest |logit|;
+    // probabilities: 1e-3) because a logit that crosses zero has no meaningful relative error: the
+    // fixtures' worst raw case is 1.2e-3 vs 1.2e-3 + 5e-7, i.e. f32 rounding of a near-zero sum.
+    let want_logits = io.get("logits").unwrap();
+    let logit_err = CpuBackend.download(&logits).unwrap().max_rel_error(&want_logits, 0.01 * want_logits.max_abs());
+    let prob_err = probs.max_rel_error(&io.get("probs").unwrap(), 1e-3);
+    println!("{case}: logits max rel err {logit_err:.2e}, probs {prob_err:.2e}");
+    assert!(logit_err < 1e-4, "{case}: logits max rel error {logit_err}");
+    assert!(prob_err < 1e-4, "{case}: probabilities max rel error {prob_err}");
+}
+
+#[test]
+fn instance_norm_leaky_relu_deconv_matches_pytorch() {
+    check("instance_deconv");
+}
+
+#[test]
+fn batch_norm_relu_nontrainable_odd_size_matches_pytorch() {
+    check("batch_nontrainable");
+}
+
+#[test]
+fn instance_norm_without_affine_odd_size_matches_pytorch() {
+    check("instance_noaffine_odd");
+}
+
+#[test]
+fn mismatched_weights_list_every_problem() {
+    let dir = fixture("unet_instance_deconv");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    // Wider features than stored: every conv weight has the wrong shape, and norm params mismatch.
+    let mut config = xaiclip::models::UNetConfig::from_json(&text).unwrap();
+    config.features[0] = 6;
+    let weights = WeightsFile::open(&dir.join("model.safetensors")).unwrap();
+    let err = format!("{:#}", BasicUNet::load(&CpuBackend, config, &weights).err().expect("must fail"));
+    assert!(err.contains("conv_0.conv_0.conv.weight has shape [4, 1, 3, 3], expected [6, 1, 3, 3]"), "{err}");
+    assert!(err.contains("conv_0.conv_1.adn.N.weight has shape [4], expected [6]"), "{err}");
+    assert!(err.contains("model.safetensors"), "{err}");
+    // A config asking for batch norm finds the running stats missing.
+    let mut config = xaiclip::models::UNetConfig::from_json(&text).unwrap();
+    config.norm = xaiclip::models::unet::NormKind::Batch;
+    let err = format!("{:#}", BasicUNet::load(&CpuBackend, config, &weights).err().expect("must fail"));
+    assert!(err.contains("missing conv_0.conv_0.adn.N.running_mean (expected shape [4])"), "{err}");
+}
