@@ -5,3 +5,5 @@ pub mod rng;
 pub mod tensor;
 pub mod models;
 pub mod weights;
+pub mod io;
+pub mod preprocess;

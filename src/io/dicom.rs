@@ -1,0 +1,181 @@
+//! DICOM CT/MR series: one folder, one slice per file (dicom-rs). Slices are sorted by their position
+//! along the slice normal, rescaled to physical units, and given a RAS+ affine from
+//! ImagePositionPatient / ImageOrientationPatient / PixelSpacing.
+
+use super::{Volume, MAX_VOXELS};
+use anyhow::{bail, Context, Result};
+use dicom_dictionary_std::tags;
+use dicom_object::{open_file, DefaultDicomObject};
+use dicom_pixeldata::PixelDecoder;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+struct Slice {
+    path: PathBuf,
+    position: [f64; 3],
+    /// Position along the slice normal: the sort key.
+    distance: f64,
+    pixels: Vec<f32>,
+}
+
+struct Geometry {
+    rows: usize,
+    cols: usize,
+    row_dir: [f64; 3],
+    col_dir: [f64; 3],
+    /// (spacing between rows, spacing between columns), as PixelSpacing stores them.
+    spacing: [f64; 2],
+}
+
+fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag, name: &str, n: usize, path: &Path) -> Result<Vec<f64>> {
+    let v = obj
+        .element(tag)
+        .map_err(|_| anyhow::anyhow!("{}: missing {name}", path.display()))?
+        .to_multi_float64()
+        .map_err(|e| anyhow::anyhow!("{}: unreadable {name} ({e})", path.display()))?;
+    if v.len() < n || v.iter().any(|x| !x.is_finite()) {
+        bail!("{}: {name} must hold {n} finite numbers, got {v:?}", path.display());
+    }
+    Ok(v)
+}
+
+fn optional_float(obj: &DefaultDicomObject, tag: dicom_object::Tag, default: f64) -> f64 {
+    obj.element(tag).ok().and_then(|e| e.to_float64().ok()).filter(|v| v.is_finite()).unwrap_or(default)
+}
+
+fn int(obj: &DefaultDicomObject, tag: dicom_object::Tag, name: &str, path: &Path) -> Result<usize> {
+    obj.element(tag)
+        .map_err(|_| anyhow::anyhow!("{}: missing {name}", path.display()))?
+        .to_int::<u32>()
+        .map(|v| v as usize)
+        .map_err(|e| anyhow::anyhow!("{}: unreadable {name} ({e})", path.display()))
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a.iter().zip(&b).map(|(x, y)| x * y).sum()
+}
+
+fn geometry(obj: &DefaultDicomObject, path: &Path) -> Result<Geometry> {
+    let iop = floats(obj, tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6, path)?;
+    let spacing = floats(obj, tags::PIXEL_SPACING, "PixelSpacing", 2, path)?;
+    if spacing[0] <= 0.0 || spacing[1] <= 0.0 {
+        bail!("{}: PixelSpacing must be positive, got {spacing:?}", path.display());
+    }
+    Ok(Geometry {
+        rows: int(obj, tags::ROWS, "Rows", path)?,
+        cols: int(obj, tags::COLUMNS, "Columns", path)?,
+        row_dir: [iop[0], iop[1], iop[2]],
+        col_dir: [iop[3], iop[4], iop[5]],
+        spacing: [spacing[0], spacing[1]],
+    })
+}
+
+/// Decoded, rescaled pixels of one single-frame greyscale slice (any transfer syntax dicom-rs decodes,
+/// JPEG 2000 and JPEG lossless included).
+fn pixels(obj: &DefaultDicomObject, g: &Geometry, path: &Path) -> Result<Vec<f32>> {
+    let decoded = obj.decode_pixel_data().map_err(|e| anyhow::anyhow!("{}: cannot decode pixel data ({e})", path.display()))?;
+    if decoded.number_of_frames() != 1 || decoded.samples_per_pixel() != 1 {
+        bail!(
+            "{}: {} frames of {} samples per pixel; xaiclip reads single-frame greyscale slices",
+            path.display(),
+            decoded.number_of_frames(),
+            decoded.samples_per_pixel()
+        );
+    }
+    let n = g.rows * g.cols;
+    let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+    let raw = decoded.data();
+    let values: Vec<f32> = match (decoded.bits_allocated(), signed) {
+        (8, false) => raw.iter().map(|&b| b as f32).collect(),
+        (8, true) => raw.iter().map(|&b| b as i8 as f32).collect(),
+        (16, false) => raw.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]]) as f32).collect(),
+        (16, true) => raw.chunks_exact(2).map(|b| i16::from_ne_bytes([b[0], b[1]]) as f32).collect(),
+        (32, false) => raw.chunks_exact(4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        (32, true) => raw.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        (bits, _) => bail!("{}: {bits} bits allocated per pixel is not supported", path.display()),
+    };
+    if values.len() < n {
+        bail!("{}: pixel data holds {} of {n} pixels (truncated)", path.display(), values.len());
+    }
+    let slope = optional_float(obj, tags::RESCALE_SLOPE, 1.0);
+    let intercept = optional_float(obj, tags::RESCALE_INTERCEPT, 0.0);
+    Ok(values[..n].iter().map(|v| (*v as f64 * slope + intercept) as f32).collect())
+}
+
+/// Reads every DICOM file in `dir` (dot-files skipped) as one series.
+pub fn read_series(dir: &Path) -> Result<Volume> {
+    let d = dir.display();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{d}: cannot list folder"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{d}: folder holds no DICOM files");
+    }
+    let mut series: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let mut objects = Vec::with_capacity(files.len());
+    for f in &files {
+        let obj = open_file(f).map_err(|e| anyhow::anyhow!("{}: not a readable DICOM file ({e})", f.display()))?;
+        let uid = obj.element(tags::SERIES_INSTANCE_UID).ok().and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').trim().to_string())).unwrap_or_default();
+        series.entry(uid).or_default().push(f.clone());
+        objects.push(obj);
+    }
+    if series.len() > 1 {
+        let list: Vec<String> = series.iter().map(|(uid, fs)| format!("{uid} ({} files, e.g. {})", fs.len(), fs[0].display())).collect();
+        bail!("{d}: folder mixes {} series; give one series per folder: {}", series.len(), list.join("; "));
+    }
+    let g = geometry(&objects[0], &files[0])?;
+    if g.rows == 0 || g.cols == 0 || g.rows * g.cols * files.len() > MAX_VOXELS {
+        bail!("{d}: {} slices of {}x{} pixels is outside the supported size (up to {MAX_VOXELS} voxels)", files.len(), g.rows, g.cols);
+    }
+    let normal = cross(g.row_dir, g.col_dir);
+    let mut slices = Vec::with_capacity(files.len());
+    for (obj, path) in objects.iter().zip(&files) {
+        let gi = geometry(obj, path)?;
+        if (gi.rows, gi.cols) != (g.rows, g.cols) || (0..3).any(|i| (gi.row_dir[i] - g.row_dir[i]).abs() > 1e-4 || (gi.col_dir[i] - g.col_dir[i]).abs() > 1e-4) {
+            bail!("{}: size or orientation differs from {} in the same series", path.display(), files[0].display());
+        }
+        let p = floats(obj, tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3, path)?;
+        let position = [p[0], p[1], p[2]];
+        slices.push(Slice { path: path.clone(), position, distance: dot(position, normal), pixels: pixels(obj, &g, path)? });
+    }
+    slices.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    for pair in slices.windows(2) {
+        if (pair[1].distance - pair[0].distance).abs() < 1e-3 {
+            bail!("{} and {}: two slices at the same position", pair[0].path.display(), pair[1].path.display());
+        }
+    }
+    // Third axis: the average step between slices (handles gantry tilt and either slice direction).
+    let n = slices.len();
+    let step = if n > 1 {
+        let (a, b) = (slices[0].position, slices[n - 1].position);
+        [(b[0] - a[0]) / (n - 1) as f64, (b[1] - a[1]) / (n - 1) as f64, (b[2] - a[2]) / (n - 1) as f64]
+    } else {
+        let thickness = optional_float(&objects[0], tags::SLICE_THICKNESS, 1.0);
+        normal.map(|v| v * thickness)
+    };
+    let origin = slices[0].position;
+    // DICOM patient space is LPS; NIfTI's is RAS: negate x and y.
+    let lps_to_ras = [-1.0, -1.0, 1.0];
+    let mut affine = [[0.0; 4]; 4];
+    for r in 0..3 {
+        affine[r] = [
+            lps_to_ras[r] * g.row_dir[r] * g.spacing[1],
+            lps_to_ras[r] * g.col_dir[r] * g.spacing[0],
+            lps_to_ras[r] * step[r],
+            lps_to_ras[r] * origin[r],
+        ];
+    }
+    affine[3][3] = 1.0;
+    let mut data = Vec::with_capacity(g.rows * g.cols * n);
+    for s in &slices {
+        data.extend_from_slice(&s.pixels);
+    }
+    Ok(Volume { dims: [g.cols, g.rows, n], data, affine, source: dir.to_path_buf(), nifti_header: None })
+}

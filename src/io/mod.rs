@@ -1,0 +1,110 @@
+//! Medical image input and output: NIfTI-1 volumes, DICOM CT/MR series, atomic output files.
+//!
+//! Everything becomes a `Volume`: voxels as f32 in physical units (HU for CT) with x fastest, and the
+//! voxel-to-world affine in NIfTI's RAS+ millimetre convention, whatever the source format.
+
+pub mod dicom;
+pub mod nifti;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Refuse volumes above this many voxels before allocating (a 1024 x 1024 x 1024 scan is 2^30).
+pub const MAX_VOXELS: usize = 1 << 30;
+
+/// The NIfTI header of the source file, kept so outputs copy its geometry field for field.
+pub type NiftiHeader = ::nifti::NiftiHeader;
+
+#[derive(Clone, Debug)]
+pub struct Volume {
+    /// (nx, ny, nz) voxel counts; data index is x + nx * (y + ny * z).
+    pub dims: [usize; 3],
+    pub data: Vec<f32>,
+    /// Voxel (i, j, k) -> RAS+ world millimetres.
+    pub affine: [[f64; 4]; 4],
+    pub source: PathBuf,
+    pub nifti_header: Option<NiftiHeader>,
+}
+
+impl Volume {
+    pub fn voxel_count(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Voxel spacing in mm: the lengths of the affine's first three columns.
+    pub fn spacing(&self) -> [f64; 3] {
+        std::array::from_fn(|c| (0..3).map(|r| self.affine[r][c].powi(2)).sum::<f64>().sqrt())
+    }
+
+    /// Orientation code such as "RAS" or "LPS": for each voxel axis, the world direction it points to.
+    pub fn orientation(&self) -> String {
+        (0..3)
+            .map(|c| {
+                let col: Vec<f64> = (0..3).map(|r| self.affine[r][c]).collect();
+                let r = (0..3).max_by(|&a, &b| col[a].abs().total_cmp(&col[b].abs())).unwrap_or(0);
+                let positive = col[r] >= 0.0;
+                ["RL", "AP", "SI"][r].chars().nth(if positive { 0 } else { 1 }).unwrap_or('?')
+            })
+            .collect()
+    }
+
+    /// Distinct label values, ascending (for label volumes).
+    pub fn labels_present(&self) -> Vec<i64> {
+        let mut seen = std::collections::BTreeSet::new();
+        for &v in &self.data {
+            seen.insert(v.round() as i64);
+        }
+        seen.into_iter().collect()
+    }
+
+    /// Rejects NaN/Inf voxels with the first offending voxel's index.
+    pub fn check_finite(&self) -> Result<()> {
+        let bad = self.data.iter().filter(|v| !v.is_finite()).count();
+        if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
+            let (nx, ny) = (self.dims[0], self.dims[1]);
+            bail!(
+                "{}: {bad} voxels are NaN or infinite (first at voxel ({}, {}, {}))",
+                self.source.display(),
+                i % nx,
+                (i / nx) % ny,
+                i / (nx * ny)
+            );
+        }
+        Ok(())
+    }
+
+    /// Rejects a label volume with fractional or negative values.
+    pub fn check_labels(&self) -> Result<()> {
+        if let Some(v) = self.data.iter().find(|v| v.fract() != 0.0 || **v < 0.0) {
+            bail!("{}: not a label volume (holds the value {v}; labels must be non-negative integers)", self.source.display());
+        }
+        Ok(())
+    }
+}
+
+/// Reads a NIfTI file or a DICOM series folder, by what the path is.
+pub fn read_image(path: &Path) -> Result<Volume> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let volume = if meta.is_dir() { dicom::read_series(path)? } else { nifti::read(path)? };
+    volume.check_finite()?;
+    Ok(volume)
+}
+
+/// Creates `path` by writing to a temporary file beside it and renaming it into place, so a failed or
+/// interrupted write never leaves a partial output under the final name.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?.to_string_lossy().into_owned();
+    // Keep the full name as suffix: writers pick compression from the extension (".nii.gz").
+    let tmp = tempfile::Builder::new()
+        .prefix(".xaiclip-tmp-")
+        .suffix(&format!("-{name}"))
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a file in {}", path.display(), dir.display()))?;
+    write(tmp.path())?;
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("{}: cannot move the finished file into place ({})", path.display(), e.error))?;
+    Ok(())
+}

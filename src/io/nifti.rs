@@ -1,0 +1,134 @@
+//! NIfTI-1 volumes (.nii, .nii.gz) through the `nifti` crate, with checks made on the header before any
+//! voxel memory is allocated.
+
+use super::{write_atomically, Volume, MAX_VOXELS};
+use anyhow::{bail, Result};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use std::path::Path;
+
+fn describe(e: &nifti::NiftiError) -> String {
+    match e {
+        nifti::NiftiError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "file is truncated".into(),
+        nifti::NiftiError::Io(io) => format!("cannot read ({io})"),
+        other => other.to_string(),
+    }
+}
+
+/// Voxel-to-world affine by the NIfTI-1 rules: sform if set, else qform, else scaled identity.
+pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
+    let mut a = [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    if h.sform_code > 0 {
+        for (r, row) in [h.srow_x, h.srow_y, h.srow_z].iter().enumerate() {
+            a[r] = row.map(|v| v as f64);
+        }
+    } else if h.qform_code > 0 {
+        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+        let aa = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let rot = [
+            [aa * aa + b * b - c * c - d * d, 2.0 * (b * c - aa * d), 2.0 * (b * d + aa * c)],
+            [2.0 * (b * c + aa * d), aa * aa + c * c - b * b - d * d, 2.0 * (c * d - aa * b)],
+            [2.0 * (b * d - aa * c), 2.0 * (c * d + aa * b), aa * aa + d * d - b * b - c * c],
+        ];
+        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        let scale = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64 * qfac];
+        let offset = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
+        for r in 0..3 {
+            a[r] = [rot[r][0] * scale[0], rot[r][1] * scale[1], rot[r][2] * scale[2], offset[r]];
+        }
+    } else {
+        for (r, row) in a.iter_mut().take(3).enumerate() {
+            row[r] = h.pixdim[r + 1].abs().max(f32::MIN_POSITIVE) as f64;
+        }
+    }
+    a
+}
+
+/// Reads a 3-D NIfTI volume (a 4-D file with one time point is accepted) with scl_slope/inter applied.
+pub fn read(path: &Path) -> Result<Volume> {
+    let p = path.display();
+    let header = NiftiHeader::from_file(path).map_err(|e| anyhow::anyhow!("{p}: not a readable NIfTI-1 file ({})", describe(&e)))?;
+    let dim = header.dim().map_err(|e| anyhow::anyhow!("{p}: invalid dimensions in header ({e})"))?.to_vec();
+    let dims: [usize; 3] = match dim.len() {
+        2 => [dim[0] as usize, dim[1] as usize, 1],
+        3 => [dim[0] as usize, dim[1] as usize, dim[2] as usize],
+        n if n >= 4 && dim[3..].iter().all(|&d| d == 1) => [dim[0] as usize, dim[1] as usize, dim[2] as usize],
+        n => bail!("{p}: {n}-D volume of shape {dim:?}; xaiclip reads 3-D volumes (one time point)"),
+    };
+    let voxels: usize = dims.iter().product();
+    if voxels == 0 || voxels > MAX_VOXELS {
+        bail!("{p}: volume of {dims:?} voxels is outside the supported range (1 to {MAX_VOXELS} voxels)");
+    }
+    let datatype = header.data_type().map_err(|_| anyhow::anyhow!("{p}: unknown datatype code {}", header.datatype))?;
+    if !matches!(
+        datatype,
+        NiftiType::Uint8 | NiftiType::Int8 | NiftiType::Uint16 | NiftiType::Int16 | NiftiType::Uint32 | NiftiType::Int32 | NiftiType::Float32 | NiftiType::Float64
+    ) {
+        bail!("{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)");
+    }
+    let object = ReaderOptions::new().read_file(path).map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
+    // Read raw values, then scale here: the crate would also scale with a NaN slope, which real files
+    // (this project's reference CT among them) carry to mean "no scaling".
+    let mut raw_header = object.header().clone();
+    raw_header.scl_slope = 0.0;
+    let volume = nifti::InMemNiftiVolume::from_raw_data(&raw_header, object.into_volume().into_raw_data())
+        .map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
+    let array = volume.into_ndarray::<f32>().map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
+    let mut data: Vec<f32> = array.t().iter().copied().collect();
+    if data.len() != voxels {
+        bail!("{p}: file is truncated ({} of {voxels} voxels present)", data.len());
+    }
+    let (slope, inter) = (header.scl_slope, header.scl_inter);
+    if slope.is_finite() && slope != 0.0 && (slope != 1.0 || inter != 0.0) {
+        let inter = if inter.is_finite() { inter } else { 0.0 };
+        data.iter_mut().for_each(|v| *v = *v * slope + inter);
+    }
+    Ok(Volume { dims, data, affine: header_affine(&header), source: path.to_path_buf(), nifti_header: Some(header) })
+}
+
+/// Element types a NIfTI output can hold.
+pub trait NiftiElement: nifti::DataElement + bytemuck::Pod {}
+impl NiftiElement for u8 {}
+impl NiftiElement for i16 {}
+impl NiftiElement for f32 {}
+
+/// Writes `data` (x fastest, `like.dims`) as NIfTI with `like`'s geometry: its header fields when it came
+/// from NIfTI, otherwise an sform built from its affine. Atomic: see `write_atomically`.
+pub fn write_like<T: NiftiElement>(path: &Path, like: &Volume, data: &[T]) -> Result<()> {
+    let [nx, ny, nz] = like.dims;
+    if data.len() != nx * ny * nz {
+        bail!("{}: {} values do not fill a {nx}x{ny}x{nz} volume", path.display(), data.len());
+    }
+    let header = match &like.nifti_header {
+        Some(h) => {
+            let mut h = h.clone();
+            // A label or saliency volume is stored as-is: no intensity scaling, no intent from the source.
+            h.scl_slope = 1.0;
+            h.scl_inter = 0.0;
+            h.cal_min = 0.0;
+            h.cal_max = 0.0;
+            h
+        }
+        None => header_from_affine(&like.affine),
+    };
+    // Fortran order: shape (nx, ny, nz) with x fastest, exactly our layout.
+    use ndarray::ShapeBuilder;
+    let array = ndarray::Array::from_shape_vec((nx, ny, nz).f(), data.to_vec())?;
+    write_atomically(path, |tmp| {
+        nifti::writer::WriterOptions::new(tmp)
+            .reference_header(&header)
+            .write_nifti(&array)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write NIfTI ({e})", path.display()))
+    })
+}
+
+fn header_from_affine(affine: &[[f64; 4]; 4]) -> NiftiHeader {
+    let mut h = NiftiHeader { sform_code: 1, qform_code: 0, xyzt_units: 2, ..Default::default() };
+    h.srow_x = affine[0].map(|v| v as f32);
+    h.srow_y = affine[1].map(|v| v as f32);
+    h.srow_z = affine[2].map(|v| v as f32);
+    h.pixdim = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+    for c in 0..3 {
+        h.pixdim[c + 1] = (0..3).map(|r| affine[r][c].powi(2)).sum::<f64>().sqrt() as f32;
+    }
+    h
+}

@@ -1,0 +1,235 @@
+//! From a volume to model inputs and back: axial slice extraction in a fixed display orientation,
+//! intensity windowing, resampling to the model's input size.
+//!
+//! Orientation: a slice is laid out as a radiologist reads an axial image (and as DICOM stores it):
+//! row 0 is the patient's anterior side, column 0 the patient's right. The slice axis is the voxel axis
+//! closest to the patient's superior-inferior direction, and `--slice K` is the voxel index along it as
+//! stored in the file (ITK-SNAP's and 3D Slicer's voxel coordinate), so no re-slicing or re-numbering
+//! happens whatever the file's orientation.
+
+use crate::io::Volume;
+use anyhow::{bail, Result};
+
+/// A 2-D single-channel image, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// How voxel axes map to slice rows, columns and the slice index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AxialLayout {
+    pub slice_axis: usize,
+    pub row_axis: usize,
+    pub col_axis: usize,
+    pub flip_rows: bool,
+    pub flip_cols: bool,
+}
+
+impl AxialLayout {
+    pub fn of(volume: &Volume) -> Result<Self> {
+        let a = &volume.affine;
+        // Dominant world axis (0 = R-L, 1 = A-P, 2 = S-I) of each voxel axis.
+        let dominant: Vec<usize> = (0..3).map(|c| (0..3).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs())).unwrap_or(c)).collect();
+        let axis_for = |world: usize| dominant.iter().position(|&d| d == world);
+        let (Some(col_axis), Some(row_axis), Some(slice_axis)) = (axis_for(0), axis_for(1), axis_for(2)) else {
+            bail!("{}: voxel axes are too oblique to tell the axial direction (affine {a:?})", volume.source.display());
+        };
+        // RAS+: column index must run toward the patient's left (-x), row index toward posterior (-y).
+        Ok(Self { slice_axis, row_axis, col_axis, flip_cols: a[0][col_axis] > 0.0, flip_rows: a[1][row_axis] > 0.0 })
+    }
+
+    pub fn slices(&self, volume: &Volume) -> usize {
+        volume.dims[self.slice_axis]
+    }
+
+    /// (height, width) of a slice.
+    pub fn slice_shape(&self, volume: &Volume) -> (usize, usize) {
+        (volume.dims[self.row_axis], volume.dims[self.col_axis])
+    }
+
+    /// (row spacing, column spacing) in mm.
+    pub fn pixel_spacing(&self, volume: &Volume) -> (f64, f64) {
+        let s = volume.spacing();
+        (s[self.row_axis], s[self.col_axis])
+    }
+
+    /// Flat voxel index of slice `k`, pixel (row, col).
+    fn voxel_index(&self, dims: [usize; 3], k: usize, row: usize, col: usize) -> usize {
+        let mut ijk = [0usize; 3];
+        ijk[self.slice_axis] = k;
+        ijk[self.row_axis] = if self.flip_rows { dims[self.row_axis] - 1 - row } else { row };
+        ijk[self.col_axis] = if self.flip_cols { dims[self.col_axis] - 1 - col } else { col };
+        ijk[0] + dims[0] * (ijk[1] + dims[1] * ijk[2])
+    }
+
+    pub fn check_slice(&self, volume: &Volume, k: usize) -> Result<()> {
+        let n = self.slices(volume);
+        if k >= n {
+            bail!("{}: slice {k} is out of range (the volume has {n} axial slices, 0 to {})", volume.source.display(), n - 1);
+        }
+        Ok(())
+    }
+
+    pub fn extract(&self, volume: &Volume, k: usize) -> Result<Image> {
+        self.check_slice(volume, k)?;
+        let (height, width) = self.slice_shape(volume);
+        let mut data = Vec::with_capacity(height * width);
+        for row in 0..height {
+            for col in 0..width {
+                data.push(volume.data[self.voxel_index(volume.dims, k, row, col)]);
+            }
+        }
+        Ok(Image { height, width, data })
+    }
+
+    /// Writes a slice-shaped image back into a volume-shaped buffer at slice `k`.
+    pub fn insert<T: Copy>(&self, dims: [usize; 3], k: usize, image: &[T], dst: &mut [T]) {
+        let (height, width) = (dims[self.row_axis], dims[self.col_axis]);
+        assert_eq!(image.len(), height * width, "slice size must match the volume");
+        for row in 0..height {
+            for col in 0..width {
+                dst[self.voxel_index(dims, k, row, col)] = image[row * width + col];
+            }
+        }
+    }
+}
+
+/// Intensity normalisation to [0, 1] before the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Intensity {
+    /// CT window [low, high] in HU.
+    CtWindow { low: f32, high: f32 },
+    /// MR: the volume's 0.5th and 99.5th percentiles become 0 and 1.
+    MrPercentile,
+}
+
+impl Intensity {
+    /// The abdomen window used by default: [-160, 240] HU (level 40, width 400).
+    pub const ABDOMEN: Intensity = Intensity::CtWindow { low: -160.0, high: 240.0 };
+
+    /// Resolves to a concrete (low, high) for this volume.
+    pub fn range(&self, volume: &Volume) -> (f32, f32) {
+        match *self {
+            Intensity::CtWindow { low, high } => (low, high),
+            Intensity::MrPercentile => {
+                let mut sorted = volume.data.clone();
+                sorted.sort_unstable_by(f32::total_cmp);
+                let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+                let (lo, hi) = (at(0.005), at(0.995));
+                (lo, if hi > lo { hi } else { lo + 1.0 })
+            }
+        }
+    }
+}
+
+pub fn normalise(image: &Image, (low, high): (f32, f32)) -> Image {
+    let scale = 1.0 / (high - low);
+    Image { data: image.data.iter().map(|v| ((v - low) * scale).clamp(0.0, 1.0)).collect(), ..*image }
+}
+
+/// Source coordinate and weight pairs for resampling `from` pixels to `to` with pixel-centre alignment
+/// (torch's align_corners = false).
+fn bilinear_taps(from: usize, to: usize) -> Vec<(usize, usize, f32)> {
+    let scale = from as f64 / to as f64;
+    (0..to)
+        .map(|o| {
+            let pos = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (pos.floor() as usize).min(from - 1);
+            let i1 = (i0 + 1).min(from - 1);
+            (i0, i1, (pos - i0 as f64) as f32)
+        })
+        .collect()
+}
+
+/// Bilinear resampling of `channels` stacked planes (each from_h x from_w) to to_h x to_w.
+pub fn resize_bilinear(planes: &[f32], channels: usize, (from_h, from_w): (usize, usize), (to_h, to_w): (usize, usize)) -> Vec<f32> {
+    let (ty, tx) = (bilinear_taps(from_h, to_h), bilinear_taps(from_w, to_w));
+    let mut out = Vec::with_capacity(channels * to_h * to_w);
+    for c in 0..channels {
+        let src = &planes[c * from_h * from_w..(c + 1) * from_h * from_w];
+        for &(y0, y1, fy) in &ty {
+            for &(x0, x1, fx) in &tx {
+                let top = src[y0 * from_w + x0] * (1.0 - fx) + src[y0 * from_w + x1] * fx;
+                let bottom = src[y1 * from_w + x0] * (1.0 - fx) + src[y1 * from_w + x1] * fx;
+                out.push(top * (1.0 - fy) + bottom * fy);
+            }
+        }
+    }
+    out
+}
+
+/// Nearest-neighbour resampling (labels) with the same pixel-centre alignment.
+pub fn resize_nearest<T: Copy>(plane: &[T], (from_h, from_w): (usize, usize), (to_h, to_w): (usize, usize)) -> Vec<T> {
+    let pick = |o: usize, from: usize, to: usize| (((o as f64 + 0.5) * from as f64 / to as f64) as usize).min(from - 1);
+    let mut out = Vec::with_capacity(to_h * to_w);
+    for oy in 0..to_h {
+        let y = pick(oy, from_h, to_h);
+        for ox in 0..to_w {
+            out.push(plane[y * from_w + pick(ox, from_w, to_w)]);
+        }
+    }
+    out
+}
+
+/// Per-pixel argmax over channels of class probabilities resampled bilinearly from the model grid to
+/// the slice grid: the label map on the slice's own pixels.
+pub fn argmax_on_grid(probs: &[f32], channels: usize, model: (usize, usize), slice: (usize, usize)) -> Vec<u8> {
+    let resized = resize_bilinear(probs, channels, model, slice);
+    let plane = slice.0 * slice.1;
+    (0..plane)
+        .map(|p| (0..channels).max_by(|&a, &b| resized[a * plane + p].total_cmp(&resized[b * plane + p])).unwrap_or(0) as u8)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn volume(affine: [[f64; 4]; 4]) -> Volume {
+        let dims = [4, 3, 2];
+        Volume { dims, data: (0..24).map(|v| v as f32).collect(), affine, source: PathBuf::from("t.nii"), nifti_header: None }
+    }
+
+    #[test]
+    fn ras_volume_is_flipped_to_radiological_view() {
+        let v = volume([[2.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]]);
+        let layout = AxialLayout::of(&v).unwrap();
+        assert_eq!((layout.slice_axis, layout.flip_rows, layout.flip_cols), (2, true, true));
+        let img = layout.extract(&v, 1).unwrap();
+        // RAS+ points +x to the patient's right and +y anterior: row 0 is the highest y voxel, column 0
+        // the highest x voxel.
+        assert_eq!((img.height, img.width), (3, 4));
+        assert_eq!(img.data[0], v.data[3 + 4 * (2 + 3 * 1)]);
+        assert_eq!(layout.pixel_spacing(&v), (3.0, 2.0));
+        let mut back = vec![0.0; 24];
+        layout.insert(v.dims, 1, &img.data, &mut back);
+        assert_eq!(&back[12..], &v.data[12..]);
+        assert!(layout.extract(&v, 2).unwrap_err().to_string().contains("slice 2 is out of range"));
+    }
+
+    #[test]
+    fn lps_volume_keeps_stored_layout() {
+        let v = volume([[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]]);
+        let layout = AxialLayout::of(&v).unwrap();
+        assert_eq!((layout.flip_rows, layout.flip_cols), (false, false));
+        assert_eq!(layout.extract(&v, 0).unwrap().data, (0..12).map(|v| v as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn resampling_preserves_constants_and_identity() {
+        let plane: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(resize_bilinear(&plane, 1, (3, 4), (3, 4)), plane);
+        assert!(resize_bilinear(&[5.0; 6], 1, (2, 3), (7, 5)).iter().all(|&v| (v - 5.0).abs() < 1e-6));
+        assert_eq!(resize_nearest(&[1u8, 2, 3, 4], (2, 2), (4, 4))[..4], [1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn window_clamps_to_unit_range() {
+        let img = Image { height: 1, width: 3, data: vec![-1000.0, 40.0, 1000.0] };
+        assert_eq!(normalise(&img, (-160.0, 240.0)).data, vec![0.0, 0.5, 1.0]);
+    }
+}
