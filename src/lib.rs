@@ -7,3 +7,5 @@ pub mod models;
 pub mod weights;
 pub mod io;
 pub mod preprocess;
+pub mod segment;
+pub mod cli;

@@ -4,6 +4,7 @@
 //! unexpected, non-finite), each with its tensor name, so a user exporting their own MONAI model sees the
 //! whole mismatch at once instead of fixing it one name at a time.
 
+use crate::rng::Philox;
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -75,10 +76,16 @@ impl WeightsFile {
     }
 }
 
+enum Source<'a> {
+    File { file: &'a WeightsFile, stored: BTreeMap<String, Vec<usize>> },
+    /// Seeded random values of whatever shape is asked for: models of any size without a file, for
+    /// benches and shape tests.
+    Random { rng: Philox, drawn: u64 },
+}
+
 /// Takes the tensors a model asks for, remembering every problem until `finish`.
 pub struct ParamReader<'a> {
-    file: &'a WeightsFile,
-    stored: BTreeMap<String, Vec<usize>>,
+    source: Source<'a>,
     taken: Vec<String>,
     problems: Vec<String>,
 }
@@ -86,19 +93,40 @@ pub struct ParamReader<'a> {
 impl<'a> ParamReader<'a> {
     pub fn new(file: &'a WeightsFile) -> Self {
         let stored = file.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
-        Self { file, stored, taken: Vec::new(), problems: Vec::new() }
+        Self { source: Source::File { file, stored }, taken: Vec::new(), problems: Vec::new() }
+    }
+
+    /// Random initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights, near 1 for 1-D scales and
+    /// variances (so norms stay well defined).
+    pub fn random(seed: u64) -> Self {
+        Self { source: Source::Random { rng: Philox::new(seed), drawn: 0 }, taken: Vec::new(), problems: Vec::new() }
     }
 
     /// The tensor `name` with exactly `shape`; on any problem records it and returns a zero placeholder
     /// so loading can go on and report everything at once.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Tensor {
         self.taken.push(name.to_string());
-        match self.stored.get(name) {
-            None => self.problems.push(format!("missing {name} (expected shape {shape:?})")),
-            Some(s) if s != shape => self.problems.push(format!("{name} has shape {s:?}, expected {shape:?}")),
-            Some(_) => match self.file.get(name) {
-                Ok(t) => return t,
-                Err(e) => self.problems.push(format!("{e:#}")),
+        match &mut self.source {
+            Source::Random { rng, drawn } => {
+                let n: usize = shape.iter().product();
+                let near_one = shape.len() == 1 && (name.ends_with("weight") || name.ends_with("running_var"));
+                let bound = 1.0 / (shape.iter().skip(1).product::<usize>().max(1) as f32).sqrt();
+                let values = (0..n as u64)
+                    .map(|i| {
+                        let u = rng.uniform(*drawn + i) * 2.0 - 1.0;
+                        if near_one { 1.0 + 0.1 * u } else { u * bound }
+                    })
+                    .collect();
+                *drawn += n as u64;
+                return Tensor::new(shape, values).expect("length matches shape");
+            }
+            Source::File { file, stored } => match stored.get(name) {
+                None => self.problems.push(format!("missing {name} (expected shape {shape:?})")),
+                Some(s) if s != shape => self.problems.push(format!("{name} has shape {s:?}, expected {shape:?}")),
+                Some(_) => match file.get(name) {
+                    Ok(t) => return t,
+                    Err(e) => self.problems.push(format!("{e:#}")),
+                },
             },
         }
         Tensor::zeros(shape)
@@ -107,15 +135,16 @@ impl<'a> ParamReader<'a> {
     /// Fails with every recorded problem plus the stored tensors nobody asked for. Names in
     /// `ignored_suffixes` (PyTorch bookkeeping such as `num_batches_tracked`) may be left over.
     pub fn finish(self, ignored_suffixes: &[&str]) -> Result<()> {
+        let Source::File { file, stored } = self.source else { return Ok(()) };
         let mut problems = self.problems;
-        for name in self.stored.keys() {
+        for (name, shape) in &stored {
             if !self.taken.contains(name) && !ignored_suffixes.iter().any(|s| name.ends_with(s)) {
-                problems.push(format!("unexpected tensor {name} (shape {:?})", self.stored[name]));
+                problems.push(format!("unexpected tensor {name} (shape {shape:?})"));
             }
         }
         if problems.is_empty() {
             return Ok(());
         }
-        bail!("{}: weights do not match the model config ({} problems):\n  {}", self.file.path.display(), problems.len(), problems.join("\n  "))
+        bail!("{}: weights do not match the model config ({} problems):\n  {}", file.path.display(), problems.len(), problems.join("\n  "))
     }
 }

@@ -48,6 +48,29 @@ impl Volume {
             .collect()
     }
 
+    /// World RAS+ millimetres of voxel (i, j, k), fractional indices allowed.
+    pub fn voxel_to_world(&self, ijk: [f64; 3]) -> [f64; 3] {
+        std::array::from_fn(|r| (0..3).map(|c| self.affine[r][c] * ijk[c]).sum::<f64>() + self.affine[r][3])
+    }
+
+    /// Fractional voxel index of a world point (inverse of `voxel_to_world`; None for a singular affine).
+    pub fn world_to_voxel(&self, xyz: [f64; 3]) -> Option<[f64; 3]> {
+        let m = |r: usize, c: usize| self.affine[r][c];
+        let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1)) - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
+            + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
+        if det.abs() < 1e-12 {
+            return None;
+        }
+        let d = [xyz[0] - m(0, 3), xyz[1] - m(1, 3), xyz[2] - m(2, 3)];
+        // Cramer's rule: replace column c by d.
+        Some(std::array::from_fn(|c| {
+            let col = |r: usize, cc: usize| if cc == c { d[r] } else { m(r, cc) };
+            (col(0, 0) * (col(1, 1) * col(2, 2) - col(1, 2) * col(2, 1)) - col(0, 1) * (col(1, 0) * col(2, 2) - col(1, 2) * col(2, 0))
+                + col(0, 2) * (col(1, 0) * col(2, 1) - col(1, 1) * col(2, 0)))
+                / det
+        }))
+    }
+
     /// Distinct label values, ascending (for label volumes).
     pub fn labels_present(&self) -> Vec<i64> {
         let mut seen = std::collections::BTreeSet::new();

@@ -36,6 +36,8 @@ pub struct UNetConfig {
     pub norm_eps: f32,
     pub bias: bool,
     pub upsample: Upsample,
+    /// Side of the square input the model was trained on (xaiclip's own key `input_size`, not MONAI's).
+    pub input_size: Option<usize>,
 }
 
 /// MONAI accepts a layer spec as "name" or ["name", {args}]; returns (lower-case name, args).
@@ -113,6 +115,7 @@ impl UNetConfig {
             norm_eps,
             bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
             upsample,
+            input_size: v.get("input_size").map(|_| usize_field("input_size", 256)).transpose()?,
         })
     }
 }
@@ -226,8 +229,17 @@ impl<B: Backend> BasicUNet<B> {
     }
 
     pub fn load(backend: &B, config: UNetConfig, weights: &WeightsFile) -> Result<Self> {
+        Self::build(backend, config, ParamReader::new(weights))
+    }
+
+    /// A randomly initialised model of any configuration (benches, shape tests).
+    pub fn random(backend: &B, config: UNetConfig, seed: u64) -> Result<Self> {
+        Self::build(backend, config, ParamReader::random(seed))
+    }
+
+    fn build(backend: &B, config: UNetConfig, params: ParamReader) -> Result<Self> {
         let f = config.features;
-        let mut l = Loader { backend, params: ParamReader::new(weights), config: &config };
+        let mut l = Loader { backend, params, config: &config };
         let conv_0 = l.two_conv("conv_0", config.in_channels, f[0])?;
         let downs = (1..=4).map(|i| l.two_conv(&format!("down_{i}.convs"), f[i - 1], f[i])).collect::<Result<Vec<_>>>()?;
         let ups = vec![

@@ -1,0 +1,218 @@
+//! The `xaiclip` command line.
+
+use crate::backend::CpuBackend;
+use crate::io::{self, Volume};
+use crate::models::{BasicUNet, UNetConfig};
+use crate::preprocess::{AxialLayout, Intensity};
+use crate::segment::{segment_slices, SegmentOptions};
+use crate::weights::WeightsFile;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xaiclip",
+    version,
+    about = "Explain medical image segmentation models by ROI-guided perturbation (XAI-CLIP)",
+    long_about = "Explain medical image segmentation models by ROI-guided perturbation (XAI-CLIP).\n\n\
+        Images are NIfTI-1 volumes (.nii, .nii.gz) or folders holding one DICOM series. Models are MONAI \
+        BasicUNet (2-D) weights: a folder with model.safetensors (the PyTorch state_dict, names unchanged) \
+        and config.json (the BasicUNet keyword arguments).\n\n\
+        Errors name the file and the problem and exit with status 2; outputs are written atomically, so a \
+        failed run leaves no partial file."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Describe an image (NIfTI file or DICOM folder) or a weights file/folder.
+    ///
+    /// Images: grid, spacing, orientation, affine, intensity range and, for label maps, the labels
+    /// present. Weights: every tensor's name, dtype and shape; with a config.json beside it, also whether
+    /// the two match.
+    Info {
+        /// A .nii/.nii.gz file, a DICOM series folder, a .safetensors file, or a model folder.
+        path: PathBuf,
+    },
+    /// Segment axial slices with a U-Net and write the label volume on the input's grid.
+    ///
+    /// Each slice is windowed to [0, 1], resampled to the model's square input, segmented, and the class
+    /// probabilities are resampled back (bilinear) before the per-voxel argmax. Slices not asked for are
+    /// 0 (background) in the output. The output keeps the input's affine, so it overlays the image in
+    /// ITK-SNAP or 3D Slicer.
+    Segment {
+        /// Input image: NIfTI file or DICOM series folder.
+        #[arg(long)]
+        image: PathBuf,
+        /// Axial slice(s) to segment: an index along the file's slice axis (0-based), a comma list
+        /// (3,7,9), or "all".
+        #[arg(long, default_value = "all")]
+        slice: String,
+        /// U-Net folder holding model.safetensors and config.json.
+        #[arg(long)]
+        unet: PathBuf,
+        /// Output label volume (.nii or .nii.gz), uint8 class ids.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        intensity: IntensityArgs,
+        /// Model input size (square); default: config.json's input_size, else 256.
+        #[arg(long)]
+        size: Option<usize>,
+        /// Slices per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Modality {
+    /// CT: fixed HU window (--window).
+    Ct,
+    /// MR: the volume's 0.5th-99.5th percentiles map to [0, 1].
+    Mr,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IntensityArgs {
+    /// Image modality; decides how intensities are normalised.
+    #[arg(long, value_enum, default_value_t = Modality::Ct)]
+    pub modality: Modality,
+    /// CT window LOW,HIGH in HU mapped to [0, 1] (default: abdomen, level 40 width 400).
+    #[arg(long, default_value = "-160,240", allow_hyphen_values = true)]
+    pub window: String,
+}
+
+impl IntensityArgs {
+    pub fn intensity(&self) -> Result<Intensity> {
+        if self.modality == Modality::Mr {
+            return Ok(Intensity::MrPercentile);
+        }
+        let parts: Vec<f32> = self.window.split(',').map(|s| s.trim().parse::<f32>()).collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--window {:?}: expected LOW,HIGH in HU, e.g. -160,240", self.window))?;
+        match parts[..] {
+            [low, high] if low < high && low.is_finite() && high.is_finite() => Ok(Intensity::CtWindow { low, high }),
+            _ => bail!("--window {:?}: expected LOW,HIGH with LOW < HIGH", self.window),
+        }
+    }
+}
+
+/// Parses "all", "K" or "K1,K2,..." against the number of slices.
+pub fn parse_slices(spec: &str, volume: &Volume, layout: &AxialLayout) -> Result<Vec<usize>> {
+    let n = layout.slices(volume);
+    if spec.trim() == "all" {
+        return Ok((0..n).collect());
+    }
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        let k: usize = part.trim().parse().map_err(|_| anyhow::anyhow!("--slice {spec:?}: expected \"all\", an index, or a comma list of indices"))?;
+        layout.check_slice(volume, k)?;
+        out.push(k);
+    }
+    Ok(out)
+}
+
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info { path } => info(&path),
+        Command::Segment { image, slice, unet, out, intensity, size, batch } => {
+            let volume = io::read_image(&image)?;
+            let layout = AxialLayout::of(&volume)?;
+            let slices = parse_slices(&slice, &volume, &layout)?;
+            let model = BasicUNet::load_dir(&CpuBackend, &unet)?;
+            let options = SegmentOptions {
+                intensity: intensity.intensity()?,
+                input_size: size.or(model.config().input_size).unwrap_or(256),
+                batch,
+            };
+            let started = Instant::now();
+            let bar = progress_bar(slices.len() as u64, "segment slices");
+            let labels = segment_slices(&CpuBackend, &model, &volume, &slices, &options, |done| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            io::nifti::write_like(&out, &volume, &labels)?;
+            let counts = label_counts(&labels);
+            eprintln!(
+                "segmented {} slices in {:.2}s; wrote {} (labels present: {:?})",
+                slices.len(),
+                started.elapsed().as_secs_f64(),
+                out.display(),
+                counts.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn label_counts(labels: &[u8]) -> Vec<(u8, usize)> {
+    let mut counts = [0usize; 256];
+    labels.iter().for_each(|&l| counts[l as usize] += 1);
+    (0..=255u8).zip(counts).filter(|(_, c)| *c > 0).collect()
+}
+
+fn is_weights_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors") || (path.is_dir() && path.join("model.safetensors").is_file())
+}
+
+fn info(path: &Path) -> Result<()> {
+    if !path.exists() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    if is_weights_path(path) {
+        return weights_info(path);
+    }
+    let v = io::read_image(path)?;
+    let layout = AxialLayout::of(&v)?;
+    let s = v.spacing();
+    let (min, max) = v.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let kind = if v.nifti_header.is_some() { "NIfTI-1" } else { "DICOM series" };
+    println!("file:        {}", path.display());
+    println!("format:      {kind}");
+    println!("grid:        {} x {} x {} voxels", v.dims[0], v.dims[1], v.dims[2]);
+    println!("spacing:     {:.4} x {:.4} x {:.4} mm", s[0], s[1], s[2]);
+    println!("orientation: {} (axial slices along voxel axis {}: {} slices of {} x {} pixels)", v.orientation(), layout.slice_axis, layout.slices(&v), layout.slice_shape(&v).0, layout.slice_shape(&v).1);
+    for row in &v.affine[..3] {
+        println!("affine:      [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]", row[0], row[1], row[2], row[3]);
+    }
+    println!("values:      {min} to {max}");
+    if v.data.iter().all(|x| x.fract() == 0.0 && *x >= 0.0) && max <= 255.0 {
+        println!("labels:      {:?}", v.labels_present());
+    }
+    Ok(())
+}
+
+fn weights_info(path: &Path) -> Result<()> {
+    let (file, config) = if path.is_dir() { (path.join("model.safetensors"), Some(path.join("config.json"))) } else { (path.to_path_buf(), path.parent().map(|p| p.join("config.json"))) };
+    let weights = WeightsFile::open(&file)?;
+    let tensors = weights.tensors();
+    let params: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
+    println!("file:       {}", file.display());
+    println!("tensors:    {} ({} values)", tensors.len(), params);
+    for t in &tensors {
+        println!("  {:<50} {:<5} {:?}", t.name, t.dtype, t.shape);
+    }
+    if let Some(config_path) = config.filter(|c| c.is_file()) {
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
+        let config = UNetConfig::from_json(&text).with_context(|| format!("{}: bad U-Net config", config_path.display()))?;
+        println!("config:     {} -> {config:?}", config_path.display());
+        BasicUNet::load(&CpuBackend, config, &weights)?;
+        println!("check:      weights match the config (MONAI BasicUNet, 2-D)");
+    }
+    Ok(())
+}
