@@ -10,6 +10,7 @@ fn describe(e: &nifti::NiftiError) -> String {
     match e {
         nifti::NiftiError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "file is truncated".into(),
         nifti::NiftiError::Io(io) => format!("cannot read ({io})"),
+        nifti::NiftiError::IncompatibleLength(got, expected) => format!("file is truncated ({got} of {expected} data bytes present)"),
         other => other.to_string(),
     }
 }

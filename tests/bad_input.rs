@@ -1,0 +1,222 @@
+//! Bad input: each case gives a one-line error naming the file and the problem, exit status 2, and
+//! leaves no output file (not even a temporary one) behind.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use xaiclip::io::{nifti, Volume};
+
+fn volume(dims: [usize; 3], data: Vec<f32>) -> Volume {
+    let affine = [[1.5, 0.0, 0.0, -10.0], [0.0, 1.5, 0.0, 5.0], [0.0, 0.0, 2.5, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    Volume { dims, data, affine, source: PathBuf::from("test"), nifti_header: None }
+}
+
+/// A 24^3 CT-like volume with noise, so a gzip of it does not compress to nothing.
+fn write_ct(path: &Path) {
+    let rng = xaiclip::rng::Philox::new(5);
+    let data: Vec<f32> = (0..24 * 24 * 24).map(|i| (rng.uniform(i) * 400.0 - 200.0).round()).collect();
+    nifti::write_like(path, &volume([24, 24, 24], data.iter().map(|&v| v as i16).map(f32::from).collect()), &data).unwrap();
+}
+
+fn patch(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut raw = std::fs::read(path).unwrap();
+    raw[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, raw).unwrap();
+}
+
+/// Runs `segment` on `image` and checks the failure contract; returns the error line.
+fn segment_fails(image: &Path, extra: &[&str], expect: &[&str]) -> String {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("labels.nii.gz");
+    let unet = repo().join("tests/fixtures/unet_instance_deconv");
+    let mut args = vec!["segment", "--image", image.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "32"];
+    args.extend_from_slice(extra);
+    let o = xaiclip(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for e in expect {
+        assert!(lines[0].contains(e), "error line lacks {e:?}: {}", lines[0]);
+    }
+    assert!(files_in(out_dir.path()).is_empty(), "left behind: {:?}", files_in(out_dir.path()));
+    lines[0].to_string()
+}
+
+#[test]
+fn missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nothing-here.nii.gz");
+    segment_fails(&p, &[], &["nothing-here.nii.gz", "cannot open"]);
+}
+
+#[test]
+fn truncated_gz() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.nii.gz");
+    write_ct(&p);
+    let raw = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &raw[..raw.len() * 6 / 10]).unwrap();
+    segment_fails(&p, &[], &["cut.nii.gz", "truncated"]);
+}
+
+#[test]
+fn truncated_uncompressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.nii");
+    write_ct(&p);
+    let raw = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &raw[..raw.len() / 2]).unwrap();
+    segment_fails(&p, &[], &["cut.nii", "truncated"]);
+}
+
+#[test]
+fn not_a_nifti_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.nii");
+    std::fs::write(&p, "these are notes, not a volume\n".repeat(20)).unwrap();
+    segment_fails(&p, &[], &["notes.nii", "not a readable NIfTI-1 file"]);
+}
+
+#[test]
+fn unsupported_datatype() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("complex.nii");
+    write_ct(&p);
+    patch(&p, 70, &32i16.to_le_bytes()); // datatype = complex64
+    patch(&p, 72, &64i16.to_le_bytes()); // bitpix
+    segment_fails(&p, &[], &["complex.nii", "unsupported datatype Complex64"]);
+}
+
+#[test]
+fn four_d_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fmri.nii");
+    write_ct(&p);
+    patch(&p, 40, &4i16.to_le_bytes()); // dim[0] = 4
+    patch(&p, 48, &3i16.to_le_bytes()); // dim[4] = 3 time points
+    segment_fails(&p, &[], &["fmri.nii", "4-D volume", "3-D volumes"]);
+}
+
+#[test]
+fn absurd_dimensions_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge.nii");
+    write_ct(&p);
+    for (i, offset) in [42, 44, 46].into_iter().enumerate() {
+        patch(&p, offset, &(30000i16 - i as i16).to_le_bytes());
+    }
+    segment_fails(&p, &[], &["huge.nii", "outside the supported range"]);
+}
+
+#[test]
+fn nan_voxels() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nan.nii.gz");
+    let mut data = vec![0.0f32; 20 * 20 * 20];
+    data[3 + 20 * (4 + 20 * 5)] = f32::NAN;
+    nifti::write_like(&p, &volume([20, 20, 20], data.clone()), &data).unwrap();
+    segment_fails(&p, &[], &["nan.nii.gz", "1 voxels are NaN or infinite", "(3, 4, 5)"]);
+}
+
+#[test]
+fn slice_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ct.nii.gz");
+    write_ct(&p);
+    segment_fails(&p, &["--slice", "24"], &["ct.nii.gz", "slice 24 is out of range", "24 axial slices"]);
+    segment_fails(&p, &["--slice", "two"], &["--slice \"two\""]);
+}
+
+#[test]
+fn bad_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ct.nii.gz");
+    write_ct(&p);
+    segment_fails(&p, &["--window", "240,-160"], &["--window", "LOW < HIGH"]);
+}
+
+#[test]
+fn empty_dicom_folder_and_non_dicom_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("series");
+    std::fs::create_dir(&series).unwrap();
+    segment_fails(&series, &[], &["series", "holds no DICOM files"]);
+    std::fs::write(series.join("IM0001"), b"not dicom at all").unwrap();
+    segment_fails(&series, &[], &["IM0001", "not a readable DICOM file"]);
+}
+
+#[test]
+fn dicom_folder_with_mixed_series() {
+    let Some(shared) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(shared.join("ct_dicom")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for (i, f) in files.iter().take(4).enumerate() {
+        let mut obj = dicom_object::open_file(f).unwrap();
+        if i >= 2 {
+            obj.put(dicom_object::mem::InMemElement::new(
+                dicom_dictionary_std::tags::SERIES_INSTANCE_UID,
+                dicom_core::VR::UI,
+                dicom_core::PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.99"),
+            ));
+        }
+        obj.write_to_file(dir.path().join(format!("slice{i}.dcm"))).unwrap();
+    }
+    segment_fails(dir.path(), &[], &["mixes 2 series", "2 files"]);
+}
+
+#[test]
+fn weights_that_do_not_match_their_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ct.nii.gz");
+    write_ct(&p);
+    let unet = dir.path().join("unet");
+    std::fs::create_dir(&unet).unwrap();
+    let fixture = repo().join("tests/fixtures/unet_instance_deconv");
+    std::fs::copy(fixture.join("model.safetensors"), unet.join("model.safetensors")).unwrap();
+    std::fs::write(unet.join("config.json"), r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 5, "features": [4, 4, 8, 8, 16, 4]}"#).unwrap();
+    let out = dir.path().join("o.nii.gz");
+    let o = xaiclip(&["segment", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.safetensors") && err.contains("final_conv.weight has shape [3, 4, 1, 1], expected [5, 4, 1, 1]"), "{err}");
+    assert!(!out.exists());
+    std::fs::write(unet.join("config.json"), "{ not json").unwrap();
+    let o = xaiclip(&["segment", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(stderr(&o).contains("config.json: bad U-Net config: invalid JSON"), "{}", stderr(&o));
+    std::fs::write(unet.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    std::fs::write(unet.join("config.json"), "{}").unwrap();
+    let o = xaiclip(&["info", unet.to_str().unwrap()]);
+    assert!(stderr(&o).contains("model.safetensors: not a valid safetensors file"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn unwritable_output_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ct.nii.gz");
+    write_ct(&p);
+    let unet = repo().join("tests/fixtures/unet_instance_deconv");
+    let out = dir.path().join("no-such-folder/labels.nii.gz");
+    let o = xaiclip(&["segment", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "32"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("labels.nii.gz: cannot create a file in"), "{}", stderr(&o));
+}
+
+#[test]
+fn nifti_roundtrip_keeps_values_and_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["v.nii", "v.nii.gz"] {
+        let p = dir.path().join(name);
+        let data: Vec<f32> = (0..6 * 5 * 4).map(|v| v as f32 * 0.5 - 3.0).collect();
+        let v = volume([6, 5, 4], data.clone());
+        nifti::write_like(&p, &v, &data).unwrap();
+        let back = xaiclip::io::read_image(&p).unwrap();
+        assert_eq!((back.dims, &back.data), (v.dims, &data));
+        assert_eq!(back.affine, v.affine);
+        assert_eq!(files_in(dir.path()).len(), if name == "v.nii" { 1 } else { 2 }, "no temporary files remain");
+    }
+}
