@@ -1,1 +1,70 @@
-fn main(){}
+//! CPU throughput: the machine's SGEMM peak through the backend's GEMM, the U-Net's conv shapes, and
+//! a whole BasicUNet forward. Throughput is reported in FLOP/s (criterion's "elem/s" = FLOP/s here).
+//!
+//! Run: cargo bench --bench unet
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::Duration;
+use xaiclip::backend::{cpu::sgemm, Backend, CpuBackend};
+use xaiclip::models::{BasicUNet, UNetConfig};
+use xaiclip::rng::Philox;
+use xaiclip::tensor::Tensor;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let rng = Philox::new(seed);
+    Tensor::new(shape, (0..n as u64).map(|i| rng.uniform(i) - 0.5).collect()).unwrap()
+}
+
+
+fn sgemm_peak(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sgemm");
+    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    // Square: the machine's peak. Thin: the im2col product of a 32->32 3x3 conv over one 2048-pixel tile.
+    for &(m, n, k) in &[(2048usize, 2048usize, 2048usize), (32, 2048, 288)] {
+        let (a, b) = (random(&[m, k], 1), random(&[k, n], 2));
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_function(BenchmarkId::from_parameter(format!("{m}x{n}x{k}")), |bench| {
+            bench.iter(|| sgemm(m, n, k, a.data(), b.data(), &mut out))
+        });
+    }
+    group.finish();
+}
+
+fn paper_unet_config() -> UNetConfig {
+    UNetConfig::from_json(r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 14, "features": [32, 32, 64, 128, 256, 32]}"#).unwrap()
+}
+
+fn conv_layers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv3x3_batch16");
+    group.sample_size(10).measurement_time(Duration::from_secs(6));
+    // The U-Net's conv shapes by level: (cin, cout, side).
+    for &(cin, cout, side) in &[(32usize, 32usize, 256usize), (64, 32, 256), (32, 64, 64), (256, 256, 16)] {
+        let x = random(&[16, cin, side, side], 3);
+        let w = random(&[cout, cin, 3, 3], 4);
+        let b = random(&[cout], 5);
+        group.throughput(Throughput::Elements((2 * 9 * cin * cout * side * side * 16) as u64));
+        group.bench_function(BenchmarkId::from_parameter(format!("{cin}to{cout}@{side}")), |bench| {
+            bench.iter(|| CpuBackend.conv2d(&x, &w, Some(&b), 1, 1).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn unet_forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("unet_forward_256");
+    group.sample_size(10).measurement_time(Duration::from_secs(30));
+    let model = BasicUNet::random(&CpuBackend, paper_unet_config(), 9).unwrap();
+    for &batch in &[1usize, 16] {
+        let x = random(&[batch, 1, 256, 256], 10);
+        group.throughput(Throughput::Elements((model.flops(256, 256) * batch as f64) as u64));
+        group.bench_function(BenchmarkId::from_parameter(format!("batch{batch}")), |bench| {
+            bench.iter(|| model.forward(&CpuBackend, &x).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sgemm_peak, conv_layers, unet_forward);
+criterion_main!(benches);
