@@ -9,3 +9,4 @@ pub mod io;
 pub mod preprocess;
 pub mod segment;
 pub mod cli;
+pub mod phantom;
