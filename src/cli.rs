@@ -70,6 +70,18 @@ pub enum Command {
         #[arg(long, default_value_t = 16)]
         batch: usize,
     },
+    /// Convert an image (NIfTI or DICOM series folder) to NIfTI, keeping its geometry.
+    ///
+    /// Integer-valued volumes within the int16 range are written as int16, others as float32. Useful to
+    /// hand DICOM series to tools that read NIfTI only (the training scripts do).
+    Convert {
+        /// Input image: NIfTI file or DICOM series folder.
+        #[arg(long)]
+        image: PathBuf,
+        /// Output .nii or .nii.gz.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a synthetic abdominal CT phantom and its FLARE22 label map.
     ///
     /// Writes DIR/ct.nii.gz (int16 HU) and DIR/labels.nii.gz (uint8: 1 liver, 2 right kidney, 3 spleen,
@@ -153,6 +165,16 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { path } => info(&path),
+        Command::Convert { image, out } => {
+            let v = io::read_image(&image)?;
+            if v.data.iter().all(|x| x.fract() == 0.0 && (i16::MIN as f32..=i16::MAX as f32).contains(x)) {
+                io::nifti::write_like(&out, &v, &v.data.iter().map(|&x| x as i16).collect::<Vec<_>>())?;
+            } else {
+                io::nifti::write_like(&out, &v, &v.data)?;
+            }
+            eprintln!("wrote {} ({} x {} x {}, orientation {})", out.display(), v.dims[0], v.dims[1], v.dims[2], v.orientation());
+            Ok(())
+        }
         Command::Phantom { seed, out, size, slices } => {
             if !(32..=1024).contains(&size) || !(1..=512).contains(&slices) {
                 bail!("phantom size must be 32 to 1024 pixels and slices 1 to 512 (got {size} and {slices})");

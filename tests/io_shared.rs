@@ -5,31 +5,10 @@ use common::*;
 use xaiclip::io::{self, Volume};
 use xaiclip::preprocess::AxialLayout;
 
-/// Label (TotalSegmentator id) at the world position of a voxel of `image`, looked up in `labels`.
-fn label_at(labels: &Volume, image: &Volume, ijk: [usize; 3]) -> Option<u32> {
-    let world = image.voxel_to_world(ijk.map(|v| v as f64));
-    let v = labels.world_to_voxel(world)?.map(|x| x.round());
-    if v.iter().zip(labels.dims).any(|(&x, d)| x < 0.0 || x >= d as f64) {
-        return None;
-    }
-    let [i, j, k] = v.map(|x| x as usize);
-    Some(labels.data[i + labels.dims[0] * (j + labels.dims[1] * k)] as u32)
-}
-
 /// Mean HU over the voxels of `image` whose world position is labelled `id`, and their count.
-fn mean_hu_of_label(image: &Volume, labels: &Volume, id: u32) -> (f64, usize) {
-    let (mut sum, mut n) = (0.0, 0);
-    let [nx, ny, nz] = image.dims;
-    for k in 0..nz {
-        for j in (0..ny).step_by(2) {
-            for i in (0..nx).step_by(2) {
-                if label_at(labels, image, [i, j, k]) == Some(id) {
-                    sum += image.data[i + nx * (j + ny * k)] as f64;
-                    n += 1;
-                }
-            }
-        }
-    }
+fn mean_hu_of_label(image: &Volume, labels: &Volume, id: u8) -> (f64, usize) {
+    let on_grid = labels.labels_on_grid_of(image);
+    let (sum, n) = image.data.iter().zip(&on_grid).filter(|(_, &l)| l == id).fold((0.0, 0), |(s, n), (&v, _)| (s + v as f64, n + 1));
     (sum / n.max(1) as f64, n)
 }
 
@@ -65,7 +44,7 @@ fn dicom_series_matches_its_nifti_labels_in_world_space() {
     assert!(n > 1000 && (20.0..200.0).contains(&liver), "liver mean {liver} HU over {n} voxels");
     let present = seg.labels_present();
     let bone = present.iter().copied().find(|&l| (26..=50).contains(&l)).expect("a vertebra label (TotalSegmentator 26-50)");
-    let (hu, _) = mean_hu_of_label(&ct, &seg, bone as u32);
+    let (hu, _) = mean_hu_of_label(&ct, &seg, bone as u8);
     assert!(hu > 200.0, "vertebra {bone} mean {hu} HU");
 }
 
