@@ -10,3 +10,4 @@ pub mod preprocess;
 pub mod segment;
 pub mod cli;
 pub mod phantom;
+pub mod explain;

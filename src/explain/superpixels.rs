@@ -1,0 +1,279 @@
+//! Superpixels on the windowed slice (model grid): SLIC (Achanta et al. 2012) and Felzenszwalb &
+//! Huttenlocher (2004), both restricted to a mask so ROI mode segments only the ROI.
+//!
+//! Output: one label per pixel, -1 outside the mask, segments numbered 0..count.
+
+#[derive(Clone, Debug)]
+pub struct Segments {
+    pub labels: Vec<i32>,
+    pub count: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegmenterKind {
+    Slic,
+    Felzenszwalb,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Segmenter {
+    /// `segments` wanted, `compactness` weighs space against intensity (intensities in [0, 1]).
+    Slic { segments: usize, compactness: f32 },
+    /// skimage's parameters: `scale` (on a 0-255 intensity scale), Gaussian `sigma`, `min_size` pixels.
+    Felzenszwalb { scale: f32, sigma: f32, min_size: usize },
+}
+
+impl Segmenter {
+    pub fn segment(&self, image: &[f32], size: usize, mask: &[bool]) -> Segments {
+        let labels = match *self {
+            Segmenter::Slic { segments, compactness } => slic(image, size, mask, segments.max(1), compactness),
+            Segmenter::Felzenszwalb { scale, sigma, min_size } => felzenszwalb(image, size, mask, scale / 255.0, sigma, min_size),
+        };
+        relabel(labels)
+    }
+}
+
+/// Renumbers labels to 0..count in first-seen order (raster scan), keeping -1.
+fn relabel(labels: Vec<i32>) -> Segments {
+    let mut map = std::collections::HashMap::new();
+    let labels: Vec<i32> = labels
+        .into_iter()
+        .map(|l| {
+            if l < 0 {
+                return -1;
+            }
+            let next = map.len() as i32;
+            *map.entry(l).or_insert(next)
+        })
+        .collect();
+    Segments { labels, count: map.len() }
+}
+
+fn slic(image: &[f32], size: usize, mask: &[bool], k: usize, compactness: f32) -> Vec<i32> {
+    let inside = mask.iter().filter(|&&m| m).count();
+    if inside == 0 {
+        return vec![-1; image.len()];
+    }
+    let step = ((inside as f32 / k as f32).sqrt()).max(1.0);
+    // Centres (y, x, intensity) on a regular grid, kept where the grid point lies in the mask.
+    let mut centres: Vec<[f32; 3]> = Vec::new();
+    let mut y = step / 2.0;
+    while y < size as f32 {
+        let mut x = step / 2.0;
+        while x < size as f32 {
+            let q = y as usize * size + x as usize;
+            if mask[q] {
+                centres.push([y, x, image[q]]);
+            }
+            x += step;
+        }
+        y += step;
+    }
+    if centres.is_empty() {
+        return mask.iter().map(|&m| if m { 0 } else { -1 }).collect();
+    }
+    let spatial = (compactness / step).powi(2);
+    let mut labels = vec![-1i32; image.len()];
+    let mut dist = vec![f32::INFINITY; image.len()];
+    for _ in 0..10 {
+        dist.fill(f32::INFINITY);
+        for (c, centre) in centres.iter().enumerate() {
+            let (cy, cx) = (centre[0], centre[1]);
+            let (y0, y1) = ((cy - 2.0 * step).max(0.0) as usize, ((cy + 2.0 * step) as usize + 1).min(size));
+            let (x0, x1) = ((cx - 2.0 * step).max(0.0) as usize, ((cx + 2.0 * step) as usize + 1).min(size));
+            for yy in y0..y1 {
+                for xx in x0..x1 {
+                    let q = yy * size + xx;
+                    if !mask[q] {
+                        continue;
+                    }
+                    let dc = image[q] - centre[2];
+                    let ds = (yy as f32 - cy).powi(2) + (xx as f32 - cx).powi(2);
+                    let d = dc * dc + ds * spatial;
+                    if d < dist[q] {
+                        dist[q] = d;
+                        labels[q] = c as i32;
+                    }
+                }
+            }
+        }
+        let mut acc = vec![[0f64; 4]; centres.len()];
+        for (q, &l) in labels.iter().enumerate() {
+            if l >= 0 {
+                let a = &mut acc[l as usize];
+                a[0] += (q / size) as f64;
+                a[1] += (q % size) as f64;
+                a[2] += image[q] as f64;
+                a[3] += 1.0;
+            }
+        }
+        for (centre, a) in centres.iter_mut().zip(&acc) {
+            if a[3] > 0.0 {
+                *centre = [(a[0] / a[3]) as f32, (a[1] / a[3]) as f32, (a[2] / a[3]) as f32];
+            }
+        }
+    }
+    // Mask pixels no centre reached (beyond 2 steps of every centre) join the nearest centre.
+    for q in 0..image.len() {
+        if mask[q] && labels[q] < 0 {
+            let (yy, xx) = ((q / size) as f32, (q % size) as f32);
+            let nearest = centres.iter().enumerate().min_by(|a, b| {
+                let da = (a.1[0] - yy).powi(2) + (a.1[1] - xx).powi(2);
+                let db = (b.1[0] - yy).powi(2) + (b.1[1] - xx).powi(2);
+                da.total_cmp(&db)
+            });
+            labels[q] = nearest.map_or(0, |(c, _)| c as i32);
+        }
+    }
+    enforce_connectivity(labels, size, (step * step / 4.0) as usize)
+}
+
+/// Splits every label into its 4-connected components, then merges components smaller than
+/// `min_size` into the component of an earlier neighbour (SLIC's connectivity step).
+fn enforce_connectivity(labels: Vec<i32>, size: usize, min_size: usize) -> Vec<i32> {
+    let n = labels.len();
+    let mut comp = vec![-1i32; n];
+    let mut sizes = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..n {
+        if labels[start] < 0 || comp[start] >= 0 {
+            continue;
+        }
+        let id = sizes.len() as i32;
+        let mut count = 0;
+        comp[start] = id;
+        stack.push(start);
+        while let Some(q) = stack.pop() {
+            count += 1;
+            for nb in neighbours4(q, size) {
+                if comp[nb] < 0 && labels[nb] == labels[start] {
+                    comp[nb] = id;
+                    stack.push(nb);
+                }
+            }
+        }
+        sizes.push(count);
+    }
+    // Merge small components into an adjacent component (first found in raster order).
+    let mut target: Vec<i32> = (0..sizes.len() as i32).collect();
+    for q in 0..n {
+        let c = comp[q];
+        if c >= 0 && sizes[c as usize] < min_size && target[c as usize] == c {
+            if let Some(nb) = neighbours4(q, size).find(|&nb| comp[nb] >= 0 && comp[nb] != c) {
+                target[c as usize] = comp[nb];
+            }
+        }
+    }
+    let resolve = |mut c: i32| {
+        for _ in 0..sizes.len() {
+            let t = target[c as usize];
+            if t == c {
+                break;
+            }
+            c = t;
+        }
+        c
+    };
+    comp.iter().map(|&c| if c < 0 { -1 } else { resolve(c) }).collect()
+}
+
+fn neighbours4(q: usize, size: usize) -> impl Iterator<Item = usize> {
+    let (y, x) = (q / size, q % size);
+    [(y > 0).then(|| q - size), (y + 1 < size).then(|| q + size), (x > 0).then(|| q - 1), (x + 1 < size).then(|| q + 1)].into_iter().flatten()
+}
+
+struct DisjointSets {
+    parent: Vec<usize>,
+    size: Vec<usize>,
+    internal: Vec<f32>,
+}
+
+impl DisjointSets {
+    fn find(&mut self, mut a: usize) -> usize {
+        while self.parent[a] != a {
+            self.parent[a] = self.parent[self.parent[a]];
+            a = self.parent[a];
+        }
+        a
+    }
+
+    fn union(&mut self, a: usize, b: usize, weight: f32) {
+        let (a, b) = if self.size[a] < self.size[b] { (b, a) } else { (a, b) };
+        self.parent[b] = a;
+        self.size[a] += self.size[b];
+        self.internal[a] = weight;
+    }
+}
+
+fn felzenszwalb(image: &[f32], size: usize, mask: &[bool], k: f32, sigma: f32, min_size: usize) -> Vec<i32> {
+    let smooth = if sigma > 0.0 { super::gaussian_blur(image, size, sigma) } else { image.to_vec() };
+    // 8-connectivity: right, down, down-right, down-left.
+    let mut edges: Vec<(f32, usize, usize)> = Vec::new();
+    for y in 0..size {
+        for x in 0..size {
+            let q = y * size + x;
+            if !mask[q] {
+                continue;
+            }
+            let mut add = |nb: usize| {
+                if mask[nb] {
+                    edges.push(((smooth[q] - smooth[nb]).abs(), q, nb));
+                }
+            };
+            if x + 1 < size {
+                add(q + 1);
+            }
+            if y + 1 < size {
+                add(q + size);
+                if x + 1 < size {
+                    add(q + size + 1);
+                }
+                if x > 0 {
+                    add(q + size - 1);
+                }
+            }
+        }
+    }
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = image.len();
+    let mut sets = DisjointSets { parent: (0..n).collect(), size: vec![1; n], internal: vec![0.0; n] };
+    for &(w, a, b) in &edges {
+        let (ra, rb) = (sets.find(a), sets.find(b));
+        if ra != rb && w <= (sets.internal[ra] + k / sets.size[ra] as f32).min(sets.internal[rb] + k / sets.size[rb] as f32) {
+            sets.union(ra, rb, w);
+        }
+    }
+    for &(w, a, b) in &edges {
+        let (ra, rb) = (sets.find(a), sets.find(b));
+        if ra != rb && (sets.size[ra] < min_size || sets.size[rb] < min_size) {
+            sets.union(ra, rb, w);
+        }
+    }
+    (0..n).map(|q| if mask[q] { sets.find(q) as i32 } else { -1 }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Four flat quadrants: both segmenters must not mix them, and labels cover exactly the mask.
+    #[test]
+    fn segments_respect_edges_and_mask() {
+        let size = 32;
+        let image: Vec<f32> = (0..size * size).map(|q| if (q / size < 16) ^ (q % size < 16) { 0.9 } else { 0.1 }).collect();
+        let mut mask = vec![true; size * size];
+        mask[..size].fill(false);
+        for seg in [Segmenter::Slic { segments: 16, compactness: 0.1 }, Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.0, min_size: 20 }] {
+            let s = seg.segment(&image, size, &mask);
+            assert!(s.count >= 4, "{seg:?}: {} segments", s.count);
+            for q in 0..size * size {
+                assert_eq!(s.labels[q] < 0, !mask[q], "{seg:?}: mask at {q}");
+            }
+            for l in 0..s.count as i32 {
+                let values: Vec<f32> = (0..size * size).filter(|&q| s.labels[q] == l).map(|q| image[q]).collect();
+                assert!(values.iter().all(|&v| v == values[0]), "{seg:?}: segment {l} mixes intensities");
+            }
+        }
+    }
+}

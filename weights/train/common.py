@@ -1,0 +1,84 @@
+"""Data preparation shared by the training scripts: the same slice layout, windowing and resampling as
+xaiclip's Rust preprocessing (src/preprocess.rs), so that a model trained here sees at inference exactly
+what it saw in training."""
+import json
+import os
+import subprocess
+import tempfile
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# TotalSegmentator "total" id -> FLARE22 id (../shared/data/totalsegmentator/README.md).
+TOTALSEG_TO_FLARE22 = {5: 1, 2: 2, 1: 3, 7: 4, 52: 5, 63: 6, 8: 7, 9: 8, 4: 9, 15: 10, 6: 11, 19: 12, 3: 13}
+ORGANS = ["background", "liver", "right kidney", "spleen", "pancreas", "aorta", "inferior vena cava",
+          "right adrenal gland", "left adrenal gland", "gallbladder", "esophagus", "stomach", "duodenum",
+          "left kidney"]
+WINDOW = (-160.0, 240.0)
+
+
+def axial_slices(path):
+    """(slices, H, W) in xaiclip's radiological layout: row 0 anterior, column 0 patient right.
+
+    as_closest_canonical gives RAS+ axes; flipping x and y and transposing puts anterior at the top and
+    patient right on the left, which is what AxialLayout produces from any orientation."""
+    img = nib.as_closest_canonical(nib.load(path))
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    return np.ascontiguousarray(arr[::-1, ::-1, :].transpose(2, 1, 0)), img.affine
+
+
+def window(slices):
+    lo, hi = WINDOW
+    return np.clip((slices - lo) / (hi - lo), 0.0, 1.0)
+
+
+def resize_image(x, size):
+    """Bilinear, pixel-centre aligned: xaiclip's resize_bilinear."""
+    t = torch.from_numpy(np.ascontiguousarray(x))[:, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def resize_labels(y, size):
+    """Nearest with pixel-centre alignment: xaiclip's resize_nearest."""
+    t = torch.from_numpy(np.ascontiguousarray(y.astype(np.float32)))[:, None]
+    return F.interpolate(t, size=(size, size), mode="nearest-exact")[:, 0].numpy().astype(np.int64)
+
+
+def map_totalseg(labels):
+    out = np.zeros(labels.shape, dtype=np.int64)
+    for ts, flare in TOTALSEG_TO_FLARE22.items():
+        out[labels == ts] = flare
+    return out
+
+
+def xaiclip(binary, *args):
+    subprocess.run([binary, *args], check=True)
+
+
+def load_real_cases(shared, binary, workdir):
+    """The two real CT volumes with FLARE22 labels: {name: (hu slices, label slices)}."""
+    dicom_nii = os.path.join(workdir, "ct_dicom.nii.gz")
+    xaiclip(binary, "convert", "--image", os.path.join(shared, "ct_dicom"), "--out", dicom_nii)
+    cases = {}
+    for name, image, labels in [("ct_small.nii.gz", os.path.join(shared, "ct_small.nii.gz"), os.path.join(shared, "ct_small_seg.nii.gz")),
+                                ("ct_dicom", dicom_nii, os.path.join(shared, "ct_dicom_seg.nii.gz"))]:
+        x, ax = axial_slices(image)
+        y, ay = axial_slices(labels)
+        assert x.shape == y.shape and np.allclose(ax, ay, atol=1e-3), f"{name}: image and label grids differ"
+        cases[name] = (x, map_totalseg(np.rint(y).astype(np.int64)))
+    return cases
+
+
+def load_phantom(binary, workdir, seed, size, slices):
+    out = os.path.join(workdir, f"phantom{seed}")
+    xaiclip(binary, "phantom", "--seed", str(seed), "--out", out, "--size", str(size), "--slices", str(slices))
+    x, _ = axial_slices(os.path.join(out, "ct.nii.gz"))
+    y, _ = axial_slices(os.path.join(out, "labels.nii.gz"))
+    return x, np.rint(y).astype(np.int64)
+
+
+def load_split(path):
+    with open(path) as f:
+        return json.load(f)
