@@ -11,3 +11,7 @@ pub mod segment;
 pub mod cli;
 pub mod phantom;
 pub mod explain;
+pub mod metrics;
+pub mod roi;
+pub mod render;
+pub mod pipeline;

@@ -57,7 +57,7 @@ impl AxialLayout {
     }
 
     /// Flat voxel index of slice `k`, pixel (row, col).
-    fn voxel_index(&self, dims: [usize; 3], k: usize, row: usize, col: usize) -> usize {
+    pub fn voxel_index(&self, dims: [usize; 3], k: usize, row: usize, col: usize) -> usize {
         let mut ijk = [0usize; 3];
         ijk[self.slice_axis] = k;
         ijk[self.row_axis] = if self.flip_rows { dims[self.row_axis] - 1 - row } else { row };

@@ -255,3 +255,19 @@ fn adaptive_rise_stops_early_on_a_converged_map() {
     let e = Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }.explain(&mut Runner::new(&p, |_| {})).unwrap();
     assert!(e.samples < 4000 && e.samples >= 500 && e.samples % 250 == 0, "used {}", e.samples);
 }
+
+#[test]
+fn deletion_and_insertion_curves_run_between_input_and_baseline() {
+    let size = 10;
+    let model = Linear { w: vec![1.0; size * size], seen: Mutex::new(Vec::new()) };
+    let p = problem(size, &model, vec![true; size * size]);
+    let total: f64 = p.input.iter().map(|&v| v as f64).sum();
+    // Saliency = the input itself: deletion removes the largest pixels first, so its curve falls fastest.
+    let f = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &p.input, 5).unwrap();
+    assert!((f.deletion_curve[0] - total).abs() < 1e-3 && f.deletion_curve[5].abs() < 1e-6, "{:?}", f.deletion_curve);
+    assert!(f.insertion_curve[0].abs() < 1e-6 && (f.insertion_curve[5] - total).abs() < 1e-3, "{:?}", f.insertion_curve);
+    assert!(f.deletion_curve.windows(2).all(|w| w[1] <= w[0] + 1e-6));
+    let reversed: Vec<f32> = p.input.iter().map(|v| -v).collect();
+    let g = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &reversed, 5).unwrap();
+    assert!(f.deletion_auc < g.deletion_auc && f.insertion_auc > g.insertion_auc);
+}

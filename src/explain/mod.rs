@@ -27,6 +27,8 @@ pub enum ScoreKind {
     LogitSum,
     /// Soft Dice of P_c against M0: 2 sum(P_c M0) / (sum P_c + |M0|).
     SoftDice,
+    /// Dice of the perturbed prediction {argmax = c} against M0 (the paper's "drop in Dice").
+    Dice,
 }
 
 /// What replaces a perturbed pixel (in model-input space, i.e. after windowing to [0, 1]).
@@ -120,6 +122,7 @@ impl<B: Backend> Scorer for UNetScorer<'_, B> {
                     (logit(self.class, p) - m).exp() / z
                 };
                 let in_m0 = || (0..plane).filter(|&p| self.m0[p]);
+                let predicted = |p: usize| (0..classes).all(|c| logit(c, p) <= logit(self.class, p));
                 (match self.kind {
                     ScoreKind::MeanProb => in_m0().map(|p| prob(p) as f64).sum::<f64>() / m0_count,
                     ScoreKind::LogitSum => in_m0().map(|p| logit(self.class, p) as f64).sum::<f64>(),
@@ -133,6 +136,14 @@ impl<B: Backend> Scorer for UNetScorer<'_, B> {
                             }
                         }
                         2.0 * inter / (total + m0_count)
+                    }
+                    ScoreKind::Dice => {
+                        let (mut inter, mut total) = (0usize, 0usize);
+                        for p in (0..plane).filter(|&p| predicted(p)) {
+                            total += 1;
+                            inter += self.m0[p] as usize;
+                        }
+                        2.0 * inter as f64 / (total as f64 + m0_count)
                     }
                 }) as f32
             })

@@ -1,0 +1,354 @@
+//! `xaiclip explain`, `bench` and `demo`: explanations of one organ on one slice, their cost and quality.
+
+use super::{progress_bar, IntensityArgs};
+use crate::backend::CpuBackend;
+use crate::explain::lime::{KernelShap, Lime};
+use crate::explain::occlusion::Occlusion;
+use crate::explain::rise::Rise;
+use crate::explain::superpixels::{Segmenter, SegmenterKind};
+use crate::explain::{BaselineKind, ScoreKind};
+use crate::io::{self, Volume};
+use crate::models::BasicUNet;
+use crate::pipeline::{organ_class, organ_name, run_method, Method, MethodRun, Settings, SliceInput};
+use crate::preprocess::{resize_bilinear, AxialLayout};
+use crate::render;
+use crate::roi::RoiMode;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// xaiclip's defaults (see each option).
+    Default,
+    /// The paper's likely settings: occlusion 64/32 on 512-pixel slices (scaled to the model grid), RISE
+    /// 2000 masks 7x7 p1 0.5, LIME/SHAP 500 samples on Felzenszwalb superpixels (100, 0.5, 50) kept at
+    /// >= 10% ROI overlap, score = Dice drop against the unperturbed mask.
+    Paper,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LabelIds {
+    /// FLARE22 ids (1 liver, 2 right kidney, 3 spleen, ..., 13 left kidney).
+    Flare22,
+    /// TotalSegmentator "total" ids, mapped to FLARE22.
+    Totalseg,
+}
+
+/// Options shared by explain, bench and demo. Unset method options take the preset's value.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
+    /// Organ to explain (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id.
+    #[arg(long, default_value = "liver")]
+    pub organ: String,
+    /// U-Net folder (model.safetensors + config.json); default: the bundled weights/unet.
+    #[arg(long)]
+    pub unet: Option<PathBuf>,
+    /// Base settings that the options below refine.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+    /// Target score [default: mean-prob; paper: dice].
+    #[arg(long, value_enum)]
+    pub score: Option<ScoreKind>,
+    /// Fill of perturbed pixels, in model-input space [default: zero].
+    #[arg(long, value_enum)]
+    pub baseline: Option<BaselineKind>,
+    /// Occlusion window side in model pixels [default: 32; paper: 64 at 512 px].
+    #[arg(long)]
+    pub occlusion_window: Option<usize>,
+    /// Occlusion stride in model pixels [default: 16; paper: 32 at 512 px].
+    #[arg(long)]
+    pub occlusion_stride: Option<usize>,
+    /// RISE masks [default: 1000; paper: 2000].
+    #[arg(long)]
+    pub masks: Option<usize>,
+    /// RISE grid side s (s x s cells) [default: 8; paper: 7].
+    #[arg(long)]
+    pub grid: Option<usize>,
+    /// RISE probability that a cell is kept [default: 0.5].
+    #[arg(long)]
+    pub p1: Option<f32>,
+    /// RISE adaptive mode: stop when the map changes by less than this (relative L2) over 250 masks.
+    #[arg(long)]
+    pub rise_tol: Option<f32>,
+    /// LIME / Kernel SHAP samples [default: 300; paper: 500].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// LIME kernel width on cosine distance [default: 0.25].
+    #[arg(long)]
+    pub kernel_width: Option<f64>,
+    /// Superpixel algorithm [default: slic; paper: felzenszwalb].
+    #[arg(long, value_enum)]
+    pub segmenter: Option<SegmenterKind>,
+    /// SLIC: number of superpixels wanted [default: 64].
+    #[arg(long)]
+    pub segments: Option<usize>,
+    /// ROI margin around the predicted organ, in millimetres [default: 10].
+    #[arg(long)]
+    pub margin_mm: Option<f64>,
+    /// Perturbed images per forward pass: a number, or "auto" (from a 2 GiB activation budget).
+    #[arg(long, default_value = "auto")]
+    pub batch: String,
+    /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
+    #[arg(long)]
+    pub faithfulness_steps: Option<usize>,
+    /// Seed of every random choice (RISE masks, LIME/SHAP coalitions): same seed, same map.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub intensity: IntensityArgs,
+}
+
+impl MethodArgs {
+    /// Every option at its default (as if none were given on the command line).
+    pub fn parse_from_defaults(seed: u64) -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: MethodArgs,
+        }
+        let mut w = <Wrapper as clap::Parser>::parse_from(["xaiclip"]);
+        w.args.seed = seed;
+        w.args
+    }
+
+    pub fn settings(&self, size: usize, model: &BasicUNet<CpuBackend>) -> Result<Settings> {
+        let mut s = match self.preset {
+            Preset::Default => Settings::defaults(self.seed),
+            Preset::Paper => Settings::paper(self.seed, size),
+        };
+        s.score = self.score.unwrap_or(s.score);
+        s.baseline = self.baseline.unwrap_or(s.baseline);
+        s.occlusion = Occlusion { window: self.occlusion_window.unwrap_or(s.occlusion.window), stride: self.occlusion_stride.unwrap_or(s.occlusion.stride) };
+        s.rise = Rise { masks: self.masks.unwrap_or(s.rise.masks), grid: self.grid.unwrap_or(s.rise.grid), p1: self.p1.unwrap_or(s.rise.p1), seed: self.seed, tol: self.rise_tol.or(s.rise.tol) };
+        let samples = self.samples.unwrap_or(s.lime.samples);
+        s.lime = Lime { samples, kernel_width: self.kernel_width.unwrap_or(s.lime.kernel_width), seed: self.seed, ..s.lime };
+        s.shap = KernelShap { samples, seed: self.seed };
+        s.segmenter = match (self.segmenter, s.segmenter) {
+            (Some(SegmenterKind::Slic), Segmenter::Felzenszwalb { .. }) | (None | Some(SegmenterKind::Slic), Segmenter::Slic { .. }) => {
+                Segmenter::Slic { segments: self.segments.unwrap_or(64), compactness: 0.1 }
+            }
+            (Some(SegmenterKind::Felzenszwalb), Segmenter::Slic { .. }) => Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.5, min_size: 50 },
+            (_, f) => f,
+        };
+        s.margin_mm = self.margin_mm.unwrap_or(s.margin_mm);
+        s.faithfulness_steps = self.faithfulness_steps.unwrap_or(s.faithfulness_steps);
+        s.batch = if self.batch == "auto" {
+            auto_batch(size, model)
+        } else {
+            self.batch.parse().ok().filter(|&b| b >= 1).with_context(|| format!("--batch {:?}: expected a positive number or auto", self.batch))?
+        };
+        Ok(s)
+    }
+
+    pub fn load_unet(&self) -> Result<BasicUNet<CpuBackend>> {
+        let dir = match &self.unet {
+            Some(d) => d.clone(),
+            None => bundled("unet")?,
+        };
+        BasicUNet::load_dir(&CpuBackend, &dir)
+    }
+}
+
+/// Largest batch whose activations fit a 2 GiB budget (capped at 64: larger batches stop paying off).
+fn auto_batch(size: usize, model: &BasicUNet<CpuBackend>) -> usize {
+    let f = model.config().features;
+    // Peak live activations of one image: about three full-resolution tensors of the widest top-level
+    // width plus the skip pyramid (a geometric series, ~1/3 more).
+    let per_image = 4 * size * size * (3 * f[0].max(f[5]) + model.config().out_channels) * 4 / 3;
+    ((2usize << 30) / per_image.max(1)).clamp(1, 64)
+}
+
+/// The bundled weights folder `weights/<name>`: beside the current directory, or in the source tree
+/// this binary was built from.
+pub fn bundled(name: &str) -> Result<PathBuf> {
+    let candidates = [PathBuf::from("weights").join(name), Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name)];
+    candidates
+        .iter()
+        .find(|p| p.join("model.safetensors").is_file())
+        .cloned()
+        .with_context(|| format!("bundled weights weights/{name} not found (looked in {}); pass the folder explicitly", candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
+}
+
+/// Ground-truth labels as FLARE22 ids on the image's grid.
+pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+    let labels = io::read_image(path)?;
+    labels.check_labels()?;
+    let mut on_grid = labels.labels_on_grid_of(image);
+    if on_grid.iter().all(|&l| l == 0) {
+        bail!("{}: no labels overlap the image {} (different patient or geometry?)", path.display(), image.source.display());
+    }
+    if ids == LabelIds::Totalseg {
+        on_grid.iter_mut().for_each(|l| *l = crate::pipeline::totalseg_to_flare22(*l));
+    } else if let Some(bad) = on_grid.iter().find(|&&l| l > 13) {
+        bail!("{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg", path.display());
+    }
+    Ok(on_grid)
+}
+
+/// The slice where the organ's ground-truth area is largest.
+pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize) -> Result<usize> {
+    let layout = AxialLayout::of(volume)?;
+    let (h, w) = layout.slice_shape(volume);
+    let area = |k: usize| (0..h).flat_map(|r| (0..w).map(move |c| (r, c))).filter(|&(r, c)| labels[layout.voxel_index(volume.dims, k, r, c)] as usize == class).count();
+    let (k, n) = (0..layout.slices(volume)).map(|k| (k, area(k))).max_by_key(|&(k, n)| (n, std::cmp::Reverse(k))).unwrap_or((0, 0));
+    if n == 0 {
+        bail!("{}: no slice contains {} in the labels", volume.source.display(), organ_name(class));
+    }
+    Ok(k)
+}
+
+/// Saliency mapped back to the slice's pixels, as a volume that is zero outside slice k.
+pub fn saliency_volume(volume: &Volume, k: usize, saliency: &[f32], size: usize) -> Result<Vec<f32>> {
+    let layout = AxialLayout::of(volume)?;
+    let shape = layout.slice_shape(volume);
+    let plane = resize_bilinear(saliency, 1, (size, size), shape);
+    let mut out = vec![0f32; volume.voxel_count()];
+    layout.insert(volume.dims, k, &plane, &mut out);
+    Ok(out)
+}
+
+pub fn run_json(run: &MethodRun) -> serde_json::Value {
+    let (lo, hi) = run.saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    json!({
+        "method": run.method.name(),
+        "roi": run.roi_mode.name(),
+        "seconds": run.seconds,
+        "forward_passes": run.forward_passes,
+        "samples": run.samples,
+        "roi_fraction": run.roi_fraction(),
+        "saliency_range": [lo, hi],
+        "agreement": run.agreement,
+        "faithfulness": run.faithfulness.as_ref().map(|f| json!({"deletion_auc": f.deletion_auc, "insertion_auc": f.insertion_auc, "deletion_curve": f.deletion_curve, "insertion_curve": f.insertion_curve})),
+    })
+}
+
+pub fn overlay_image(slice: &SliceInput, run: &MethodRun) -> image::RgbImage {
+    let roi = (run.roi_mode != RoiMode::Full).then_some(&run.roi[..]);
+    render::overlay(&slice.image, &run.saliency, slice.size, roi, slice.truth.as_deref())
+}
+
+/// Shared by explain and bench: load, pick the slice, prepare the model grid.
+pub struct Case {
+    pub volume: Volume,
+    pub labels: Option<Vec<u8>>,
+    pub slice: usize,
+    pub class: usize,
+    pub input: SliceInput,
+}
+
+impl Case {
+    pub fn load(image: &Path, label: Option<&Path>, label_ids: LabelIds, slice: &str, args: &MethodArgs, size: usize) -> Result<Self> {
+        let volume = io::read_image(image)?;
+        let class = organ_class(&args.organ)?;
+        let labels = label.map(|l| load_labels(l, label_ids, &volume)).transpose()?;
+        Self::from_volume(volume, labels, slice, class, args, size)
+    }
+
+    pub fn from_volume(volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize) -> Result<Self> {
+        let layout = AxialLayout::of(&volume)?;
+        let k = if slice == "organ-center" {
+            let l = labels.as_ref().context("--slice organ-center needs --label")?;
+            organ_center_slice(&volume, l, class)?
+        } else {
+            let k: usize = slice.parse().map_err(|_| anyhow::anyhow!("--slice {slice:?}: expected an index or organ-center"))?;
+            layout.check_slice(&volume, k)?;
+            k
+        };
+        let range = args.intensity.intensity()?.range(&volume);
+        let input = SliceInput::new(&volume, k, range, size, labels.as_deref(), class)?;
+        if let Some(t) = &input.truth {
+            if !t.contains(&true) {
+                bail!("{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)", volume.source.display(), organ_name(class));
+            }
+        }
+        Ok(Self { volume, labels, slice: k, class, input })
+    }
+}
+
+/// Runs one method with a progress bar of forward passes.
+pub fn run_with_progress(model: &BasicUNet<CpuBackend>, case: &Case, method: Method, roi: RoiMode, settings: &Settings) -> Result<MethodRun> {
+    let total = match method {
+        Method::Occlusion => settings.occlusion.windows(case.input.size, &vec![true; case.input.size * case.input.size]).len(),
+        Method::Rise => settings.rise.masks,
+        Method::Lime | Method::KernelShap => settings.lime.samples,
+    };
+    let bar = progress_bar(total as u64, &format!("{} ({})", method.name(), roi.name()));
+    let run = run_method(&CpuBackend, model, &case.input, case.class, method, roi, settings, |n| bar.set_position(n as u64));
+    bar.finish_and_clear();
+    run
+}
+
+/// Each method in full-image mode and in `roi` mode, `repeat` times (median seconds; maps and metrics
+/// from the first run, which is the only one that computes the metrics).
+pub fn bench_runs(model: &BasicUNet<CpuBackend>, case: &Case, methods: &[Method], roi: RoiMode, settings: &Settings, repeat: usize) -> Result<Vec<MethodRun>> {
+    let mut rows = Vec::new();
+    for &method in methods {
+        for mode in [RoiMode::Full, roi] {
+            let mut first = run_with_progress(model, case, method, mode, settings)?;
+            let quick = Settings { faithfulness_steps: 0, ..settings.clone() };
+            let mut times = vec![first.seconds];
+            for _ in 1..repeat.max(1) {
+                times.push(run_with_progress(model, case, method, mode, &quick)?.seconds);
+            }
+            times.sort_by(f64::total_cmp);
+            first.seconds = times[times.len() / 2];
+            eprintln!("{:<10} {:<8} {:>8.2}s {:>6} forward passes", method.name(), mode.name(), first.seconds, first.forward_passes);
+            rows.push(first);
+        }
+    }
+    Ok(rows)
+}
+
+fn pct(new: f64, old: f64) -> f64 {
+    if old.abs() < 1e-12 { f64::NAN } else { 100.0 * (new - old) / old }
+}
+
+/// The bench table as Markdown and JSON. Dice/IoU use the paper's likely protocol (min-max, >= 0.5);
+/// top-|GT| and Otsu binarisations are in the JSON too.
+pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, serde_json::Value) {
+    let mut md = String::from("| method | roi | seconds | forward passes | ROI area | Dice | IoU | Dice top-k | AUROC | deletion AUC | insertion AUC |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut json_rows = Vec::new();
+    let metric = |r: &MethodRun, f: &dyn Fn(&crate::metrics::Agreement) -> f64| r.agreement.as_ref().map_or(f64::NAN, f);
+    for r in rows {
+        let (del, ins) = r.faithfulness.as_ref().map_or((f64::NAN, f64::NAN), |f| (f.deletion_auc, f.insertion_auc));
+        md += &format!(
+            "| {} | {} | {:.2} | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            r.method.name(), r.roi_mode.name(), r.seconds, r.forward_passes, 100.0 * r.roi_fraction(),
+            metric(r, &|a| a.half.dice), metric(r, &|a| a.half.iou), metric(r, &|a| a.top_k.dice), metric(r, &|a| a.auroc), del, ins
+        );
+        json_rows.push(json!({
+            "method": r.method.name(), "roi": r.roi_mode.name(), "seconds": r.seconds, "forward_passes": r.forward_passes,
+            "dice": metric(r, &|a| a.half.dice), "iou": metric(r, &|a| a.half.iou), "auroc": metric(r, &|a| a.auroc),
+            "deletion_auc": del, "insertion_auc": ins,
+            "dice_topk": metric(r, &|a| a.top_k.dice), "iou_topk": metric(r, &|a| a.top_k.iou),
+            "dice_otsu": metric(r, &|a| a.otsu.dice), "iou_otsu": metric(r, &|a| a.otsu.iou),
+            "roi_fraction": r.roi_fraction(), "samples": r.samples,
+        }));
+    }
+    md += "\n| method | runtime reduction | forward-pass reduction | Dice change | IoU change |\n|---|---:|---:|---:|---:|\n";
+    let mut comparisons = Vec::new();
+    for pair in rows.chunks(2) {
+        if let [full, roi] = pair {
+            let d = |r: &MethodRun| metric(r, &|a| a.half.dice);
+            let i = |r: &MethodRun| metric(r, &|a| a.half.iou);
+            let c = json!({
+                "method": full.method.name(), "roi": roi.roi_mode.name(),
+                "runtime_reduction_pct": -pct(roi.seconds, full.seconds),
+                "forward_pass_reduction_pct": -pct(roi.forward_passes as f64, full.forward_passes as f64),
+                "dice_change_pct": pct(d(roi), d(full)), "iou_change_pct": pct(i(roi), i(full)),
+            });
+            md += &format!(
+                "| {} | {:.1}% | {:.1}% | {:+.1}% | {:+.1}% |\n",
+                full.method.name(), -pct(roi.seconds, full.seconds), -pct(roi.forward_passes as f64, full.forward_passes as f64), pct(d(roi), d(full)), pct(i(roi), i(full))
+            );
+            comparisons.push(c);
+        }
+    }
+    (md, json!({"context": context, "rows": json_rows, "comparison": comparisons}))
+}
+
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    io::write_atomically(path, |tmp| std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", path.display())))
+}

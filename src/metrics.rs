@@ -1,0 +1,209 @@
+//! How good an explanation is: agreement of the saliency map with the ground-truth organ (Dice, IoU,
+//! AUROC, pointing game) and faithfulness to the model (deletion and insertion AUC, Petsiuk et al. 2018).
+
+use crate::explain::Runner;
+use anyhow::Result;
+use serde::Serialize;
+
+/// Dice and IoU of a binarised map against the ground truth.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Overlap {
+    pub dice: f64,
+    pub iou: f64,
+}
+
+pub fn overlap(pred: &[bool], truth: &[bool]) -> Overlap {
+    let (mut inter, mut p, mut t) = (0usize, 0usize, 0usize);
+    for (&a, &b) in pred.iter().zip(truth) {
+        inter += (a && b) as usize;
+        p += a as usize;
+        t += b as usize;
+    }
+    let union = p + t - inter;
+    Overlap {
+        dice: if p + t == 0 { 1.0 } else { 2.0 * inter as f64 / (p + t) as f64 },
+        iou: if union == 0 { 1.0 } else { inter as f64 / union as f64 },
+    }
+}
+
+/// Saliency rescaled to [0, 1] (all zeros for a constant map).
+pub fn min_max(s: &[f32]) -> Vec<f32> {
+    let (lo, hi) = s.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if hi > lo { s.iter().map(|v| (v - lo) / (hi - lo)).collect() } else { vec![0.0; s.len()] }
+}
+
+/// The k most salient pixels (ties broken by pixel index, so the result is deterministic).
+pub fn top_k(s: &[f32], k: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..s.len()).collect();
+    order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+    let mut out = vec![false; s.len()];
+    order.iter().take(k).for_each(|&q| out[q] = true);
+    out
+}
+
+/// Otsu's threshold (256 bins) of values in [0, 1].
+pub fn otsu(values: &[f32]) -> f32 {
+    let mut hist = [0f64; 256];
+    for &v in values {
+        hist[((v.clamp(0.0, 1.0) * 255.0).round()) as usize] += 1.0;
+    }
+    let total: f64 = hist.iter().sum();
+    let sum_all: f64 = hist.iter().enumerate().map(|(i, h)| i as f64 * h).sum();
+    let (mut w0, mut sum0, mut best, mut threshold) = (0.0, 0.0, -1.0, 0usize);
+    for (i, h) in hist.iter().enumerate() {
+        w0 += h;
+        sum0 += i as f64 * h;
+        let w1 = total - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let between = w0 * w1 * (sum0 / w0 - (sum_all - sum0) / w1).powi(2);
+        if between > best {
+            best = between;
+            threshold = i;
+        }
+    }
+    // Pixels strictly above the bin boundary are foreground.
+    (threshold as f32 + 0.5) / 255.0
+}
+
+/// Area under the ROC curve of saliency as a score for ground-truth pixels (Mann-Whitney, ties count
+/// one half). 0.5 when either class is empty.
+pub fn auroc(s: &[f32], truth: &[bool]) -> f64 {
+    let mut order: Vec<usize> = (0..s.len()).collect();
+    order.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
+    let (mut rank_sum, mut i) = (0.0f64, 0usize);
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && s[order[j + 1]] == s[order[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += (i..=j).filter(|&r| truth[order[r]]).count() as f64 * avg_rank;
+        i = j + 1;
+    }
+    let pos = truth.iter().filter(|&&t| t).count() as f64;
+    let neg = truth.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return 0.5;
+    }
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
+/// Pointing game: is the most salient pixel (first in raster order on ties) inside the ground truth?
+pub fn pointing_game(s: &[f32], truth: &[bool]) -> bool {
+    let best = (0..s.len()).fold(0, |b, q| if s[q] > s[b] { q } else { b });
+    truth.get(best).copied().unwrap_or(false)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    /// Binarised at the |GT| most salient pixels.
+    pub top_k: Overlap,
+    /// Binarised at Otsu's threshold of the min-max normalised map.
+    pub otsu: Overlap,
+    /// Binarised at 0.5 after min-max normalisation (the paper's likely protocol).
+    pub half: Overlap,
+    pub auroc: f64,
+    pub pointing_game: bool,
+}
+
+pub fn agreement(saliency: &[f32], truth: &[bool]) -> Agreement {
+    let norm = min_max(saliency);
+    let t = otsu(&norm);
+    let k = truth.iter().filter(|&&b| b).count();
+    Agreement {
+        top_k: overlap(&top_k(saliency, k), truth),
+        otsu: overlap(&norm.iter().map(|&v| v > t).collect::<Vec<_>>(), truth),
+        half: overlap(&norm.iter().map(|&v| v >= 0.5).collect::<Vec<_>>(), truth),
+        auroc: auroc(saliency, truth),
+        pointing_game: pointing_game(saliency, truth),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Faithfulness {
+    pub deletion_auc: f64,
+    pub insertion_auc: f64,
+    pub deletion_curve: Vec<f64>,
+    pub insertion_curve: Vec<f64>,
+}
+
+/// Deletion: pixels go to the baseline in order of decreasing saliency, `steps` equal chunks; insertion
+/// starts from the baseline and restores them in the same order. AUC is the trapezoid area over the
+/// fraction of pixels changed (0 to 1). Lower deletion and higher insertion mean a more faithful map.
+/// Costs 2 (steps + 1) forward passes through `runner`.
+pub fn faithfulness(runner: &mut Runner, saliency: &[f32], steps: usize) -> Result<Faithfulness> {
+    let n = saliency.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| saliency[b].total_cmp(&saliency[a]).then(a.cmp(&b)));
+    let mut rank = vec![0usize; n];
+    order.iter().enumerate().for_each(|(r, &q)| rank[q] = r);
+    let steps = steps.max(1);
+    let changed = |step: usize| (step * n).div_ceil(steps);
+    let mut curves = [vec![0.0; steps + 1], vec![0.0; steps + 1]];
+    runner.run(
+        2 * (steps + 1),
+        |i, mask| {
+            let (insertion, step) = (i > steps, i % (steps + 1));
+            let cut = changed(step);
+            for (q, m) in mask.iter_mut().enumerate() {
+                let early = rank[q] < cut;
+                *m = if early ^ insertion { 0.0 } else { 1.0 };
+            }
+        },
+        |i, score, _| curves[(i > steps) as usize][i % (steps + 1)] = score as f64,
+    )?;
+    let auc = |c: &[f64]| c.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / steps as f64;
+    let [deletion_curve, insertion_curve] = curves;
+    Ok(Faithfulness { deletion_auc: auc(&deletion_curve), insertion_auc: auc(&insertion_curve), deletion_curve, insertion_curve })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_of_known_masks() {
+        let a = [true, true, false, false];
+        let b = [true, false, true, false];
+        let o = overlap(&a, &b);
+        assert_eq!((o.dice, o.iou), (0.5, 1.0 / 3.0));
+    }
+
+    #[test]
+    fn perfect_and_inverted_maps() {
+        let truth: Vec<bool> = (0..100).map(|q| q % 10 < 3).collect();
+        let perfect: Vec<f32> = truth.iter().map(|&t| if t { 2.0 } else { -1.0 }).collect();
+        let a = agreement(&perfect, &truth);
+        assert_eq!((a.top_k.dice, a.otsu.dice, a.half.dice, a.auroc, a.pointing_game), (1.0, 1.0, 1.0, 1.0, true));
+        let inverted: Vec<f32> = perfect.iter().map(|v| -v).collect();
+        let b = agreement(&inverted, &truth);
+        assert_eq!((b.top_k.dice, b.auroc, b.pointing_game), (0.0, 0.0, false));
+        // A constant map carries no information: AUROC one half.
+        assert_eq!(auroc(&[1.0; 100], &truth), 0.5);
+    }
+
+    #[test]
+    fn otsu_splits_two_clusters() {
+        let v: Vec<f32> = (0..200).map(|i| if i < 120 { 0.2 } else { 0.8 }).collect();
+        let t = otsu(&v);
+        assert!(t > 0.2 && t < 0.8, "threshold {t}");
+    }
+
+    #[test]
+    fn auroc_matches_pair_counting() {
+        let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.2];
+        let truth = [false, true, false, true, false, true];
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for i in 0..6 {
+            for j in 0..6 {
+                if truth[i] && !truth[j] {
+                    pairs += 1.0;
+                    wins += if s[i] > s[j] { 1.0 } else if s[i] == s[j] { 0.5 } else { 0.0 };
+                }
+            }
+        }
+        assert!((auroc(&s, &truth) - wins / pairs).abs() < 1e-12);
+    }
+}
