@@ -387,19 +387,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
-        let [b, heads, lq, d] = q.shape()[..] else { bail!("attention: q must be (B, heads, L, d), got {:?}", q.shape()) };
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+        let [b, lq, width] = q.shape()[..] else { bail!("attention: q must be (B, L, D), got {:?}", q.shape()) };
         ensure!(k.shape() == v.shape(), "attention: k {:?} and v {:?} differ", k.shape(), v.shape());
-        let [kb, kh, lk, kd] = k.shape()[..] else { bail!("attention: k must be rank 4") };
-        ensure!((kb, kh, kd) == (b, heads, d), "attention: q {:?} and k {:?} do not match", q.shape(), k.shape());
+        let [kb, lk, kw] = k.shape()[..] else { bail!("attention: k must be (B, L, D)") };
+        ensure!((kb, kw) == (b, width), "attention: q {:?} and k {:?} do not match", q.shape(), k.shape());
+        ensure!(heads >= 1 && width % heads == 0, "attention: width {width} does not split into {heads} heads");
+        let d = width / heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let mut out = Tensor::zeros(&[b, heads, lq, d]);
-        out.data_mut().par_chunks_mut(lq * d).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, dst)| {
-            let (qi, ki, vi) = (&q.data()[i * lq * d..][..lq * d], &k.data()[i * lk * d..][..lk * d], &v.data()[i * lk * d..][..lk * d]);
+        let mut out = Tensor::zeros(&[b, lq, width]);
+        let out_ptr = SharedMut(out.data_mut().as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+            let (i, h) = (task / heads, task % heads);
+            // Head h of item i: columns [h*d, (h+1)*d) of rows with stride `width`.
+            let (qi, ki, vi) = (&q.data()[i * lq * width + h * d..], &k.data()[i * lk * width + h * d..], &v.data()[i * lk * width + h * d..]);
             scores.resize(lq * lk, 0.0);
             unsafe {
-                // scores = Q K^T (rhs element (c, j) = K[j, c]), then softmax rows, then out = P V.
-                matmul(lq, lk, d, scores.as_mut_ptr(), lk as isize, qi.as_ptr(), d as isize, 1, ki.as_ptr(), 1, d as isize, Parallelism::None);
+                // scores = Q K^T (rhs element (c, j) = K[j, c]).
+                matmul(lq, lk, d, scores.as_mut_ptr(), lk as isize, qi.as_ptr(), width as isize, 1, ki.as_ptr(), 1, width as isize, Parallelism::None);
             }
             for (r, row) in scores.chunks_mut(lk).enumerate() {
                 row.iter_mut().for_each(|s| *s *= scale);
@@ -408,11 +413,19 @@ impl Backend for CpuBackend {
                 }
                 softmax_in_place(row);
             }
+            // Safety: this task writes columns [h*d, (h+1)*d) of item i only.
             unsafe {
-                matmul(lq, d, lk, dst.as_mut_ptr(), d as isize, scores.as_ptr(), lk as isize, 1, vi.as_ptr(), d as isize, 1, Parallelism::None);
+                let dst = out_ptr.ptr().add(i * lq * width + h * d);
+                matmul(lq, d, lk, dst, width as isize, scores.as_ptr(), lk as isize, 1, vi.as_ptr(), width as isize, 1, Parallelism::None);
             }
         });
         Ok(out)
+    }
+
+    fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        ensure!(a.shape() == b.shape(), "add: shapes {:?} and {:?} differ", a.shape(), b.shape());
+        a.data_mut().par_chunks_mut(16384).zip(b.data().par_chunks(16384)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(p, q)| *p += q));
+        Ok(())
     }
 }
 
@@ -536,21 +549,20 @@ mod tests {
                 assert!((y.data()[r * 5 + j] - want).abs() < 1e-5);
             }
         }
-        let (q, k, v) = (random(&[1, 2, 4, 3], 31), random(&[1, 2, 4, 3], 32), random(&[1, 2, 4, 3], 33));
+        // Two heads of width 3 over (B=1, L=4, D=6).
+        let (q, k, v) = (random(&[1, 4, 6], 31), random(&[1, 4, 6], 32), random(&[1, 4, 6], 33));
         for causal in [false, true] {
-            let o = CpuBackend.attention(&q, &k, &v, causal).unwrap();
+            let o = CpuBackend.attention(&q, &k, &v, 2, causal).unwrap();
             for h in 0..2 {
                 for i in 0..4 {
-                    let base = h * 12;
+                    let at = |t: &Tensor, row: usize, c: usize| t.data()[row * 6 + h * 3 + c];
                     let keys = if causal { i + 1 } else { 4 };
-                    let s: Vec<f32> = (0..keys)
-                        .map(|j| (0..3).map(|c| q.data()[base + i * 3 + c] * k.data()[base + j * 3 + c]).sum::<f32>() / 3f32.sqrt())
-                        .collect();
+                    let s: Vec<f32> = (0..keys).map(|j| (0..3).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f32>() / 3f32.sqrt()).collect();
                     let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let z: f32 = s.iter().map(|v| (v - m).exp()).sum();
                     for c in 0..3 {
-                        let want: f32 = (0..keys).map(|j| (s[j] - m).exp() / z * v.data()[base + j * 3 + c]).sum();
-                        assert!((o.data()[base + i * 3 + c] - want).abs() < 1e-5);
+                        let want: f32 = (0..keys).map(|j| (s[j] - m).exp() / z * at(&v, j, c)).sum();
+                        assert!((at(&o, i, c) - want).abs() < 1e-5);
                     }
                 }
             }

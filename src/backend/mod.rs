@@ -120,6 +120,10 @@ pub trait Backend: Send + Sync {
     /// Softmax over the last axis.
     fn softmax_last(&self, x: &mut Self::Tensor) -> Result<()>;
 
-    /// Scaled dot-product attention over (B, heads, L, d) tensors; `causal` masks future positions.
-    fn attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, causal: bool) -> Result<Self::Tensor>;
+    /// Multi-head scaled dot-product attention. q, k, v are (B, L, heads * d) as the projections emit
+    /// them; the output has the same layout. `causal` masks future positions.
+    fn attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, heads: usize, causal: bool) -> Result<Self::Tensor>;
+
+    /// a += b, elementwise (residual connections).
+    fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
 }
