@@ -207,10 +207,21 @@ fn superpixels(settings: &Settings, slice: &SliceInput, roi: &[bool], full: bool
     }
 }
 
+/// The CLIP ROI of a slice (thresholded, before the margin) and the seconds it took: computed once per
+/// slice and charged to every method run that uses it.
+#[derive(Clone, Debug, Default)]
+pub struct ClipRoi {
+    pub mask: Option<Vec<bool>>,
+    pub probability: Option<Vec<f32>>,
+    pub seconds: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run_method<B: Backend>(
     backend: &B,
     model: &BasicUNet<B>,
     slice: &SliceInput,
+    clip: &ClipRoi,
     class: usize,
     method: Method,
     roi_mode: RoiMode,
@@ -220,7 +231,7 @@ pub fn run_method<B: Backend>(
     let size = slice.size;
     let started = Instant::now();
     let scorer = UNetScorer::new(backend, model, &slice.image, size, class, settings.score)?;
-    let roi = region(roi_mode, &scorer.m0, size, settings.margin_mm / slice.mm_per_pixel)?;
+    let roi = region(roi_mode, &scorer.m0, clip.mask.as_deref(), size, settings.margin_mm / slice.mm_per_pixel)?;
     let baseline = baseline_image(settings.baseline, &slice.image, size);
     let full = roi_mode == RoiMode::Full;
     let (segments, roi) = match method {
@@ -241,7 +252,7 @@ pub fn run_method<B: Backend>(
     // The scorer's own unperturbed pass that found M0.
     let forward_passes = explanation.forward_passes + 1;
     drop(runner);
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64() + if roi_mode.uses_clip() { clip.seconds } else { 0.0 };
     let agreement = slice.truth.as_ref().map(|t| agreement(&explanation.saliency, t));
     // Faithfulness is measured the same way for every mode: whole image, same baseline.
     let roi = problem.roi.clone();

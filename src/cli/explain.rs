@@ -9,7 +9,11 @@ use crate::explain::superpixels::{Segmenter, SegmenterKind};
 use crate::explain::{BaselineKind, ScoreKind};
 use crate::io::{self, Volume};
 use crate::models::BasicUNet;
-use crate::pipeline::{organ_class, organ_name, run_method, Method, MethodRun, Settings, SliceInput};
+use crate::models::clip::ClipModel;
+use crate::phantom::FLARE22_ORGANS;
+use crate::pipeline::{organ_class, organ_name, run_method, ClipRoi, Method, MethodRun, Settings, SliceInput};
+use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
+use std::time::Instant;
 use crate::preprocess::{resize_bilinear, AxialLayout};
 use crate::render;
 use crate::roi::RoiMode;
@@ -93,6 +97,21 @@ pub struct MethodArgs {
     /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
     #[arg(long)]
     pub faithfulness_steps: Option<usize>,
+    /// CLIP folder (transformers CLIPModel: model.safetensors + config.json); default: weights/clip.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// CoOp context vectors folder; default: weights/coop (ignored with --prompt or --no-coop).
+    #[arg(long)]
+    pub coop: Option<PathBuf>,
+    /// Use hand-written prompts ("a CT image of the {organ}") instead of CoOp's learned contexts.
+    #[arg(long)]
+    pub no_coop: bool,
+    /// Hand-written prompt for the organ, e.g. "a CT image of the liver" (implies --no-coop).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// CLIP ROI threshold on the organ probability map: otsu, fixed:VALUE, or top:FRACTION.
+    #[arg(long, default_value = "otsu")]
+    pub roi_threshold: String,
     /// Seed of every random choice (RISE masks, LIME/SHAP coalitions): same seed, same map.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -149,6 +168,32 @@ impl MethodArgs {
         };
         BasicUNet::load_dir(&CpuBackend, &dir)
     }
+}
+
+/// The CLIP ROI of a prepared slice: organ probability map, thresholded, small components dropped.
+/// Seconds count the map and threshold only (weights and per-organ text features load once).
+pub fn clip_roi(args: &MethodArgs, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+    let clip_dir = match &args.clip {
+        Some(d) => d.clone(),
+        None => bundled("clip")?,
+    };
+    let clip = ClipModel::load_dir(&CpuBackend, &clip_dir)?;
+    let classes: Vec<String> = std::iter::once("background".to_string()).chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string())).collect();
+    let coop = if args.prompt.is_none() && !args.no_coop {
+        let dir = match &args.coop {
+            Some(d) => d.clone(),
+            None => bundled("coop")?,
+        };
+        Some(CoopContexts::load_dir(&dir)?)
+    } else {
+        None
+    };
+    let threshold: Threshold = args.roi_threshold.parse()?;
+    let localiser = ClipLocaliser::new(&CpuBackend, &clip, &classes, coop.as_ref(), args.prompt.as_deref().map(|p| (class, p)))?;
+    let started = Instant::now();
+    let probability = localiser.probability_map(&CpuBackend, &input.image, input.size, class)?;
+    let mask = keep_large_components(&binarise(&probability, threshold), input.size, 0.2);
+    Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Largest batch whose activations fit a 2 GiB budget (capped at 64: larger batches stop paying off).
@@ -236,17 +281,19 @@ pub struct Case {
     pub slice: usize,
     pub class: usize,
     pub input: SliceInput,
+    pub clip: ClipRoi,
 }
 
 impl Case {
-    pub fn load(image: &Path, label: Option<&Path>, label_ids: LabelIds, slice: &str, args: &MethodArgs, size: usize) -> Result<Self> {
+    /// `needs_clip`: compute the CLIP ROI (for the clip and clip+seg modes).
+    pub fn load(image: &Path, label: Option<&Path>, label_ids: LabelIds, slice: &str, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
         let volume = io::read_image(image)?;
         let class = organ_class(&args.organ)?;
         let labels = label.map(|l| load_labels(l, label_ids, &volume)).transpose()?;
-        Self::from_volume(volume, labels, slice, class, args, size)
+        Self::from_volume(volume, labels, slice, class, args, size, needs_clip)
     }
 
-    pub fn from_volume(volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize) -> Result<Self> {
+    pub fn from_volume(volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
         let layout = AxialLayout::of(&volume)?;
         let k = if slice == "organ-center" {
             let l = labels.as_ref().context("--slice organ-center needs --label")?;
@@ -263,7 +310,8 @@ impl Case {
                 bail!("{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)", volume.source.display(), organ_name(class));
             }
         }
-        Ok(Self { volume, labels, slice: k, class, input })
+        let clip = if needs_clip { clip_roi(args, &input, class)? } else { ClipRoi::default() };
+        Ok(Self { volume, labels, slice: k, class, input, clip })
     }
 }
 
@@ -275,7 +323,7 @@ pub fn run_with_progress(model: &BasicUNet<CpuBackend>, case: &Case, method: Met
         Method::Lime | Method::KernelShap => settings.lime.samples,
     };
     let bar = progress_bar(total as u64, &format!("{} ({})", method.name(), roi.name()));
-    let run = run_method(&CpuBackend, model, &case.input, case.class, method, roi, settings, |n| bar.set_position(n as u64));
+    let run = run_method(&CpuBackend, model, &case.input, &case.clip, case.class, method, roi, settings, |n| bar.set_position(n as u64));
     bar.finish_and_clear();
     run
 }

@@ -92,6 +92,13 @@ pub enum Command {
     /// The whole job on the bundled phantom: segment, explain the liver with every method in both
     /// modes, write overlays and the bench table, and print where they are.
     Demo(DemoCmd),
+    /// Localise an organ with CLIP: the organ probability map of one slice and its ROI mask.
+    ///
+    /// The map is the softmax over organs of CLIP patch-text similarities (CoOp prompts unless --prompt
+    /// or --no-coop), upsampled to the slice; the ROI keeps the pixels above the threshold, drops
+    /// components under 20% of the largest, and grows by --margin-mm. Writes a PNG overlay (map as heat,
+    /// ROI outline cyan, ground truth green) or, for .nii/.nii.gz, the ROI mask on the input's grid.
+    Roi(RoiCmd),
     /// Convert an image (NIfTI or DICOM series folder) to NIfTI, keeping its geometry.
     ///
     /// Integer-valued volumes within the int16 range are written as int16, others as float32. Useful to
@@ -143,13 +150,37 @@ pub struct ExplainCmd {
     /// Perturbation method.
     #[arg(long, value_enum)]
     pub method: Method,
-    /// Region of interest: none (full image), seg (predicted organ + margin), bbox, clip, clip+seg.
-    #[arg(long, value_enum, default_value_t = RoiMode::Seg)]
+    /// Region of interest: none (full image), clip (CLIP organ map + margin), seg (predicted organ +
+    /// margin), bbox, clip+seg.
+    #[arg(long, value_enum, default_value_t = RoiMode::Clip)]
     pub roi: RoiMode,
     /// Model input size (square); default: the U-Net config's input_size, else 256.
     #[arg(long)]
     pub size: Option<usize>,
     /// Output folder (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub method_args: MethodArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RoiCmd {
+    /// Input image: NIfTI file or DICOM series folder.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Ground-truth labels, to report how much of the organ the ROI covers.
+    #[arg(long)]
+    pub label: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
+    pub label_ids: LabelIds,
+    /// Axial slice index, or organ-center (needs --label).
+    #[arg(long)]
+    pub slice: String,
+    /// Model grid size (square) the map is computed on.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Output: .png (overlay) or .nii/.nii.gz (ROI mask on the input's grid).
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -176,7 +207,7 @@ pub struct BenchCmd {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "occlusion,rise,lime,kernelshap")]
     pub methods: Vec<Method>,
     /// The ROI mode compared against the full image.
-    #[arg(long, value_enum, default_value_t = RoiMode::Seg)]
+    #[arg(long, value_enum, default_value_t = RoiMode::Clip)]
     pub roi: RoiMode,
     /// Runs per row; seconds are the median.
     #[arg(long, default_value_t = 1)]
@@ -271,6 +302,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { path } => info(&path),
         Command::Explain(cmd) => explain_command(cmd),
+        Command::Roi(cmd) => roi_command(cmd),
         Command::Bench(cmd) => bench_command(cmd),
         Command::Demo(cmd) => demo_command(cmd),
         Command::Convert { image, out } => {
@@ -387,7 +419,7 @@ fn model_size(size: Option<usize>, model: &BasicUNet<CpuBackend>) -> usize {
 fn explain_command(cmd: ExplainCmd) -> Result<()> {
     let model = cmd.method_args.load_unet()?;
     let size = model_size(cmd.size, &model);
-    let case = Case::load(&cmd.image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, size)?;
+    let case = Case::load(&cmd.image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, size, cmd.roi.uses_clip())?;
     let settings = cmd.method_args.settings(size, &model)?;
     let run = run_with_progress(&model, &case, cmd.method, cmd.roi, &settings)?;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
@@ -412,10 +444,10 @@ fn bench_command(cmd: BenchCmd) -> Result<()> {
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
         let class = crate::pipeline::organ_class(&cmd.method_args.organ)?;
-        Case::from_volume(p.ct, Some(p.labels), &cmd.slice, class, &cmd.method_args, size)?
+        Case::from_volume(p.ct, Some(p.labels), &cmd.slice, class, &cmd.method_args, size, cmd.roi.uses_clip())?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;
-        Case::load(image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, size)?
+        Case::load(image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, size, cmd.roi.uses_clip())?
     };
     let settings = cmd.method_args.settings(size, &model)?;
     let rows = bench_runs(&model, &case, &cmd.methods, cmd.roi, &settings, cmd.repeat)?;
@@ -443,7 +475,7 @@ fn demo_command(cmd: DemoCmd) -> Result<()> {
     std::fs::create_dir_all(&phantom_dir).with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
     io::nifti::write_like(&phantom_dir.join("ct.nii.gz"), &p.ct, &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>())?;
     io::nifti::write_like(&phantom_dir.join("labels.nii.gz"), &p.ct, &p.labels)?;
-    let case = Case::from_volume(p.ct, Some(p.labels), "organ-center", 1, &args, size)?;
+    let case = Case::from_volume(p.ct, Some(p.labels), "organ-center", 1, &args, size, true)?;
     let seg_options = SegmentOptions { intensity: Intensity::ABDOMEN, input_size: size, batch: 1 };
     let labels = segment_slices(&CpuBackend, &model, &case.volume, &[case.slice], &seg_options, |_| {})?;
     io::nifti::write_like(&out.join("segmentation.nii.gz"), &case.volume, &labels)?;
@@ -452,8 +484,8 @@ fn demo_command(cmd: DemoCmd) -> Result<()> {
     settings.lime.samples = cmd.samples;
     settings.shap.samples = cmd.samples;
     settings.faithfulness_steps = 16;
-    eprintln!("explaining {} on phantom slice {} (ROI: the U-Net's liver mask + {} mm; CLIP ROI not bundled yet)", organ_name(1), case.slice, settings.margin_mm);
-    let rows = bench_runs(&model, &case, &Method::ALL, RoiMode::Seg, &settings, 1)?;
+    eprintln!("explaining {} on phantom slice {} (ROI: CLIP organ map + {} mm)", organ_name(1), case.slice, settings.margin_mm);
+    let rows = bench_runs(&model, &case, &Method::ALL, RoiMode::Clip, &settings, 1)?;
     let overlays: Vec<_> = rows.iter().map(|r| overlay_image(&case.input, r)).collect();
     for (r, img) in rows.iter().zip(&overlays) {
         crate::render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), img)?;
@@ -472,5 +504,44 @@ fn demo_command(cmd: DemoCmd) -> Result<()> {
     println!("  overlays.png                              all methods; top row full image, bottom row ROI");
     println!("  <method>_<roi>.png                        each overlay alone");
     println!("  bench.md, bench.json                      the table above");
+    Ok(())
+}
+
+fn roi_command(cmd: RoiCmd) -> Result<()> {
+    let name = cmd.out.to_string_lossy().to_lowercase();
+    let png = name.ends_with(".png");
+    if !png && !name.ends_with(".nii") && !name.ends_with(".nii.gz") {
+        bail!("{}: --out must end in .png, .nii or .nii.gz", cmd.out.display());
+    }
+    let case = Case::load(&cmd.image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, cmd.size, true)?;
+    let size = cmd.size;
+    let margin_mm = cmd.method_args.margin_mm.unwrap_or(10.0);
+    let mask = case.clip.mask.as_deref().context("CLIP ROI missing")?;
+    let roi = crate::roi::region(RoiMode::Clip, &vec![false; size * size], Some(mask), size, margin_mm / case.input.mm_per_pixel)?;
+    let area = crate::roi::area_fraction(&roi);
+    if png {
+        let probability = case.clip.probability.as_deref().context("CLIP map missing")?;
+        crate::render::save_png(&cmd.out, &crate::render::overlay(&case.input.image, probability, size, Some(&roi), case.input.truth.as_deref()))?;
+    } else {
+        let layout = AxialLayout::of(&case.volume)?;
+        let shape = layout.slice_shape(&case.volume);
+        let plane = crate::preprocess::resize_nearest(&roi.iter().map(|&b| b as u8).collect::<Vec<_>>(), (size, size), shape);
+        let mut volume = vec![0u8; case.volume.voxel_count()];
+        layout.insert(case.volume.dims, case.slice, &plane, &mut volume);
+        io::nifti::write_like(&cmd.out, &case.volume, &volume)?;
+    }
+    let coverage = case.input.truth.as_ref().map(|t| {
+        let organ = t.iter().filter(|&&b| b).count().max(1);
+        t.iter().zip(&roi).filter(|(a, b)| **a && **b).count() as f64 / organ as f64
+    });
+    eprintln!(
+        "{} ROI on slice {}: {:.1}% of the slice{}; {:.3}s; wrote {}",
+        organ_name(case.class),
+        case.slice,
+        100.0 * area,
+        coverage.map_or(String::new(), |c| format!(", covers {:.1}% of the ground-truth organ", 100.0 * c)),
+        case.clip.seconds,
+        cmd.out.display()
+    );
     Ok(())
 }

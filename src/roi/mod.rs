@@ -1,10 +1,12 @@
 //! Regions of interest on the model grid: where the explainers may perturb.
 //!
-//! `seg` and `bbox` come from the U-Net's own prediction of the organ; `clip` (language-guided) needs
-//! the CLIP weights of the ROI issue. Every ROI is dilated by a margin in millimetres so the explainer
-//! also sees the organ's border and immediate context.
+//! `seg` and `bbox` come from the U-Net's own prediction of the organ; `clip` from the language-guided
+//! localiser (`clip` submodule). Every ROI is dilated by a margin in millimetres so the explainer also
+//! sees the organ's border and immediate context.
 
-use anyhow::{bail, Result};
+pub mod clip;
+
+use anyhow::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum RoiMode {
@@ -65,16 +67,25 @@ pub fn bounding_box(mask: &[bool], size: usize, margin: f64) -> Vec<bool> {
     (0..mask.len()).map(|q| !set.is_empty() && (y0..=y1).contains(&(q / size)) && (x0..=x1).contains(&(q % size))).collect()
 }
 
-/// The ROI for `mode` from the predicted organ mask `m0` (model grid), `margin_px` in model pixels.
-pub fn region(mode: RoiMode, m0: &[bool], size: usize, margin_px: f64) -> Result<Vec<bool>> {
+impl RoiMode {
+    pub fn uses_clip(&self) -> bool {
+        matches!(self, RoiMode::Clip | RoiMode::ClipSeg)
+    }
+}
+
+/// The ROI for `mode` from the predicted organ mask `m0` and, for the CLIP modes, the CLIP mask
+/// (thresholded, before the margin); all on the model grid, `margin_px` in model pixels.
+pub fn region(mode: RoiMode, m0: &[bool], clip: Option<&[bool]>, size: usize, margin_px: f64) -> Result<Vec<bool>> {
+    let clip_mask = || clip.ok_or_else(|| anyhow::anyhow!("--roi {} needs the CLIP localiser (weights/clip)", mode.name()));
     Ok(match mode {
         RoiMode::Full => vec![true; m0.len()],
         RoiMode::Seg => dilate(m0, size, margin_px),
         RoiMode::Bbox => bounding_box(m0, size, margin_px),
-        RoiMode::Clip | RoiMode::ClipSeg => bail!(
-            "--roi {} needs CLIP weights (weights/clip), which this build does not bundle yet; use --roi seg or bbox",
-            mode.name()
-        ),
+        RoiMode::Clip => dilate(clip_mask()?, size, margin_px),
+        RoiMode::ClipSeg => {
+            let union: Vec<bool> = clip_mask()?.iter().zip(m0).map(|(a, b)| *a || *b).collect();
+            dilate(&union, size, margin_px)
+        }
     })
 }
 

@@ -1,0 +1,183 @@
+//! Language-guided localisation: CLIP patch features against organ prompts (CoOp context vectors or a
+//! hand-written prompt), turned into a per-pixel probability map and then into an ROI mask.
+
+use crate::backend::Backend;
+use crate::models::clip::{ClassPosition, ClipModel, ClipTokenizer, IMAGE_MEAN, IMAGE_STD};
+use crate::preprocess::resize_bilinear;
+use crate::tensor::Tensor;
+use crate::weights::WeightsFile;
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// The classes the bundled CLIP/CoOp know: index = FLARE22 id, 0 = background.
+pub const HAND_TEMPLATE: &str = "a CT image of the {}";
+
+/// CoOp's learned context vectors, one set per class (class-specific context).
+pub struct CoopContexts {
+    pub classes: Vec<String>,
+    pub position: ClassPosition,
+    pub contexts: Vec<Tensor>,
+}
+
+impl CoopContexts {
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read CoOp config", config_path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+        let classes: Vec<String> = v["classes"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect()).unwrap_or_default();
+        ensure!(!classes.is_empty(), "{}: needs a non-empty \"classes\" list", config_path.display());
+        let position = match v["class_position"].as_str().unwrap_or("end") {
+            "end" => ClassPosition::End,
+            "middle" => ClassPosition::Middle,
+            "front" => ClassPosition::Front,
+            other => bail!("{}: class_position {other:?} (use end, middle or front)", config_path.display()),
+        };
+        let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        let contexts = classes.iter().map(|c| weights.get(c)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { classes, position, contexts })
+    }
+}
+
+/// Normalised text features per class, ready for patch similarities.
+pub struct ClipLocaliser<'a, B: Backend> {
+    pub model: &'a ClipModel<B>,
+    pub classes: Vec<String>,
+    text: Vec<Vec<f32>>,
+}
+
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / n).collect()
+}
+
+impl<'a, B: Backend> ClipLocaliser<'a, B> {
+    /// Class text features from CoOp contexts; `prompt` replaces the target class's prompt by a
+    /// hand-written one (then every class uses the hand template, so the softmax compares like with like).
+    pub fn new(backend: &B, model: &'a ClipModel<B>, classes: &[String], coop: Option<&CoopContexts>, prompt: Option<(usize, &str)>) -> Result<Self> {
+        let tok = ClipTokenizer::default();
+        let text = match (coop, prompt) {
+            (Some(coop), None) => {
+                ensure!(coop.classes == classes, "CoOp classes {:?} do not match {:?}", coop.classes, classes);
+                let dot = *tok.encode(".").first().context("tokenizer lost '.'")?;
+                let mut feats = Vec::new();
+                for (name, ctx) in classes.iter().zip(&coop.contexts) {
+                    let (emb, eot) = model.prompt_embeddings(ctx, &tok.encode(name), coop.position, (tok.start(), dot, tok.end()))?;
+                    let (l, d) = (emb.shape()[0], emb.shape()[1]);
+                    feats.push(model.encode_text_embeddings(backend, &emb.reshape(&[1, l, d])?, &[eot])?.into_data());
+                }
+                feats
+            }
+            (_, prompt) => {
+                let ids: Vec<Vec<u32>> = classes
+                    .iter()
+                    .enumerate()
+                    .map(|(c, name)| match prompt {
+                        Some((target, text)) if target == c => tok.tokenize(text),
+                        _ => tok.tokenize(&HAND_TEMPLATE.replace("{}", name)),
+                    })
+                    .collect();
+                let t = model.encode_text_ids(backend, &ids)?;
+                t.data().chunks(t.shape()[1]).map(<[f32]>::to_vec).collect()
+            }
+        };
+        Ok(Self { model, classes: classes.to_vec(), text: text.iter().map(|t| normalised(t)).collect() })
+    }
+
+    /// Probability of class `target` per pixel of a size x size slice (values in [0, 1] windowed): the
+    /// softmax over classes of logit_scale * cos(patch, class text), bilinearly upsampled.
+    pub fn probability_map(&self, backend: &B, slice: &[f32], size: usize, target: usize) -> Result<Vec<f32>> {
+        ensure!(target < self.classes.len(), "class {target} not among the CLIP classes");
+        let s = self.model.config().image_size;
+        let resized = resize_bilinear(slice, 1, (size, size), (s, s));
+        let mut pixels = Vec::with_capacity(3 * s * s);
+        for c in 0..3 {
+            pixels.extend(resized.iter().map(|v| (v - IMAGE_MEAN[c]) / IMAGE_STD[c]));
+        }
+        let (dense, gh, gw) = self.model.dense_image_features(backend, &Tensor::new(&[1, 3, s, s], pixels)?)?;
+        let p = dense.shape()[2];
+        let scale = self.model.logit_scale.min(100.0);
+        let mut grid = Vec::with_capacity(gh * gw);
+        for patch in dense.data().chunks(p) {
+            let f = normalised(patch);
+            let logits: Vec<f32> = self.text.iter().map(|t| scale * t.iter().zip(&f).map(|(a, b)| a * b).sum::<f32>()).collect();
+            let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
+            grid.push((logits[target] - m).exp() / z);
+        }
+        Ok(resize_bilinear(&grid, 1, (gh, gw), (size, size)))
+    }
+}
+
+/// How a probability map becomes a mask.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Fixed(f32),
+    Otsu,
+    /// Keep this fraction of the slice, most probable first.
+    TopFraction(f32),
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || anyhow::anyhow!("threshold {s:?}: use otsu, fixed:VALUE or top:FRACTION");
+        match s.split_once(':') {
+            None if s == "otsu" => Ok(Threshold::Otsu),
+            Some(("fixed", v)) => Ok(Threshold::Fixed(v.parse().map_err(|_| bad())?)),
+            Some(("top", v)) => v.parse().ok().filter(|f: &f32| *f > 0.0 && *f <= 1.0).map(Threshold::TopFraction).ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+}
+
+pub fn binarise(map: &[f32], threshold: Threshold) -> Vec<bool> {
+    match threshold {
+        Threshold::Fixed(t) => map.iter().map(|&v| v >= t).collect(),
+        Threshold::Otsu => {
+            let norm = crate::metrics::min_max(map);
+            let t = crate::metrics::otsu(&norm);
+            norm.iter().map(|&v| v > t).collect()
+        }
+        Threshold::TopFraction(f) => crate::metrics::top_k(map, ((map.len() as f32 * f).round() as usize).max(1)),
+    }
+}
+
+/// 4-connected components of a mask, largest first: (pixels of each component).
+pub fn components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
+    let mut seen = vec![false; mask.len()];
+    let mut out = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        let (mut stack, mut comp) = (vec![start], Vec::new());
+        seen[start] = true;
+        while let Some(q) = stack.pop() {
+            comp.push(q);
+            let (y, x) = (q / size, q % size);
+            let nbs = [(y > 0).then(|| q - size), (y + 1 < size).then(|| q + size), (x > 0).then(|| q - 1), (x + 1 < size).then(|| q + 1)];
+            for nb in nbs.into_iter().flatten() {
+                if mask[nb] && !seen[nb] {
+                    seen[nb] = true;
+                    stack.push(nb);
+                }
+            }
+        }
+        out.push(comp);
+    }
+    out.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    out
+}
+
+/// Keeps the largest component and any other at least `min_ratio` of its size.
+pub fn keep_large_components(mask: &[bool], size: usize, min_ratio: f64) -> Vec<bool> {
+    let comps = components(mask, size);
+    let mut out = vec![false; mask.len()];
+    if let Some(largest) = comps.first().map(Vec::len) {
+        for c in comps.iter().filter(|c| c.len() as f64 >= min_ratio * largest as f64) {
+            c.iter().for_each(|&q| out[q] = true);
+        }
+    }
+    out
+}
