@@ -1,6 +1,6 @@
 //! `xaiclip explain`, `bench` and `demo`: explanations of one organ on one slice, their cost and quality.
 
-use super::{progress_bar, IntensityArgs};
+use super::{progress_bar, CaseArgs, IntensityArgs};
 use crate::backend::CpuBackend;
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
@@ -286,11 +286,11 @@ pub struct Case {
 
 impl Case {
     /// `needs_clip`: compute the CLIP ROI (for the clip and clip+seg modes).
-    pub fn load(image: &Path, label: Option<&Path>, label_ids: LabelIds, slice: &str, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
-        let volume = io::read_image(image)?;
+    pub fn load(case: &CaseArgs, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
+        let volume = io::read_image(&case.image)?;
         let class = organ_class(&args.organ)?;
-        let labels = label.map(|l| load_labels(l, label_ids, &volume)).transpose()?;
-        Self::from_volume(volume, labels, slice, class, args, size, needs_clip)
+        let labels = case.label.as_deref().map(|l| load_labels(l, case.label_ids, &volume)).transpose()?;
+        Self::from_volume(volume, labels, &case.slice, class, args, size, needs_clip)
     }
 
     pub fn from_volume(volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {

@@ -133,12 +133,14 @@ pub enum Command {
     },
 }
 
+/// The slice to work on (explain, roi).
 #[derive(clap::Args, Debug)]
-pub struct ExplainCmd {
+pub struct CaseArgs {
     /// Input image: NIfTI file or DICOM series folder.
     #[arg(long)]
     pub image: PathBuf,
-    /// Ground-truth label volume (NIfTI), for the agreement metrics; any grid, matched through the affines.
+    /// Ground-truth label volume (NIfTI; any grid, matched through the affines): enables the agreement
+    /// metrics, ROI coverage and --slice organ-center.
     #[arg(long)]
     pub label: Option<PathBuf>,
     /// Id scheme of --label.
@@ -147,6 +149,12 @@ pub struct ExplainCmd {
     /// Axial slice index, or organ-center (the slice with the largest ground-truth area; needs --label).
     #[arg(long)]
     pub slice: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainCmd {
+    #[command(flatten)]
+    pub case: CaseArgs,
     /// Perturbation method.
     #[arg(long, value_enum)]
     pub method: Method,
@@ -166,17 +174,8 @@ pub struct ExplainCmd {
 
 #[derive(clap::Args, Debug)]
 pub struct RoiCmd {
-    /// Input image: NIfTI file or DICOM series folder.
-    #[arg(long)]
-    pub image: PathBuf,
-    /// Ground-truth labels, to report how much of the organ the ROI covers.
-    #[arg(long)]
-    pub label: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
-    pub label_ids: LabelIds,
-    /// Axial slice index, or organ-center (needs --label).
-    #[arg(long)]
-    pub slice: String,
+    #[command(flatten)]
+    pub case: CaseArgs,
     /// Model grid size (square) the map is computed on.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -419,14 +418,14 @@ fn model_size(size: Option<usize>, model: &BasicUNet<CpuBackend>) -> usize {
 fn explain_command(cmd: ExplainCmd) -> Result<()> {
     let model = cmd.method_args.load_unet()?;
     let size = model_size(cmd.size, &model);
-    let case = Case::load(&cmd.image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, size, cmd.roi.uses_clip())?;
+    let case = Case::load(&cmd.case, &cmd.method_args, size, cmd.roi.uses_clip())?;
     let settings = cmd.method_args.settings(size, &model)?;
     let run = run_with_progress(&model, &case, cmd.method, cmd.roi, &settings)?;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     io::nifti::write_like(&cmd.out.join("saliency.nii.gz"), &case.volume, &saliency_volume(&case.volume, case.slice, &run.saliency, size)?)?;
     crate::render::save_png(&cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
     let report = json!({
-        "image": cmd.image, "label": cmd.label, "slice": case.slice, "organ": organ_name(case.class), "class": case.class,
+        "image": cmd.case.image, "label": cmd.case.label, "slice": case.slice, "organ": organ_name(case.class), "class": case.class,
         "model_input_size": size, "seed": cmd.method_args.seed, "settings": format!("{settings:?}"),
         "result": run_json(&run),
     });
@@ -447,7 +446,8 @@ fn bench_command(cmd: BenchCmd) -> Result<()> {
         Case::from_volume(p.ct, Some(p.labels), &cmd.slice, class, &cmd.method_args, size, cmd.roi.uses_clip())?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;
-        Case::load(image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, size, cmd.roi.uses_clip())?
+        let args = CaseArgs { image: image.to_path_buf(), label: cmd.label.clone(), label_ids: cmd.label_ids, slice: cmd.slice.clone() };
+        Case::load(&args, &cmd.method_args, size, cmd.roi.uses_clip())?
     };
     let settings = cmd.method_args.settings(size, &model)?;
     let rows = bench_runs(&model, &case, &cmd.methods, cmd.roi, &settings, cmd.repeat)?;
@@ -513,7 +513,7 @@ fn roi_command(cmd: RoiCmd) -> Result<()> {
     if !png && !name.ends_with(".nii") && !name.ends_with(".nii.gz") {
         bail!("{}: --out must end in .png, .nii or .nii.gz", cmd.out.display());
     }
-    let case = Case::load(&cmd.image, cmd.label.as_deref(), cmd.label_ids, &cmd.slice, &cmd.method_args, cmd.size, true)?;
+    let case = Case::load(&cmd.case, &cmd.method_args, cmd.size, true)?;
     let size = cmd.size;
     let margin_mm = cmd.method_args.margin_mm.unwrap_or(10.0);
     let mask = case.clip.mask.as_deref().context("CLIP ROI missing")?;
