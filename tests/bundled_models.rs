@@ -1,0 +1,115 @@
+//! The bundled weights do their job: U-Net Dice on held-out real CT slices and on unseen phantoms, and
+//! the CLIP ROI's coverage and size on the held-out real slices (weights/unet/split.json).
+
+mod common;
+use common::*;
+use xaiclip::backend::CpuBackend;
+use xaiclip::cli::explain::{clip_roi, load_labels, LabelIds, MethodArgs};
+use xaiclip::io::{self, Volume};
+use xaiclip::models::BasicUNet;
+use xaiclip::pipeline::SliceInput;
+use xaiclip::preprocess::Intensity;
+use xaiclip::roi::{region, RoiMode};
+use xaiclip::segment::{segment_slices, SegmentOptions};
+
+const TRACKED: [(u8, &str, f64); 4] = [(1, "liver", 0.85), (3, "spleen", 0.70), (2, "right kidney", 0.70), (13, "left kidney", 0.70)];
+
+/// (case volume, FLARE22 labels on its grid, held-out slices) for each real case in the split.
+fn held_out(shared: &std::path::Path) -> Vec<(Volume, Vec<u8>, Vec<usize>)> {
+    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("weights/unet/split.json")).unwrap()).unwrap();
+    let label_file = |name: &str| if name == "ct_dicom" { "ct_dicom_seg.nii.gz".to_string() } else { name.replace(".nii.gz", "_seg.nii.gz") };
+    split["cases"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, v)| {
+            let volume = io::read_image(&shared.join(name)).unwrap();
+            let labels = load_labels(&shared.join(label_file(name)), LabelIds::Totalseg, &volume).unwrap();
+            let slices = v["validation"].as_array().unwrap().iter().map(|k| k.as_u64().unwrap() as usize).collect();
+            (volume, labels, slices)
+        })
+        .collect()
+}
+
+fn unet() -> BasicUNet<CpuBackend> {
+    BasicUNet::load_dir(&CpuBackend, &repo().join("weights/unet")).unwrap()
+}
+
+/// Pooled Dice per organ over the given slices.
+fn dice(pred: &[u8], truth: &[u8], organ: u8, acc: &mut (usize, usize)) {
+    for (&p, &t) in pred.iter().zip(truth) {
+        acc.0 += 2 * ((p == organ) && (t == organ)) as usize;
+        acc.1 += (p == organ) as usize + (t == organ) as usize;
+    }
+}
+
+fn slice_voxels(volume: &Volume, data: &[u8], slices: &[usize]) -> Vec<u8> {
+    let layout = xaiclip::preprocess::AxialLayout::of(volume).unwrap();
+    let (h, w) = layout.slice_shape(volume);
+    slices.iter().flat_map(|&k| (0..h * w).map(move |q| (k, q))).map(|(k, q)| data[layout.voxel_index(volume.dims, k, q / w, q % w)]).collect()
+}
+
+#[test]
+fn unet_reaches_the_model_card_dice_on_held_out_real_slices() {
+    let Some(shared) = shared_data() else { return };
+    let model = unet();
+    let mut acc = [(0usize, 0usize); 4];
+    for (volume, labels, slices) in held_out(&shared) {
+        let pred = segment_slices(&CpuBackend, &model, &volume, &slices, &SegmentOptions::default(), |_| {}).unwrap();
+        let (p, t) = (slice_voxels(&volume, &pred, &slices), slice_voxels(&volume, &labels, &slices));
+        for (i, (organ, _, _)) in TRACKED.iter().enumerate() {
+            dice(&p, &t, *organ, &mut acc[i]);
+        }
+    }
+    for (i, (_, name, bound)) in TRACKED.iter().enumerate() {
+        let d = acc[i].0 as f64 / acc[i].1.max(1) as f64;
+        println!("held-out real CT, {name}: Dice {d:.4} (bound {bound})");
+        assert!(d >= *bound, "{name}: Dice {d:.4} < {bound}");
+    }
+}
+
+#[test]
+fn unet_segments_the_liver_of_unseen_phantoms() {
+    let model = unet();
+    for seed in [9001, 9002] {
+        let p = xaiclip::phantom::generate(seed, 256, 24);
+        let slices: Vec<usize> = (0..24).collect();
+        let pred = segment_slices(&CpuBackend, &model, &p.ct, &slices, &SegmentOptions::default(), |_| {}).unwrap();
+        let mut acc = (0, 0);
+        dice(&pred, &p.labels, 1, &mut acc);
+        let d = acc.0 as f64 / acc.1 as f64;
+        println!("phantom seed {seed}: liver Dice {d:.4}");
+        assert!(d >= 0.90, "phantom {seed}: liver Dice {d:.4} < 0.90");
+    }
+}
+
+#[test]
+fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
+    let Some(shared) = shared_data() else { return };
+    let args = MethodArgs::parse_from_defaults(0);
+    let size = 256;
+    for (organ, name, _) in TRACKED {
+        let (mut covered, mut total, mut area, mut n) = (0usize, 0usize, 0.0f64, 0usize);
+        for (volume, labels, slices) in held_out(&shared) {
+            let range = Intensity::ABDOMEN.range(&volume);
+            for &k in &slices {
+                let input = SliceInput::new(&volume, k, range, size, Some(&labels), organ as usize).unwrap();
+                let truth = input.truth.clone().unwrap();
+                if !truth.contains(&true) {
+                    continue;
+                }
+                let clip = clip_roi(&args, &input, organ as usize).unwrap();
+                let roi = region(RoiMode::Clip, &vec![false; size * size], clip.mask.as_deref(), size, 10.0 / input.mm_per_pixel).unwrap();
+                covered += truth.iter().zip(&roi).filter(|(t, r)| **t && **r).count();
+                total += truth.iter().filter(|&&t| t).count();
+                area += xaiclip::roi::area_fraction(&roi);
+                n += 1;
+            }
+        }
+        let (coverage, mean_area) = (covered as f64 / total.max(1) as f64, area / n.max(1) as f64);
+        println!("held-out real CT, {name}: CLIP ROI covers {:.1}% of the organ, {:.1}% of the slice on average ({n} slices)", 100.0 * coverage, 100.0 * mean_area);
+        assert!(n > 0, "{name}: no held-out slice shows it");
+        assert!(coverage >= 0.95, "{name}: ROI covers {:.1}% < 95% of the organ", 100.0 * coverage);
+        assert!(mean_area <= 0.35, "{name}: ROI covers {:.1}% > 35% of the slice", 100.0 * mean_area);
+    }
+}
