@@ -1,0 +1,84 @@
+//! explain, roi and bench end to end on a phantom with the bundled weights (small settings).
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn phantom(dir: &Path) -> (String, String) {
+    let out = dir.join("case");
+    let o = xaiclip(&["phantom", "--seed", "21", "--out", out.to_str().unwrap(), "--size", "256", "--slices", "12"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (out.join("ct.nii.gz").to_str().unwrap().into(), out.join("labels.nii.gz").to_str().unwrap().into())
+}
+
+#[test]
+fn explain_writes_aligned_saliency_overlay_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ct, labels) = phantom(dir.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["explain", "--image", &ct, "--label", &labels, "--slice", "organ-center", "--out", out.to_str().unwrap(), "--faithfulness-steps", "4"];
+        args.extend_from_slice(extra);
+        let o = xaiclip(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    };
+    let out = run("occ", &["--method", "occlusion", "--occlusion-window", "64", "--occlusion-stride", "64"]);
+    let image = xaiclip::io::read_image(Path::new(&ct)).unwrap();
+    let saliency = xaiclip::io::read_image(&out.join("saliency.nii.gz")).unwrap();
+    assert_eq!((saliency.dims, saliency.affine), (image.dims, image.affine));
+    assert!(saliency.data.iter().any(|&v| v != 0.0));
+    let png = image::open(out.join("overlay.png")).unwrap();
+    assert_eq!(png.height(), 256);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r = &report["result"];
+    assert_eq!(r["method"], "occlusion");
+    assert_eq!(r["roi"], "clip");
+    assert!(r["forward_passes"].as_u64().unwrap() >= 2 && r["forward_passes"].as_u64().unwrap() <= 18, "{r}");
+    let auroc = r["agreement"]["auroc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auroc));
+    // Same seed, same bytes; another seed, another map.
+    let rise = ["--method", "rise", "--masks", "12", "--roi", "none"];
+    let a = std::fs::read(run("r1", &rise).join("saliency.nii.gz")).unwrap();
+    let b = std::fs::read(run("r2", &rise).join("saliency.nii.gz")).unwrap();
+    let c = std::fs::read(run("r3", &[&rise[..], &["--seed", "3"]].concat()).join("saliency.nii.gz")).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn roi_and_bench_report_coverage_and_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ct, labels) = phantom(dir.path());
+    let roi = dir.path().join("roi.nii.gz");
+    let o = xaiclip(&["roi", "--image", &ct, "--label", &labels, "--slice", "organ-center", "--out", roi.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("of the ground-truth organ"), "{}", stderr(&o));
+    let mask = xaiclip::io::read_image(&roi).unwrap();
+    assert!(mask.data.iter().any(|&v| v == 1.0) && mask.labels_present() == vec![0, 1]);
+
+    let json = dir.path().join("bench.json");
+    let o = xaiclip(&["bench", "--image", &ct, "--label", &labels, "--methods", "occlusion,rise", "--masks", "16", "--occlusion-window", "64", "--occlusion-stride", "64", "--faithfulness-steps", "2", "--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for key in ["method", "roi", "seconds", "forward_passes", "dice", "iou", "auroc", "deletion_auc", "insertion_auc"] {
+        assert!(rows.iter().all(|r| !r[key].is_null()), "{key} missing");
+    }
+    // ROI mode evaluates fewer occlusion windows than the full image.
+    assert!(rows[1]["forward_passes"].as_u64() < rows[0]["forward_passes"].as_u64(), "{rows:?}");
+    assert_eq!(table["comparison"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_slice_without_the_organ_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ct, labels) = phantom(dir.path());
+    let out = dir.path().join("x");
+    // Slice 0 is the inferior end of the phantom: no liver there.
+    let o = xaiclip(&["explain", "--image", &ct, "--label", &labels, "--slice", "0", "--method", "occlusion", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("slice 0 has no liver"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
