@@ -203,7 +203,8 @@ mod tests {
         // RAS+ points +x to the patient's right and +y anterior: row 0 is the highest y voxel, column 0
         // the highest x voxel.
         assert_eq!((img.height, img.width), (3, 4));
-        assert_eq!(img.data[0], v.data[3 + 4 * (2 + 3 * 1)]);
+        // Voxel (x=3, y=2, z=1).
+        assert_eq!(img.data[0], v.data[3 + 4 * 2 + 4 * 3]);
         assert_eq!(layout.pixel_spacing(&v), (3.0, 2.0));
         let mut back = vec![0.0; 24];
         layout.insert(v.dims, 1, &img.data, &mut back);

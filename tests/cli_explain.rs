@@ -55,7 +55,7 @@ fn roi_and_bench_report_coverage_and_rows() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("of the ground-truth organ"), "{}", stderr(&o));
     let mask = xaiclip::io::read_image(&roi).unwrap();
-    assert!(mask.data.iter().any(|&v| v == 1.0) && mask.labels_present() == vec![0, 1]);
+    assert!(mask.data.contains(&1.0) && mask.labels_present() == vec![0, 1]);
 
     let json = dir.path().join("bench.json");
     let o = xaiclip(&["bench", "--image", &ct, "--label", &labels, "--methods", "occlusion,rise", "--masks", "16", "--occlusion-window", "64", "--occlusion-stride", "64", "--faithfulness-steps", "2", "--json", json.to_str().unwrap()]);

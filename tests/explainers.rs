@@ -25,7 +25,7 @@ impl Scorer for Linear {
             .chunks(plane)
             .map(|img| {
                 seen.push(img.to_vec());
-                img.iter().zip(&self.w).map(|(a, b)| (*a as f64 * *b as f64)).sum::<f64>() as f32
+                img.iter().zip(&self.w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32
             })
             .collect())
     }
@@ -109,6 +109,7 @@ fn rise_equals_its_formula_on_the_same_masks() {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)] // index loops mirror the textbook elimination
 fn ridge_matches_a_direct_solve() {
     let (n, k) = (30, 4);
     let x: Vec<Vec<f64>> = (0..n).map(|i| randoms(k, 10 + i as u64).iter().map(|&v| v as f64).collect()).collect();
@@ -253,7 +254,7 @@ fn adaptive_rise_stops_early_on_a_converged_map() {
     let model = linear(size);
     let p = problem(size, &model, vec![true; size * size]);
     let e = Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }.explain(&mut Runner::new(&p, |_| {})).unwrap();
-    assert!(e.samples < 4000 && e.samples >= 500 && e.samples % 250 == 0, "used {}", e.samples);
+    assert!(e.samples < 4000 && e.samples >= 500 && e.samples.is_multiple_of(250), "used {}", e.samples);
 }
 
 #[test]

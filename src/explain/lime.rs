@@ -80,19 +80,16 @@ pub fn weighted_ridge(x: &[Vec<f64>], y: &[f64], w: &[f64], alpha: f64) -> Resul
     let mut a = vec![vec![0.0; k]; k];
     let mut rhs = vec![0.0; k];
     for ((r, &yi), &wi) in x.iter().zip(y).zip(w) {
-        for i in 0..k {
-            let xi = r[i] - xm[i];
-            rhs[i] += wi * xi * (yi - ym);
-            for j in 0..=i {
-                a[i][j] += wi * xi * (r[j] - xm[j]);
+        let centred: Vec<f64> = r.iter().zip(&xm).map(|(v, m)| v - m).collect();
+        for (i, row) in a.iter_mut().enumerate() {
+            rhs[i] += wi * centred[i] * (yi - ym);
+            for (j, cell) in row.iter_mut().enumerate() {
+                *cell += wi * centred[i] * centred[j];
             }
         }
     }
-    for i in 0..k {
-        a[i][i] += alpha;
-        for j in 0..i {
-            a[j][i] = a[i][j];
-        }
+    for (i, row) in a.iter_mut().enumerate() {
+        row[i] += alpha;
     }
     let b = solve_spd(a, rhs)?;
     let intercept = ym - xm.iter().zip(&b).map(|(m, c)| m * c).sum::<f64>();

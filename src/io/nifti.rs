@@ -128,8 +128,8 @@ fn header_from_affine(affine: &[[f64; 4]; 4]) -> NiftiHeader {
     h.srow_y = affine[1].map(|v| v as f32);
     h.srow_z = affine[2].map(|v| v as f32);
     h.pixdim = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
-    for c in 0..3 {
-        h.pixdim[c + 1] = (0..3).map(|r| affine[r][c].powi(2)).sum::<f64>().sqrt() as f32;
+    for (c, p) in h.pixdim[1..4].iter_mut().enumerate() {
+        *p = (0..3).map(|r| affine[r][c].powi(2)).sum::<f64>().sqrt() as f32;
     }
     h
 }

@@ -55,7 +55,7 @@ fn tower(v: &Value, defaults: (usize, usize, usize, usize)) -> Result<TowerConfi
         act,
         eps: v.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
     };
-    ensure!(t.heads > 0 && t.hidden % t.heads == 0, "hidden_size {} is not divisible by num_attention_heads {}", t.hidden, t.heads);
+    ensure!(t.heads > 0 && t.hidden.is_multiple_of(t.heads), "hidden_size {} is not divisible by num_attention_heads {}", t.hidden, t.heads);
     Ok(t)
 }
 
@@ -77,7 +77,7 @@ impl ClipConfig {
             eos_token_id: get(tv, "eos_token_id", 49407),
             projection_dim: get(&v, "projection_dim", 512),
         };
-        ensure!(c.patch_size > 0 && c.image_size % c.patch_size == 0, "image_size {} is not a multiple of patch_size {}", c.image_size, c.patch_size);
+        ensure!(c.patch_size > 0 && c.image_size.is_multiple_of(c.patch_size), "image_size {} is not a multiple of patch_size {}", c.image_size, c.patch_size);
         Ok(c)
     }
 

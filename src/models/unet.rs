@@ -120,11 +120,14 @@ impl UNetConfig {
     }
 }
 
+/// Instance norm's optional affine (gamma, beta).
+type InstanceNorm<T> = (Option<T>, Option<T>);
+
 /// conv (+ folded batch norm) -> instance norm? -> activation.
 struct ConvUnit<B: Backend> {
     weight: B::Tensor,
     bias: Option<B::Tensor>,
-    instance_norm: Option<(Option<B::Tensor>, Option<B::Tensor>)>,
+    instance_norm: Option<InstanceNorm<B::Tensor>>,
 }
 
 struct TwoConv<B: Backend> {
