@@ -88,7 +88,7 @@ pub struct MethodArgs {
     /// SLIC: number of superpixels wanted [default: 64].
     #[arg(long)]
     pub segments: Option<usize>,
-    /// ROI margin around the predicted organ, in millimetres [default: 10].
+    /// ROI margin around the CLIP (or predicted) organ region, in millimetres [default: 15].
     #[arg(long)]
     pub margin_mm: Option<f64>,
     /// Perturbed images per forward pass: a number, or "auto" (from a 2 GiB activation budget).

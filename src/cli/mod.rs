@@ -515,7 +515,7 @@ fn roi_command(cmd: RoiCmd) -> Result<()> {
     }
     let case = Case::load(&cmd.case, &cmd.method_args, cmd.size, true)?;
     let size = cmd.size;
-    let margin_mm = cmd.method_args.margin_mm.unwrap_or(10.0);
+    let margin_mm = cmd.method_args.margin_mm.unwrap_or(crate::pipeline::Settings::defaults(0).margin_mm);
     let mask = case.clip.mask.as_deref().context("CLIP ROI missing")?;
     let roi = crate::roi::region(RoiMode::Clip, &vec![false; size * size], Some(mask), size, margin_mm / case.input.mm_per_pixel)?;
     let area = crate::roi::area_fraction(&roi);
