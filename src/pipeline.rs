@@ -97,6 +97,9 @@ pub struct Settings {
     pub batch: usize,
     /// Deletion/insertion steps; 0 skips the faithfulness metrics.
     pub faithfulness_steps: usize,
+    /// ROI mode keeps the samples per perturbed feature of the full-image run (fewer features, fewer
+    /// samples) when true, or the full run's sample counts when false.
+    pub scale_roi_budget: bool,
 }
 
 impl Settings {
@@ -115,6 +118,7 @@ impl Settings {
             margin_mm: 15.0,
             batch: 16,
             faithfulness_steps: 32,
+            scale_roi_budget: true,
         }
     }
 
@@ -218,6 +222,31 @@ pub struct ClipRoi {
     pub seconds: f64,
 }
 
+/// ROI-mode settings with the full run's samples per perturbed feature: SLIC keeps its superpixel size
+/// (segments scale with the ROI's area) and LIME/SHAP samples scale with the superpixel count; RISE's
+/// masks scale with the fraction of its grid cells that touch the ROI. Occlusion needs no rule: it
+/// already evaluates only the windows touching the ROI.
+pub fn roi_budget(settings: &Settings, roi: &[bool], size: usize) -> Settings {
+    let mut s = settings.clone();
+    let area = area_fraction(roi);
+    if let Segmenter::Slic { segments, compactness } = settings.segmenter {
+        let kept = ((segments as f64 * area).ceil() as usize).max(4);
+        s.segmenter = Segmenter::Slic { segments: kept, compactness };
+        let scale = |n: usize| ((n as f64 * kept as f64 / segments as f64).ceil() as usize).clamp(16.min(n), n);
+        s.lime.samples = scale(settings.lime.samples);
+        s.shap.samples = scale(settings.shap.samples);
+    }
+    let g = settings.rise.grid;
+    let cell = size.div_ceil(g);
+    let touched = (0..g * g).filter(|&c| {
+        let (y0, x0) = ((c / g) * cell, (c % g) * cell);
+        (y0..(y0 + cell).min(size)).any(|y| (x0..(x0 + cell).min(size)).any(|x| roi[y * size + x]))
+    });
+    let fraction = touched.count() as f64 / (g * g) as f64;
+    s.rise.masks = ((settings.rise.masks as f64 * fraction).ceil() as usize).clamp(1, settings.rise.masks);
+    s
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run_method<B: Backend>(
     backend: &B,
@@ -236,6 +265,7 @@ pub fn run_method<B: Backend>(
     let roi = region(roi_mode, &scorer.m0, clip.mask.as_deref(), size, settings.margin_mm / slice.mm_per_pixel)?;
     let baseline = baseline_image(settings.baseline, &slice.image, size);
     let full = roi_mode == RoiMode::Full;
+    let settings = &if full || !settings.scale_roi_budget { settings.clone() } else { roi_budget(settings, &roi, size) };
     let (segments, roi) = match method {
         Method::Lime | Method::KernelShap => {
             let (s, effective) = superpixels(settings, slice, &roi, full);

@@ -66,8 +66,9 @@ fn roi_and_bench_report_coverage_and_rows() {
     for key in ["method", "roi", "seconds", "forward_passes", "dice", "iou", "auroc", "deletion_auc", "insertion_auc"] {
         assert!(rows.iter().all(|r| !r[key].is_null()), "{key} missing");
     }
-    // ROI mode evaluates fewer occlusion windows than the full image.
+    // ROI mode evaluates fewer occlusion windows, and fewer RISE masks (same masks per touched grid cell).
     assert!(rows[1]["forward_passes"].as_u64() < rows[0]["forward_passes"].as_u64(), "{rows:?}");
+    assert!(rows[3]["forward_passes"].as_u64() < rows[2]["forward_passes"].as_u64(), "{rows:?}");
     assert_eq!(table["comparison"].as_array().unwrap().len(), 2);
 }
 

@@ -97,6 +97,10 @@ pub struct MethodArgs {
     /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
     #[arg(long)]
     pub faithfulness_steps: Option<usize>,
+    /// In ROI mode, keep the full run's sample counts (RISE masks, LIME/SHAP samples) instead of scaling
+    /// them to the ROI's share of the perturbed features.
+    #[arg(long)]
+    pub same_budget: bool,
     /// CLIP folder (transformers CLIPModel: model.safetensors + config.json); default: weights/clip.
     #[arg(long)]
     pub clip: Option<PathBuf>,
@@ -153,6 +157,7 @@ impl MethodArgs {
         };
         s.margin_mm = self.margin_mm.unwrap_or(s.margin_mm);
         s.faithfulness_steps = self.faithfulness_steps.unwrap_or(s.faithfulness_steps);
+        s.scale_roi_budget = !self.same_budget;
         s.batch = if self.batch == "auto" {
             auto_batch(size, model)
         } else {
