@@ -257,7 +257,7 @@ pub fn run_method<B: Backend>(
     method: Method,
     roi_mode: RoiMode,
     settings: &Settings,
-    progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<MethodRun> {
     let size = slice.size;
     let started = Instant::now();
@@ -273,8 +273,15 @@ pub fn run_method<B: Backend>(
         }
         _ => (None, roi),
     };
+    // Planned forward passes, for progress reports (adaptive RISE may stop earlier).
+    let total = match method {
+        Method::Occlusion => settings.occlusion.windows(size, &roi).len(),
+        Method::Rise => settings.rise.masks,
+        Method::Lime => settings.lime.samples,
+        Method::KernelShap => settings.shap.samples.max(3),
+    };
     let problem = Problem { size, input: slice.image.clone(), baseline, roi, scorer: &scorer, batch: settings.batch };
-    let mut runner = Runner::new(&problem, progress);
+    let mut runner = Runner::new(&problem, |done| progress(done, total));
     let explanation = match method {
         Method::Occlusion => settings.occlusion.explain(&mut runner)?,
         Method::Rise => settings.rise.explain(&mut runner)?,

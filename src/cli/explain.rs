@@ -322,13 +322,11 @@ impl Case {
 
 /// Runs one method with a progress bar of forward passes.
 pub fn run_with_progress(model: &BasicUNet<CpuBackend>, case: &Case, method: Method, roi: RoiMode, settings: &Settings) -> Result<MethodRun> {
-    let total = match method {
-        Method::Occlusion => settings.occlusion.windows(case.input.size, &vec![true; case.input.size * case.input.size]).len(),
-        Method::Rise => settings.rise.masks,
-        Method::Lime | Method::KernelShap => settings.lime.samples,
-    };
-    let bar = progress_bar(total as u64, &format!("{} ({})", method.name(), roi.name()));
-    let run = run_method(&CpuBackend, model, &case.input, &case.clip, case.class, method, roi, settings, |n| bar.set_position(n as u64));
+    let bar = progress_bar(0, &format!("{} ({})", method.name(), roi.name()));
+    let run = run_method(&CpuBackend, model, &case.input, &case.clip, case.class, method, roi, settings, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
     bar.finish_and_clear();
     run
 }

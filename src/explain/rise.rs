@@ -31,7 +31,7 @@ impl Rise {
         let rng = Philox::new(self.seed).stream(i as u64);
         let cell = size.div_ceil(s);
         let up = (s + 1) * cell;
-        let on = |gy: usize, gx: usize| if rng.uniform((gy * s + gx) as u64) < self.p1 { 1.0f32 } else { 0.0 };
+        let grid: Vec<f32> = (0..s * s).map(|c| if rng.uniform(c as u64) < self.p1 { 1.0 } else { 0.0 }).collect();
         let shift_y = (rng.uniform((s * s) as u64) * cell as f32) as usize;
         let shift_x = (rng.uniform((s * s + 1) as u64) * cell as f32) as usize;
         // Grid coordinate of upsampled pixel u: (u + 0.5) * s / up - 0.5, clamped to [0, s - 1].
@@ -40,12 +40,13 @@ impl Rise {
             let g0 = pos.floor() as usize;
             (g0, (g0 + 1).min(s - 1), pos - g0 as f32)
         };
+        let columns: Vec<(usize, usize, f32)> = (0..size).map(|x| tap(x + shift_x)).collect();
         for y in 0..size {
             let (y0, y1, fy) = tap(y + shift_y);
-            for x in 0..size {
-                let (x0, x1, fx) = tap(x + shift_x);
-                let top = on(y0, x0) * (1.0 - fx) + on(y0, x1) * fx;
-                let bottom = on(y1, x0) * (1.0 - fx) + on(y1, x1) * fx;
+            let (top_row, bottom_row) = (&grid[y0 * s..(y0 + 1) * s], &grid[y1 * s..(y1 + 1) * s]);
+            for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
+                let top = top_row[x0] * (1.0 - fx) + top_row[x1] * fx;
+                let bottom = bottom_row[x0] * (1.0 - fx) + bottom_row[x1] * fx;
                 out[y * size + x] = top * (1.0 - fy) + bottom * fy;
             }
         }
