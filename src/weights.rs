@@ -14,6 +14,15 @@ use std::path::{Path, PathBuf};
 /// Refuse weight files above this size before reading them (the bundled models are a few MB).
 pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
 
+/// Reads `dir/config.json` and opens `dir/model.safetensors`: the layout of every model folder.
+/// `parse` turns the JSON text into the model's config; errors name the file and the model `kind`.
+pub fn open_model_dir<C>(dir: &Path, kind: &str, parse: impl FnOnce(&str) -> Result<C>) -> Result<(C, WeightsFile)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read {kind} config", config_path.display()))?;
+    let config = parse(&text).with_context(|| format!("{}: bad {kind} config", config_path.display()))?;
+    Ok((config, WeightsFile::open(&dir.join("model.safetensors"))?))
+}
+
 /// One tensor as stored: name, dtype and shape, for `xaiclip info`.
 #[derive(Clone, Debug)]
 pub struct StoredTensor {

@@ -9,7 +9,7 @@
 
 use crate::backend::{Activation, Backend};
 use crate::tensor::Tensor;
-use crate::weights::{ParamReader, WeightsFile};
+use crate::weights::{open_model_dir, ParamReader};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -155,10 +155,7 @@ fn tower_load<B: Backend>(b: &B, p: &mut ParamReader, prefix: &str, c: &TowerCon
 
 impl<B: Backend> ClipModel<B> {
     pub fn load_dir(backend: &B, dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read CLIP config", config_path.display()))?;
-        let config = ClipConfig::from_json(&text).with_context(|| format!("{}: bad CLIP config", config_path.display()))?;
-        let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        let (config, weights) = open_model_dir(dir, "CLIP", ClipConfig::from_json)?;
         Self::build(backend, config, ParamReader::new(&weights))
     }
 

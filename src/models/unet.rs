@@ -7,7 +7,7 @@
 
 use crate::backend::{Activation, Backend};
 use crate::tensor::Tensor;
-use crate::weights::{ParamReader, WeightsFile};
+use crate::weights::{open_model_dir, ParamReader, WeightsFile};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -224,10 +224,7 @@ impl<B: Backend> Loader<'_, '_, B> {
 impl<B: Backend> BasicUNet<B> {
     /// Loads `dir/config.json` and `dir/model.safetensors`.
     pub fn load_dir(backend: &B, dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read U-Net config", config_path.display()))?;
-        let config = UNetConfig::from_json(&text).with_context(|| format!("{}: bad U-Net config", config_path.display()))?;
-        let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        let (config, weights) = open_model_dir(dir, "U-Net", UNetConfig::from_json)?;
         Self::load(backend, config, &weights)
     }
 

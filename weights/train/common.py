@@ -4,7 +4,6 @@ what it saw in training."""
 import json
 import os
 import subprocess
-import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -82,3 +81,12 @@ def load_phantom(binary, workdir, seed, size, slices):
 def load_split(path):
     with open(path) as f:
         return json.load(f)
+
+
+def seeded(seed, repo):
+    """Seeds every generator the scripts use; returns (python rng, the held-out split)."""
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return random.Random(seed), load_split(os.path.join(repo, "weights", "unet", "split.json"))

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import random
 import tempfile
 import time
 
@@ -82,11 +81,7 @@ def main():
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    split = common.load_split(os.path.join(REPO, "weights", "unet", "split.json"))
+    rng, split = common.seeded(args.seed, REPO)
 
     work = tempfile.mkdtemp()
     tok = clip_common.tokenizer(os.path.join(work, "tok"))

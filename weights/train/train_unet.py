@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import random
 import tempfile
 import time
 
@@ -92,11 +91,7 @@ def main():
     ap.add_argument("--validate-every", type=int, default=100, help="steps between validations")
     args = ap.parse_args()
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    split = common.load_split(os.path.join(REPO, "weights", "unet", "split.json"))
+    rng, split = common.seeded(args.seed, REPO)
 
     with tempfile.TemporaryDirectory() as work:
         real = common.load_real_cases(args.shared, args.xaiclip, work)
