@@ -158,13 +158,7 @@ impl SliceInput {
         let (h, w) = (slice.height, slice.width);
         let image = resize_bilinear(&slice.data, 1, (h, w), (size, size));
         let truth = labels.map(|l| {
-            let mut plane = vec![0u8; h * w];
-            for r in 0..h {
-                for c in 0..w {
-                    // Read back through the same layout as the image slice.
-                    plane[r * w + c] = l[layout.voxel_index(volume.dims, k, r, c)];
-                }
-            }
+            let plane = layout.plane(volume.dims, k, l);
             resize_nearest(&plane, (h, w), (size, size)).into_iter().map(|v| v as usize == class).collect()
         });
         let (sr, sc) = layout.pixel_spacing(volume);

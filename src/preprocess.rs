@@ -57,7 +57,7 @@ impl AxialLayout {
     }
 
     /// Flat voxel index of slice `k`, pixel (row, col).
-    pub fn voxel_index(&self, dims: [usize; 3], k: usize, row: usize, col: usize) -> usize {
+    fn voxel_index(&self, dims: [usize; 3], k: usize, row: usize, col: usize) -> usize {
         let mut ijk = [0usize; 3];
         ijk[self.slice_axis] = k;
         ijk[self.row_axis] = if self.flip_rows { dims[self.row_axis] - 1 - row } else { row };
@@ -76,13 +76,14 @@ impl AxialLayout {
     pub fn extract(&self, volume: &Volume, k: usize) -> Result<Image> {
         self.check_slice(volume, k)?;
         let (height, width) = self.slice_shape(volume);
-        let mut data = Vec::with_capacity(height * width);
-        for row in 0..height {
-            for col in 0..width {
-                data.push(volume.data[self.voxel_index(volume.dims, k, row, col)]);
-            }
-        }
-        Ok(Image { height, width, data })
+        Ok(Image { height, width, data: self.plane(volume.dims, k, &volume.data) })
+    }
+
+    /// Slice `k` of any volume-shaped buffer (image or labels), row-major: the inverse of `insert`.
+    /// `k` must be in range.
+    pub fn plane<T: Copy>(&self, dims: [usize; 3], k: usize, volume: &[T]) -> Vec<T> {
+        let (height, width) = (dims[self.row_axis], dims[self.col_axis]);
+        (0..height).flat_map(|row| (0..width).map(move |col| (row, col))).map(|(row, col)| volume[self.voxel_index(dims, k, row, col)]).collect()
     }
 
     /// Writes a slice-shaped image back into a volume-shaped buffer at slice `k`.

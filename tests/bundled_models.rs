@@ -45,8 +45,7 @@ fn dice(pred: &[u8], truth: &[u8], organ: u8, acc: &mut (usize, usize)) {
 
 fn slice_voxels(volume: &Volume, data: &[u8], slices: &[usize]) -> Vec<u8> {
     let layout = xaiclip::preprocess::AxialLayout::of(volume).unwrap();
-    let (h, w) = layout.slice_shape(volume);
-    slices.iter().flat_map(|&k| (0..h * w).map(move |q| (k, q))).map(|(k, q)| data[layout.voxel_index(volume.dims, k, q / w, q % w)]).collect()
+    slices.iter().flat_map(|&k| layout.plane(volume.dims, k, data)).collect()
 }
 
 #[test]

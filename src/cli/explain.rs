@@ -240,8 +240,7 @@ pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>
 /// The slice where the organ's ground-truth area is largest.
 pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize) -> Result<usize> {
     let layout = AxialLayout::of(volume)?;
-    let (h, w) = layout.slice_shape(volume);
-    let area = |k: usize| (0..h).flat_map(|r| (0..w).map(move |c| (r, c))).filter(|&(r, c)| labels[layout.voxel_index(volume.dims, k, r, c)] as usize == class).count();
+    let area = |k: usize| layout.plane(volume.dims, k, labels).into_iter().filter(|&l| l as usize == class).count();
     let (k, n) = (0..layout.slices(volume)).map(|k| (k, area(k))).max_by_key(|&(k, n)| (n, std::cmp::Reverse(k))).unwrap_or((0, 0));
     if n == 0 {
         bail!("{}: no slice contains {} in the labels", volume.source.display(), organ_name(class));

@@ -385,7 +385,7 @@ fn info(path: &Path) -> Result<()> {
         println!("affine:      [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]", row[0], row[1], row[2], row[3]);
     }
     println!("values:      {min} to {max}");
-    if v.data.iter().all(|x| x.fract() == 0.0 && *x >= 0.0) && max <= 255.0 {
+    if v.check_labels().is_ok() && max <= 255.0 {
         println!("labels:      {:?}", v.labels_present());
     }
     Ok(())
