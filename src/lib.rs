@@ -6,6 +6,7 @@ pub mod tensor;
 pub mod models;
 pub mod weights;
 pub mod io;
+pub mod dataset;
 pub mod preprocess;
 pub mod segment;
 pub mod cli;

@@ -7,7 +7,7 @@ use xaiclip::preprocess::AxialLayout;
 
 /// Mean HU over the voxels of `image` whose world position is labelled `id`, and their count.
 fn mean_hu_of_label(image: &Volume, labels: &Volume, id: u8) -> (f64, usize) {
-    let on_grid = labels.labels_on_grid_of(image);
+    let (on_grid, _) = labels.labels_on_grid_of(image);
     let (sum, n) = image.data.iter().zip(&on_grid).filter(|(_, &l)| l == id).fold((0.0, 0), |(s, n), (&v, _)| (s + v as f64, n + 1));
     (sum / n.max(1) as f64, n)
 }

@@ -2,6 +2,7 @@
 
 use super::{progress_bar, CaseArgs, IntensityArgs};
 use crate::backend::CpuBackend;
+pub use crate::dataset::{load_labels, LabelIds};
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
 use crate::explain::rise::Rise;
@@ -32,19 +33,13 @@ pub enum Preset {
     Paper,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LabelIds {
-    /// FLARE22 ids (1 liver, 2 right kidney, 3 spleen, ..., 13 left kidney).
-    Flare22,
-    /// TotalSegmentator "total" ids, mapped to FLARE22.
-    Totalseg,
-}
 
 /// Options shared by explain, bench and demo. Unset method options take the preset's value.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
-    /// Organ to explain (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id.
-    #[arg(long, default_value = "liver")]
+    /// Organ to explain (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id;
+    /// eval takes a comma list (--organs liver,spleen).
+    #[arg(long, visible_alias = "organs", default_value = "liver")]
     pub organ: String,
     /// U-Net folder (model.safetensors + config.json); default: the bundled weights/unet.
     #[arg(long)]
@@ -175,30 +170,49 @@ impl MethodArgs {
     }
 }
 
-/// The CLIP ROI of a prepared slice: organ probability map, thresholded, small components dropped.
-/// Seconds count the map and threshold only (weights and per-organ text features load once).
-pub fn clip_roi(args: &MethodArgs, input: &SliceInput, class: usize) -> Result<ClipRoi> {
-    let clip_dir = match &args.clip {
-        Some(d) => d.clone(),
-        None => bundled("clip")?,
-    };
-    let clip = ClipModel::load_dir(&CpuBackend, &clip_dir)?;
-    let classes: Vec<String> = std::iter::once("background".to_string()).chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string())).collect();
-    let coop = if args.prompt.is_none() && !args.no_coop {
-        let dir = match &args.coop {
+/// CLIP weights and CoOp contexts, loaded once and used for many slices.
+pub struct ClipRoiFinder {
+    clip: ClipModel<CpuBackend>,
+    coop: Option<CoopContexts>,
+    classes: Vec<String>,
+    prompt: Option<String>,
+    threshold: Threshold,
+}
+
+impl ClipRoiFinder {
+    pub fn load(args: &MethodArgs) -> Result<Self> {
+        let clip_dir = match &args.clip {
             Some(d) => d.clone(),
-            None => bundled("coop")?,
+            None => bundled("clip")?,
         };
-        Some(CoopContexts::load_dir(&dir)?)
-    } else {
-        None
-    };
-    let threshold: Threshold = args.roi_threshold.parse()?;
-    let localiser = ClipLocaliser::new(&CpuBackend, &clip, &classes, coop.as_ref(), args.prompt.as_deref().map(|p| (class, p)))?;
-    let started = Instant::now();
-    let probability = localiser.probability_map(&CpuBackend, &input.image, input.size, class)?;
-    let mask = keep_large_components(&binarise(&probability, threshold), input.size, 0.2);
-    Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
+        let clip = ClipModel::load_dir(&CpuBackend, &clip_dir)?;
+        let classes = std::iter::once("background".to_string()).chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string())).collect();
+        let coop = if args.prompt.is_none() && !args.no_coop {
+            let dir = match &args.coop {
+                Some(d) => d.clone(),
+                None => bundled("coop")?,
+            };
+            Some(CoopContexts::load_dir(&dir)?)
+        } else {
+            None
+        };
+        Ok(Self { clip, coop, classes, prompt: args.prompt.clone(), threshold: args.roi_threshold.parse()? })
+    }
+
+    /// The CLIP ROI of a prepared slice: organ probability map, thresholded, small components dropped.
+    /// Seconds count the text features, map and threshold (not the weights' loading).
+    pub fn roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+        let started = Instant::now();
+        let localiser = ClipLocaliser::new(&CpuBackend, &self.clip, &self.classes, self.coop.as_ref(), self.prompt.as_deref().map(|p| (class, p)))?;
+        let probability = localiser.probability_map(&CpuBackend, &input.image, input.size, class)?;
+        let mask = keep_large_components(&binarise(&probability, self.threshold), input.size, 0.2);
+        Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
+    }
+}
+
+/// The CLIP ROI of one slice, loading the weights for it.
+pub fn clip_roi(args: &MethodArgs, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+    ClipRoiFinder::load(args)?.roi(input, class)
 }
 
 /// Largest batch whose activations fit a 2 GiB budget (capped at 64: larger batches stop paying off).
@@ -219,22 +233,6 @@ pub fn bundled(name: &str) -> Result<PathBuf> {
         .find(|p| p.join("model.safetensors").is_file())
         .cloned()
         .with_context(|| format!("bundled weights weights/{name} not found (looked in {}); pass the folder explicitly", candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
-}
-
-/// Ground-truth labels as FLARE22 ids on the image's grid.
-pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
-    let labels = io::read_image(path)?;
-    labels.check_labels()?;
-    let mut on_grid = labels.labels_on_grid_of(image);
-    if on_grid.iter().all(|&l| l == 0) {
-        bail!("{}: no labels overlap the image {} (different patient or geometry?)", path.display(), image.source.display());
-    }
-    if ids == LabelIds::Totalseg {
-        on_grid.iter_mut().for_each(|l| *l = crate::pipeline::totalseg_to_flare22(*l));
-    } else if let Some(bad) = on_grid.iter().find(|&&l| l > 13) {
-        bail!("{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg", path.display());
-    }
-    Ok(on_grid)
 }
 
 /// The slice where the organ's ground-truth area is largest.

@@ -1,5 +1,6 @@
 //! The `xaiclip` command line.
 
+pub mod eval;
 pub mod explain;
 
 use crate::backend::CpuBackend;
@@ -99,6 +100,16 @@ pub enum Command {
     /// components under 20% of the largest, and grows by --margin-mm. Writes a PNG overlay (map as heat,
     /// ROI outline cyan, ground truth green) or, for .nii/.nii.gz, the ROI mask on the input's grid.
     Roi(RoiCmd),
+    /// Explain and score every case of a data set: FLARE22, CHAOS CT/MR, or image/label pairs.
+    ///
+    /// For each case, organ (--organs liver,spleen), slice (--slices organ-center | every-K), method and
+    /// ROI mode, one JSON line is appended to DIR/results.jsonl (Dice/IoU/AUROC against the labels,
+    /// deletion/insertion AUC, seconds, forward passes); DIR/summary.csv and summary.md hold mean ± std
+    /// per organ, method and ROI mode. A killed run continues with --resume and loses at most the item
+    /// in flight. --shard i/n runs every n-th case (one job of a Slurm array); --merge DIR... joins the
+    /// shard folders into --out. Cases that fail to load are listed in DIR/errors.jsonl and the run
+    /// exits non-zero after finishing the others.
+    Eval(eval::EvalCmd),
     /// Convert an image (NIfTI or DICOM series folder) to NIfTI, keeping its geometry.
     ///
     /// Integer-valued volumes within the int16 range are written as int16, others as float32. Useful to
@@ -116,7 +127,9 @@ pub enum Command {
     /// Writes DIR/ct.nii.gz (int16 HU) and DIR/labels.nii.gz (uint8: 1 liver, 2 right kidney, 3 spleen,
     /// 4 pancreas, 5 aorta, 6 IVC, 7/8 right/left adrenal, 9 gallbladder, 10 esophagus, 11 stomach,
     /// 12 duodenum, 13 left kidney). Field of view 384 mm, 160 mm from inferior to superior. The same seed
-    /// gives the same bytes.
+    /// gives the same bytes. With --layout, writes a whole synthetic data set of --cases phantoms in that
+    /// layout instead (FLARE22 NIfTI, CHAOS CT/MR DICOM + PNG masks, or images/ + labels/ pairs), ready
+    /// for `xaiclip eval`.
     Phantom {
         /// Random seed: anatomy variation, blur and noise all follow from it.
         #[arg(long, default_value_t = 7)]
@@ -130,6 +143,12 @@ pub enum Command {
         /// Number of axial slices.
         #[arg(long, default_value_t = 32)]
         slices: usize,
+        /// Write a data set tree in this layout instead of one volume.
+        #[arg(long, value_enum)]
+        layout: Option<crate::dataset::DatasetKind>,
+        /// Cases in the data set tree (seeds seed, seed+1, ...).
+        #[arg(long, default_value_t = 3, requires = "layout")]
+        cases: usize,
     },
 }
 
@@ -304,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Roi(cmd) => roi_command(cmd),
         Command::Bench(cmd) => bench_command(cmd),
         Command::Demo(cmd) => demo_command(cmd),
+        Command::Eval(cmd) => eval::eval_command(cmd),
         Command::Convert { image, out } => {
             let v = io::read_image(&image)?;
             if v.data.iter().all(|x| x.fract() == 0.0 && (i16::MIN as f32..=i16::MAX as f32).contains(x)) {
@@ -314,9 +334,14 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} x {} x {}, orientation {})", out.display(), v.dims[0], v.dims[1], v.dims[2], v.orientation());
             Ok(())
         }
-        Command::Phantom { seed, out, size, slices } => {
+        Command::Phantom { seed, out, size, slices, layout, cases } => {
             if !(32..=1024).contains(&size) || !(1..=512).contains(&slices) {
                 bail!("phantom size must be 32 to 1024 pixels and slices 1 to 512 (got {size} and {slices})");
+            }
+            if let Some(kind) = layout {
+                crate::dataset::write_synthetic(kind, &out, seed, cases, size, slices)?;
+                eprintln!("wrote a {kind:?} data set of {cases} cases in {}", out.display());
+                return Ok(());
             }
             std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create folder", out.display()))?;
             let p = phantom::generate(seed, size, slices);
@@ -411,7 +436,7 @@ fn weights_info(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn model_size(size: Option<usize>, model: &BasicUNet<CpuBackend>) -> usize {
+pub(crate) fn model_size(size: Option<usize>, model: &BasicUNet<CpuBackend>) -> usize {
     size.or(model.config().input_size).unwrap_or(256)
 }
 

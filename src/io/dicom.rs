@@ -108,6 +108,12 @@ fn pixels(obj: &DefaultDicomObject, g: &Geometry, path: &Path) -> Result<Vec<f32
 
 /// Reads every DICOM file in `dir` (dot-files skipped) as one series.
 pub fn read_series(dir: &Path) -> Result<Volume> {
+    read_series_with_files(dir).map(|(volume, _)| volume)
+}
+
+/// The series and, for each volume slice k (sorted along the normal), the file it came from: masks
+/// stored per file (CHAOS PNGs) are placed through this.
+pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
     let d = dir.display();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{d}: cannot list folder"))?
@@ -177,5 +183,67 @@ pub fn read_series(dir: &Path) -> Result<Volume> {
     for s in &slices {
         data.extend_from_slice(&s.pixels);
     }
-    Ok(Volume { dims: [g.cols, g.rows, n], data, affine, source: dir.to_path_buf(), nifti_header: None })
+    let files = slices.into_iter().map(|s| s.path).collect();
+    Ok((Volume { dims: [g.cols, g.rows, n], data, affine, source: dir.to_path_buf(), nifti_header: None }, files))
+}
+
+/// Writes `volume` as a DICOM series, one explicit-VR little-endian file per slice named
+/// `{prefix}{k+1:05}.dcm` in slice order, int16 pixels with rescale slope 1 and intercept 0: what
+/// `read_series` reads back voxel for voxel. `modality` is "CT" or "MR"; `uid_seed` makes the UIDs.
+pub fn write_series(volume: &Volume, dir: &Path, prefix: &str, modality: &str, uid_seed: u64) -> Result<()> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let [nx, ny, nz] = volume.dims;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let a = volume.affine;
+    let ras_to_lps = [-1.0, -1.0, 1.0];
+    let column = |c: usize| -> [f64; 3] { std::array::from_fn(|r| ras_to_lps[r] * a[r][c]) };
+    let norm = |v: [f64; 3]| dot(v, v).sqrt();
+    let (along_row, along_col, step, origin) = (column(0), column(1), column(2), column(3));
+    let (col_spacing, row_spacing) = (norm(along_row), norm(along_col));
+    let unit = |v: [f64; 3], n: f64| v.map(|x| x / n);
+    let (row_dir, col_dir) = (unit(along_row, col_spacing), unit(along_col, row_spacing));
+    let ds = |v: &[f64]| PrimitiveValue::from(v.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join("\\"));
+    // "2.25.<integer>" UIDs: valid without an organisation root.
+    let uid = |kind: u64, k: usize| format!("2.25.{}{:03}{:05}", uid_seed % 1_000_000_007 + 1, kind, k);
+    let sop_class = if modality == "MR" { "1.2.840.10008.5.1.4.1.1.4" } else { "1.2.840.10008.5.1.4.1.1.2" };
+    for k in 0..nz {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut put = |tag, vr, value: PrimitiveValue| {
+            obj.put(DataElement::new(tag, vr, value));
+        };
+        put(tags::SOP_CLASS_UID, VR::UI, sop_class.into());
+        put(tags::SOP_INSTANCE_UID, VR::UI, uid(3, k).into());
+        put(tags::STUDY_INSTANCE_UID, VR::UI, uid(1, 0).into());
+        put(tags::SERIES_INSTANCE_UID, VR::UI, uid(2, 0).into());
+        put(tags::MODALITY, VR::CS, modality.into());
+        put(tags::PATIENT_ID, VR::LO, format!("xaiclip-{uid_seed}").into());
+        put(tags::INSTANCE_NUMBER, VR::IS, format!("{}", k + 1).into());
+        let position: Vec<f64> = (0..3).map(|r| origin[r] + k as f64 * step[r]).collect();
+        put(tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&position));
+        put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&[row_dir[0], row_dir[1], row_dir[2], col_dir[0], col_dir[1], col_dir[2]]));
+        put(tags::PIXEL_SPACING, VR::DS, ds(&[row_spacing, col_spacing]));
+        put(tags::SLICE_THICKNESS, VR::DS, ds(&[norm(step)]));
+        put(tags::ROWS, VR::US, PrimitiveValue::from(ny as u16));
+        put(tags::COLUMNS, VR::US, PrimitiveValue::from(nx as u16));
+        put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+        put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
+        put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+        put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+        put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+        put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+        put(tags::RESCALE_INTERCEPT, VR::DS, ds(&[0.0]));
+        put(tags::RESCALE_SLOPE, VR::DS, ds(&[1.0]));
+        let plane = &volume.data[k * nx * ny..(k + 1) * nx * ny];
+        let bytes: Vec<u8> = plane.iter().flat_map(|&v| (v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16).to_le_bytes()).collect();
+        put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes));
+        let meta = FileMetaTableBuilder::new()
+            .transfer_syntax("1.2.840.10008.1.2.1")
+            .media_storage_sop_class_uid(sop_class)
+            .media_storage_sop_instance_uid(uid(3, k));
+        let file = obj.with_meta(meta).map_err(|e| anyhow::anyhow!("{}: cannot build DICOM meta ({e})", dir.display()))?;
+        let path = dir.join(format!("{prefix}{:05}.dcm", k + 1));
+        super::write_atomically(&path, |tmp| file.write_to_file(tmp).map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display())))?;
+    }
+    Ok(())
 }

@@ -73,24 +73,27 @@ impl Volume {
 
     /// This label volume resampled (nearest neighbour, through world coordinates) onto `image`'s grid:
     /// label maps stored in another orientation or resolution line up voxel for voxel. Points outside
-    /// this volume get 0.
-    pub fn labels_on_grid_of(&self, image: &Volume) -> Vec<u8> {
+    /// this volume get 0; their count is returned beside the labels.
+    pub fn labels_on_grid_of(&self, image: &Volume) -> (Vec<u8>, usize) {
         let [nx, ny, nz] = image.dims;
         let mut out = vec![0u8; nx * ny * nz];
+        let mut outside = 0;
         for k in 0..nz {
             for j in 0..ny {
                 for i in 0..nx {
                     let world = image.voxel_to_world([i as f64, j as f64, k as f64]);
-                    let Some(v) = self.world_to_voxel(world) else { return out };
+                    let Some(v) = self.world_to_voxel(world) else { return (out, nx * ny * nz) };
                     let v = v.map(|x| x.round());
                     if v.iter().zip(self.dims).all(|(&x, d)| x >= 0.0 && x < d as f64) {
                         let [a, b, c] = v.map(|x| x as usize);
                         out[i + nx * (j + ny * k)] = self.data[a + self.dims[0] * (b + self.dims[1] * c)].clamp(0.0, 255.0) as u8;
+                    } else {
+                        outside += 1;
                     }
                 }
             }
         }
-        out
+        (out, outside)
     }
 
     /// Distinct label values, ascending (for label volumes).
