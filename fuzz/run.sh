@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 600) on one core, one after the other, and prints
+# each target's final libFuzzer statistics line. New inputs go to fuzz/work/<target> (not committed);
+# crashes to fuzz/artifacts/<target>. Needs a nightly toolchain and `cargo install cargo-fuzz`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-600}
+for t in nifti_reader dicom_series model_loader png_mask; do
+  mkdir -p fuzz/work/$t
+  cargo +nightly fuzz run $t fuzz/work/$t fuzz/corpus/$t -- -max_total_time=$seconds -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 > fuzz/work/$t.log 2>&1
+  echo "$t: exit $? $(grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' fuzz/work/$t.log | tr '\n' ' ')"
+  ls fuzz/artifacts/$t 2>/dev/null | sed "s/^/  finding: /"
+done
