@@ -176,6 +176,8 @@ pub struct MethodRun {
     pub samples: usize,
     pub roi: Vec<bool>,
     pub saliency: Vec<f32>,
+    /// LIME/SHAP superpixel labels on the model grid (-1 where none is perturbed).
+    pub segments: Option<Vec<i32>>,
     pub agreement: Option<Agreement>,
     pub faithfulness: Option<Faithfulness>,
 }
@@ -297,5 +299,6 @@ pub fn run_method<B: Backend>(
     } else {
         None
     };
-    Ok(MethodRun { method, roi_mode, seconds, forward_passes, samples: explanation.samples, roi, saliency: explanation.saliency, agreement, faithfulness })
+    let segments = segments.map(|s| s.labels);
+    Ok(MethodRun { method, roi_mode, seconds, forward_passes, samples: explanation.samples, roi, saliency: explanation.saliency, segments, agreement, faithfulness })
 }

@@ -238,6 +238,10 @@ pub struct BenchCmd {
     /// Write the table as Markdown here.
     #[arg(long)]
     pub md: Option<PathBuf>,
+    /// Write each run's arrays on the model grid to DIR/<method>-<roi>.safetensors (input, baseline,
+    /// roi, saliency, and LIME/SHAP segments): what benches/peers compares other libraries against.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
     #[command(flatten)]
     pub method_args: MethodArgs,
 }
@@ -485,7 +489,41 @@ fn bench_command(cmd: BenchCmd) -> Result<()> {
     if let Some(p) = &cmd.json {
         write_text(p, &serde_json::to_string_pretty(&json_table)?)?;
     }
+    if let Some(dir) = &cmd.export {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let baseline = crate::explain::baseline_image(settings.baseline, &case.input.image, size);
+        for r in &rows {
+            let path = dir.join(format!("{}-{}.safetensors", r.method.name(), r.roi_mode.name()));
+            let roi: Vec<f32> = r.roi.iter().map(|&b| b as u8 as f32).collect();
+            let mut arrays: Vec<(&str, Vec<u8>, safetensors::Dtype)> = vec![
+                ("input", bytemuck::cast_slice(&case.input.image).to_vec(), safetensors::Dtype::F32),
+                ("baseline", bytemuck::cast_slice(&baseline).to_vec(), safetensors::Dtype::F32),
+                ("roi", bytemuck::cast_slice(&roi).to_vec(), safetensors::Dtype::F32),
+                ("saliency", bytemuck::cast_slice(&r.saliency).to_vec(), safetensors::Dtype::F32),
+            ];
+            if let Some(s) = &r.segments {
+                arrays.push(("segments", bytemuck::cast_slice(s).to_vec(), safetensors::Dtype::I32));
+            }
+            let views = arrays
+                .iter()
+                .map(|(name, bytes, dtype)| Ok((*name, safetensors::tensor::TensorView::new(*dtype, vec![size, size], bytes)?)))
+                .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
+            let meta = std::collections::HashMap::from([
+                ("class".to_string(), case.class.to_string()),
+                ("forward_passes".to_string(), r.forward_passes.to_string()),
+                ("seconds".to_string(), r.seconds.to_string()),
+                ("samples".to_string(), r.samples.to_string()),
+            ]);
+            let bytes = safetensors::serialize(views, Some(meta))?;
+            write_bytes(&path, &bytes)?;
+        }
+        eprintln!("wrote the runs' arrays to {}", dir.display());
+    }
     Ok(())
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    io::write_atomically(path, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("{}: cannot write", path.display())))
 }
 
 fn demo_command(cmd: DemoCmd) -> Result<()> {

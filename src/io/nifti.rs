@@ -71,13 +71,17 @@ pub fn read(path: &Path) -> Result<Volume> {
     // (this project's reference CT among them) carry to mean "no scaling".
     let mut raw_header = object.header().clone();
     raw_header.scl_slope = 0.0;
-    let volume = nifti::InMemNiftiVolume::from_raw_data(&raw_header, object.into_volume().into_raw_data())
+    let mut raw = object.into_volume().into_raw_data();
+    // The crate panics on voxel data of the wrong length (found by fuzzing): check it here.
+    let expected = voxels * datatype.size_of();
+    if raw.len() < expected {
+        bail!("{p}: file is truncated ({} of {expected} bytes of voxel data present)", raw.len());
+    }
+    raw.truncate(expected);
+    let volume = nifti::InMemNiftiVolume::from_raw_data(&raw_header, raw)
         .map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
     let array = volume.into_ndarray::<f32>().map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
     let mut data: Vec<f32> = array.t().iter().copied().collect();
-    if data.len() != voxels {
-        bail!("{p}: file is truncated ({} of {voxels} voxels present)", data.len());
-    }
     let (slope, inter) = (header.scl_slope, header.scl_inter);
     if slope.is_finite() && slope != 0.0 && (slope != 1.0 || inter != 0.0) {
         let inter = if inter.is_finite() { inter } else { 0.0 };
