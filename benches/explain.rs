@@ -55,5 +55,9 @@ fn explainers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, masks, clip_tower, explainers);
+fn setup(_: &mut Criterion) {
+    xaiclip::backend::cpu::reuse_freed_memory();
+}
+
+criterion_group!(benches, setup, masks, clip_tower, explainers);
 criterion_main!(benches);

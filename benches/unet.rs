@@ -52,19 +52,28 @@ fn conv_layers(c: &mut Criterion) {
     group.finish();
 }
 
+/// The bundled U-Net (features 16,16,32,64,128,16: what the explainers run) at batch 1, 16 and 64, and
+/// the wider paper-sized BasicUNet (32,32,64,128,256,32) at batch 1 and 16.
 fn unet_forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("unet_forward_256");
-    group.sample_size(10).measurement_time(Duration::from_secs(30));
-    let model = BasicUNet::random(&CpuBackend, paper_unet_config(), 9).unwrap();
-    for &batch in &[1usize, 16] {
-        let x = random(&[batch, 1, 256, 256], 10);
-        group.throughput(Throughput::Elements((model.flops(256, 256) * batch as f64) as u64));
-        group.bench_function(BenchmarkId::from_parameter(format!("batch{batch}")), |bench| {
-            bench.iter(|| model.forward(&CpuBackend, &x).unwrap())
-        });
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    let bundled = BasicUNet::load_dir(&CpuBackend, &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/unet")).unwrap();
+    let paper = BasicUNet::random(&CpuBackend, paper_unet_config(), 9).unwrap();
+    for (name, model, batches) in [("bundled", &bundled, &[1usize, 16, 64][..]), ("paper", &paper, &[1, 16][..])] {
+        for &batch in batches {
+            let x = random(&[batch, 1, 256, 256], 10);
+            group.throughput(Throughput::Elements((model.flops(256, 256) * batch as f64) as u64));
+            group.bench_function(BenchmarkId::from_parameter(format!("{name}_batch{batch}")), |bench| {
+                bench.iter(|| model.forward(&CpuBackend, &x).unwrap())
+            });
+        }
     }
     group.finish();
 }
 
-criterion_group!(benches, sgemm_peak, conv_layers, unet_forward);
+fn setup(_: &mut Criterion) {
+    xaiclip::backend::cpu::reuse_freed_memory();
+}
+
+criterion_group!(benches, setup, sgemm_peak, conv_layers, unet_forward);
 criterion_main!(benches);

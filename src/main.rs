@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    xaiclip::backend::cpu::reuse_freed_memory();
     let cli = xaiclip::cli::Cli::parse();
     match xaiclip::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

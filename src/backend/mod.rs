@@ -85,13 +85,15 @@ pub trait Backend: Send + Sync {
         bias: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
 
-    /// Per (image, channel) normalisation over H*W with biased variance, then optional affine.
+    /// Per (image, channel) normalisation over H*W with biased variance, then optional affine, then
+    /// `act`: one fused pass over the activations instead of three.
     fn instance_norm(
         &self,
         x: &mut Self::Tensor,
         gamma: Option<&Self::Tensor>,
         beta: Option<&Self::Tensor>,
         eps: f32,
+        act: Activation,
     ) -> Result<()>;
 
     fn activate(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;

@@ -262,10 +262,10 @@ impl<B: Backend> BasicUNet<B> {
 
     fn conv_unit(&self, b: &B, x: &B::Tensor, u: &ConvUnit<B>) -> Result<B::Tensor> {
         let mut y = b.conv2d(x, &u.weight, u.bias.as_ref(), 1, 1)?;
-        if let Some((g, bt)) = &u.instance_norm {
-            b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps)?;
+        match &u.instance_norm {
+            Some((g, bt)) => b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps, self.config.act)?,
+            None => b.activate(&mut y, self.config.act)?,
         }
-        b.activate(&mut y, self.config.act)?;
         Ok(y)
     }
 

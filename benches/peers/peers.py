@@ -1,0 +1,283 @@
+"""xaiclip against its peers on the same U-Net weights, slice, organ, score, baseline and settings.
+
+xaiclip runs first (`xaiclip bench --demo --export`): its timings per method in full-image and CLIP-ROI
+mode, and the arrays of each run on the model grid (input, baseline, ROI, saliency, superpixels). Then, in
+PyTorch with the same weights loaded into MONAI's BasicUNet:
+
+- Captum Occlusion and MONAI OcclusionSensitivity (same window, stride and zero baseline);
+- the RISE algorithm (score-weighted mask average) over the same masks, regenerated from xaiclip's seed
+  with a NumPy port of its Philox4x32-10 stream and mask construction;
+- Captum Lime and KernelShap and the `lime` package over xaiclip's superpixels.
+
+The score is xaiclip's default: mean softmax probability of the organ over M0, the unperturbed predicted
+organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
+the map's largest magnitude; LIME/SHAP draw different random coalitions, so only their correlation is
+reported. Seconds are medians of --repeat runs, with torch using every core (as xaiclip does).
+"""
+
+import argparse
+import json
+import warnings
+import os
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+M0_, M1_, W0_, W1_ = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def philox_words(seed, stream, n_words):
+    """Words 0..n_words-1 of Philox4x32-10 stream `stream` under `seed` (as xaiclip's rng.rs)."""
+    blocks = np.arange((n_words + 3) // 4, dtype=np.uint64)
+    c0, c1 = blocks & MASK32, blocks >> np.uint64(32)
+    c2 = np.full_like(blocks, stream & 0xFFFFFFFF)
+    c3 = np.full_like(blocks, stream >> 32)
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    for r in range(10):
+        if r > 0:
+            k0, k1 = (k0 + W0_) & 0xFFFFFFFF, (k1 + W1_) & 0xFFFFFFFF
+        p0 = np.uint64(M0_) * c0
+        p1 = np.uint64(M1_) * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0)), p1 & MASK32, ((p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1)), p0 & MASK32
+    return np.stack([c0, c1, c2, c3], axis=1).reshape(-1)[:n_words]
+
+
+def uniforms(seed, stream, n):
+    return ((philox_words(seed, stream, n) >> np.uint64(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)).astype(np.float32)
+
+
+def rise_mask(seed, i, grid, p1, size):
+    """xaiclip's RISE mask i (src/explain/rise.rs), in float32 step for step."""
+    f32 = np.float32
+    u = uniforms(seed, i, grid * grid + 2)
+    g = (u[: grid * grid] < f32(p1)).astype(np.float32).reshape(grid, grid)
+    cell = -(-size // grid)
+    up = (grid + 1) * cell
+    shift_y = int(u[grid * grid] * f32(cell))
+    shift_x = int(u[grid * grid + 1] * f32(cell))
+
+    def taps(shift):
+        v = np.arange(size, dtype=np.float32) + f32(shift)
+        pos = np.clip((v + f32(0.5)) * f32(grid) / f32(up) - f32(0.5), f32(0), f32(grid - 1)).astype(np.float32)
+        g0 = np.floor(pos).astype(np.int64)
+        return g0, np.minimum(g0 + 1, grid - 1), (pos - g0.astype(np.float32)).astype(np.float32)
+
+    y0, y1, fy = taps(shift_y)
+    x0, x1, fx = taps(shift_x)
+    one = f32(1)
+    top = g[y0][:, x0] * (one - fx) + g[y0][:, x1] * fx
+    bottom = g[y1][:, x0] * (one - fx) + g[y1][:, x1] * fx
+    return (top * (one - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
+
+
+def load_unet(weights):
+    from monai.networks.nets import BasicUNet
+
+    cfg = json.load(open(os.path.join(weights, "config.json")))
+    cfg.pop("input_size", None)
+    for k in ("act", "norm"):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = tuple(cfg[k])
+    model = BasicUNet(**cfg).eval()
+    model.load_state_dict(load_file(os.path.join(weights, "model.safetensors")))
+    return model
+
+
+class Score:
+    """Mean softmax probability of `cls` over M0, per image; counts forward passes."""
+
+    def __init__(self, model, image, cls):
+        self.model, self.cls, self.passes = model, cls, 0
+        with torch.inference_mode():
+            self.m0 = model(image).argmax(1)[0] == cls
+        self.count = self.m0.sum()
+
+    def __call__(self, x):
+        self.passes += x.shape[0]
+        with torch.inference_mode():
+            p = torch.softmax(self.model(x), 1)[:, self.cls]
+        return (p * self.m0).sum((1, 2)) / self.count
+
+
+def timed(fn, repeat):
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def arrays(path):
+    with safe_open(path, "np") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def agreement(ours, theirs):
+    ours, theirs = np.asarray(ours, np.float64).ravel(), np.asarray(theirs, np.float64).ravel()
+    scale = max(np.abs(ours).max(), 1e-12)
+    r = np.corrcoef(ours, theirs)[0, 1] if ours.std() > 0 and theirs.std() > 0 else float("nan")
+    return float(np.abs(ours - theirs).max() / scale), float(r)
+
+
+def main():
+    # MONAI 1.6 indexes tensors with lists, which torch 2.15 warns about on every window.
+    warnings.filterwarnings("ignore", category=UserWarning, module="monai")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--xaiclip", required=True)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rise-masks", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default="occlusion,rise,lime,kernelshap", help="peer methods to run (comma list)")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    torch.set_num_threads(os.cpu_count())
+    export = os.path.join(a.out, "arrays")
+    subprocess.run(
+        [a.xaiclip, "bench", "--demo", "--roi", "clip", "--repeat", str(a.repeat), "--masks", str(a.rise_masks), "--samples", str(a.samples),
+         "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0", "--json", os.path.join(a.out, "xaiclip.json"), "--export", export],
+        check=True,
+    )
+    bench = json.load(open(os.path.join(a.out, "xaiclip.json")))
+    ours = {(r["method"], r["roi"]): r for r in bench["rows"]}
+    settings = bench["context"]["settings"]
+    model = load_unet(a.weights)
+    full = {m: arrays(os.path.join(export, f"{m}-none.safetensors")) for m in ("occlusion", "rise", "lime", "kernelshap")}
+    x = torch.from_numpy(full["occlusion"][0]["input"]).reshape(1, 1, *full["occlusion"][0]["input"].shape)
+    cls = int(full["occlusion"][1]["class"])
+    size = x.shape[-1]
+    rows = []
+
+    def add(method, impl, seconds, passes, saliency):
+        d, r = agreement(full[method][0]["saliency"], saliency) if saliency is not None else (float("nan"), float("nan"))
+        rows.append(dict(method=method, implementation=impl, seconds=seconds, forward_passes=passes, max_rel_diff=d, pearson_r=r))
+        print(f"{method:10} {impl:28} {seconds:8.2f}s {passes:6} passes  max|diff|/max {d:.2e}  r {r:.5f}", flush=True)
+
+    for m in ("occlusion", "rise", "lime", "kernelshap"):
+        for roi in ("none", "clip"):
+            o = ours[(m, roi)]
+            add(m, f"xaiclip ({'full image' if roi == 'none' else 'CLIP ROI'})", o["seconds"], o["forward_passes"], full[m][0]["saliency"] if roi == "none" else None)
+
+    # Occlusion: window and stride from xaiclip's settings string.
+    import re
+    window = int(re.search(r"window: (\d+)", settings).group(1))
+    stride = int(re.search(r"stride: (\d+)", settings).group(1))
+    from captum.attr import Occlusion, Lime, KernelShap
+
+    score = Score(model, x, cls)
+    base = score(x)
+    score.passes = 0
+
+    def captum_occlusion():
+        score.passes = 0
+        return Occlusion(score).attribute(x, sliding_window_shapes=(1, window, window), strides=(1, stride, stride), baselines=0.0, perturbations_per_eval=a.batch)
+
+    want = a.only.split(",")
+    if "occlusion" in want:
+        t, sal = timed(captum_occlusion, a.repeat)
+        add("occlusion", "Captum Occlusion", t, score.passes + 1, sal[0, 0].numpy())
+
+    from monai.visualize import OcclusionSensitivity
+
+    class AsClassifier(torch.nn.Module):
+        def forward(self, images):
+            return score(images)[:, None]
+
+    def monai_occlusion():
+        score.passes = 0
+        occ = OcclusionSensitivity(AsClassifier(), mask_size=window, n_batch=a.batch, verbose=False, mode=0.0, overlap=1 - stride / window, activate=False)
+        occ_map, _ = occ(x)
+        occ_map = occ_map.squeeze()
+        assert occ_map.shape == (size, size), occ_map.shape
+        return base - occ_map
+
+    if "occlusion" in want:
+        t, sal = timed(monai_occlusion, a.repeat)
+        add("occlusion", "MONAI OcclusionSensitivity", t, score.passes + 1, sal.numpy())
+
+    grid = int(re.search(r"grid: (\d+)", settings).group(1))
+    p1 = float(re.search(r"p1: ([0-9.]+)", settings).group(1))
+    n_masks = int(full["rise"][1]["samples"])
+    baseline = torch.from_numpy(full["rise"][0]["baseline"]).reshape(1, 1, size, size)
+
+    def rise():
+        score.passes = 0
+        total = torch.zeros(size, size, dtype=torch.float64)
+        for start in range(0, n_masks, a.batch):
+            masks = torch.from_numpy(np.stack([rise_mask(a.seed, i, grid, p1, size) for i in range(start, min(start + a.batch, n_masks))]))[:, None]
+            s = score(baseline + masks * (x - baseline))
+            total += (s[:, None, None].double() * masks[:, 0].double()).sum(0)
+        return total / (n_masks * p1)
+
+    if "rise" in want:
+        t, sal = timed(rise, a.repeat)
+        add("rise", "RISE in PyTorch (same masks)", t, score.passes, sal.numpy())
+
+    for method, cls_ in [(m, c) for m, c in (("lime", Lime), ("kernelshap", KernelShap)) if m in want]:
+        seg = torch.from_numpy(full[method][0]["segments"].astype(np.int64)).reshape(1, 1, size, size)
+
+        def run():
+            score.passes = 0
+            return cls_(score).attribute(x, baselines=0.0, feature_mask=seg, n_samples=a.samples, perturbations_per_eval=a.batch)
+
+        t, sal = timed(run, a.repeat)
+        add(method, f"Captum {cls_.__name__}", t, score.passes, sal[0, 0].numpy())
+
+    from lime import lime_image
+
+    seg = full["lime"][0]["segments"].astype(np.int64)
+
+    def lime_package():
+        score.passes = 0
+
+        def classify(images):
+            s = score(torch.from_numpy(images[..., 0].astype(np.float32))[:, None]).numpy()
+            return np.stack([s, 1 - s], 1)
+
+        e = lime_image.LimeImageExplainer(kernel_width=0.25, random_state=a.seed).explain_instance(
+            x[0, 0].numpy().astype(np.float64), classify, labels=(0,), top_labels=None, hide_color=0, num_samples=a.samples,
+            batch_size=a.batch, segmentation_fn=lambda _: seg)
+        weights = dict(e.local_exp[0])
+        return np.vectorize(lambda l: weights.get(l, 0.0))(seg)
+
+    if "lime" in want:
+        t, sal = timed(lime_package, a.repeat)
+        add("lime", "lime (lime_image)", t, score.passes, sal)
+
+    by = {(r["method"], r["implementation"]): r for r in rows}
+    lines = [
+        f"Same slice (bundled phantom, seed 7, organ-center liver), weights/unet, score mean-prob over M0, zero baseline; "
+        f"{os.cpu_count()} cores; seconds = median of {a.repeat}; RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
+        "",
+        "| method | implementation | seconds | forward passes | max abs diff / max abs | Pearson r | xaiclip full-image speed-up | xaiclip ROI speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        full_x = by[(r["method"], "xaiclip (full image)")]["seconds"]
+        roi_x = by[(r["method"], "xaiclip (CLIP ROI)")]["seconds"]
+        peer = not r["implementation"].startswith("xaiclip")
+        f = lambda v: "–" if v != v else f"{v:.2e}"
+        lines.append(
+            f"| {r['method']} | {r['implementation']} | {r['seconds']:.2f} | {r['forward_passes']} | {f(r['max_rel_diff'])} | "
+            f"{'–' if r['pearson_r'] != r['pearson_r'] else format(r['pearson_r'], '.4f')} | "
+            f"{r['seconds'] / full_x:.1f}x | {r['seconds'] / roi_x:.1f}x |" if peer else
+            f"| {r['method']} | {r['implementation']} | {r['seconds']:.2f} | {r['forward_passes']} | – | – | | |"
+        )
+    table = "\n".join(lines) + "\n"
+    open(os.path.join(a.out, "peers.md"), "w").write(table)
+    json.dump(rows, open(os.path.join(a.out, "peers.json"), "w"), indent=1)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
