@@ -1,5 +1,6 @@
 //! Every crash the fuzz targets (fuzz/fuzz_targets) found, replayed through the same entry point: each
-//! must now end in Ok or a clear error, never a panic. Files are named <target>-<what>.
+//! must now end in Ok or a clear error, never a panic or a multi-GiB allocation. Files are named
+//! <target>-<what>.
 
 use std::path::Path;
 use xaiclip::dataset::{read_png_mask, PngEncoding};
@@ -13,9 +14,18 @@ fn replay(target: &str, data: &[u8], scratch: &Path) -> String {
             xaiclip::io::read_image(&path).map(|_| ())
         }
         "dicom_series" => {
+            // As the target does: up to three files of one folder, split at "XSPLIT".
             let dir = scratch.join("series");
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("0.dcm"), data).unwrap();
+            let mut rest = data;
+            for i in 0..3 {
+                let end = rest.windows(6).position(|w| w == b"XSPLIT").unwrap_or(rest.len());
+                std::fs::write(dir.join(format!("{i}.dcm")), &rest[..end]).unwrap();
+                if end == rest.len() {
+                    break;
+                }
+                rest = &rest[end + 6..];
+            }
             xaiclip::io::read_image(&dir).map(|_| ())
         }
         "png_mask" => {

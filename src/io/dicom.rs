@@ -77,6 +77,18 @@ fn geometry(obj: &DefaultDicomObject, path: &Path) -> Result<Geometry> {
 /// Decoded, rescaled pixels of one single-frame greyscale slice (any transfer syntax dicom-rs decodes,
 /// JPEG 2000 and JPEG lossless included).
 fn pixels(obj: &DefaultDicomObject, g: &Geometry, path: &Path) -> Result<Vec<f32>> {
+    // Uncompressed pixel data shorter than Rows x Columns x BitsAllocated is refused before decoding:
+    // otherwise a small file claiming a huge image costs gigabytes (found by fuzzing).
+    let bits = int(obj, tags::BITS_ALLOCATED, "BitsAllocated", path)?;
+    if let Ok(element) = obj.element(tags::PIXEL_DATA) {
+        if let dicom_core::value::Value::Primitive(v) = element.value() {
+            let needed = g.rows * g.cols * bits.div_ceil(8);
+            let have = v.calculate_byte_len();
+            if have < needed {
+                bail!("{}: pixel data holds {have} bytes, {}x{} pixels of {bits} bits need {needed} (truncated)", path.display(), g.rows, g.cols);
+            }
+        }
+    }
     let decoded = obj.decode_pixel_data().map_err(|e| anyhow::anyhow!("{}: cannot decode pixel data ({e})", path.display()))?;
     if decoded.number_of_frames() != 1 || decoded.samples_per_pixel() != 1 {
         bail!(

@@ -2,7 +2,7 @@
 //! voxel memory is allocated.
 
 use super::{write_atomically, Volume, MAX_VOXELS};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 use std::path::Path;
 
@@ -44,6 +44,10 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
     a
 }
 
+fn meta_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?.len())
+}
+
 /// Reads a 3-D NIfTI volume (a 4-D file with one time point is accepted) with scl_slope/inter applied.
 pub fn read(path: &Path) -> Result<Volume> {
     let p = path.display();
@@ -65,6 +69,16 @@ pub fn read(path: &Path) -> Result<Volume> {
         NiftiType::Uint8 | NiftiType::Int8 | NiftiType::Uint16 | NiftiType::Int16 | NiftiType::Uint32 | NiftiType::Int32 | NiftiType::Float32 | NiftiType::Float64
     ) {
         bail!("{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)");
+    }
+    // The crate sizes its read buffer from bitpix: a header whose bitpix disagrees with its datatype
+    // made it allocate tens of GiB (found by fuzzing).
+    if header.bitpix as usize != 8 * datatype.size_of() {
+        bail!("{p}: bitpix {} does not match datatype {datatype:?} ({} bits)", header.bitpix, 8 * datatype.size_of());
+    }
+    let needed = header.vox_offset.max(352.0) as u64 + (voxels * datatype.size_of()) as u64;
+    let compressed = path.extension().is_some_and(|e| e == "gz");
+    if !compressed && meta_len(path)? < needed {
+        bail!("{p}: file is truncated ({} bytes; the header's dimensions need {needed})", meta_len(path)?);
     }
     let object = ReaderOptions::new().read_file(path).map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
     // Read raw values, then scale here: the crate would also scale with a NaN slope, which real files
