@@ -173,6 +173,8 @@ pub struct MethodRun {
     /// Wall time of the explanation (ROI + perturbations), not of the metrics.
     pub seconds: f64,
     pub forward_passes: usize,
+    /// Share of the explanation's own time (CLIP excluded) spent in U-Net forwards.
+    pub forward_fraction: f64,
     pub samples: usize,
     pub roi: Vec<bool>,
     pub saliency: Vec<f32>,
@@ -287,7 +289,9 @@ pub fn run_method<B: Backend>(
     // The scorer's own unperturbed pass that found M0.
     let forward_passes = explanation.forward_passes + 1;
     drop(runner);
-    let seconds = started.elapsed().as_secs_f64() + if roi_mode.uses_clip() { clip.seconds } else { 0.0 };
+    let own_seconds = started.elapsed().as_secs_f64();
+    let forward_fraction = scorer.forward_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9 / own_seconds;
+    let seconds = own_seconds + if roi_mode.uses_clip() { clip.seconds } else { 0.0 };
     let agreement = slice.truth.as_ref().map(|t| agreement(&explanation.saliency, t));
     // Faithfulness is measured the same way for every mode: whole image, same baseline.
     let roi = problem.roi.clone();
@@ -300,5 +304,5 @@ pub fn run_method<B: Backend>(
         None
     };
     let segments = segments.map(|s| s.labels);
-    Ok(MethodRun { method, roi_mode, seconds, forward_passes, samples: explanation.samples, roi, saliency: explanation.saliency, segments, agreement, faithfulness })
+    Ok(MethodRun { method, roi_mode, seconds, forward_passes, forward_fraction, samples: explanation.samples, roi, saliency: explanation.saliency, segments, agreement, faithfulness })
 }

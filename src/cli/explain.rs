@@ -356,19 +356,19 @@ fn pct(new: f64, old: f64) -> f64 {
 /// The bench table as Markdown and JSON. Dice/IoU use the paper's likely protocol (min-max, >= 0.5);
 /// top-|GT| and Otsu binarisations are in the JSON too.
 pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, serde_json::Value) {
-    let mut md = String::from("| method | roi | seconds | forward passes | ROI area | Dice | IoU | Dice top-k | AUROC | deletion AUC | insertion AUC |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut md = String::from("| method | roi | seconds | forward passes | in forward | ROI area | Dice | IoU | Dice top-k | AUROC | deletion AUC | insertion AUC |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut json_rows = Vec::new();
     let metric = |r: &MethodRun, f: &dyn Fn(&crate::metrics::Agreement) -> f64| r.agreement.as_ref().map_or(f64::NAN, f);
     for r in rows {
         let (del, ins) = r.faithfulness.as_ref().map_or((f64::NAN, f64::NAN), |f| (f.deletion_auc, f.insertion_auc));
         md += &format!(
-            "| {} | {} | {:.2} | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-            r.method.name(), r.roi_mode.name(), r.seconds, r.forward_passes, 100.0 * r.roi_fraction(),
+            "| {} | {} | {:.2} | {} | {:.0}% | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            r.method.name(), r.roi_mode.name(), r.seconds, r.forward_passes, 100.0 * r.forward_fraction, 100.0 * r.roi_fraction(),
             metric(r, &|a| a.half.dice), metric(r, &|a| a.half.iou), metric(r, &|a| a.top_k.dice), metric(r, &|a| a.auroc), del, ins
         );
         json_rows.push(json!({
             "method": r.method.name(), "roi": r.roi_mode.name(), "seconds": r.seconds, "forward_passes": r.forward_passes,
-            "dice": metric(r, &|a| a.half.dice), "iou": metric(r, &|a| a.half.iou), "auroc": metric(r, &|a| a.auroc),
+            "forward_fraction": r.forward_fraction, "dice": metric(r, &|a| a.half.dice), "iou": metric(r, &|a| a.half.iou), "auroc": metric(r, &|a| a.auroc),
             "deletion_auc": del, "insertion_auc": ins,
             "dice_topk": metric(r, &|a| a.top_k.dice), "iou_topk": metric(r, &|a| a.top_k.iou),
             "dice_otsu": metric(r, &|a| a.otsu.dice), "iou_otsu": metric(r, &|a| a.otsu.iou),

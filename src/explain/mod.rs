@@ -85,6 +85,8 @@ pub struct UNetScorer<'a, B: Backend> {
     pub class: usize,
     pub m0: Vec<bool>,
     pub kind: ScoreKind,
+    /// Nanoseconds spent in U-Net forwards (M0's and the perturbed batches'), to show where time goes.
+    pub forward_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl<'a, B: Backend> UNetScorer<'a, B> {
@@ -92,8 +94,10 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
     pub fn new(backend: &'a B, model: &'a BasicUNet<B>, input: &[f32], size: usize, class: usize, kind: ScoreKind) -> Result<Self> {
         let classes = model.config().out_channels;
         ensure!(class < classes, "class {class} is not an output of this U-Net ({classes} classes)");
+        let started = std::time::Instant::now();
         let x = backend.upload(&Tensor::new(&[1, 1, size, size], input.to_vec())?)?;
         let logits = backend.download(&model.forward_logits(backend, &x)?)?;
+        let forward_nanos = std::sync::atomic::AtomicU64::new(started.elapsed().as_nanos() as u64);
         let plane = size * size;
         let m0: Vec<bool> = (0..plane)
             .map(|p| (0..classes).max_by(|&a, &b| logits.data()[a * plane + p].total_cmp(&logits.data()[b * plane + p])) == Some(class))
@@ -101,14 +105,16 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         if !m0.contains(&true) {
             bail!("the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
         }
-        Ok(Self { backend, model, class, m0, kind })
+        Ok(Self { backend, model, class, m0, kind, forward_nanos })
     }
 }
 
 impl<B: Backend> Scorer for UNetScorer<'_, B> {
     fn scores(&self, images: &Tensor) -> Result<Vec<f32>> {
         let (n, _, h, w) = images.nchw()?;
+        let started = std::time::Instant::now();
         let logits = self.backend.download(&self.model.forward_logits(self.backend, &self.backend.upload(images)?)?)?;
+        self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         let (classes, plane) = (self.model.config().out_channels, h * w);
         let m0_count = self.m0.iter().filter(|&&b| b).count() as f64;
         Ok((0..n)
