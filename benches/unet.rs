@@ -39,8 +39,9 @@ fn paper_unet_config() -> UNetConfig {
 fn conv_layers(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv3x3_batch16");
     group.sample_size(10).measurement_time(Duration::from_secs(6));
-    // The U-Net's conv shapes by level: (cin, cout, side).
-    for &(cin, cout, side) in &[(32usize, 32usize, 256usize), (64, 32, 256), (32, 64, 64), (256, 256, 16)] {
+    // Conv shapes by level, (cin, cout, side): the bundled U-Net's full-resolution layers (1->16, 16->16,
+    // decoder 32->16), then the paper-sized model's.
+    for &(cin, cout, side) in &[(1usize, 16usize, 256usize), (16, 16, 256), (32, 16, 256), (32, 32, 256), (64, 32, 256), (32, 64, 64), (256, 256, 16)] {
         let x = random(&[16, cin, side, side], 3);
         let w = random(&[cout, cin, 3, 3], 4);
         let b = random(&[cout], 5);

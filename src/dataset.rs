@@ -116,7 +116,7 @@ fn label_file(dir: &Path, stem: &str) -> Option<PathBuf> {
 
 fn flare22(root: &Path, unlabeled: bool) -> Result<Vec<CaseEntry>> {
     let (tr, ts) = (root.join("imagesTr"), root.join("imagesTs"));
-    if !tr.is_dir() && !(unlabeled && ts.is_dir()) {
+    if !(tr.is_dir() || unlabeled && ts.is_dir()) {
         bail!("{}: not a FLARE22 folder (no imagesTr/{})", root.display(), if unlabeled { " or imagesTs/" } else { "" });
     }
     let mut cases = Vec::new();

@@ -433,8 +433,11 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 
 /// summary.csv and summary.md: per organ, method and ROI mode, mean ± sample std of every metric over
 /// the explained slices, plus the counts of slices skipped as empty-organ / organ-absent.
+/// One summary row: organ, method, ROI names, the explained lines, and how many items were skipped.
+type SummaryGroup<'a> = (String, String, String, Vec<&'a Value>, usize);
+
 fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
-    let mut groups: BTreeMap<(usize, usize, usize), (String, String, String, Vec<&Value>, usize)> = BTreeMap::new();
+    let mut groups: BTreeMap<(usize, usize, usize), SummaryGroup> = BTreeMap::new();
     let position = |list: &str, v: &Value| config[list].as_array().and_then(|a| a.iter().position(|x| x == v)).unwrap_or(usize::MAX);
     for l in lines {
         let g = groups.entry((position("organs", &l["organ"]), position("methods", &l["method"]), position("roi", &l["roi"]))).or_insert_with(|| {
