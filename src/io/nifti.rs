@@ -75,7 +75,7 @@ pub fn read(path: &Path) -> Result<Volume> {
     if header.bitpix as usize != 8 * datatype.size_of() {
         bail!("{p}: bitpix {} does not match datatype {datatype:?} ({} bits)", header.bitpix, 8 * datatype.size_of());
     }
-    let needed = header.vox_offset.max(352.0) as u64 + (voxels * datatype.size_of()) as u64;
+    let needed = (header.vox_offset.max(352.0) as u64).saturating_add((voxels * datatype.size_of()) as u64);
     let compressed = path.extension().is_some_and(|e| e == "gz");
     if !compressed && meta_len(path)? < needed {
         bail!("{p}: file is truncated ({} bytes; the header's dimensions need {needed})", meta_len(path)?);
