@@ -110,8 +110,13 @@ fn is_nifti(p: &Path) -> bool {
     p.is_file() && (n.ends_with(".nii.gz") || n.ends_with(".nii"))
 }
 
-fn label_file(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [".nii.gz", ".nii"].iter().map(|e| dir.join(format!("{stem}{e}"))).find(|p| p.is_file())
+/// The label map `dir/<stem>.nii.gz` (or .nii) of `image`, which must exist.
+fn label_file(dir: &Path, stem: &str, image: &Path) -> Result<PathBuf> {
+    [".nii.gz", ".nii"]
+        .iter()
+        .map(|e| dir.join(format!("{stem}{e}")))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{}: no label {}/{stem}.nii.gz for this image", image.display(), dir.display()))
 }
 
 fn flare22(root: &Path, unlabeled: bool) -> Result<Vec<CaseEntry>> {
@@ -124,7 +129,7 @@ fn flare22(root: &Path, unlabeled: bool) -> Result<Vec<CaseEntry>> {
         let labels = root.join("labelsTr");
         for image in list(&tr, is_nifti)? {
             let id = stem(&image);
-            let label = label_file(&labels, &id).with_context(|| format!("{}: no label {}/{id}.nii.gz for this image", image.display(), labels.display()))?;
+            let label = label_file(&labels, &id, &image)?;
             cases.push(CaseEntry { id, image, labels: LabelSource::Volume(label, LabelIds::Flare22), mr: false });
         }
     }
@@ -178,7 +183,7 @@ fn pairs(images: &Path, labels: Option<&Path>, mr: bool) -> Result<Vec<CaseEntry
     for image in list(images, |p| is_nifti(p) || p.is_dir())? {
         let id = stem(&image);
         let labels = match labels {
-            Some(dir) => LabelSource::Volume(label_file(dir, &id).with_context(|| format!("{}: no label {}/{id}.nii.gz for this image", image.display(), dir.display()))?, LabelIds::Flare22),
+            Some(dir) => LabelSource::Volume(label_file(dir, &id, &image)?, LabelIds::Flare22),
             None => LabelSource::None,
         };
         cases.push(CaseEntry { id, image, labels, mr });
@@ -327,8 +332,7 @@ fn write_series_with_masks(volume: &Volume, labels: &[u8], case_dir: &Path, dico
     for k in 0..nz {
         let grey: Vec<u8> = labels[k * nx * ny..(k + 1) * nx * ny].iter().map(|&l| chaos_grey(l, encoding)).collect();
         let img = image::GrayImage::from_raw(nx as u32, ny as u32, grey).expect("plane size");
-        let path = ground.join(format!("liver_GT_{k:03}.png"));
-        io::write_atomically(&path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write PNG", path.display())))?;
+        crate::render::save_png(&ground.join(format!("liver_GT_{k:03}.png")), &img)?;
     }
     Ok(())
 }

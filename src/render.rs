@@ -73,6 +73,6 @@ pub fn grid(images: &[RgbImage], columns: usize) -> RgbImage {
     out
 }
 
-pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
+pub fn save_png<P: image::PixelWithColorType<Subpixel = u8>>(path: &Path, img: &image::ImageBuffer<P, Vec<u8>>) -> Result<()> {
     write_atomically(path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write PNG", path.display())))
 }

@@ -30,6 +30,12 @@ fn quick_eval<'a>(kind: &'a str, root: &'a Path, out: &'a Path) -> Vec<&'a str> 
     vec!["eval", "--dataset", kind, root.to_str().unwrap(), "--methods", "occlusion", "--roi", "none", "--occlusion-window", "128", "--occlusion-stride", "128", "--faithfulness-steps", "0", "--out", out.to_str().unwrap()]
 }
 
+/// Runs a quick eval that must fail as `fails` checks, and returns its errors.jsonl.
+fn failed_cases(kind: &str, root: &Path, out: &Path, expect: &[&str]) -> String {
+    fails(&quick_eval(kind, root, out), expect);
+    std::fs::read_to_string(out.join("errors.jsonl")).unwrap()
+}
+
 fn first_png(root: &Path) -> PathBuf {
     root.join("CT/1/Ground/liver_GT_000.png")
 }
@@ -57,8 +63,7 @@ fn png_mask_truncated() {
     let raw = std::fs::read(&png).unwrap();
     std::fs::write(&png, &raw[..raw.len() / 2]).unwrap();
     let out = dir.path().join("out");
-    fails(&quick_eval("chaos-ct", &root, &out), &["1 of 1 cases failed", "errors.jsonl"]);
-    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let errors = failed_cases("chaos-ct", &root, &out, &["1 of 1 cases failed", "errors.jsonl"]);
     assert!(errors.contains("liver_GT_000.png: not a readable PNG mask"), "{errors}");
 }
 
@@ -69,8 +74,7 @@ fn png_mask_of_the_wrong_size() {
     phantom_tree("chaos-ct", &root, 1);
     image::GrayImage::new(20, 32).save(first_png(&root)).unwrap();
     let out = dir.path().join("out");
-    fails(&quick_eval("chaos-ct", &root, &out), &["cases failed"]);
-    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let errors = failed_cases("chaos-ct", &root, &out, &["cases failed"]);
     assert!(errors.contains("liver_GT_000.png: mask is 20x32 pixels but its slice") && errors.contains("is 32x32"), "{errors}");
 }
 
@@ -81,8 +85,7 @@ fn png_mask_count_differs_from_dicom_slices() {
     phantom_tree("chaos-ct", &root, 2);
     std::fs::remove_file(root.join("CT/2/Ground/liver_GT_002.png")).unwrap();
     let out = dir.path().join("out");
-    fails(&quick_eval("chaos-ct", &root, &out), &["1 of 2 cases failed"]);
-    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let errors = failed_cases("chaos-ct", &root, &out, &["1 of 2 cases failed"]);
     assert!(errors.contains("CT/2/Ground: 2 PNG masks for 3 DICOM slices"), "{errors}");
     // The good case is complete; the failed one is retried by --resume.
     assert!(std::fs::read_to_string(out.join("results.jsonl")).unwrap().contains("\"CT/1\""));
@@ -99,8 +102,7 @@ fn mr_mask_grey_level_outside_the_documented_ranges() {
     img.put_pixel(3, 3, image::Luma([100]));
     img.save(&png).unwrap();
     let out = dir.path().join("out");
-    fails(&quick_eval("chaos-mr", &root, &out), &["1 of 3 cases failed"]);
-    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let errors = failed_cases("chaos-mr", &root, &out, &["1 of 3 cases failed"]);
     assert!(errors.contains("liver_GT_001.png: grey level 100 is not a CHAOS MR label"), "{errors}");
 }
 
@@ -153,8 +155,7 @@ fn labels_on_another_grid() {
     v.nifti_header = None;
     xaiclip::io::nifti::write_like(&labels, &v, &data).unwrap();
     let out = dir.path().join("out");
-    fails(&quick_eval("flare22", &root, &out), &["cases failed"]);
-    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let errors = failed_cases("flare22", &root, &out, &["cases failed"]);
     assert!(errors.contains("case_0001.nii.gz: labels cover") && errors.contains("do not share a grid"), "{errors}");
 }
 
@@ -168,8 +169,7 @@ fn labels_out_of_range() {
     let data: Vec<u8> = v.data.iter().map(|&x| if x == 1.0 { 20 } else { x as u8 }).collect();
     xaiclip::io::nifti::write_like(&labels, &v, &data).unwrap();
     let out = dir.path().join("out");
-    fails(&quick_eval("flare22", &root, &out), &["cases failed"]);
-    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let errors = failed_cases("flare22", &root, &out, &["cases failed"]);
     assert!(errors.contains("label 20 is not a FLARE22 id"), "{errors}");
 }
 

@@ -5,11 +5,11 @@
 //! and a case is listed in `cases_done.txt` only after its last line; `--resume` drops a torn last
 //! line, skips listed cases and every item already present, so a kill loses at most the item in flight.
 
-use super::explain::{organ_center_slice, ClipRoiFinder, MethodArgs};
+use super::explain::{organ_center_slice, write_text, ClipRoiFinder, MethodArgs};
 use super::{model_size, progress_bar};
 use crate::backend::CpuBackend;
 use crate::dataset::{self, natural_cmp, CaseEntry, DatasetKind};
-use crate::io::{self, Volume};
+use crate::io::Volume;
 use crate::models::BasicUNet;
 use crate::pipeline::{organ_class, organ_name, run_method, ClipRoi, Method, MethodRun, Settings, SliceInput};
 use crate::preprocess::{AxialLayout, Intensity};
@@ -125,9 +125,11 @@ fn read_results(path: &Path) -> Result<Vec<Value>> {
 /// Appends one line with a single write and syncs it, so a kill leaves whole lines only (plus at most
 /// one torn tail, which `read_results` drops).
 fn append_line(path: &Path, line: &Value) -> Result<()> {
+    append_text(path, &format!("{line}\n"))
+}
+
+fn append_text(path: &Path, text: &str) -> Result<()> {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for appending", path.display()))?;
-    let mut text = line.to_string();
-    text.push('\n');
     file.write_all(text.as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("{}: cannot append", path.display()))
 }
 
@@ -233,7 +235,7 @@ pub fn eval_command(cmd: EvalCmd) -> Result<()> {
         }
         Vec::new()
     };
-    io::write_atomically(&cmd.out.join(CONFIG), |tmp| std::fs::write(tmp, serde_json::to_string_pretty(&config)?).with_context(|| format!("{}: cannot write", tmp.display())))?;
+    write_text(&cmd.out.join(CONFIG), serde_json::to_string_pretty(&config)?)?;
     let mut done: HashSet<String> = existing.iter().map(key).collect();
     let finished: HashSet<String> = std::fs::read_to_string(cmd.out.join(DONE)).unwrap_or_default().lines().map(str::to_string).collect();
     let uses_clip = cmd.roi.iter().any(|r| r.uses_clip());
@@ -277,11 +279,6 @@ pub fn eval_command(cmd: EvalCmd) -> Result<()> {
         bail!("{failed} of {} cases failed (see {}); --resume retries them", cases.len(), cmd.out.join(ERRORS).display());
     }
     Ok(())
-}
-
-fn append_text(path: &Path, text: &str) -> Result<()> {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for appending", path.display()))?;
-    file.write_all(text.as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("{}: cannot append", path.display()))
 }
 
 /// Slices of `volume` to explain for `class`, or None when the organ is absent from the case.
@@ -342,8 +339,7 @@ fn evaluate_case(
         };
         bar.inc_length((slices.len() * per_slice) as u64);
         for k in slices {
-            let pending = |done: &HashSet<String>| cmd.methods.iter().flat_map(|&m| cmd.roi.iter().map(move |&r| (m, r))).filter(|&(m, r)| !done.contains(&key(&Value::Object(record(&case.id, class, Some(k), m, r, ""))))).collect::<Vec<_>>();
-            let todo = pending(done);
+            let todo: Vec<(Method, RoiMode)> = cmd.methods.iter().flat_map(|&m| cmd.roi.iter().map(move |&r| (m, r))).filter(|&(m, r)| !done.contains(&key(&Value::Object(record(&case.id, class, Some(k), m, r, ""))))).collect();
             bar.inc((per_slice - todo.len()) as u64);
             if todo.is_empty() {
                 continue;
@@ -369,9 +365,15 @@ fn evaluate_case(
     Ok(())
 }
 
+/// Where `v` stands in the run's `list` ("organs", "methods", "roi") of eval.json: the order of results
+/// and summary rows.
+fn position_in(config: &Value, list: &str, v: &Value) -> usize {
+    config[list].as_array().and_then(|a| a.iter().position(|x| x == v)).unwrap_or(usize::MAX)
+}
+
 /// Canonical order of result lines: case (natural), organ, slice, method and ROI in the run's order.
 fn sort_results(lines: &mut [Value], config: &Value) {
-    let position = |list: &str, v: &Value| config[list].as_array().and_then(|a| a.iter().position(|x| x == v)).unwrap_or(usize::MAX);
+    let position = |list: &str, v: &Value| position_in(config, list, v);
     lines.sort_by(|a, b| {
         natural_cmp(a["case"].as_str().unwrap_or(""), b["case"].as_str().unwrap_or(""))
             .then_with(|| position("organs", &a["organ"]).cmp(&position("organs", &b["organ"])))
@@ -415,8 +417,8 @@ fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
     let mut config = first;
     config["shard"] = Value::Null;
     let text: String = all.iter().map(|l| format!("{l}\n")).collect();
-    io::write_atomically(&out.join(RESULTS), |tmp| std::fs::write(tmp, &text).with_context(|| format!("{}: cannot write", tmp.display())))?;
-    io::write_atomically(&out.join(CONFIG), |tmp| std::fs::write(tmp, serde_json::to_string_pretty(&config)?).with_context(|| format!("{}: cannot write", tmp.display())))?;
+    write_text(&out.join(RESULTS), text)?;
+    write_text(&out.join(CONFIG), serde_json::to_string_pretty(&config)?)?;
     write_summaries(out, &all, &config)?;
     eprintln!("merged {} folders: {} result lines in {}", dirs.len(), all.len(), out.join(RESULTS).display());
     Ok(())
@@ -431,14 +433,14 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// summary.csv and summary.md: per organ, method and ROI mode, mean ± sample std of every metric over
-/// the explained slices, plus the counts of slices skipped as empty-organ / organ-absent.
 /// One summary row: organ, method, ROI names, the explained lines, and how many items were skipped.
 type SummaryGroup<'a> = (String, String, String, Vec<&'a Value>, usize);
 
+/// summary.csv and summary.md: per organ, method and ROI mode, mean ± sample std of every metric over
+/// the explained slices, plus the counts of slices skipped as empty-organ / organ-absent.
 fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
     let mut groups: BTreeMap<(usize, usize, usize), SummaryGroup> = BTreeMap::new();
-    let position = |list: &str, v: &Value| config[list].as_array().and_then(|a| a.iter().position(|x| x == v)).unwrap_or(usize::MAX);
+    let position = |list: &str, v: &Value| position_in(config, list, v);
     for l in lines {
         let g = groups.entry((position("organs", &l["organ"]), position("methods", &l["method"]), position("roi", &l["roi"]))).or_insert_with(|| {
             let s = |k: &str| l[k].as_str().unwrap_or("?").to_string();
@@ -475,7 +477,6 @@ fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
         csv += "\n";
         md += "\n";
     }
-    let write = |name: &str, text: &str| io::write_atomically(&out.join(name), |tmp| std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", tmp.display())));
-    write("summary.csv", &csv)?;
-    write("summary.md", &md)
+    write_text(&out.join("summary.csv"), csv)?;
+    write_text(&out.join("summary.md"), md)
 }

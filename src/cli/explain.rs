@@ -397,6 +397,7 @@ pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, 
     (md, json!({"context": context, "rows": json_rows, "comparison": comparisons}))
 }
 
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    io::write_atomically(path, |tmp| std::fs::write(tmp, text).with_context(|| format!("{}: cannot write", path.display())))
+/// Writes a whole output file atomically (text or bytes).
+pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    io::write_atomically(path, |tmp| std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display())))
 }

@@ -515,15 +515,11 @@ fn bench_command(cmd: BenchCmd) -> Result<()> {
                 ("samples".to_string(), r.samples.to_string()),
             ]);
             let bytes = safetensors::serialize(views, Some(meta))?;
-            write_bytes(&path, &bytes)?;
+            write_text(&path, &bytes)?;
         }
         eprintln!("wrote the runs' arrays to {}", dir.display());
     }
     Ok(())
-}
-
-fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    io::write_atomically(path, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("{}: cannot write", path.display())))
 }
 
 fn demo_command(cmd: DemoCmd) -> Result<()> {

@@ -44,10 +44,6 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
     a
 }
 
-fn meta_len(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?.len())
-}
-
 /// Reads a 3-D NIfTI volume (a 4-D file with one time point is accepted) with scl_slope/inter applied.
 pub fn read(path: &Path) -> Result<Volume> {
     let p = path.display();
@@ -77,8 +73,11 @@ pub fn read(path: &Path) -> Result<Volume> {
     }
     let needed = (header.vox_offset.max(352.0) as u64).saturating_add((voxels * datatype.size_of()) as u64);
     let compressed = path.extension().is_some_and(|e| e == "gz");
-    if !compressed && meta_len(path)? < needed {
-        bail!("{p}: file is truncated ({} bytes; the header's dimensions need {needed})", meta_len(path)?);
+    if !compressed {
+        let len = std::fs::metadata(path).with_context(|| format!("{p}: cannot open"))?.len();
+        if len < needed {
+            bail!("{p}: file is truncated ({len} bytes; the header's dimensions need {needed})");
+        }
     }
     let object = ReaderOptions::new().read_file(path).map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
     // Read raw values, then scale here: the crate would also scale with a NaN slope, which real files
