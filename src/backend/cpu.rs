@@ -4,7 +4,8 @@
 //! rayon task owns one (image, tile) pair, and the GEMM inside a task runs single-threaded so the two
 //! levels of parallelism do not fight.
 
-use super::{Activation, Backend};
+use super::{perturb, Activation, Backend, Scene};
+use crate::explain::{MaskBatch, ScoreKind};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
 use gemm::Parallelism;
@@ -476,6 +477,18 @@ impl Backend for CpuBackend {
         ensure!(a.shape() == b.shape(), "add: shapes {:?} and {:?} differ", a.shape(), b.shape());
         a.data_mut().par_chunks_mut(16384).zip(b.data().par_chunks(16384)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(p, q)| *p += q));
         Ok(())
+    }
+
+    fn perturb(&self, scene: &Scene<Tensor>, masks: &MaskBatch, first: usize, n: usize) -> Result<(Tensor, Tensor)> {
+        perturb::perturb(scene, masks, first, n)
+    }
+
+    fn segmentation_scores(&self, logits: &Tensor, m0: &Tensor, class: usize, kind: ScoreKind) -> Result<Tensor> {
+        perturb::segmentation_scores(logits, m0, class, kind)
+    }
+
+    fn accumulate_weighted(&self, acc: &mut Tensor, weights: &Tensor, masks: &Tensor) -> Result<()> {
+        perturb::accumulate_weighted(acc, weights, masks)
     }
 }
 

@@ -5,11 +5,16 @@
 //! activations where the backend wants them; `upload`/`download` are the only host crossings.
 
 pub mod cpu;
+pub mod cuda;
+pub mod perturb;
 
+use crate::explain::{MaskBatch, ScoreKind};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+pub use perturb::Scene;
 
 /// Pointwise non-linearities used by the models (MONAI U-Net: ReLU/LeakyReLU; CLIP: QuickGELU/GELU).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -98,6 +103,31 @@ pub trait Backend: Send + Sync {
 
     fn activate(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;
 
+    /// A stride-1 conv over the channel concatenation [x, extra] (the decoder's [skip, upsampled]),
+    /// followed by `act`. A device backend reads both inputs in place and applies `act` in the conv's
+    /// epilogue; the default composes the plain calls.
+    fn conv2d_fused(
+        &self,
+        x: &Self::Tensor,
+        extra: Option<&Self::Tensor>,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        pad: usize,
+        act: Activation,
+    ) -> Result<Self::Tensor> {
+        let joined;
+        let input = match extra {
+            Some(e) => {
+                joined = self.concat_channels(x, e)?;
+                &joined
+            }
+            None => x,
+        };
+        let mut y = self.conv2d(input, weight, bias, 1, pad)?;
+        self.activate(&mut y, act)?;
+        Ok(y)
+    }
+
     /// k x k max pooling with stride k, floor mode (odd edges dropped, as in PyTorch).
     fn max_pool2d(&self, x: &Self::Tensor, k: usize) -> Result<Self::Tensor>;
 
@@ -128,4 +158,20 @@ pub trait Backend: Send + Sync {
 
     /// a += b, elementwise (residual connections).
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
+
+    /// Keep-masks of samples `first..first + n` of `masks` and the perturbed images
+    /// baseline + m (input - baseline), both (n, 1, S, S), with m forced to 1 outside the scene's ROI.
+    fn perturb(&self, scene: &Scene<Self::Tensor>, masks: &MaskBatch, first: usize, n: usize) -> Result<(Self::Tensor, Self::Tensor)>;
+
+    /// One score per item of logits (N, C, H, W): class `class` against M0 (a 0/1 plane), as `kind` says.
+    fn segmentation_scores(&self, logits: &Self::Tensor, m0: &Self::Tensor, class: usize, kind: ScoreKind) -> Result<Self::Tensor>;
+
+    /// acc (2, plane) holds a Kahan sum and its compensation; adds sum_i weights[i] * masks[i] in item
+    /// order (RISE's saliency sum, kept where the masks are).
+    fn accumulate_weighted(&self, acc: &mut Self::Tensor, weights: &Self::Tensor, masks: &Self::Tensor) -> Result<()>;
+}
+
+/// Whether an error is the device running out of memory (callers then retry with a smaller batch).
+pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.to_string().contains("OUT_OF_MEMORY"))
 }

@@ -3,7 +3,7 @@
 //! whose coefficients are painted back onto the superpixels.
 
 use super::superpixels::Segments;
-use super::{Explanation, Runner};
+use super::{Explanation, MaskBatch, Runner};
 use crate::rng::Philox;
 use anyhow::{bail, ensure, Result};
 
@@ -23,22 +23,14 @@ pub struct KernelShap {
     pub seed: u64,
 }
 
-/// Keep-mask of a coalition: pixels of segment j keep their value when z[j] is on.
-fn fill_mask(segments: &Segments, z: &[bool], mask: &mut [f32]) {
-    for (m, &l) in mask.iter_mut().zip(&segments.labels) {
-        *m = if l < 0 || z[l as usize] { 1.0 } else { 0.0 };
-    }
-}
-
 fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
     segments.labels.iter().map(|&l| if l < 0 { 0.0 } else { coefficients[l as usize] as f32 }).collect()
 }
 
 /// Scores every coalition in `rows` through the runner.
 fn score_coalitions(runner: &mut Runner, segments: &Segments, rows: &[Vec<bool>]) -> Result<Vec<f64>> {
-    let mut y = vec![0.0; rows.len()];
-    runner.run(rows.len(), |i, mask| fill_mask(segments, &rows[i], mask), |i, s, _| y[i] = s as f64)?;
-    Ok(y)
+    let scores = runner.score_masks(rows.len(), &MaskBatch::Coalitions { rows, labels: &segments.labels }, false)?.scores;
+    Ok(scores.into_iter().map(f64::from).collect())
 }
 
 impl Lime {

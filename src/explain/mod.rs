@@ -10,10 +10,10 @@ pub mod occlusion;
 pub mod rise;
 pub mod superpixels;
 
-use crate::backend::Backend;
+use crate::backend::{is_out_of_memory, Backend, Scene};
 use crate::models::BasicUNet;
 use crate::tensor::Tensor;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 /// How a forward pass is reduced to the one number being explained, for organ class c with M0 the
@@ -72,10 +72,66 @@ pub fn gaussian_blur(img: &[f32], size: usize, sigma: f32) -> Vec<f32> {
     out
 }
 
+/// The keep-masks an explainer asks for, described by a few parameters so that a backend can build them
+/// where the model runs (kernels/perturb.cu) instead of receiving them from the host.
+#[derive(Clone, Copy)]
+pub enum MaskBatch<'a> {
+    /// Sample i is RISE mask first + i.
+    Rise { rise: &'a rise::Rise, first: usize },
+    /// Sample i zeroes the window x window square at origins[i] = (y, x).
+    Windows { origins: &'a [(usize, usize)], window: usize },
+    /// Sample i keeps the superpixels switched on in rows[i]; `labels` is the superpixel id per pixel (-1: none).
+    Coalitions { rows: &'a [Vec<bool>], labels: &'a [i32] },
+}
+
+impl MaskBatch<'_> {
+    /// The superpixel map as the backend's scene holds it (f32 ids), for coalitions.
+    pub fn scene_labels(&self) -> Option<Vec<f32>> {
+        match self {
+            MaskBatch::Coalitions { labels, .. } => Some(labels.iter().map(|&l| l as f32).collect()),
+            _ => None,
+        }
+    }
+
+    /// Writes sample i's keep-mask (size x size, before the ROI is applied). `labels` is `scene_labels()`.
+    pub fn fill(&self, i: usize, size: usize, labels: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        match *self {
+            MaskBatch::Rise { rise, first } => rise.mask(first + i, size, out),
+            MaskBatch::Windows { origins, window } => {
+                out.fill(1.0);
+                let (y0, x0) = *origins.get(i).with_context(|| format!("window {i} of {}", origins.len()))?;
+                for y in y0..(y0 + window).min(size) {
+                    out[y * size + x0..y * size + (x0 + window).min(size)].fill(0.0);
+                }
+            }
+            MaskBatch::Coalitions { rows, .. } => {
+                let (row, labels) = (rows.get(i).with_context(|| format!("coalition {i} of {}", rows.len()))?, labels.context("coalition masks need the superpixel map")?);
+                for (m, &l) in out.iter_mut().zip(labels) {
+                    *m = if l < 0.0 || row[l as usize] { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Scores a batch of perturbed images (N, 1, S, S): one number per image. The U-Net scorer is the real
 /// one; tests plug in models whose attributions are known in closed form.
 pub trait Scorer: Sync {
     fn scores(&self, images: &Tensor) -> Result<Vec<f32>>;
+
+    /// Scores samples 0..n of `masks` with mask building, perturbation, forward and scoring all on the
+    /// scorer's backend, `batch` at a time; with `weighted_sum`, also sum_i score_i * mask_i. `None`:
+    /// this scorer only takes finished images (the runner then builds them on the host).
+    fn score_masks(&self, _problem: &Problem, _masks: &MaskBatch, _n: usize, _weighted_sum: bool, _progress: &mut dyn FnMut(usize)) -> Option<Result<MaskScores>> {
+        None
+    }
+}
+
+/// Scores of samples 0..n and, when asked for, sum_i score_i * mask_i over the plane.
+pub struct MaskScores {
+    pub scores: Vec<f32>,
+    pub weighted_sum: Option<Vec<f64>>,
 }
 
 /// The segmentation score of one organ under a U-Net.
@@ -84,8 +140,10 @@ pub struct UNetScorer<'a, B: Backend> {
     pub model: &'a BasicUNet<B>,
     pub class: usize,
     pub m0: Vec<bool>,
+    m0_plane: B::Tensor,
     pub kind: ScoreKind,
     /// Nanoseconds spent in U-Net forwards (M0's and the perturbed batches'), to show where time goes.
+    /// A device backend queues work asynchronously, so there this counts until results are read back.
     pub forward_nanos: std::sync::atomic::AtomicU64,
 }
 
@@ -105,55 +163,70 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         if !m0.contains(&true) {
             bail!("the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
         }
-        Ok(Self { backend, model, class, m0, kind, forward_nanos })
+        let m0_plane = backend.upload(&Tensor::new(&[plane], m0.iter().map(|&b| b as u8 as f32).collect())?)?;
+        Ok(Self { backend, model, class, m0, m0_plane, kind, forward_nanos })
+    }
+
+    fn timed_forward(&self, images: &B::Tensor) -> Result<B::Tensor> {
+        let started = std::time::Instant::now();
+        let logits = self.model.forward_logits(self.backend, images)?;
+        self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(logits)
+    }
+
+    fn fused(&self, problem: &Problem, masks: &MaskBatch, n: usize, weighted_sum: bool, progress: &mut dyn FnMut(usize)) -> Result<MaskScores> {
+        let b = self.backend;
+        let size = problem.size;
+        let plane_tensor = |v: Vec<f32>| b.upload(&Tensor::new(&[size * size], v)?);
+        let scene = Scene {
+            size,
+            input: plane_tensor(problem.input.clone())?,
+            baseline: plane_tensor(problem.baseline.clone())?,
+            roi: plane_tensor(problem.roi.iter().map(|&r| r as u8 as f32).collect())?,
+            labels: masks.scene_labels().map(plane_tensor).transpose()?,
+        };
+        let mut acc = weighted_sum.then(|| b.upload(&Tensor::zeros(&[2, size * size]))).transpose()?;
+        let mut batch = problem.batch.max(1);
+        let mut scores = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let count = batch.min(n - start);
+            let step = (|| -> Result<B::Tensor> {
+                let (mask_t, images) = b.perturb(&scene, masks, start, count)?;
+                let s = b.segmentation_scores(&self.timed_forward(&images)?, &self.m0_plane, self.class, self.kind)?;
+                if let Some(acc) = acc.as_mut() {
+                    b.accumulate_weighted(acc, &s, &mask_t)?;
+                }
+                Ok(s)
+            })();
+            match step {
+                Ok(s) => scores.push(s),
+                Err(e) if count > 1 && is_out_of_memory(&e) => {
+                    batch = count / 2;
+                    eprintln!("warning: {} ran out of memory at batch {count}; retrying with batch {batch}", b.name());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            start += count;
+            progress(start);
+        }
+        let started = std::time::Instant::now();
+        let scores = scores.iter().map(|s| b.download(s).map(Tensor::into_data)).collect::<Result<Vec<_>>>()?.concat();
+        let weighted_sum = acc.map(|a| b.download(&a)).transpose()?.map(|a| a.data()[..size * size].iter().map(|&v| v as f64).collect());
+        self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(MaskScores { scores, weighted_sum })
     }
 }
 
 impl<B: Backend> Scorer for UNetScorer<'_, B> {
     fn scores(&self, images: &Tensor) -> Result<Vec<f32>> {
-        let (n, _, h, w) = images.nchw()?;
-        let started = std::time::Instant::now();
-        let logits = self.backend.download(&self.model.forward_logits(self.backend, &self.backend.upload(images)?)?)?;
-        self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-        let (classes, plane) = (self.model.config().out_channels, h * w);
-        let m0_count = self.m0.iter().filter(|&&b| b).count() as f64;
-        Ok((0..n)
-            .into_par_iter()
-            .map(|i| {
-                let item = &logits.data()[i * classes * plane..(i + 1) * classes * plane];
-                let logit = |c: usize, p: usize| item[c * plane + p];
-                let prob = |p: usize| {
-                    let m = (0..classes).map(|c| logit(c, p)).fold(f32::NEG_INFINITY, f32::max);
-                    let z: f32 = (0..classes).map(|c| (logit(c, p) - m).exp()).sum();
-                    (logit(self.class, p) - m).exp() / z
-                };
-                let in_m0 = || (0..plane).filter(|&p| self.m0[p]);
-                let predicted = |p: usize| (0..classes).all(|c| logit(c, p) <= logit(self.class, p));
-                (match self.kind {
-                    ScoreKind::MeanProb => in_m0().map(|p| prob(p) as f64).sum::<f64>() / m0_count,
-                    ScoreKind::LogitSum => in_m0().map(|p| logit(self.class, p) as f64).sum::<f64>(),
-                    ScoreKind::SoftDice => {
-                        let (mut inter, mut total) = (0.0f64, 0.0f64);
-                        for p in 0..plane {
-                            let pr = prob(p) as f64;
-                            total += pr;
-                            if self.m0[p] {
-                                inter += pr;
-                            }
-                        }
-                        2.0 * inter / (total + m0_count)
-                    }
-                    ScoreKind::Dice => {
-                        let (mut inter, mut total) = (0usize, 0usize);
-                        for p in (0..plane).filter(|&p| predicted(p)) {
-                            total += 1;
-                            inter += self.m0[p] as usize;
-                        }
-                        2.0 * inter as f64 / (total as f64 + m0_count)
-                    }
-                }) as f32
-            })
-            .collect())
+        let logits = self.timed_forward(&self.backend.upload(images)?)?;
+        Ok(self.backend.download(&self.backend.segmentation_scores(&logits, &self.m0_plane, self.class, self.kind)?)?.into_data())
+    }
+
+    fn score_masks(&self, problem: &Problem, masks: &MaskBatch, n: usize, weighted_sum: bool, progress: &mut dyn FnMut(usize)) -> Option<Result<MaskScores>> {
+        Some(self.fused(problem, masks, n, weighted_sum, progress))
     }
 }
 
@@ -185,6 +258,31 @@ impl<'a> Runner<'a> {
         let p = self.problem;
         self.forward_passes += 1;
         Ok(p.scorer.scores(&Tensor::new(&[1, 1, p.size, p.size], p.input.clone())?)?[0])
+    }
+
+    /// Scores samples 0..n of `masks` (and sums score_i * mask_i when asked): on the scorer's backend when
+    /// it can, else through `run` with masks built here.
+    pub fn score_masks(&mut self, n: usize, masks: &MaskBatch, weighted_sum: bool) -> Result<MaskScores> {
+        let p = self.problem;
+        let done = self.forward_passes;
+        let progress = &mut self.progress;
+        let fused = p.scorer.score_masks(p, masks, n, weighted_sum, &mut |k| progress(done + k));
+        if let Some(result) = fused {
+            let result = result?;
+            ensure!(result.scores.len() == n, "scorer returned {} scores for {n} samples", result.scores.len());
+            self.forward_passes += n;
+            return Ok(result);
+        }
+        let labels = masks.scene_labels();
+        let mut scores = vec![0f32; n];
+        let mut sum = weighted_sum.then(|| vec![0f64; p.size * p.size]);
+        self.run(n, |i, mask| masks.fill(i, p.size, labels.as_deref(), mask).expect("sample index in range"), |i, s, mask| {
+            scores[i] = s;
+            if let Some(sum) = sum.as_mut() {
+                sum.iter_mut().zip(mask).for_each(|(acc, &m)| *acc += s as f64 * m as f64);
+            }
+        })?;
+        Ok(MaskScores { scores, weighted_sum: sum })
     }
 
     /// For samples 0..n: `fill(i, mask)` writes sample i's keep-mask (all pixels, values in [0, 1]);

@@ -4,7 +4,7 @@
 //! window set to the baseline). ROI mode evaluates only windows that intersect the ROI and occludes only
 //! their part inside it.
 
-use super::{Explanation, Runner};
+use super::{Explanation, MaskBatch, Runner};
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug)]
@@ -42,29 +42,21 @@ impl Occlusion {
         let mut sum = vec![0f64; size * size];
         let mut count = vec![0u32; size * size];
         let k = self.window;
-        runner.run(
-            windows.len(),
-            |i, mask| {
-                mask.fill(1.0);
-                let (y0, x0) = windows[i];
-                for y in y0..(y0 + k).min(size) {
-                    mask[y * size + x0..y * size + (x0 + k).min(size)].fill(0.0);
-                }
-            },
-            |i, score, mask| {
-                let (y0, x0) = windows[i];
-                let drop = (base - score) as f64;
-                for y in y0..(y0 + k).min(size) {
-                    for x in x0..(x0 + k).min(size) {
-                        let q = y * size + x;
-                        if mask[q] == 0.0 {
-                            sum[q] += drop;
-                            count[q] += 1;
-                        }
+        let roi = &runner.problem.roi;
+        let scores = runner.score_masks(windows.len(), &MaskBatch::Windows { origins: &windows, window: k }, false)?.scores;
+        for (&(y0, x0), score) in windows.iter().zip(scores) {
+            let drop = (base - score) as f64;
+            // The runner occluded the window's part inside the ROI only.
+            for y in y0..(y0 + k).min(size) {
+                for x in x0..(x0 + k).min(size) {
+                    let q = y * size + x;
+                    if roi[q] {
+                        sum[q] += drop;
+                        count[q] += 1;
                     }
                 }
-            },
-        )?;
+            }
+        }
         let saliency = sum.iter().zip(&count).map(|(&s, &c)| if c > 0 { (s / c as f64) as f32 } else { 0.0 }).collect();
         Ok(Explanation { saliency, forward_passes: runner.forward_passes, samples: windows.len() })
     }

@@ -6,9 +6,9 @@
 //! ROI mode applies m_i inside the ROI only (the runner keeps the rest), and the map is 0 outside.
 //! Adaptive mode stops once the map's relative change over the last block of masks falls below `tol`.
 
-use super::{Explanation, Runner};
+use super::{Explanation, MaskBatch, Runner};
 use crate::rng::Philox;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Rise {
@@ -63,16 +63,10 @@ impl Rise {
         let block = if self.tol.is_some() { BLOCK } else { self.masks };
         while used < self.masks {
             let n = block.min(self.masks - used);
-            let first = used;
-            runner.run(
-                n,
-                |i, mask| self.mask(first + i, size, mask),
-                |_, score, mask| {
-                    for (acc, &m) in sum.iter_mut().zip(mask) {
-                        *acc += score as f64 * m as f64;
-                    }
-                },
-            )?;
+            let result = runner.score_masks(n, &MaskBatch::Rise { rise: self, first: used }, true)?;
+            for (acc, v) in sum.iter_mut().zip(result.weighted_sum.context("the scorer returned no weighted sum")?) {
+                *acc += v;
+            }
             used += n;
             if let Some(tol) = self.tol {
                 let current: Vec<f64> = sum.iter().map(|v| v / used as f64).collect();

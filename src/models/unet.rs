@@ -260,18 +260,23 @@ impl<B: Backend> BasicUNet<B> {
         &self.config
     }
 
-    fn conv_unit(&self, b: &B, x: &B::Tensor, u: &ConvUnit<B>) -> Result<B::Tensor> {
-        let mut y = b.conv2d(x, &u.weight, u.bias.as_ref(), 1, 1)?;
+    /// conv over [x, extra] -> norm -> activation; without instance norm the activation rides in the
+    /// conv's epilogue.
+    fn conv_unit(&self, b: &B, x: &B::Tensor, extra: Option<&B::Tensor>, u: &ConvUnit<B>) -> Result<B::Tensor> {
+        let act = self.config.act;
         match &u.instance_norm {
-            Some((g, bt)) => b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps, self.config.act)?,
-            None => b.activate(&mut y, self.config.act)?,
+            Some((g, bt)) => {
+                let mut y = b.conv2d_fused(x, extra, &u.weight, u.bias.as_ref(), 1, Activation::Identity)?;
+                b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps, act)?;
+                Ok(y)
+            }
+            None => b.conv2d_fused(x, extra, &u.weight, u.bias.as_ref(), 1, act),
         }
-        Ok(y)
     }
 
-    fn two_conv(&self, b: &B, x: &B::Tensor, t: &TwoConv<B>) -> Result<B::Tensor> {
-        let y = self.conv_unit(b, x, &t.convs[0])?;
-        self.conv_unit(b, &y, &t.convs[1])
+    fn two_conv(&self, b: &B, x: &B::Tensor, extra: Option<&B::Tensor>, t: &TwoConv<B>) -> Result<B::Tensor> {
+        let y = self.conv_unit(b, x, extra, &t.convs[0])?;
+        self.conv_unit(b, &y, None, &t.convs[1])
     }
 
     fn upcat(&self, b: &B, x: &B::Tensor, skip: &B::Tensor, u: &UpCat<B>) -> Result<B::Tensor> {
@@ -282,7 +287,7 @@ impl<B: Backend> BasicUNet<B> {
         };
         let (sh, sw) = (b.shape(skip)[2], b.shape(skip)[3]);
         let up = if (b.shape(&up)[2], b.shape(&up)[3]) != (sh, sw) { b.pad_replicate_end(&up, sh, sw)? } else { up };
-        self.two_conv(b, &b.concat_channels(skip, &up)?, &u.convs)
+        self.two_conv(b, skip, Some(&up), &u.convs)
     }
 
     /// Logits (N, out_channels, H, W) for a batch (N, in_channels, H, W); H and W must be >= 16 (four
@@ -291,10 +296,10 @@ impl<B: Backend> BasicUNet<B> {
         let shape = b.shape(x);
         ensure!(shape.len() == 4 && shape[1] == self.config.in_channels, "U-Net expects input (N, {}, H, W), got {shape:?}", self.config.in_channels);
         ensure!(shape[2] >= 16 && shape[3] >= 16, "U-Net input must be at least 16x16, got {}x{}", shape[2], shape[3]);
-        let mut skips = vec![self.two_conv(b, x, &self.conv_0)?];
+        let mut skips = vec![self.two_conv(b, x, None, &self.conv_0)?];
         for down in &self.downs {
             let pooled = b.max_pool2d(skips.last().expect("non-empty"), 2)?;
-            skips.push(self.two_conv(b, &pooled, down)?);
+            skips.push(self.two_conv(b, &pooled, None, down)?);
         }
         let mut y = skips.pop().expect("five levels");
         for up in &self.ups {
