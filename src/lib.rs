@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod roi;
 pub mod render;
 pub mod pipeline;
+pub mod selftest;

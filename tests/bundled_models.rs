@@ -97,7 +97,7 @@ fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
                 if !truth.contains(&true) {
                     continue;
                 }
-                let clip = clip_roi(&args, &input, organ as usize).unwrap();
+                let clip = clip_roi(&CpuBackend, &args, &input, organ as usize).unwrap();
                 let roi = region(RoiMode::Clip, &vec![false; size * size], clip.mask.as_deref(), size, xaiclip::pipeline::Settings::defaults(0).margin_mm / input.mm_per_pixel).unwrap();
                 covered += truth.iter().zip(&roi).filter(|(t, r)| **t && **r).count();
                 total += truth.iter().filter(|&&t| t).count();

@@ -12,6 +12,7 @@ use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod built {
@@ -41,6 +42,9 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     modules: Vec<Arc<CudaModule>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Fill new tensors with NaN instead of zeros (selftest: an output element a kernel never wrote
+    /// then shows up as NaN, which never passes).
+    poison: AtomicBool,
 }
 
 #[repr(C)]
@@ -145,15 +149,31 @@ impl CudaBackend {
             .iter()
             .map(|(name, image)| driver(ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec())), &format!("loading kernels/{name}.cu")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { ordinal, device_name, precision, stream: ctx.default_stream(), modules, functions: Mutex::new(HashMap::new()) })
+        Ok(Self { ordinal, device_name, precision, stream: ctx.default_stream(), modules, functions: Mutex::new(HashMap::new()), poison: AtomicBool::new(false) })
     }
 
     pub fn precision(&self) -> Precision {
         self.precision
     }
 
-    pub fn synchronize(&self) -> Result<()> {
-        driver(self.stream.synchronize(), "synchronize")
+    /// Device-to-device copy rate (bytes read + written per second) over 1 GiB, median of 10.
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let len = (1usize << 30) / 4;
+        let src = driver(self.stream.alloc_zeros::<f32>(len), "alloc")?;
+        let mut dst = driver(self.stream.alloc_zeros::<f32>(len), "alloc")?;
+        let mut times = Vec::new();
+        for _ in 0..11 {
+            let t = std::time::Instant::now();
+            driver(self.stream.memcpy_dtod(&src, &mut dst), "copy")?;
+            Backend::synchronize(self)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(2.0 * (len * 4) as f64 / times[times.len() / 2])
+    }
+
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
     }
 
     fn function(&self, name: &'static str) -> Result<CudaFunction> {
@@ -176,7 +196,12 @@ impl CudaBackend {
 
     fn alloc(&self, shape: &[usize]) -> Result<CudaTensor> {
         let len = shape.iter().product::<usize>().max(1);
-        Ok(CudaTensor { buf: driver(self.stream.alloc_zeros::<f32>(len), "alloc")?, shape: shape.to_vec() })
+        let buf = driver(self.stream.alloc_zeros::<f32>(len), "alloc")?;
+        if self.poison.load(Ordering::Relaxed) {
+            // Safety: buf is a live allocation of len f32 on this stream; all-ones bytes are a NaN.
+            driver(unsafe { cudarc::driver::result::memset_d8_async(self.ptr(&buf), 0xFF, len * 4, self.stream.cu_stream()) }, "poison")?;
+        }
+        Ok(CudaTensor { buf, shape: shape.to_vec() })
     }
 
     fn vector_ptr(&self, t: Option<&CudaTensor>, len: usize, what: &str) -> Result<u64> {
@@ -269,6 +294,17 @@ impl Backend for CudaBackend {
 
     fn shape<'a>(&self, t: &'a CudaTensor) -> &'a [usize] {
         &t.shape
+    }
+
+    /// A quarter of the free device memory (at most 32 GiB) and batches up to 512: a GPU needs large
+    /// batches to fill its multiprocessors.
+    fn batch_budget(&self) -> (usize, usize) {
+        let free = self.stream.context().mem_get_info().map_or(8 << 30, |(free, _)| free);
+        ((free / 4).min(32 << 30), 512)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        driver(self.stream.synchronize(), "synchronize")
     }
 
     fn conv2d(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>, stride: usize, pad: usize) -> Result<CudaTensor> {
@@ -429,7 +465,7 @@ impl Backend for CudaBackend {
                 let (op, win) = (dev.device_ptr(&self.stream).0, i32_of(window, "window")?);
                 launch!(self, "window_masks", elementwise(n * plane), [&args, &op, &win])?;
                 // The upload must outlive the kernel: drain before `dev` is freed.
-                self.synchronize()?;
+                Backend::synchronize(self)?;
             }
             MaskBatch::Coalitions { rows, .. } => {
                 let labels = scene.labels.as_ref().context("coalition masks need the superpixel map in the scene")?;
@@ -439,7 +475,7 @@ impl Backend for CudaBackend {
                 let dev = driver(self.stream.clone_htod(&flat), "upload")?;
                 let (lp, op, cnt) = (self.ptr(&labels.buf), dev.device_ptr(&self.stream).0, i32_of(count, "superpixels")?);
                 launch!(self, "coalition_masks", elementwise(n * plane), [&args, &lp, &op, &cnt])?;
-                self.synchronize()?;
+                Backend::synchronize(self)?;
             }
         }
         Ok((mask_t, images))
@@ -470,5 +506,54 @@ impl Backend for CudaBackend {
         ensure!(acc.buf.len() == 2 * plane, "accumulate_weighted: accumulator must be (2, {plane})");
         let (ap, wp, mp, ni, pl) = (self.ptr(&acc.buf), self.ptr(&weights.buf), self.ptr(&masks.buf), i32_of(n, "batch")?, i32_of(plane, "plane")?);
         launch!(self, "accumulate_weighted", elementwise(plane), [&ap, &wp, &mp, &ni, &pl])
+    }
+}
+
+/// One kernel's resources from ptxas's report (nvcc -Xptxas -v).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct KernelResources {
+    pub name: String,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub stack_bytes: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+/// Parses ptxas's "Function properties for K" / "N bytes stack frame, N bytes spill stores, N bytes
+/// spill loads" / "Used N registers, ..., N bytes smem" lines.
+pub fn ptxas_resources(report: &str) -> Vec<KernelResources> {
+    let number_before = |line: &str, unit: &str| -> u32 {
+        line.split(',').find(|part| part.trim_end().ends_with(unit)).and_then(|part| part.split_whitespace().rev().nth(unit.split_whitespace().count())?.parse().ok()).unwrap_or(0)
+    };
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in report.lines() {
+        if let Some(name) = line.split("Function properties for ").nth(1) {
+            out.push(KernelResources { name: name.trim().to_string(), ..Default::default() });
+        } else if let Some(k) = out.last_mut() {
+            if line.contains("bytes stack frame") {
+                k.stack_bytes = number_before(line, "bytes stack frame");
+                k.spill_stores = number_before(line, "bytes spill stores");
+                k.spill_loads = number_before(line, "bytes spill loads");
+            } else if line.contains("Used ") && line.contains("registers") {
+                k.registers = line.split("Used ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+                k.shared_bytes = number_before(line, "bytes smem");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ptxas_report_lines() {
+        let report = "ptxas info    : Compiling entry function 'k1' for 'sm_90'\nptxas info    : Function properties for k1\n    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\nptxas info    : Used 96 registers, used 1 barriers, 22784 bytes smem\nptxas info    : Function properties for k2\n    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\nptxas info    : Used 30 registers, used 0 barriers\n";
+        let r = ptxas_resources(report);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], KernelResources { name: "k1".into(), registers: 96, shared_bytes: 22784, stack_bytes: 8, spill_stores: 4, spill_loads: 12 });
+        assert_eq!((r[1].registers, r[1].shared_bytes, r[1].spill_stores), (30, 0, 0));
     }
 }

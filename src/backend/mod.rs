@@ -71,6 +71,16 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Result<Tensor>;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
 
+    /// (bytes of activations one forward batch may take, largest useful batch) for `--batch auto`.
+    fn batch_budget(&self) -> (usize, usize) {
+        (2 << 30, 64)
+    }
+
+    /// Waits until queued device work is done (timing); the CPU has none.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// 2-D convolution, NCHW input, weight (Cout, Cin, kh, kw), symmetric zero padding.
     fn conv2d(
         &self,

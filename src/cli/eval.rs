@@ -7,7 +7,7 @@
 
 use super::explain::{organ_center_slice, write_text, ClipRoiFinder, MethodArgs};
 use super::{model_size, progress_bar};
-use crate::backend::CpuBackend;
+use crate::backend::Backend;
 use crate::dataset::{self, natural_cmp, CaseEntry, DatasetKind};
 use crate::io::Volume;
 use crate::models::BasicUNet;
@@ -194,10 +194,14 @@ fn read_config(dir: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid JSON ({e})", path.display()))
 }
 
-pub fn eval_command(cmd: EvalCmd) -> Result<()> {
+pub fn eval_command(cmd: EvalCmd, device: &super::device::DeviceArgs) -> Result<()> {
     if !cmd.merge.is_empty() {
         return merge(&cmd.merge, &cmd.out);
     }
+    crate::on_backend!(device.select()?, |b| run_eval(b, cmd))
+}
+
+fn run_eval<B: Backend>(backend: &B, cmd: EvalCmd) -> Result<()> {
     let kind = cmd.dataset.context("--dataset is required")?;
     let rule = slice_rule(&cmd.slices)?;
     let organs: Vec<usize> = cmd.method_args.organ.split(',').map(organ_class).collect::<Result<_>>()?;
@@ -209,9 +213,9 @@ pub fn eval_command(cmd: EvalCmd) -> Result<()> {
     if let Some(spec) = &cmd.shard {
         cases = dataset::shard(cases, dataset::parse_shard(spec)?);
     }
-    let model = cmd.method_args.load_unet()?;
+    let model = cmd.method_args.load_unet(backend)?;
     let size = model_size(cmd.size, &model);
-    let settings = cmd.method_args.settings(size, &model)?;
+    let settings = cmd.method_args.settings(backend, size, &model)?;
     let ct_intensity = cmd.method_args.intensity.intensity()?;
     let mut config = config_json(&cmd, &organs, size, &settings);
     config["shard"] = json!(cmd.shard);
@@ -239,7 +243,7 @@ pub fn eval_command(cmd: EvalCmd) -> Result<()> {
     let mut done: HashSet<String> = existing.iter().map(key).collect();
     let finished: HashSet<String> = std::fs::read_to_string(cmd.out.join(DONE)).unwrap_or_default().lines().map(str::to_string).collect();
     let uses_clip = cmd.roi.iter().any(|r| r.uses_clip());
-    let clip = if uses_clip { Some(ClipRoiFinder::load(&cmd.method_args)?) } else { None };
+    let clip = if uses_clip { Some(ClipRoiFinder::load(backend, &cmd.method_args)?) } else { None };
 
     eprintln!(
         "eval: {} of {total_cases} cases{}, organs {}, {} methods x {} ROI modes -> {}",
@@ -257,7 +261,7 @@ pub fn eval_command(cmd: EvalCmd) -> Result<()> {
         overall.set_message(format!("cases ({})", case.id));
         if !finished.contains(&case.id) {
             let item_bar = bars.add(progress_bar(0, &case.id));
-            let outcome = evaluate_case(&cmd, case, &organs, rule, &model, size, &settings, ct_intensity, clip.as_ref(), &mut done, &results_path, &item_bar);
+            let outcome = evaluate_case(backend, &cmd, case, &organs, rule, &model, size, &settings, ct_intensity, clip.as_ref(), &mut done, &results_path, &item_bar);
             item_bar.finish_and_clear();
             bars.remove(&item_bar);
             match outcome {
@@ -292,16 +296,17 @@ fn pick_slices(rule: SliceRule, volume: &Volume, labels: Option<&[u8]>, class: u
 }
 
 #[allow(clippy::too_many_arguments)]
-fn evaluate_case(
+fn evaluate_case<B: Backend>(
+    backend: &B,
     cmd: &EvalCmd,
     case: &CaseEntry,
     organs: &[usize],
     rule: SliceRule,
-    model: &BasicUNet<CpuBackend>,
+    model: &BasicUNet<B>,
     size: usize,
     settings: &Settings,
     ct_intensity: Intensity,
-    clip: Option<&ClipRoiFinder>,
+    clip: Option<&ClipRoiFinder<B>>,
     done: &mut HashSet<String>,
     results: &Path,
     bar: &indicatif::ProgressBar,
@@ -315,7 +320,7 @@ fn evaluate_case(
         (None, SliceRule::OrganCenter) => {
             let n = AxialLayout::of(&volume)?.slices(&volume);
             let options = SegmentOptions { intensity, input_size: size, batch: settings.batch.min(16) };
-            predicted = segment_slices(&CpuBackend, model, &volume, &(0..n).collect::<Vec<_>>(), &options, |_| {})?;
+            predicted = segment_slices(backend, model, &volume, &(0..n).collect::<Vec<_>>(), &options, |_| {})?;
             Some(&predicted[..])
         }
         (l, _) => l.as_deref(),
@@ -357,7 +362,7 @@ fn evaluate_case(
             };
             for (method, roi) in todo {
                 bar.set_message(format!("{} {} slice {k} {} ({})", case.id, organ_name(class), method.name(), roi.name()));
-                let run = run_method(&CpuBackend, model, &input, &clip_roi, class, method, roi, settings, |_, _| {})?;
+                let run = run_method(backend, model, &input, &clip_roi, class, method, roi, settings, |_, _| {})?;
                 emit(scored(record(&case.id, class, Some(k), method, roi, "ok"), &run), done)?;
             }
         }

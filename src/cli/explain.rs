@@ -1,7 +1,7 @@
 //! `xaiclip explain`, `bench` and `demo`: explanations of one organ on one slice, their cost and quality.
 
 use super::{progress_bar, CaseArgs, IntensityArgs};
-use crate::backend::CpuBackend;
+use crate::backend::Backend;
 pub use crate::dataset::{load_labels, LabelIds};
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
@@ -131,7 +131,7 @@ impl MethodArgs {
         w.args
     }
 
-    pub fn settings(&self, size: usize, model: &BasicUNet<CpuBackend>) -> Result<Settings> {
+    pub fn settings<B: Backend>(&self, backend: &B, size: usize, model: &BasicUNet<B>) -> Result<Settings> {
         let mut s = match self.preset {
             Preset::Default => Settings::defaults(self.seed),
             Preset::Paper => Settings::paper(self.seed, size),
@@ -154,38 +154,39 @@ impl MethodArgs {
         s.faithfulness_steps = self.faithfulness_steps.unwrap_or(s.faithfulness_steps);
         s.scale_roi_budget = !self.same_budget;
         s.batch = if self.batch == "auto" {
-            auto_batch(size, model)
+            auto_batch(backend, size, model)
         } else {
             self.batch.parse().ok().filter(|&b| b >= 1).with_context(|| format!("--batch {:?}: expected a positive number or auto", self.batch))?
         };
         Ok(s)
     }
 
-    pub fn load_unet(&self) -> Result<BasicUNet<CpuBackend>> {
+    pub fn load_unet<B: Backend>(&self, backend: &B) -> Result<BasicUNet<B>> {
         let dir = match &self.unet {
             Some(d) => d.clone(),
             None => bundled("unet")?,
         };
-        BasicUNet::load_dir(&CpuBackend, &dir)
+        BasicUNet::load_dir(backend, &dir)
     }
 }
 
 /// CLIP weights and CoOp contexts, loaded once and used for many slices.
-pub struct ClipRoiFinder {
-    clip: ClipModel<CpuBackend>,
+pub struct ClipRoiFinder<'a, B: Backend> {
+    backend: &'a B,
+    clip: ClipModel<B>,
     coop: Option<CoopContexts>,
     classes: Vec<String>,
     prompt: Option<String>,
     threshold: Threshold,
 }
 
-impl ClipRoiFinder {
-    pub fn load(args: &MethodArgs) -> Result<Self> {
+impl<'a, B: Backend> ClipRoiFinder<'a, B> {
+    pub fn load(backend: &'a B, args: &MethodArgs) -> Result<Self> {
         let clip_dir = match &args.clip {
             Some(d) => d.clone(),
             None => bundled("clip")?,
         };
-        let clip = ClipModel::load_dir(&CpuBackend, &clip_dir)?;
+        let clip = ClipModel::load_dir(backend, &clip_dir)?;
         let classes = std::iter::once("background".to_string()).chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string())).collect();
         let coop = if args.prompt.is_none() && !args.no_coop {
             let dir = match &args.coop {
@@ -196,32 +197,34 @@ impl ClipRoiFinder {
         } else {
             None
         };
-        Ok(Self { clip, coop, classes, prompt: args.prompt.clone(), threshold: args.roi_threshold.parse()? })
+        Ok(Self { backend, clip, coop, classes, prompt: args.prompt.clone(), threshold: args.roi_threshold.parse()? })
     }
 
     /// The CLIP ROI of a prepared slice: organ probability map, thresholded, small components dropped.
     /// Seconds count the text features, map and threshold (not the weights' loading).
     pub fn roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
         let started = Instant::now();
-        let localiser = ClipLocaliser::new(&CpuBackend, &self.clip, &self.classes, self.coop.as_ref(), self.prompt.as_deref().map(|p| (class, p)))?;
-        let probability = localiser.probability_map(&CpuBackend, &input.image, input.size, class)?;
+        let localiser = ClipLocaliser::new(self.backend, &self.clip, &self.classes, self.coop.as_ref(), self.prompt.as_deref().map(|p| (class, p)))?;
+        let probability = localiser.probability_map(self.backend, &input.image, input.size, class)?;
         let mask = keep_large_components(&binarise(&probability, self.threshold), input.size, 0.2);
         Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
     }
 }
 
 /// The CLIP ROI of one slice, loading the weights for it.
-pub fn clip_roi(args: &MethodArgs, input: &SliceInput, class: usize) -> Result<ClipRoi> {
-    ClipRoiFinder::load(args)?.roi(input, class)
+pub fn clip_roi<B: Backend>(backend: &B, args: &MethodArgs, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+    ClipRoiFinder::load(backend, args)?.roi(input, class)
 }
 
-/// Largest batch whose activations fit a 2 GiB budget (capped at 64: larger batches stop paying off).
-fn auto_batch(size: usize, model: &BasicUNet<CpuBackend>) -> usize {
+/// Largest batch whose activations fit the backend's memory budget, capped where larger batches stop
+/// paying off (Backend::batch_budget).
+fn auto_batch<B: Backend>(backend: &B, size: usize, model: &BasicUNet<B>) -> usize {
     let f = model.config().features;
     // Peak live activations of one image: about three full-resolution tensors of the widest top-level
     // width plus the skip pyramid (a geometric series, ~1/3 more).
     let per_image = 4 * size * size * (3 * f[0].max(f[5]) + model.config().out_channels) * 4 / 3;
-    ((2usize << 30) / per_image.max(1)).clamp(1, 64)
+    let (bytes, cap) = backend.batch_budget();
+    (bytes / per_image.max(1)).clamp(1, cap)
 }
 
 /// The bundled weights folder `weights/<name>`: beside the current directory, or in the source tree
@@ -288,14 +291,15 @@ pub struct Case {
 
 impl Case {
     /// `needs_clip`: compute the CLIP ROI (for the clip and clip+seg modes).
-    pub fn load(case: &CaseArgs, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
+    pub fn load<B: Backend>(backend: &B, case: &CaseArgs, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
         let volume = io::read_image(&case.image)?;
         let class = organ_class(&args.organ)?;
         let labels = case.label.as_deref().map(|l| load_labels(l, case.label_ids, &volume)).transpose()?;
-        Self::from_volume(volume, labels, &case.slice, class, args, size, needs_clip)
+        Self::from_volume(backend, volume, labels, &case.slice, class, args, size, needs_clip)
     }
 
-    pub fn from_volume(volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_volume<B: Backend>(backend: &B, volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
         let layout = AxialLayout::of(&volume)?;
         let k = if slice == "organ-center" {
             let l = labels.as_ref().context("--slice organ-center needs --label")?;
@@ -312,15 +316,15 @@ impl Case {
                 bail!("{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)", volume.source.display(), organ_name(class));
             }
         }
-        let clip = if needs_clip { clip_roi(args, &input, class)? } else { ClipRoi::default() };
+        let clip = if needs_clip { clip_roi(backend, args, &input, class)? } else { ClipRoi::default() };
         Ok(Self { volume, labels, slice: k, class, input, clip })
     }
 }
 
 /// Runs one method with a progress bar of forward passes.
-pub fn run_with_progress(model: &BasicUNet<CpuBackend>, case: &Case, method: Method, roi: RoiMode, settings: &Settings) -> Result<MethodRun> {
+pub fn run_with_progress<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &Case, method: Method, roi: RoiMode, settings: &Settings) -> Result<MethodRun> {
     let bar = progress_bar(0, &format!("{} ({})", method.name(), roi.name()));
-    let run = run_method(&CpuBackend, model, &case.input, &case.clip, case.class, method, roi, settings, |done, total| {
+    let run = run_method(backend, model, &case.input, &case.clip, case.class, method, roi, settings, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
@@ -330,15 +334,15 @@ pub fn run_with_progress(model: &BasicUNet<CpuBackend>, case: &Case, method: Met
 
 /// Each method in full-image mode and in `roi` mode, `repeat` times (median seconds; maps and metrics
 /// from the first run, which is the only one that computes the metrics).
-pub fn bench_runs(model: &BasicUNet<CpuBackend>, case: &Case, methods: &[Method], roi: RoiMode, settings: &Settings, repeat: usize) -> Result<Vec<MethodRun>> {
+pub fn bench_runs<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &Case, methods: &[Method], roi: RoiMode, settings: &Settings, repeat: usize) -> Result<Vec<MethodRun>> {
     let mut rows = Vec::new();
     for &method in methods {
         for mode in [RoiMode::Full, roi] {
-            let mut first = run_with_progress(model, case, method, mode, settings)?;
+            let mut first = run_with_progress(backend, model, case, method, mode, settings)?;
             let quick = Settings { faithfulness_steps: 0, ..settings.clone() };
             let mut times = vec![first.seconds];
             for _ in 1..repeat.max(1) {
-                times.push(run_with_progress(model, case, method, mode, &quick)?.seconds);
+                times.push(run_with_progress(backend, model, case, method, mode, &quick)?.seconds);
             }
             times.sort_by(f64::total_cmp);
             first.seconds = times[times.len() / 2];

@@ -1,5 +1,6 @@
 //! The `xaiclip` command line.
 
+pub mod device;
 pub mod eval;
 pub mod explain;
 
@@ -36,6 +37,8 @@ use std::time::Instant;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub device: device::DeviceArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +113,20 @@ pub enum Command {
     /// shard folders into --out. Cases that fail to load are listed in DIR/errors.jsonl and the run
     /// exits non-zero after finishing the others.
     Eval(eval::EvalCmd),
+    /// Check every compute kernel against its reference on fresh random inputs, then time kernels and
+    /// whole explanations: how to check a GPU, and how this project verifies its kernels.
+    ///
+    /// --device cuda: each CUDA kernel against its CPU twin (the CPU backend's call of the same name).
+    /// Device outputs start as NaN, so an element a kernel never writes fails, and NaN never passes. The
+    /// error is max |gpu - cpu| / max |cpu|, bounded by 1e-5 for f32, 5e-3 for tf32, 2e-2 for bf16
+    /// convolutions (--precision). Then each method runs on the bundled phantom: saliency against the
+    /// CPU's at 64 samples, then timed at --samples. --device cpu: the CPU backend's GEMM and
+    /// reduction calls against plain f64 loops (the other calls are their own reference and are only
+    /// timed), then each method timed. Rates are compared with the device's ceilings: measured copy
+    /// bandwidth and SGEMM on the CPU; measured copy bandwidth and the H200's matrix rates on a GPU
+    /// (f32 67 TFLOP/s and tf32 495 TFLOP/s as NVIDIA states them, bf16 788 TFLOP/s as measured on a
+    /// random 8192³ product). Exits with status 2 when any check fails.
+    Selftest(SelftestCmd),
     /// Convert an image (NIfTI or DICOM series folder) to NIfTI, keeping its geometry.
     ///
     /// Integer-valued volumes within the int16 range are written as int16, others as float32. Useful to
@@ -247,6 +264,26 @@ pub struct BenchCmd {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct SelftestCmd {
+    /// Also write every row (and ptxas's register/spill report on a GPU) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Seed of the random inputs (default: from the clock, so each run draws fresh inputs; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// RISE masks of the timed explanations (LIME/SHAP use a quarter); default 4000 on a GPU, 200 on
+    /// the CPU.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Images per forward batch in the timed explanations; default 256 on a GPU, 16 on the CPU.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Kernels only: skip the end-to-end explanations.
+    #[arg(long)]
+    pub kernels_only: bool,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct DemoCmd {
     /// Output folder (created if missing).
     #[arg(long, default_value = "xaiclip-demo")]
@@ -323,11 +360,12 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { path } => info(&path),
-        Command::Explain(cmd) => explain_command(cmd),
-        Command::Roi(cmd) => roi_command(cmd),
-        Command::Bench(cmd) => bench_command(cmd),
-        Command::Demo(cmd) => demo_command(cmd),
-        Command::Eval(cmd) => eval::eval_command(cmd),
+        Command::Explain(cmd) => crate::on_backend!(cli.device.select()?, |b| explain_command(b, cmd)),
+        Command::Roi(cmd) => crate::on_backend!(cli.device.select()?, |b| roi_command(b, cmd)),
+        Command::Bench(cmd) => crate::on_backend!(cli.device.select()?, |b| bench_command(b, cmd)),
+        Command::Demo(cmd) => crate::on_backend!(cli.device.select()?, |b| demo_command(b, cmd)),
+        Command::Eval(cmd) => eval::eval_command(cmd, &cli.device),
+        Command::Selftest(cmd) => selftest_command(cmd, &cli.device),
         Command::Convert { image, out } => {
             let v = io::read_image(&image)?;
             if v.data.iter().all(|x| x.fract() == 0.0 && (i16::MIN as f32..=i16::MAX as f32).contains(x)) {
@@ -359,28 +397,33 @@ pub fn run(cli: Cli) -> Result<()> {
             let volume = io::read_image(&image)?;
             let layout = AxialLayout::of(&volume)?;
             let slices = parse_slices(&slice, &volume, &layout)?;
-            let model = BasicUNet::load_dir(&CpuBackend, &unet)?;
-            let options = SegmentOptions {
-                intensity: intensity.intensity()?,
-                input_size: size.or(model.config().input_size).unwrap_or(256),
-                batch,
-            };
-            let started = Instant::now();
-            let bar = progress_bar(slices.len() as u64, "segment slices");
-            let labels = segment_slices(&CpuBackend, &model, &volume, &slices, &options, |done| bar.set_position(done as u64))?;
-            bar.finish_and_clear();
-            io::nifti::write_like(&out, &volume, &labels)?;
-            let counts = label_counts(&labels);
-            eprintln!(
-                "segmented {} slices in {:.2}s; wrote {} (labels present: {:?})",
-                slices.len(),
-                started.elapsed().as_secs_f64(),
-                out.display(),
-                counts.iter().map(|(l, _)| *l).collect::<Vec<_>>()
-            );
-            Ok(())
+            crate::on_backend!(cli.device.select()?, |b| segment_command(b, &volume, &slices, &unet, &out, &intensity, size, batch))
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn segment_command<B: Backend>(backend: &B, volume: &Volume, slices: &[usize], unet: &Path, out: &Path, intensity: &IntensityArgs, size: Option<usize>, batch: usize) -> Result<()> {
+    let model = BasicUNet::load_dir(backend, unet)?;
+    let options = SegmentOptions {
+        intensity: intensity.intensity()?,
+        input_size: size.or(model.config().input_size).unwrap_or(256),
+        batch,
+    };
+    let started = Instant::now();
+    let bar = progress_bar(slices.len() as u64, "segment slices");
+    let labels = segment_slices(backend, &model, volume, slices, &options, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    io::nifti::write_like(out, volume, &labels)?;
+    let counts = label_counts(&labels);
+    eprintln!(
+        "segmented {} slices in {:.2}s; wrote {} (labels present: {:?})",
+        slices.len(),
+        started.elapsed().as_secs_f64(),
+        out.display(),
+        counts.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+    );
+    Ok(())
 }
 
 fn label_counts(labels: &[u8]) -> Vec<(u8, usize)> {
@@ -440,22 +483,22 @@ fn weights_info(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn model_size(size: Option<usize>, model: &BasicUNet<CpuBackend>) -> usize {
+pub(crate) fn model_size<B: Backend>(size: Option<usize>, model: &BasicUNet<B>) -> usize {
     size.or(model.config().input_size).unwrap_or(256)
 }
 
-fn explain_command(cmd: ExplainCmd) -> Result<()> {
-    let model = cmd.method_args.load_unet()?;
+fn explain_command<B: Backend>(backend: &B, cmd: ExplainCmd) -> Result<()> {
+    let model = cmd.method_args.load_unet(backend)?;
     let size = model_size(cmd.size, &model);
-    let case = Case::load(&cmd.case, &cmd.method_args, size, cmd.roi.uses_clip())?;
-    let settings = cmd.method_args.settings(size, &model)?;
-    let run = run_with_progress(&model, &case, cmd.method, cmd.roi, &settings)?;
+    let case = Case::load(backend, &cmd.case, &cmd.method_args, size, cmd.roi.uses_clip())?;
+    let settings = cmd.method_args.settings(backend, size, &model)?;
+    let run = run_with_progress(backend, &model, &case, cmd.method, cmd.roi, &settings)?;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     io::nifti::write_like(&cmd.out.join("saliency.nii.gz"), &case.volume, &saliency_volume(&case.volume, case.slice, &run.saliency, size)?)?;
     crate::render::save_png(&cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
     let report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "slice": case.slice, "organ": organ_name(case.class), "class": case.class,
-        "model_input_size": size, "seed": cmd.method_args.seed, "settings": format!("{settings:?}"),
+        "model_input_size": size, "seed": cmd.method_args.seed, "backend": backend.name(), "settings": format!("{settings:?}"),
         "result": run_json(&run),
     });
     write_text(&cmd.out.join("report.json"), &serde_json::to_string_pretty(&report)?)?;
@@ -466,21 +509,21 @@ fn explain_command(cmd: ExplainCmd) -> Result<()> {
     Ok(())
 }
 
-fn bench_command(cmd: BenchCmd) -> Result<()> {
-    let model = cmd.method_args.load_unet()?;
+fn bench_command<B: Backend>(backend: &B, cmd: BenchCmd) -> Result<()> {
+    let model = cmd.method_args.load_unet(backend)?;
     let size = model_size(cmd.size, &model);
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
         let class = crate::pipeline::organ_class(&cmd.method_args.organ)?;
-        Case::from_volume(p.ct, Some(p.labels), &cmd.slice, class, &cmd.method_args, size, cmd.roi.uses_clip())?
+        Case::from_volume(backend, p.ct, Some(p.labels), &cmd.slice, class, &cmd.method_args, size, cmd.roi.uses_clip())?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;
         let args = CaseArgs { image: image.to_path_buf(), label: cmd.label.clone(), label_ids: cmd.label_ids, slice: cmd.slice.clone() };
-        Case::load(&args, &cmd.method_args, size, cmd.roi.uses_clip())?
+        Case::load(backend, &args, &cmd.method_args, size, cmd.roi.uses_clip())?
     };
-    let settings = cmd.method_args.settings(size, &model)?;
-    let rows = bench_runs(&model, &case, &cmd.methods, cmd.roi, &settings, cmd.repeat)?;
-    let context = json!({"image": if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() }, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": CpuBackend.name(), "settings": format!("{settings:?}")});
+    let settings = cmd.method_args.settings(backend, size, &model)?;
+    let rows = bench_runs(backend, &model, &case, &cmd.methods, cmd.roi, &settings, cmd.repeat)?;
+    let context = json!({"image": if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() }, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": backend.name(), "settings": format!("{settings:?}")});
     let (md, json_table) = bench_tables(&rows, context);
     println!("{md}");
     if let Some(p) = &cmd.md {
@@ -522,29 +565,29 @@ fn bench_command(cmd: BenchCmd) -> Result<()> {
     Ok(())
 }
 
-fn demo_command(cmd: DemoCmd) -> Result<()> {
+fn demo_command<B: Backend>(backend: &B, cmd: DemoCmd) -> Result<()> {
     let started = Instant::now();
     let out = &cmd.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let args = MethodArgs::parse_from_defaults(cmd.seed);
-    let model = args.load_unet()?;
+    let model = args.load_unet(backend)?;
     let size = model_size(None, &model);
     let p = phantom::generate(7, 256, 32);
     let phantom_dir = out.join("phantom");
     std::fs::create_dir_all(&phantom_dir).with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
     io::nifti::write_like(&phantom_dir.join("ct.nii.gz"), &p.ct, &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>())?;
     io::nifti::write_like(&phantom_dir.join("labels.nii.gz"), &p.ct, &p.labels)?;
-    let case = Case::from_volume(p.ct, Some(p.labels), "organ-center", 1, &args, size, true)?;
+    let case = Case::from_volume(backend, p.ct, Some(p.labels), "organ-center", 1, &args, size, true)?;
     let seg_options = SegmentOptions { intensity: Intensity::ABDOMEN, input_size: size, batch: 1 };
-    let labels = segment_slices(&CpuBackend, &model, &case.volume, &[case.slice], &seg_options, |_| {})?;
+    let labels = segment_slices(backend, &model, &case.volume, &[case.slice], &seg_options, |_| {})?;
     io::nifti::write_like(&out.join("segmentation.nii.gz"), &case.volume, &labels)?;
-    let mut settings = args.settings(size, &model)?;
+    let mut settings = args.settings(backend, size, &model)?;
     settings.rise.masks = cmd.masks;
     settings.lime.samples = cmd.samples;
     settings.shap.samples = cmd.samples;
     settings.faithfulness_steps = 16;
     eprintln!("explaining {} on phantom slice {} (ROI: CLIP organ map + {} mm)", organ_name(1), case.slice, settings.margin_mm);
-    let rows = bench_runs(&model, &case, &Method::ALL, RoiMode::Clip, &settings, 1)?;
+    let rows = bench_runs(backend, &model, &case, &Method::ALL, RoiMode::Clip, &settings, 1)?;
     let overlays: Vec<_> = rows.iter().map(|r| overlay_image(&case.input, r)).collect();
     for (r, img) in rows.iter().zip(&overlays) {
         crate::render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), img)?;
@@ -552,7 +595,7 @@ fn demo_command(cmd: DemoCmd) -> Result<()> {
     // Columns: methods; rows: full image, then ROI.
     let ordered: Vec<_> = [0, 1].iter().flat_map(|&m| (0..Method::ALL.len()).map(move |i| 2 * i + m)).map(|i| overlays[i].clone()).collect();
     crate::render::save_png(&out.join("overlays.png"), &crate::render::grid(&ordered, Method::ALL.len()))?;
-    let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": CpuBackend.name(), "settings": format!("{settings:?}")});
+    let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": backend.name(), "settings": format!("{settings:?}")});
     let (md, table) = bench_tables(&rows, context);
     write_text(&out.join("bench.md"), &md)?;
     write_text(&out.join("bench.json"), &serde_json::to_string_pretty(&table)?)?;
@@ -566,13 +609,67 @@ fn demo_command(cmd: DemoCmd) -> Result<()> {
     Ok(())
 }
 
-fn roi_command(cmd: RoiCmd) -> Result<()> {
+fn selftest_command(cmd: SelftestCmd, device: &device::DeviceArgs) -> Result<()> {
+    use crate::selftest::{check_explainers, check_kernels, explain_table, table, Ceilings};
+    let seed = cmd.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
+    let compute = device.select()?;
+    let (ceilings, gpu) = match &compute {
+        device::Compute::Cpu(_) => (crate::selftest::cpu_ceilings(), false),
+        device::Compute::Cuda(g) => {
+            g.set_poison(true);
+            let matrix = match g.precision() {
+                crate::backend::cuda::Precision::F32 => 67e12,
+                crate::backend::cuda::Precision::Tf32 => 495e12,
+                crate::backend::cuda::Precision::Bf16 => 788e12,
+            };
+            (Ceilings { flops: 67e12, conv_flops: matrix, bytes_per_s: g.copy_bandwidth()? }, true)
+        }
+    };
+    let resources = if gpu { crate::backend::cuda::ptxas_resources(crate::backend::cuda::PTXAS_REPORT) } else { Vec::new() };
+    let name = crate::on_backend!(compute, |b| b.name());
+    println!("selftest on {name}, seed {seed}; ceilings {:.2} TFLOP/s f32, {:.2} TFLOP/s convolutions, {:.0} GB/s copy", ceilings.flops * 1e-12, ceilings.conv_flops * 1e-12, ceilings.bytes_per_s * 1e-9);
+    if gpu {
+        println!("\n| kernel | registers | shared memory | stack | spill stores | spill loads |\n|---|---:|---:|---:|---:|---:|");
+        for k in &resources {
+            println!("| {} | {} | {} B | {} B | {} B | {} B |", k.name, k.registers, k.shared_bytes, k.stack_bytes, k.spill_stores, k.spill_loads);
+        }
+    }
+    let bar = progress_bar(0, "kernels");
+    let kernels = crate::on_backend!(compute, |b| check_kernels(b, gpu, device.precision, ceilings, seed, |_| bar.inc(1)))?;
+    bar.finish_and_clear();
+    println!("\n{}", table(&kernels));
+    let mut explain = Vec::new();
+    if !cmd.kernels_only {
+        let samples = cmd.samples.unwrap_or(if gpu { 4000 } else { 200 });
+        let batch = cmd.batch.unwrap_or(if gpu { 256 } else { 16 });
+        let bar = progress_bar(0, "explanations");
+        if gpu {
+            // Same settings on both sides, small enough for the CPU.
+            explain.extend(crate::on_backend!(compute, |b| check_explainers(b, true, 64, 16, |_| bar.inc(1)))?);
+        }
+        explain.extend(crate::on_backend!(compute, |b| check_explainers(b, false, samples, batch, |_| bar.inc(1)))?);
+        bar.finish_and_clear();
+        println!("{}", explain_table(&explain));
+    }
+    if let Some(path) = &cmd.json {
+        let report = json!({"device": name, "precision": device.precision, "seed": seed, "ceilings": ceilings, "ptxas": resources, "kernels": kernels, "explain": explain});
+        write_text(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    let failed: Vec<String> = kernels.iter().filter(|r| !r.passed).map(|r| format!("{} {}", r.kernel, r.shape)).chain(explain.iter().filter(|r| !r.passed).map(|r| format!("{} end to end", r.method))).collect();
+    if !failed.is_empty() {
+        bail!("{} of {} checks failed: {}", failed.len(), kernels.len() + explain.len(), failed.join(", "));
+    }
+    println!("all {} checks passed", kernels.len() + explain.len());
+    Ok(())
+}
+
+fn roi_command<B: Backend>(backend: &B, cmd: RoiCmd) -> Result<()> {
     let name = cmd.out.to_string_lossy().to_lowercase();
     let png = name.ends_with(".png");
     if !png && !name.ends_with(".nii") && !name.ends_with(".nii.gz") {
         bail!("{}: --out must end in .png, .nii or .nii.gz", cmd.out.display());
     }
-    let case = Case::load(&cmd.case, &cmd.method_args, cmd.size, true)?;
+    let case = Case::load(backend, &cmd.case, &cmd.method_args, cmd.size, true)?;
     let size = cmd.size;
     let margin_mm = cmd.method_args.margin_mm.unwrap_or(crate::pipeline::Settings::defaults(0).margin_mm);
     let mask = case.clip.mask.as_deref().context("CLIP ROI missing")?;
