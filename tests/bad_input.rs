@@ -207,6 +207,40 @@ fn unwritable_output_leaves_nothing() {
 }
 
 #[test]
+fn cuda_device_unavailable() {
+    // Here: built without nvcc, or kernels but no driver. On a machine with a usable GPU the command
+    // succeeds and there is nothing to check.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ct.nii.gz");
+    write_ct(&p);
+    let unet = repo().join("tests/fixtures/unet_instance_deconv");
+    let out = dir.path().join("labels.nii.gz");
+    let o = xaiclip(&["segment", "--device", "cuda", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "32", "--slice", "3"]);
+    if o.status.success() {
+        eprintln!("SKIP: a CUDA device is usable here");
+        return;
+    }
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: --device cuda: "), "{err}");
+    assert!(["built without nvcc", "no CUDA driver found", "reports no GPU"].iter().any(|r| lines[0].contains(r)), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_device_spec() {
+    for (spec, expect) in [("tpu", "expected auto, cpu, cuda or cuda:N"), ("cuda:x", "expected cuda:N with N a GPU index")] {
+        let o = xaiclip(&["selftest", "--device", spec]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.lines().next().is_some_and(|l| l.starts_with("error: ") && l.contains(expect)), "{err}");
+    }
+}
+
+#[test]
 fn nifti_roundtrip_keeps_values_and_geometry() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["v.nii", "v.nii.gz"] {

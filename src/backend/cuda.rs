@@ -288,6 +288,9 @@ impl Backend for CudaBackend {
 
     fn download(&self, t: &CudaTensor) -> Result<Tensor> {
         let data = driver(self.stream.clone_dtoh(&t.buf), "download")?;
+        // The copy is queued behind every kernel that produced `t`; wait for it (and surface any kernel
+        // fault here, with its error code) before the host reads the data.
+        Backend::synchronize(self)?;
         let len = t.shape.iter().product::<usize>();
         Tensor::new(&t.shape, data[..len].to_vec())
     }
@@ -501,7 +504,7 @@ impl Backend for CudaBackend {
 
     fn accumulate_weighted(&self, acc: &mut CudaTensor, weights: &CudaTensor, masks: &CudaTensor) -> Result<()> {
         let n = weights.buf.len();
-        ensure!(n > 0 && masks.buf.len() % n == 0, "accumulate_weighted: {} mask values for {n} weights", masks.buf.len());
+        ensure!(n > 0 && masks.buf.len().is_multiple_of(n), "accumulate_weighted: {} mask values for {n} weights", masks.buf.len());
         let plane = masks.buf.len() / n;
         ensure!(acc.buf.len() == 2 * plane, "accumulate_weighted: accumulator must be (2, {plane})");
         let (ap, wp, mp, ni, pl) = (self.ptr(&acc.buf), self.ptr(&weights.buf), self.ptr(&masks.buf), i32_of(n, "batch")?, i32_of(plane, "plane")?);

@@ -92,7 +92,7 @@ pub fn segmentation_scores(logits: &Tensor, m0: &Tensor, class: usize, kind: Sco
 /// CPU twin of `accumulate_weighted`: per pixel, a Kahan sum over the items in order.
 pub fn accumulate_weighted(acc: &mut Tensor, weights: &Tensor, masks: &Tensor) -> Result<()> {
     let n = weights.len();
-    ensure!(n > 0 && masks.len() % n == 0, "accumulate_weighted: {} mask values for {n} weights", masks.len());
+    ensure!(n > 0 && masks.len().is_multiple_of(n), "accumulate_weighted: {} mask values for {n} weights", masks.len());
     let plane = masks.len() / n;
     ensure!(acc.len() == 2 * plane, "accumulate_weighted: accumulator must be (2, {plane})");
     let (w, m) = (weights.data(), masks.data());

@@ -86,7 +86,8 @@ pub struct MethodArgs {
     /// ROI margin around the CLIP (or predicted) organ region, in millimetres [default: 15].
     #[arg(long)]
     pub margin_mm: Option<f64>,
-    /// Perturbed images per forward pass: a number, or "auto" (from a 2 GiB activation budget).
+    /// Perturbed images per forward pass: a number, or "auto" (activations within 2 GiB and at most 64
+    /// images on the CPU; a quarter of the free memory and at most 512 images on a GPU).
     #[arg(long, default_value = "auto")]
     pub batch: String,
     /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
