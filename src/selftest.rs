@@ -53,9 +53,11 @@ enum Op {
 }
 
 /// The shapes checked: the bundled U-Net's layers, the paper-sized U-Net's widest ones, the ViT's.
-fn ops() -> Vec<Op> {
+/// `quick` shrinks images and batches (same channels, odd sizes kept odd) for slow devices such as the
+/// kernel emulator of tests/cuda_emulated.rs.
+fn ops(quick: bool) -> Vec<Op> {
     let leaky = Activation::LeakyRelu(0.1);
-    vec![
+    let all = vec![
         Op::Conv { n: 4, cin: 1, extra: 0, cout: 16, hw: 256, k: 3, act: Activation::Identity },
         Op::Conv { n: 2, cin: 16, extra: 0, cout: 16, hw: 256, k: 3, act: leaky },
         Op::Conv { n: 2, cin: 32, extra: 0, cout: 32, hw: 256, k: 3, act: Activation::Identity },
@@ -83,7 +85,32 @@ fn ops() -> Vec<Op> {
         Op::Scores { n: 16, classes: 14, size: 256, kind: ScoreKind::SoftDice },
         Op::Scores { n: 16, classes: 14, size: 256, kind: ScoreKind::Dice },
         Op::Accumulate { n: 16, size: 256 },
-    ]
+    ];
+    if !quick {
+        return all;
+    }
+    let side = |v: usize| if v > 32 { v / 8 + v % 2 } else { v };
+    let few = |n: usize| n.min(3);
+    all.into_iter()
+        .map(|op| match op {
+            Op::Conv { n, cin, extra, cout, hw, k, act } => Op::Conv { n: few(n), cin, extra, cout, hw: side(hw), k, act },
+            Op::Deconv { n, cin, cout, hw } => Op::Deconv { n: few(n), cin, cout, hw: side(hw) },
+            Op::InstanceNorm { n, c, hw } => Op::InstanceNorm { n: few(n), c, hw: side(hw) },
+            Op::MaxPool { n, c, hw } => Op::MaxPool { n: few(n), c, hw: side(hw) },
+            Op::Upsample { n, c, hw } => Op::Upsample { n: few(n), c, hw: side(hw) },
+            Op::Pad { n, c, hw } => Op::Pad { n: few(n), c, hw: side(hw) },
+            Op::SoftmaxChannels { n, c, hw } => Op::SoftmaxChannels { n: few(n), c, hw: side(hw) },
+            Op::Linear { m, k, n } => Op::Linear { m: side(m), k, n },
+            Op::LayerNorm { rows, d } => Op::LayerNorm { rows: side(rows), d },
+            Op::SoftmaxRows { rows, d } => Op::SoftmaxRows { rows: side(rows), d },
+            Op::Attention { b, l, heads, d, causal } => Op::Attention { b: few(b), l: side(l), heads, d, causal },
+            Op::RiseMasks { n, size } => Op::RiseMasks { n: few(n), size: side(size) },
+            Op::WindowMasks { n, size } => Op::WindowMasks { n: few(n), size: side(size) },
+            Op::CoalitionMasks { n, size } => Op::CoalitionMasks { n: few(n), size: side(size) },
+            Op::Scores { n, classes, size, kind } => Op::Scores { n: few(n), classes, size: side(size), kind },
+            Op::Accumulate { n, size } => Op::Accumulate { n: few(n), size: side(size) },
+        })
+        .collect()
 }
 
 struct Inputs {
@@ -371,9 +398,15 @@ pub struct Ceilings {
     pub bytes_per_s: f64,
 }
 
+/// Median of repeated runs after one warm-up; a zero budget times a single run.
 fn median_seconds(mut f: impl FnMut() -> Result<()>, budget_s: f64) -> Result<f64> {
-    f()?;
     let mut times = Vec::new();
+    if budget_s <= 0.0 {
+        let t = Instant::now();
+        f()?;
+        return Ok(t.elapsed().as_secs_f64());
+    }
+    f()?;
     let started = Instant::now();
     while times.len() < 3 || (times.len() < 50 && started.elapsed().as_secs_f64() < budget_s) {
         let t = Instant::now();
@@ -386,9 +419,10 @@ fn median_seconds(mut f: impl FnMut() -> Result<()>, budget_s: f64) -> Result<f6
 
 /// Checks and times every op on `device`. With `twin`, outputs are compared with the CPU backend's;
 /// without, with the f64 loops where there are some.
-pub fn check_kernels<B: Backend>(device: &B, compare_with_cpu: bool, precision: Precision, ceilings: Ceilings, seed: u64, mut progress: impl FnMut(&CheckRow)) -> Result<Vec<CheckRow>> {
+#[allow(clippy::too_many_arguments)]
+pub fn check_kernels<B: Backend>(device: &B, compare_with_cpu: bool, precision: Precision, ceilings: Ceilings, seed: u64, quick: bool, mut progress: impl FnMut(&CheckRow)) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
-    for (i, op) in ops().into_iter().enumerate() {
+    for (i, op) in ops(quick).into_iter().enumerate() {
         let inputs = op.inputs(seed.wrapping_add(i as u64 * 7919));
         let on_device: Vec<B::Tensor> = inputs.tensors.iter().map(|t| device.upload(t)).collect::<Result<_>>()?;
         let out = device.download(&op.apply(device, &on_device, inputs.seed)?)?;
@@ -404,7 +438,7 @@ pub fn check_kernels<B: Backend>(device: &B, compare_with_cpu: bool, precision: 
                 op.apply(device, &on_device, inputs.seed)?;
                 device.synchronize()
             },
-            0.3,
+            if quick { 0.0 } else { 0.3 },
         )?;
         let (flops, bytes) = op.cost();
         let flop_ceiling = if op.uses_precision() { ceilings.conv_flops } else { ceilings.flops };
@@ -470,30 +504,51 @@ pub struct ExplainRow {
     pub passed: bool,
 }
 
-/// Each method on the phantom slice at `samples` (RISE masks; LIME/SHAP samples = samples / 4):
-/// timed on `device` and, with `compare_with_cpu`, checked against the CPU backend's saliency.
-pub fn check_explainers<B: Backend>(device: &B, compare_with_cpu: bool, samples: usize, batch: usize, mut progress: impl FnMut(&ExplainRow)) -> Result<Vec<ExplainRow>> {
+/// The U-Net being explained: the bundled one, or (quick) a small random one, the same for a seed.
+fn explained_unet<B: Backend>(b: &B, quick: bool) -> Result<crate::models::BasicUNet<B>> {
+    use crate::models::{BasicUNet, UNetConfig};
+    if quick {
+        BasicUNet::random(b, UNetConfig::from_json(r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#)?, 5)
+    } else {
+        BasicUNet::load_dir(b, &crate::cli::explain::bundled("unet")?)
+    }
+}
+
+/// Each method on the bundled phantom's liver slice at `samples` (RISE masks; LIME/SHAP samples =
+/// samples / 4), timed on `device` and, with `compare_with_cpu`, checked against the CPU backend's
+/// saliency. `quick`: a small random U-Net on a 32x32 grid (explaining whichever class it predicts).
+pub fn check_explainers<B: Backend>(device: &B, compare_with_cpu: bool, quick: bool, samples: usize, batch: usize, mut progress: impl FnMut(&ExplainRow)) -> Result<Vec<ExplainRow>> {
     use crate::pipeline::{run_method, ClipRoi, Method, Settings, SliceInput};
-    let unet = crate::cli::explain::bundled("unet")?;
-    let model = crate::models::BasicUNet::load_dir(device, &unet)?;
+    let size = if quick { 32 } else { 256 };
+    let model = explained_unet(device, quick)?;
+    let cpu_model = explained_unet(&CpuBackend, quick)?;
     let p = crate::phantom::generate(7, 256, 32);
     let k = crate::cli::explain::organ_center_slice(&p.ct, &p.labels, 1)?;
-    let slice = SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), 256, Some(&p.labels), 1)?;
+    let slice = SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
+    let class = if quick {
+        let classes = cpu_model.config().out_channels;
+        (0..classes).find(|&c| crate::explain::UNetScorer::new(&CpuBackend, &cpu_model, &slice.image, size, c, ScoreKind::MeanProb).is_ok()).unwrap_or(0)
+    } else {
+        1
+    };
     let mut settings = Settings::defaults(11);
     settings.rise.masks = samples;
+    settings.occlusion = crate::explain::occlusion::Occlusion { window: size / 8, stride: if quick { size / 8 } else { size / 16 } };
     settings.lime.samples = (samples / 4).max(16);
     settings.shap.samples = (samples / 4).max(16);
+    settings.segmenter = crate::explain::superpixels::Segmenter::Slic { segments: if quick { 12 } else { 64 }, compactness: 0.1 };
     settings.faithfulness_steps = 0;
     settings.batch = batch;
     let mut rows = Vec::new();
     for method in Method::ALL {
-        let run = |b: &B, m: &crate::models::BasicUNet<B>| run_method(b, m, &slice, &ClipRoi::default(), 1, method, crate::roi::RoiMode::Full, &settings, |_, _| {});
-        run(device, &model)?;
-        device.synchronize()?;
+        let run = |b: &B, m: &crate::models::BasicUNet<B>| run_method(b, m, &slice, &ClipRoi::default(), class, method, crate::roi::RoiMode::Full, &settings, |_, _| {});
+        if !quick {
+            run(device, &model)?;
+            device.synchronize()?;
+        }
         let timed = run(device, &model)?;
         let (max_error, bound) = if compare_with_cpu {
-            let cpu_model = crate::models::BasicUNet::load_dir(&CpuBackend, &unet)?;
-            let reference = run_method(&CpuBackend, &cpu_model, &slice, &ClipRoi::default(), 1, method, crate::roi::RoiMode::Full, &settings, |_, _| {})?;
+            let reference = run_method(&CpuBackend, &cpu_model, &slice, &ClipRoi::default(), class, method, crate::roi::RoiMode::Full, &settings, |_, _| {})?;
             let plane = |v: &[f32]| Tensor::new(&[v.len()], v.to_vec());
             // LIME/SHAP solve a regression whose conditioning amplifies score differences.
             let bound = if matches!(method, Method::Lime | Method::KernelShap) { 1e-3 } else { 1e-4 };
@@ -563,8 +618,8 @@ mod tests {
     #[test]
     fn cpu_backend_matches_f64_loops_and_nan_fails() {
         let ceilings = Ceilings { flops: 1e11, conv_flops: 1e11, bytes_per_s: 1e10 };
-        let rows = check_kernels(&CpuBackend, false, Precision::F32, ceilings, 12345, |_| {}).unwrap();
-        assert_eq!(rows.len(), ops().len());
+        let rows = check_kernels(&CpuBackend, false, Precision::F32, ceilings, 12345, false, |_| {}).unwrap();
+        assert_eq!(rows.len(), ops(false).len());
         assert!(rows.iter().filter(|r| r.reference == "f64 loops").count() >= 10, "conv, linear, norms and attention have f64 references");
         for r in &rows {
             assert!(r.passed, "{} {}: error {:?}", r.kernel, r.shape, r.max_error);

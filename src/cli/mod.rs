@@ -281,6 +281,10 @@ pub struct SelftestCmd {
     /// Kernels only: skip the end-to-end explanations.
     #[arg(long)]
     pub kernels_only: bool,
+    /// Small shapes and one timed run per kernel; explanations by a small random U-Net on a 32x32 grid
+    /// with 16 samples, compared with the CPU (for slow devices, such as the tests' kernel emulator).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -635,19 +639,23 @@ fn selftest_command(cmd: SelftestCmd, device: &device::DeviceArgs) -> Result<()>
         }
     }
     let bar = progress_bar(0, "kernels");
-    let kernels = crate::on_backend!(compute, |b| check_kernels(b, gpu, device.precision, ceilings, seed, |_| bar.inc(1)))?;
+    let kernels = crate::on_backend!(compute, |b| check_kernels(b, gpu, device.precision, ceilings, seed, cmd.quick, |_| bar.inc(1)))?;
     bar.finish_and_clear();
     println!("\n{}", table(&kernels));
     let mut explain = Vec::new();
     if !cmd.kernels_only {
-        let samples = cmd.samples.unwrap_or(if gpu { 4000 } else { 200 });
-        let batch = cmd.batch.unwrap_or(if gpu { 256 } else { 16 });
         let bar = progress_bar(0, "explanations");
-        if gpu {
-            // Same settings on both sides, small enough for the CPU.
-            explain.extend(crate::on_backend!(compute, |b| check_explainers(b, true, 64, 16, |_| bar.inc(1)))?);
+        if cmd.quick {
+            explain.extend(crate::on_backend!(compute, |b| check_explainers(b, gpu, true, 16, 8, |_| bar.inc(1)))?);
+        } else {
+            let samples = cmd.samples.unwrap_or(if gpu { 4000 } else { 200 });
+            let batch = cmd.batch.unwrap_or(if gpu { 256 } else { 16 });
+            if gpu {
+                // Same settings on both sides, small enough for the CPU.
+                explain.extend(crate::on_backend!(compute, |b| check_explainers(b, true, false, 64, 16, |_| bar.inc(1)))?);
+            }
+            explain.extend(crate::on_backend!(compute, |b| check_explainers(b, false, false, samples, batch, |_| bar.inc(1)))?);
         }
-        explain.extend(crate::on_backend!(compute, |b| check_explainers(b, false, samples, batch, |_| bar.inc(1)))?);
         bar.finish_and_clear();
         println!("{}", explain_table(&explain));
     }

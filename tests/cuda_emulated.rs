@@ -1,0 +1,120 @@
+//! The CUDA backend and kernels/*.cu on a CPU stand-in for the GPU (tests/cuda_emulator/): a libcuda.so
+//! built here with g++ that implements the driver calls cudarc makes and runs each kernel's CUDA source
+//! as plain C++, block by block, with every thread a fiber. `xaiclip selftest --device cuda --quick` then
+//! runs unchanged (cudarc, argument packing, launch shapes, poisoned outputs) and compares every kernel
+//! and each explainer end to end with the CPU backend.
+//!
+//! This checks the kernels' logic: indexing, tiling, barriers, shuffles, rounding, the Philox stream. It
+//! does not replace a run on a GPU: nvcc's machine code, the memory model, speed and the tensor cores'
+//! own arithmetic are not exercised.
+
+use std::path::Path;
+use std::process::Command;
+use xaiclip::backend::cuda::{BUILD_STATUS, MODULES};
+
+/// Builds the stand-in libcuda.so into `dir`; `prelude` goes before the kernels (used to break them).
+fn build_emulator(dir: &Path, prelude: &str) -> bool {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources: Vec<_> = std::fs::read_dir(root.join("kernels")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect();
+    sources.sort();
+    let mut inc = String::from(prelude);
+    let mut names = Vec::new();
+    for src in &sources {
+        inc += &format!("#include \"{}\"\n", src.display());
+        for line in std::fs::read_to_string(src).unwrap().lines().filter(|l| l.starts_with("extern \"C\" __global__ void ")) {
+            let head = line.split('(').collect::<Vec<_>>();
+            // `... void NAME(` or `... void __launch_bounds__(N) NAME(`
+            let name = if head[0].ends_with("__launch_bounds__") { head[1].split(')').nth(1).unwrap().trim() } else { head[0].rsplit(' ').next().unwrap() };
+            names.push(name.to_string());
+        }
+    }
+    inc += "static const std::pair<const char*, void (*)(void**)> emu_kernels[] = {\n";
+    for n in &names {
+        inc += &format!("EMU_KERNEL({n})\n");
+    }
+    inc += "};\n";
+    std::fs::write(dir.join("kernels.inc"), inc).unwrap();
+    let emulator = root.join("tests/cuda_emulator");
+    let status = Command::new("g++")
+        .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wno-unknown-pragmas"])
+        .arg(format!("-I{}", emulator.display()))
+        .arg(format!("-I{}", dir.display()))
+        .arg(emulator.join("libcuda.cpp"))
+        .arg("-o")
+        .arg(dir.join("libcuda.so"))
+        .status();
+    assert!(names.len() >= 20, "found only {names:?} in kernels/*.cu");
+    status.is_ok_and(|s| s.success())
+}
+
+fn selftest(dir: &Path, extra: &[&str]) -> (std::process::Output, Option<serde_json::Value>) {
+    let json = dir.join("selftest.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_xaiclip"))
+        .args(["selftest", "--device", "cuda", "--quick", "--seed", "7", "--json"])
+        .arg(&json)
+        .args(extra)
+        .env("LD_LIBRARY_PATH", dir)
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(&json).ok().map(|t| serde_json::from_str(&t).unwrap());
+    (out, report)
+}
+
+fn skip_without_tools() -> bool {
+    let ci = std::env::var("CI").is_ok();
+    if MODULES.is_empty() {
+        assert!(!ci, "CI must build the kernels: {BUILD_STATUS}");
+        eprintln!("SKIP: {BUILD_STATUS}");
+        return true;
+    }
+    if Command::new("g++").arg("--version").output().is_err() {
+        assert!(!ci, "CI needs g++ for the kernel emulator");
+        eprintln!("SKIP: no g++ for the kernel emulator");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn every_kernel_and_explainer_matches_the_cpu_on_the_emulator() {
+    if skip_without_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(build_emulator(dir.path(), ""), "g++ could not build the emulator");
+    let (out, report) = selftest(dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "selftest failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report = report.expect("selftest wrote its JSON report");
+    assert!(report["device"].as_str().unwrap().contains("emulator"), "ran on {}, not the emulator", report["device"]);
+    let kernels = report["kernels"].as_array().unwrap();
+    assert!(kernels.len() >= 25);
+    for k in kernels {
+        assert_eq!(k["reference"], "cpu twin", "{k}");
+        assert!(k["passed"].as_bool().unwrap() && k["max_error"].as_f64().unwrap() < k["bound"].as_f64().unwrap(), "{k}");
+    }
+    // RISE masks are built bit for bit as on the CPU.
+    assert!(kernels.iter().any(|k| k["kernel"] == "rise_masks + perturb" && k["max_error"].as_f64() == Some(0.0)));
+    let explain = report["explain"].as_array().unwrap();
+    assert_eq!(explain.len(), 4);
+    for e in explain {
+        assert!(e["passed"].as_bool().unwrap() && e["max_error"].as_f64().is_some(), "{e}");
+    }
+}
+
+#[test]
+fn a_wrong_kernel_fails_the_selftest() {
+    if skip_without_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Every multiply-add in the kernels drops its accumulator: convolutions and GEMMs go wrong.
+    assert!(build_emulator(dir.path(), "#define fmaf(a, b, c) ((a) * (b))\n"));
+    let (out, report) = selftest(dir.path(), &["--kernels-only"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checks failed") && err.contains("conv2d 3x3"), "{err}");
+    let failed: Vec<String> = report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect();
+    assert!(failed.iter().any(|k| k == "linear_f32") && failed.iter().any(|k| k == "conv_transpose2x2"), "{failed:?}");
+    assert!(!failed.iter().any(|k| k.contains("masks")), "mask kernels use no multiply-add: {failed:?}");
+}
