@@ -14,37 +14,11 @@ use xaiclip::backend::cuda::{BUILD_STATUS, MODULES};
 
 /// Builds the stand-in libcuda.so into `dir`; `prelude` goes before the kernels (used to break them).
 fn build_emulator(dir: &Path, prelude: &str) -> bool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources: Vec<_> = std::fs::read_dir(root.join("kernels")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect();
-    sources.sort();
-    let mut inc = String::from(prelude);
-    let mut names = Vec::new();
-    for src in &sources {
-        inc += &format!("#include \"{}\"\n", src.display());
-        for line in std::fs::read_to_string(src).unwrap().lines().filter(|l| l.starts_with("extern \"C\" __global__ void ")) {
-            let head = line.split('(').collect::<Vec<_>>();
-            // `... void NAME(` or `... void __launch_bounds__(N) NAME(`
-            let name = if head[0].ends_with("__launch_bounds__") { head[1].split(')').nth(1).unwrap().trim() } else { head[0].rsplit(' ').next().unwrap() };
-            names.push(name.to_string());
-        }
-    }
-    inc += "static const std::pair<const char*, void (*)(void**)> emu_kernels[] = {\n";
-    for n in &names {
-        inc += &format!("EMU_KERNEL({n})\n");
-    }
-    inc += "};\n";
-    std::fs::write(dir.join("kernels.inc"), inc).unwrap();
-    let emulator = root.join("tests/cuda_emulator");
-    let status = Command::new("g++")
-        .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wno-unknown-pragmas"])
-        .arg(format!("-I{}", emulator.display()))
-        .arg(format!("-I{}", dir.display()))
-        .arg(emulator.join("libcuda.cpp"))
-        .arg("-o")
-        .arg(dir.join("libcuda.so"))
-        .status();
-    assert!(names.len() >= 20, "found only {names:?} in kernels/*.cu");
-    status.is_ok_and(|s| s.success())
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emulator/build.sh");
+    let built = Command::new("bash").arg(script).arg(dir).arg(prelude).status().is_ok_and(|s| s.success());
+    let registry = std::fs::read_to_string(dir.join("kernels.inc")).unwrap_or_default();
+    assert!(registry.matches("EMU_KERNEL(").count() >= 20, "the emulator registers too few kernels:\n{registry}");
+    built
 }
 
 fn selftest(dir: &Path, extra: &[&str]) -> (std::process::Output, Option<serde_json::Value>) {
