@@ -46,13 +46,8 @@ __device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t stream, 
     return (float)(philox_word(seed, stream, i) >> 8) * (1.0f / 16777216.0f);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ double warp_sum_f64(double v) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -68,20 +63,10 @@ __device__ __forceinline__ float warp_max(float v) {
 // `scratch` holds 32 values; the leading barrier makes back-to-back calls safe.
 __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum_f64(v);
+    v = warp_sum(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     v = lane < warps ? scratch[lane] : 0.0;
-    return warp_sum_f64(v);
-}
-
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : -INFINITY;
-    return warp_max(v);
+    return warp_sum(v);
 }
