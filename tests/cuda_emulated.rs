@@ -77,6 +77,29 @@ fn every_kernel_and_explainer_matches_the_cpu_on_the_emulator() {
 }
 
 #[test]
+fn tensor_core_convolutions_match_within_their_precision_on_the_emulator() {
+    if skip_without_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(build_emulator(dir.path(), ""));
+    for (precision, bound) in [("tf32", 5e-3), ("bf16", 2e-2)] {
+        let (out, report) = selftest(dir.path(), &["--kernels-only", "--precision", precision]);
+        assert!(out.status.success(), "{precision}: {}", String::from_utf8_lossy(&out.stdout));
+        let report = report.unwrap();
+        let convs: Vec<&serde_json::Value> = report["kernels"].as_array().unwrap().iter().filter(|k| k["kernel"].as_str().unwrap().starts_with("conv2d")).collect();
+        assert!(convs.len() >= 6);
+        for k in &convs {
+            let e = k["max_error"].as_f64().unwrap();
+            assert!(e < bound && k["bound"].as_f64() == Some(bound), "{precision}: {k}");
+        }
+        // Rounded operands show: an f32 path would sit near 1e-7.
+        let worst = convs.iter().map(|k| k["max_error"].as_f64().unwrap()).fold(0.0, f64::max);
+        assert!(worst > 1e-4, "{precision}: largest conv error {worst:e}, as if the operands were not rounded");
+    }
+}
+
+#[test]
 fn a_wrong_kernel_fails_the_selftest() {
     if skip_without_tools() {
         return;

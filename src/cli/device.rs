@@ -53,10 +53,17 @@ impl DeviceArgs {
             DeviceChoice::Cuda(n) => Ok(Compute::Cuda(Box::new(CudaBackend::new(n, self.precision).context("--device cuda")?))),
             DeviceChoice::Auto => match CudaBackend::new(0, self.precision) {
                 Ok(b) => Ok(Compute::Cuda(Box::new(b))),
-                Err(_) => {
-                    // A binary without kernels says how to get them, once, where a person reads it.
-                    if MODULES.is_empty() && std::io::stderr().is_terminal() {
-                        eprintln!("note: CPU only ({BUILD_STATUS})");
+                Err(e) => {
+                    // A binary without kernels says how to get them, once, where a person reads it; a
+                    // machine with a driver whose GPU could not be used says why; one without a driver
+                    // is the plain CPU case and says nothing.
+                    // Safety: only probes whether libcuda can be loaded.
+                    if MODULES.is_empty() {
+                        if std::io::stderr().is_terminal() {
+                            eprintln!("note: CPU only ({BUILD_STATUS})");
+                        }
+                    } else if unsafe { cudarc::driver::sys::is_culib_present() } {
+                        eprintln!("warning: using the CPU: {e:#}");
                     }
                     Ok(Compute::Cpu(CpuBackend))
                 }
