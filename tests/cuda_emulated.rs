@@ -21,15 +21,16 @@ fn build_emulator(dir: &Path, prelude: &str) -> bool {
     built
 }
 
-fn selftest(dir: &Path, extra: &[&str]) -> (std::process::Output, Option<serde_json::Value>) {
+/// `xaiclip selftest --device cuda --quick` on the emulator in `dir`; `shuffle`: a seed for the order
+/// threads run in between barriers (EMU_SHUFFLE), None for thread order.
+fn selftest(dir: &Path, extra: &[&str], shuffle: Option<u64>) -> (std::process::Output, Option<serde_json::Value>) {
     let json = dir.join("selftest.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_xaiclip"))
-        .args(["selftest", "--device", "cuda", "--quick", "--seed", "7", "--json"])
-        .arg(&json)
-        .args(extra)
-        .env("LD_LIBRARY_PATH", dir)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xaiclip"));
+    cmd.args(["selftest", "--device", "cuda", "--quick", "--seed", "7", "--json"]).arg(&json).args(extra).env("LD_LIBRARY_PATH", dir);
+    if let Some(seed) = shuffle {
+        cmd.env("EMU_SHUFFLE", seed.to_string());
+    }
+    let out = cmd.output().unwrap();
     let report = std::fs::read_to_string(&json).ok().map(|t| serde_json::from_str(&t).unwrap());
     (out, report)
 }
@@ -56,7 +57,7 @@ fn every_kernel_and_explainer_matches_the_cpu_on_the_emulator() {
     }
     let dir = tempfile::tempdir().unwrap();
     assert!(build_emulator(dir.path(), ""), "g++ could not build the emulator");
-    let (out, report) = selftest(dir.path(), &[]);
+    let (out, report) = selftest(dir.path(), &[], None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "selftest failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let report = report.expect("selftest wrote its JSON report");
@@ -84,7 +85,7 @@ fn tensor_core_convolutions_match_within_their_precision_on_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
     assert!(build_emulator(dir.path(), ""));
     for (precision, bound) in [("tf32", 5e-3), ("bf16", 2e-2)] {
-        let (out, report) = selftest(dir.path(), &["--kernels-only", "--precision", precision]);
+        let (out, report) = selftest(dir.path(), &["--kernels-only", "--precision", precision], Some(3));
         assert!(out.status.success(), "{precision}: {}", String::from_utf8_lossy(&out.stdout));
         let report = report.unwrap();
         let convs: Vec<&serde_json::Value> = report["kernels"].as_array().unwrap().iter().filter(|k| k["kernel"].as_str().unwrap().starts_with("conv2d")).collect();
@@ -107,11 +108,33 @@ fn a_wrong_kernel_fails_the_selftest() {
     let dir = tempfile::tempdir().unwrap();
     // Every multiply-add in the kernels drops its accumulator: convolutions and GEMMs go wrong.
     assert!(build_emulator(dir.path(), "#define fmaf(a, b, c) ((a) * (b))\n"));
-    let (out, report) = selftest(dir.path(), &["--kernels-only"]);
+    let (out, report) = selftest(dir.path(), &["--kernels-only"], None);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("checks failed") && err.contains("conv2d 3x3"), "{err}");
     let failed: Vec<String> = report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect();
     assert!(failed.iter().any(|k| k == "linear_f32") && failed.iter().any(|k| k == "conv_transpose2x2"), "{failed:?}");
     assert!(!failed.iter().any(|k| k.contains("masks")), "mask kernels use no multiply-add: {failed:?}");
+}
+
+#[test]
+fn kernels_agree_whatever_order_threads_run_in_and_fail_without_barriers() {
+    if skip_without_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(build_emulator(dir.path(), ""));
+    for seed in [1, 2] {
+        let (out, _) = selftest(dir.path(), &["--kernels-only"], Some(seed));
+        assert!(out.status.success(), "shuffle {seed}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // The shuffled order does see a missing barrier: without __syncthreads the shared-memory kernels fail.
+    let broken = tempfile::tempdir().unwrap();
+    assert!(build_emulator(broken.path(), "#define __syncthreads() ((void)0)\n"));
+    let (out, report) = selftest(broken.path(), &["--kernels-only"], Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let failed: Vec<String> = report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect();
+    for k in ["conv2d 3x3", "linear_f32", "attention_f32", "rise_masks + perturb"] {
+        assert!(failed.iter().any(|f| f == k), "{k} passed without barriers: failed {failed:?}");
+    }
 }

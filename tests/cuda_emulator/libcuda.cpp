@@ -83,13 +83,27 @@ void set_thread(int t) {
     threadIdx = {(unsigned)t % blockDim.x, ((unsigned)t / blockDim.x) % blockDim.y, (unsigned)t / (blockDim.x * blockDim.y)};
 }
 
+// EMU_SHUFFLE=seed runs the threads between two barriers in a new pseudo-random order each time
+// instead of thread order: a result that depends on the order is a race (a missing barrier).
+uint64_t shuffle_state = [] {
+    const char* s = getenv("EMU_SHUFFLE");
+    return s ? strtoull(s, nullptr, 10) * 2 + 1 : 0;
+}();
+std::vector<int> order;
+
 // Runs one block to completion; false on a barrier deadlock (threads waiting that can never meet).
 bool run_block(int threads) {
     fibers.assign(threads, Fiber{});
     if ((int)stacks.size() < threads) stacks.resize(threads, std::vector<char>(256 * 1024));
     for (int t = 0; t < threads; ++t) fibers[t] = {initial_stack(stacks[t]), RUNNABLE};
+    order.resize(threads);
+    for (int t = 0; t < threads; ++t) order[t] = t;
     for (;;) {
-        for (int t = 0; t < threads; ++t) {
+        for (int i = threads - 1; shuffle_state && i > 0; --i) {
+            shuffle_state = shuffle_state * 6364136223846793005ull + 1442695040888963407ull;
+            std::swap(order[i], order[(shuffle_state >> 33) % (i + 1)]);
+        }
+        for (int t : order) {
             if (fibers[t].state != RUNNABLE) continue;
             current = t;
             set_thread(t);
