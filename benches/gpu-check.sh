@@ -31,7 +31,7 @@ run)
     mkdir -p "$out"
     bin=.gpu/xaiclip
     [ -x "$bin" ] || { echo "no $bin: run 'benches/gpu-check.sh build' here and carry .gpu" >&2; exit 1; }
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$out/nvidia-smi.csv"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$out/nvidia-smi.csv" || true
     status=0
     # Kernels against their CPU twins, then each method end to end (error vs CPU, then timed at 4000).
     timeout 200 "$bin" selftest --device cuda --json "$out/selftest-f32.json" 2>&1 | tee "$out/selftest-f32.txt" || status=1

@@ -138,3 +138,32 @@ fn kernels_agree_whatever_order_threads_run_in_and_fail_without_barriers() {
         assert!(failed.iter().any(|f| f == k), "{k} passed without barriers: failed {failed:?}");
     }
 }
+
+#[test]
+fn clip_roi_on_the_emulator_equals_the_cpu() {
+    if skip_without_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(build_emulator(dir.path(), ""));
+    let bin = env!("CARGO_BIN_EXE_xaiclip");
+    let p = dir.path();
+    assert!(Command::new(bin).args(["phantom", "--size", "128", "--slices", "8", "--out"]).arg(p.join("case")).status().unwrap().success());
+    let roi = |device: &str| {
+        let out = p.join(format!("roi-{device}.nii.gz"));
+        let o = Command::new(bin)
+            .args(["roi", "--device", device, "--slice", "organ-center", "--organ", "liver", "--image"])
+            .arg(p.join("case/ct.nii.gz"))
+            .arg("--label")
+            .arg(p.join("case/labels.nii.gz"))
+            .arg("--out")
+            .arg(&out)
+            .env("LD_LIBRARY_PATH", p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{device}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    // The CLIP image and text towers (linear, LayerNorm, attention, QuickGELU kernels) give the same mask.
+    assert!(roi("cuda") == roi("cpu"), "the CLIP ROI differs between the emulated GPU and the CPU");
+}
