@@ -35,6 +35,24 @@ fn selftest(dir: &Path, extra: &[&str], shuffle: Option<u64>) -> (std::process::
     (out, report)
 }
 
+/// A freshly built emulator (with `prelude` before the kernels), or None where the tools are missing.
+fn emulator(prelude: &str) -> Option<tempfile::TempDir> {
+    if skip_without_tools() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(build_emulator(dir.path(), prelude), "g++ could not build the emulator");
+    Some(dir)
+}
+
+/// Runs a selftest on an emulator whose kernels are broken: it must fail; returns the failed kernels.
+fn failed_kernels(dir: &Path, shuffle: Option<u64>) -> Vec<String> {
+    let (out, report) = selftest(dir, &["--kernels-only"], shuffle);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checks failed"));
+    report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect()
+}
+
 fn skip_without_tools() -> bool {
     let ci = std::env::var("CI").is_ok();
     if MODULES.is_empty() {
@@ -52,11 +70,7 @@ fn skip_without_tools() -> bool {
 
 #[test]
 fn every_kernel_and_explainer_matches_the_cpu_on_the_emulator() {
-    if skip_without_tools() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    assert!(build_emulator(dir.path(), ""), "g++ could not build the emulator");
+    let Some(dir) = emulator("") else { return };
     let (out, report) = selftest(dir.path(), &[], None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "selftest failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -79,11 +93,7 @@ fn every_kernel_and_explainer_matches_the_cpu_on_the_emulator() {
 
 #[test]
 fn tensor_core_convolutions_match_within_their_precision_on_the_emulator() {
-    if skip_without_tools() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    assert!(build_emulator(dir.path(), ""));
+    let Some(dir) = emulator("") else { return };
     for (precision, bound) in [("tf32", 5e-3), ("bf16", 2e-2)] {
         let (out, report) = selftest(dir.path(), &["--kernels-only", "--precision", precision], Some(3));
         assert!(out.status.success(), "{precision}: {}", String::from_utf8_lossy(&out.stdout));
@@ -102,38 +112,23 @@ fn tensor_core_convolutions_match_within_their_precision_on_the_emulator() {
 
 #[test]
 fn a_wrong_kernel_fails_the_selftest() {
-    if skip_without_tools() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     // Every multiply-add in the kernels drops its accumulator: convolutions and GEMMs go wrong.
-    assert!(build_emulator(dir.path(), "#define fmaf(a, b, c) ((a) * (b))\n"));
-    let (out, report) = selftest(dir.path(), &["--kernels-only"], None);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("checks failed") && err.contains("conv2d 3x3"), "{err}");
-    let failed: Vec<String> = report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect();
-    assert!(failed.iter().any(|k| k == "linear_f32") && failed.iter().any(|k| k == "conv_transpose2x2"), "{failed:?}");
+    let Some(dir) = emulator("#define fmaf(a, b, c) ((a) * (b))\n") else { return };
+    let failed = failed_kernels(dir.path(), None);
+    assert!(["conv2d 3x3", "linear_f32", "conv_transpose2x2"].iter().all(|k| failed.iter().any(|f| f == k)), "{failed:?}");
     assert!(!failed.iter().any(|k| k.contains("masks")), "mask kernels use no multiply-add: {failed:?}");
 }
 
 #[test]
 fn kernels_agree_whatever_order_threads_run_in_and_fail_without_barriers() {
-    if skip_without_tools() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    assert!(build_emulator(dir.path(), ""));
+    let Some(dir) = emulator("") else { return };
     for seed in [1, 2] {
         let (out, _) = selftest(dir.path(), &["--kernels-only"], Some(seed));
         assert!(out.status.success(), "shuffle {seed}: {}", String::from_utf8_lossy(&out.stdout));
     }
     // The shuffled order does see a missing barrier: without __syncthreads the shared-memory kernels fail.
-    let broken = tempfile::tempdir().unwrap();
-    assert!(build_emulator(broken.path(), "#define __syncthreads() ((void)0)\n"));
-    let (out, report) = selftest(broken.path(), &["--kernels-only"], Some(1));
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
-    let failed: Vec<String> = report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect();
+    let broken = emulator("#define __syncthreads() ((void)0)\n").expect("tools found above");
+    let failed = failed_kernels(broken.path(), Some(1));
     for k in ["conv2d 3x3", "linear_f32", "attention_f32", "rise_masks + perturb"] {
         assert!(failed.iter().any(|f| f == k), "{k} passed without barriers: failed {failed:?}");
     }
@@ -141,11 +136,7 @@ fn kernels_agree_whatever_order_threads_run_in_and_fail_without_barriers() {
 
 #[test]
 fn clip_roi_on_the_emulator_equals_the_cpu() {
-    if skip_without_tools() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    assert!(build_emulator(dir.path(), ""));
+    let Some(dir) = emulator("") else { return };
     let bin = env!("CARGO_BIN_EXE_xaiclip");
     let p = dir.path();
     assert!(Command::new(bin).args(["phantom", "--size", "128", "--slices", "8", "--out"]).arg(p.join("case")).status().unwrap().success());
