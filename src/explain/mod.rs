@@ -213,7 +213,9 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         }
         let started = std::time::Instant::now();
         let scores = scores.iter().map(|s| b.download(s).map(Tensor::into_data)).collect::<Result<Vec<_>>>()?.concat();
-        let weighted_sum = acc.map(|a| b.download(&a)).transpose()?.map(|a| a.data()[..size * size].iter().map(|&v| v as f64).collect());
+        // Kahan leaves sum - compensation as the best estimate of the exact sum.
+        let plane = size * size;
+        let weighted_sum = acc.map(|a| b.download(&a)).transpose()?.map(|a| a.data()[..plane].iter().zip(&a.data()[plane..]).map(|(&s, &c)| s as f64 - c as f64).collect());
         self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(MaskScores { scores, weighted_sum })
     }
