@@ -113,11 +113,6 @@ fn ops(quick: bool) -> Vec<Op> {
         .collect()
 }
 
-struct Inputs {
-    tensors: Vec<Tensor>,
-    seed: u64,
-}
-
 fn random(rng: &Philox, stream: u64, shape: &[usize], lo: f32, hi: f32) -> Tensor {
     let r = rng.stream(stream);
     let len = shape.iter().product::<usize>();
@@ -166,10 +161,10 @@ impl Op {
         matches!(self, Op::Conv { .. })
     }
 
-    fn inputs(&self, seed: u64) -> Inputs {
+    fn inputs(&self, seed: u64) -> Vec<Tensor> {
         let rng = Philox::new(seed);
         let r = |s: u64, shape: &[usize]| random(&rng, s, shape, -1.0, 1.0);
-        let tensors = match *self {
+        match *self {
             Op::Conv { n, cin, extra, cout, hw, k, .. } => {
                 let mut t = vec![r(0, &[n, cin, hw, hw]), r(1, &[cout, cin + extra, k, k]), r(2, &[cout])];
                 if extra > 0 {
@@ -194,8 +189,7 @@ impl Op {
                 vec![random(&rng, 0, &[n, classes, size, size], -6.0, 6.0), Tensor::new(&[size * size], m0).expect("plane")]
             }
             Op::Accumulate { n, size } => vec![r(0, &[2, size * size]), r(1, &[n]), random(&rng, 2, &[n, 1, size, size], 0.0, 1.0)],
-        };
-        Inputs { tensors, seed }
+        }
     }
 
     fn apply<B: Backend>(&self, b: &B, t: &[B::Tensor], seed: u64) -> Result<B::Tensor> {
@@ -229,6 +223,8 @@ impl Op {
                 let rng = Philox::new(seed);
                 let origins: Vec<(usize, usize)> = (0..n).map(|i| ((rng.word(2 * i as u64) as usize) % size, (rng.word(2 * i as u64 + 1) as usize) % size)).collect();
                 let rows: Vec<Vec<bool>> = (0..n).map(|i| (0..40).map(|j| rng.stream(1 + i as u64).word(j) & 1 == 1).collect()).collect();
+                // The backends read the superpixel map from the scene (t[3], on the device); the host-side
+                // copy in MaskBatch only seeds scenes, so none is needed here.
                 let labels: Vec<i32> = Vec::new();
                 let masks = match self {
                     Op::RiseMasks { .. } => MaskBatch::Rise { rise: &rise, first: 1000 },
@@ -423,19 +419,20 @@ fn median_seconds(mut f: impl FnMut() -> Result<()>, budget_s: f64) -> Result<f6
 pub fn check_kernels<B: Backend>(device: &B, compare_with_cpu: bool, precision: Precision, ceilings: Ceilings, seed: u64, quick: bool, mut progress: impl FnMut(&CheckRow)) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     for (i, op) in ops(quick).into_iter().enumerate() {
-        let inputs = op.inputs(seed.wrapping_add(i as u64 * 7919));
-        let on_device: Vec<B::Tensor> = inputs.tensors.iter().map(|t| device.upload(t)).collect::<Result<_>>()?;
-        let out = device.download(&op.apply(device, &on_device, inputs.seed)?)?;
+        let op_seed = seed.wrapping_add(i as u64 * 7919);
+        let inputs = op.inputs(op_seed);
+        let on_device: Vec<B::Tensor> = inputs.iter().map(|t| device.upload(t)).collect::<Result<_>>()?;
+        let out = device.download(&op.apply(device, &on_device, op_seed)?)?;
         let (reference, label) = if compare_with_cpu {
-            (Some(op.apply(&CpuBackend, &inputs.tensors, inputs.seed)?), "cpu twin")
+            (Some(op.apply(&CpuBackend, &inputs, op_seed)?), "cpu twin")
         } else {
-            (op.naive(&inputs.tensors), "f64 loops")
+            (op.naive(&inputs), "f64 loops")
         };
         let bound = if op.uses_precision() { error_bound(precision) } else { error_bound(Precision::F32) };
         let max_error = reference.as_ref().map(|r| normalised_error(&out, r));
         let seconds = median_seconds(
             || {
-                op.apply(device, &on_device, inputs.seed)?;
+                op.apply(device, &on_device, op_seed)?;
                 device.synchronize()
             },
             if quick { 0.0 } else { 0.3 },
@@ -521,15 +518,14 @@ pub fn check_explainers<B: Backend>(device: &B, compare_with_cpu: bool, quick: b
     use crate::pipeline::{run_method, ClipRoi, Method, Settings, SliceInput};
     let size = if quick { 32 } else { 256 };
     let model = explained_unet(device, quick)?;
-    let cpu_model = explained_unet(&CpuBackend, quick)?;
+    // The CPU's model: the reference, and (quick) what picks the class; not loaded for nothing.
+    let cpu_model = (compare_with_cpu || quick).then(|| explained_unet(&CpuBackend, quick)).transpose()?;
     let p = crate::phantom::generate(7, 256, 32);
     let k = crate::cli::explain::organ_center_slice(&p.ct, &p.labels, 1)?;
     let slice = SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
-    let class = if quick {
-        let classes = cpu_model.config().out_channels;
-        (0..classes).find(|&c| crate::explain::UNetScorer::new(&CpuBackend, &cpu_model, &slice.image, size, c, ScoreKind::MeanProb).is_ok()).unwrap_or(0)
-    } else {
-        1
+    let class = match &cpu_model {
+        Some(m) if quick => (0..m.config().out_channels).find(|&c| crate::explain::UNetScorer::new(&CpuBackend, m, &slice.image, size, c, ScoreKind::MeanProb).is_ok()).unwrap_or(0),
+        _ => 1,
     };
     let mut settings = Settings::defaults(11);
     settings.rise.masks = samples;
@@ -547,8 +543,8 @@ pub fn check_explainers<B: Backend>(device: &B, compare_with_cpu: bool, quick: b
             device.synchronize()?;
         }
         let timed = run(device, &model)?;
-        let (max_error, bound) = if compare_with_cpu {
-            let reference = run_method(&CpuBackend, &cpu_model, &slice, &ClipRoi::default(), class, method, crate::roi::RoiMode::Full, &settings, |_, _| {})?;
+        let (max_error, bound) = if let (true, Some(cpu_model)) = (compare_with_cpu, &cpu_model) {
+            let reference = run_method(&CpuBackend, cpu_model, &slice, &ClipRoi::default(), class, method, crate::roi::RoiMode::Full, &settings, |_, _| {})?;
             let plane = |v: &[f32]| Tensor::new(&[v.len()], v.to_vec());
             // LIME/SHAP solve a regression whose conditioning amplifies score differences.
             let bound = if matches!(method, Method::Lime | Method::KernelShap) { 1e-3 } else { 1e-4 };

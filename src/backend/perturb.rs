@@ -30,15 +30,21 @@ pub fn perturb(scene: &Scene<Tensor>, masks: &MaskBatch, first: usize, n: usize)
     let mut images = Tensor::zeros(&[n, 1, size, size]);
     mask_t.data_mut().par_chunks_mut(plane).zip(images.data_mut().par_chunks_mut(plane)).enumerate().try_for_each(|(j, (mask, image))| -> Result<()> {
         masks.fill(first + j, size, labels, mask)?;
-        for q in 0..plane {
-            if roi[q] == 0.0 {
-                mask[q] = 1.0;
-            }
-            image[q] = baseline[q] + mask[q] * (input[q] - baseline[q]);
-        }
+        keep_outside_roi_and_blend(mask, image, input, baseline, |q| roi[q] != 0.0);
         Ok(())
     })?;
     Ok((mask_t, images))
+}
+
+/// Forces the keep-mask to 1 outside the ROI and writes the perturbed image baseline + m (input -
+/// baseline): what every mask kernel's `emit` does per pixel, and what the host path does per sample.
+pub fn keep_outside_roi_and_blend(mask: &mut [f32], image: &mut [f32], input: &[f32], baseline: &[f32], inside: impl Fn(usize) -> bool) {
+    for q in 0..mask.len() {
+        if !inside(q) {
+            mask[q] = 1.0;
+        }
+        image[q] = baseline[q] + mask[q] * (input[q] - baseline[q]);
+    }
 }
 
 /// CPU twin of `segmentation_scores`: sums in f64, probabilities in f32 as the softmax produces them.

@@ -10,6 +10,7 @@ pub mod occlusion;
 pub mod rise;
 pub mod superpixels;
 
+use crate::backend::perturb::keep_outside_roi_and_blend;
 use crate::backend::{is_out_of_memory, Backend, Scene};
 use crate::models::BasicUNet;
 use crate::tensor::Tensor;
@@ -176,8 +177,8 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
 
     fn fused(&self, problem: &Problem, masks: &MaskBatch, n: usize, weighted_sum: bool, progress: &mut dyn FnMut(usize)) -> Result<MaskScores> {
         let b = self.backend;
-        let size = problem.size;
-        let plane_tensor = |v: Vec<f32>| b.upload(&Tensor::new(&[size * size], v)?);
+        let (size, plane) = (problem.size, problem.size * problem.size);
+        let plane_tensor = |v: Vec<f32>| b.upload(&Tensor::new(&[plane], v)?);
         let scene = Scene {
             size,
             input: plane_tensor(problem.input.clone())?,
@@ -185,7 +186,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             roi: plane_tensor(problem.roi.iter().map(|&r| r as u8 as f32).collect())?,
             labels: masks.scene_labels().map(plane_tensor).transpose()?,
         };
-        let mut acc = weighted_sum.then(|| b.upload(&Tensor::zeros(&[2, size * size]))).transpose()?;
+        let mut acc = weighted_sum.then(|| b.upload(&Tensor::zeros(&[2, plane]))).transpose()?;
         let mut batch = problem.batch.max(1);
         let mut scores = Vec::new();
         let mut start = 0;
@@ -214,7 +215,6 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         let started = std::time::Instant::now();
         let scores = scores.iter().map(|s| b.download(s).map(Tensor::into_data)).collect::<Result<Vec<_>>>()?.concat();
         // Kahan leaves sum - compensation as the best estimate of the exact sum.
-        let plane = size * size;
         let weighted_sum = acc.map(|a| b.download(&a)).transpose()?.map(|a| a.data()[..plane].iter().zip(&a.data()[plane..]).map(|(&s, &c)| s as f64 - c as f64).collect());
         self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(MaskScores { scores, weighted_sum })
@@ -304,12 +304,7 @@ impl<'a> Runner<'a> {
             }
             masks[..b * plane].par_chunks_mut(plane).zip(images.data_mut().par_chunks_mut(plane)).enumerate().for_each(|(j, (mask, image))| {
                 fill(start + j, mask);
-                for q in 0..plane {
-                    if !p.roi[q] {
-                        mask[q] = 1.0;
-                    }
-                    image[q] = p.baseline[q] + mask[q] * (p.input[q] - p.baseline[q]);
-                }
+                keep_outside_roi_and_blend(mask, image, &p.input, &p.baseline, |q| p.roi[q]);
             });
             let scores = p.scorer.scores(&images)?;
             ensure!(scores.len() == b, "scorer returned {} scores for {b} images", scores.len());
