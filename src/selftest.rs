@@ -41,6 +41,9 @@ enum Op {
     Upsample { n: usize, c: usize, hw: usize },
     Pad { n: usize, c: usize, hw: usize },
     SoftmaxChannels { n: usize, c: usize, hw: usize },
+    Concat { n: usize, ca: usize, cb: usize, hw: usize },
+    Activate { len: usize, act: Activation },
+    Add { len: usize },
     Linear { m: usize, k: usize, n: usize },
     LayerNorm { rows: usize, d: usize },
     SoftmaxRows { rows: usize, d: usize },
@@ -71,6 +74,10 @@ fn ops(quick: bool) -> Vec<Op> {
         Op::Upsample { n: 4, c: 16, hw: 64 },
         Op::Pad { n: 4, c: 16, hw: 31 },
         Op::SoftmaxChannels { n: 4, c: 14, hw: 256 },
+        Op::Concat { n: 4, ca: 16, cb: 16, hw: 256 },
+        Op::Activate { len: 197 * 4 * 512, act: Activation::QuickGelu },
+        Op::Activate { len: 197 * 4 * 512, act: Activation::Gelu },
+        Op::Add { len: 197 * 4 * 128 },
         Op::Linear { m: 197 * 4, k: 128, n: 384 },
         Op::Linear { m: 77, k: 96, n: 97 },
         Op::LayerNorm { rows: 197 * 4, d: 128 },
@@ -100,6 +107,9 @@ fn ops(quick: bool) -> Vec<Op> {
             Op::Upsample { n, c, hw } => Op::Upsample { n: few(n), c, hw: side(hw) },
             Op::Pad { n, c, hw } => Op::Pad { n: few(n), c, hw: side(hw) },
             Op::SoftmaxChannels { n, c, hw } => Op::SoftmaxChannels { n: few(n), c, hw: side(hw) },
+            Op::Concat { n, ca, cb, hw } => Op::Concat { n: few(n), ca, cb, hw: side(hw) },
+            Op::Activate { len, act } => Op::Activate { len: side(len), act },
+            Op::Add { len } => Op::Add { len: side(len) },
             Op::Linear { m, k, n } => Op::Linear { m: side(m), k, n },
             Op::LayerNorm { rows, d } => Op::LayerNorm { rows: side(rows), d },
             Op::SoftmaxRows { rows, d } => Op::SoftmaxRows { rows: side(rows), d },
@@ -131,6 +141,9 @@ impl Op {
             Op::Upsample { .. } => "upsample_bilinear2x",
             Op::Pad { .. } => "pad_replicate_end",
             Op::SoftmaxChannels { .. } => "softmax_channels",
+            Op::Concat { .. } => "concat_channels",
+            Op::Activate { .. } => "activate_inplace",
+            Op::Add { .. } => "add_inplace",
             Op::Linear { .. } => "linear_f32",
             Op::LayerNorm { .. } => "layer_norm_rows",
             Op::SoftmaxRows { .. } => "softmax_rows",
@@ -148,6 +161,9 @@ impl Op {
             Op::Conv { n, cin, extra, cout, hw, act, .. } => format!("{n}x{}{}->{cout} @{hw}{}", cin, if extra > 0 { format!("+{extra}") } else { String::new() }, if act == Activation::Identity { String::new() } else { format!(" {act:?}") }),
             Op::Deconv { n, cin, cout, hw } => format!("{n}x{cin}->{cout} @{hw}"),
             Op::InstanceNorm { n, c, hw } | Op::MaxPool { n, c, hw } | Op::Upsample { n, c, hw } | Op::Pad { n, c, hw } | Op::SoftmaxChannels { n, c, hw } => format!("{n}x{c} @{hw}"),
+            Op::Concat { n, ca, cb, hw } => format!("{n}x({ca}+{cb}) @{hw}"),
+            Op::Activate { len, act } => format!("{len} {act:?}"),
+            Op::Add { len } => format!("{len}"),
             Op::Linear { m, k, n } => format!("{m}x{k} * {k}x{n}"),
             Op::LayerNorm { rows, d } | Op::SoftmaxRows { rows, d } => format!("{rows} rows x {d}"),
             Op::Attention { b, l, heads, d, causal } => format!("{b}x{l} {heads}x{d}{}", if causal { " causal" } else { "" }),
@@ -175,6 +191,9 @@ impl Op {
             Op::Deconv { n, cin, cout, hw } => vec![r(0, &[n, cin, hw, hw]), r(1, &[cin, cout, 2, 2]), r(2, &[cout])],
             Op::InstanceNorm { n, c, hw } => vec![random(&rng, 0, &[n, c, hw, hw], 3.0, 5.0), r(1, &[c]), r(2, &[c])],
             Op::MaxPool { n, c, hw } | Op::Upsample { n, c, hw } | Op::Pad { n, c, hw } | Op::SoftmaxChannels { n, c, hw } => vec![random(&rng, 0, &[n, c, hw, hw], -4.0, 4.0)],
+            Op::Concat { n, ca, cb, hw } => vec![r(0, &[n, ca, hw, hw]), r(1, &[n, cb, hw, hw])],
+            Op::Activate { len, .. } => vec![random(&rng, 0, &[len], -6.0, 6.0)],
+            Op::Add { len } => vec![r(0, &[len]), r(1, &[len])],
             Op::Linear { m, k, n } => vec![r(0, &[m, k]), r(1, &[n, k]), r(2, &[n])],
             Op::LayerNorm { rows, d } => vec![random(&rng, 0, &[rows, d], -2.0, 6.0), r(1, &[d]), r(2, &[d])],
             Op::SoftmaxRows { rows, d } => vec![random(&rng, 0, &[rows, d], -8.0, 8.0)],
@@ -207,6 +226,17 @@ impl Op {
             Op::SoftmaxChannels { .. } => {
                 let mut x = t[0].clone();
                 b.softmax_channels(&mut x)?;
+                Ok(x)
+            }
+            Op::Concat { .. } => b.concat_channels(&t[0], &t[1]),
+            Op::Activate { act, .. } => {
+                let mut x = t[0].clone();
+                b.activate(&mut x, act)?;
+                Ok(x)
+            }
+            Op::Add { .. } => {
+                let mut x = t[0].clone();
+                b.add(&mut x, &t[1])?;
                 Ok(x)
             }
             Op::Linear { .. } => b.linear(&t[0], &t[1], Some(&t[2])),
@@ -255,6 +285,9 @@ impl Op {
             Op::MaxPool { n, c, hw } => (0.0, 5.0 * f(n * c * hw * hw)),
             Op::Upsample { n, c, hw } => (0.0, 20.0 * f(n * c * hw * hw)),
             Op::Pad { n, c, hw } => (0.0, 8.0 * f(n * c * (hw + 1) * (hw + 2))),
+            Op::Concat { n, ca, cb, hw } => (0.0, 8.0 * f(n * (ca + cb) * hw * hw)),
+            Op::Activate { len, .. } => (0.0, 8.0 * f(len)),
+            Op::Add { len } => (0.0, 12.0 * f(len)),
             Op::Linear { m, k, n } => (2.0 * f(m * k * n), 4.0 * f(m * k + k * n + m * n)),
             Op::LayerNorm { rows, d } | Op::SoftmaxRows { rows, d } => (0.0, 8.0 * f(rows * d)),
             Op::Attention { b, l, heads, d, .. } => (4.0 * f(b * heads * l * l * d), 16.0 * f(b * l * heads * d)),
