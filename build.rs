@@ -86,7 +86,10 @@ fn main() {
         }
     };
     std::fs::write(out_dir.join("ptxas.txt"), &report).expect("write ptxas.txt");
-    let entries: String = modules.iter().map(|(name, path)| format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string())).collect();
+    let entries: String = modules
+        .iter()
+        .map(|(name, path)| format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()))
+        .collect();
     let code = format!(
         "/// (file stem, fat binary) for each kernels/*.cu; empty when built without nvcc.\npub const MODULES: &[(&str, &[u8])] = &[\n{entries}];\n/// How the kernels were built, or why they were not.\npub const BUILD_STATUS: &str = {status:?};\n/// nvcc -Xptxas -v output for every kernel file.\npub const PTXAS_REPORT: &str = include_str!({:?});\n",
         out_dir.join("ptxas.txt").display().to_string()

@@ -49,7 +49,20 @@ fn explainers(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     for method in Method::ALL {
         group.bench_function(BenchmarkId::from_parameter(format!("{}_full", method.name())), |b| {
-            b.iter(|| run_method(&CpuBackend, &model, &input, &ClipRoi::default(), 1, method, RoiMode::Full, &settings, |_, _| {}).unwrap())
+            b.iter(|| {
+                run_method(
+                    &CpuBackend,
+                    &model,
+                    &input,
+                    &ClipRoi::default(),
+                    1,
+                    method,
+                    RoiMode::Full,
+                    &settings,
+                    |_, _| {},
+                )
+                .unwrap()
+            })
         });
     }
     group.finish();

@@ -16,7 +16,6 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
     Tensor::new(shape, (0..n as u64).map(|i| rng.uniform(i) - 0.5).collect()).unwrap()
 }
 
-
 fn sgemm_peak(c: &mut Criterion) {
     let mut group = c.benchmark_group("sgemm");
     group.sample_size(10).measurement_time(Duration::from_secs(8));
@@ -33,7 +32,10 @@ fn sgemm_peak(c: &mut Criterion) {
 }
 
 fn paper_unet_config() -> UNetConfig {
-    UNetConfig::from_json(r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 14, "features": [32, 32, 64, 128, 256, 32]}"#).unwrap()
+    UNetConfig::from_json(
+        r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 14, "features": [32, 32, 64, 128, 256, 32]}"#,
+    )
+    .unwrap()
 }
 
 fn conv_layers(c: &mut Criterion) {
@@ -41,7 +43,15 @@ fn conv_layers(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(6));
     // Conv shapes by level, (cin, cout, side): the bundled U-Net's full-resolution layers (1->16, 16->16,
     // decoder 32->16), then the paper-sized model's.
-    for &(cin, cout, side) in &[(1usize, 16usize, 256usize), (16, 16, 256), (32, 16, 256), (32, 32, 256), (64, 32, 256), (32, 64, 64), (256, 256, 16)] {
+    for &(cin, cout, side) in &[
+        (1usize, 16usize, 256usize),
+        (16, 16, 256),
+        (32, 16, 256),
+        (32, 32, 256),
+        (64, 32, 256),
+        (32, 64, 64),
+        (256, 256, 16),
+    ] {
         let x = random(&[16, cin, side, side], 3);
         let w = random(&[cout, cin, 3, 3], 4);
         let b = random(&[cout], 5);
@@ -58,7 +68,9 @@ fn conv_layers(c: &mut Criterion) {
 fn unet_forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("unet_forward_256");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
-    let bundled = BasicUNet::load_dir(&CpuBackend, &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/unet")).unwrap();
+    let bundled =
+        BasicUNet::load_dir(&CpuBackend, &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/unet"))
+            .unwrap();
     let paper = BasicUNet::random(&CpuBackend, paper_unet_config(), 9).unwrap();
     for (name, model, batches) in [("bundled", &bundled, &[1usize, 16, 64][..]), ("paper", &paper, &[1, 16][..])] {
         for &batch in batches {

@@ -74,7 +74,13 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         }
         out
     }
-    let key = |(digit, c): (bool, &str)| if digit { (c.trim_start_matches('0').len(), c.trim_start_matches('0').to_string()) } else { (0, c.to_string()) };
+    let key = |(digit, c): (bool, &str)| {
+        if digit {
+            (c.trim_start_matches('0').len(), c.trim_start_matches('0').to_string())
+        } else {
+            (0, c.to_string())
+        }
+    };
     for (x, y) in chunks(a).into_iter().zip(chunks(b)) {
         let o = if x.0 && y.0 { key(x).cmp(&key(y)) } else { x.1.cmp(y.1) };
         if o.is_ne() {
@@ -122,7 +128,11 @@ fn label_file(dir: &Path, stem: &str, image: &Path) -> Result<PathBuf> {
 fn flare22(root: &Path, unlabeled: bool) -> Result<Vec<CaseEntry>> {
     let (tr, ts) = (root.join("imagesTr"), root.join("imagesTs"));
     if !(tr.is_dir() || unlabeled && ts.is_dir()) {
-        bail!("{}: not a FLARE22 folder (no imagesTr/{})", root.display(), if unlabeled { " or imagesTs/" } else { "" });
+        bail!(
+            "{}: not a FLARE22 folder (no imagesTr/{})",
+            root.display(),
+            if unlabeled { " or imagesTs/" } else { "" }
+        );
     }
     let mut cases = Vec::new();
     if tr.is_dir() {
@@ -169,11 +179,20 @@ fn chaos(root: &Path, modality: &str) -> Result<Vec<CaseEntry>> {
         }
         let t2 = case.join("T2SPIR");
         if t2.join("DICOM_anon").is_dir() {
-            cases.push(chaos_case(format!("{id}/T2SPIR"), t2.join("DICOM_anon"), t2.join("Ground"), PngEncoding::ChaosMr));
+            cases.push(chaos_case(
+                format!("{id}/T2SPIR"),
+                t2.join("DICOM_anon"),
+                t2.join("Ground"),
+                PngEncoding::ChaosMr,
+            ));
         }
     }
     if cases.is_empty() {
-        bail!("{}: not a CHAOS {modality} folder (no {modality}/<case>/{}DICOM_anon found)", root.display(), if modality == "MR" { "T1DUAL|T2SPIR/" } else { "" });
+        bail!(
+            "{}: not a CHAOS {modality} folder (no {modality}/<case>/{}DICOM_anon found)",
+            root.display(),
+            if modality == "MR" { "T1DUAL|T2SPIR/" } else { "" }
+        );
     }
     Ok(cases)
 }
@@ -195,13 +214,23 @@ fn pairs(images: &Path, labels: Option<&Path>, mr: bool) -> Result<Vec<CaseEntry
 }
 
 /// The cases of a data set, sorted by id (natural order), ids unique.
-pub fn discover(kind: DatasetKind, root: Option<&Path>, images: Option<&Path>, labels: Option<&Path>, unlabeled: bool, mr: bool) -> Result<Vec<CaseEntry>> {
-    let need_root = || root.with_context(|| "this data set layout needs its folder (xaiclip eval --dataset KIND DIR)".to_string());
+pub fn discover(
+    kind: DatasetKind,
+    root: Option<&Path>,
+    images: Option<&Path>,
+    labels: Option<&Path>,
+    unlabeled: bool,
+    mr: bool,
+) -> Result<Vec<CaseEntry>> {
+    let need_root =
+        || root.with_context(|| "this data set layout needs its folder (xaiclip eval --dataset KIND DIR)".to_string());
     let mut cases = match kind {
         DatasetKind::Flare22 => flare22(need_root()?, unlabeled)?,
         DatasetKind::ChaosCt => chaos(need_root()?, "CT")?,
         DatasetKind::ChaosMr => chaos(need_root()?, "MR")?,
-        DatasetKind::Pairs => pairs(images.context("--dataset pairs needs --images DIR (and --labels DIR for scores)")?, labels, mr)?,
+        DatasetKind::Pairs => {
+            pairs(images.context("--dataset pairs needs --images DIR (and --labels DIR for scores)")?, labels, mr)?
+        }
     };
     cases.sort_by(|a, b| natural_cmp(&a.id, &b.id));
     if let Some(w) = cases.windows(2).find(|w| w[0].id == w[1].id) {
@@ -212,7 +241,9 @@ pub fn discover(kind: DatasetKind, root: Option<&Path>, images: Option<&Path>, l
 
 /// Shard `index` of `count` (1-based, "i/n"): every n-th case, so n jobs cover the set exactly once.
 pub fn parse_shard(spec: &str) -> Result<(usize, usize)> {
-    let parsed = spec.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+    let parsed = spec
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
     match parsed {
         Some((i, n)) if n >= 1 && (1..=n).contains(&i) => Ok((i, n)),
         _ => bail!("--shard {spec:?}: expected i/n with 1 <= i <= n, e.g. 2/8 (Slurm: $((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT)"),
@@ -225,12 +256,16 @@ pub fn shard(cases: Vec<CaseEntry>, (index, count): (usize, usize)) -> Vec<CaseE
 
 /// A CHAOS PNG mask as FLARE22 ids, (height, width) row-major.
 pub fn read_png_mask(path: &Path, encoding: PngEncoding) -> Result<(usize, usize, Vec<u8>)> {
-    let mut reader = image::ImageReader::open(path).with_context(|| format!("{}: cannot open", path.display()))?.with_guessed_format().with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut reader = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_MASK_SIDE);
     limits.max_image_height = Some(MAX_MASK_SIDE);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| anyhow::anyhow!("{}: not a readable PNG mask ({e})", path.display()))?.into_luma8();
+    let img =
+        reader.decode().map_err(|e| anyhow::anyhow!("{}: not a readable PNG mask ({e})", path.display()))?.into_luma8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut labels = Vec::with_capacity(w * h);
     for &g in img.as_raw() {
@@ -256,7 +291,13 @@ fn png_labels(ground: &Path, encoding: PngEncoding, volume: &Volume, files: &[Pa
     let mut by_name: Vec<&PathBuf> = files.iter().collect();
     by_name.sort_by(|a, b| natural_cmp(&name(a), &name(b)));
     if masks.len() != files.len() {
-        bail!("{}: {} PNG masks for {} DICOM slices in {} (masks are matched to slices by order)", ground.display(), masks.len(), files.len(), volume.source.display());
+        bail!(
+            "{}: {} PNG masks for {} DICOM slices in {} (masks are matched to slices by order)",
+            ground.display(),
+            masks.len(),
+            files.len(),
+            volume.source.display()
+        );
     }
     let [nx, ny, _] = volume.dims;
     let mut labels = vec![0u8; volume.voxel_count()];
@@ -279,16 +320,33 @@ pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>
     let (mut on_grid, outside) = labels.labels_on_grid_of(image);
     let covered = 1.0 - outside as f64 / image.voxel_count().max(1) as f64;
     if covered < 0.99 {
-        let d = |v: &Volume| format!("{}x{}x{} voxels of {:.2}x{:.2}x{:.2} mm", v.dims[0], v.dims[1], v.dims[2], v.spacing()[0], v.spacing()[1], v.spacing()[2]);
+        let d = |v: &Volume| {
+            format!(
+                "{}x{}x{} voxels of {:.2}x{:.2}x{:.2} mm",
+                v.dims[0],
+                v.dims[1],
+                v.dims[2],
+                v.spacing()[0],
+                v.spacing()[1],
+                v.spacing()[2]
+            )
+        };
         bail!(
             "{}: labels cover {:.1}% of the image {} (labels {}, image {}): image and labels do not share a grid",
-            path.display(), 100.0 * covered, image.source.display(), d(&labels), d(image)
+            path.display(),
+            100.0 * covered,
+            image.source.display(),
+            d(&labels),
+            d(image)
         );
     }
     if ids == LabelIds::Totalseg {
         on_grid.iter_mut().for_each(|l| *l = crate::pipeline::totalseg_to_flare22(*l));
     } else if let Some(bad) = on_grid.iter().find(|&&l| l > 13) {
-        bail!("{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg", path.display());
+        bail!(
+            "{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg",
+            path.display()
+        );
     }
     Ok(on_grid)
 }
@@ -323,7 +381,15 @@ fn chaos_grey(id: u8, encoding: PngEncoding) -> u8 {
     }
 }
 
-fn write_series_with_masks(volume: &Volume, labels: &[u8], case_dir: &Path, dicom: &Path, prefix: &str, encoding: PngEncoding, seed: u64) -> Result<()> {
+fn write_series_with_masks(
+    volume: &Volume,
+    labels: &[u8],
+    case_dir: &Path,
+    dicom: &Path,
+    prefix: &str,
+    encoding: PngEncoding,
+    seed: u64,
+) -> Result<()> {
     let modality = if encoding == PngEncoding::ChaosMr { "MR" } else { "CT" };
     dicom::write_series(volume, dicom, prefix, modality, seed)?;
     let ground = case_dir.join("Ground");
@@ -341,14 +407,22 @@ fn write_series_with_masks(volume: &Volume, labels: &[u8], case_dir: &Path, dico
 /// FLARE22 NIfTI, CHAOS CT/MR DICOM series (written by dicom-rs) with PNG masks, or images/ + labels/
 /// pairs. MR intensities are the CT values shifted positive (and rescaled per sequence): a stand-in
 /// that exercises the layout and the MR normalisation, not MR contrast.
-pub fn write_synthetic(kind: DatasetKind, out: &Path, seed: u64, cases: usize, size: usize, slices: usize) -> Result<()> {
+pub fn write_synthetic(
+    kind: DatasetKind,
+    out: &Path,
+    seed: u64,
+    cases: usize,
+    size: usize,
+    slices: usize,
+) -> Result<()> {
     for i in 0..cases {
         let s = seed + i as u64;
         let p = crate::phantom::generate(s, size, slices);
         let hu: Vec<i16> = p.ct.data.iter().map(|&v| v as i16).collect();
         match kind {
             DatasetKind::Flare22 | DatasetKind::Pairs => {
-                let (images, labels) = if kind == DatasetKind::Flare22 { ("imagesTr", "labelsTr") } else { ("images", "labels") };
+                let (images, labels) =
+                    if kind == DatasetKind::Flare22 { ("imagesTr", "labelsTr") } else { ("images", "labels") };
                 let id = format!("case_{:04}", i + 1);
                 let (image_dir, label_dir) = (out.join(images), out.join(labels));
                 for d in [&image_dir, &label_dir] {
@@ -359,15 +433,42 @@ pub fn write_synthetic(kind: DatasetKind, out: &Path, seed: u64, cases: usize, s
             }
             DatasetKind::ChaosCt => {
                 let case = out.join("CT").join(format!("{}", i + 1));
-                write_series_with_masks(&p.ct, &p.labels, &case, &case.join("DICOM_anon"), "i", PngEncoding::ChaosCt, s)?;
+                write_series_with_masks(
+                    &p.ct,
+                    &p.labels,
+                    &case,
+                    &case.join("DICOM_anon"),
+                    "i",
+                    PngEncoding::ChaosCt,
+                    s,
+                )?;
             }
             DatasetKind::ChaosMr => {
                 let case = out.join("MR").join(format!("{}", i + 1));
-                let mr = |gain: f32| Volume { data: p.ct.data.iter().map(|&v| ((v + 1024.0).max(0.0) * gain).round()).collect(), ..p.ct.clone() };
+                let mr = |gain: f32| Volume {
+                    data: p.ct.data.iter().map(|&v| ((v + 1024.0).max(0.0) * gain).round()).collect(),
+                    ..p.ct.clone()
+                };
                 let (t1, t2) = (case.join("T1DUAL"), case.join("T2SPIR"));
-                write_series_with_masks(&mr(1.0), &p.labels, &t1, &t1.join("DICOM_anon").join("InPhase"), "IMG-0001-", PngEncoding::ChaosMr, 3 * s)?;
+                write_series_with_masks(
+                    &mr(1.0),
+                    &p.labels,
+                    &t1,
+                    &t1.join("DICOM_anon").join("InPhase"),
+                    "IMG-0001-",
+                    PngEncoding::ChaosMr,
+                    3 * s,
+                )?;
                 dicom::write_series(&mr(0.7), &t1.join("DICOM_anon").join("OutPhase"), "IMG-0002-", "MR", 3 * s + 1)?;
-                write_series_with_masks(&mr(0.5), &p.labels, &t2, &t2.join("DICOM_anon"), "IMG-0003-", PngEncoding::ChaosMr, 3 * s + 2)?;
+                write_series_with_masks(
+                    &mr(0.5),
+                    &p.labels,
+                    &t2,
+                    &t2.join("DICOM_anon"),
+                    "IMG-0003-",
+                    PngEncoding::ChaosMr,
+                    3 * s + 2,
+                )?;
             }
         }
     }
@@ -387,7 +488,9 @@ mod tests {
 
     #[test]
     fn shards_cover_every_case_once() {
-        let cases: Vec<CaseEntry> = (0..7).map(|i| CaseEntry { id: format!("c{i}"), image: PathBuf::new(), labels: LabelSource::None, mr: false }).collect();
+        let cases: Vec<CaseEntry> = (0..7)
+            .map(|i| CaseEntry { id: format!("c{i}"), image: PathBuf::new(), labels: LabelSource::None, mr: false })
+            .collect();
         let mut seen: Vec<String> = (1..=3).flat_map(|i| shard(cases.clone(), (i, 3))).map(|c| c.id).collect();
         seen.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(seen, cases.iter().map(|c| c.id.clone()).collect::<Vec<_>>());

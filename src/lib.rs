@@ -1,19 +1,19 @@
 //! xaiclip: ROI-guided perturbation explanations for medical image segmentation (XAI-CLIP).
 
 pub mod backend;
-pub mod rng;
-pub mod tensor;
-pub mod models;
-pub mod weights;
-pub mod io;
-pub mod dataset;
-pub mod preprocess;
-pub mod segment;
 pub mod cli;
-pub mod phantom;
+pub mod dataset;
 pub mod explain;
+pub mod io;
 pub mod metrics;
-pub mod roi;
-pub mod render;
+pub mod models;
+pub mod phantom;
 pub mod pipeline;
+pub mod preprocess;
+pub mod render;
+pub mod rng;
+pub mod roi;
+pub mod segment;
 pub mod selftest;
+pub mod tensor;
+pub mod weights;

@@ -29,7 +29,11 @@ pub fn overlap(pred: &[bool], truth: &[bool]) -> Overlap {
 /// Saliency rescaled to [0, 1] (all zeros for a constant map).
 pub fn min_max(s: &[f32]) -> Vec<f32> {
     let (lo, hi) = s.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    if hi > lo { s.iter().map(|v| (v - lo) / (hi - lo)).collect() } else { vec![0.0; s.len()] }
+    if hi > lo {
+        s.iter().map(|v| (v - lo) / (hi - lo)).collect()
+    } else {
+        vec![0.0; s.len()]
+    }
 }
 
 /// The k most salient pixels (ties broken by pixel index, so the result is deterministic).
@@ -156,7 +160,12 @@ pub fn faithfulness(runner: &mut Runner, saliency: &[f32], steps: usize) -> Resu
     )?;
     let auc = |c: &[f64]| c.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / steps as f64;
     let [deletion_curve, insertion_curve] = curves;
-    Ok(Faithfulness { deletion_auc: auc(&deletion_curve), insertion_auc: auc(&insertion_curve), deletion_curve, insertion_curve })
+    Ok(Faithfulness {
+        deletion_auc: auc(&deletion_curve),
+        insertion_auc: auc(&insertion_curve),
+        deletion_curve,
+        insertion_curve,
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +209,13 @@ mod tests {
             for j in 0..6 {
                 if truth[i] && !truth[j] {
                     pairs += 1.0;
-                    wins += if s[i] > s[j] { 1.0 } else if s[i] == s[j] { 0.5 } else { 0.0 };
+                    wins += if s[i] > s[j] {
+                        1.0
+                    } else if s[i] == s[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

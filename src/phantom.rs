@@ -91,7 +91,13 @@ impl Shape {
         let (c, sn) = (self.blob.angle.cos(), self.blob.angle.sin());
         let (u, v) = ((dx * c + dy * sn) / (self.blob.semi.0 * s), (-dx * sn + dy * c) / (self.blob.semi.1 * s));
         let theta = v.atan2(u);
-        let bound = 1.0 + self.harmonics.iter().enumerate().map(|(m, (a, phase))| a * ((m + 2) as f64 * theta + phase).sin()).sum::<f64>();
+        let bound = 1.0
+            + self
+                .harmonics
+                .iter()
+                .enumerate()
+                .map(|(m, (a, phase))| a * ((m + 2) as f64 * theta + phase).sin())
+                .sum::<f64>();
         u * u + v * v < bound * bound
     }
 }
@@ -103,10 +109,10 @@ fn blob(label: u8, hu: f32, centre: (f64, f64), semi: (f64, f64), angle: f64, t:
 /// Painting order matters: later blobs overwrite earlier ones.
 fn anatomy() -> Vec<Blob> {
     vec![
-        blob(1, 110.0, (0.33, 0.46), (0.19, 0.21), 0.3, (0.25, 1.05)),  // liver
-        blob(9, 12.0, (0.37, 0.36), (0.035, 0.05), 0.4, (0.28, 0.55)),  // gallbladder
-        blob(3, 120.0, (0.74, 0.60), (0.065, 0.11), -0.5, (0.5, 1.0)),  // spleen
-        blob(11, 35.0, (0.64, 0.38), (0.11, 0.08), 0.3, (0.5, 1.0)),    // stomach
+        blob(1, 110.0, (0.33, 0.46), (0.19, 0.21), 0.3, (0.25, 1.05)), // liver
+        blob(9, 12.0, (0.37, 0.36), (0.035, 0.05), 0.4, (0.28, 0.55)), // gallbladder
+        blob(3, 120.0, (0.74, 0.60), (0.065, 0.11), -0.5, (0.5, 1.0)), // spleen
+        blob(11, 35.0, (0.64, 0.38), (0.11, 0.08), 0.3, (0.5, 1.0)),   // stomach
         blob(4, 100.0, (0.58, 0.54), (0.13, 0.025), -0.2, (0.33, 0.58)), // pancreas
         blob(12, 40.0, (0.42, 0.52), (0.035, 0.03), 0.0, (0.25, 0.52)), // duodenum
         blob(2, 160.0, (0.35, 0.68), (0.05, 0.075), -0.35, (-0.05, 0.55)), // right kidney
@@ -167,12 +173,26 @@ pub fn generate(seed: u64, size: usize, slices: usize) -> Phantom {
     // LPS voxel axes (column -> patient left, row -> posterior) expressed in RAS+.
     let origin = (fov_mm / 2.0, fov_mm / 2.0, -height_mm / 2.0);
     let affine = [[-sp, 0.0, 0.0, origin.0], [0.0, -sp, 0.0, origin.1], [0.0, 0.0, dz, origin.2], [0.0, 0.0, 0.0, 1.0]];
-    let ct = Volume { dims: [size, size, slices], data: hu, affine, source: PathBuf::from(format!("phantom-seed{seed}")), nifti_header: None };
+    let ct = Volume {
+        dims: [size, size, slices],
+        data: hu,
+        affine,
+        source: PathBuf::from(format!("phantom-seed{seed}")),
+        nifti_header: None,
+    };
     Phantom { ct, labels }
 }
 
 /// HU and label of one point.
-fn paint(x: f64, y: f64, t: f64, body: (f64, f64), fat_layer: f64, shapes: &[Shape], loops: &[(Shape, bool)]) -> (f32, u8) {
+fn paint(
+    x: f64,
+    y: f64,
+    t: f64,
+    body: (f64, f64),
+    fat_layer: f64,
+    shapes: &[Shape],
+    loops: &[(Shape, bool)],
+) -> (f32, u8) {
     let (bx, by) = ((x - 0.5) / body.0, (y - 0.5) / body.1);
     let r_body = (bx * bx + by * by).sqrt();
     if r_body > 1.0 {

@@ -46,13 +46,23 @@ pub fn organ_class(name: &str) -> Result<usize> {
     if let Ok(n) = key.parse::<usize>() {
         return Ok(n);
     }
-    let aliases = [("kidney right", 2), ("kidney left", 13), ("ivc", 6), ("right adrenal", 7), ("left adrenal", 8), ("gall bladder", 9)];
+    let aliases = [
+        ("kidney right", 2),
+        ("kidney left", 13),
+        ("ivc", 6),
+        ("right adrenal", 7),
+        ("left adrenal", 8),
+        ("gall bladder", 9),
+    ];
     if let Some((_, id)) = aliases.iter().find(|(a, _)| *a == key) {
         return Ok(*id);
     }
     match FLARE22_ORGANS.iter().find(|(_, n)| *n == key) {
         Some((id, _)) => Ok(*id as usize),
-        None => bail!("unknown organ {name:?}; use one of: {}", FLARE22_ORGANS.iter().map(|(_, n)| n.replace(' ', "-")).collect::<Vec<_>>().join(", ")),
+        None => bail!(
+            "unknown organ {name:?}; use one of: {}",
+            FLARE22_ORGANS.iter().map(|(_, n)| n.replace(' ', "-")).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -152,7 +162,14 @@ pub struct SliceInput {
 
 impl SliceInput {
     /// `labels`: a FLARE22 label volume on `volume`'s grid.
-    pub fn new(volume: &Volume, k: usize, range: (f32, f32), size: usize, labels: Option<&[u8]>, class: usize) -> Result<Self> {
+    pub fn new(
+        volume: &Volume,
+        k: usize,
+        range: (f32, f32),
+        size: usize,
+        labels: Option<&[u8]>,
+        class: usize,
+    ) -> Result<Self> {
         let layout = AxialLayout::of(volume)?;
         let slice = normalise(&layout.extract(volume, k)?, range);
         let (h, w) = (slice.height, slice.width);
@@ -263,7 +280,8 @@ pub fn run_method<B: Backend>(
     let roi = region(roi_mode, &scorer.m0, clip.mask.as_deref(), size, settings.margin_mm / slice.mm_per_pixel)?;
     let baseline = baseline_image(settings.baseline, &slice.image, size);
     let full = roi_mode == RoiMode::Full;
-    let settings = &if full || !settings.scale_roi_budget { settings.clone() } else { roi_budget(settings, &roi, size) };
+    let settings =
+        &if full || !settings.scale_roi_budget { settings.clone() } else { roi_budget(settings, &roi, size) };
     let (segments, roi) = match method {
         Method::Lime | Method::KernelShap => {
             let (s, effective) = superpixels(settings, slice, &roi, full);
@@ -304,5 +322,17 @@ pub fn run_method<B: Backend>(
         None
     };
     let segments = segments.map(|s| s.labels);
-    Ok(MethodRun { method, roi_mode, seconds, forward_passes, forward_fraction, samples: explanation.samples, roi, saliency: explanation.saliency, segments, agreement, faithfulness })
+    Ok(MethodRun {
+        method,
+        roi_mode,
+        seconds,
+        forward_passes,
+        forward_fraction,
+        samples: explanation.samples,
+        roi,
+        saliency: explanation.saliency,
+        segments,
+        agreement,
+        faithfulness,
+    })
 }

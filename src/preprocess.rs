@@ -32,7 +32,8 @@ impl AxialLayout {
     pub fn of(volume: &Volume) -> Result<Self> {
         let a = &volume.affine;
         // Dominant world axis (0 = R-L, 1 = A-P, 2 = S-I) of each voxel axis.
-        let dominant: Vec<usize> = (0..3).map(|c| (0..3).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs())).unwrap_or(c)).collect();
+        let dominant: Vec<usize> =
+            (0..3).map(|c| (0..3).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs())).unwrap_or(c)).collect();
         let axis_for = |world: usize| dominant.iter().position(|&d| d == world);
         let (Some(col_axis), Some(row_axis), Some(slice_axis)) = (axis_for(0), axis_for(1), axis_for(2)) else {
             bail!("{}: voxel axes are too oblique to tell the axial direction (affine {a:?})", volume.source.display());
@@ -68,7 +69,11 @@ impl AxialLayout {
     pub fn check_slice(&self, volume: &Volume, k: usize) -> Result<()> {
         let n = self.slices(volume);
         if k >= n {
-            bail!("{}: slice {k} is out of range (the volume has {n} axial slices, 0 to {})", volume.source.display(), n - 1);
+            bail!(
+                "{}: slice {k} is out of range (the volume has {n} axial slices, 0 to {})",
+                volume.source.display(),
+                n - 1
+            );
         }
         Ok(())
     }
@@ -83,7 +88,10 @@ impl AxialLayout {
     /// `k` must be in range.
     pub fn plane<T: Copy>(&self, dims: [usize; 3], k: usize, volume: &[T]) -> Vec<T> {
         let (height, width) = (dims[self.row_axis], dims[self.col_axis]);
-        (0..height).flat_map(|row| (0..width).map(move |col| (row, col))).map(|(row, col)| volume[self.voxel_index(dims, k, row, col)]).collect()
+        (0..height)
+            .flat_map(|row| (0..width).map(move |col| (row, col)))
+            .map(|(row, col)| volume[self.voxel_index(dims, k, row, col)])
+            .collect()
     }
 
     /// Writes a slice-shaped image back into a volume-shaped buffer at slice `k`.
@@ -146,7 +154,12 @@ fn bilinear_taps(from: usize, to: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// Bilinear resampling of `channels` stacked planes (each from_h x from_w) to to_h x to_w.
-pub fn resize_bilinear(planes: &[f32], channels: usize, (from_h, from_w): (usize, usize), (to_h, to_w): (usize, usize)) -> Vec<f32> {
+pub fn resize_bilinear(
+    planes: &[f32],
+    channels: usize,
+    (from_h, from_w): (usize, usize),
+    (to_h, to_w): (usize, usize),
+) -> Vec<f32> {
     let (ty, tx) = (bilinear_taps(from_h, to_h), bilinear_taps(from_w, to_w));
     let mut out = Vec::with_capacity(channels * to_h * to_w);
     for c in 0..channels {
@@ -181,7 +194,9 @@ pub fn argmax_on_grid(probs: &[f32], channels: usize, model: (usize, usize), sli
     let resized = resize_bilinear(probs, channels, model, slice);
     let plane = slice.0 * slice.1;
     (0..plane)
-        .map(|p| (0..channels).max_by(|&a, &b| resized[a * plane + p].total_cmp(&resized[b * plane + p])).unwrap_or(0) as u8)
+        .map(|p| {
+            (0..channels).max_by(|&a, &b| resized[a * plane + p].total_cmp(&resized[b * plane + p])).unwrap_or(0) as u8
+        })
         .collect()
 }
 
@@ -192,7 +207,13 @@ mod tests {
 
     fn volume(affine: [[f64; 4]; 4]) -> Volume {
         let dims = [4, 3, 2];
-        Volume { dims, data: (0..24).map(|v| v as f32).collect(), affine, source: PathBuf::from("t.nii"), nifti_header: None }
+        Volume {
+            dims,
+            data: (0..24).map(|v| v as f32).collect(),
+            affine,
+            source: PathBuf::from("t.nii"),
+            nifti_header: None,
+        }
     }
 
     #[test]

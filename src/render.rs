@@ -12,7 +12,13 @@ const BAR_WIDTH: u32 = 14;
 
 /// A perceptually ordered blue-cyan-yellow-red ramp (a compact "turbo"-like map) for t in [0, 1].
 pub fn colormap(t: f32) -> [u8; 3] {
-    const STOPS: [(f32, [f32; 3]); 5] = [(0.0, [48.0, 18.0, 59.0]), (0.25, [40.0, 130.0, 240.0]), (0.5, [60.0, 230.0, 120.0]), (0.75, [250.0, 190.0, 40.0]), (1.0, [180.0, 20.0, 10.0])];
+    const STOPS: [(f32, [f32; 3]); 5] = [
+        (0.0, [48.0, 18.0, 59.0]),
+        (0.25, [40.0, 130.0, 240.0]),
+        (0.5, [60.0, 230.0, 120.0]),
+        (0.75, [250.0, 190.0, 40.0]),
+        (1.0, [180.0, 20.0, 10.0]),
+    ];
     let t = t.clamp(0.0, 1.0);
     let i = STOPS.iter().rposition(|s| s.0 <= t).unwrap_or(0).min(STOPS.len() - 2);
     let (t0, c0) = STOPS[i];
@@ -25,7 +31,15 @@ fn outline(mask: &[bool], size: usize) -> Vec<bool> {
     (0..mask.len())
         .map(|q| {
             let (y, x) = (q / size, q % size);
-            mask[q] && (y == 0 || x == 0 || y + 1 == size || x + 1 == size || !mask[q - 1] || !mask[q + 1] || !mask[q - size] || !mask[q + size])
+            mask[q]
+                && (y == 0
+                    || x == 0
+                    || y + 1 == size
+                    || x + 1 == size
+                    || !mask[q - 1]
+                    || !mask[q + 1]
+                    || !mask[q - size]
+                    || !mask[q + size])
         })
         .collect()
 }
@@ -73,6 +87,12 @@ pub fn grid(images: &[RgbImage], columns: usize) -> RgbImage {
     out
 }
 
-pub fn save_png<P: image::PixelWithColorType<Subpixel = u8>>(path: &Path, img: &image::ImageBuffer<P, Vec<u8>>) -> Result<()> {
-    write_atomically(path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write PNG", path.display())))
+pub fn save_png<P: image::PixelWithColorType<Subpixel = u8>>(
+    path: &Path,
+    img: &image::ImageBuffer<P, Vec<u8>>,
+) -> Result<()> {
+    write_atomically(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .with_context(|| format!("{}: cannot write PNG", path.display()))
+    })
 }

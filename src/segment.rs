@@ -23,7 +23,13 @@ impl Default for SegmentOptions {
 }
 
 /// Model input for slice `k`: normalised to [0, 1] by `range`, resampled to size x size.
-pub fn model_input(volume: &Volume, layout: &AxialLayout, k: usize, range: (f32, f32), size: usize) -> Result<Vec<f32>> {
+pub fn model_input(
+    volume: &Volume,
+    layout: &AxialLayout,
+    k: usize,
+    range: (f32, f32),
+    size: usize,
+) -> Result<Vec<f32>> {
     let slice = normalise(&layout.extract(volume, k)?, range);
     Ok(resize_bilinear(&slice.data, 1, (slice.height, slice.width), (size, size)))
 }
@@ -39,8 +45,16 @@ pub fn segment_slices<B: Backend>(
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
     let config = model.config();
-    ensure!(config.in_channels == 1, "segment needs a single-channel U-Net (in_channels = 1), this one has {}", config.in_channels);
-    ensure!(config.out_channels <= 256, "segment writes uint8 labels: at most 256 classes, the model has {}", config.out_channels);
+    ensure!(
+        config.in_channels == 1,
+        "segment needs a single-channel U-Net (in_channels = 1), this one has {}",
+        config.in_channels
+    );
+    ensure!(
+        config.out_channels <= 256,
+        "segment writes uint8 labels: at most 256 classes, the model has {}",
+        config.out_channels
+    );
     ensure!(options.batch >= 1 && options.input_size >= 16, "batch must be >= 1 and input size >= 16");
     let layout = AxialLayout::of(volume)?;
     for &k in slices {

@@ -100,7 +100,9 @@ fn ops(quick: bool) -> Vec<Op> {
     let few = |n: usize| n.min(3);
     all.into_iter()
         .map(|op| match op {
-            Op::Conv { n, cin, extra, cout, hw, k, act } => Op::Conv { n: few(n), cin, extra, cout, hw: side(hw), k, act },
+            Op::Conv { n, cin, extra, cout, hw, k, act } => {
+                Op::Conv { n: few(n), cin, extra, cout, hw: side(hw), k, act }
+            }
             Op::Deconv { n, cin, cout, hw } => Op::Deconv { n: few(n), cin, cout, hw: side(hw) },
             Op::InstanceNorm { n, c, hw } => Op::InstanceNorm { n: few(n), c, hw: side(hw) },
             Op::MaxPool { n, c, hw } => Op::MaxPool { n: few(n), c, hw: side(hw) },
@@ -158,16 +160,30 @@ impl Op {
 
     fn shape(&self) -> String {
         match *self {
-            Op::Conv { n, cin, extra, cout, hw, act, .. } => format!("{n}x{}{}->{cout} @{hw}{}", cin, if extra > 0 { format!("+{extra}") } else { String::new() }, if act == Activation::Identity { String::new() } else { format!(" {act:?}") }),
+            Op::Conv { n, cin, extra, cout, hw, act, .. } => format!(
+                "{n}x{}{}->{cout} @{hw}{}",
+                cin,
+                if extra > 0 { format!("+{extra}") } else { String::new() },
+                if act == Activation::Identity { String::new() } else { format!(" {act:?}") }
+            ),
             Op::Deconv { n, cin, cout, hw } => format!("{n}x{cin}->{cout} @{hw}"),
-            Op::InstanceNorm { n, c, hw } | Op::MaxPool { n, c, hw } | Op::Upsample { n, c, hw } | Op::Pad { n, c, hw } | Op::SoftmaxChannels { n, c, hw } => format!("{n}x{c} @{hw}"),
+            Op::InstanceNorm { n, c, hw }
+            | Op::MaxPool { n, c, hw }
+            | Op::Upsample { n, c, hw }
+            | Op::Pad { n, c, hw }
+            | Op::SoftmaxChannels { n, c, hw } => format!("{n}x{c} @{hw}"),
             Op::Concat { n, ca, cb, hw } => format!("{n}x({ca}+{cb}) @{hw}"),
             Op::Activate { len, act } => format!("{len} {act:?}"),
             Op::Add { len } => format!("{len}"),
             Op::Linear { m, k, n } => format!("{m}x{k} * {k}x{n}"),
             Op::LayerNorm { rows, d } | Op::SoftmaxRows { rows, d } => format!("{rows} rows x {d}"),
-            Op::Attention { b, l, heads, d, causal } => format!("{b}x{l} {heads}x{d}{}", if causal { " causal" } else { "" }),
-            Op::RiseMasks { n, size } | Op::WindowMasks { n, size } | Op::CoalitionMasks { n, size } | Op::Accumulate { n, size } => format!("{n} @{size}"),
+            Op::Attention { b, l, heads, d, causal } => {
+                format!("{b}x{l} {heads}x{d}{}", if causal { " causal" } else { "" })
+            }
+            Op::RiseMasks { n, size }
+            | Op::WindowMasks { n, size }
+            | Op::CoalitionMasks { n, size }
+            | Op::Accumulate { n, size } => format!("{n} @{size}"),
             Op::Scores { n, classes, size, kind } => format!("{n}x{classes} @{size} {kind:?}"),
         }
     }
@@ -190,24 +206,45 @@ impl Op {
             }
             Op::Deconv { n, cin, cout, hw } => vec![r(0, &[n, cin, hw, hw]), r(1, &[cin, cout, 2, 2]), r(2, &[cout])],
             Op::InstanceNorm { n, c, hw } => vec![random(&rng, 0, &[n, c, hw, hw], 3.0, 5.0), r(1, &[c]), r(2, &[c])],
-            Op::MaxPool { n, c, hw } | Op::Upsample { n, c, hw } | Op::Pad { n, c, hw } | Op::SoftmaxChannels { n, c, hw } => vec![random(&rng, 0, &[n, c, hw, hw], -4.0, 4.0)],
+            Op::MaxPool { n, c, hw }
+            | Op::Upsample { n, c, hw }
+            | Op::Pad { n, c, hw }
+            | Op::SoftmaxChannels { n, c, hw } => vec![random(&rng, 0, &[n, c, hw, hw], -4.0, 4.0)],
             Op::Concat { n, ca, cb, hw } => vec![r(0, &[n, ca, hw, hw]), r(1, &[n, cb, hw, hw])],
             Op::Activate { len, .. } => vec![random(&rng, 0, &[len], -6.0, 6.0)],
             Op::Add { len } => vec![r(0, &[len]), r(1, &[len])],
             Op::Linear { m, k, n } => vec![r(0, &[m, k]), r(1, &[n, k]), r(2, &[n])],
             Op::LayerNorm { rows, d } => vec![random(&rng, 0, &[rows, d], -2.0, 6.0), r(1, &[d]), r(2, &[d])],
             Op::SoftmaxRows { rows, d } => vec![random(&rng, 0, &[rows, d], -8.0, 8.0)],
-            Op::Attention { b, l, heads, d, .. } => (0..3).map(|s| random(&rng, s, &[b, l, heads * d], -2.0, 2.0)).collect(),
+            Op::Attention { b, l, heads, d, .. } => {
+                (0..3).map(|s| random(&rng, s, &[b, l, heads * d], -2.0, 2.0)).collect()
+            }
             Op::RiseMasks { size, .. } | Op::WindowMasks { size, .. } | Op::CoalitionMasks { size, .. } => {
-                let roi = random(&rng, 2, &[size * size], 0.0, 1.0).data().iter().map(|&v| (v < 0.7) as u8 as f32).collect();
-                let labels = random(&rng, 3, &[size * size], -0.1, 40.0).data().iter().map(|&v| if v < 0.0 { -1.0 } else { v.floor() }).collect();
-                vec![r(0, &[size * size]), r(1, &[size * size]), Tensor::new(&[size * size], roi).expect("plane"), Tensor::new(&[size * size], labels).expect("plane")]
+                let roi =
+                    random(&rng, 2, &[size * size], 0.0, 1.0).data().iter().map(|&v| (v < 0.7) as u8 as f32).collect();
+                let labels = random(&rng, 3, &[size * size], -0.1, 40.0)
+                    .data()
+                    .iter()
+                    .map(|&v| if v < 0.0 { -1.0 } else { v.floor() })
+                    .collect();
+                vec![
+                    r(0, &[size * size]),
+                    r(1, &[size * size]),
+                    Tensor::new(&[size * size], roi).expect("plane"),
+                    Tensor::new(&[size * size], labels).expect("plane"),
+                ]
             }
             Op::Scores { n, classes, size, .. } => {
-                let m0 = random(&rng, 1, &[size * size], 0.0, 1.0).data().iter().map(|&v| (v < 0.3) as u8 as f32).collect();
-                vec![random(&rng, 0, &[n, classes, size, size], -6.0, 6.0), Tensor::new(&[size * size], m0).expect("plane")]
+                let m0 =
+                    random(&rng, 1, &[size * size], 0.0, 1.0).data().iter().map(|&v| (v < 0.3) as u8 as f32).collect();
+                vec![
+                    random(&rng, 0, &[n, classes, size, size], -6.0, 6.0),
+                    Tensor::new(&[size * size], m0).expect("plane"),
+                ]
             }
-            Op::Accumulate { n, size } => vec![r(0, &[2, size * size]), r(1, &[n]), random(&rng, 2, &[n, 1, size, size], 0.0, 1.0)],
+            Op::Accumulate { n, size } => {
+                vec![r(0, &[2, size * size]), r(1, &[n]), random(&rng, 2, &[n, 1, size, size], 0.0, 1.0)]
+            }
         }
     }
 
@@ -248,11 +285,20 @@ impl Op {
             }
             Op::Attention { heads, causal, .. } => b.attention(&t[0], &t[1], &t[2], heads, causal),
             Op::RiseMasks { n, size } | Op::WindowMasks { n, size } | Op::CoalitionMasks { n, size } => {
-                let scene = Scene { size, input: t[0].clone(), baseline: t[1].clone(), roi: t[2].clone(), labels: Some(t[3].clone()) };
+                let scene = Scene {
+                    size,
+                    input: t[0].clone(),
+                    baseline: t[1].clone(),
+                    roi: t[2].clone(),
+                    labels: Some(t[3].clone()),
+                };
                 let rise = Rise { masks: 1000 + n, grid: 7, p1: 0.5, seed, tol: None };
                 let rng = Philox::new(seed);
-                let origins: Vec<(usize, usize)> = (0..n).map(|i| ((rng.word(2 * i as u64) as usize) % size, (rng.word(2 * i as u64 + 1) as usize) % size)).collect();
-                let rows: Vec<Vec<bool>> = (0..n).map(|i| (0..40).map(|j| rng.stream(1 + i as u64).word(j) & 1 == 1).collect()).collect();
+                let origins: Vec<(usize, usize)> = (0..n)
+                    .map(|i| ((rng.word(2 * i as u64) as usize) % size, (rng.word(2 * i as u64 + 1) as usize) % size))
+                    .collect();
+                let rows: Vec<Vec<bool>> =
+                    (0..n).map(|i| (0..40).map(|j| rng.stream(1 + i as u64).word(j) & 1 == 1).collect()).collect();
                 // The backends read the superpixel map from the scene (t[3], on the device); the host-side
                 // copy in MaskBatch only seeds scenes, so none is needed here.
                 let labels: Vec<i32> = Vec::new();
@@ -280,7 +326,9 @@ impl Op {
                 let (pix, kdim) = (f(n * hw * hw), f((cin + extra) * k * k));
                 (2.0 * pix * kdim * f(cout), 4.0 * (pix * f(cin + extra + cout) + kdim * f(cout)))
             }
-            Op::Deconv { n, cin, cout, hw } => (2.0 * f(n * hw * hw * cin * cout * 4), 4.0 * f(n * hw * hw * (cin + 4 * cout))),
+            Op::Deconv { n, cin, cout, hw } => {
+                (2.0 * f(n * hw * hw * cin * cout * 4), 4.0 * f(n * hw * hw * (cin + 4 * cout)))
+            }
             Op::InstanceNorm { n, c, hw } | Op::SoftmaxChannels { n, c, hw } => (0.0, 8.0 * f(n * c * hw * hw)),
             Op::MaxPool { n, c, hw } => (0.0, 5.0 * f(n * c * hw * hw)),
             Op::Upsample { n, c, hw } => (0.0, 20.0 * f(n * c * hw * hw)),
@@ -291,7 +339,9 @@ impl Op {
             Op::Linear { m, k, n } => (2.0 * f(m * k * n), 4.0 * f(m * k + k * n + m * n)),
             Op::LayerNorm { rows, d } | Op::SoftmaxRows { rows, d } => (0.0, 8.0 * f(rows * d)),
             Op::Attention { b, l, heads, d, .. } => (4.0 * f(b * heads * l * l * d), 16.0 * f(b * l * heads * d)),
-            Op::RiseMasks { n, size } | Op::WindowMasks { n, size } | Op::CoalitionMasks { n, size } => (0.0, 8.0 * f(n * size * size) + 12.0 * f(size * size)),
+            Op::RiseMasks { n, size } | Op::WindowMasks { n, size } | Op::CoalitionMasks { n, size } => {
+                (0.0, 8.0 * f(n * size * size) + 12.0 * f(size * size))
+            }
             Op::Scores { n, classes, size, .. } => (0.0, 4.0 * f(n * classes * size * size)),
             Op::Accumulate { n, size } => (0.0, 4.0 * f(n * size * size + 4 * size * size)),
         }
@@ -316,12 +366,17 @@ impl Op {
                                 for ci in 0..ct {
                                     for ky in 0..k {
                                         for kx in 0..k {
-                                            let (iy, ix) = (oy as isize + ky as isize - pad, ox as isize + kx as isize - pad);
+                                            let (iy, ix) =
+                                                (oy as isize + ky as isize - pad, ox as isize + kx as isize - pad);
                                             if iy < 0 || ix < 0 || iy >= hw as isize || ix >= hw as isize {
                                                 continue;
                                             }
                                             let p = iy as usize * hw + ix as usize;
-                                            let v = if ci < cin { x[(i * cin + ci) * hw * hw + p] } else { e[(i * extra + ci - cin) * hw * hw + p] };
+                                            let v = if ci < cin {
+                                                x[(i * cin + ci) * hw * hw + p]
+                                            } else {
+                                                e[(i * extra + ci - cin) * hw * hw + p]
+                                            };
                                             s += v * w[((co * ct + ci) * k + ky) * k + kx];
                                         }
                                     }
@@ -339,14 +394,25 @@ impl Op {
                 let y = (0..n * cout * ho * ho)
                     .map(|o| {
                         let (ox, oy, co, i) = (o % ho, (o / ho) % ho, (o / (ho * ho)) % cout, o / (ho * ho * cout));
-                        bias[co] + (0..cin).map(|ci| x[((i * cin + ci) * hw + oy / 2) * hw + ox / 2] * w[((ci * cout + co) * 2 + oy % 2) * 2 + ox % 2]).sum::<f64>()
+                        bias[co]
+                            + (0..cin)
+                                .map(|ci| {
+                                    x[((i * cin + ci) * hw + oy / 2) * hw + ox / 2]
+                                        * w[((ci * cout + co) * 2 + oy % 2) * 2 + ox % 2]
+                                })
+                                .sum::<f64>()
                     })
                     .collect();
                 out(&[n, cout, ho, ho], y)
             }
             Op::Linear { m, k, n } => {
                 let (x, w, bias) = (d(&t[0]), d(&t[1]), d(&t[2]));
-                out(&[m, n], (0..m * n).map(|o| bias[o % n] + (0..k).map(|j| x[(o / n) * k + j] * w[(o % n) * k + j]).sum::<f64>()).collect())
+                out(
+                    &[m, n],
+                    (0..m * n)
+                        .map(|o| bias[o % n] + (0..k).map(|j| x[(o / n) * k + j] * w[(o % n) * k + j]).sum::<f64>())
+                        .collect(),
+                )
             }
             Op::InstanceNorm { n, c, hw } => {
                 let (x, g, bt) = (d(&t[0]), d(&t[1]), d(&t[2]));
@@ -357,7 +423,9 @@ impl Op {
                     let mean = v.iter().sum::<f64>() / plane as f64;
                     let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / plane as f64;
                     for (o, a) in y[p * plane..(p + 1) * plane].iter_mut().zip(v) {
-                        *o = Activation::LeakyRelu(0.1).apply(((a - mean) / (var + 1e-5).sqrt() * g[p % c] + bt[p % c]) as f32) as f64;
+                        *o = Activation::LeakyRelu(0.1)
+                            .apply(((a - mean) / (var + 1e-5).sqrt() * g[p % c] + bt[p % c]) as f32)
+                            as f64;
                     }
                 }
                 out(&[n, c, hw, hw], y)
@@ -384,11 +452,14 @@ impl Op {
                         for i in 0..l {
                             let keys = if causal { i + 1 } else { l };
                             let at = |m: &[f64], r: usize, c: usize| m[(bi * l + r) * width + h * hd + c];
-                            let s: Vec<f64> = (0..keys).map(|j| (0..hd).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f64>() / (hd as f64).sqrt()).collect();
+                            let s: Vec<f64> = (0..keys)
+                                .map(|j| (0..hd).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f64>() / (hd as f64).sqrt())
+                                .collect();
                             let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                             let z: f64 = s.iter().map(|a| (a - mx).exp()).sum();
                             for c in 0..hd {
-                                y[(bi * l + i) * width + h * hd + c] = (0..keys).map(|j| (s[j] - mx).exp() / z * at(&v, j, c)).sum();
+                                y[(bi * l + i) * width + h * hd + c] =
+                                    (0..keys).map(|j| (s[j] - mx).exp() / z * at(&v, j, c)).sum();
                             }
                         }
                     }
@@ -449,7 +520,15 @@ fn median_seconds(mut f: impl FnMut() -> Result<()>, budget_s: f64) -> Result<f6
 /// Checks and times every op on `device`. With `twin`, outputs are compared with the CPU backend's;
 /// without, with the f64 loops where there are some.
 #[allow(clippy::too_many_arguments)]
-pub fn check_kernels<B: Backend>(device: &B, compare_with_cpu: bool, precision: Precision, ceilings: Ceilings, seed: u64, quick: bool, mut progress: impl FnMut(&CheckRow)) -> Result<Vec<CheckRow>> {
+pub fn check_kernels<B: Backend>(
+    device: &B,
+    compare_with_cpu: bool,
+    precision: Precision,
+    ceilings: Ceilings,
+    seed: u64,
+    quick: bool,
+    mut progress: impl FnMut(&CheckRow),
+) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     for (i, op) in ops(quick).into_iter().enumerate() {
         let op_seed = seed.wrapping_add(i as u64 * 7919);
@@ -472,7 +551,8 @@ pub fn check_kernels<B: Backend>(device: &B, compare_with_cpu: bool, precision: 
         )?;
         let (flops, bytes) = op.cost();
         let flop_ceiling = if op.uses_precision() { ceilings.conv_flops } else { ceilings.flops };
-        let of_ceiling = if flops > 0.0 { flops / seconds / flop_ceiling } else { bytes / seconds / ceilings.bytes_per_s };
+        let of_ceiling =
+            if flops > 0.0 { flops / seconds / flop_ceiling } else { bytes / seconds / ceilings.bytes_per_s };
         let row = CheckRow {
             kernel: op.name().to_string(),
             shape: op.shape(),
@@ -538,7 +618,13 @@ pub struct ExplainRow {
 fn explained_unet<B: Backend>(b: &B, quick: bool) -> Result<crate::models::BasicUNet<B>> {
     use crate::models::{BasicUNet, UNetConfig};
     if quick {
-        BasicUNet::random(b, UNetConfig::from_json(r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#)?, 5)
+        BasicUNet::random(
+            b,
+            UNetConfig::from_json(
+                r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#,
+            )?,
+            5,
+        )
     } else {
         BasicUNet::load_dir(b, &crate::cli::explain::bundled("unet")?)
     }
@@ -547,7 +633,14 @@ fn explained_unet<B: Backend>(b: &B, quick: bool) -> Result<crate::models::Basic
 /// Each method on the bundled phantom's liver slice at `samples` (RISE masks; LIME/SHAP samples =
 /// samples / 4), timed on `device` and, with `compare_with_cpu`, checked against the CPU backend's
 /// saliency. `quick`: a small random U-Net on a 32x32 grid (explaining whichever class it predicts).
-pub fn check_explainers<B: Backend>(device: &B, compare_with_cpu: bool, quick: bool, samples: usize, batch: usize, mut progress: impl FnMut(&ExplainRow)) -> Result<Vec<ExplainRow>> {
+pub fn check_explainers<B: Backend>(
+    device: &B,
+    compare_with_cpu: bool,
+    quick: bool,
+    samples: usize,
+    batch: usize,
+    mut progress: impl FnMut(&ExplainRow),
+) -> Result<Vec<ExplainRow>> {
     use crate::pipeline::{run_method, ClipRoi, Method, Settings, SliceInput};
     let size = if quick { 32 } else { 256 };
     let model = explained_unet(device, quick)?;
@@ -555,29 +648,58 @@ pub fn check_explainers<B: Backend>(device: &B, compare_with_cpu: bool, quick: b
     let cpu_model = (compare_with_cpu || quick).then(|| explained_unet(&CpuBackend, quick)).transpose()?;
     let p = crate::phantom::generate(7, 256, 32);
     let k = crate::cli::explain::organ_center_slice(&p.ct, &p.labels, 1)?;
-    let slice = SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
+    let slice =
+        SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
     let class = match &cpu_model {
-        Some(m) if quick => (0..m.config().out_channels).find(|&c| crate::explain::UNetScorer::new(&CpuBackend, m, &slice.image, size, c, ScoreKind::MeanProb).is_ok()).unwrap_or(0),
+        Some(m) if quick => (0..m.config().out_channels)
+            .find(|&c| {
+                crate::explain::UNetScorer::new(&CpuBackend, m, &slice.image, size, c, ScoreKind::MeanProb).is_ok()
+            })
+            .unwrap_or(0),
         _ => 1,
     };
     let mut settings = Settings::defaults(11);
     settings.rise.masks = samples;
-    settings.occlusion = crate::explain::occlusion::Occlusion { window: size / 8, stride: if quick { size / 8 } else { size / 16 } };
+    settings.occlusion =
+        crate::explain::occlusion::Occlusion { window: size / 8, stride: if quick { size / 8 } else { size / 16 } };
     settings.lime.samples = (samples / 4).max(16);
     settings.shap.samples = (samples / 4).max(16);
-    settings.segmenter = crate::explain::superpixels::Segmenter::Slic { segments: if quick { 12 } else { 64 }, compactness: 0.1 };
+    settings.segmenter =
+        crate::explain::superpixels::Segmenter::Slic { segments: if quick { 12 } else { 64 }, compactness: 0.1 };
     settings.faithfulness_steps = 0;
     settings.batch = batch;
     let mut rows = Vec::new();
     for method in Method::ALL {
-        let run = |b: &B, m: &crate::models::BasicUNet<B>| run_method(b, m, &slice, &ClipRoi::default(), class, method, crate::roi::RoiMode::Full, &settings, |_, _| {});
+        let run = |b: &B, m: &crate::models::BasicUNet<B>| {
+            run_method(
+                b,
+                m,
+                &slice,
+                &ClipRoi::default(),
+                class,
+                method,
+                crate::roi::RoiMode::Full,
+                &settings,
+                |_, _| {},
+            )
+        };
         if !quick {
             run(device, &model)?;
             device.synchronize()?;
         }
         let timed = run(device, &model)?;
         let (max_error, bound) = if let (true, Some(cpu_model)) = (compare_with_cpu, &cpu_model) {
-            let reference = run_method(&CpuBackend, cpu_model, &slice, &ClipRoi::default(), class, method, crate::roi::RoiMode::Full, &settings, |_, _| {})?;
+            let reference = run_method(
+                &CpuBackend,
+                cpu_model,
+                &slice,
+                &ClipRoi::default(),
+                class,
+                method,
+                crate::roi::RoiMode::Full,
+                &settings,
+                |_, _| {},
+            )?;
             let plane = |v: &[f32]| Tensor::new(&[v.len()], v.to_vec());
             // LIME/SHAP solve a regression whose conditioning amplifies score differences.
             let bound = if matches!(method, Method::Lime | Method::KernelShap) { 1e-3 } else { 1e-4 };
@@ -623,7 +745,11 @@ pub fn explain_table(rows: &[ExplainRow]) -> String {
 pub fn table(rows: &[CheckRow]) -> String {
     let mut s = String::from("| kernel | shape | reference | max error | bound | ok | time | rate | of ceiling |\n|---|---|---|---:|---:|---|---:|---:|---:|\n");
     for r in rows {
-        let rate = if r.gflops > 0.0 { format!("{:.2} TFLOP/s", r.gflops * 1e-3) } else { format!("{:.0} GB/s", r.gbytes_per_s) };
+        let rate = if r.gflops > 0.0 {
+            format!("{:.2} TFLOP/s", r.gflops * 1e-3)
+        } else {
+            format!("{:.0} GB/s", r.gbytes_per_s)
+        };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.0e} | {} | {:.3} ms | {} | {:.1}% |\n",
             r.kernel,
@@ -649,7 +775,10 @@ mod tests {
         let ceilings = Ceilings { flops: 1e11, conv_flops: 1e11, bytes_per_s: 1e10 };
         let rows = check_kernels(&CpuBackend, false, Precision::F32, ceilings, 12345, false, |_| {}).unwrap();
         assert_eq!(rows.len(), ops(false).len());
-        assert!(rows.iter().filter(|r| r.reference == "f64 loops").count() >= 10, "conv, linear, norms and attention have f64 references");
+        assert!(
+            rows.iter().filter(|r| r.reference == "f64 loops").count() >= 10,
+            "conv, linear, norms and attention have f64 references"
+        );
         for r in &rows {
             assert!(r.passed, "{} {}: error {:?}", r.kernel, r.shape, r.max_error);
         }

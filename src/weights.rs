@@ -18,7 +18,8 @@ pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
 /// `parse` turns the JSON text into the model's config; errors name the file and the model `kind`.
 pub fn open_model_dir<C>(dir: &Path, kind: &str, parse: impl FnOnce(&str) -> Result<C>) -> Result<(C, WeightsFile)> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read {kind} config", config_path.display()))?;
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read {kind} config", config_path.display()))?;
     let config = parse(&text).with_context(|| format!("{}: bad {kind} config", config_path.display()))?;
     Ok((config, WeightsFile::open(&dir.join("model.safetensors"))?))
 }
@@ -41,10 +42,16 @@ impl WeightsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
         if meta.len() > MAX_WEIGHTS_BYTES {
-            bail!("{}: {} bytes is larger than the {} byte limit for a weights file", path.display(), meta.len(), MAX_WEIGHTS_BYTES);
+            bail!(
+                "{}: {} bytes is larger than the {} byte limit for a weights file",
+                path.display(),
+                meta.len(),
+                MAX_WEIGHTS_BYTES
+            );
         }
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+        SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
         Ok(Self { path: path.to_path_buf(), bytes })
     }
 
@@ -76,7 +83,9 @@ impl WeightsFile {
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => bail!("{}: tensor {name} has dtype {other:?}; weights must be F32, F16 or BF16", self.path.display()),
+            other => {
+                bail!("{}: tensor {name} has dtype {other:?}; weights must be F32, F16 or BF16", self.path.display())
+            }
         };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             bail!("{}: tensor {name} holds a non-finite value ({}) at flat index {i}", self.path.display(), values[i]);
@@ -86,10 +95,16 @@ impl WeightsFile {
 }
 
 enum Source<'a> {
-    File { file: &'a WeightsFile, stored: BTreeMap<String, Vec<usize>> },
+    File {
+        file: &'a WeightsFile,
+        stored: BTreeMap<String, Vec<usize>>,
+    },
     /// Seeded random values of whatever shape is asked for: models of any size without a file, for
     /// benches and shape tests.
-    Random { rng: Philox, drawn: u64 },
+    Random {
+        rng: Philox,
+        drawn: u64,
+    },
 }
 
 /// Takes the tensors a model asks for, remembering every problem until `finish`.
@@ -123,7 +138,11 @@ impl<'a> ParamReader<'a> {
                 let values = (0..n as u64)
                     .map(|i| {
                         let u = rng.uniform(*drawn + i) * 2.0 - 1.0;
-                        if near_one { 1.0 + 0.1 * u } else { u * bound }
+                        if near_one {
+                            1.0 + 0.1 * u
+                        } else {
+                            u * bound
+                        }
                     })
                     .collect();
                 *drawn += n as u64;
@@ -154,6 +173,11 @@ impl<'a> ParamReader<'a> {
         if problems.is_empty() {
             return Ok(());
         }
-        bail!("{}: weights do not match the model config ({} problems):\n  {}", file.path.display(), problems.len(), problems.join("\n  "))
+        bail!(
+            "{}: weights do not match the model config ({} problems):\n  {}",
+            file.path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        )
     }
 }

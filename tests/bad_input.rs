@@ -15,7 +15,8 @@ fn volume(dims: [usize; 3], data: Vec<f32>) -> Volume {
 fn write_ct(path: &Path) {
     let rng = xaiclip::rng::Philox::new(5);
     let data: Vec<f32> = (0..24 * 24 * 24).map(|i| (rng.uniform(i) * 400.0 - 200.0).round()).collect();
-    nifti::write_like(path, &volume([24, 24, 24], data.iter().map(|&v| v as i16).map(f32::from).collect()), &data).unwrap();
+    nifti::write_like(path, &volume([24, 24, 24], data.iter().map(|&v| v as i16).map(f32::from).collect()), &data)
+        .unwrap();
 }
 
 fn patch(path: &Path, offset: usize, bytes: &[u8]) {
@@ -29,7 +30,17 @@ fn segment_fails(image: &Path, extra: &[&str], expect: &[&str]) -> String {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("labels.nii.gz");
     let unet = repo().join("tests/fixtures/unet_instance_deconv");
-    let mut args = vec!["segment", "--image", image.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "32"];
+    let mut args = vec![
+        "segment",
+        "--image",
+        image.to_str().unwrap(),
+        "--unet",
+        unet.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "32",
+    ];
     args.extend_from_slice(extra);
     let o = xaiclip(&args);
     let err = stderr(&o);
@@ -152,7 +163,8 @@ fn empty_dicom_folder_and_non_dicom_file() {
 fn dicom_folder_with_mixed_series() {
     let Some(shared) = shared_data() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(shared.join("ct_dicom")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(shared.join("ct_dicom")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for (i, f) in files.iter().take(4).enumerate() {
         let mut obj = dicom_object::open_file(f).unwrap();
@@ -177,15 +189,39 @@ fn weights_that_do_not_match_their_config() {
     std::fs::create_dir(&unet).unwrap();
     let fixture = repo().join("tests/fixtures/unet_instance_deconv");
     std::fs::copy(fixture.join("model.safetensors"), unet.join("model.safetensors")).unwrap();
-    std::fs::write(unet.join("config.json"), r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 5, "features": [4, 4, 8, 8, 16, 4]}"#).unwrap();
+    std::fs::write(
+        unet.join("config.json"),
+        r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 5, "features": [4, 4, 8, 8, 16, 4]}"#,
+    )
+    .unwrap();
     let out = dir.path().join("o.nii.gz");
-    let o = xaiclip(&["segment", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "segment",
+        "--image",
+        p.to_str().unwrap(),
+        "--unet",
+        unet.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("model.safetensors") && err.contains("final_conv.weight has shape [3, 4, 1, 1], expected [5, 4, 1, 1]"), "{err}");
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("final_conv.weight has shape [3, 4, 1, 1], expected [5, 4, 1, 1]"),
+        "{err}"
+    );
     assert!(!out.exists());
     std::fs::write(unet.join("config.json"), "{ not json").unwrap();
-    let o = xaiclip(&["segment", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "segment",
+        "--image",
+        p.to_str().unwrap(),
+        "--unet",
+        unet.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(stderr(&o).contains("config.json: bad U-Net config: invalid JSON"), "{}", stderr(&o));
     std::fs::write(unet.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
     std::fs::write(unet.join("config.json"), "{}").unwrap();
@@ -201,7 +237,17 @@ fn unwritable_output_leaves_nothing() {
     write_ct(&p);
     let unet = repo().join("tests/fixtures/unet_instance_deconv");
     let out = dir.path().join("no-such-folder/labels.nii.gz");
-    let o = xaiclip(&["segment", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "32"]);
+    let o = xaiclip(&[
+        "segment",
+        "--image",
+        p.to_str().unwrap(),
+        "--unet",
+        unet.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "32",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("labels.nii.gz: cannot create a file in"), "{}", stderr(&o));
 }
@@ -215,7 +261,21 @@ fn cuda_device_unavailable() {
     write_ct(&p);
     let unet = repo().join("tests/fixtures/unet_instance_deconv");
     let out = dir.path().join("labels.nii.gz");
-    let o = xaiclip(&["segment", "--device", "cuda", "--image", p.to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "32", "--slice", "3"]);
+    let o = xaiclip(&[
+        "segment",
+        "--device",
+        "cuda",
+        "--image",
+        p.to_str().unwrap(),
+        "--unet",
+        unet.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "32",
+        "--slice",
+        "3",
+    ]);
     if o.status.success() {
         eprintln!("SKIP: a CUDA device is usable here");
         return;
@@ -226,13 +286,18 @@ fn cuda_device_unavailable() {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].starts_with("error: --device cuda: "), "{err}");
-    assert!(["built without nvcc", "no CUDA driver found", "reports no GPU"].iter().any(|r| lines[0].contains(r)), "{err}");
+    assert!(
+        ["built without nvcc", "no CUDA driver found", "reports no GPU"].iter().any(|r| lines[0].contains(r)),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
 #[test]
 fn bad_device_spec() {
-    for (spec, expect) in [("tpu", "expected auto, cpu, cuda or cuda:N"), ("cuda:x", "expected cuda:N with N a GPU index")] {
+    for (spec, expect) in
+        [("tpu", "expected auto, cpu, cuda or cuda:N"), ("cuda:x", "expected cuda:N with N a GPU index")]
+    {
         let o = xaiclip(&["selftest", "--device", spec]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{err}");

@@ -7,7 +7,19 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 fn phantom_tree(layout: &str, dir: &Path, cases: usize) {
-    let o = xaiclip(&["phantom", "--layout", layout, "--cases", &cases.to_string(), "--size", "32", "--slices", "3", "--out", dir.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "phantom",
+        "--layout",
+        layout,
+        "--cases",
+        &cases.to_string(),
+        "--size",
+        "32",
+        "--slices",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -27,7 +39,24 @@ fn fails(args: &[&str], expect: &[&str]) -> String {
 }
 
 fn quick_eval<'a>(kind: &'a str, root: &'a Path, out: &'a Path) -> Vec<&'a str> {
-    vec!["eval", "--dataset", kind, root.to_str().unwrap(), "--methods", "occlusion", "--roi", "none", "--occlusion-window", "128", "--occlusion-stride", "128", "--faithfulness-steps", "0", "--out", out.to_str().unwrap()]
+    vec![
+        "eval",
+        "--dataset",
+        kind,
+        root.to_str().unwrap(),
+        "--methods",
+        "occlusion",
+        "--roi",
+        "none",
+        "--occlusion-window",
+        "128",
+        "--occlusion-stride",
+        "128",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]
 }
 
 /// Runs a quick eval that must fail as `fails` checks, and returns its errors.jsonl.
@@ -75,7 +104,10 @@ fn png_mask_of_the_wrong_size() {
     image::GrayImage::new(20, 32).save(first_png(&root)).unwrap();
     let out = dir.path().join("out");
     let errors = failed_cases("chaos-ct", &root, &out, &["cases failed"]);
-    assert!(errors.contains("liver_GT_000.png: mask is 20x32 pixels but its slice") && errors.contains("is 32x32"), "{errors}");
+    assert!(
+        errors.contains("liver_GT_000.png: mask is 20x32 pixels but its slice") && errors.contains("is 32x32"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -131,7 +163,10 @@ fn flare22_image_without_label() {
     let root = dir.path().join("flare");
     phantom_tree("flare22", &root, 2);
     std::fs::remove_file(root.join("labelsTr/case_0002.nii.gz")).unwrap();
-    fails(&quick_eval("flare22", &root, &dir.path().join("out")), &["case_0002_0000.nii.gz: no label", "labelsTr/case_0002.nii.gz"]);
+    fails(
+        &quick_eval("flare22", &root, &dir.path().join("out")),
+        &["case_0002_0000.nii.gz: no label", "labelsTr/case_0002.nii.gz"],
+    );
 }
 
 #[test]
@@ -205,7 +240,15 @@ fn weights_holding_nan() {
     let img = dir.path().join("p");
     assert!(xaiclip(&["phantom", "--size", "32", "--slices", "2", "--out", img.to_str().unwrap()]).status.success());
     fails(
-        &["segment", "--image", img.join("ct.nii.gz").to_str().unwrap(), "--unet", unet.to_str().unwrap(), "--out", dir.path().join("o.nii.gz").to_str().unwrap()],
+        &[
+            "segment",
+            "--image",
+            img.join("ct.nii.gz").to_str().unwrap(),
+            "--unet",
+            unet.to_str().unwrap(),
+            "--out",
+            dir.path().join("o.nii.gz").to_str().unwrap(),
+        ],
         &["model.safetensors: tensor", "non-finite value (NaN)"],
     );
     assert!(!dir.path().join("o.nii.gz").exists());
@@ -221,7 +264,17 @@ fn broken_coop_contexts() {
     std::fs::copy(repo().join("weights/coop/model.safetensors"), coop.join("model.safetensors")).unwrap();
     let run = |expect: &[&str]| {
         fails(
-            &["roi", "--image", img.join("ct.nii.gz").to_str().unwrap(), "--slice", "2", "--coop", coop.to_str().unwrap(), "--out", dir.path().join("roi.png").to_str().unwrap()],
+            &[
+                "roi",
+                "--image",
+                img.join("ct.nii.gz").to_str().unwrap(),
+                "--slice",
+                "2",
+                "--coop",
+                coop.to_str().unwrap(),
+                "--out",
+                dir.path().join("roi.png").to_str().unwrap(),
+            ],
             expect,
         )
     };
@@ -285,7 +338,10 @@ fn merge_of_shards_with_other_settings() {
     second.extend(["--shard", "2/2", "--masks", "7"]);
     assert!(xaiclip(&second).status.success());
     let merged = dir.path().join("m");
-    fails(&["eval", "--merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", merged.to_str().unwrap()], &["b/eval.json: shard run with other settings", "settings:"]);
+    fails(
+        &["eval", "--merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", merged.to_str().unwrap()],
+        &["b/eval.json: shard run with other settings", "settings:"],
+    );
     assert!(!merged.join("results.jsonl").exists());
 }
 
@@ -293,14 +349,16 @@ fn merge_of_shards_with_other_settings() {
 #[test]
 fn bad_input_table_lists_every_case() {
     let table = std::fs::read_to_string(repo().join("tests/BAD_INPUT.md")).unwrap();
-    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| `")).map(|l| l.split('`').nth(1).unwrap()).collect();
+    let rows: Vec<&str> =
+        table.lines().filter(|l| l.starts_with("| `")).map(|l| l.split('`').nth(1).unwrap()).collect();
     let mut tests = Vec::new();
     for file in ["tests/bad_input.rs", "tests/bad_input_data.rs"] {
         let src = std::fs::read_to_string(repo().join(file)).unwrap();
         let mut lines = src.lines().peekable();
         while let Some(l) = lines.next() {
             if l.trim() == "#[test]" {
-                let name = lines.next().unwrap().trim().trim_start_matches("fn ").split('(').next().unwrap().to_string();
+                let name =
+                    lines.next().unwrap().trim().trim_start_matches("fn ").split('(').next().unwrap().to_string();
                 tests.push(name);
             }
         }

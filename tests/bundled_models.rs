@@ -12,12 +12,20 @@ use xaiclip::preprocess::Intensity;
 use xaiclip::roi::{region, RoiMode};
 use xaiclip::segment::{segment_slices, SegmentOptions};
 
-const TRACKED: [(u8, &str, f64); 4] = [(1, "liver", 0.85), (3, "spleen", 0.70), (2, "right kidney", 0.70), (13, "left kidney", 0.70)];
+const TRACKED: [(u8, &str, f64); 4] =
+    [(1, "liver", 0.85), (3, "spleen", 0.70), (2, "right kidney", 0.70), (13, "left kidney", 0.70)];
 
 /// (case volume, FLARE22 labels on its grid, held-out slices) for each real case in the split.
 fn held_out(shared: &std::path::Path) -> Vec<(Volume, Vec<u8>, Vec<usize>)> {
-    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("weights/unet/split.json")).unwrap()).unwrap();
-    let label_file = |name: &str| if name == "ct_dicom" { "ct_dicom_seg.nii.gz".to_string() } else { name.replace(".nii.gz", "_seg.nii.gz") };
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("weights/unet/split.json")).unwrap()).unwrap();
+    let label_file = |name: &str| {
+        if name == "ct_dicom" {
+            "ct_dicom_seg.nii.gz".to_string()
+        } else {
+            name.replace(".nii.gz", "_seg.nii.gz")
+        }
+    };
     split["cases"]
         .as_object()
         .unwrap()
@@ -98,7 +106,14 @@ fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
                     continue;
                 }
                 let clip = clip_roi(&CpuBackend, &args, &input, organ as usize).unwrap();
-                let roi = region(RoiMode::Clip, &vec![false; size * size], clip.mask.as_deref(), size, xaiclip::pipeline::Settings::defaults(0).margin_mm / input.mm_per_pixel).unwrap();
+                let roi = region(
+                    RoiMode::Clip,
+                    &vec![false; size * size],
+                    clip.mask.as_deref(),
+                    size,
+                    xaiclip::pipeline::Settings::defaults(0).margin_mm / input.mm_per_pixel,
+                )
+                .unwrap();
                 covered += truth.iter().zip(&roi).filter(|(t, r)| **t && **r).count();
                 total += truth.iter().filter(|&&t| t).count();
                 area += xaiclip::roi::area_fraction(&roi);

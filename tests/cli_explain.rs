@@ -17,7 +17,19 @@ fn explain_writes_aligned_saliency_overlay_and_report() {
     let (ct, labels) = phantom(dir.path());
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec!["explain", "--image", &ct, "--label", &labels, "--slice", "organ-center", "--out", out.to_str().unwrap(), "--faithfulness-steps", "4"];
+        let mut args = vec![
+            "explain",
+            "--image",
+            &ct,
+            "--label",
+            &labels,
+            "--slice",
+            "organ-center",
+            "--out",
+            out.to_str().unwrap(),
+            "--faithfulness-steps",
+            "4",
+        ];
         args.extend_from_slice(extra);
         let o = xaiclip(&args);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -30,7 +42,8 @@ fn explain_writes_aligned_saliency_overlay_and_report() {
     assert!(saliency.data.iter().any(|&v| v != 0.0));
     let png = image::open(out.join("overlay.png")).unwrap();
     assert_eq!(png.height(), 256);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let r = &report["result"];
     assert_eq!(r["method"], "occlusion");
     assert_eq!(r["roi"], "clip");
@@ -51,14 +64,42 @@ fn roi_and_bench_report_coverage_and_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (ct, labels) = phantom(dir.path());
     let roi = dir.path().join("roi.nii.gz");
-    let o = xaiclip(&["roi", "--image", &ct, "--label", &labels, "--slice", "organ-center", "--out", roi.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "roi",
+        "--image",
+        &ct,
+        "--label",
+        &labels,
+        "--slice",
+        "organ-center",
+        "--out",
+        roi.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("of the ground-truth organ"), "{}", stderr(&o));
     let mask = xaiclip::io::read_image(&roi).unwrap();
     assert!(mask.data.contains(&1.0) && mask.labels_present() == vec![0, 1]);
 
     let json = dir.path().join("bench.json");
-    let o = xaiclip(&["bench", "--image", &ct, "--label", &labels, "--methods", "occlusion,rise", "--masks", "16", "--occlusion-window", "64", "--occlusion-stride", "64", "--faithfulness-steps", "2", "--json", json.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "bench",
+        "--image",
+        &ct,
+        "--label",
+        &labels,
+        "--methods",
+        "occlusion,rise",
+        "--masks",
+        "16",
+        "--occlusion-window",
+        "64",
+        "--occlusion-stride",
+        "64",
+        "--faithfulness-steps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = table["rows"].as_array().unwrap();
@@ -78,7 +119,19 @@ fn a_slice_without_the_organ_is_refused_with_a_reason() {
     let (ct, labels) = phantom(dir.path());
     let out = dir.path().join("x");
     // Slice 0 is the inferior end of the phantom: no liver there.
-    let o = xaiclip(&["explain", "--image", &ct, "--label", &labels, "--slice", "0", "--method", "occlusion", "--out", out.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "explain",
+        "--image",
+        &ct,
+        "--label",
+        &labels,
+        "--slice",
+        "0",
+        "--method",
+        "occlusion",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("slice 0 has no liver"), "{}", stderr(&o));
     assert!(!out.exists());

@@ -26,7 +26,10 @@ fn build_emulator(dir: &Path, prelude: &str) -> bool {
 fn selftest(dir: &Path, extra: &[&str], shuffle: Option<u64>) -> (std::process::Output, Option<serde_json::Value>) {
     let json = dir.join("selftest.json");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xaiclip"));
-    cmd.args(["selftest", "--device", "cuda", "--quick", "--seed", "7", "--json"]).arg(&json).args(extra).env("LD_LIBRARY_PATH", dir);
+    cmd.args(["selftest", "--device", "cuda", "--quick", "--seed", "7", "--json"])
+        .arg(&json)
+        .args(extra)
+        .env("LD_LIBRARY_PATH", dir);
     if let Some(seed) = shuffle {
         cmd.env("EMU_SHUFFLE", seed.to_string());
     }
@@ -50,7 +53,13 @@ fn failed_kernels(dir: &Path, shuffle: Option<u64>) -> Vec<String> {
     let (out, report) = selftest(dir, &["--kernels-only"], shuffle);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stderr).contains("checks failed"));
-    report.unwrap()["kernels"].as_array().unwrap().iter().filter(|k| k["passed"] == false).map(|k| k["kernel"].as_str().unwrap().to_string()).collect()
+    report.unwrap()["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["passed"] == false)
+        .map(|k| k["kernel"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn skip_without_tools() -> bool {
@@ -80,7 +89,10 @@ fn every_kernel_and_explainer_matches_the_cpu_on_the_emulator() {
     assert!(kernels.len() >= 25);
     for k in kernels {
         assert_eq!(k["reference"], "cpu twin", "{k}");
-        assert!(k["passed"].as_bool().unwrap() && k["max_error"].as_f64().unwrap() < k["bound"].as_f64().unwrap(), "{k}");
+        assert!(
+            k["passed"].as_bool().unwrap() && k["max_error"].as_f64().unwrap() < k["bound"].as_f64().unwrap(),
+            "{k}"
+        );
     }
     // RISE masks are built bit for bit as on the CPU.
     assert!(kernels.iter().any(|k| k["kernel"] == "rise_masks + perturb" && k["max_error"].as_f64() == Some(0.0)));
@@ -98,7 +110,12 @@ fn tensor_core_convolutions_match_within_their_precision_on_the_emulator() {
         let (out, report) = selftest(dir.path(), &["--kernels-only", "--precision", precision], Some(3));
         assert!(out.status.success(), "{precision}: {}", String::from_utf8_lossy(&out.stdout));
         let report = report.unwrap();
-        let convs: Vec<&serde_json::Value> = report["kernels"].as_array().unwrap().iter().filter(|k| k["kernel"].as_str().unwrap().starts_with("conv2d")).collect();
+        let convs: Vec<&serde_json::Value> = report["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kernel"].as_str().unwrap().starts_with("conv2d"))
+            .collect();
         assert!(convs.len() >= 6);
         for k in &convs {
             let e = k["max_error"].as_f64().unwrap();
@@ -115,7 +132,10 @@ fn a_wrong_kernel_fails_the_selftest() {
     // Every multiply-add in the kernels drops its accumulator: convolutions and GEMMs go wrong.
     let Some(dir) = emulator("#define fmaf(a, b, c) ((a) * (b))\n") else { return };
     let failed = failed_kernels(dir.path(), None);
-    assert!(["conv2d 3x3", "linear_f32", "conv_transpose2x2"].iter().all(|k| failed.iter().any(|f| f == k)), "{failed:?}");
+    assert!(
+        ["conv2d 3x3", "linear_f32", "conv_transpose2x2"].iter().all(|k| failed.iter().any(|f| f == k)),
+        "{failed:?}"
+    );
     assert!(!failed.iter().any(|k| k.contains("masks")), "mask kernels use no multiply-add: {failed:?}");
 }
 
@@ -139,7 +159,12 @@ fn clip_roi_on_the_emulator_equals_the_cpu() {
     let Some(dir) = emulator("") else { return };
     let bin = env!("CARGO_BIN_EXE_xaiclip");
     let p = dir.path();
-    assert!(Command::new(bin).args(["phantom", "--size", "128", "--slices", "8", "--out"]).arg(p.join("case")).status().unwrap().success());
+    assert!(Command::new(bin)
+        .args(["phantom", "--size", "128", "--slices", "8", "--out"])
+        .arg(p.join("case"))
+        .status()
+        .unwrap()
+        .success());
     let roi = |device: &str| {
         let out = p.join(format!("roi-{device}.nii.gz"));
         let o = Command::new(bin)

@@ -10,12 +10,27 @@ use std::time::{Duration, Instant};
 use xaiclip::dataset::{self, CaseEntry, DatasetKind, LabelIds, LabelSource, PngEncoding};
 
 fn make_tree(dir: &Path, layout: &str, cases: usize, slices: usize) {
-    let o = xaiclip(&["phantom", "--layout", layout, "--cases", &cases.to_string(), "--size", "64", "--slices", &slices.to_string(), "--seed", "11", "--out", dir.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "phantom",
+        "--layout",
+        layout,
+        "--cases",
+        &cases.to_string(),
+        "--size",
+        "64",
+        "--slices",
+        &slices.to_string(),
+        "--seed",
+        "11",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
 /// Cheap explainer settings: a handful of forward passes per item.
-const QUICK: [&str; 8] = ["--occlusion-window", "128", "--occlusion-stride", "128", "--masks", "12", "--faithfulness-steps", "2"];
+const QUICK: [&str; 8] =
+    ["--occlusion-window", "128", "--occlusion-stride", "128", "--masks", "12", "--faithfulness-steps", "2"];
 
 fn eval(args: &[&str]) -> std::process::Output {
     let mut all = vec!["eval"];
@@ -44,7 +59,21 @@ fn flare22_tree_every_slice_records_explained_and_empty_slices() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, out) = (tmp.path().join("flare"), tmp.path().join("out"));
     make_tree(&data, "flare22", 2, 4);
-    let o = eval(&["--dataset", "flare22", data.to_str().unwrap(), "--organs", "liver", "--methods", "occlusion,rise", "--roi", "none,seg", "--slices", "every-1", "--out", out.to_str().unwrap()]);
+    let o = eval(&[
+        "--dataset",
+        "flare22",
+        data.to_str().unwrap(),
+        "--organs",
+        "liver",
+        "--methods",
+        "occlusion,rise",
+        "--roi",
+        "none,seg",
+        "--slices",
+        "every-1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let results = lines(&out.join("results.jsonl"));
     // 2 cases x 4 slices x 2 methods x 2 ROI modes, each recorded once.
@@ -67,7 +96,15 @@ fn flare22_tree_every_slice_records_explained_and_empty_slices() {
     assert!(csv.starts_with("organ,method,roi,n,skipped,dice_mean,dice_std"));
     assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("| liver | rise | seg |"));
     // A second run into the same folder without --resume is refused, results untouched.
-    let again = eval(&["--dataset", "flare22", data.to_str().unwrap(), "--methods", "occlusion", "--out", out.to_str().unwrap()]);
+    let again = eval(&[
+        "--dataset",
+        "flare22",
+        data.to_str().unwrap(),
+        "--methods",
+        "occlusion",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!again.status.success() && stderr(&again).contains("pass --resume"), "{}", stderr(&again));
     assert_eq!(lines(&out.join("results.jsonl")).len(), 32);
 }
@@ -76,7 +113,8 @@ fn flare22_tree_every_slice_records_explained_and_empty_slices() {
 #[test]
 fn chaos_trees_load_labels_slice_for_slice() {
     let tmp = tempfile::tempdir().unwrap();
-    for (layout, kind, expected_cases) in [("chaos-ct", DatasetKind::ChaosCt, 2), ("chaos-mr", DatasetKind::ChaosMr, 6)] {
+    for (layout, kind, expected_cases) in [("chaos-ct", DatasetKind::ChaosCt, 2), ("chaos-mr", DatasetKind::ChaosMr, 6)]
+    {
         let data = tmp.path().join(layout);
         make_tree(&data, layout, 2, 5);
         let cases = dataset::discover(kind, Some(&data), None, None, false, false).unwrap();
@@ -86,13 +124,20 @@ fn chaos_trees_load_labels_slice_for_slice() {
             let seed = 11 + case.id.split('/').nth(1).unwrap().parse::<u64>().unwrap() - 1;
             let phantom = xaiclip::phantom::generate(seed, 64, 5);
             assert_eq!(volume.dims, phantom.ct.dims);
-            let expected: Vec<u8> = phantom.labels.iter().map(|&l| match (kind, l) {
-                (DatasetKind::ChaosCt, 1) => 1,
-                (DatasetKind::ChaosMr, 1 | 2 | 3 | 13) => l,
-                _ => 0,
-            }).collect();
+            let expected: Vec<u8> = phantom
+                .labels
+                .iter()
+                .map(|&l| match (kind, l) {
+                    (DatasetKind::ChaosCt, 1) => 1,
+                    (DatasetKind::ChaosMr, 1 | 2 | 3 | 13) => l,
+                    _ => 0,
+                })
+                .collect();
             // The reader may order slices differently from the files; compare on the world grid.
-            let phantom_on_grid = xaiclip::io::Volume { data: expected.iter().map(|&l| l as f32).collect(), ..phantom.ct.clone() }.labels_on_grid_of(&volume).0;
+            let phantom_on_grid =
+                xaiclip::io::Volume { data: expected.iter().map(|&l| l as f32).collect(), ..phantom.ct.clone() }
+                    .labels_on_grid_of(&volume)
+                    .0;
             assert_eq!(labels.unwrap(), phantom_on_grid, "{}", case.id);
         }
     }
@@ -103,7 +148,19 @@ fn chaos_mr_eval_scores_every_sequence() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, out) = (tmp.path().join("chaos"), tmp.path().join("out"));
     make_tree(&data, "chaos-mr", 1, 5);
-    let o = eval(&["--dataset", "chaos-mr", data.to_str().unwrap(), "--organs", "liver,spleen", "--methods", "occlusion", "--roi", "seg", "--out", out.to_str().unwrap()]);
+    let o = eval(&[
+        "--dataset",
+        "chaos-mr",
+        data.to_str().unwrap(),
+        "--organs",
+        "liver,spleen",
+        "--methods",
+        "occlusion",
+        "--roi",
+        "seg",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let results = lines(&out.join("results.jsonl"));
     let cases: std::collections::BTreeSet<&str> = results.iter().map(|l| l["case"].as_str().unwrap()).collect();
@@ -118,10 +175,25 @@ fn killed_run_resumes_to_the_same_lines_as_an_uninterrupted_run() {
     let data = tmp.path().join("flare");
     make_tree(&data, "flare22", 2, 4);
     let args = |out: &Path| -> Vec<String> {
-        let mut a: Vec<String> = ["eval", "--dataset", "flare22", data.to_str().unwrap(), "--organs", "liver", "--methods", "occlusion,rise", "--roi", "none,seg", "--slices", "every-1", "--out", out.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a: Vec<String> = [
+            "eval",
+            "--dataset",
+            "flare22",
+            data.to_str().unwrap(),
+            "--organs",
+            "liver",
+            "--methods",
+            "occlusion,rise",
+            "--roi",
+            "none,seg",
+            "--slices",
+            "every-1",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         a.extend(QUICK.iter().map(|s| s.to_string()));
         a
     };
@@ -130,7 +202,11 @@ fn killed_run_resumes_to_the_same_lines_as_an_uninterrupted_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     let expected = lines(&reference.join("results.jsonl"));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xaiclip")).args(args(&killed)).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xaiclip"))
+        .args(args(&killed))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let results = killed.join("results.jsonl");
     let started = Instant::now();
     // Kill once a few explained items are on disk: mid-case, mid-run.
@@ -159,7 +235,19 @@ fn torn_last_line_is_dropped_and_redone_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, out) = (tmp.path().join("flare"), tmp.path().join("out"));
     make_tree(&data, "flare22", 1, 3);
-    let base = ["--dataset", "flare22", data.to_str().unwrap(), "--methods", "occlusion", "--roi", "none", "--slices", "every-1", "--out", out.to_str().unwrap()];
+    let base = [
+        "--dataset",
+        "flare22",
+        data.to_str().unwrap(),
+        "--methods",
+        "occlusion",
+        "--roi",
+        "none",
+        "--slices",
+        "every-1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     assert!(eval(&base).status.success());
     let path = out.join("results.jsonl");
     let full = std::fs::read_to_string(&path).unwrap();
@@ -171,7 +259,10 @@ fn torn_last_line_is_dropped_and_redone_on_resume() {
     resume.push("--resume");
     let o = eval(&resume);
     assert!(o.status.success() && stderr(&o).contains("dropping a partial last line"), "{}", stderr(&o));
-    assert_eq!(without_time(&lines(&path)), without_time(&full.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>()));
+    assert_eq!(
+        without_time(&lines(&path)),
+        without_time(&full.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>())
+    );
 }
 
 #[test]
@@ -180,11 +271,20 @@ fn two_shards_merged_equal_the_unsharded_run() {
     let data = tmp.path().join("pairs");
     make_tree(&data, "pairs", 3, 3);
     let run = |out: &Path, shard: Option<&str>| {
-        let mut a = vec!["--dataset", "pairs", "--images", data.join("images").to_str().unwrap(), "--labels", data.join("labels").to_str().unwrap()]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
-        a.extend(["--methods", "occlusion,rise", "--roi", "none,bbox", "--out", out.to_str().unwrap()].map(String::from));
+        let mut a = vec![
+            "--dataset",
+            "pairs",
+            "--images",
+            data.join("images").to_str().unwrap(),
+            "--labels",
+            data.join("labels").to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        a.extend(
+            ["--methods", "occlusion,rise", "--roi", "none,bbox", "--out", out.to_str().unwrap()].map(String::from),
+        );
         if let Some(s) = shard {
             a.extend(["--shard".to_string(), s.to_string()]);
         }
@@ -199,12 +299,19 @@ fn two_shards_merged_equal_the_unsharded_run() {
     let (a, b) = (lines(&s1.join("results.jsonl")), lines(&s2.join("results.jsonl")));
     assert!(!a.is_empty() && !b.is_empty());
     assert!(a.iter().all(|l| b.iter().all(|m| l["case"] != m["case"])), "shards overlap");
-    let o = xaiclip(&["eval", "--merge", s1.to_str().unwrap(), s2.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    let o =
+        xaiclip(&["eval", "--merge", s1.to_str().unwrap(), s2.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (m, w) = (lines(&merged.join("results.jsonl")), lines(&whole.join("results.jsonl")));
     assert_eq!(m.len(), 12);
     assert_eq!(without_time(&m), without_time(&w));
-    let summary = |d: &Path| std::fs::read_to_string(d.join("summary.csv")).unwrap().lines().map(|l| l.split(',').take(7).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    let summary = |d: &Path| {
+        std::fs::read_to_string(d.join("summary.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(summary(&merged), summary(&whole));
 }
 
@@ -224,10 +331,19 @@ fn real_dicom_series_with_png_masks() {
     by_name.sort_by(|a, b| dataset::natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
     for (k, f) in files.iter().enumerate() {
         let order = by_name.iter().position(|g| *g == f).unwrap();
-        let grey: Vec<u8> = labels[k * nx * ny..(k + 1) * nx * ny].iter().map(|&l| if l == 1 { 255 } else { 0 }).collect();
-        image::GrayImage::from_raw(nx as u32, ny as u32, grey).unwrap().save(ground.join(format!("liver_GT_{order:03}.png"))).unwrap();
+        let grey: Vec<u8> =
+            labels[k * nx * ny..(k + 1) * nx * ny].iter().map(|&l| if l == 1 { 255 } else { 0 }).collect();
+        image::GrayImage::from_raw(nx as u32, ny as u32, grey)
+            .unwrap()
+            .save(ground.join(format!("liver_GT_{order:03}.png")))
+            .unwrap();
     }
-    let case = CaseEntry { id: "CT/real".into(), image: series, labels: LabelSource::Png(ground, PngEncoding::ChaosCt), mr: false };
+    let case = CaseEntry {
+        id: "CT/real".into(),
+        image: series,
+        labels: LabelSource::Png(ground, PngEncoding::ChaosCt),
+        mr: false,
+    };
     let (_, read) = dataset::load(&case).unwrap();
     let read = read.unwrap();
     let liver: Vec<u8> = labels.iter().map(|&l| (l == 1) as u8).collect();

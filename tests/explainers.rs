@@ -64,7 +64,9 @@ fn occlusion_of_a_linear_model_is_the_mean_window_sum() {
         let (mut sum, mut count) = (vec![0f64; size * size], vec![0f64; size * size]);
         for oy in (0..shifts).map(|s| s * t) {
             for ox in (0..shifts).map(|s| s * t) {
-                let cells: Vec<usize> = (oy..(oy + k).min(size)).flat_map(|y| (ox..(ox + k).min(size)).map(move |x| y * size + x)).collect();
+                let cells: Vec<usize> = (oy..(oy + k).min(size))
+                    .flat_map(|y| (ox..(ox + k).min(size)).map(move |x| y * size + x))
+                    .collect();
                 let drop: f64 = cells.iter().map(|&q| p.input[q] as f64 * model.w[q] as f64).sum();
                 cells.iter().for_each(|&q| {
                     sum[q] += drop;
@@ -100,11 +102,14 @@ fn rise_equals_its_formula_on_the_same_masks() {
     close(&e.saliency, &want, 1e-4);
     assert_eq!((e.forward_passes, e.samples), (40, 40));
     // Masks are soft, in [0, 1], and about p1 on average.
-    let mean: f32 = (0..40).map(|i| {
-        rise.mask(i, size, &mut m);
-        assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));
-        m.iter().sum::<f32>() / m.len() as f32
-    }).sum::<f32>() / 40.0;
+    let mean: f32 = (0..40)
+        .map(|i| {
+            rise.mask(i, size, &mut m);
+            assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));
+            m.iter().sum::<f32>() / m.len() as f32
+        })
+        .sum::<f32>()
+        / 40.0;
     assert!((mean - 0.5).abs() < 0.1, "mean mask value {mean}");
 }
 
@@ -166,12 +171,14 @@ fn kernel_shap_recovers_an_additive_model() {
     let e = KernelShap { samples: 60, seed: 9 }.explain(&mut Runner::new(&p, |_| {}), &seg).unwrap();
     // Linear model, zero baseline: segment j contributes exactly sum_{q in j} w_q x_q when on.
     for j in 0..seg.count as i32 {
-        let want: f64 = (0..size * size).filter(|&q| seg.labels[q] == j).map(|q| (p.input[q] * model.w[q]) as f64).sum();
+        let want: f64 =
+            (0..size * size).filter(|&q| seg.labels[q] == j).map(|q| (p.input[q] * model.w[q]) as f64).sum();
         let got = e.saliency[seg.labels.iter().position(|&l| l == j).unwrap()] as f64;
         assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "segment {j}: {got} vs {want}");
     }
     // Efficiency: attributions sum to f(all on) - f(all off), even with one coalition per feature.
-    let rows = vec![vec![false, false, false], vec![true, true, true], vec![true, false, false], vec![false, true, true]];
+    let rows =
+        vec![vec![false, false, false], vec![true, true, true], vec![true, false, false], vec![false, true, true]];
     let phi = shapley_regression(&rows, &[1.0, 4.0, 2.0, 3.0]).unwrap();
     assert!((phi.iter().sum::<f64>() - 3.0).abs() < 1e-9);
 }
@@ -185,7 +192,8 @@ fn lime_recovers_segment_contributions_of_a_linear_model() {
     let lime = Lime { samples: 400, kernel_width: 0.25, alpha: 1e-6, seed: 4 };
     let e = lime.explain(&mut Runner::new(&p, |_| {}), &seg).unwrap();
     for j in 0..seg.count as i32 {
-        let want: f64 = (0..size * size).filter(|&q| seg.labels[q] == j).map(|q| (p.input[q] * model.w[q]) as f64).sum();
+        let want: f64 =
+            (0..size * size).filter(|&q| seg.labels[q] == j).map(|q| (p.input[q] * model.w[q]) as f64).sum();
         let got = e.saliency[seg.labels.iter().position(|&l| l == j).unwrap()] as f64;
         assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "segment {j}: {got} vs {want}");
     }
@@ -194,7 +202,8 @@ fn lime_recovers_segment_contributions_of_a_linear_model() {
 #[test]
 fn roi_mode_never_touches_a_pixel_outside_the_roi() {
     let size = 20;
-    let roi: Vec<bool> = (0..size * size).map(|q| (5..12).contains(&(q / size)) && (4..15).contains(&(q % size))).collect();
+    let roi: Vec<bool> =
+        (0..size * size).map(|q| (5..12).contains(&(q / size)) && (4..15).contains(&(q % size))).collect();
     let seg = stripes(size);
     for method in 0..4 {
         let model = linear(size);
@@ -213,7 +222,11 @@ fn roi_mode_never_touches_a_pixel_outside_the_roi() {
         for img in seen.iter() {
             for q in 0..size * size {
                 if !roi[q] {
-                    assert_eq!(img[q].to_bits(), p.input[q].to_bits(), "method {method}: pixel {q} outside the ROI changed");
+                    assert_eq!(
+                        img[q].to_bits(),
+                        p.input[q].to_bits(),
+                        "method {method}: pixel {q} outside the ROI changed"
+                    );
                 } else if img[q] != p.input[q] {
                     perturbed_inside = true;
                 }
@@ -253,7 +266,8 @@ fn adaptive_rise_stops_early_on_a_converged_map() {
     let size = 12;
     let model = linear(size);
     let p = problem(size, &model, vec![true; size * size]);
-    let e = Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }.explain(&mut Runner::new(&p, |_| {})).unwrap();
+    let e =
+        Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }.explain(&mut Runner::new(&p, |_| {})).unwrap();
     assert!(e.samples < 4000 && e.samples >= 500 && e.samples.is_multiple_of(250), "used {}", e.samples);
 }
 
@@ -266,7 +280,11 @@ fn deletion_and_insertion_curves_run_between_input_and_baseline() {
     // Saliency = the input itself: deletion removes the largest pixels first, so its curve falls fastest.
     let f = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &p.input, 5).unwrap();
     assert!((f.deletion_curve[0] - total).abs() < 1e-3 && f.deletion_curve[5].abs() < 1e-6, "{:?}", f.deletion_curve);
-    assert!(f.insertion_curve[0].abs() < 1e-6 && (f.insertion_curve[5] - total).abs() < 1e-3, "{:?}", f.insertion_curve);
+    assert!(
+        f.insertion_curve[0].abs() < 1e-6 && (f.insertion_curve[5] - total).abs() < 1e-3,
+        "{:?}",
+        f.insertion_curve
+    );
     assert!(f.deletion_curve.windows(2).all(|w| w[1] <= w[0] + 1e-6));
     let reversed: Vec<f32> = p.input.iter().map(|v| -v).collect();
     let g = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &reversed, 5).unwrap();

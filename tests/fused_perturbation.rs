@@ -28,13 +28,18 @@ impl<S: Scorer> Scorer for HostOnly<'_, S> {
 }
 
 fn model() -> BasicUNet<CpuBackend> {
-    let config = UNetConfig::from_json(r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#).unwrap();
+    let config = UNetConfig::from_json(
+        r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#,
+    )
+    .unwrap();
     BasicUNet::random(&CpuBackend, config, 5).unwrap()
 }
 
 /// A scorer for the first class the random model predicts somewhere.
 fn scorer<'a>(model: &'a BasicUNet<CpuBackend>, input: &[f32], kind: ScoreKind) -> UNetScorer<'a, CpuBackend> {
-    (0..3).find_map(|c| UNetScorer::new(&CpuBackend, model, input, SIZE, c, kind).ok()).expect("the model predicts some class")
+    (0..3)
+        .find_map(|c| UNetScorer::new(&CpuBackend, model, input, SIZE, c, kind).ok())
+        .expect("the model predicts some class")
 }
 
 fn max_error(a: &[f32], b: &[f32]) -> f64 {
@@ -47,12 +52,24 @@ fn fused_explanations_equal_the_host_path() {
     let model = model();
     let input = randoms(SIZE * SIZE, 1);
     let roi: Vec<bool> = (0..SIZE * SIZE).map(|p| (p % SIZE) > 4 && (p / SIZE) < 27).collect();
-    let segments = Segments { labels: (0..SIZE * SIZE).map(|p| if roi[p] { ((p % SIZE) / 6 + 6 * ((p / SIZE) / 8)) as i32 } else { -1 }).collect(), count: 24 };
+    let segments = Segments {
+        labels: (0..SIZE * SIZE)
+            .map(|p| if roi[p] { ((p % SIZE) / 6 + 6 * ((p / SIZE) / 8)) as i32 } else { -1 })
+            .collect(),
+        count: 24,
+    };
     for kind in [ScoreKind::MeanProb, ScoreKind::SoftDice, ScoreKind::LogitSum] {
         let fused = scorer(&model, &input, kind);
         let host = HostOnly(&fused);
         let run = |s: &dyn Scorer, method: usize| {
-            let problem = Problem { size: SIZE, input: input.clone(), baseline: vec![0.1; SIZE * SIZE], roi: roi.clone(), scorer: s, batch: 5 };
+            let problem = Problem {
+                size: SIZE,
+                input: input.clone(),
+                baseline: vec![0.1; SIZE * SIZE],
+                roi: roi.clone(),
+                scorer: s,
+                batch: 5,
+            };
             let mut runner = Runner::new(&problem, |_| {});
             match method {
                 0 => Occlusion { window: 7, stride: 5 }.explain(&mut runner),
@@ -76,7 +93,13 @@ fn perturbed_batches_keep_pixels_outside_the_roi() {
     let plane = SIZE * SIZE;
     let t = |v: Vec<f32>| Tensor::new(&[plane], v).unwrap();
     let roi: Vec<f32> = randoms(plane, 7).iter().map(|&v| (v < 0.6) as u8 as f32).collect();
-    let scene = Scene { size: SIZE, input: t(randoms(plane, 8)), baseline: t(randoms(plane, 9)), roi: t(roi.clone()), labels: None };
+    let scene = Scene {
+        size: SIZE,
+        input: t(randoms(plane, 8)),
+        baseline: t(randoms(plane, 9)),
+        roi: t(roi.clone()),
+        labels: None,
+    };
     let rise = Rise { masks: 100, grid: 6, p1: 0.5, seed: 1, tol: None };
     let origins = [(3, 4), (20, 25), (0, 0)];
     for masks in [MaskBatch::Rise { rise: &rise, first: 40 }, MaskBatch::Windows { origins: &origins, window: 9 }] {
@@ -105,8 +128,14 @@ fn kahan_sum_on_the_backend_matches_an_f64_sum() {
     let m = Tensor::new(&[n, 1, 8, 8], randoms(n * plane, 12)).unwrap();
     let mut acc = Tensor::zeros(&[2, plane]);
     // Two batches, as the runner adds them.
-    let (w1, w2) = (Tensor::new(&[200], w.data()[..200].to_vec()).unwrap(), Tensor::new(&[100], w.data()[200..].to_vec()).unwrap());
-    let (m1, m2) = (Tensor::new(&[200, 1, 8, 8], m.data()[..200 * plane].to_vec()).unwrap(), Tensor::new(&[100, 1, 8, 8], m.data()[200 * plane..].to_vec()).unwrap());
+    let (w1, w2) = (
+        Tensor::new(&[200], w.data()[..200].to_vec()).unwrap(),
+        Tensor::new(&[100], w.data()[200..].to_vec()).unwrap(),
+    );
+    let (m1, m2) = (
+        Tensor::new(&[200, 1, 8, 8], m.data()[..200 * plane].to_vec()).unwrap(),
+        Tensor::new(&[100, 1, 8, 8], m.data()[200 * plane..].to_vec()).unwrap(),
+    );
     CpuBackend.accumulate_weighted(&mut acc, &w1, &m1).unwrap();
     CpuBackend.accumulate_weighted(&mut acc, &w2, &m2).unwrap();
     for p in 0..plane {

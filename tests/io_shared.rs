@@ -8,7 +8,12 @@ use xaiclip::preprocess::AxialLayout;
 /// Mean HU over the voxels of `image` whose world position is labelled `id`, and their count.
 fn mean_hu_of_label(image: &Volume, labels: &Volume, id: u8) -> (f64, usize) {
     let (on_grid, _) = labels.labels_on_grid_of(image);
-    let (sum, n) = image.data.iter().zip(&on_grid).filter(|(_, &l)| l == id).fold((0.0, 0), |(s, n), (&v, _)| (s + v as f64, n + 1));
+    let (sum, n) = image
+        .data
+        .iter()
+        .zip(&on_grid)
+        .filter(|(_, &l)| l == id)
+        .fold((0.0, 0), |(s, n), (&v, _)| (s + v as f64, n + 1));
     (sum / n.max(1) as f64, n)
 }
 
@@ -43,7 +48,8 @@ fn dicom_series_matches_its_nifti_labels_in_world_space() {
     println!("ct_dicom liver: {n} voxels, mean {liver:.1} HU");
     assert!(n > 1000 && (20.0..200.0).contains(&liver), "liver mean {liver} HU over {n} voxels");
     let present = seg.labels_present();
-    let bone = present.iter().copied().find(|&l| (26..=50).contains(&l)).expect("a vertebra label (TotalSegmentator 26-50)");
+    let bone =
+        present.iter().copied().find(|&l| (26..=50).contains(&l)).expect("a vertebra label (TotalSegmentator 26-50)");
     let (hu, _) = mean_hu_of_label(&ct, &seg, bone as u8);
     assert!(hu > 200.0, "vertebra {bone} mean {hu} HU");
 }
@@ -79,14 +85,31 @@ fn segment_writes_labels_with_the_input_affine() {
     let unet = repo().join("tests/fixtures/unet_instance_deconv");
     for (input, slice) in [(dir.join("ct_small.nii.gz"), "all"), (dir.join("ct_dicom"), "3,10")] {
         let out = tmp.path().join("seg.nii.gz");
-        let o = xaiclip(&["segment", "--image", input.to_str().unwrap(), "--slice", slice, "--unet", unet.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "64"]);
+        let o = xaiclip(&[
+            "segment",
+            "--image",
+            input.to_str().unwrap(),
+            "--slice",
+            slice,
+            "--unet",
+            unet.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--size",
+            "64",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let image = io::read_image(&input).unwrap();
         let labels = io::read_image(&out).unwrap();
         assert_eq!(labels.dims, image.dims);
         for r in 0..4 {
             for c in 0..4 {
-                assert!((labels.affine[r][c] - image.affine[r][c]).abs() < 1e-4, "affine differs at ({r},{c}): {:?} vs {:?}", labels.affine, image.affine);
+                assert!(
+                    (labels.affine[r][c] - image.affine[r][c]).abs() < 1e-4,
+                    "affine differs at ({r},{c}): {:?} vs {:?}",
+                    labels.affine,
+                    image.affine
+                );
             }
         }
         labels.check_labels().unwrap();
@@ -94,7 +117,10 @@ fn segment_writes_labels_with_the_input_affine() {
         if input.is_file() {
             // NIfTI in, NIfTI out: the header's own geometry codes are carried over.
             let (h_in, h_out) = (image.nifti_header.unwrap(), labels.nifti_header.unwrap());
-            assert_eq!((h_in.sform_code, h_in.qform_code, h_in.srow_x, h_in.pixdim[1..4].to_vec()), (h_out.sform_code, h_out.qform_code, h_out.srow_x, h_out.pixdim[1..4].to_vec()));
+            assert_eq!(
+                (h_in.sform_code, h_in.qform_code, h_in.srow_x, h_in.pixdim[1..4].to_vec()),
+                (h_out.sform_code, h_out.qform_code, h_out.srow_x, h_out.pixdim[1..4].to_vec())
+            );
         }
         std::fs::remove_file(&out).unwrap();
     }

@@ -30,7 +30,9 @@ fn organs_have_their_densities_and_are_all_present() {
             for c in 1..n - 1 {
                 let i = c + n * (r + n * k);
                 let l = p.labels[i];
-                if (-1isize..=1).all(|dr| (-1isize..=1).all(|dc| p.labels[(i as isize + dc + dr * n as isize) as usize] == l)) {
+                if (-1isize..=1)
+                    .all(|dr| (-1isize..=1).all(|dc| p.labels[(i as isize + dc + dr * n as isize) as usize] == l))
+                {
                     sums[l as usize].0 += p.ct.data[i] as f64;
                     sums[l as usize].1 += 1;
                 }
@@ -42,7 +44,16 @@ fn organs_have_their_densities_and_are_all_present() {
         assert!(p.labels.contains(&id), "{name} (label {id}) missing");
     }
     // Expected mean HU per organ (portal-venous contrast CT), with room for blur and noise.
-    for (id, lo, hi) in [(1, 90.0, 130.0), (3, 100.0, 140.0), (2, 135.0, 180.0), (13, 135.0, 180.0), (5, 150.0, 200.0), (6, 115.0, 160.0), (9, -10.0, 40.0), (4, 75.0, 115.0)] {
+    for (id, lo, hi) in [
+        (1, 90.0, 130.0),
+        (3, 100.0, 140.0),
+        (2, 135.0, 180.0),
+        (13, 135.0, 180.0),
+        (5, 150.0, 200.0),
+        (6, 115.0, 160.0),
+        (9, -10.0, 40.0),
+        (4, 75.0, 115.0),
+    ] {
         let m = mean(id);
         assert!((lo..hi).contains(&m), "label {id}: mean {m:.1} HU outside [{lo}, {hi}]");
     }

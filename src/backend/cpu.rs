@@ -50,7 +50,24 @@ unsafe fn matmul(
     parallelism: Parallelism,
 ) {
     gemm::gemm(
-        m, n, k, dst, dst_cs, dst_rs, false, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0, 1.0, false, false, false,
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        false,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
         parallelism,
     );
 }
@@ -104,7 +121,8 @@ fn lane_sum(plane: &[f32], f: impl Fn(f32) -> f32) -> f64 {
                 *l += f(v);
             }
         }
-        total += lanes.iter().map(|&l| l as f64).sum::<f64>() + it.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
+        total +=
+            lanes.iter().map(|&l| l as f64).sum::<f64>() + it.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
     }
     total
 }
@@ -195,43 +213,78 @@ impl Backend for CpuBackend {
         // axis, instead of pixels against Cout in steps of 6 with a slow remainder (32->32 @256: 81 ->
         // 124 GFLOP/s). Wide layers and K < 32 (the 1-channel input conv) write NCHW directly.
         let channel_fastest = cout <= 64 && kdim >= 32;
-        (0..n * tiles).into_par_iter().for_each_init(|| (Vec::new(), Vec::new()), |(col, tile_out): &mut (Vec<f32>, Vec<f32>), task| {
-            let (img_idx, tile) = (task / tiles, task % tiles);
-            let (oy0, oy1) = (tile * rows_per_tile, ((tile + 1) * rows_per_tile).min(hout));
-            let ncols = (oy1 - oy0) * wout;
-            let img = &x.data()[img_idx * cin * h * w..(img_idx + 1) * cin * h * w];
-            // A 1x1 conv reads the input plane directly: its "column buffer" is the image itself.
-            let (rhs, rhs_rs) = if pointwise {
-                (img[oy0 * w..].as_ptr(), (h * w) as isize)
-            } else {
-                col.resize(kdim * ncols, 0.0);
-                im2col_rows(img, (cin, h, w), (kh, kw), stride, pad, wout, (oy0, oy1), col);
-                (col.as_ptr(), ncols as isize)
-            };
-            let plane = hout * wout;
-            // Safety (both branches): this task writes rows [oy0, oy1) of every output channel of image
-            // img_idx only; rhs spans kdim rows of ncols columns.
-            let dst = unsafe { out_ptr.ptr().add(img_idx * cout * plane + oy0 * wout) };
-            if channel_fastest {
-                tile_out.resize(cout * ncols, 0.0);
-                unsafe { matmul(cout, ncols, kdim, tile_out.as_mut_ptr(), 1, cout as isize, weight.data().as_ptr(), kdim as isize, 1, rhs, rhs_rs, 1, Parallelism::None) };
-                for co in 0..cout {
-                    let bv = bias.map_or(0.0, |b| b[co]);
-                    let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = tile_out[j * cout + co] + bv;
-                    }
-                }
-            } else {
-                unsafe { matmul(cout, ncols, kdim, dst, plane as isize, 1, weight.data().as_ptr(), kdim as isize, 1, rhs, rhs_rs, 1, Parallelism::None) };
-                if let Some(b) = bias {
-                    for (co, &bv) in b.iter().enumerate() {
+        (0..n * tiles).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(col, tile_out): &mut (Vec<f32>, Vec<f32>), task| {
+                let (img_idx, tile) = (task / tiles, task % tiles);
+                let (oy0, oy1) = (tile * rows_per_tile, ((tile + 1) * rows_per_tile).min(hout));
+                let ncols = (oy1 - oy0) * wout;
+                let img = &x.data()[img_idx * cin * h * w..(img_idx + 1) * cin * h * w];
+                // A 1x1 conv reads the input plane directly: its "column buffer" is the image itself.
+                let (rhs, rhs_rs) = if pointwise {
+                    (img[oy0 * w..].as_ptr(), (h * w) as isize)
+                } else {
+                    col.resize(kdim * ncols, 0.0);
+                    im2col_rows(img, (cin, h, w), (kh, kw), stride, pad, wout, (oy0, oy1), col);
+                    (col.as_ptr(), ncols as isize)
+                };
+                let plane = hout * wout;
+                // Safety (both branches): this task writes rows [oy0, oy1) of every output channel of image
+                // img_idx only; rhs spans kdim rows of ncols columns.
+                let dst = unsafe { out_ptr.ptr().add(img_idx * cout * plane + oy0 * wout) };
+                if channel_fastest {
+                    tile_out.resize(cout * ncols, 0.0);
+                    unsafe {
+                        matmul(
+                            cout,
+                            ncols,
+                            kdim,
+                            tile_out.as_mut_ptr(),
+                            1,
+                            cout as isize,
+                            weight.data().as_ptr(),
+                            kdim as isize,
+                            1,
+                            rhs,
+                            rhs_rs,
+                            1,
+                            Parallelism::None,
+                        )
+                    };
+                    for co in 0..cout {
+                        let bv = bias.map_or(0.0, |b| b[co]);
                         let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
-                        row.iter_mut().for_each(|v| *v += bv);
+                        for (j, v) in row.iter_mut().enumerate() {
+                            *v = tile_out[j * cout + co] + bv;
+                        }
+                    }
+                } else {
+                    unsafe {
+                        matmul(
+                            cout,
+                            ncols,
+                            kdim,
+                            dst,
+                            plane as isize,
+                            1,
+                            weight.data().as_ptr(),
+                            kdim as isize,
+                            1,
+                            rhs,
+                            rhs_rs,
+                            1,
+                            Parallelism::None,
+                        )
+                    };
+                    if let Some(b) = bias {
+                        for (co, &bv) in b.iter().enumerate() {
+                            let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
+                            row.iter_mut().for_each(|v| *v += bv);
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(out)
     }
 
@@ -244,33 +297,57 @@ impl Backend for CpuBackend {
         let (hout, wout, hw) = (h * k, w * k, h * w);
         let rows = cout * k * k;
         let mut out = Tensor::zeros(&[n, cout, hout, wout]);
-        out.data_mut().par_chunks_mut(cout * hout * wout).enumerate().for_each_init(Vec::new, |buf: &mut Vec<f32>, (i, dst)| {
-            // buf[(co, ky, kx), pixel] = sum_ci w[ci, (co, ky, kx)] * x[ci, pixel], then scatter: with
-            // kernel == stride every output pixel receives exactly one term.
-            buf.resize(rows * hw, 0.0);
-            let img = &x.data()[i * cin * hw..(i + 1) * cin * hw];
-            unsafe {
-                matmul(rows, hw, cin, buf.as_mut_ptr(), hw as isize, 1, weight.data().as_ptr(), 1, rows as isize, img.as_ptr(), hw as isize, 1, Parallelism::None);
-            }
-            for co in 0..cout {
-                let b = bias.map_or(0.0, |b| b[co]);
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let src = &buf[((co * k + ky) * k + kx) * hw..][..hw];
-                        for y in 0..h {
-                            let row = &mut dst[co * hout * wout + (y * k + ky) * wout..][..wout];
-                            for xx in 0..w {
-                                row[xx * k + kx] = src[y * w + xx] + b;
+        out.data_mut().par_chunks_mut(cout * hout * wout).enumerate().for_each_init(
+            Vec::new,
+            |buf: &mut Vec<f32>, (i, dst)| {
+                // buf[(co, ky, kx), pixel] = sum_ci w[ci, (co, ky, kx)] * x[ci, pixel], then scatter: with
+                // kernel == stride every output pixel receives exactly one term.
+                buf.resize(rows * hw, 0.0);
+                let img = &x.data()[i * cin * hw..(i + 1) * cin * hw];
+                unsafe {
+                    matmul(
+                        rows,
+                        hw,
+                        cin,
+                        buf.as_mut_ptr(),
+                        hw as isize,
+                        1,
+                        weight.data().as_ptr(),
+                        1,
+                        rows as isize,
+                        img.as_ptr(),
+                        hw as isize,
+                        1,
+                        Parallelism::None,
+                    );
+                }
+                for co in 0..cout {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let src = &buf[((co * k + ky) * k + kx) * hw..][..hw];
+                            for y in 0..h {
+                                let row = &mut dst[co * hout * wout + (y * k + ky) * wout..][..wout];
+                                for xx in 0..w {
+                                    row[xx * k + kx] = src[y * w + xx] + b;
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(out)
     }
 
-    fn instance_norm(&self, x: &mut Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32, act: Activation) -> Result<()> {
+    fn instance_norm(
+        &self,
+        x: &mut Tensor,
+        gamma: Option<&Tensor>,
+        beta: Option<&Tensor>,
+        eps: f32,
+        act: Activation,
+    ) -> Result<()> {
         let (_, c, h, w) = x.nchw()?;
         let gamma = vector_arg(gamma, c, "instance_norm weight")?;
         let beta = vector_arg(beta, c, "instance_norm bias")?;
@@ -367,7 +444,12 @@ impl Backend for CpuBackend {
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (n, ca, h, w) = a.nchw()?;
         let (nb, cb, hb, wb) = b.nchw()?;
-        ensure!((n, h, w) == (nb, hb, wb), "concat_channels: shapes {:?} and {:?} differ outside channels", a.shape(), b.shape());
+        ensure!(
+            (n, h, w) == (nb, hb, wb),
+            "concat_channels: shapes {:?} and {:?} differ outside channels",
+            a.shape(),
+            b.shape()
+        );
         let (sa, sb) = (ca * h * w, cb * h * w);
         let mut out = Tensor::zeros(&[n, ca + cb, h, w]);
         out.data_mut().par_chunks_mut(sa + sb).enumerate().for_each(|(i, dst)| {
@@ -398,7 +480,9 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let [out_f, in_f] = weight.shape()[..] else { bail!("linear: weight must be (out, in), got {:?}", weight.shape()) };
+        let [out_f, in_f] = weight.shape()[..] else {
+            bail!("linear: weight must be (out, in), got {:?}", weight.shape())
+        };
         let last = *x.shape().last().unwrap_or(&0);
         ensure!(last == in_f, "linear: input's last axis is {last}, weight expects {in_f}");
         let bias = vector_arg(bias, out_f, "linear bias")?;
@@ -408,7 +492,21 @@ impl Backend for CpuBackend {
         let mut out = Tensor::zeros(&shape);
         // rhs = W^T: element (k, j) is W[j, k].
         unsafe {
-            matmul(rows, out_f, in_f, out.data_mut().as_mut_ptr(), out_f as isize, 1, x.data().as_ptr(), in_f as isize, 1, weight.data().as_ptr(), 1, in_f as isize, threads());
+            matmul(
+                rows,
+                out_f,
+                in_f,
+                out.data_mut().as_mut_ptr(),
+                out_f as isize,
+                1,
+                x.data().as_ptr(),
+                in_f as isize,
+                1,
+                weight.data().as_ptr(),
+                1,
+                in_f as isize,
+                threads(),
+            );
         }
         if let Some(b) = bias {
             out.data_mut().par_chunks_mut(out_f).for_each(|row| row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv));
@@ -451,11 +549,29 @@ impl Backend for CpuBackend {
         (0..b * heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
             let (i, h) = (task / heads, task % heads);
             // Head h of item i: columns [h*d, (h+1)*d) of rows with stride `width`.
-            let (qi, ki, vi) = (&q.data()[i * lq * width + h * d..], &k.data()[i * lk * width + h * d..], &v.data()[i * lk * width + h * d..]);
+            let (qi, ki, vi) = (
+                &q.data()[i * lq * width + h * d..],
+                &k.data()[i * lk * width + h * d..],
+                &v.data()[i * lk * width + h * d..],
+            );
             scores.resize(lq * lk, 0.0);
             unsafe {
                 // scores = Q K^T (rhs element (c, j) = K[j, c]).
-                matmul(lq, lk, d, scores.as_mut_ptr(), lk as isize, 1, qi.as_ptr(), width as isize, 1, ki.as_ptr(), 1, width as isize, Parallelism::None);
+                matmul(
+                    lq,
+                    lk,
+                    d,
+                    scores.as_mut_ptr(),
+                    lk as isize,
+                    1,
+                    qi.as_ptr(),
+                    width as isize,
+                    1,
+                    ki.as_ptr(),
+                    1,
+                    width as isize,
+                    Parallelism::None,
+                );
             }
             for (r, row) in scores.chunks_mut(lk).enumerate() {
                 row.iter_mut().for_each(|s| *s *= scale);
@@ -467,7 +583,21 @@ impl Backend for CpuBackend {
             // Safety: this task writes columns [h*d, (h+1)*d) of item i only.
             unsafe {
                 let dst = out_ptr.ptr().add(i * lq * width + h * d);
-                matmul(lq, d, lk, dst, width as isize, 1, scores.as_ptr(), lk as isize, 1, vi.as_ptr(), width as isize, 1, Parallelism::None);
+                matmul(
+                    lq,
+                    d,
+                    lk,
+                    dst,
+                    width as isize,
+                    1,
+                    scores.as_ptr(),
+                    lk as isize,
+                    1,
+                    vi.as_ptr(),
+                    width as isize,
+                    1,
+                    Parallelism::None,
+                );
             }
         });
         Ok(out)
@@ -475,7 +605,10 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
         ensure!(a.shape() == b.shape(), "add: shapes {:?} and {:?} differ", a.shape(), b.shape());
-        a.data_mut().par_chunks_mut(16384).zip(b.data().par_chunks(16384)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(p, q)| *p += q));
+        a.data_mut()
+            .par_chunks_mut(16384)
+            .zip(b.data().par_chunks(16384))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(p, q)| *p += q));
         Ok(())
     }
 
@@ -548,10 +681,17 @@ mod tests {
     fn conv2d_matches_direct_convolution() {
         // Shapes cover: 3x3 pad 1, odd sizes, stride 2, 1x1, rows split over several tiles, and both
         // output paths (channel-fastest tile for Cout <= 64 and K >= 32, direct NCHW otherwise).
-        for (seed, &(n, cin, cout, h, w, k, s, p)) in
-            [(2, 3, 5, 9, 7, 3, 1, 1), (1, 4, 6, 11, 13, 3, 2, 1), (3, 5, 2, 6, 6, 1, 1, 0), (1, 2, 3, 70, 100, 3, 1, 1), (1, 2, 2, 8, 9, 5, 1, 2), (2, 8, 16, 70, 100, 3, 1, 1), (1, 4, 80, 9, 9, 3, 1, 1)]
-                .iter()
-                .enumerate()
+        for (seed, &(n, cin, cout, h, w, k, s, p)) in [
+            (2, 3, 5, 9, 7, 3, 1, 1),
+            (1, 4, 6, 11, 13, 3, 2, 1),
+            (3, 5, 2, 6, 6, 1, 1, 0),
+            (1, 2, 3, 70, 100, 3, 1, 1),
+            (1, 2, 2, 8, 9, 5, 1, 2),
+            (2, 8, 16, 70, 100, 3, 1, 1),
+            (1, 4, 80, 9, 9, 3, 1, 1),
+        ]
+        .iter()
+        .enumerate()
         {
             let x = random(&[n, cin, h, w], seed as u64 * 3);
             let wt = random(&[cout, cin, k, k], seed as u64 * 3 + 1);
@@ -621,7 +761,9 @@ mod tests {
                 for i in 0..4 {
                     let at = |t: &Tensor, row: usize, c: usize| t.data()[row * 6 + h * 3 + c];
                     let keys = if causal { i + 1 } else { 4 };
-                    let s: Vec<f32> = (0..keys).map(|j| (0..3).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f32>() / 3f32.sqrt()).collect();
+                    let s: Vec<f32> = (0..keys)
+                        .map(|j| (0..3).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f32>() / 3f32.sqrt())
+                        .collect();
                     let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let z: f32 = s.iter().map(|v| (v - m).exp()).sum();
                     for c in 0..3 {

@@ -10,7 +10,9 @@ use super::{perturb::Scene, Activation, Backend};
 use crate::explain::{MaskBatch, ScoreKind};
 use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,16 +142,33 @@ impl CudaBackend {
         }
         let count = driver(CudaContext::device_count(), "device count")?;
         ensure!(count > 0, "the CUDA driver reports no GPU: use --device cpu");
-        ensure!(ordinal < count as usize, "no CUDA device {ordinal}: this machine has {count} (cuda:0 to cuda:{})", count - 1);
+        ensure!(
+            ordinal < count as usize,
+            "no CUDA device {ordinal}: this machine has {count} (cuda:0 to cuda:{})",
+            count - 1
+        );
         let ctx = driver(CudaContext::new(ordinal), "context")?;
         // Safety: this backend uses one stream for everything (see the module comment).
         unsafe { ctx.disable_event_tracking() };
         let device_name = driver(ctx.name(), "device name")?;
         let modules = MODULES
             .iter()
-            .map(|(name, image)| driver(ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec())), &format!("loading kernels/{name}.cu")))
+            .map(|(name, image)| {
+                driver(
+                    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec())),
+                    &format!("loading kernels/{name}.cu"),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { ordinal, device_name, precision, stream: ctx.default_stream(), modules, functions: Mutex::new(HashMap::new()), poison: AtomicBool::new(false) })
+        Ok(Self {
+            ordinal,
+            device_name,
+            precision,
+            stream: ctx.default_stream(),
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            poison: AtomicBool::new(false),
+        })
     }
 
     pub fn precision(&self) -> Precision {
@@ -181,7 +200,11 @@ impl CudaBackend {
         if let Some(f) = cache.get(name) {
             return Ok(f.clone());
         }
-        let f = self.modules.iter().find_map(|m| m.load_function(name).ok()).with_context(|| format!("kernel {name} is in none of the loaded modules"))?;
+        let f = self
+            .modules
+            .iter()
+            .find_map(|m| m.load_function(name).ok())
+            .with_context(|| format!("kernel {name} is in none of the loaded modules"))?;
         cache.insert(name, f.clone());
         Ok(f)
     }
@@ -202,7 +225,12 @@ impl CudaBackend {
         let buf = driver(unsafe { self.stream.alloc::<f32>(len) }, "alloc")?;
         if self.poison.load(Ordering::Relaxed) {
             // Safety: buf is a live allocation of len f32 on this stream; all-ones bytes are a NaN.
-            driver(unsafe { cudarc::driver::result::memset_d8_async(self.ptr(&buf), 0xFF, len * 4, self.stream.cu_stream()) }, "poison")?;
+            driver(
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(self.ptr(&buf), 0xFF, len * 4, self.stream.cu_stream())
+                },
+                "poison",
+            )?;
         }
         Ok(CudaTensor { buf, shape: shape.to_vec() })
     }
@@ -215,19 +243,36 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv(&self, x: &CudaTensor, extra: Option<&CudaTensor>, weight: &CudaTensor, bias: Option<&CudaTensor>, stride: usize, pad: usize, act: Activation) -> Result<CudaTensor> {
+    fn conv(
+        &self,
+        x: &CudaTensor,
+        extra: Option<&CudaTensor>,
+        weight: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        stride: usize,
+        pad: usize,
+        act: Activation,
+    ) -> Result<CudaTensor> {
         let (n, ca, h, w) = nchw(x, "conv2d input")?;
         let cb = match extra {
             Some(e) => {
                 let (ne, ce, he, we) = nchw(e, "conv2d second input")?;
-                ensure!((ne, he, we) == (n, h, w), "conv2d: inputs {:?} and {:?} differ outside channels", x.shape, e.shape);
+                ensure!(
+                    (ne, he, we) == (n, h, w),
+                    "conv2d: inputs {:?} and {:?} differ outside channels",
+                    x.shape,
+                    e.shape
+                );
                 ce
             }
             None => 0,
         };
         let (cout, wcin, kh, kw) = nchw(weight, "conv2d weight")?;
         ensure!(wcin == ca + cb, "conv2d: input has {} channels, weight expects {wcin}", ca + cb);
-        ensure!(stride >= 1 && h + 2 * pad >= kh && w + 2 * pad >= kw, "conv2d: kernel {kh}x{kw} stride {stride} does not fit {h}x{w} padded by {pad}");
+        ensure!(
+            stride >= 1 && h + 2 * pad >= kh && w + 2 * pad >= kw,
+            "conv2d: kernel {kh}x{kw} stride {stride} does not fit {h}x{w} padded by {pad}"
+        );
         let bias = self.vector_ptr(bias, cout, "conv2d bias")?;
         let (hout, wout) = ((h + 2 * pad - kh) / stride + 1, (w + 2 * pad - kw) / stride + 1);
         let y = self.alloc(&[n, cout, hout, wout])?;
@@ -262,7 +307,11 @@ impl CudaBackend {
             Precision::F32 if cout <= 32 => ("conv2d_f32_m32", 32, 128, 256),
             Precision::F32 => ("conv2d_f32_m64", 64, 64, 256),
         };
-        let cfg = LaunchConfig { grid_dim: (pixels.div_ceil(bn) as u32, cout.div_ceil(bm) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (pixels.div_ceil(bn) as u32, cout.div_ceil(bm) as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
         launch!(self, name, cfg, [&args])?;
         Ok(y)
     }
@@ -313,11 +362,26 @@ impl Backend for CudaBackend {
         driver(self.stream.synchronize(), "synchronize")
     }
 
-    fn conv2d(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>, stride: usize, pad: usize) -> Result<CudaTensor> {
+    fn conv2d(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        stride: usize,
+        pad: usize,
+    ) -> Result<CudaTensor> {
         self.conv(x, None, weight, bias, stride, pad, Activation::Identity)
     }
 
-    fn conv2d_fused(&self, x: &CudaTensor, extra: Option<&CudaTensor>, weight: &CudaTensor, bias: Option<&CudaTensor>, pad: usize, act: Activation) -> Result<CudaTensor> {
+    fn conv2d_fused(
+        &self,
+        x: &CudaTensor,
+        extra: Option<&CudaTensor>,
+        weight: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        pad: usize,
+        act: Activation,
+    ) -> Result<CudaTensor> {
         self.conv(x, extra, weight, bias, 1, pad, act)
     }
 
@@ -325,18 +389,35 @@ impl Backend for CudaBackend {
         let (n, cin, h, w) = nchw(x, "conv_transpose2d input")?;
         let (wcin, cout, k, k2) = nchw(weight, "conv_transpose2d weight")?;
         ensure!(wcin == cin, "conv_transpose2d: input has {cin} channels, weight expects {wcin}");
-        ensure!(k == 2 && k2 == 2, "conv_transpose2d: the CUDA kernel covers MONAI's 2x2 stride-2 deconv only, got {k}x{k2}");
+        ensure!(
+            k == 2 && k2 == 2,
+            "conv_transpose2d: the CUDA kernel covers MONAI's 2x2 stride-2 deconv only, got {k}x{k2}"
+        );
         let bias = self.vector_ptr(bias, cout, "conv_transpose2d bias")?;
         let y = self.alloc(&[n, cout, 2 * h, 2 * w])?;
         let (xp, wp, yp) = (self.ptr(&x.buf), self.ptr(&weight.buf), self.ptr(&y.buf));
-        let dims = [i32_of(n, "batch")?, i32_of(cin, "channels")?, i32_of(cout, "channels")?, i32_of(h, "height")?, i32_of(w, "width")?];
+        let dims = [
+            i32_of(n, "batch")?,
+            i32_of(cin, "channels")?,
+            i32_of(cout, "channels")?,
+            i32_of(h, "height")?,
+            i32_of(w, "width")?,
+        ];
         launch!(self, "conv_transpose2x2", elementwise(y.buf.len()), [&xp, &wp, &bias, &yp], extra = &dims)?;
         Ok(y)
     }
 
-    fn instance_norm(&self, x: &mut CudaTensor, gamma: Option<&CudaTensor>, beta: Option<&CudaTensor>, eps: f32, act: Activation) -> Result<()> {
+    fn instance_norm(
+        &self,
+        x: &mut CudaTensor,
+        gamma: Option<&CudaTensor>,
+        beta: Option<&CudaTensor>,
+        eps: f32,
+        act: Activation,
+    ) -> Result<()> {
         let (n, c, h, w) = nchw(x, "instance_norm")?;
-        let (g, bt) = (self.vector_ptr(gamma, c, "instance_norm weight")?, self.vector_ptr(beta, c, "instance_norm bias")?);
+        let (g, bt) =
+            (self.vector_ptr(gamma, c, "instance_norm weight")?, self.vector_ptr(beta, c, "instance_norm bias")?);
         let (xp, channels, plane) = (self.ptr(&x.buf), i32_of(c, "channels")?, i32_of(h * w, "plane")?);
         let (act, slope) = act_code(act);
         let cfg = LaunchConfig { grid_dim: ((n * c) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
@@ -372,10 +453,16 @@ impl Backend for CudaBackend {
     fn concat_channels(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
         let (n, ca, h, w) = nchw(a, "concat_channels")?;
         let (nb, cb, hb, wb) = nchw(b, "concat_channels")?;
-        ensure!((n, h, w) == (nb, hb, wb), "concat_channels: shapes {:?} and {:?} differ outside channels", a.shape, b.shape);
+        ensure!(
+            (n, h, w) == (nb, hb, wb),
+            "concat_channels: shapes {:?} and {:?} differ outside channels",
+            a.shape,
+            b.shape
+        );
         let y = self.alloc(&[n, ca + cb, h, w])?;
         let (ap, bp, yp) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf));
-        let (ni, cai, cbi, plane) = (i32_of(n, "batch")?, i32_of(ca, "channels")?, i32_of(cb, "channels")?, (h * w) as i64);
+        let (ni, cai, cbi, plane) =
+            (i32_of(n, "batch")?, i32_of(ca, "channels")?, i32_of(cb, "channels")?, (h * w) as i64);
         launch!(self, "concat_channels", elementwise(y.buf.len()), [&ap, &bp, &yp, &ni, &cai, &cbi, &plane])?;
         Ok(y)
     }
@@ -397,7 +484,11 @@ impl Backend for CudaBackend {
         let y = self.alloc(&shape)?;
         let (xp, wp, yp) = (self.ptr(&x.buf), self.ptr(&weight.buf), self.ptr(&y.buf));
         let (m, n, k) = (i32_of(rows, "rows")?, i32_of(out_f, "features")?, i32_of(in_f, "features")?);
-        let cfg = LaunchConfig { grid_dim: (out_f.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (out_f.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         launch!(self, "linear_f32", cfg, [&xp, &wp, &bias, &yp, &m, &n, &k])?;
         Ok(y)
     }
@@ -409,7 +500,8 @@ impl Backend for CudaBackend {
         let y = self.alloc(&x.shape)?;
         let (xp, gp, bp, yp) = (self.ptr(&x.buf), self.ptr(&gamma.buf), self.ptr(&beta.buf), self.ptr(&y.buf));
         let (rows_i, len) = (rows as i64, i32_of(d, "features")?);
-        let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         launch!(self, "layer_norm_rows", cfg, [&xp, &gp, &bp, &yp, &rows_i, &len, &eps])?;
         Ok(y)
     }
@@ -419,20 +511,44 @@ impl Backend for CudaBackend {
         ensure!(d > 0, "softmax_last: empty last axis");
         let rows = x.buf.len() / d;
         let (xp, rows_i, len) = (self.ptr(&x.buf), rows as i64, i32_of(d, "features")?);
-        let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         launch!(self, "softmax_rows", cfg, [&xp, &rows_i, &len])
     }
 
-    fn attention(&self, q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, heads: usize, causal: bool) -> Result<CudaTensor> {
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        heads: usize,
+        causal: bool,
+    ) -> Result<CudaTensor> {
         let [b, len, width] = q.shape[..] else { bail!("attention: q must be (B, L, D), got {:?}", q.shape) };
-        ensure!(k.shape == q.shape && v.shape == q.shape, "attention: the CUDA kernel takes self-attention, q {:?} k {:?} v {:?}", q.shape, k.shape, v.shape);
+        ensure!(
+            k.shape == q.shape && v.shape == q.shape,
+            "attention: the CUDA kernel takes self-attention, q {:?} k {:?} v {:?}",
+            q.shape,
+            k.shape,
+            v.shape
+        );
         ensure!(heads >= 1 && width % heads == 0, "attention: width {width} does not split into {heads} heads");
         let d = width / heads;
         ensure!(d <= 128, "attention: head size {d} exceeds the kernel's 128");
         let y = self.alloc(&q.shape)?;
         let (qp, kp, vp, yp) = (self.ptr(&q.buf), self.ptr(&k.buf), self.ptr(&v.buf), self.ptr(&y.buf));
-        let dims = [i32_of(b, "batch")?, i32_of(len, "length")?, i32_of(heads, "heads")?, i32_of(d, "head size")?, causal as i32];
-        let cfg = LaunchConfig { grid_dim: ((b * heads * len.div_ceil(4)) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let dims = [
+            i32_of(b, "batch")?,
+            i32_of(len, "length")?,
+            i32_of(heads, "heads")?,
+            i32_of(d, "head size")?,
+            causal as i32,
+        ];
+        let cfg = LaunchConfig {
+            grid_dim: ((b * heads * len.div_ceil(4)) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         launch!(self, "attention_f32", cfg, [&qp, &kp, &vp, &yp], extra = &dims)?;
         Ok(y)
     }
@@ -443,10 +559,19 @@ impl Backend for CudaBackend {
         launch!(self, "add_inplace", elementwise(a.buf.len()), [&ap, &bp, &len])
     }
 
-    fn perturb(&self, scene: &Scene<CudaTensor>, masks: &MaskBatch, first: usize, n: usize) -> Result<(CudaTensor, CudaTensor)> {
+    fn perturb(
+        &self,
+        scene: &Scene<CudaTensor>,
+        masks: &MaskBatch,
+        first: usize,
+        n: usize,
+    ) -> Result<(CudaTensor, CudaTensor)> {
         let size = scene.size;
         let plane = size * size;
-        ensure!(scene.input.buf.len() == plane && scene.baseline.buf.len() == plane && scene.roi.buf.len() == plane, "perturb: scene planes must be {size}x{size}");
+        ensure!(
+            scene.input.buf.len() == plane && scene.baseline.buf.len() == plane && scene.roi.buf.len() == plane,
+            "perturb: scene planes must be {size}x{size}"
+        );
         let (mask_t, images) = (self.alloc(&[n, 1, size, size])?, self.alloc(&[n, 1, size, size])?);
         let args = PerturbArgs {
             input: self.ptr(&scene.input.buf),
@@ -461,7 +586,11 @@ impl Backend for CudaBackend {
             MaskBatch::Rise { rise, first: offset } => {
                 ensure!(rise.grid <= 64, "RISE grid {} exceeds the kernel's 64", rise.grid);
                 let (seed, start, s) = (rise.seed, (offset + first) as u64, rise.grid as i32);
-                let cfg = LaunchConfig { grid_dim: (size.div_ceil(16) as u32, n as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: (size.div_ceil(16) as u32, n as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 launch!(self, "rise_masks", cfg, [&args, &seed, &start, &s, &rise.p1])?;
             }
             MaskBatch::Windows { origins, window } => {
@@ -478,14 +607,21 @@ impl Backend for CudaBackend {
                 let count = picked.first().map_or(0, Vec::len);
                 let flat: Vec<f32> = picked.iter().flat_map(|r| r.iter().map(|&b| b as u8 as f32)).collect();
                 let dev = driver(self.stream.clone_htod(&flat), "upload")?;
-                let (lp, op, cnt) = (self.ptr(&labels.buf), dev.device_ptr(&self.stream).0, i32_of(count, "superpixels")?);
+                let (lp, op, cnt) =
+                    (self.ptr(&labels.buf), dev.device_ptr(&self.stream).0, i32_of(count, "superpixels")?);
                 launch!(self, "coalition_masks", elementwise(n * plane), [&args, &lp, &op, &cnt])?;
             }
         }
         Ok((mask_t, images))
     }
 
-    fn segmentation_scores(&self, logits: &CudaTensor, m0: &CudaTensor, class: usize, kind: ScoreKind) -> Result<CudaTensor> {
+    fn segmentation_scores(
+        &self,
+        logits: &CudaTensor,
+        m0: &CudaTensor,
+        class: usize,
+        kind: ScoreKind,
+    ) -> Result<CudaTensor> {
         let (n, classes, h, w) = nchw(logits, "segmentation_scores")?;
         ensure!(m0.buf.len() == h * w, "segmentation_scores: M0 has {} pixels, logits {}", m0.buf.len(), h * w);
         ensure!(class < classes, "segmentation_scores: class {class} of {classes}");
@@ -505,10 +641,20 @@ impl Backend for CudaBackend {
 
     fn accumulate_weighted(&self, acc: &mut CudaTensor, weights: &CudaTensor, masks: &CudaTensor) -> Result<()> {
         let n = weights.buf.len();
-        ensure!(n > 0 && masks.buf.len().is_multiple_of(n), "accumulate_weighted: {} mask values for {n} weights", masks.buf.len());
+        ensure!(
+            n > 0 && masks.buf.len().is_multiple_of(n),
+            "accumulate_weighted: {} mask values for {n} weights",
+            masks.buf.len()
+        );
         let plane = masks.buf.len() / n;
         ensure!(acc.buf.len() == 2 * plane, "accumulate_weighted: accumulator must be (2, {plane})");
-        let (ap, wp, mp, ni, pl) = (self.ptr(&acc.buf), self.ptr(&weights.buf), self.ptr(&masks.buf), i32_of(n, "batch")?, i32_of(plane, "plane")?);
+        let (ap, wp, mp, ni, pl) = (
+            self.ptr(&acc.buf),
+            self.ptr(&weights.buf),
+            self.ptr(&masks.buf),
+            i32_of(n, "batch")?,
+            i32_of(plane, "plane")?,
+        );
         launch!(self, "accumulate_weighted", elementwise(plane), [&ap, &wp, &mp, &ni, &pl])
     }
 }
@@ -528,7 +674,10 @@ pub struct KernelResources {
 /// spill loads" / "Used N registers, ..., N bytes smem" lines.
 pub fn ptxas_resources(report: &str) -> Vec<KernelResources> {
     let number_before = |line: &str, unit: &str| -> u32 {
-        line.split(',').find(|part| part.trim_end().ends_with(unit)).and_then(|part| part.split_whitespace().rev().nth(unit.split_whitespace().count())?.parse().ok()).unwrap_or(0)
+        line.split(',')
+            .find(|part| part.trim_end().ends_with(unit))
+            .and_then(|part| part.split_whitespace().rev().nth(unit.split_whitespace().count())?.parse().ok())
+            .unwrap_or(0)
     };
     let mut out: Vec<KernelResources> = Vec::new();
     for line in report.lines() {
@@ -540,7 +689,8 @@ pub fn ptxas_resources(report: &str) -> Vec<KernelResources> {
                 k.spill_stores = number_before(line, "bytes spill stores");
                 k.spill_loads = number_before(line, "bytes spill loads");
             } else if line.contains("Used ") && line.contains("registers") {
-                k.registers = line.split("Used ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+                k.registers =
+                    line.split("Used ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(0);
                 k.shared_bytes = number_before(line, "bytes smem");
             }
         }
@@ -557,7 +707,17 @@ mod tests {
         let report = "ptxas info    : Compiling entry function 'k1' for 'sm_90'\nptxas info    : Function properties for k1\n    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\nptxas info    : Used 96 registers, used 1 barriers, 22784 bytes smem\nptxas info    : Function properties for k2\n    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\nptxas info    : Used 30 registers, used 0 barriers\n";
         let r = ptxas_resources(report);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0], KernelResources { name: "k1".into(), registers: 96, shared_bytes: 22784, stack_bytes: 8, spill_stores: 4, spill_loads: 12 });
+        assert_eq!(
+            r[0],
+            KernelResources {
+                name: "k1".into(),
+                registers: 96,
+                shared_bytes: 22784,
+                stack_bytes: 8,
+                spill_stores: 4,
+                spill_loads: 12
+            }
+        );
         assert_eq!((r[1].registers, r[1].shared_bytes, r[1].spill_stores), (30, 0, 0));
     }
 }

@@ -57,8 +57,7 @@ fn erf(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let erfc = t * poly.exp();
     (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
 }
@@ -157,24 +156,44 @@ pub trait Backend: Send + Sync {
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
 
     /// LayerNorm over the last axis.
-    fn layer_norm(&self, x: &Self::Tensor, gamma: &Self::Tensor, beta: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    fn layer_norm(&self, x: &Self::Tensor, gamma: &Self::Tensor, beta: &Self::Tensor, eps: f32)
+        -> Result<Self::Tensor>;
 
     /// Softmax over the last axis.
     fn softmax_last(&self, x: &mut Self::Tensor) -> Result<()>;
 
     /// Multi-head scaled dot-product attention. q, k, v are (B, L, heads * d) as the projections emit
     /// them; the output has the same layout. `causal` masks future positions.
-    fn attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, heads: usize, causal: bool) -> Result<Self::Tensor>;
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        causal: bool,
+    ) -> Result<Self::Tensor>;
 
     /// a += b, elementwise (residual connections).
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
 
     /// Keep-masks of samples `first..first + n` of `masks` and the perturbed images
     /// baseline + m (input - baseline), both (n, 1, S, S), with m forced to 1 outside the scene's ROI.
-    fn perturb(&self, scene: &Scene<Self::Tensor>, masks: &MaskBatch, first: usize, n: usize) -> Result<(Self::Tensor, Self::Tensor)>;
+    fn perturb(
+        &self,
+        scene: &Scene<Self::Tensor>,
+        masks: &MaskBatch,
+        first: usize,
+        n: usize,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
 
     /// One score per item of logits (N, C, H, W): class `class` against M0 (a 0/1 plane), as `kind` says.
-    fn segmentation_scores(&self, logits: &Self::Tensor, m0: &Self::Tensor, class: usize, kind: ScoreKind) -> Result<Self::Tensor>;
+    fn segmentation_scores(
+        &self,
+        logits: &Self::Tensor,
+        m0: &Self::Tensor,
+        class: usize,
+        kind: ScoreKind,
+    ) -> Result<Self::Tensor>;
 
     /// acc (2, plane) holds a Kahan sum and its compensation; adds sum_i weights[i] * masks[i] in item
     /// order (RISE's saliency sum, kept where the masks are).

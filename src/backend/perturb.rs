@@ -23,22 +23,33 @@ pub struct Scene<T> {
 pub fn perturb(scene: &Scene<Tensor>, masks: &MaskBatch, first: usize, n: usize) -> Result<(Tensor, Tensor)> {
     let size = scene.size;
     let plane = size * size;
-    ensure!(scene.input.len() == plane && scene.baseline.len() == plane && scene.roi.len() == plane, "perturb: scene planes must be {size}x{size}");
+    ensure!(
+        scene.input.len() == plane && scene.baseline.len() == plane && scene.roi.len() == plane,
+        "perturb: scene planes must be {size}x{size}"
+    );
     let labels = scene.labels.as_ref().map(|l| l.data());
     let (input, baseline, roi) = (scene.input.data(), scene.baseline.data(), scene.roi.data());
     let mut mask_t = Tensor::zeros(&[n, 1, size, size]);
     let mut images = Tensor::zeros(&[n, 1, size, size]);
-    mask_t.data_mut().par_chunks_mut(plane).zip(images.data_mut().par_chunks_mut(plane)).enumerate().try_for_each(|(j, (mask, image))| -> Result<()> {
-        masks.fill(first + j, size, labels, mask)?;
-        keep_outside_roi_and_blend(mask, image, input, baseline, |q| roi[q] != 0.0);
-        Ok(())
-    })?;
+    mask_t.data_mut().par_chunks_mut(plane).zip(images.data_mut().par_chunks_mut(plane)).enumerate().try_for_each(
+        |(j, (mask, image))| -> Result<()> {
+            masks.fill(first + j, size, labels, mask)?;
+            keep_outside_roi_and_blend(mask, image, input, baseline, |q| roi[q] != 0.0);
+            Ok(())
+        },
+    )?;
     Ok((mask_t, images))
 }
 
 /// Forces the keep-mask to 1 outside the ROI and writes the perturbed image baseline + m (input -
 /// baseline): what every mask kernel's `emit` does per pixel, and what the host path does per sample.
-pub fn keep_outside_roi_and_blend(mask: &mut [f32], image: &mut [f32], input: &[f32], baseline: &[f32], inside: impl Fn(usize) -> bool) {
+pub fn keep_outside_roi_and_blend(
+    mask: &mut [f32],
+    image: &mut [f32],
+    input: &[f32],
+    baseline: &[f32],
+    inside: impl Fn(usize) -> bool,
+) {
     for q in 0..mask.len() {
         if !inside(q) {
             mask[q] = 1.0;

@@ -22,7 +22,9 @@ impl FromStr for DeviceChoice {
             "cpu" => Ok(Self::Cpu),
             "cuda" | "gpu" => Ok(Self::Cuda(0)),
             other => match other.strip_prefix("cuda:") {
-                Some(n) => Ok(Self::Cuda(n.parse().with_context(|| format!("--device {s:?}: expected cuda:N with N a GPU index"))?)),
+                Some(n) => Ok(Self::Cuda(
+                    n.parse().with_context(|| format!("--device {s:?}: expected cuda:N with N a GPU index"))?,
+                )),
                 None => bail!("--device {s:?}: expected auto, cpu, cuda or cuda:N"),
             },
         }
@@ -50,7 +52,9 @@ impl DeviceArgs {
     pub fn select(&self) -> Result<Compute> {
         match self.device {
             DeviceChoice::Cpu => Ok(Compute::Cpu(CpuBackend)),
-            DeviceChoice::Cuda(n) => Ok(Compute::Cuda(Box::new(CudaBackend::new(n, self.precision).context("--device cuda")?))),
+            DeviceChoice::Cuda(n) => {
+                Ok(Compute::Cuda(Box::new(CudaBackend::new(n, self.precision).context("--device cuda")?)))
+            }
             DeviceChoice::Auto => match CudaBackend::new(0, self.precision) {
                 Ok(b) => Ok(Compute::Cuda(Box::new(b))),
                 Err(e) => {

@@ -106,14 +106,19 @@ fn read_results(path: &Path) -> Result<Vec<Value>> {
     let complete = text.rfind('\n').map_or("", |end| &text[..end + 1]);
     if complete.len() < text.len() {
         eprintln!("{}: dropping a partial last line (an interrupted write)", path.display());
-        let file = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("{}: cannot open for repair", path.display()))?;
-        file.set_len(complete.len() as u64).with_context(|| format!("{}: cannot truncate the partial line", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open for repair", path.display()))?;
+        file.set_len(complete.len() as u64)
+            .with_context(|| format!("{}: cannot truncate the partial line", path.display()))?;
     }
     complete
         .lines()
         .enumerate()
         .map(|(i, l)| {
-            let v: Value = serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{} line {}: not a result record ({e})", path.display(), i + 1))?;
+            let v: Value = serde_json::from_str(l)
+                .map_err(|e| anyhow::anyhow!("{} line {}: not a result record ({e})", path.display(), i + 1))?;
             if v.get("case").is_none() || v.get("status").is_none() {
                 bail!("{} line {}: not a result record (no case or status)", path.display(), i + 1);
             }
@@ -129,11 +134,24 @@ fn append_line(path: &Path, line: &Value) -> Result<()> {
 }
 
 fn append_text(path: &Path, text: &str) -> Result<()> {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for appending", path.display()))?;
-    file.write_all(text.as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("{}: cannot append", path.display()))
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_data())
+        .with_context(|| format!("{}: cannot append", path.display()))
 }
 
-fn record(case: &str, organ: usize, slice: Option<usize>, method: Method, roi: RoiMode, status: &str) -> Map<String, Value> {
+fn record(
+    case: &str,
+    organ: usize,
+    slice: Option<usize>,
+    method: Method,
+    roi: RoiMode,
+    status: &str,
+) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("case".into(), json!(case));
     m.insert("organ".into(), json!(organ_name(organ)));
@@ -185,12 +203,16 @@ fn differing_fields(old: &Value, new: &Value) -> Vec<String> {
     let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter().filter(|k| o.get(*k) != n.get(*k) && k.as_str() != "shard").map(|k| format!("{k}: {} vs {}", o.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null))).collect()
+    keys.into_iter()
+        .filter(|k| o.get(*k) != n.get(*k) && k.as_str() != "shard")
+        .map(|k| format!("{k}: {} vs {}", o.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null)))
+        .collect()
 }
 
 fn read_config(dir: &Path) -> Result<Value> {
     let path = dir.join(CONFIG);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (not an eval output folder?)", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read (not an eval output folder?)", path.display()))?;
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid JSON ({e})", path.display()))
 }
 
@@ -208,7 +230,14 @@ fn run_eval<B: Backend>(backend: &B, cmd: EvalCmd) -> Result<()> {
     if cmd.methods.is_empty() || cmd.roi.is_empty() {
         bail!("--methods and --roi need at least one value each");
     }
-    let mut cases = dataset::discover(kind, cmd.root.as_deref(), cmd.images.as_deref(), cmd.labels.as_deref(), cmd.unlabeled, cmd.method_args.intensity.modality == super::Modality::Mr)?;
+    let mut cases = dataset::discover(
+        kind,
+        cmd.root.as_deref(),
+        cmd.images.as_deref(),
+        cmd.labels.as_deref(),
+        cmd.unlabeled,
+        cmd.method_args.intensity.modality == super::Modality::Mr,
+    )?;
     let total_cases = cases.len();
     if let Some(spec) = &cmd.shard {
         cases = dataset::shard(cases, dataset::parse_shard(spec)?);
@@ -226,13 +255,20 @@ fn run_eval<B: Backend>(backend: &B, cmd: EvalCmd) -> Result<()> {
         if cmd.out.join(CONFIG).is_file() {
             let diff = differing_fields(&read_config(&cmd.out)?, &config);
             if !diff.is_empty() {
-                bail!("{}: --resume with other settings than the interrupted run ({})", cmd.out.join(CONFIG).display(), diff.join("; "));
+                bail!(
+                    "{}: --resume with other settings than the interrupted run ({})",
+                    cmd.out.join(CONFIG).display(),
+                    diff.join("; ")
+                );
             }
         }
         read_results(&results_path)?
     } else {
         if results_path.metadata().is_ok_and(|m| m.len() > 0) {
-            bail!("{}: already holds results; pass --resume to continue that run, or choose another --out", results_path.display());
+            bail!(
+                "{}: already holds results; pass --resume to continue that run, or choose another --out",
+                results_path.display()
+            );
         }
         for stale in [DONE, ERRORS] {
             let _ = std::fs::remove_file(cmd.out.join(stale));
@@ -241,7 +277,8 @@ fn run_eval<B: Backend>(backend: &B, cmd: EvalCmd) -> Result<()> {
     };
     write_text(&cmd.out.join(CONFIG), serde_json::to_string_pretty(&config)?)?;
     let mut done: HashSet<String> = existing.iter().map(key).collect();
-    let finished: HashSet<String> = std::fs::read_to_string(cmd.out.join(DONE)).unwrap_or_default().lines().map(str::to_string).collect();
+    let finished: HashSet<String> =
+        std::fs::read_to_string(cmd.out.join(DONE)).unwrap_or_default().lines().map(str::to_string).collect();
     let uses_clip = cmd.roi.iter().any(|r| r.uses_clip());
     let clip = if uses_clip { Some(ClipRoiFinder::load(backend, &cmd.method_args)?) } else { None };
 
@@ -261,7 +298,21 @@ fn run_eval<B: Backend>(backend: &B, cmd: EvalCmd) -> Result<()> {
         overall.set_message(format!("cases ({})", case.id));
         if !finished.contains(&case.id) {
             let item_bar = bars.add(progress_bar(0, &case.id));
-            let outcome = evaluate_case(backend, &cmd, case, &organs, rule, &model, size, &settings, ct_intensity, clip.as_ref(), &mut done, &results_path, &item_bar);
+            let outcome = evaluate_case(
+                backend,
+                &cmd,
+                case,
+                &organs,
+                rule,
+                &model,
+                size,
+                &settings,
+                ct_intensity,
+                clip.as_ref(),
+                &mut done,
+                &results_path,
+                &item_bar,
+            );
             item_bar.finish_and_clear();
             bars.remove(&item_bar);
             match outcome {
@@ -278,9 +329,18 @@ fn run_eval<B: Backend>(backend: &B, cmd: EvalCmd) -> Result<()> {
     overall.finish_and_clear();
     let all = read_results(&results_path)?;
     write_summaries(&cmd.out, &all, &config)?;
-    eprintln!("wrote {} ({} lines), summary.csv and summary.md in {}", results_path.display(), all.len(), cmd.out.display());
+    eprintln!(
+        "wrote {} ({} lines), summary.csv and summary.md in {}",
+        results_path.display(),
+        all.len(),
+        cmd.out.display()
+    );
     if failed > 0 {
-        bail!("{failed} of {} cases failed (see {}); --resume retries them", cases.len(), cmd.out.join(ERRORS).display());
+        bail!(
+            "{failed} of {} cases failed (see {}); --resume retries them",
+            cases.len(),
+            cmd.out.join(ERRORS).display()
+        );
     }
     Ok(())
 }
@@ -344,7 +404,12 @@ fn evaluate_case<B: Backend>(
         };
         bar.inc_length((slices.len() * per_slice) as u64);
         for k in slices {
-            let todo: Vec<(Method, RoiMode)> = cmd.methods.iter().flat_map(|&m| cmd.roi.iter().map(move |&r| (m, r))).filter(|&(m, r)| !done.contains(&key(&Value::Object(record(&case.id, class, Some(k), m, r, ""))))).collect();
+            let todo: Vec<(Method, RoiMode)> = cmd
+                .methods
+                .iter()
+                .flat_map(|&m| cmd.roi.iter().map(move |&r| (m, r)))
+                .filter(|&(m, r)| !done.contains(&key(&Value::Object(record(&case.id, class, Some(k), m, r, "")))))
+                .collect();
             bar.inc((per_slice - todo.len()) as u64);
             if todo.is_empty() {
                 continue;
@@ -361,7 +426,13 @@ fn evaluate_case<B: Backend>(
                 _ => ClipRoi::default(),
             };
             for (method, roi) in todo {
-                bar.set_message(format!("{} {} slice {k} {} ({})", case.id, organ_name(class), method.name(), roi.name()));
+                bar.set_message(format!(
+                    "{} {} slice {k} {} ({})",
+                    case.id,
+                    organ_name(class),
+                    method.name(),
+                    roi.name()
+                ));
                 let run = run_method(backend, model, &input, &clip_roi, class, method, roi, settings, |_, _| {})?;
                 emit(scored(record(&case.id, class, Some(k), method, roi, "ok"), &run), done)?;
             }
@@ -395,7 +466,12 @@ fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
         let config = read_config(dir)?;
         let diff = differing_fields(&first, &config);
         if !diff.is_empty() {
-            bail!("{}: shard run with other settings than {} ({})", dir.join(CONFIG).display(), dirs[0].join(CONFIG).display(), diff.join("; "));
+            bail!(
+                "{}: shard run with other settings than {} ({})",
+                dir.join(CONFIG).display(),
+                dirs[0].join(CONFIG).display(),
+                diff.join("; ")
+            );
         }
         if dir.join(ERRORS).metadata().is_ok_and(|m| m.len() > 0) {
             eprintln!("warning: {} lists failed cases; rerun that shard with --resume", dir.join(ERRORS).display());
@@ -429,7 +505,8 @@ fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
     Ok(())
 }
 
-const METRICS: [&str; 8] = ["dice", "iou", "dice_topk", "auroc", "deletion_auc", "insertion_auc", "seconds", "forward_passes"];
+const METRICS: [&str; 8] =
+    ["dice", "iou", "dice_topk", "auroc", "deletion_auc", "insertion_auc", "seconds", "forward_passes"];
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -447,10 +524,12 @@ fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
     let mut groups: BTreeMap<(usize, usize, usize), SummaryGroup> = BTreeMap::new();
     let position = |list: &str, v: &Value| position_in(config, list, v);
     for l in lines {
-        let g = groups.entry((position("organs", &l["organ"]), position("methods", &l["method"]), position("roi", &l["roi"]))).or_insert_with(|| {
-            let s = |k: &str| l[k].as_str().unwrap_or("?").to_string();
-            (s("organ"), s("method"), s("roi"), Vec::new(), 0)
-        });
+        let g = groups
+            .entry((position("organs", &l["organ"]), position("methods", &l["method"]), position("roi", &l["roi"])))
+            .or_insert_with(|| {
+                let s = |k: &str| l[k].as_str().unwrap_or("?").to_string();
+                (s("organ"), s("method"), s("roi"), Vec::new(), 0)
+            });
         if l["status"] == "ok" {
             g.3.push(l);
         } else {

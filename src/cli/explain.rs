@@ -9,19 +9,19 @@ use crate::explain::rise::Rise;
 use crate::explain::superpixels::{Segmenter, SegmenterKind};
 use crate::explain::{BaselineKind, ScoreKind};
 use crate::io::{self, Volume};
-use crate::models::BasicUNet;
 use crate::models::clip::ClipModel;
+use crate::models::BasicUNet;
 use crate::phantom::FLARE22_ORGANS;
 use crate::pipeline::{organ_class, organ_name, run_method, ClipRoi, Method, MethodRun, Settings, SliceInput};
-use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
-use std::time::Instant;
 use crate::preprocess::{resize_bilinear, AxialLayout};
 use crate::render;
+use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
 use crate::roi::RoiMode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Preset {
@@ -32,7 +32,6 @@ pub enum Preset {
     /// >= 10% ROI overlap, score = Dice drop against the unperturbed mask.
     Paper,
 }
-
 
 /// Options shared by explain, bench and demo. Unset method options take the preset's value.
 #[derive(Args, Debug, Clone)]
@@ -139,16 +138,29 @@ impl MethodArgs {
         };
         s.score = self.score.unwrap_or(s.score);
         s.baseline = self.baseline.unwrap_or(s.baseline);
-        s.occlusion = Occlusion { window: self.occlusion_window.unwrap_or(s.occlusion.window), stride: self.occlusion_stride.unwrap_or(s.occlusion.stride) };
-        s.rise = Rise { masks: self.masks.unwrap_or(s.rise.masks), grid: self.grid.unwrap_or(s.rise.grid), p1: self.p1.unwrap_or(s.rise.p1), seed: self.seed, tol: self.rise_tol.or(s.rise.tol) };
+        s.occlusion = Occlusion {
+            window: self.occlusion_window.unwrap_or(s.occlusion.window),
+            stride: self.occlusion_stride.unwrap_or(s.occlusion.stride),
+        };
+        s.rise = Rise {
+            masks: self.masks.unwrap_or(s.rise.masks),
+            grid: self.grid.unwrap_or(s.rise.grid),
+            p1: self.p1.unwrap_or(s.rise.p1),
+            seed: self.seed,
+            tol: self.rise_tol.or(s.rise.tol),
+        };
         let samples = self.samples.unwrap_or(s.lime.samples);
-        s.lime = Lime { samples, kernel_width: self.kernel_width.unwrap_or(s.lime.kernel_width), seed: self.seed, ..s.lime };
+        s.lime =
+            Lime { samples, kernel_width: self.kernel_width.unwrap_or(s.lime.kernel_width), seed: self.seed, ..s.lime };
         s.shap = KernelShap { samples, seed: self.seed };
         s.segmenter = match (self.segmenter, s.segmenter) {
-            (Some(SegmenterKind::Slic), Segmenter::Felzenszwalb { .. }) | (None | Some(SegmenterKind::Slic), Segmenter::Slic { .. }) => {
+            (Some(SegmenterKind::Slic), Segmenter::Felzenszwalb { .. })
+            | (None | Some(SegmenterKind::Slic), Segmenter::Slic { .. }) => {
                 Segmenter::Slic { segments: self.segments.unwrap_or(64), compactness: 0.1 }
             }
-            (Some(SegmenterKind::Felzenszwalb), Segmenter::Slic { .. }) => Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.5, min_size: 50 },
+            (Some(SegmenterKind::Felzenszwalb), Segmenter::Slic { .. }) => {
+                Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.5, min_size: 50 }
+            }
             (_, f) => f,
         };
         s.margin_mm = self.margin_mm.unwrap_or(s.margin_mm);
@@ -157,7 +169,11 @@ impl MethodArgs {
         s.batch = if self.batch == "auto" {
             auto_batch(backend, size, model)
         } else {
-            self.batch.parse().ok().filter(|&b| b >= 1).with_context(|| format!("--batch {:?}: expected a positive number or auto", self.batch))?
+            self.batch
+                .parse()
+                .ok()
+                .filter(|&b| b >= 1)
+                .with_context(|| format!("--batch {:?}: expected a positive number or auto", self.batch))?
         };
         Ok(s)
     }
@@ -188,7 +204,9 @@ impl<'a, B: Backend> ClipRoiFinder<'a, B> {
             None => bundled("clip")?,
         };
         let clip = ClipModel::load_dir(backend, &clip_dir)?;
-        let classes = std::iter::once("background".to_string()).chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string())).collect();
+        let classes = std::iter::once("background".to_string())
+            .chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string()))
+            .collect();
         let coop = if args.prompt.is_none() && !args.no_coop {
             let dir = match &args.coop {
                 Some(d) => d.clone(),
@@ -205,7 +223,13 @@ impl<'a, B: Backend> ClipRoiFinder<'a, B> {
     /// Seconds count the text features, map and threshold (not the weights' loading).
     pub fn roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
         let started = Instant::now();
-        let localiser = ClipLocaliser::new(self.backend, &self.clip, &self.classes, self.coop.as_ref(), self.prompt.as_deref().map(|p| (class, p)))?;
+        let localiser = ClipLocaliser::new(
+            self.backend,
+            &self.clip,
+            &self.classes,
+            self.coop.as_ref(),
+            self.prompt.as_deref().map(|p| (class, p)),
+        )?;
         let probability = localiser.probability_map(self.backend, &input.image, input.size, class)?;
         let mask = keep_large_components(&binarise(&probability, self.threshold), input.size, 0.2);
         Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
@@ -231,19 +255,24 @@ fn auto_batch<B: Backend>(backend: &B, size: usize, model: &BasicUNet<B>) -> usi
 /// The bundled weights folder `weights/<name>`: beside the current directory, or in the source tree
 /// this binary was built from.
 pub fn bundled(name: &str) -> Result<PathBuf> {
-    let candidates = [PathBuf::from("weights").join(name), Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name)];
-    candidates
-        .iter()
-        .find(|p| p.join("model.safetensors").is_file())
-        .cloned()
-        .with_context(|| format!("bundled weights weights/{name} not found (looked in {}); pass the folder explicitly", candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
+    let candidates =
+        [PathBuf::from("weights").join(name), Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name)];
+    candidates.iter().find(|p| p.join("model.safetensors").is_file()).cloned().with_context(|| {
+        format!(
+            "bundled weights weights/{name} not found (looked in {}); pass the folder explicitly",
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// The slice where the organ's ground-truth area is largest.
 pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize) -> Result<usize> {
     let layout = AxialLayout::of(volume)?;
     let area = |k: usize| layout.plane(volume.dims, k, labels).into_iter().filter(|&l| l as usize == class).count();
-    let (k, n) = (0..layout.slices(volume)).map(|k| (k, area(k))).max_by_key(|&(k, n)| (n, std::cmp::Reverse(k))).unwrap_or((0, 0));
+    let (k, n) = (0..layout.slices(volume))
+        .map(|k| (k, area(k)))
+        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))
+        .unwrap_or((0, 0));
     if n == 0 {
         bail!("{}: no slice contains {} in the labels", volume.source.display(), organ_name(class));
     }
@@ -292,7 +321,13 @@ pub struct Case {
 
 impl Case {
     /// `needs_clip`: compute the CLIP ROI (for the clip and clip+seg modes).
-    pub fn load<B: Backend>(backend: &B, case: &CaseArgs, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
+    pub fn load<B: Backend>(
+        backend: &B,
+        case: &CaseArgs,
+        args: &MethodArgs,
+        size: usize,
+        needs_clip: bool,
+    ) -> Result<Self> {
         let volume = io::read_image(&case.image)?;
         let class = organ_class(&args.organ)?;
         let labels = case.label.as_deref().map(|l| load_labels(l, case.label_ids, &volume)).transpose()?;
@@ -300,13 +335,23 @@ impl Case {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn from_volume<B: Backend>(backend: &B, volume: Volume, labels: Option<Vec<u8>>, slice: &str, class: usize, args: &MethodArgs, size: usize, needs_clip: bool) -> Result<Self> {
+    pub fn from_volume<B: Backend>(
+        backend: &B,
+        volume: Volume,
+        labels: Option<Vec<u8>>,
+        slice: &str,
+        class: usize,
+        args: &MethodArgs,
+        size: usize,
+        needs_clip: bool,
+    ) -> Result<Self> {
         let layout = AxialLayout::of(&volume)?;
         let k = if slice == "organ-center" {
             let l = labels.as_ref().context("--slice organ-center needs --label")?;
             organ_center_slice(&volume, l, class)?
         } else {
-            let k: usize = slice.parse().map_err(|_| anyhow::anyhow!("--slice {slice:?}: expected an index or organ-center"))?;
+            let k: usize =
+                slice.parse().map_err(|_| anyhow::anyhow!("--slice {slice:?}: expected an index or organ-center"))?;
             layout.check_slice(&volume, k)?;
             k
         };
@@ -314,7 +359,11 @@ impl Case {
         let input = SliceInput::new(&volume, k, range, size, labels.as_deref(), class)?;
         if let Some(t) = &input.truth {
             if !t.contains(&true) {
-                bail!("{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)", volume.source.display(), organ_name(class));
+                bail!(
+                    "{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)",
+                    volume.source.display(),
+                    organ_name(class)
+                );
             }
         }
         let clip = if needs_clip { clip_roi(backend, args, &input, class)? } else { ClipRoi::default() };
@@ -323,7 +372,14 @@ impl Case {
 }
 
 /// Runs one method with a progress bar of forward passes.
-pub fn run_with_progress<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &Case, method: Method, roi: RoiMode, settings: &Settings) -> Result<MethodRun> {
+pub fn run_with_progress<B: Backend>(
+    backend: &B,
+    model: &BasicUNet<B>,
+    case: &Case,
+    method: Method,
+    roi: RoiMode,
+    settings: &Settings,
+) -> Result<MethodRun> {
     let bar = progress_bar(0, &format!("{} ({})", method.name(), roi.name()));
     let run = run_method(backend, model, &case.input, &case.clip, case.class, method, roi, settings, |done, total| {
         bar.set_length(total as u64);
@@ -335,7 +391,15 @@ pub fn run_with_progress<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &C
 
 /// Each method in full-image mode and in `roi` mode, `repeat` times (median seconds; maps and metrics
 /// from the first run, which is the only one that computes the metrics).
-pub fn bench_runs<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &Case, methods: &[Method], roi: RoiMode, settings: &Settings, repeat: usize) -> Result<Vec<MethodRun>> {
+pub fn bench_runs<B: Backend>(
+    backend: &B,
+    model: &BasicUNet<B>,
+    case: &Case,
+    methods: &[Method],
+    roi: RoiMode,
+    settings: &Settings,
+    repeat: usize,
+) -> Result<Vec<MethodRun>> {
     let mut rows = Vec::new();
     for &method in methods {
         for mode in [RoiMode::Full, roi] {
@@ -347,7 +411,13 @@ pub fn bench_runs<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &Case, me
             }
             times.sort_by(f64::total_cmp);
             first.seconds = times[times.len() / 2];
-            eprintln!("{:<10} {:<8} {:>8.2}s {:>6} forward passes", method.name(), mode.name(), first.seconds, first.forward_passes);
+            eprintln!(
+                "{:<10} {:<8} {:>8.2}s {:>6} forward passes",
+                method.name(),
+                mode.name(),
+                first.seconds,
+                first.forward_passes
+            );
             rows.push(first);
         }
     }
@@ -355,7 +425,11 @@ pub fn bench_runs<B: Backend>(backend: &B, model: &BasicUNet<B>, case: &Case, me
 }
 
 fn pct(new: f64, old: f64) -> f64 {
-    if old.abs() < 1e-12 { f64::NAN } else { 100.0 * (new - old) / old }
+    if old.abs() < 1e-12 {
+        f64::NAN
+    } else {
+        100.0 * (new - old) / old
+    }
 }
 
 /// The bench table as Markdown and JSON. Dice/IoU use the paper's likely protocol (min-max, >= 0.5);
@@ -363,13 +437,24 @@ fn pct(new: f64, old: f64) -> f64 {
 pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, serde_json::Value) {
     let mut md = String::from("| method | roi | seconds | forward passes | in forward | ROI area | Dice | IoU | Dice top-k | AUROC | deletion AUC | insertion AUC |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut json_rows = Vec::new();
-    let metric = |r: &MethodRun, f: &dyn Fn(&crate::metrics::Agreement) -> f64| r.agreement.as_ref().map_or(f64::NAN, f);
+    let metric =
+        |r: &MethodRun, f: &dyn Fn(&crate::metrics::Agreement) -> f64| r.agreement.as_ref().map_or(f64::NAN, f);
     for r in rows {
         let (del, ins) = r.faithfulness.as_ref().map_or((f64::NAN, f64::NAN), |f| (f.deletion_auc, f.insertion_auc));
         md += &format!(
             "| {} | {} | {:.2} | {} | {:.0}% | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-            r.method.name(), r.roi_mode.name(), r.seconds, r.forward_passes, 100.0 * r.forward_fraction, 100.0 * r.roi_fraction(),
-            metric(r, &|a| a.half.dice), metric(r, &|a| a.half.iou), metric(r, &|a| a.top_k.dice), metric(r, &|a| a.auroc), del, ins
+            r.method.name(),
+            r.roi_mode.name(),
+            r.seconds,
+            r.forward_passes,
+            100.0 * r.forward_fraction,
+            100.0 * r.roi_fraction(),
+            metric(r, &|a| a.half.dice),
+            metric(r, &|a| a.half.iou),
+            metric(r, &|a| a.top_k.dice),
+            metric(r, &|a| a.auroc),
+            del,
+            ins
         );
         json_rows.push(json!({
             "method": r.method.name(), "roi": r.roi_mode.name(), "seconds": r.seconds, "forward_passes": r.forward_passes,
@@ -394,7 +479,11 @@ pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, 
             });
             md += &format!(
                 "| {} | {:.1}% | {:.1}% | {:+.1}% | {:+.1}% |\n",
-                full.method.name(), -pct(roi.seconds, full.seconds), -pct(roi.forward_passes as f64, full.forward_passes as f64), pct(d(roi), d(full)), pct(i(roi), i(full))
+                full.method.name(),
+                -pct(roi.seconds, full.seconds),
+                -pct(roi.forward_passes as f64, full.forward_passes as f64),
+                pct(d(roi), d(full)),
+                pct(i(roi), i(full))
             );
             comparisons.push(c);
         }
@@ -404,5 +493,7 @@ pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, 
 
 /// Writes a whole output file atomically (text or bytes).
 pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
-    io::write_atomically(path, |tmp| std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display())))
+    io::write_atomically(path, |tmp| {
+        std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display()))
+    })
 }

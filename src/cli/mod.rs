@@ -4,21 +4,24 @@ pub mod device;
 pub mod eval;
 pub mod explain;
 
+use crate::backend::Backend;
 use crate::backend::CpuBackend;
 use crate::io::{self, Volume};
 use crate::models::{BasicUNet, UNetConfig};
 use crate::phantom;
-use crate::preprocess::{AxialLayout, Intensity};
-use crate::segment::{segment_slices, SegmentOptions};
-use crate::backend::Backend;
-use crate::weights::WeightsFile;
-use explain::{bench_runs, bench_tables, overlay_image, run_json, run_with_progress, saliency_volume, write_text, Case, LabelIds, MethodArgs};
 use crate::pipeline::{organ_name, Method};
+use crate::preprocess::{AxialLayout, Intensity};
 use crate::roi::RoiMode;
-use serde_json::json;
+use crate::segment::{segment_slices, SegmentOptions};
+use crate::weights::WeightsFile;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use explain::{
+    bench_runs, bench_tables, overlay_image, run_json, run_with_progress, saliency_volume, write_text, Case, LabelIds,
+    MethodArgs,
+};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -326,7 +329,11 @@ impl IntensityArgs {
         if self.modality == Modality::Mr {
             return Ok(Intensity::MrPercentile);
         }
-        let parts: Vec<f32> = self.window.split(',').map(|s| s.trim().parse::<f32>()).collect::<std::result::Result<_, _>>()
+        let parts: Vec<f32> = self
+            .window
+            .split(',')
+            .map(|s| s.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
             .map_err(|_| anyhow::anyhow!("--window {:?}: expected LOW,HIGH in HU, e.g. -160,240", self.window))?;
         match parts[..] {
             [low, high] if low < high && low.is_finite() && high.is_finite() => Ok(Intensity::CtWindow { low, high }),
@@ -343,7 +350,10 @@ pub fn parse_slices(spec: &str, volume: &Volume, layout: &AxialLayout) -> Result
     }
     let mut out = Vec::new();
     for part in spec.split(',') {
-        let k: usize = part.trim().parse().map_err(|_| anyhow::anyhow!("--slice {spec:?}: expected \"all\", an index, or a comma list of indices"))?;
+        let k: usize = part
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--slice {spec:?}: expected \"all\", an index, or a comma list of indices"))?;
         layout.check_slice(volume, k)?;
         out.push(k);
     }
@@ -377,7 +387,14 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 io::nifti::write_like(&out, &v, &v.data)?;
             }
-            eprintln!("wrote {} ({} x {} x {}, orientation {})", out.display(), v.dims[0], v.dims[1], v.dims[2], v.orientation());
+            eprintln!(
+                "wrote {} ({} x {} x {}, orientation {})",
+                out.display(),
+                v.dims[0],
+                v.dims[1],
+                v.dims[2],
+                v.orientation()
+            );
             Ok(())
         }
         Command::Phantom { seed, out, size, slices, layout, cases } => {
@@ -401,13 +418,24 @@ pub fn run(cli: Cli) -> Result<()> {
             let volume = io::read_image(&image)?;
             let layout = AxialLayout::of(&volume)?;
             let slices = parse_slices(&slice, &volume, &layout)?;
-            crate::on_backend!(cli.device.select()?, |b| segment_command(b, &volume, &slices, &unet, &out, &intensity, size, batch))
+            crate::on_backend!(cli.device.select()?, |b| segment_command(
+                b, &volume, &slices, &unet, &out, &intensity, size, batch
+            ))
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn segment_command<B: Backend>(backend: &B, volume: &Volume, slices: &[usize], unet: &Path, out: &Path, intensity: &IntensityArgs, size: Option<usize>, batch: usize) -> Result<()> {
+fn segment_command<B: Backend>(
+    backend: &B,
+    volume: &Volume,
+    slices: &[usize],
+    unet: &Path,
+    out: &Path,
+    intensity: &IntensityArgs,
+    size: Option<usize>,
+    batch: usize,
+) -> Result<()> {
     let model = BasicUNet::load_dir(backend, unet)?;
     let options = SegmentOptions {
         intensity: intensity.intensity()?,
@@ -456,7 +484,14 @@ fn info(path: &Path) -> Result<()> {
     println!("format:      {kind}");
     println!("grid:        {} x {} x {} voxels", v.dims[0], v.dims[1], v.dims[2]);
     println!("spacing:     {:.4} x {:.4} x {:.4} mm", s[0], s[1], s[2]);
-    println!("orientation: {} (axial slices along voxel axis {}: {} slices of {} x {} pixels)", v.orientation(), layout.slice_axis, layout.slices(&v), layout.slice_shape(&v).0, layout.slice_shape(&v).1);
+    println!(
+        "orientation: {} (axial slices along voxel axis {}: {} slices of {} x {} pixels)",
+        v.orientation(),
+        layout.slice_axis,
+        layout.slices(&v),
+        layout.slice_shape(&v).0,
+        layout.slice_shape(&v).1
+    );
     for row in &v.affine[..3] {
         println!("affine:      [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]", row[0], row[1], row[2], row[3]);
     }
@@ -468,7 +503,11 @@ fn info(path: &Path) -> Result<()> {
 }
 
 fn weights_info(path: &Path) -> Result<()> {
-    let (file, config) = if path.is_dir() { (path.join("model.safetensors"), Some(path.join("config.json"))) } else { (path.to_path_buf(), path.parent().map(|p| p.join("config.json"))) };
+    let (file, config) = if path.is_dir() {
+        (path.join("model.safetensors"), Some(path.join("config.json")))
+    } else {
+        (path.to_path_buf(), path.parent().map(|p| p.join("config.json")))
+    };
     let weights = WeightsFile::open(&file)?;
     let tensors = weights.tensors();
     let params: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
@@ -478,8 +517,10 @@ fn weights_info(path: &Path) -> Result<()> {
         println!("  {:<50} {:<5} {:?}", t.name, t.dtype, t.shape);
     }
     if let Some(config_path) = config.filter(|c| c.is_file()) {
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
-        let config = UNetConfig::from_json(&text).with_context(|| format!("{}: bad U-Net config", config_path.display()))?;
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
+        let config =
+            UNetConfig::from_json(&text).with_context(|| format!("{}: bad U-Net config", config_path.display()))?;
         println!("config:     {} -> {config:?}", config_path.display());
         BasicUNet::load(&CpuBackend, config, &weights)?;
         println!("check:      weights match the config (MONAI BasicUNet, 2-D)");
@@ -498,7 +539,11 @@ fn explain_command<B: Backend>(backend: &B, cmd: ExplainCmd) -> Result<()> {
     let settings = cmd.method_args.settings(backend, size, &model)?;
     let run = run_with_progress(backend, &model, &case, cmd.method, cmd.roi, &settings)?;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
-    io::nifti::write_like(&cmd.out.join("saliency.nii.gz"), &case.volume, &saliency_volume(&case.volume, case.slice, &run.saliency, size)?)?;
+    io::nifti::write_like(
+        &cmd.out.join("saliency.nii.gz"),
+        &case.volume,
+        &saliency_volume(&case.volume, case.slice, &run.saliency, size)?,
+    )?;
     crate::render::save_png(&cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
     let report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "slice": case.slice, "organ": organ_name(case.class), "class": case.class,
@@ -519,10 +564,24 @@ fn bench_command<B: Backend>(backend: &B, cmd: BenchCmd) -> Result<()> {
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
         let class = crate::pipeline::organ_class(&cmd.method_args.organ)?;
-        Case::from_volume(backend, p.ct, Some(p.labels), &cmd.slice, class, &cmd.method_args, size, cmd.roi.uses_clip())?
+        Case::from_volume(
+            backend,
+            p.ct,
+            Some(p.labels),
+            &cmd.slice,
+            class,
+            &cmd.method_args,
+            size,
+            cmd.roi.uses_clip(),
+        )?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;
-        let args = CaseArgs { image: image.to_path_buf(), label: cmd.label.clone(), label_ids: cmd.label_ids, slice: cmd.slice.clone() };
+        let args = CaseArgs {
+            image: image.to_path_buf(),
+            label: cmd.label.clone(),
+            label_ids: cmd.label_ids,
+            slice: cmd.slice.clone(),
+        };
         Case::load(backend, &args, &cmd.method_args, size, cmd.roi.uses_clip())?
     };
     let settings = cmd.method_args.settings(backend, size, &model)?;
@@ -553,7 +612,9 @@ fn bench_command<B: Backend>(backend: &B, cmd: BenchCmd) -> Result<()> {
             }
             let views = arrays
                 .iter()
-                .map(|(name, bytes, dtype)| Ok((*name, safetensors::tensor::TensorView::new(*dtype, vec![size, size], bytes)?)))
+                .map(|(name, bytes, dtype)| {
+                    Ok((*name, safetensors::tensor::TensorView::new(*dtype, vec![size, size], bytes)?))
+                })
                 .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
             let meta = std::collections::HashMap::from([
                 ("class".to_string(), case.class.to_string()),
@@ -578,8 +639,13 @@ fn demo_command<B: Backend>(backend: &B, cmd: DemoCmd) -> Result<()> {
     let size = model_size(None, &model);
     let p = phantom::generate(7, 256, 32);
     let phantom_dir = out.join("phantom");
-    std::fs::create_dir_all(&phantom_dir).with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
-    io::nifti::write_like(&phantom_dir.join("ct.nii.gz"), &p.ct, &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>())?;
+    std::fs::create_dir_all(&phantom_dir)
+        .with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
+    io::nifti::write_like(
+        &phantom_dir.join("ct.nii.gz"),
+        &p.ct,
+        &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>(),
+    )?;
     io::nifti::write_like(&phantom_dir.join("labels.nii.gz"), &p.ct, &p.labels)?;
     let case = Case::from_volume(backend, p.ct, Some(p.labels), "organ-center", 1, &args, size, true)?;
     let seg_options = SegmentOptions { intensity: Intensity::ABDOMEN, input_size: size, batch: 1 };
@@ -590,14 +656,23 @@ fn demo_command<B: Backend>(backend: &B, cmd: DemoCmd) -> Result<()> {
     settings.lime.samples = cmd.samples;
     settings.shap.samples = cmd.samples;
     settings.faithfulness_steps = 16;
-    eprintln!("explaining {} on phantom slice {} (ROI: CLIP organ map + {} mm)", organ_name(1), case.slice, settings.margin_mm);
+    eprintln!(
+        "explaining {} on phantom slice {} (ROI: CLIP organ map + {} mm)",
+        organ_name(1),
+        case.slice,
+        settings.margin_mm
+    );
     let rows = bench_runs(backend, &model, &case, &Method::ALL, RoiMode::Clip, &settings, 1)?;
     let overlays: Vec<_> = rows.iter().map(|r| overlay_image(&case.input, r)).collect();
     for (r, img) in rows.iter().zip(&overlays) {
         crate::render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), img)?;
     }
     // Columns: methods; rows: full image, then ROI.
-    let ordered: Vec<_> = [0, 1].iter().flat_map(|&m| (0..Method::ALL.len()).map(move |i| 2 * i + m)).map(|i| overlays[i].clone()).collect();
+    let ordered: Vec<_> = [0, 1]
+        .iter()
+        .flat_map(|&m| (0..Method::ALL.len()).map(move |i| 2 * i + m))
+        .map(|i| overlays[i].clone())
+        .collect();
     crate::render::save_png(&out.join("overlays.png"), &crate::render::grid(&ordered, Method::ALL.len()))?;
     let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": backend.name(), "settings": format!("{settings:?}")});
     let (md, table) = bench_tables(&rows, context);
@@ -615,7 +690,9 @@ fn demo_command<B: Backend>(backend: &B, cmd: DemoCmd) -> Result<()> {
 
 fn selftest_command(cmd: SelftestCmd, device: &device::DeviceArgs) -> Result<()> {
     use crate::selftest::{check_explainers, check_kernels, explain_table, table, Ceilings};
-    let seed = cmd.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
+    let seed = cmd.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
     let compute = device.select()?;
     let (ceilings, gpu) = match &compute {
         device::Compute::Cpu(_) => (crate::selftest::cpu_ceilings(), false),
@@ -629,17 +706,28 @@ fn selftest_command(cmd: SelftestCmd, device: &device::DeviceArgs) -> Result<()>
             (Ceilings { flops: 67e12, conv_flops: matrix, bytes_per_s: g.copy_bandwidth()? }, true)
         }
     };
-    let resources = if gpu { crate::backend::cuda::ptxas_resources(crate::backend::cuda::PTXAS_REPORT) } else { Vec::new() };
+    let resources =
+        if gpu { crate::backend::cuda::ptxas_resources(crate::backend::cuda::PTXAS_REPORT) } else { Vec::new() };
     let name = crate::on_backend!(compute, |b| b.name());
-    println!("selftest on {name}, seed {seed}; ceilings {:.2} TFLOP/s f32, {:.2} TFLOP/s convolutions, {:.0} GB/s copy", ceilings.flops * 1e-12, ceilings.conv_flops * 1e-12, ceilings.bytes_per_s * 1e-9);
+    println!(
+        "selftest on {name}, seed {seed}; ceilings {:.2} TFLOP/s f32, {:.2} TFLOP/s convolutions, {:.0} GB/s copy",
+        ceilings.flops * 1e-12,
+        ceilings.conv_flops * 1e-12,
+        ceilings.bytes_per_s * 1e-9
+    );
     if gpu {
         println!("\n| kernel | registers | shared memory | stack | spill stores | spill loads |\n|---|---:|---:|---:|---:|---:|");
         for k in &resources {
-            println!("| {} | {} | {} B | {} B | {} B | {} B |", k.name, k.registers, k.shared_bytes, k.stack_bytes, k.spill_stores, k.spill_loads);
+            println!(
+                "| {} | {} | {} B | {} B | {} B | {} B |",
+                k.name, k.registers, k.shared_bytes, k.stack_bytes, k.spill_stores, k.spill_loads
+            );
         }
     }
     let bar = progress_bar(0, "kernels");
-    let kernels = crate::on_backend!(compute, |b| check_kernels(b, gpu, device.precision, ceilings, seed, cmd.quick, |_| bar.inc(1)))?;
+    let kernels =
+        crate::on_backend!(compute, |b| check_kernels(b, gpu, device.precision, ceilings, seed, cmd.quick, |_| bar
+            .inc(1)))?;
     bar.finish_and_clear();
     println!("\n{}", table(&kernels));
     let mut explain = Vec::new();
@@ -652,9 +740,12 @@ fn selftest_command(cmd: SelftestCmd, device: &device::DeviceArgs) -> Result<()>
             let batch = cmd.batch.unwrap_or(if gpu { 256 } else { 16 });
             if gpu {
                 // Same settings on both sides, small enough for the CPU.
-                explain.extend(crate::on_backend!(compute, |b| check_explainers(b, true, false, 64, 16, |_| bar.inc(1)))?);
+                explain
+                    .extend(crate::on_backend!(compute, |b| check_explainers(b, true, false, 64, 16, |_| bar.inc(1)))?);
             }
-            explain.extend(crate::on_backend!(compute, |b| check_explainers(b, false, false, samples, batch, |_| bar.inc(1)))?);
+            explain.extend(crate::on_backend!(compute, |b| check_explainers(b, false, false, samples, batch, |_| {
+                bar.inc(1)
+            }))?);
         }
         bar.finish_and_clear();
         println!("{}", explain_table(&explain));
@@ -663,7 +754,12 @@ fn selftest_command(cmd: SelftestCmd, device: &device::DeviceArgs) -> Result<()>
         let report = json!({"device": name, "precision": device.precision, "seed": seed, "ceilings": ceilings, "ptxas": resources, "kernels": kernels, "explain": explain});
         write_text(path, serde_json::to_string_pretty(&report)?)?;
     }
-    let failed: Vec<String> = kernels.iter().filter(|r| !r.passed).map(|r| format!("{} {}", r.kernel, r.shape)).chain(explain.iter().filter(|r| !r.passed).map(|r| format!("{} end to end", r.method))).collect();
+    let failed: Vec<String> = kernels
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{} {}", r.kernel, r.shape))
+        .chain(explain.iter().filter(|r| !r.passed).map(|r| format!("{} end to end", r.method)))
+        .collect();
     if !failed.is_empty() {
         bail!("{} of {} checks failed: {}", failed.len(), kernels.len() + explain.len(), failed.join(", "));
     }
@@ -681,15 +777,25 @@ fn roi_command<B: Backend>(backend: &B, cmd: RoiCmd) -> Result<()> {
     let size = cmd.size;
     let margin_mm = cmd.method_args.margin_mm.unwrap_or(crate::pipeline::Settings::defaults(0).margin_mm);
     let mask = case.clip.mask.as_deref().context("CLIP ROI missing")?;
-    let roi = crate::roi::region(RoiMode::Clip, &vec![false; size * size], Some(mask), size, margin_mm / case.input.mm_per_pixel)?;
+    let roi = crate::roi::region(
+        RoiMode::Clip,
+        &vec![false; size * size],
+        Some(mask),
+        size,
+        margin_mm / case.input.mm_per_pixel,
+    )?;
     let area = crate::roi::area_fraction(&roi);
     if png {
         let probability = case.clip.probability.as_deref().context("CLIP map missing")?;
-        crate::render::save_png(&cmd.out, &crate::render::overlay(&case.input.image, probability, size, Some(&roi), case.input.truth.as_deref()))?;
+        crate::render::save_png(
+            &cmd.out,
+            &crate::render::overlay(&case.input.image, probability, size, Some(&roi), case.input.truth.as_deref()),
+        )?;
     } else {
         let layout = AxialLayout::of(&case.volume)?;
         let shape = layout.slice_shape(&case.volume);
-        let plane = crate::preprocess::resize_nearest(&roi.iter().map(|&b| b as u8).collect::<Vec<_>>(), (size, size), shape);
+        let plane =
+            crate::preprocess::resize_nearest(&roi.iter().map(|&b| b as u8).collect::<Vec<_>>(), (size, size), shape);
         let mut volume = vec![0u8; case.volume.voxel_count()];
         layout.insert(case.volume.dims, case.slice, &plane, &mut volume);
         io::nifti::write_like(&cmd.out, &case.volume, &volume)?;

@@ -29,7 +29,8 @@ fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
 
 /// Scores every coalition in `rows` through the runner.
 fn score_coalitions(runner: &mut Runner, segments: &Segments, rows: &[Vec<bool>]) -> Result<Vec<f64>> {
-    let scores = runner.score_masks(rows.len(), &MaskBatch::Coalitions { rows, labels: &segments.labels }, false)?.scores;
+    let scores =
+        runner.score_masks(rows.len(), &MaskBatch::Coalitions { rows, labels: &segments.labels }, false)?.scores;
     Ok(scores.into_iter().map(f64::from).collect())
 }
 
@@ -37,7 +38,15 @@ impl Lime {
     /// Sample 0 is the unperturbed image; the others switch each superpixel on with probability 1/2.
     pub fn coalitions(&self, k: usize) -> Vec<Vec<bool>> {
         let rng = Philox::new(self.seed);
-        (0..self.samples).map(|i| if i == 0 { vec![true; k] } else { (0..k).map(|j| rng.stream(i as u64).word(j as u64) & 1 == 1).collect() }).collect()
+        (0..self.samples)
+            .map(|i| {
+                if i == 0 {
+                    vec![true; k]
+                } else {
+                    (0..k).map(|j| rng.stream(i as u64).word(j as u64) & 1 == 1).collect()
+                }
+            })
+            .collect()
     }
 
     /// lime_image's sample weight: sqrt(exp(-d^2 / w^2)) with d the cosine distance to all-on.
@@ -57,7 +66,11 @@ impl Lime {
         let x: Vec<Vec<f64>> = rows.iter().map(|r| r.iter().map(|&b| b as u8 as f64).collect()).collect();
         let w: Vec<f64> = rows.iter().map(|r| self.weight(r)).collect();
         let (coefficients, _) = weighted_ridge(&x, &y, &w, self.alpha)?;
-        Ok(Explanation { saliency: paint(segments, &coefficients), forward_passes: runner.forward_passes, samples: rows.len() })
+        Ok(Explanation {
+            saliency: paint(segments, &coefficients),
+            forward_passes: runner.forward_passes,
+            samples: rows.len(),
+        })
     }
 }
 

@@ -61,13 +61,15 @@ pub fn gaussian_blur(img: &[f32], size: usize, sigma: f32) -> Vec<f32> {
     let mut tmp = vec![0.0; img.len()];
     for y in 0..size {
         for x in 0..size {
-            tmp[y * size + x] = (-r..=r).zip(&k).map(|(o, w)| w * img[y * size + clamp(x as isize + o)]).sum::<f32>() / norm;
+            tmp[y * size + x] =
+                (-r..=r).zip(&k).map(|(o, w)| w * img[y * size + clamp(x as isize + o)]).sum::<f32>() / norm;
         }
     }
     let mut out = vec![0.0; img.len()];
     for y in 0..size {
         for x in 0..size {
-            out[y * size + x] = (-r..=r).zip(&k).map(|(o, w)| w * tmp[clamp(y as isize + o) * size + x]).sum::<f32>() / norm;
+            out[y * size + x] =
+                (-r..=r).zip(&k).map(|(o, w)| w * tmp[clamp(y as isize + o) * size + x]).sum::<f32>() / norm;
         }
     }
     out
@@ -106,7 +108,10 @@ impl MaskBatch<'_> {
                 }
             }
             MaskBatch::Coalitions { rows, .. } => {
-                let (row, labels) = (rows.get(i).with_context(|| format!("coalition {i} of {}", rows.len()))?, labels.context("coalition masks need the superpixel map")?);
+                let (row, labels) = (
+                    rows.get(i).with_context(|| format!("coalition {i} of {}", rows.len()))?,
+                    labels.context("coalition masks need the superpixel map")?,
+                );
                 for (m, &l) in out.iter_mut().zip(labels) {
                     *m = if l < 0.0 || row[l as usize] { 1.0 } else { 0.0 };
                 }
@@ -124,7 +129,14 @@ pub trait Scorer: Sync {
     /// Scores samples 0..n of `masks` with mask building, perturbation, forward and scoring all on the
     /// scorer's backend, `batch` at a time; with `weighted_sum`, also sum_i score_i * mask_i. `None`:
     /// this scorer only takes finished images (the runner then builds them on the host).
-    fn score_masks(&self, _problem: &Problem, _masks: &MaskBatch, _n: usize, _weighted_sum: bool, _progress: &mut dyn FnMut(usize)) -> Option<Result<MaskScores>> {
+    fn score_masks(
+        &self,
+        _problem: &Problem,
+        _masks: &MaskBatch,
+        _n: usize,
+        _weighted_sum: bool,
+        _progress: &mut dyn FnMut(usize),
+    ) -> Option<Result<MaskScores>> {
         None
     }
 }
@@ -150,7 +162,14 @@ pub struct UNetScorer<'a, B: Backend> {
 
 impl<'a, B: Backend> UNetScorer<'a, B> {
     /// Runs the unperturbed input once to find M0 = {argmax == class}; errors when the organ is absent.
-    pub fn new(backend: &'a B, model: &'a BasicUNet<B>, input: &[f32], size: usize, class: usize, kind: ScoreKind) -> Result<Self> {
+    pub fn new(
+        backend: &'a B,
+        model: &'a BasicUNet<B>,
+        input: &[f32],
+        size: usize,
+        class: usize,
+        kind: ScoreKind,
+    ) -> Result<Self> {
         let classes = model.config().out_channels;
         ensure!(class < classes, "class {class} is not an output of this U-Net ({classes} classes)");
         let started = std::time::Instant::now();
@@ -159,7 +178,10 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         let forward_nanos = std::sync::atomic::AtomicU64::new(started.elapsed().as_nanos() as u64);
         let plane = size * size;
         let m0: Vec<bool> = (0..plane)
-            .map(|p| (0..classes).max_by(|&a, &b| logits.data()[a * plane + p].total_cmp(&logits.data()[b * plane + p])) == Some(class))
+            .map(|p| {
+                (0..classes).max_by(|&a, &b| logits.data()[a * plane + p].total_cmp(&logits.data()[b * plane + p]))
+                    == Some(class)
+            })
             .collect();
         if !m0.contains(&true) {
             bail!("the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
@@ -175,7 +197,14 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         Ok(logits)
     }
 
-    fn fused(&self, problem: &Problem, masks: &MaskBatch, n: usize, weighted_sum: bool, progress: &mut dyn FnMut(usize)) -> Result<MaskScores> {
+    fn fused(
+        &self,
+        problem: &Problem,
+        masks: &MaskBatch,
+        n: usize,
+        weighted_sum: bool,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<MaskScores> {
         let b = self.backend;
         let (size, plane) = (problem.size, problem.size * problem.size);
         let plane_tensor = |v: Vec<f32>| b.upload(&Tensor::new(&[plane], v)?);
@@ -215,7 +244,10 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         let started = std::time::Instant::now();
         let scores = scores.iter().map(|s| b.download(s).map(Tensor::into_data)).collect::<Result<Vec<_>>>()?.concat();
         // Kahan leaves sum - compensation as the best estimate of the exact sum.
-        let weighted_sum = acc.map(|a| b.download(&a)).transpose()?.map(|a| a.data()[..plane].iter().zip(&a.data()[plane..]).map(|(&s, &c)| s as f64 - c as f64).collect());
+        let weighted_sum = acc
+            .map(|a| b.download(&a))
+            .transpose()?
+            .map(|a| a.data()[..plane].iter().zip(&a.data()[plane..]).map(|(&s, &c)| s as f64 - c as f64).collect());
         self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(MaskScores { scores, weighted_sum })
     }
@@ -224,10 +256,20 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
 impl<B: Backend> Scorer for UNetScorer<'_, B> {
     fn scores(&self, images: &Tensor) -> Result<Vec<f32>> {
         let logits = self.timed_forward(&self.backend.upload(images)?)?;
-        Ok(self.backend.download(&self.backend.segmentation_scores(&logits, &self.m0_plane, self.class, self.kind)?)?.into_data())
+        Ok(self
+            .backend
+            .download(&self.backend.segmentation_scores(&logits, &self.m0_plane, self.class, self.kind)?)?
+            .into_data())
     }
 
-    fn score_masks(&self, problem: &Problem, masks: &MaskBatch, n: usize, weighted_sum: bool, progress: &mut dyn FnMut(usize)) -> Option<Result<MaskScores>> {
+    fn score_masks(
+        &self,
+        problem: &Problem,
+        masks: &MaskBatch,
+        n: usize,
+        weighted_sum: bool,
+        progress: &mut dyn FnMut(usize),
+    ) -> Option<Result<MaskScores>> {
         Some(self.fused(problem, masks, n, weighted_sum, progress))
     }
 }
@@ -278,19 +320,28 @@ impl<'a> Runner<'a> {
         let labels = masks.scene_labels();
         let mut scores = vec![0f32; n];
         let mut sum = weighted_sum.then(|| vec![0f64; p.size * p.size]);
-        self.run(n, |i, mask| masks.fill(i, p.size, labels.as_deref(), mask).expect("sample index in range"), |i, s, mask| {
-            scores[i] = s;
-            if let Some(sum) = sum.as_mut() {
-                sum.iter_mut().zip(mask).for_each(|(acc, &m)| *acc += s as f64 * m as f64);
-            }
-        })?;
+        self.run(
+            n,
+            |i, mask| masks.fill(i, p.size, labels.as_deref(), mask).expect("sample index in range"),
+            |i, s, mask| {
+                scores[i] = s;
+                if let Some(sum) = sum.as_mut() {
+                    sum.iter_mut().zip(mask).for_each(|(acc, &m)| *acc += s as f64 * m as f64);
+                }
+            },
+        )?;
         Ok(MaskScores { scores, weighted_sum: sum })
     }
 
     /// For samples 0..n: `fill(i, mask)` writes sample i's keep-mask (all pixels, values in [0, 1]);
     /// the runner forces 1 outside the ROI, builds the perturbed images of a batch in one reused buffer,
     /// scores them, and hands `consume(i, score, effective_mask)` each result in order.
-    pub fn run(&mut self, n: usize, fill: impl Fn(usize, &mut [f32]) + Sync, mut consume: impl FnMut(usize, f32, &[f32])) -> Result<()> {
+    pub fn run(
+        &mut self,
+        n: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+        mut consume: impl FnMut(usize, f32, &[f32]),
+    ) -> Result<()> {
         let p = self.problem;
         let plane = p.size * p.size;
         let batch = p.batch.max(1).min(n.max(1));
@@ -302,10 +353,12 @@ impl<'a> Runner<'a> {
             if b < batch {
                 images = Tensor::zeros(&[b, 1, p.size, p.size]);
             }
-            masks[..b * plane].par_chunks_mut(plane).zip(images.data_mut().par_chunks_mut(plane)).enumerate().for_each(|(j, (mask, image))| {
-                fill(start + j, mask);
-                keep_outside_roi_and_blend(mask, image, &p.input, &p.baseline, |q| p.roi[q]);
-            });
+            masks[..b * plane].par_chunks_mut(plane).zip(images.data_mut().par_chunks_mut(plane)).enumerate().for_each(
+                |(j, (mask, image))| {
+                    fill(start + j, mask);
+                    keep_outside_roi_and_blend(mask, image, &p.input, &p.baseline, |q| p.roi[q]);
+                },
+            );
             let scores = p.scorer.scores(&images)?;
             ensure!(scores.len() == b, "scorer returned {} scores for {b} images", scores.len());
             for j in 0..b {

@@ -25,7 +25,8 @@ impl Occlusion {
         let mut out = Vec::new();
         for &y in &origins {
             for &x in &origins {
-                let touches = (y..(y + self.window).min(size)).any(|yy| (x..(x + self.window).min(size)).any(|xx| roi[yy * size + xx]));
+                let touches = (y..(y + self.window).min(size))
+                    .any(|yy| (x..(x + self.window).min(size)).any(|xx| roi[yy * size + xx]));
                 if touches {
                     out.push((y, x));
                 }
@@ -43,7 +44,8 @@ impl Occlusion {
         let mut count = vec![0u32; size * size];
         let k = self.window;
         let roi = &runner.problem.roi;
-        let scores = runner.score_masks(windows.len(), &MaskBatch::Windows { origins: &windows, window: k }, false)?.scores;
+        let scores =
+            runner.score_masks(windows.len(), &MaskBatch::Windows { origins: &windows, window: k }, false)?.scores;
         for (&(y0, x0), score) in windows.iter().zip(scores) {
             let drop = (base - score) as f64;
             // The runner occluded the window's part inside the ROI only.

@@ -53,7 +53,10 @@ impl Rise {
     }
 
     pub fn explain(&self, runner: &mut Runner) -> Result<Explanation> {
-        ensure!(self.masks >= 1 && self.grid >= 1 && self.p1 > 0.0 && self.p1 <= 1.0, "RISE needs masks >= 1, grid >= 1, 0 < p1 <= 1");
+        ensure!(
+            self.masks >= 1 && self.grid >= 1 && self.p1 > 0.0 && self.p1 <= 1.0,
+            "RISE needs masks >= 1, grid >= 1, 0 < p1 <= 1"
+        );
         let size = runner.problem.size;
         let roi = runner.problem.roi.clone();
         let mut sum = vec![0f64; size * size];
@@ -81,7 +84,8 @@ impl Rise {
             }
         }
         let scale = 1.0 / (used as f64 * self.p1 as f64);
-        let saliency = sum.iter().zip(&roi).map(|(&v, &inside)| if inside { (v * scale) as f32 } else { 0.0 }).collect();
+        let saliency =
+            sum.iter().zip(&roi).map(|(&v, &inside)| if inside { (v * scale) as f32 } else { 0.0 }).collect();
         Ok(Explanation { saliency, forward_passes: runner.forward_passes, samples: used })
     }
 }

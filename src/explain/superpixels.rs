@@ -28,7 +28,9 @@ impl Segmenter {
     pub fn segment(&self, image: &[f32], size: usize, mask: &[bool]) -> Segments {
         let labels = match *self {
             Segmenter::Slic { segments, compactness } => slic(image, size, mask, segments.max(1), compactness),
-            Segmenter::Felzenszwalb { scale, sigma, min_size } => felzenszwalb(image, size, mask, scale / 255.0, sigma, min_size),
+            Segmenter::Felzenszwalb { scale, sigma, min_size } => {
+                felzenszwalb(image, size, mask, scale / 255.0, sigma, min_size)
+            }
         };
         relabel(labels)
     }
@@ -180,7 +182,9 @@ fn enforce_connectivity(labels: Vec<i32>, size: usize, min_size: usize) -> Vec<i
 
 fn neighbours4(q: usize, size: usize) -> impl Iterator<Item = usize> {
     let (y, x) = (q / size, q % size);
-    [(y > 0).then(|| q - size), (y + 1 < size).then(|| q + size), (x > 0).then(|| q - 1), (x + 1 < size).then(|| q + 1)].into_iter().flatten()
+    [(y > 0).then(|| q - size), (y + 1 < size).then(|| q + size), (x > 0).then(|| q - 1), (x + 1 < size).then(|| q + 1)]
+        .into_iter()
+        .flatten()
 }
 
 struct DisjointSets {
@@ -240,7 +244,9 @@ fn felzenszwalb(image: &[f32], size: usize, mask: &[bool], k: f32, sigma: f32, m
     let mut sets = DisjointSets { parent: (0..n).collect(), size: vec![1; n], internal: vec![0.0; n] };
     for &(w, a, b) in &edges {
         let (ra, rb) = (sets.find(a), sets.find(b));
-        if ra != rb && w <= (sets.internal[ra] + k / sets.size[ra] as f32).min(sets.internal[rb] + k / sets.size[rb] as f32) {
+        if ra != rb
+            && w <= (sets.internal[ra] + k / sets.size[ra] as f32).min(sets.internal[rb] + k / sets.size[rb] as f32)
+        {
             sets.union(ra, rb, w);
         }
     }
@@ -262,10 +268,14 @@ mod tests {
     #[test]
     fn segments_respect_edges_and_mask() {
         let size = 32;
-        let image: Vec<f32> = (0..size * size).map(|q| 0.1 + 0.3 * (2 * (q / size / 16) + q % size / 16) as f32).collect();
+        let image: Vec<f32> =
+            (0..size * size).map(|q| 0.1 + 0.3 * (2 * (q / size / 16) + q % size / 16) as f32).collect();
         let mut mask = vec![true; size * size];
         mask[..size].fill(false);
-        for seg in [Segmenter::Slic { segments: 16, compactness: 0.1 }, Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.0, min_size: 20 }] {
+        for seg in [
+            Segmenter::Slic { segments: 16, compactness: 0.1 },
+            Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.0, min_size: 20 },
+        ] {
             let s = seg.segment(&image, size, &mask);
             assert!(s.count >= 4, "{seg:?}: {} segments", s.count);
             for (q, (&l, &m)) in s.labels.iter().zip(&mask).enumerate() {

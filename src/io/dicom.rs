@@ -85,11 +85,17 @@ fn pixels(obj: &DefaultDicomObject, g: &Geometry, path: &Path) -> Result<Vec<f32
             let needed = g.rows * g.cols * bits.div_ceil(8);
             let have = v.calculate_byte_len();
             if have < needed {
-                bail!("{}: pixel data holds {have} bytes, {}x{} pixels of {bits} bits need {needed} (truncated)", path.display(), g.rows, g.cols);
+                bail!(
+                    "{}: pixel data holds {have} bytes, {}x{} pixels of {bits} bits need {needed} (truncated)",
+                    path.display(),
+                    g.rows,
+                    g.cols
+                );
             }
         }
     }
-    let decoded = obj.decode_pixel_data().map_err(|e| anyhow::anyhow!("{}: cannot decode pixel data ({e})", path.display()))?;
+    let decoded =
+        obj.decode_pixel_data().map_err(|e| anyhow::anyhow!("{}: cannot decode pixel data ({e})", path.display()))?;
     if decoded.number_of_frames() != 1 || decoded.samples_per_pixel() != 1 {
         bail!(
             "{}: {} frames of {} samples per pixel; xaiclip reads single-frame greyscale slices",
@@ -140,28 +146,46 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
     let mut objects = Vec::with_capacity(files.len());
     for f in &files {
         let obj = open_file(f).map_err(|e| anyhow::anyhow!("{}: not a readable DICOM file ({e})", f.display()))?;
-        let uid = obj.element(tags::SERIES_INSTANCE_UID).ok().and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').trim().to_string())).unwrap_or_default();
+        let uid = obj
+            .element(tags::SERIES_INSTANCE_UID)
+            .ok()
+            .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').trim().to_string()))
+            .unwrap_or_default();
         series.entry(uid).or_default().push(f.clone());
         objects.push(obj);
     }
     if series.len() > 1 {
-        let list: Vec<String> = series.iter().map(|(uid, fs)| format!("{uid} ({} files, e.g. {})", fs.len(), fs[0].display())).collect();
+        let list: Vec<String> =
+            series.iter().map(|(uid, fs)| format!("{uid} ({} files, e.g. {})", fs.len(), fs[0].display())).collect();
         bail!("{d}: folder mixes {} series; give one series per folder: {}", series.len(), list.join("; "));
     }
     let g = geometry(&objects[0], &files[0])?;
     if g.rows == 0 || g.cols == 0 || g.rows * g.cols * files.len() > MAX_VOXELS {
-        bail!("{d}: {} slices of {}x{} pixels is outside the supported size (up to {MAX_VOXELS} voxels)", files.len(), g.rows, g.cols);
+        bail!(
+            "{d}: {} slices of {}x{} pixels is outside the supported size (up to {MAX_VOXELS} voxels)",
+            files.len(),
+            g.rows,
+            g.cols
+        );
     }
     let normal = cross(g.row_dir, g.col_dir);
     let mut slices = Vec::with_capacity(files.len());
     for (obj, path) in objects.iter().zip(&files) {
         let gi = geometry(obj, path)?;
-        if (gi.rows, gi.cols) != (g.rows, g.cols) || (0..3).any(|i| (gi.row_dir[i] - g.row_dir[i]).abs() > 1e-4 || (gi.col_dir[i] - g.col_dir[i]).abs() > 1e-4) {
+        if (gi.rows, gi.cols) != (g.rows, g.cols)
+            || (0..3)
+                .any(|i| (gi.row_dir[i] - g.row_dir[i]).abs() > 1e-4 || (gi.col_dir[i] - g.col_dir[i]).abs() > 1e-4)
+        {
             bail!("{}: size or orientation differs from {} in the same series", path.display(), files[0].display());
         }
         let p = floats(obj, tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3, path)?;
         let position = [p[0], p[1], p[2]];
-        slices.push(Slice { path: path.clone(), position, distance: dot(position, normal), pixels: pixels(obj, &g, path)? });
+        slices.push(Slice {
+            path: path.clone(),
+            position,
+            distance: dot(position, normal),
+            pixels: pixels(obj, &g, path)?,
+        });
     }
     slices.sort_by(|a, b| a.distance.total_cmp(&b.distance));
     for pair in slices.windows(2) {
@@ -233,7 +257,11 @@ pub fn write_series(volume: &Volume, dir: &Path, prefix: &str, modality: &str, u
         put(tags::INSTANCE_NUMBER, VR::IS, format!("{}", k + 1).into());
         let position: Vec<f64> = (0..3).map(|r| origin[r] + k as f64 * step[r]).collect();
         put(tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&position));
-        put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&[row_dir[0], row_dir[1], row_dir[2], col_dir[0], col_dir[1], col_dir[2]]));
+        put(
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            ds(&[row_dir[0], row_dir[1], row_dir[2], col_dir[0], col_dir[1], col_dir[2]]),
+        );
         put(tags::PIXEL_SPACING, VR::DS, ds(&[row_spacing, col_spacing]));
         put(tags::SLICE_THICKNESS, VR::DS, ds(&[norm(step)]));
         put(tags::ROWS, VR::US, PrimitiveValue::from(ny as u16));
@@ -247,15 +275,21 @@ pub fn write_series(volume: &Volume, dir: &Path, prefix: &str, modality: &str, u
         put(tags::RESCALE_INTERCEPT, VR::DS, ds(&[0.0]));
         put(tags::RESCALE_SLOPE, VR::DS, ds(&[1.0]));
         let plane = &volume.data[k * nx * ny..(k + 1) * nx * ny];
-        let bytes: Vec<u8> = plane.iter().flat_map(|&v| (v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16).to_le_bytes()).collect();
+        let bytes: Vec<u8> = plane
+            .iter()
+            .flat_map(|&v| (v.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16).to_le_bytes())
+            .collect();
         put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes));
         let meta = FileMetaTableBuilder::new()
             .transfer_syntax("1.2.840.10008.1.2.1")
             .media_storage_sop_class_uid(sop_class)
             .media_storage_sop_instance_uid(uid(3, k));
-        let file = obj.with_meta(meta).map_err(|e| anyhow::anyhow!("{}: cannot build DICOM meta ({e})", dir.display()))?;
+        let file =
+            obj.with_meta(meta).map_err(|e| anyhow::anyhow!("{}: cannot build DICOM meta ({e})", dir.display()))?;
         let path = dir.join(format!("{prefix}{:05}.dcm", k + 1));
-        super::write_atomically(&path, |tmp| file.write_to_file(tmp).map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display())))?;
+        super::write_atomically(&path, |tmp| {
+            file.write_to_file(tmp).map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))
+        })?;
     }
     Ok(())
 }

@@ -65,7 +65,8 @@ impl Volume {
         // Cramer's rule: replace column c by d.
         Some(std::array::from_fn(|c| {
             let col = |r: usize, cc: usize| if cc == c { d[r] } else { m(r, cc) };
-            (col(0, 0) * (col(1, 1) * col(2, 2) - col(1, 2) * col(2, 1)) - col(0, 1) * (col(1, 0) * col(2, 2) - col(1, 2) * col(2, 0))
+            (col(0, 0) * (col(1, 1) * col(2, 2) - col(1, 2) * col(2, 1))
+                - col(0, 1) * (col(1, 0) * col(2, 2) - col(1, 2) * col(2, 0))
                 + col(0, 2) * (col(1, 0) * col(2, 1) - col(1, 1) * col(2, 0)))
                 / det
         }))
@@ -86,7 +87,8 @@ impl Volume {
                     let v = v.map(|x| x.round());
                     if v.iter().zip(self.dims).all(|(&x, d)| x >= 0.0 && x < d as f64) {
                         let [a, b, c] = v.map(|x| x as usize);
-                        out[i + nx * (j + ny * k)] = self.data[a + self.dims[0] * (b + self.dims[1] * c)].clamp(0.0, 255.0) as u8;
+                        out[i + nx * (j + ny * k)] =
+                            self.data[a + self.dims[0] * (b + self.dims[1] * c)].clamp(0.0, 255.0) as u8;
                     } else {
                         outside += 1;
                     }
@@ -124,7 +126,10 @@ impl Volume {
     /// Rejects a label volume with fractional or negative values.
     pub fn check_labels(&self) -> Result<()> {
         if let Some(v) = self.data.iter().find(|v| v.fract() != 0.0 || **v < 0.0) {
-            bail!("{}: not a label volume (holds the value {v}; labels must be non-negative integers)", self.source.display());
+            bail!(
+                "{}: not a label volume (holds the value {v}; labels must be non-negative integers)",
+                self.source.display()
+            );
         }
         Ok(())
     }
@@ -145,7 +150,11 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?.to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?
+        .to_string_lossy()
+        .into_owned();
     // Keep the full name as suffix: writers pick compression from the extension (".nii.gz").
     let tmp = tempfile::Builder::new()
         .prefix(".xaiclip-tmp-")
@@ -153,6 +162,7 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a file in {}", path.display(), dir.display()))?;
     write(tmp.path())?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("{}: cannot move the finished file into place ({})", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot move the finished file into place ({})", path.display(), e.error))?;
     Ok(())
 }

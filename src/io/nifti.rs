@@ -10,7 +10,9 @@ fn describe(e: &nifti::NiftiError) -> String {
     match e {
         nifti::NiftiError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "file is truncated".into(),
         nifti::NiftiError::Io(io) => format!("cannot read ({io})"),
-        nifti::NiftiError::IncompatibleLength(got, expected) => format!("file is truncated ({got} of {expected} data bytes present)"),
+        nifti::NiftiError::IncompatibleLength(got, expected) => {
+            format!("file is truncated ({got} of {expected} data bytes present)")
+        }
         other => other.to_string(),
     }
 }
@@ -47,7 +49,8 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
 /// Reads a 3-D NIfTI volume (a 4-D file with one time point is accepted) with scl_slope/inter applied.
 pub fn read(path: &Path) -> Result<Volume> {
     let p = path.display();
-    let header = NiftiHeader::from_file(path).map_err(|e| anyhow::anyhow!("{p}: not a readable NIfTI-1 file ({})", describe(&e)))?;
+    let header = NiftiHeader::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{p}: not a readable NIfTI-1 file ({})", describe(&e)))?;
     let dim = header.dim().map_err(|e| anyhow::anyhow!("{p}: invalid dimensions in header ({e})"))?.to_vec();
     let dims: [usize; 3] = match dim.len() {
         2 => [dim[0] as usize, dim[1] as usize, 1],
@@ -62,7 +65,14 @@ pub fn read(path: &Path) -> Result<Volume> {
     let datatype = header.data_type().map_err(|_| anyhow::anyhow!("{p}: unknown datatype code {}", header.datatype))?;
     if !matches!(
         datatype,
-        NiftiType::Uint8 | NiftiType::Int8 | NiftiType::Uint16 | NiftiType::Int16 | NiftiType::Uint32 | NiftiType::Int32 | NiftiType::Float32 | NiftiType::Float64
+        NiftiType::Uint8
+            | NiftiType::Int8
+            | NiftiType::Uint16
+            | NiftiType::Int16
+            | NiftiType::Uint32
+            | NiftiType::Int32
+            | NiftiType::Float32
+            | NiftiType::Float64
     ) {
         bail!("{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)");
     }

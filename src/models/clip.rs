@@ -55,7 +55,12 @@ fn tower(v: &Value, defaults: (usize, usize, usize, usize)) -> Result<TowerConfi
         act,
         eps: v.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
     };
-    ensure!(t.heads > 0 && t.hidden.is_multiple_of(t.heads), "hidden_size {} is not divisible by num_attention_heads {}", t.hidden, t.heads);
+    ensure!(
+        t.heads > 0 && t.hidden.is_multiple_of(t.heads),
+        "hidden_size {} is not divisible by num_attention_heads {}",
+        t.hidden,
+        t.heads
+    );
     Ok(t)
 }
 
@@ -77,14 +82,35 @@ impl ClipConfig {
             eos_token_id: get(tv, "eos_token_id", 49407),
             projection_dim: get(&v, "projection_dim", 512),
         };
-        ensure!(c.patch_size > 0 && c.image_size.is_multiple_of(c.patch_size), "image_size {} is not a multiple of patch_size {}", c.image_size, c.patch_size);
+        ensure!(
+            c.patch_size > 0 && c.image_size.is_multiple_of(c.patch_size),
+            "image_size {} is not a multiple of patch_size {}",
+            c.image_size,
+            c.patch_size
+        );
         Ok(c)
     }
 
     /// The ViT-B/16 shapes of openai/clip-vit-base-patch16.
     pub fn vit_b16() -> Self {
-        let t = |hidden, heads| TowerConfig { hidden, intermediate: 4 * hidden, heads, layers: 12, act: Activation::QuickGelu, eps: 1e-5 };
-        Self { vision: t(768, 12), image_size: 224, patch_size: 16, text: t(512, 8), vocab_size: 49408, max_positions: 77, eos_token_id: 49407, projection_dim: 512 }
+        let t = |hidden, heads| TowerConfig {
+            hidden,
+            intermediate: 4 * hidden,
+            heads,
+            layers: 12,
+            act: Activation::QuickGelu,
+            eps: 1e-5,
+        };
+        Self {
+            vision: t(768, 12),
+            image_size: 224,
+            patch_size: 16,
+            text: t(512, 8),
+            vocab_size: 49408,
+            max_positions: 77,
+            eos_token_id: 49407,
+            projection_dim: 512,
+        }
     }
 
     pub fn grid(&self) -> usize {
@@ -126,7 +152,14 @@ pub struct ClipModel<B: Backend> {
     pub logit_scale: f32,
 }
 
-fn pair<B: Backend>(b: &B, p: &mut ParamReader, prefix: &str, shape_w: &[usize], shape_b: &[usize], names: (&str, &str)) -> Result<(B::Tensor, B::Tensor)> {
+fn pair<B: Backend>(
+    b: &B,
+    p: &mut ParamReader,
+    prefix: &str,
+    shape_w: &[usize],
+    shape_b: &[usize],
+    names: (&str, &str),
+) -> Result<(B::Tensor, B::Tensor)> {
     let w = p.take(&format!("{prefix}.{}", names.0), shape_w);
     let bias = p.take(&format!("{prefix}.{}", names.1), shape_b);
     Ok((b.upload(&w)?, b.upload(&bias)?))
@@ -167,9 +200,11 @@ impl<B: Backend> ClipModel<B> {
     fn build(b: &B, config: ClipConfig, mut p: ParamReader) -> Result<Self> {
         let (dv, dt, proj, ps) = (config.vision.hidden, config.text.hidden, config.projection_dim, config.patch_size);
         let wb = ("weight", "bias");
-        let patch_weight = p.take("vision_model.embeddings.patch_embedding.weight", &[dv, 3, ps, ps]).reshape(&[dv, 3 * ps * ps])?;
+        let patch_weight =
+            p.take("vision_model.embeddings.patch_embedding.weight", &[dv, 3, ps, ps]).reshape(&[dv, 3 * ps * ps])?;
         let class_embedding = p.take("vision_model.embeddings.class_embedding", &[dv]);
-        let vision_positions = p.take("vision_model.embeddings.position_embedding.weight", &[config.grid() * config.grid() + 1, dv]);
+        let vision_positions =
+            p.take("vision_model.embeddings.position_embedding.weight", &[config.grid() * config.grid() + 1, dv]);
         let pre_ln = pair(b, &mut p, "vision_model.pre_layrnorm", &[dv], &[dv], wb)?;
         let vision = tower_load(b, &mut p, "vision_model", &config.vision)?;
         let post_ln = pair(b, &mut p, "vision_model.post_layernorm", &[dv], &[dv], wb)?;
@@ -183,8 +218,20 @@ impl<B: Backend> ClipModel<B> {
         // Position ids are buffers in some transformers versions; they carry nothing we need.
         p.finish(&["position_ids"])?;
         Ok(Self {
-            config, patch_weight, class_embedding, vision_positions, token_embedding, text_positions, pre_ln, vision, post_ln,
-            visual_projection, text, final_ln, text_projection, logit_scale,
+            config,
+            patch_weight,
+            class_embedding,
+            vision_positions,
+            token_embedding,
+            text_positions,
+            pre_ln,
+            vision,
+            post_ln,
+            visual_projection,
+            text,
+            final_ln,
+            text_projection,
+            logit_scale,
         })
     }
 
@@ -197,17 +244,32 @@ impl<B: Backend> ClipModel<B> {
         let d = self.config.text.hidden;
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in ids {
-            ensure!((id as usize) < self.config.vocab_size, "token id {id} outside the vocabulary ({})", self.config.vocab_size);
+            ensure!(
+                (id as usize) < self.config.vocab_size,
+                "token id {id} outside the vocabulary ({})",
+                self.config.vocab_size
+            );
             out.extend_from_slice(&self.token_embedding.data()[id as usize * d..(id as usize + 1) * d]);
         }
         Tensor::new(&[ids.len(), d], out)
     }
 
-    fn run_blocks(&self, b: &B, tower: &Tower<B>, mut h: B::Tensor, causal: bool, skip_last: bool) -> Result<B::Tensor> {
+    fn run_blocks(
+        &self,
+        b: &B,
+        tower: &Tower<B>,
+        mut h: B::Tensor,
+        causal: bool,
+        skip_last: bool,
+    ) -> Result<B::Tensor> {
         let n = tower.blocks.len() - skip_last as usize;
         for blk in &tower.blocks[..n] {
             let x = b.layer_norm(&h, &blk.ln1.0, &blk.ln1.1, tower.config.eps)?;
-            let (q, k, v) = (b.linear(&x, &blk.q.0, Some(&blk.q.1))?, b.linear(&x, &blk.k.0, Some(&blk.k.1))?, b.linear(&x, &blk.v.0, Some(&blk.v.1))?);
+            let (q, k, v) = (
+                b.linear(&x, &blk.q.0, Some(&blk.q.1))?,
+                b.linear(&x, &blk.k.0, Some(&blk.k.1))?,
+                b.linear(&x, &blk.v.0, Some(&blk.v.1))?,
+            );
             let a = b.attention(&q, &k, &v, tower.config.heads, causal)?;
             b.add(&mut h, &b.linear(&a, &blk.out.0, Some(&blk.out.1))?)?;
             let x = b.layer_norm(&h, &blk.ln2.0, &blk.ln2.1, tower.config.eps)?;
@@ -223,7 +285,11 @@ impl<B: Backend> ClipModel<B> {
     fn vision_tokens(&self, b: &B, images: &Tensor) -> Result<(B::Tensor, usize, usize)> {
         let (n, c, h, w) = images.nchw()?;
         let ps = self.config.patch_size;
-        ensure!(c == 3 && h % ps == 0 && w % ps == 0, "CLIP expects (N, 3, H, W) with H, W multiples of {ps}, got {:?}", images.shape());
+        ensure!(
+            c == 3 && h % ps == 0 && w % ps == 0,
+            "CLIP expects (N, 3, H, W) with H, W multiples of {ps}, got {:?}",
+            images.shape()
+        );
         let (gh, gw) = (h / ps, w / ps);
         let d = self.config.vision.hidden;
         let mut patches = vec![0f32; n * gh * gw * 3 * ps * ps];
@@ -281,7 +347,12 @@ impl<B: Backend> ClipModel<B> {
         let h = b.download(&self.run_blocks(b, &self.vision, tokens, false, false)?)?;
         let (n, l, d) = (h.shape()[0], h.shape()[1], h.shape()[2]);
         let cls: Vec<f32> = (0..n).flat_map(|i| h.data()[i * l * d..i * l * d + d].to_vec()).collect();
-        let cls = b.layer_norm(&b.upload(&Tensor::new(&[n, d], cls)?)?, &self.post_ln.0, &self.post_ln.1, self.config.vision.eps)?;
+        let cls = b.layer_norm(
+            &b.upload(&Tensor::new(&[n, d], cls)?)?,
+            &self.post_ln.0,
+            &self.post_ln.1,
+            self.config.vision.eps,
+        )?;
         b.download(&b.linear(&cls, &self.visual_projection, None)?)
     }
 
@@ -303,8 +374,13 @@ impl<B: Backend> ClipModel<B> {
     /// Text embeddings (N, projection_dim) from prompt embeddings (N, L, width) without positions, pooled
     /// at each prompt's end-of-text position.
     pub fn encode_text_embeddings(&self, b: &B, embeds: &Tensor, eot: &[usize]) -> Result<Tensor> {
-        let [n, l, d] = embeds.shape()[..] else { bail!("text embeddings must be (N, L, D), got {:?}", embeds.shape()) };
-        ensure!(l <= self.config.max_positions && d == self.config.text.hidden && eot.len() == n, "prompt of {l} tokens x {d} does not fit the text tower");
+        let [n, l, d] = embeds.shape()[..] else {
+            bail!("text embeddings must be (N, L, D), got {:?}", embeds.shape())
+        };
+        ensure!(
+            l <= self.config.max_positions && d == self.config.text.hidden && eot.len() == n,
+            "prompt of {l} tokens x {d} does not fit the text tower"
+        );
         let mut x = embeds.clone();
         for row in x.data_mut().chunks_mut(l * d) {
             row.iter_mut().zip(&self.text_positions.data()[..l * d]).for_each(|(a, p)| *a += p);
@@ -329,7 +405,9 @@ impl<B: Backend> ClipModel<B> {
             let mut padded = seq.clone();
             padded.resize(l, 0);
             embeds.extend(self.token_embeddings(&padded)?.into_data());
-            eot.push(seq.iter().position(|&t| t as usize == self.config.eos_token_id).unwrap_or(seq.len().saturating_sub(1)));
+            eot.push(
+                seq.iter().position(|&t| t as usize == self.config.eos_token_id).unwrap_or(seq.len().saturating_sub(1)),
+            );
         }
         self.encode_text_embeddings(b, &Tensor::new(&[ids.len(), l, self.config.text.hidden], embeds)?, &eot)
     }
@@ -414,10 +492,20 @@ impl ClipTokenizer {
 impl<B: Backend> ClipModel<B> {
     /// CoOp prompt embeddings [SOS][context and class, by `position`][.][EOS] (Zhou et al. 2022) and
     /// the end-of-text index. `ctx`: learned context vectors (n_ctx, width).
-    pub fn prompt_embeddings(&self, ctx: &Tensor, class_ids: &[u32], position: ClassPosition, specials: (u32, u32, u32)) -> Result<(Tensor, usize)> {
+    pub fn prompt_embeddings(
+        &self,
+        ctx: &Tensor,
+        class_ids: &[u32],
+        position: ClassPosition,
+        specials: (u32, u32, u32),
+    ) -> Result<(Tensor, usize)> {
         let (sos, dot, eos) = specials;
         let [n, d] = ctx.shape()[..] else { bail!("context vectors must be (n_ctx, width), got {:?}", ctx.shape()) };
-        ensure!(d == self.config.text.hidden, "context width {d} does not match the text tower ({})", self.config.text.hidden);
+        ensure!(
+            d == self.config.text.hidden,
+            "context width {d} does not match the text tower ({})",
+            self.config.text.hidden
+        );
         let cls = self.token_embeddings(class_ids)?.into_data();
         let (c, half) = (ctx.data(), n / 2 * d);
         let body: Vec<&[f32]> = match position {
@@ -429,7 +517,11 @@ impl<B: Backend> ClipModel<B> {
         body.into_iter().for_each(|part| seq.extend_from_slice(part));
         seq.extend(self.token_embeddings(&[dot, eos])?.into_data());
         let len = seq.len() / d;
-        ensure!(len <= self.config.max_positions, "prompt of {len} tokens exceeds the text tower's {} positions", self.config.max_positions);
+        ensure!(
+            len <= self.config.max_positions,
+            "prompt of {len} tokens exceeds the text tower's {} positions",
+            self.config.max_positions
+        );
         Ok((Tensor::new(&[len, d], seq)?, len - 1))
     }
 }

@@ -65,7 +65,11 @@ impl UNetConfig {
         let usize_field = |key: &str, default: usize| -> Result<usize> {
             match v.get(key) {
                 None => Ok(default),
-                Some(x) => x.as_u64().filter(|&n| n > 0).map(|n| n as usize).with_context(|| format!("{key} must be a positive integer, got {x}")),
+                Some(x) => x
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| n as usize)
+                    .with_context(|| format!("{key} must be a positive integer, got {x}")),
             }
         };
         let spatial_dims = usize_field("spatial_dims", 3)?;
@@ -75,7 +79,9 @@ impl UNetConfig {
             Some(f) => {
                 let list: Vec<usize> = f
                     .as_array()
-                    .and_then(|a| a.iter().map(|x| x.as_u64().filter(|&n| n > 0).map(|n| n as usize)).collect::<Option<Vec<_>>>())
+                    .and_then(|a| {
+                        a.iter().map(|x| x.as_u64().filter(|&n| n > 0).map(|n| n as usize)).collect::<Option<Vec<_>>>()
+                    })
                     .with_context(|| format!("features must be a list of positive integers, got {f}"))?;
                 match list.len() {
                     6 => [list[0], list[1], list[2], list[3], list[4], list[5]],
@@ -84,18 +90,24 @@ impl UNetConfig {
                 }
             }
         };
-        let (act_name, act_args) = layer_spec(v.get("act").unwrap_or(&serde_json::json!(["leakyrelu", {"negative_slope": 0.1}])), "act")?;
+        let (act_name, act_args) =
+            layer_spec(v.get("act").unwrap_or(&serde_json::json!(["leakyrelu", {"negative_slope": 0.1}])), "act")?;
         let act = match act_name.as_str() {
             "relu" => Activation::Relu,
             // torch.nn.LeakyReLU's own default slope is 0.01 (BasicUNet's default spec passes 0.1).
-            "leakyrelu" => Activation::LeakyRelu(act_args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01) as f32),
+            "leakyrelu" => {
+                Activation::LeakyRelu(act_args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01) as f32)
+            }
             "gelu" => Activation::Gelu,
             other => bail!("act {other:?} is not supported (use relu, leakyrelu or gelu)"),
         };
-        let (norm_name, norm_args) = layer_spec(v.get("norm").unwrap_or(&serde_json::json!(["instance", {"affine": true}])), "norm")?;
+        let (norm_name, norm_args) =
+            layer_spec(v.get("norm").unwrap_or(&serde_json::json!(["instance", {"affine": true}])), "norm")?;
         let norm = match norm_name.as_str() {
             // MONAI's Norm["instance"] is torch InstanceNorm, affine off unless asked for.
-            "instance" => NormKind::Instance { affine: norm_args.get("affine").and_then(Value::as_bool).unwrap_or(false) },
+            "instance" => {
+                NormKind::Instance { affine: norm_args.get("affine").and_then(Value::as_bool).unwrap_or(false) }
+            }
             "batch" => NormKind::Batch,
             "none" => NormKind::None,
             other => bail!("norm {other:?} is not supported (use instance, batch or none)"),
@@ -170,7 +182,12 @@ impl<B: Backend> Loader<'_, '_, B> {
         match self.config.norm {
             NormKind::Batch => {
                 // Eval-mode batch norm is a per-channel affine map: fold it into the conv.
-                let (g, b, mean, var) = (norm(&mut self.params, "weight"), norm(&mut self.params, "bias"), norm(&mut self.params, "running_mean"), norm(&mut self.params, "running_var"));
+                let (g, b, mean, var) = (
+                    norm(&mut self.params, "weight"),
+                    norm(&mut self.params, "bias"),
+                    norm(&mut self.params, "running_mean"),
+                    norm(&mut self.params, "running_var"),
+                );
                 let bias_vals = bias.get_or_insert_with(|| Tensor::zeros(&[cout]));
                 let per_out = cin * 9;
                 for co in 0..cout {
@@ -195,7 +212,12 @@ impl<B: Backend> Loader<'_, '_, B> {
     }
 
     fn two_conv(&mut self, prefix: &str, cin: usize, cout: usize) -> Result<TwoConv<B>> {
-        Ok(TwoConv { convs: [self.conv_unit(&format!("{prefix}.conv_0"), cin, cout)?, self.conv_unit(&format!("{prefix}.conv_1"), cout, cout)?] })
+        Ok(TwoConv {
+            convs: [
+                self.conv_unit(&format!("{prefix}.conv_0"), cin, cout)?,
+                self.conv_unit(&format!("{prefix}.conv_1"), cout, cout)?,
+            ],
+        })
     }
 
     /// MONAI UpCat(in_chns, cat_chns, out_chns, halves).
@@ -241,7 +263,8 @@ impl<B: Backend> BasicUNet<B> {
         let f = config.features;
         let mut l = Loader { backend, params, config: &config };
         let conv_0 = l.two_conv("conv_0", config.in_channels, f[0])?;
-        let downs = (1..=4).map(|i| l.two_conv(&format!("down_{i}.convs"), f[i - 1], f[i])).collect::<Result<Vec<_>>>()?;
+        let downs =
+            (1..=4).map(|i| l.two_conv(&format!("down_{i}.convs"), f[i - 1], f[i])).collect::<Result<Vec<_>>>()?;
         let ups = vec![
             l.upcat("upcat_4", f[4], f[3], f[3], true)?,
             l.upcat("upcat_3", f[3], f[2], f[2], true)?,
@@ -294,7 +317,11 @@ impl<B: Backend> BasicUNet<B> {
     /// 2x poolings).
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let shape = b.shape(x);
-        ensure!(shape.len() == 4 && shape[1] == self.config.in_channels, "U-Net expects input (N, {}, H, W), got {shape:?}", self.config.in_channels);
+        ensure!(
+            shape.len() == 4 && shape[1] == self.config.in_channels,
+            "U-Net expects input (N, {}, H, W), got {shape:?}",
+            self.config.in_channels
+        );
         ensure!(shape[2] >= 16 && shape[3] >= 16, "U-Net input must be at least 16x16, got {}x{}", shape[2], shape[3]);
         let mut skips = vec![self.two_conv(b, x, None, &self.conv_0)?];
         for down in &self.downs {
@@ -324,10 +351,18 @@ impl<B: Backend> BasicUNet<B> {
         for i in 1..=4 {
             total += conv3(f[i - 1], f[i], hw(i)) + conv3(f[i], f[i], hw(i));
         }
-        let ups = [(f[4], f[3], f[3], true, 3), (f[3], f[2], f[2], true, 2), (f[2], f[1], f[1], true, 1), (f[1], f[0], f[5], false, 0)];
+        let ups = [
+            (f[4], f[3], f[3], true, 3),
+            (f[3], f[2], f[2], true, 2),
+            (f[2], f[1], f[1], true, 1),
+            (f[1], f[0], f[5], false, 0),
+        ];
         for (cin, cat, cout, halves, level) in ups {
             let cup = if halves { cin / 2 } else { cin };
-            total += 2.0 * (cin * cup) as f64 * hw(level + 1) * if self.config.upsample == Upsample::Deconv { 4.0 } else { 1.0 };
+            total += 2.0
+                * (cin * cup) as f64
+                * hw(level + 1)
+                * if self.config.upsample == Upsample::Deconv { 4.0 } else { 1.0 };
             total += conv3(cat + cup, cout, hw(level)) + conv3(cout, cout, hw(level));
         }
         total + 2.0 * (f[5] * self.config.out_channels) as f64 * hw(0)

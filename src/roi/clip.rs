@@ -23,9 +23,14 @@ pub struct CoopContexts {
 impl CoopContexts {
     pub fn load_dir(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read CoOp config", config_path.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?;
-        let classes: Vec<String> = v["classes"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect()).unwrap_or_default();
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("{}: cannot read CoOp config", config_path.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+        let classes: Vec<String> = v["classes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         ensure!(!classes.is_empty(), "{}: needs a non-empty \"classes\" list", config_path.display());
         let position = match v["class_position"].as_str().unwrap_or("end") {
             "end" => ClassPosition::End,
@@ -54,7 +59,13 @@ fn normalised(v: &[f32]) -> Vec<f32> {
 impl<'a, B: Backend> ClipLocaliser<'a, B> {
     /// Class text features from CoOp contexts; `prompt` replaces the target class's prompt by a
     /// hand-written one (then every class uses the hand template, so the softmax compares like with like).
-    pub fn new(backend: &B, model: &'a ClipModel<B>, classes: &[String], coop: Option<&CoopContexts>, prompt: Option<(usize, &str)>) -> Result<Self> {
+    pub fn new(
+        backend: &B,
+        model: &'a ClipModel<B>,
+        classes: &[String],
+        coop: Option<&CoopContexts>,
+        prompt: Option<(usize, &str)>,
+    ) -> Result<Self> {
         let tok = ClipTokenizer::default();
         let text = match (coop, prompt) {
             (Some(coop), None) => {
@@ -62,7 +73,12 @@ impl<'a, B: Backend> ClipLocaliser<'a, B> {
                 let dot = *tok.encode(".").first().context("tokenizer lost '.'")?;
                 let mut feats = Vec::new();
                 for (name, ctx) in classes.iter().zip(&coop.contexts) {
-                    let (emb, eot) = model.prompt_embeddings(ctx, &tok.encode(name), coop.position, (tok.start(), dot, tok.end()))?;
+                    let (emb, eot) = model.prompt_embeddings(
+                        ctx,
+                        &tok.encode(name),
+                        coop.position,
+                        (tok.start(), dot, tok.end()),
+                    )?;
                     let (l, d) = (emb.shape()[0], emb.shape()[1]);
                     feats.push(model.encode_text_embeddings(backend, &emb.reshape(&[1, l, d])?, &[eot])?.into_data());
                 }
@@ -100,7 +116,8 @@ impl<'a, B: Backend> ClipLocaliser<'a, B> {
         let mut grid = Vec::with_capacity(gh * gw);
         for patch in dense.data().chunks(p) {
             let f = normalised(patch);
-            let logits: Vec<f32> = self.text.iter().map(|t| scale * t.iter().zip(&f).map(|(a, b)| a * b).sum::<f32>()).collect();
+            let logits: Vec<f32> =
+                self.text.iter().map(|t| scale * t.iter().zip(&f).map(|(a, b)| a * b).sum::<f32>()).collect();
             let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
             grid.push((logits[target] - m).exp() / z);
@@ -125,7 +142,9 @@ impl std::str::FromStr for Threshold {
         match s.split_once(':') {
             None if s == "otsu" => Ok(Threshold::Otsu),
             Some(("fixed", v)) => Ok(Threshold::Fixed(v.parse().map_err(|_| bad())?)),
-            Some(("top", v)) => v.parse().ok().filter(|f: &f32| *f > 0.0 && *f <= 1.0).map(Threshold::TopFraction).ok_or_else(bad),
+            Some(("top", v)) => {
+                v.parse().ok().filter(|f: &f32| *f > 0.0 && *f <= 1.0).map(Threshold::TopFraction).ok_or_else(bad)
+            }
             _ => Err(bad()),
         }
     }
@@ -156,7 +175,12 @@ pub fn components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
         while let Some(q) = stack.pop() {
             comp.push(q);
             let (y, x) = (q / size, q % size);
-            let nbs = [(y > 0).then(|| q - size), (y + 1 < size).then(|| q + size), (x > 0).then(|| q - 1), (x + 1 < size).then(|| q + 1)];
+            let nbs = [
+                (y > 0).then(|| q - size),
+                (y + 1 < size).then(|| q + size),
+                (x > 0).then(|| q - 1),
+                (x + 1 < size).then(|| q + 1),
+            ];
             for nb in nbs.into_iter().flatten() {
                 if mask[nb] && !seen[nb] {
                     seen[nb] = true;

@@ -48,7 +48,12 @@ pub fn dilate(mask: &[bool], size: usize, radius: f64) -> Vec<bool> {
         for dy in -r..=r {
             for dx in -r..=r {
                 let (yy, xx) = (y + dy, x + dx);
-                if (dy * dy + dx * dx) as f64 <= r2 && yy >= 0 && xx >= 0 && (yy as usize) < size && (xx as usize) < size {
+                if (dy * dy + dx * dx) as f64 <= r2
+                    && yy >= 0
+                    && xx >= 0
+                    && (yy as usize) < size
+                    && (xx as usize) < size
+                {
                     out[yy as usize * size + xx as usize] = true;
                 }
             }
@@ -64,7 +69,9 @@ pub fn bounding_box(mask: &[bool], size: usize, margin: f64) -> Vec<bool> {
     let y1 = (set.iter().map(|p| p.0).max().unwrap_or(0) + m).min(size - 1);
     let x0 = set.iter().map(|p| p.1).min().unwrap_or(0).saturating_sub(m);
     let x1 = (set.iter().map(|p| p.1).max().unwrap_or(0) + m).min(size - 1);
-    (0..mask.len()).map(|q| !set.is_empty() && (y0..=y1).contains(&(q / size)) && (x0..=x1).contains(&(q % size))).collect()
+    (0..mask.len())
+        .map(|q| !set.is_empty() && (y0..=y1).contains(&(q / size)) && (x0..=x1).contains(&(q % size)))
+        .collect()
 }
 
 impl RoiMode {
@@ -76,7 +83,8 @@ impl RoiMode {
 /// The ROI for `mode` from the predicted organ mask `m0` and, for the CLIP modes, the CLIP mask
 /// (thresholded, before the margin); all on the model grid, `margin_px` in model pixels.
 pub fn region(mode: RoiMode, m0: &[bool], clip: Option<&[bool]>, size: usize, margin_px: f64) -> Result<Vec<bool>> {
-    let clip_mask = || clip.ok_or_else(|| anyhow::anyhow!("--roi {} needs the CLIP localiser (weights/clip)", mode.name()));
+    let clip_mask =
+        || clip.ok_or_else(|| anyhow::anyhow!("--roi {} needs the CLIP localiser (weights/clip)", mode.name()));
     Ok(match mode {
         RoiMode::Full => vec![true; m0.len()],
         RoiMode::Seg => dilate(m0, size, margin_px),
