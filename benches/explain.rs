@@ -22,7 +22,7 @@ fn masks(c: &mut Criterion) {
     let rise = Rise { masks: 1, grid: 8, p1: 0.5, seed: 0, tol: None };
     let mut out = vec![0f32; 256 * 256];
     group.throughput(Throughput::Elements(1));
-    group.bench_function("one_mask", |b| b.iter(|| rise.mask(7, 256, &mut out)));
+    group.bench_function("one_mask", |b| b.iter(|| rise.mask_set().mask(7, 256, &mut out)));
     group.finish();
 }
 

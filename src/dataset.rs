@@ -2,6 +2,7 @@
 //! Each becomes a naturally sorted list of cases; a case loads as a `Volume` plus FLARE22 labels on its
 //! grid, whatever the layout stored.
 
+use crate::error::Error;
 use crate::io::{self, dicom, Volume};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -315,6 +316,10 @@ fn png_labels(ground: &Path, encoding: PngEncoding, volume: &Volume, files: &[Pa
 /// Label volume `path` as FLARE22 ids on `image`'s grid. Labels that do not cover the image's grid
 /// (another patient, another field of view) are refused rather than silently padded with background.
 pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+    labels_on_grid(path, ids, image).map_err(|e| Error::input(path, e))
+}
+
+fn labels_on_grid(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
     let labels = io::read_image(path)?;
     labels.check_labels()?;
     let (mut on_grid, outside) = labels.labels_on_grid_of(image);
@@ -341,7 +346,7 @@ pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>
         );
     }
     if ids == LabelIds::Totalseg {
-        on_grid.iter_mut().for_each(|l| *l = crate::pipeline::totalseg_to_flare22(*l));
+        on_grid.iter_mut().for_each(|l| *l = crate::organs::totalseg_to_flare22(*l));
     } else if let Some(bad) = on_grid.iter().find(|&&l| l > 13) {
         bail!(
             "{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg",
@@ -355,10 +360,13 @@ pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>
 pub fn load(case: &CaseEntry) -> Result<(Volume, Option<Vec<u8>>)> {
     match &case.labels {
         LabelSource::Png(ground, encoding) => {
-            let (volume, files) = dicom::read_series_with_files(&case.image)?;
-            volume.check_finite()?;
-            let labels = png_labels(ground, *encoding, &volume, &files)?;
-            Ok((volume, Some(labels)))
+            let read = || {
+                let (volume, files) = dicom::read_series_with_files(&case.image)?;
+                volume.check_finite()?;
+                let labels = png_labels(ground, *encoding, &volume, &files)?;
+                Ok((volume, Some(labels)))
+            };
+            read().map_err(|e| Error::input(&case.image, e))
         }
         LabelSource::Volume(path, ids) => {
             let volume = io::read_image(&case.image)?;

@@ -1,16 +1,21 @@
+//! The `xaiclip` command: flags converted into library settings (src/cli/), then library calls.
+
+mod cli;
+
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so `xaiclip info ... | head` would panic on the closed pipe; restore the
     // default (quiet exit) that command-line tools have.
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a valid disposition.
     #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     xaiclip::backend::cpu::reuse_freed_memory();
-    let cli = xaiclip::cli::Cli::parse();
-    match xaiclip::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

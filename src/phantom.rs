@@ -12,23 +12,6 @@ use crate::rng::Philox;
 use std::f64::consts::PI;
 use std::path::PathBuf;
 
-/// FLARE22 organ ids (the label values written), with their names.
-pub const FLARE22_ORGANS: [(u8, &str); 13] = [
-    (1, "liver"),
-    (2, "right kidney"),
-    (3, "spleen"),
-    (4, "pancreas"),
-    (5, "aorta"),
-    (6, "inferior vena cava"),
-    (7, "right adrenal gland"),
-    (8, "left adrenal gland"),
-    (9, "gallbladder"),
-    (10, "esophagus"),
-    (11, "stomach"),
-    (12, "duodenum"),
-    (13, "left kidney"),
-];
-
 /// One blob: centre and semi-axes as fractions of the field of view, present for t (0 = inferior end
 /// of the volume, 1 = superior end) in [t0, t1].
 #[derive(Clone, Copy)]

@@ -2,22 +2,28 @@
 //! `explain`, `bench` and `demo` commands are loops over this.
 
 use crate::backend::Backend;
+use crate::error::Error;
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
 use crate::explain::rise::Rise;
 use crate::explain::superpixels::{Segmenter, Segments};
 use crate::explain::{baseline_image, BaselineKind, Problem, Runner, ScoreKind, UNetScorer};
+use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
-use crate::models::BasicUNet;
-use crate::phantom::FLARE22_ORGANS;
+use crate::models::clip::ClipModel;
+use crate::models::{bundled, BasicUNet};
+use crate::organs::{organ_name, FLARE22_ORGANS};
 use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout};
+use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
 use crate::roi::{area_fraction, region, RoiMode};
-use anyhow::{bail, Result};
-use serde::Serialize;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Occlusion,
@@ -38,56 +44,6 @@ impl Method {
             Method::KernelShap => "kernelshap",
         }
     }
-}
-
-/// FLARE22 class id of an organ name ("liver", "right kidney", "left_kidney", "ivc", ...) or number.
-pub fn organ_class(name: &str) -> Result<usize> {
-    let key = name.trim().to_lowercase().replace(['_', '-'], " ");
-    if let Ok(n) = key.parse::<usize>() {
-        return Ok(n);
-    }
-    let aliases = [
-        ("kidney right", 2),
-        ("kidney left", 13),
-        ("ivc", 6),
-        ("right adrenal", 7),
-        ("left adrenal", 8),
-        ("gall bladder", 9),
-    ];
-    if let Some((_, id)) = aliases.iter().find(|(a, _)| *a == key) {
-        return Ok(*id);
-    }
-    match FLARE22_ORGANS.iter().find(|(_, n)| *n == key) {
-        Some((id, _)) => Ok(*id as usize),
-        None => bail!(
-            "unknown organ {name:?}; use one of: {}",
-            FLARE22_ORGANS.iter().map(|(_, n)| n.replace(' ', "-")).collect::<Vec<_>>().join(", ")
-        ),
-    }
-}
-
-/// TotalSegmentator "total" id to FLARE22 id (0 for structures FLARE22 does not label).
-pub fn totalseg_to_flare22(id: u8) -> u8 {
-    match id {
-        5 => 1,
-        2 => 2,
-        1 => 3,
-        7 => 4,
-        52 => 5,
-        63 => 6,
-        8 => 7,
-        9 => 8,
-        4 => 9,
-        15 => 10,
-        6 => 11,
-        19 => 12,
-        3 => 13,
-        _ => 0,
-    }
-}
-
-pub fn organ_name(class: usize) -> String {
-    FLARE22_ORGANS.iter().find(|(id, _)| *id as usize == class).map_or(format!("class {class}"), |(_, n)| n.to_string())
 }
 
 /// Every knob of the explainers.
@@ -121,7 +77,7 @@ impl Settings {
             rise: Rise { masks: 1000, grid: 8, p1: 0.5, seed, tol: None },
             lime: Lime { samples: 300, kernel_width: 0.25, alpha: 1.0, seed },
             shap: KernelShap { samples: 300, seed },
-            segmenter: Segmenter::Slic { segments: 64, compactness: 0.1 },
+            segmenter: Segmenter::slic(Segmenter::SLIC_SEGMENTS),
             superpixel_min_overlap: None,
             // Chosen for recall: a missed organ part cannot be explained. 10 mm left 93% of the right
             // kidney inside the CLIP ROI on held-out CT, 15 mm 97% (weights/README.md).
@@ -142,7 +98,7 @@ impl Settings {
             rise: Rise { masks: 2000, grid: 7, p1: 0.5, seed, tol: None },
             lime: Lime { samples: 500, kernel_width: 0.25, alpha: 1.0, seed },
             shap: KernelShap { samples: 500, seed },
-            segmenter: Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.5, min_size: 50 },
+            segmenter: Segmenter::FELZENSZWALB,
             superpixel_min_overlap: Some(0.1),
             ..Self::defaults(seed)
         }
@@ -199,12 +155,89 @@ pub struct MethodRun {
     pub segments: Option<Vec<i32>>,
     pub agreement: Option<Agreement>,
     pub faithfulness: Option<Faithfulness>,
+    /// M0: the unperturbed prediction of the organ (per model pixel), the mask the score refers to.
+    pub m0: Vec<bool>,
+    /// Seconds of the CLIP map charged to this run (0 outside the CLIP modes); included in `seconds`.
+    pub clip_seconds: f64,
+    /// Seconds of the agreement and faithfulness metrics (not in `seconds`).
+    pub metrics_seconds: f64,
 }
 
 impl MethodRun {
     pub fn roi_fraction(&self) -> f64 {
         area_fraction(&self.roi)
     }
+
+    /// The run's figures as every output file records them (report.json, bench.json, results.jsonl).
+    pub fn summary(&self) -> RunSummary {
+        let a = self.agreement.as_ref();
+        let f = self.faithfulness.as_ref();
+        let (lo, hi) = self.saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        RunSummary { method: self.method, roi: self.roi_mode, figures: RunFigures {
+            seconds: self.seconds,
+            forward_passes: self.forward_passes,
+            forward_fraction: Some(self.forward_fraction),
+            samples: self.samples,
+            roi_fraction: self.roi_fraction(),
+            saliency_range: Some([lo, hi]),
+            dice: a.map(|a| a.half.dice),
+            iou: a.map(|a| a.half.iou),
+            dice_topk: a.map(|a| a.top_k.dice),
+            iou_topk: a.map(|a| a.top_k.iou),
+            dice_otsu: a.map(|a| a.otsu.dice),
+            iou_otsu: a.map(|a| a.otsu.iou),
+            auroc: a.map(|a| a.auroc),
+            pointing_game: a.map(|a| a.pointing_game),
+            deletion_auc: f.map(|f| f.deletion_auc),
+            insertion_auc: f.map(|f| f.insertion_auc),
+        } }
+    }
+}
+
+/// One run as report.json (`result`) and bench.json (`rows`) record it: the method, the ROI mode and
+/// the run's figures, flat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub method: Method,
+    pub roi: RoiMode,
+    #[serde(flatten)]
+    pub figures: RunFigures,
+}
+
+/// One run's figures: the one field list that report.json, bench.json and eval's results.jsonl (each
+/// `ok` line) serialise. Metrics are absent (null) without labels or faithfulness curves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunFigures {
+    /// Wall time of the explanation, CLIP map included in the CLIP modes.
+    pub seconds: f64,
+    pub forward_passes: usize,
+    /// Share of the explanation's own time spent in U-Net forwards.
+    #[serde(default)]
+    pub forward_fraction: Option<f64>,
+    pub samples: usize,
+    pub roi_fraction: f64,
+    /// Minimum and maximum of the saliency map.
+    #[serde(default)]
+    pub saliency_range: Option<[f32; 2]>,
+    /// Dice / IoU of the map binarised at 0.5 after min-max normalisation (the paper's protocol).
+    pub dice: Option<f64>,
+    pub iou: Option<f64>,
+    /// Binarised at the |ground truth| most salient pixels.
+    #[serde(default)]
+    pub dice_topk: Option<f64>,
+    #[serde(default)]
+    pub iou_topk: Option<f64>,
+    /// Binarised at Otsu's threshold.
+    #[serde(default)]
+    pub dice_otsu: Option<f64>,
+    #[serde(default)]
+    pub iou_otsu: Option<f64>,
+    pub auroc: Option<f64>,
+    /// Whether the most salient pixel lies in the organ.
+    #[serde(default)]
+    pub pointing_game: Option<bool>,
+    pub deletion_auc: Option<f64>,
+    pub insertion_auc: Option<f64>,
 }
 
 /// Superpixels for LIME/SHAP in the given ROI, and the ROI they effectively perturb.
@@ -309,7 +342,9 @@ pub fn run_method<B: Backend>(
     drop(runner);
     let own_seconds = started.elapsed().as_secs_f64();
     let forward_fraction = scorer.forward_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9 / own_seconds;
-    let seconds = own_seconds + if roi_mode.uses_clip() { clip.seconds } else { 0.0 };
+    let clip_seconds = if roi_mode.uses_clip() { clip.seconds } else { 0.0 };
+    let seconds = own_seconds + clip_seconds;
+    let metrics_started = Instant::now();
     let agreement = slice.truth.as_ref().map(|t| agreement(&explanation.saliency, t));
     // Faithfulness is measured the same way for every mode: whole image, same baseline.
     let roi = problem.roi.clone();
@@ -334,5 +369,233 @@ pub fn run_method<B: Backend>(
         segments,
         agreement,
         faithfulness,
+        m0: scorer.m0.clone(),
+        clip_seconds,
+        metrics_seconds: metrics_started.elapsed().as_secs_f64(),
     })
+}
+
+/// Which axial slices to work on (`--slice`, `--slices`): one parser and one resolver for every command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slices {
+    /// The slice where the organ's labelled area is largest (needs labels, or a prediction).
+    OrganCenter,
+    /// Every K-th slice, starting at 0.
+    Every(usize),
+    /// These slice indices, along the file's slice axis.
+    List(Vec<usize>),
+    /// Every slice.
+    All,
+}
+
+impl FromStr for Slices {
+    type Err = anyhow::Error;
+
+    /// "organ-center", "every-K", "all", "K" or "K1,K2,...".
+    fn from_str(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        if spec == "organ-center" {
+            return Ok(Slices::OrganCenter);
+        }
+        if spec == "all" {
+            return Ok(Slices::All);
+        }
+        if let Some(k) = spec.strip_prefix("every-") {
+            return match k.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(Slices::Every(k)),
+                _ => bail!("expected every-K with K >= 1 (e.g. every-5)"),
+            };
+        }
+        let list = spec.split(',').map(|p| p.trim().parse::<usize>()).collect::<std::result::Result<Vec<_>, _>>();
+        match list {
+            Ok(list) => Ok(Slices::List(list)),
+            Err(_) => bail!("expected an index, a comma list of indices, all, every-K or organ-center"),
+        }
+    }
+}
+
+/// The spelling `FromStr` reads.
+impl std::fmt::Display for Slices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slices::OrganCenter => write!(f, "organ-center"),
+            Slices::Every(k) => write!(f, "every-{k}"),
+            Slices::All => write!(f, "all"),
+            Slices::List(list) => {
+                write!(f, "{}", list.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(","))
+            }
+        }
+    }
+}
+
+impl Slices {
+    /// The slice indices for `class` in `volume`; `labels` (on the volume's grid) are needed by
+    /// organ-center. Indices are checked against the volume.
+    pub fn resolve(&self, volume: &Volume, labels: Option<&[u8]>, class: usize) -> Result<Vec<usize>> {
+        let layout = AxialLayout::of(volume)?;
+        Ok(match self {
+            Slices::OrganCenter => {
+                let labels = labels.context("--slice organ-center needs --label")?;
+                vec![organ_center_slice(volume, labels, class)?]
+            }
+            Slices::Every(k) => (0..layout.slices(volume)).step_by(*k).collect(),
+            Slices::All => (0..layout.slices(volume)).collect(),
+            Slices::List(list) => {
+                for &k in list {
+                    layout.check_slice(volume, k)?;
+                }
+                list.clone()
+            }
+        })
+    }
+}
+
+/// The slice where the organ's ground-truth area is largest.
+pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize) -> Result<usize> {
+    let layout = AxialLayout::of(volume)?;
+    let area = |k: usize| layout.plane(volume.dims, k, labels).into_iter().filter(|&l| l as usize == class).count();
+    let (k, n) = (0..layout.slices(volume))
+        .map(|k| (k, area(k)))
+        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))
+        .unwrap_or((0, 0));
+    if n == 0 {
+        fail!(OrganAbsent, "{}: no slice contains {} in the labels", volume.source.display(), organ_name(class));
+    }
+    Ok(k)
+}
+
+/// Saliency mapped back to the slice's pixels (bilinear), on the slice grid.
+pub fn saliency_on_slice(volume: &Volume, saliency: &[f32], size: usize) -> Result<(Vec<f32>, (usize, usize))> {
+    let shape = AxialLayout::of(volume)?.slice_shape(volume);
+    Ok((resize_bilinear(saliency, 1, (size, size), shape), shape))
+}
+
+/// Saliency mapped back to the slice's pixels, as a volume that is zero outside slice k.
+pub fn saliency_volume(volume: &Volume, k: usize, saliency: &[f32], size: usize) -> Result<Vec<f32>> {
+    let (plane, _) = saliency_on_slice(volume, saliency, size)?;
+    let mut out = vec![0f32; volume.voxel_count()];
+    AxialLayout::of(volume)?.insert(volume.dims, k, &plane, &mut out);
+    Ok(out)
+}
+
+/// Perturbed images per forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchSize {
+    /// The largest batch whose activations fit the backend's memory budget, capped where larger
+    /// batches stop paying off (`Backend::batch_budget`).
+    Auto,
+    /// This many images.
+    Fixed(usize),
+}
+
+impl FromStr for BatchSize {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "auto" => Ok(BatchSize::Auto),
+            n => match n.parse::<usize>() {
+                Ok(b) if b >= 1 => Ok(BatchSize::Fixed(b)),
+                _ => fail!(InvalidInput, "--batch {s:?}: expected a positive number or auto"),
+            },
+        }
+    }
+}
+
+impl BatchSize {
+    /// The batch for `model` at `size` on `backend`.
+    pub fn resolve<B: Backend>(self, backend: &B, size: usize, model: &BasicUNet<B>) -> usize {
+        match self {
+            BatchSize::Fixed(b) => b,
+            BatchSize::Auto => {
+                let f = model.config().features;
+                // Peak live activations of one image: about three full-resolution tensors of the widest
+                // top-level width plus the skip pyramid (a geometric series, ~1/3 more).
+                let per_image = 4 * size * size * (3 * f[0].max(f[5]) + model.config().out_channels) * 4 / 3;
+                let (bytes, cap) = backend.batch_budget();
+                (bytes / per_image.max(1)).clamp(1, cap)
+            }
+        }
+    }
+}
+
+/// The model grid side for `model`: the requested one, else its config's input_size, else 256.
+pub fn model_size<B: Backend>(requested: Option<usize>, model: &BasicUNet<B>) -> usize {
+    requested.or(model.config().input_size).unwrap_or(256)
+}
+
+/// How the CLIP text side describes organs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompts {
+    /// CoOp's learned context vectors (the folder's `config.json` + `model.safetensors`).
+    Coop,
+    /// The hand-written template "a CT image of the {organ}" for every class.
+    Template,
+    /// This prompt for the target organ (the other classes use the template).
+    Custom(String),
+}
+
+/// Where the CLIP ROI comes from: model folders (bundled ones when `None`), prompts and threshold.
+#[derive(Clone, Debug)]
+pub struct ClipOptions {
+    /// transformers CLIPModel folder; default: the bundled weights/clip.
+    pub clip: Option<PathBuf>,
+    /// CoOp contexts folder; default: the bundled weights/coop.
+    pub coop: Option<PathBuf>,
+    pub prompts: Prompts,
+    /// Threshold on the organ probability map.
+    pub threshold: Threshold,
+}
+
+impl Default for ClipOptions {
+    fn default() -> Self {
+        Self { clip: None, coop: None, prompts: Prompts::Coop, threshold: Threshold::Otsu }
+    }
+}
+
+/// CLIP weights and CoOp contexts, loaded once and used for many slices.
+pub struct ClipRoiFinder<B: Backend> {
+    clip: ClipModel<B>,
+    coop: Option<CoopContexts>,
+    classes: Vec<String>,
+    prompt: Option<String>,
+    threshold: Threshold,
+}
+
+impl<B: Backend> ClipRoiFinder<B> {
+    pub fn load(backend: &B, options: &ClipOptions) -> Result<Self> {
+        let clip_dir = match &options.clip {
+            Some(d) => d.clone(),
+            None => bundled("clip")?,
+        };
+        let clip = ClipModel::load_dir(backend, &clip_dir)?;
+        let classes = std::iter::once("background".to_string())
+            .chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string()))
+            .collect();
+        let coop = match &options.prompts {
+            Prompts::Coop => {
+                let dir = match &options.coop {
+                    Some(d) => d.clone(),
+                    None => bundled("coop")?,
+                };
+                Some(CoopContexts::load_dir(&dir).map_err(|e| Error::input(&dir, e))?)
+            }
+            Prompts::Template | Prompts::Custom(_) => None,
+        };
+        let prompt = match &options.prompts {
+            Prompts::Custom(p) => Some(p.clone()),
+            _ => None,
+        };
+        Ok(Self { clip, coop, classes, prompt, threshold: options.threshold })
+    }
+
+    /// The CLIP ROI of a prepared slice: organ probability map, thresholded, small components dropped.
+    /// Seconds count the text features, map and threshold (not the weights' loading).
+    pub fn roi(&self, backend: &B, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+        let started = Instant::now();
+        let prompt = self.prompt.as_deref().map(|p| (class, p));
+        let localiser = ClipLocaliser::new(backend, &self.clip, &self.classes, self.coop.as_ref(), prompt)?;
+        let probability = localiser.probability_map(backend, &input.image, input.size, class)?;
+        let mask = keep_large_components(&binarise(&probability, self.threshold), input.size, 0.2);
+        Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
+    }
 }

@@ -46,7 +46,7 @@ fn outline(mask: &[bool], size: usize) -> Vec<bool> {
 
 /// The overlay image: `slice` (values in [0, 1]) and `saliency` on a size x size grid.
 pub fn overlay(slice: &[f32], saliency: &[f32], size: usize, roi: Option<&[bool]>, truth: Option<&[bool]>) -> RgbImage {
-    let norm = crate::metrics::min_max(saliency);
+    let norm = crate::threshold::min_max(saliency);
     let mut img = RgbImage::new(size as u32 + BAR_WIDTH + 4, size as u32);
     for q in 0..size * size {
         let g = slice[q].clamp(0.0, 1.0) * 255.0;

@@ -7,8 +7,7 @@
 
 use crate::backend::cuda::Precision;
 use crate::backend::{Activation, Backend, CpuBackend, Scene};
-use crate::explain::rise::Rise;
-use crate::explain::{MaskBatch, ScoreKind};
+use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
 use crate::rng::Philox;
 use crate::tensor::Tensor;
 use anyhow::Result;
@@ -292,7 +291,7 @@ impl Op {
                     roi: t[2].clone(),
                     labels: Some(t[3].clone()),
                 };
-                let rise = Rise { masks: 1000 + n, grid: 7, p1: 0.5, seed, tol: None };
+                let rise = RiseMasks { grid: 7, p1: 0.5, seed };
                 let rng = Philox::new(seed);
                 let origins: Vec<(usize, usize)> = (0..n)
                     .map(|i| ((rng.word(2 * i as u64) as usize) % size, (rng.word(2 * i as u64 + 1) as usize) % size))
@@ -303,7 +302,7 @@ impl Op {
                 // copy in MaskBatch only seeds scenes, so none is needed here.
                 let labels: Vec<i32> = Vec::new();
                 let masks = match self {
-                    Op::RiseMasks { .. } => MaskBatch::Rise { rise: &rise, first: 1000 },
+                    Op::RiseMasks { .. } => MaskBatch::Rise { masks: rise, first: 1000 },
                     Op::WindowMasks { .. } => MaskBatch::Windows { origins: &origins, window: 37 },
                     _ => MaskBatch::Coalitions { rows: &rows, labels: &labels },
                 };
@@ -626,7 +625,7 @@ fn explained_unet<B: Backend>(b: &B, quick: bool) -> Result<crate::models::Basic
             5,
         )
     } else {
-        BasicUNet::load_dir(b, &crate::cli::explain::bundled("unet")?)
+        BasicUNet::load_dir(b, &crate::models::bundled("unet")?)
     }
 }
 
@@ -647,7 +646,7 @@ pub fn check_explainers<B: Backend>(
     // The CPU's model: the reference, and (quick) what picks the class; not loaded for nothing.
     let cpu_model = (compare_with_cpu || quick).then(|| explained_unet(&CpuBackend, quick)).transpose()?;
     let p = crate::phantom::generate(7, 256, 32);
-    let k = crate::cli::explain::organ_center_slice(&p.ct, &p.labels, 1)?;
+    let k = crate::pipeline::organ_center_slice(&p.ct, &p.labels, 1)?;
     let slice =
         SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
     let class = match &cpu_model {

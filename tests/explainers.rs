@@ -93,7 +93,7 @@ fn rise_equals_its_formula_on_the_same_masks() {
     let mut want = vec![0f64; size * size];
     let mut m = vec![0f32; size * size];
     for i in 0..40 {
-        rise.mask(i, size, &mut m);
+        rise.mask_set().mask(i, size, &mut m);
         let s: f64 = (0..size * size).map(|q| (m[q] * p.input[q]) as f64 * model.w[q] as f64).sum();
         for q in 0..size * size {
             want[q] += s * m[q] as f64 / (40.0 * 0.5);
@@ -104,7 +104,7 @@ fn rise_equals_its_formula_on_the_same_masks() {
     // Masks are soft, in [0, 1], and about p1 on average.
     let mean: f32 = (0..40)
         .map(|i| {
-            rise.mask(i, size, &mut m);
+            rise.mask_set().mask(i, size, &mut m);
             assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));
             m.iter().sum::<f32>() / m.len() as f32
         })

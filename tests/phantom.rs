@@ -40,7 +40,7 @@ fn organs_have_their_densities_and_are_all_present() {
         }
     }
     let mean = |l: usize| sums[l].0 / sums[l].1.max(1) as f64;
-    for (id, name) in xaiclip::phantom::FLARE22_ORGANS {
+    for (id, name) in xaiclip::organs::FLARE22_ORGANS {
         assert!(p.labels.contains(&id), "{name} (label {id}) missing");
     }
     // Expected mean HU per organ (portal-venous contrast CT), with room for blur and noise.

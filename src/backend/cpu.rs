@@ -5,7 +5,7 @@
 //! levels of parallelism do not fight.
 
 use super::{perturb, Activation, Backend, Scene};
-use crate::explain::{MaskBatch, ScoreKind};
+use super::perturb::{MaskBatch, ScoreKind};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
 use gemm::Parallelism;

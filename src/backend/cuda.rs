@@ -7,7 +7,8 @@
 //! that used it returned (the stream is drained on download).
 
 use super::{perturb::Scene, Activation, Backend};
-use crate::explain::{MaskBatch, ScoreKind};
+use super::perturb::{MaskBatch, ScoreKind};
+use crate::error::{Error, ErrorKind};
 use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
@@ -87,8 +88,16 @@ struct PerturbArgs {
 }
 unsafe impl DeviceRepr for PerturbArgs {}
 
+/// A driver call's failure, typed as out of memory when it is (callers retry with a smaller batch).
 fn driver<T>(r: std::result::Result<T, cudarc::driver::DriverError>, what: &str) -> Result<T> {
-    r.map_err(|e| anyhow!("CUDA {what}: {e}"))
+    r.map_err(|e| {
+        let kind = if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            ErrorKind::OutOfMemory
+        } else {
+            ErrorKind::Other
+        };
+        anyhow::Error::new(Error::new(kind, format!("CUDA {what}: {e}")))
+    })
 }
 
 /// (code, LeakyReLU slope) as kernels/common.cuh numbers them.
@@ -583,7 +592,7 @@ impl Backend for CudaBackend {
             size: i32_of(size, "size")?,
         };
         match *masks {
-            MaskBatch::Rise { rise, first: offset } => {
+            MaskBatch::Rise { masks: rise, first: offset } => {
                 ensure!(rise.grid <= 64, "RISE grid {} exceeds the kernel's 64", rise.grid);
                 let (seed, start, s) = (rise.seed, (offset + first) as u64, rise.grid as i32);
                 let cfg = LaunchConfig {

@@ -6,14 +6,16 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod perturb;
 
-use crate::explain::{MaskBatch, ScoreKind};
+use perturb::{MaskBatch, ScoreKind};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
 pub use cpu::CpuBackend;
-pub use cuda::CudaBackend;
+pub use cuda::{CudaBackend, Precision};
+pub use device::{Compute, Device};
 pub use perturb::Scene;
 
 /// Pointwise non-linearities used by the models (MONAI U-Net: ReLU/LeakyReLU; CLIP: QuickGELU/GELU).
@@ -198,9 +200,4 @@ pub trait Backend: Send + Sync {
     /// acc (2, plane) holds a Kahan sum and its compensation; adds sum_i weights[i] * masks[i] in item
     /// order (RISE's saliency sum, kept where the masks are).
     fn accumulate_weighted(&self, acc: &mut Self::Tensor, weights: &Self::Tensor, masks: &Self::Tensor) -> Result<()>;
-}
-
-/// Whether an error is the device running out of memory (callers then retry with a smaller batch).
-pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.to_string().contains("OUT_OF_MEMORY"))
 }

@@ -2,10 +2,114 @@
 //! kernels/perturb.cu and produce the same bits for masks, images and sums (each f32 rounding step in
 //! the same order; the device code spells them out so nothing is contracted into a multiply-add).
 
-use crate::explain::{MaskBatch, ScoreKind};
+use crate::rng::Philox;
 use crate::tensor::Tensor;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
+
+/// How a forward pass is reduced to the one number being explained, for organ class c with M0 the
+/// unperturbed predicted mask of c.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreKind {
+    /// Mean over M0 of the softmax probability of c (default).
+    MeanProb,
+    /// Sum over M0 of the logit of c (Captum's usual segmentation aggregation).
+    LogitSum,
+    /// Soft Dice of P_c against M0: 2 sum(P_c M0) / (sum P_c + |M0|).
+    SoftDice,
+    /// Dice of the perturbed prediction {argmax = c} against M0 (the paper's "drop in Dice").
+    Dice,
+}
+
+/// RISE's masks (Petsiuk et al. 2018) as a plain description: mask i is an s x s Bernoulli(p1) grid drawn
+/// from Philox stream i of `seed`, upsampled and shifted. Any device or thread regenerates mask i exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RiseMasks {
+    /// Cells per side (s).
+    pub grid: usize,
+    /// Probability that a cell is kept.
+    pub p1: f32,
+    /// Seed of the Philox streams.
+    pub seed: u64,
+}
+
+impl RiseMasks {
+    /// Writes mask i (size x size, values in [0, 1]) into `out`. Bilinear upsampling is pixel-centre
+    /// aligned with edge clamping (the original code uses skimage resize, order 1, mode 'reflect').
+    pub fn mask(&self, i: usize, size: usize, out: &mut [f32]) {
+        let s = self.grid;
+        let rng = Philox::new(self.seed).stream(i as u64);
+        let cell = size.div_ceil(s);
+        let up = (s + 1) * cell;
+        let grid: Vec<f32> = (0..s * s).map(|c| if rng.uniform(c as u64) < self.p1 { 1.0 } else { 0.0 }).collect();
+        let shift_y = (rng.uniform((s * s) as u64) * cell as f32) as usize;
+        let shift_x = (rng.uniform((s * s + 1) as u64) * cell as f32) as usize;
+        // Grid coordinate of upsampled pixel u: (u + 0.5) * s / up - 0.5, clamped to [0, s - 1].
+        let tap = |u: usize| {
+            let pos = ((u as f32 + 0.5) * s as f32 / up as f32 - 0.5).clamp(0.0, (s - 1) as f32);
+            let g0 = pos.floor() as usize;
+            (g0, (g0 + 1).min(s - 1), pos - g0 as f32)
+        };
+        let columns: Vec<(usize, usize, f32)> = (0..size).map(|x| tap(x + shift_x)).collect();
+        for y in 0..size {
+            let (y0, y1, fy) = tap(y + shift_y);
+            let (top_row, bottom_row) = (&grid[y0 * s..(y0 + 1) * s], &grid[y1 * s..(y1 + 1) * s]);
+            for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
+                let top = top_row[x0] * (1.0 - fx) + top_row[x1] * fx;
+                let bottom = bottom_row[x0] * (1.0 - fx) + bottom_row[x1] * fx;
+                out[y * size + x] = top * (1.0 - fy) + bottom * fy;
+            }
+        }
+    }
+
+}
+
+/// The keep-masks an explainer asks for, described by a few parameters so that a backend can build them
+/// where the model runs (kernels/perturb.cu) instead of receiving them from the host.
+#[derive(Clone, Copy)]
+pub enum MaskBatch<'a> {
+    /// Sample i is RISE mask first + i.
+    Rise { masks: RiseMasks, first: usize },
+    /// Sample i zeroes the window x window square at origins[i] = (y, x).
+    Windows { origins: &'a [(usize, usize)], window: usize },
+    /// Sample i keeps the superpixels switched on in rows[i]; `labels` is the superpixel id per pixel (-1: none).
+    Coalitions { rows: &'a [Vec<bool>], labels: &'a [i32] },
+}
+
+impl MaskBatch<'_> {
+    /// The superpixel map as the backend's scene holds it (f32 ids), for coalitions.
+    pub fn scene_labels(&self) -> Option<Vec<f32>> {
+        match self {
+            MaskBatch::Coalitions { labels, .. } => Some(labels.iter().map(|&l| l as f32).collect()),
+            _ => None,
+        }
+    }
+
+    /// Writes sample i's keep-mask (size x size, before the ROI is applied). `labels` is `scene_labels()`.
+    pub fn fill(&self, i: usize, size: usize, labels: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        match *self {
+            MaskBatch::Rise { masks, first } => masks.mask(first + i, size, out),
+            MaskBatch::Windows { origins, window } => {
+                out.fill(1.0);
+                let (y0, x0) = *origins.get(i).with_context(|| format!("window {i} of {}", origins.len()))?;
+                for y in y0..(y0 + window).min(size) {
+                    out[y * size + x0..y * size + (x0 + window).min(size)].fill(0.0);
+                }
+            }
+            MaskBatch::Coalitions { rows, .. } => {
+                let (row, labels) = (
+                    rows.get(i).with_context(|| format!("coalition {i} of {}", rows.len()))?,
+                    labels.context("coalition masks need the superpixel map")?,
+                );
+                for (m, &l) in out.iter_mut().zip(labels) {
+                    *m = if l < 0.0 || row[l as usize] { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The fixed planes of one explanation problem, held by the backend: every perturbed batch is built
 /// from these, so they cross to a device once per explanation.

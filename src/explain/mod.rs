@@ -10,27 +10,15 @@ pub mod occlusion;
 pub mod rise;
 pub mod superpixels;
 
+pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
 use crate::backend::perturb::keep_outside_roi_and_blend;
-use crate::backend::{is_out_of_memory, Backend, Scene};
+use crate::backend::{Backend, Scene};
+use crate::error::{kind_of, ErrorKind};
+use crate::fail;
 use crate::models::BasicUNet;
 use crate::tensor::Tensor;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 use rayon::prelude::*;
-
-/// How a forward pass is reduced to the one number being explained, for organ class c with M0 the
-/// unperturbed predicted mask of c.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScoreKind {
-    /// Mean over M0 of the softmax probability of c (default).
-    MeanProb,
-    /// Sum over M0 of the logit of c (Captum's usual segmentation aggregation).
-    LogitSum,
-    /// Soft Dice of P_c against M0: 2 sum(P_c M0) / (sum P_c + |M0|).
-    SoftDice,
-    /// Dice of the perturbed prediction {argmax = c} against M0 (the paper's "drop in Dice").
-    Dice,
-}
 
 /// What replaces a perturbed pixel (in model-input space, i.e. after windowing to [0, 1]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -73,52 +61,6 @@ pub fn gaussian_blur(img: &[f32], size: usize, sigma: f32) -> Vec<f32> {
         }
     }
     out
-}
-
-/// The keep-masks an explainer asks for, described by a few parameters so that a backend can build them
-/// where the model runs (kernels/perturb.cu) instead of receiving them from the host.
-#[derive(Clone, Copy)]
-pub enum MaskBatch<'a> {
-    /// Sample i is RISE mask first + i.
-    Rise { rise: &'a rise::Rise, first: usize },
-    /// Sample i zeroes the window x window square at origins[i] = (y, x).
-    Windows { origins: &'a [(usize, usize)], window: usize },
-    /// Sample i keeps the superpixels switched on in rows[i]; `labels` is the superpixel id per pixel (-1: none).
-    Coalitions { rows: &'a [Vec<bool>], labels: &'a [i32] },
-}
-
-impl MaskBatch<'_> {
-    /// The superpixel map as the backend's scene holds it (f32 ids), for coalitions.
-    pub fn scene_labels(&self) -> Option<Vec<f32>> {
-        match self {
-            MaskBatch::Coalitions { labels, .. } => Some(labels.iter().map(|&l| l as f32).collect()),
-            _ => None,
-        }
-    }
-
-    /// Writes sample i's keep-mask (size x size, before the ROI is applied). `labels` is `scene_labels()`.
-    pub fn fill(&self, i: usize, size: usize, labels: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        match *self {
-            MaskBatch::Rise { rise, first } => rise.mask(first + i, size, out),
-            MaskBatch::Windows { origins, window } => {
-                out.fill(1.0);
-                let (y0, x0) = *origins.get(i).with_context(|| format!("window {i} of {}", origins.len()))?;
-                for y in y0..(y0 + window).min(size) {
-                    out[y * size + x0..y * size + (x0 + window).min(size)].fill(0.0);
-                }
-            }
-            MaskBatch::Coalitions { rows, .. } => {
-                let (row, labels) = (
-                    rows.get(i).with_context(|| format!("coalition {i} of {}", rows.len()))?,
-                    labels.context("coalition masks need the superpixel map")?,
-                );
-                for (m, &l) in out.iter_mut().zip(labels) {
-                    *m = if l < 0.0 || row[l as usize] { 1.0 } else { 0.0 };
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Scores a batch of perturbed images (N, 1, S, S): one number per image. The U-Net scorer is the real
@@ -184,7 +126,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             })
             .collect();
         if !m0.contains(&true) {
-            bail!("the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
+            fail!(OrganAbsent, "the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
         }
         let m0_plane = backend.upload(&Tensor::new(&[plane], m0.iter().map(|&b| b as u8 as f32).collect())?)?;
         Ok(Self { backend, model, class, m0, m0_plane, kind, forward_nanos })
@@ -231,7 +173,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             })();
             match step {
                 Ok(s) => scores.push(s),
-                Err(e) if count > 1 && is_out_of_memory(&e) => {
+                Err(e) if count > 1 && kind_of(&e) == ErrorKind::OutOfMemory => {
                     batch = count / 2;
                     eprintln!("warning: {} ran out of memory at batch {count}; retrying with batch {batch}", b.name());
                     continue;

@@ -6,8 +6,7 @@
 //! ROI mode applies m_i inside the ROI only (the runner keeps the rest), and the map is 0 outside.
 //! Adaptive mode stops once the map's relative change over the last block of masks falls below `tol`.
 
-use super::{Explanation, MaskBatch, Runner};
-use crate::rng::Philox;
+use super::{Explanation, MaskBatch, RiseMasks, Runner};
 use anyhow::{ensure, Context, Result};
 
 #[derive(Clone, Copy, Debug)]
@@ -24,32 +23,9 @@ pub struct Rise {
 const BLOCK: usize = 250;
 
 impl Rise {
-    /// Writes mask i (size x size, values in [0, 1]) into `out`. Bilinear upsampling is pixel-centre
-    /// aligned with edge clamping (the original code uses skimage resize, order 1, mode 'reflect').
-    pub fn mask(&self, i: usize, size: usize, out: &mut [f32]) {
-        let s = self.grid;
-        let rng = Philox::new(self.seed).stream(i as u64);
-        let cell = size.div_ceil(s);
-        let up = (s + 1) * cell;
-        let grid: Vec<f32> = (0..s * s).map(|c| if rng.uniform(c as u64) < self.p1 { 1.0 } else { 0.0 }).collect();
-        let shift_y = (rng.uniform((s * s) as u64) * cell as f32) as usize;
-        let shift_x = (rng.uniform((s * s + 1) as u64) * cell as f32) as usize;
-        // Grid coordinate of upsampled pixel u: (u + 0.5) * s / up - 0.5, clamped to [0, s - 1].
-        let tap = |u: usize| {
-            let pos = ((u as f32 + 0.5) * s as f32 / up as f32 - 0.5).clamp(0.0, (s - 1) as f32);
-            let g0 = pos.floor() as usize;
-            (g0, (g0 + 1).min(s - 1), pos - g0 as f32)
-        };
-        let columns: Vec<(usize, usize, f32)> = (0..size).map(|x| tap(x + shift_x)).collect();
-        for y in 0..size {
-            let (y0, y1, fy) = tap(y + shift_y);
-            let (top_row, bottom_row) = (&grid[y0 * s..(y0 + 1) * s], &grid[y1 * s..(y1 + 1) * s]);
-            for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
-                let top = top_row[x0] * (1.0 - fx) + top_row[x1] * fx;
-                let bottom = bottom_row[x0] * (1.0 - fx) + bottom_row[x1] * fx;
-                out[y * size + x] = top * (1.0 - fy) + bottom * fy;
-            }
-        }
+    /// The masks' description, which a backend expands (kernels/perturb.cu or its CPU twin).
+    pub fn mask_set(&self) -> RiseMasks {
+        RiseMasks { grid: self.grid, p1: self.p1, seed: self.seed }
     }
 
     pub fn explain(&self, runner: &mut Runner) -> Result<Explanation> {
@@ -66,7 +42,7 @@ impl Rise {
         let block = if self.tol.is_some() { BLOCK } else { self.masks };
         while used < self.masks {
             let n = block.min(self.masks - used);
-            let result = runner.score_masks(n, &MaskBatch::Rise { rise: self, first: used }, true)?;
+            let result = runner.score_masks(n, &MaskBatch::Rise { masks: self.mask_set(), first: used }, true)?;
             for (acc, v) in sum.iter_mut().zip(result.weighted_sum.context("the scorer returned no weighted sum")?) {
                 *acc += v;
             }

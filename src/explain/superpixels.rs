@@ -25,6 +25,18 @@ pub enum Segmenter {
 }
 
 impl Segmenter {
+    /// SLIC superpixels wanted when none are asked for.
+    pub const SLIC_SEGMENTS: usize = 64;
+    /// SLIC's weight of space against intensity (intensities in [0, 1]).
+    pub const SLIC_COMPACTNESS: f32 = 0.1;
+    /// Felzenszwalb with skimage's usual parameters (scale 100, sigma 0.5, min_size 50).
+    pub const FELZENSZWALB: Segmenter = Segmenter::Felzenszwalb { scale: 100.0, sigma: 0.5, min_size: 50 };
+
+    /// SLIC with `segments` superpixels and the default compactness.
+    pub fn slic(segments: usize) -> Self {
+        Segmenter::Slic { segments, compactness: Self::SLIC_COMPACTNESS }
+    }
+
     pub fn segment(&self, image: &[f32], size: usize, mask: &[bool]) -> Segments {
         let labels = match *self {
             Segmenter::Slic { segments, compactness } => slic(image, size, mask, segments.max(1), compactness),

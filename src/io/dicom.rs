@@ -3,6 +3,7 @@
 //! ImagePositionPatient / ImageOrientationPatient / PixelSpacing.
 
 use super::{Volume, MAX_VOXELS};
+use crate::fail;
 use anyhow::{bail, Context, Result};
 use dicom_dictionary_std::tags;
 use dicom_object::{open_file, DefaultDicomObject};
@@ -114,7 +115,7 @@ fn pixels(obj: &DefaultDicomObject, g: &Geometry, path: &Path) -> Result<Vec<f32
         (16, true) => raw.chunks_exact(2).map(|b| i16::from_ne_bytes([b[0], b[1]]) as f32).collect(),
         (32, false) => raw.chunks_exact(4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
         (32, true) => raw.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-        (bits, _) => bail!("{}: {bits} bits allocated per pixel is not supported", path.display()),
+        (bits, _) => fail!(Unsupported, "{}: {bits} bits allocated per pixel is not supported", path.display()),
     };
     if values.len() < n {
         bail!("{}: pixel data holds {} of {n} pixels (truncated)", path.display(), values.len());

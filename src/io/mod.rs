@@ -6,6 +6,7 @@
 pub mod dicom;
 pub mod nifti;
 
+use crate::error::Error;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -137,10 +138,13 @@ impl Volume {
 
 /// Reads a NIfTI file or a DICOM series folder, by what the path is.
 pub fn read_image(path: &Path) -> Result<Volume> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let volume = if meta.is_dir() { dicom::read_series(path)? } else { nifti::read(path)? };
-    volume.check_finite()?;
-    Ok(volume)
+    let read = || {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let volume = if meta.is_dir() { dicom::read_series(path)? } else { nifti::read(path)? };
+        volume.check_finite()?;
+        Ok(volume)
+    };
+    read().map_err(|e| Error::input(path, e))
 }
 
 /// Creates `path` by writing to a temporary file beside it and renaming it into place, so a failed or
@@ -165,4 +169,9 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot move the finished file into place ({})", path.display(), e.error))?;
     Ok(())
+}
+
+/// Writes a whole output file atomically (text or bytes).
+pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    write_atomically(path, |tmp| std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display())))
 }

@@ -2,6 +2,7 @@
 //! voxel memory is allocated.
 
 use super::{write_atomically, Volume, MAX_VOXELS};
+use crate::fail;
 use anyhow::{bail, Context, Result};
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 use std::path::Path;
@@ -56,7 +57,7 @@ pub fn read(path: &Path) -> Result<Volume> {
         2 => [dim[0] as usize, dim[1] as usize, 1],
         3 => [dim[0] as usize, dim[1] as usize, dim[2] as usize],
         n if n >= 4 && dim[3..].iter().all(|&d| d == 1) => [dim[0] as usize, dim[1] as usize, dim[2] as usize],
-        n => bail!("{p}: {n}-D volume of shape {dim:?}; xaiclip reads 3-D volumes (one time point)"),
+        n => fail!(Unsupported, "{p}: {n}-D volume of shape {dim:?}; xaiclip reads 3-D volumes (one time point)"),
     };
     let voxels: usize = dims.iter().product();
     if voxels == 0 || voxels > MAX_VOXELS {
@@ -74,7 +75,7 @@ pub fn read(path: &Path) -> Result<Volume> {
             | NiftiType::Float32
             | NiftiType::Float64
     ) {
-        bail!("{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)");
+        fail!(Unsupported, "{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)");
     }
     // The crate sizes its read buffer from bitpix: a header whose bitpix disagrees with its datatype
     // made it allocate tens of GiB (found by fuzzing).

@@ -8,6 +8,7 @@
 //! transformer op runs on the backend.
 
 use crate::backend::{Activation, Backend};
+use crate::error::Error;
 use crate::tensor::Tensor;
 use crate::weights::{open_model_dir, ParamReader};
 use anyhow::{bail, ensure, Context, Result};
@@ -188,8 +189,11 @@ fn tower_load<B: Backend>(b: &B, p: &mut ParamReader, prefix: &str, c: &TowerCon
 
 impl<B: Backend> ClipModel<B> {
     pub fn load_dir(backend: &B, dir: &Path) -> Result<Self> {
-        let (config, weights) = open_model_dir(dir, "CLIP", ClipConfig::from_json)?;
-        Self::build(backend, config, ParamReader::new(&weights))
+        let load = || {
+            let (config, weights) = open_model_dir(dir, "CLIP", ClipConfig::from_json)?;
+            Self::build(backend, config, ParamReader::new(&weights))
+        };
+        load().map_err(|e| Error::input(dir, e))
     }
 
     /// A randomly initialised model of any configuration (shape tests, benches).

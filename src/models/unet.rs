@@ -6,6 +6,7 @@
 //! Each conv unit is conv -> norm -> dropout (identity at inference) -> activation ("NDA").
 
 use crate::backend::{Activation, Backend};
+use crate::error::Error;
 use crate::tensor::Tensor;
 use crate::weights::{open_model_dir, ParamReader, WeightsFile};
 use anyhow::{bail, ensure, Context, Result};
@@ -246,8 +247,11 @@ impl<B: Backend> Loader<'_, '_, B> {
 impl<B: Backend> BasicUNet<B> {
     /// Loads `dir/config.json` and `dir/model.safetensors`.
     pub fn load_dir(backend: &B, dir: &Path) -> Result<Self> {
-        let (config, weights) = open_model_dir(dir, "U-Net", UNetConfig::from_json)?;
-        Self::load(backend, config, &weights)
+        let load = || {
+            let (config, weights) = open_model_dir(dir, "U-Net", UNetConfig::from_json)?;
+            Self::load(backend, config, &weights)
+        };
+        load().map_err(|e| Error::input(dir, e))
     }
 
     pub fn load(backend: &B, config: UNetConfig, weights: &WeightsFile) -> Result<Self> {

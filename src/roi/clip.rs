@@ -150,15 +150,26 @@ impl std::str::FromStr for Threshold {
     }
 }
 
+/// The spelling `FromStr` reads: otsu, fixed:VALUE, top:FRACTION.
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Otsu => write!(f, "otsu"),
+            Threshold::Fixed(v) => write!(f, "fixed:{v}"),
+            Threshold::TopFraction(v) => write!(f, "top:{v}"),
+        }
+    }
+}
+
 pub fn binarise(map: &[f32], threshold: Threshold) -> Vec<bool> {
     match threshold {
         Threshold::Fixed(t) => map.iter().map(|&v| v >= t).collect(),
         Threshold::Otsu => {
-            let norm = crate::metrics::min_max(map);
-            let t = crate::metrics::otsu(&norm);
+            let norm = crate::threshold::min_max(map);
+            let t = crate::threshold::otsu(&norm);
             norm.iter().map(|&v| v > t).collect()
         }
-        Threshold::TopFraction(f) => crate::metrics::top_k(map, ((map.len() as f32 * f).round() as usize).max(1)),
+        Threshold::TopFraction(f) => crate::threshold::top_k(map, ((map.len() as f32 * f).round() as usize).max(1)),
     }
 }
 

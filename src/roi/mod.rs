@@ -8,7 +8,8 @@ pub mod clip;
 
 use anyhow::Result;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RoiMode {
     /// No ROI: the conventional full-image method.
     #[value(name = "none")]
@@ -24,6 +25,13 @@ pub enum RoiMode {
     #[value(name = "clip+seg")]
     #[serde(rename = "clip+seg")]
     ClipSeg,
+}
+
+/// The CLIP ROI: the paper's language-guided mode.
+impl Default for RoiMode {
+    fn default() -> Self {
+        RoiMode::Clip
+    }
 }
 
 impl RoiMode {

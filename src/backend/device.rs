@@ -1,20 +1,22 @@
-//! `--device auto|cpu|cuda[:N]` and `--precision`: which backend a command runs on.
+//! Which backend the engine runs on: a device choice (`auto`, `cpu`, `cuda`, `cuda:N`) resolved into a
+//! `Compute`, and `on_backend!` to run generic code on whichever was chosen.
 
-use crate::backend::cuda::{Precision, BUILD_STATUS, MODULES};
-use crate::backend::{CpuBackend, CudaBackend};
+use super::cuda::{Precision, BUILD_STATUS, MODULES};
+use super::{CpuBackend, CudaBackend};
+use crate::fail;
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
 use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceChoice {
+pub enum Device {
     /// The first GPU when one can be used, else the CPU.
     Auto,
     Cpu,
     Cuda(usize),
 }
 
-impl FromStr for DeviceChoice {
+impl FromStr for Device {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
@@ -31,31 +33,22 @@ impl FromStr for DeviceChoice {
     }
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct DeviceArgs {
-    /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Operand precision of GPU convolutions (accumulation is f32): f32 matches the CPU to ~1e-6;
-    /// tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative).
-    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
-}
-
 /// The backend a command runs on.
 pub enum Compute {
     Cpu(CpuBackend),
     Cuda(Box<CudaBackend>),
 }
 
-impl DeviceArgs {
-    pub fn select(&self) -> Result<Compute> {
-        match self.device {
-            DeviceChoice::Cpu => Ok(Compute::Cpu(CpuBackend)),
-            DeviceChoice::Cuda(n) => {
-                Ok(Compute::Cuda(Box::new(CudaBackend::new(n, self.precision).context("--device cuda")?)))
-            }
-            DeviceChoice::Auto => match CudaBackend::new(0, self.precision) {
+impl Device {
+    /// Opens the chosen backend; `Auto` falls back to the CPU (saying why where it matters).
+    pub fn select(self, precision: Precision) -> Result<Compute> {
+        match self {
+            Device::Cpu => Ok(Compute::Cpu(CpuBackend)),
+            Device::Cuda(n) => match CudaBackend::new(n, precision) {
+                Ok(b) => Ok(Compute::Cuda(Box::new(b))),
+                Err(e) => fail!(DeviceUnavailable, "--device cuda: {e:#}"),
+            },
+            Device::Auto => match CudaBackend::new(0, precision) {
                 Ok(b) => Ok(Compute::Cuda(Box::new(b))),
                 Err(e) => {
                     // A binary without kernels says how to get them, once, where a person reads it; a
@@ -81,11 +74,11 @@ impl DeviceArgs {
 macro_rules! on_backend {
     ($compute:expr, |$b:ident| $body:expr) => {
         match &$compute {
-            $crate::cli::device::Compute::Cpu(cpu) => {
+            $crate::backend::device::Compute::Cpu(cpu) => {
                 let $b = cpu;
                 $body
             }
-            $crate::cli::device::Compute::Cuda(cuda) => {
+            $crate::backend::device::Compute::Cuda(cuda) => {
                 let $b: &$crate::backend::CudaBackend = cuda;
                 $body
             }

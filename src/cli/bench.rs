@@ -1,0 +1,117 @@
+//! `xaiclip bench`: each method in full-image and ROI mode, side by side.
+
+use super::explain::{bench_rows, load_case, Case};
+use super::{CaseArgs, DeviceArgs, MethodArgs};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::PathBuf;
+use xaiclip::bench::bench_tables;
+use xaiclip::dataset::LabelIds;
+use xaiclip::io::write_text;
+use xaiclip::organs::{organ_class, organ_name};
+use xaiclip::pipeline::{Method, Slices};
+use xaiclip::roi::RoiMode;
+use xaiclip::phantom;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchCmd {
+    /// Input image (NIfTI or DICOM folder); or --demo.
+    #[arg(long, required_unless_present = "demo")]
+    pub image: Option<PathBuf>,
+    /// Ground-truth labels (needed for Dice/IoU and for --slice organ-center).
+    #[arg(long)]
+    pub label: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
+    pub label_ids: LabelIds,
+    /// Use the bundled phantom (seed 7) and its labels.
+    #[arg(long, conflicts_with_all = ["image", "label"])]
+    pub demo: bool,
+    /// Axial slice index, or organ-center.
+    #[arg(long, default_value = "organ-center")]
+    pub slice: String,
+    /// Methods, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "occlusion,rise,lime,kernelshap")]
+    pub methods: Vec<Method>,
+    /// The ROI mode compared against the full image.
+    #[arg(long, value_enum, default_value_t = RoiMode::default())]
+    pub roi: RoiMode,
+    /// Runs per row; seconds are the median.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Write the table as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the table as Markdown here.
+    #[arg(long)]
+    pub md: Option<PathBuf>,
+    /// Write each run's arrays on the model grid to DIR/<method>-<roi>.safetensors (input, baseline,
+    /// roi, saliency, and LIME/SHAP segments): what benches/peers compares other libraries against.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub method_args: MethodArgs,
+}
+
+/// Runs the bench and prints (and writes) the table.
+pub fn run(cmd: BenchCmd, device: &DeviceArgs) -> Result<()> {
+    let explainer = cmd.method_args.explainer(device, cmd.size)?;
+    let case = if cmd.demo {
+        let p = phantom::generate(7, 256, 32);
+        let class = organ_class(&cmd.method_args.organ)?;
+        let slices: Slices = cmd.slice.parse().map_err(|e| anyhow::anyhow!("--slice {:?}: {e}", cmd.slice))?;
+        Case::new(&explainer, p.ct, Some(p.labels), &slices, class)?
+    } else {
+        let image = cmd.image.as_deref().context("--image or --demo is required")?;
+        let args = CaseArgs { image: image.to_path_buf(), label: cmd.label.clone(), label_ids: cmd.label_ids, slice: cmd.slice.clone() };
+        load_case(&explainer, &args, &cmd.method_args.organ)?
+    };
+    let clip = case.clip(&explainer, cmd.roi.uses_clip())?;
+    let settings = explainer.settings();
+    let size = explainer.model_size();
+    let rows = bench_rows(&explainer, &case, &clip, &cmd.methods, cmd.roi, settings, cmd.repeat)?;
+    let image = if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() };
+    let context = json!({"image": image, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": format!("{settings:?}")});
+    let (md, json_table) = bench_tables(&rows, context);
+    println!("{md}");
+    if let Some(p) = &cmd.md {
+        write_text(p, &md)?;
+    }
+    if let Some(p) = &cmd.json {
+        write_text(p, serde_json::to_string_pretty(&json_table)?)?;
+    }
+    if let Some(dir) = &cmd.export {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let baseline = xaiclip::explain::baseline_image(settings.baseline, &case.input.image, size);
+        for r in &rows {
+            let path = dir.join(format!("{}-{}.safetensors", r.method.name(), r.roi_mode.name()));
+            let roi: Vec<f32> = r.roi.iter().map(|&b| b as u8 as f32).collect();
+            let mut arrays: Vec<(&str, Vec<u8>, safetensors::Dtype)> = vec![
+                ("input", bytemuck::cast_slice(&case.input.image).to_vec(), safetensors::Dtype::F32),
+                ("baseline", bytemuck::cast_slice(&baseline).to_vec(), safetensors::Dtype::F32),
+                ("roi", bytemuck::cast_slice(&roi).to_vec(), safetensors::Dtype::F32),
+                ("saliency", bytemuck::cast_slice(&r.saliency).to_vec(), safetensors::Dtype::F32),
+            ];
+            if let Some(s) = &r.segments {
+                arrays.push(("segments", bytemuck::cast_slice(s).to_vec(), safetensors::Dtype::I32));
+            }
+            let views = arrays
+                .iter()
+                .map(|(name, bytes, dtype)| {
+                    Ok((*name, safetensors::tensor::TensorView::new(*dtype, vec![size, size], bytes)?))
+                })
+                .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
+            let meta = std::collections::HashMap::from([
+                ("class".to_string(), case.class.to_string()),
+                ("forward_passes".to_string(), r.forward_passes.to_string()),
+                ("seconds".to_string(), r.seconds.to_string()),
+                ("samples".to_string(), r.samples.to_string()),
+            ]);
+            let bytes = safetensors::serialize(views, Some(meta))?;
+            write_text(&path, &bytes)?;
+        }
+        eprintln!("wrote the runs' arrays to {}", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `xaiclip roi`: the CLIP ROI of one slice, as an overlay or a mask volume.
+
+use super::explain::load_case;
+use super::{CaseArgs, DeviceArgs, MethodArgs};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use xaiclip::io;
+use xaiclip::organs::organ_name;
+use xaiclip::preprocess::{resize_nearest, AxialLayout};
+use xaiclip::render;
+use xaiclip::roi::{area_fraction, region, RoiMode};
+
+#[derive(clap::Args, Debug)]
+pub struct RoiCmd {
+    #[command(flatten)]
+    pub case: CaseArgs,
+    /// Model grid size (square) the map is computed on.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Output: .png (overlay) or .nii/.nii.gz (ROI mask on the input's grid).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub method_args: MethodArgs,
+}
+
+/// Writes the ROI overlay (.png) or mask (.nii/.nii.gz).
+pub fn run(cmd: RoiCmd, device: &DeviceArgs) -> Result<()> {
+    let name = cmd.out.to_string_lossy().to_lowercase();
+    let png = name.ends_with(".png");
+    if !png && !name.ends_with(".nii") && !name.ends_with(".nii.gz") {
+        bail!("{}: --out must end in .png, .nii or .nii.gz", cmd.out.display());
+    }
+    let explainer = cmd.method_args.explainer(device, Some(cmd.size))?;
+    let case = load_case(&explainer, &cmd.case, &cmd.method_args.organ)?;
+    let clip = case.clip(&explainer, true)?;
+    let size = cmd.size;
+    let margin_mm = explainer.settings().margin_mm;
+    let mask = clip.mask.as_deref().context("CLIP ROI missing")?;
+    let roi = region(RoiMode::Clip, &vec![false; size * size], Some(mask), size, margin_mm / case.input.mm_per_pixel)?;
+    let area = area_fraction(&roi);
+    if png {
+        let probability = clip.probability.as_deref().context("CLIP map missing")?;
+        let image = render::overlay(&case.input.image, probability, size, Some(&roi), case.input.truth.as_deref());
+        render::save_png(&cmd.out, &image)?;
+    } else {
+        let layout = AxialLayout::of(&case.volume)?;
+        let shape = layout.slice_shape(&case.volume);
+        let plane = resize_nearest(&roi.iter().map(|&b| b as u8).collect::<Vec<_>>(), (size, size), shape);
+        let mut volume = vec![0u8; case.volume.voxel_count()];
+        layout.insert(case.volume.dims, case.slice, &plane, &mut volume);
+        io::nifti::write_like(&cmd.out, &case.volume, &volume)?;
+    }
+    let coverage = case.input.truth.as_ref().map(|t| {
+        let organ = t.iter().filter(|&&b| b).count().max(1);
+        t.iter().zip(&roi).filter(|(a, b)| **a && **b).count() as f64 / organ as f64
+    });
+    eprintln!(
+        "{} ROI on slice {}: {:.1}% of the slice{}; {:.3}s; wrote {}",
+        organ_name(case.class),
+        case.slice,
+        100.0 * area,
+        coverage.map_or(String::new(), |c| format!(", covers {:.1}% of the ground-truth organ", 100.0 * c)),
+        clip.seconds,
+        cmd.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! Data set evaluation: every case explained and scored, one JSON line per (case, organ, slice, method,
+//! ROI mode), resumable after a kill and splittable into shards that [`merge`] joins (`xaiclip eval`).
+//!
+//! Durability: each result line is appended with one write and synced before the next item starts,
+//! and a case is listed in `cases_done.txt` only after its last line; `resume` drops a torn last
+//! line, skips listed cases and every item already present, so a kill loses at most the item in flight.
+
+use crate::dataset::{self, natural_cmp, CaseEntry, DatasetKind};
+use crate::error::{kind_of, ErrorKind};
+use crate::explainer::Explainer;
+use crate::io::{write_text, Volume};
+use crate::organs::organ_name;
+use crate::pipeline::{ClipOptions, ClipRoi, Method, MethodRun, Prompts, RunFigures, SliceInput, Slices};
+use crate::preprocess::{AxialLayout, Intensity};
+use crate::roi::RoiMode;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One evaluation run: the data set, what to explain on it, and where results go.
+#[derive(Clone, Debug)]
+pub struct EvalPlan {
+    /// Layout of the data set.
+    pub dataset: DatasetKind,
+    /// Data set folder (flare22, chaos-ct, chaos-mr).
+    pub root: Option<PathBuf>,
+    /// Pairs layout: folder of images, and of FLARE22 label maps named like them.
+    pub images: Option<PathBuf>,
+    /// Pairs layout: the label folder.
+    pub labels: Option<PathBuf>,
+    /// FLARE22: also the unlabeled imagesTs cases (slices from the U-Net's own prediction).
+    pub unlabeled: bool,
+    /// Pairs layout: the images are MR (percentile normalisation).
+    pub mr: bool,
+    /// FLARE22 class ids.
+    pub organs: Vec<usize>,
+    /// Methods to run on every slice.
+    pub methods: Vec<Method>,
+    /// ROI modes to run (`RoiMode::Full` is the full-image method).
+    pub rois: Vec<RoiMode>,
+    /// Slices per case and organ: organ-center or every-K.
+    pub slices: Slices,
+    /// Output folder: results.jsonl, summary.csv/md, eval.json, cases_done.txt, errors.jsonl.
+    pub out: PathBuf,
+    /// Run only shard i of n, as "i/n" (1-based).
+    pub shard: Option<String>,
+    /// Continue an interrupted run in `out`.
+    pub resume: bool,
+    /// Recorded in eval.json: the seed, the model folders and CLIP options, the CT window.
+    pub seed: u64,
+    /// The U-Net folder as given (None: bundled).
+    pub unet: Option<PathBuf>,
+    /// CLIP models, prompts and threshold.
+    pub clip: ClipOptions,
+    /// Normalisation of CT cases (MR cases use the percentile rule).
+    pub window: Intensity,
+}
+
+/// What an item's line says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Explained and scored.
+    Ok,
+    /// The labelled slice does not contain the organ (not explained).
+    EmptyOrgan,
+    /// No slice of the case contains the organ.
+    OrganAbsent,
+}
+
+/// One line of results.jsonl.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Case id (file or folder stem).
+    pub case: String,
+    /// Organ name.
+    pub organ: String,
+    /// Slice index; None when the organ is absent from the case.
+    pub slice: Option<usize>,
+    /// The method.
+    pub method: Method,
+    /// The ROI mode.
+    pub roi: RoiMode,
+    /// What happened.
+    pub status: Status,
+    /// The run's figures, for `ok` lines.
+    #[serde(flatten)]
+    pub figures: Option<RunFigures>,
+}
+
+impl EvalRecord {
+    fn new(case: &str, organ: usize, slice: Option<usize>, method: Method, roi: RoiMode, status: Status) -> Self {
+        Self { case: case.to_string(), organ: organ_name(organ), slice, method, roi, status, figures: None }
+    }
+
+    fn scored(mut self, run: &MethodRun) -> Self {
+        self.figures = Some(run.summary().figures);
+        self
+    }
+
+    /// Identity of the item: what resume and merge match on.
+    fn key(&self) -> String {
+        key(&serde_json::to_value(self).unwrap_or(Value::Null))
+    }
+}
+
+/// One line of errors.jsonl: a case that failed, why, and the kind of failure.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalError {
+    /// Case id (file or folder stem).
+    pub case: String,
+    /// The kind of failure.
+    pub kind: ErrorKind,
+    /// The message, as the command line prints it.
+    pub error: String,
+}
+
+/// What an evaluation reports as it goes, for progress displays.
+pub enum Event<'a> {
+    /// `cases` of `total` will run (a shard runs fewer).
+    #[allow(missing_docs)]
+    Start { cases: usize, total: usize },
+    /// A case begins.
+    #[allow(missing_docs)]
+    CaseStart { id: &'a str },
+    /// `n` more items are planned in the current case.
+    Planned(usize),
+    /// An item runs now.
+    Item(String),
+    /// An item is finished (or was found finished).
+    ItemDone(usize),
+    /// The case ended; with the error when it failed.
+    #[allow(missing_docs)]
+    CaseEnd { id: &'a str, error: Option<&'a anyhow::Error> },
+}
+
+/// How a finished run went.
+pub struct EvalOutcome {
+    /// Result lines now in results.jsonl.
+    pub lines: usize,
+    /// Cases that failed (listed in errors.jsonl).
+    pub failed: usize,
+    /// Cases run by this call.
+    pub cases: usize,
+}
+
+const RESULTS: &str = "results.jsonl";
+const CONFIG: &str = "eval.json";
+const DONE: &str = "cases_done.txt";
+const ERRORS: &str = "errors.jsonl";
+
+/// Identity of one result line: what --resume and --merge match on.
+fn key(line: &Value) -> String {
+    let f = |k: &str| line.get(k).map_or("null".to_string(), |v| v.to_string());
+    format!("{}|{}|{}|{}|{}", f("case"), f("organ"), f("slice"), f("method"), f("roi"))
+}
+
+/// The result lines of `path`, dropping a torn last line (a write cut short by a kill).
+fn read_results(path: &Path) -> Result<Vec<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end + 1]);
+    if complete.len() < text.len() {
+        eprintln!("{}: dropping a partial last line (an interrupted write)", path.display());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open for repair", path.display()))?;
+        file.set_len(complete.len() as u64)
+            .with_context(|| format!("{}: cannot truncate the partial line", path.display()))?;
+    }
+    complete
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l)
+                .map_err(|e| anyhow::anyhow!("{} line {}: not a result record ({e})", path.display(), i + 1))?;
+            if let Err(e) = EvalRecord::deserialize(&v) {
+                bail!("{} line {}: not a result record ({e})", path.display(), i + 1);
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// Appends one line with a single write and syncs it, so a kill leaves whole lines only (plus at most
+/// one torn tail, which `read_results` drops).
+fn append_line(path: &Path, line: &Value) -> Result<()> {
+    append_text(path, &format!("{line}\n"))
+}
+
+fn append_text(path: &Path, text: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_data())
+        .with_context(|| format!("{}: cannot append", path.display()))
+}
+
+/// Everything that decides the results, compared on resume and merge.
+fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
+    let window = match plan.window {
+        Intensity::CtWindow { low, high } => format!("{low},{high}"),
+        Intensity::MrPercentile => "mr".to_string(),
+    };
+    json!({
+        "dataset": format!("{:?}", plan.dataset),
+        "root": plan.root, "images": plan.images, "labels": plan.labels, "unlabeled": plan.unlabeled,
+        "organs": plan.organs.iter().map(|&o| organ_name(o)).collect::<Vec<_>>(),
+        "methods": plan.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "roi": plan.rois.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "slices": plan.slices.to_string(), "size": explainer.model_size(), "seed": plan.seed,
+        "unet": plan.unet, "clip": plan.clip.clip, "coop": plan.clip.coop,
+        "prompt": match &plan.clip.prompts { Prompts::Custom(p) => Some(p.clone()), _ => None },
+        "no_coop": plan.clip.prompts != Prompts::Coop, "roi_threshold": plan.clip.threshold.to_string(),
+        "modality": if plan.mr { "Mr" } else { "Ct" }, "window": window,
+        "settings": format!("{:?}", explainer.settings()),
+        "shard": plan.shard,
+    })
+}
+
+fn differing_fields(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return vec!["(whole file)".into()] };
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| o.get(*k) != n.get(*k) && k.as_str() != "shard")
+        .map(|k| format!("{k}: {} vs {}", o.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null)))
+        .collect()
+}
+
+fn read_config(dir: &Path) -> Result<Value> {
+    let path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read (not an eval output folder?)", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid JSON ({e})", path.display()))
+}
+
+/// Runs `plan` with `explainer` (its settings, model and device); `events` sees the progress. Cases that
+/// fail are listed in errors.jsonl and the others continue; the run then ends with an error naming them.
+pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)) -> Result<EvalOutcome> {
+    if plan.methods.is_empty() || plan.rois.is_empty() || plan.organs.is_empty() {
+        bail!("--organs, --methods and --roi need at least one value each");
+    }
+    if matches!(plan.slices, Slices::All | Slices::List(_)) && plan.unlabeled {
+        bail!("--slices {}: unlabeled cases take organ-center or every-K", plan.slices);
+    }
+    let mut cases = dataset::discover(
+        plan.dataset,
+        plan.root.as_deref(),
+        plan.images.as_deref(),
+        plan.labels.as_deref(),
+        plan.unlabeled,
+        plan.mr,
+    )?;
+    let total = cases.len();
+    if let Some(spec) = &plan.shard {
+        cases = dataset::shard(cases, dataset::parse_shard(spec)?);
+    }
+    let config = config_json(plan, explainer);
+    let out = &plan.out;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let results_path = out.join(RESULTS);
+    let existing = if plan.resume {
+        if out.join(CONFIG).is_file() {
+            let diff = differing_fields(&read_config(out)?, &config);
+            if !diff.is_empty() {
+                bail!(
+                    "{}: --resume with other settings than the interrupted run ({})",
+                    out.join(CONFIG).display(),
+                    diff.join("; ")
+                );
+            }
+        }
+        read_results(&results_path)?
+    } else {
+        if results_path.metadata().is_ok_and(|m| m.len() > 0) {
+            bail!(
+                "{}: already holds results; pass --resume to continue that run, or choose another --out",
+                results_path.display()
+            );
+        }
+        for stale in [DONE, ERRORS] {
+            let _ = std::fs::remove_file(out.join(stale));
+        }
+        Vec::new()
+    };
+    write_text(&out.join(CONFIG), serde_json::to_string_pretty(&config)?)?;
+    let mut done: HashSet<String> = existing.iter().map(key).collect();
+    let finished: HashSet<String> =
+        std::fs::read_to_string(out.join(DONE)).unwrap_or_default().lines().map(str::to_string).collect();
+    events(Event::Start { cases: cases.len(), total });
+    let mut failed = 0;
+    for case in &cases {
+        if finished.contains(&case.id) {
+            events(Event::CaseEnd { id: &case.id, error: None });
+            continue;
+        }
+        events(Event::CaseStart { id: &case.id });
+        match evaluate_case(explainer, plan, case, &mut done, &results_path, &mut events) {
+            Ok(()) => {
+                append_text(&out.join(DONE), &format!("{}\n", case.id))?;
+                events(Event::CaseEnd { id: &case.id, error: None });
+            }
+            Err(e) => {
+                failed += 1;
+                let record = EvalError { case: case.id.clone(), kind: kind_of(&e), error: format!("{e:#}") };
+                append_line(&out.join(ERRORS), &serde_json::to_value(&record)?)?;
+                events(Event::CaseEnd { id: &case.id, error: Some(&e) });
+            }
+        }
+    }
+    let all = read_results(&results_path)?;
+    write_summaries(out, &all, &config)?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} cases failed (see {}); --resume retries them",
+            cases.len(),
+            out.join(ERRORS).display()
+        );
+    }
+    Ok(EvalOutcome { lines: all.len(), failed, cases: cases.len() })
+}
+
+/// Slices of `volume` to explain for `class`, or None when the organ is absent from the case.
+fn pick_slices(slices: &Slices, volume: &Volume, labels: Option<&[u8]>, class: usize) -> Result<Option<Vec<usize>>> {
+    match slices.resolve(volume, labels, class) {
+        Ok(k) => Ok(Some(k)),
+        Err(e) if kind_of(&e) == ErrorKind::OrganAbsent => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn evaluate_case(
+    explainer: &Explainer,
+    plan: &EvalPlan,
+    case: &CaseEntry,
+    done: &mut HashSet<String>,
+    results: &Path,
+    events: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let (volume, labels) = dataset::load(case)?;
+    let intensity = if case.mr { Intensity::MrPercentile } else { plan.window };
+    let range = intensity.range(&volume);
+    let size = explainer.model_size();
+    // Unlabeled cases find their organ-center slices in the U-Net's own prediction.
+    let predicted;
+    let slice_labels = match (&labels, &plan.slices) {
+        (None, Slices::OrganCenter) => {
+            let n = AxialLayout::of(&volume)?.slices(&volume);
+            let batch = explainer.settings().batch.min(16);
+            predicted = explainer.segment(&volume, &(0..n).collect::<Vec<_>>(), intensity, batch, |_| {})?;
+            Some(&predicted[..])
+        }
+        (l, _) => l.as_deref(),
+    };
+    let per_slice = plan.methods.len() * plan.rois.len();
+    let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| -> Result<()> {
+        if done.insert(line.key()) {
+            append_line(results, &serde_json::to_value(&line)?)?;
+        }
+        events(Event::ItemDone(1));
+        Ok(())
+    };
+    let items = |slice: Option<usize>| {
+        plan.methods.iter().flat_map(move |&m| plan.rois.iter().map(move |&r| (slice, m, r)))
+    };
+    for &class in &plan.organs {
+        let Some(slices) = pick_slices(&plan.slices, &volume, slice_labels, class)? else {
+            for (_, method, roi) in items(None) {
+                emit(EvalRecord::new(&case.id, class, None, method, roi, Status::OrganAbsent), done, events)?;
+            }
+            continue;
+        };
+        events(Event::Planned(slices.len() * per_slice));
+        for k in slices {
+            let todo: Vec<(Method, RoiMode)> = items(Some(k))
+                .filter(|&(s, m, r)| !done.contains(&EvalRecord::new(&case.id, class, s, m, r, Status::Ok).key()))
+                .map(|(_, m, r)| (m, r))
+                .collect();
+            if todo.len() < per_slice {
+                events(Event::ItemDone(per_slice - todo.len()));
+            }
+            if todo.is_empty() {
+                continue;
+            }
+            let input = SliceInput::new(&volume, k, range, size, labels.as_deref(), class)?;
+            if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
+                for (method, roi) in todo {
+                    emit(EvalRecord::new(&case.id, class, Some(k), method, roi, Status::EmptyOrgan), done, events)?;
+                }
+                continue;
+            }
+            let clip_roi = if todo.iter().any(|(_, r)| r.uses_clip()) {
+                explainer.clip_roi(&input, class)?
+            } else {
+                ClipRoi::default()
+            };
+            for (method, roi) in todo {
+                events(Event::Item(format!(
+                    "{} {} slice {k} {} ({})",
+                    case.id,
+                    organ_name(class),
+                    method.name(),
+                    roi.name()
+                )));
+                let run = explainer.run(&input, &clip_roi, class, method, roi, explainer.settings(), |_, _| {})?;
+                emit(EvalRecord::new(&case.id, class, Some(k), method, roi, Status::Ok).scored(&run), done, events)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where `v` stands in the run's `list` ("organs", "methods", "roi") of eval.json: the order of results
+/// and summary rows.
+fn position_in(config: &Value, list: &str, v: &Value) -> usize {
+    config[list].as_array().and_then(|a| a.iter().position(|x| x == v)).unwrap_or(usize::MAX)
+}
+
+/// Canonical order of result lines: case (natural), organ, slice, method and ROI in the run's order.
+fn sort_results(lines: &mut [Value], config: &Value) {
+    let position = |list: &str, v: &Value| position_in(config, list, v);
+    lines.sort_by(|a, b| {
+        natural_cmp(a["case"].as_str().unwrap_or(""), b["case"].as_str().unwrap_or(""))
+            .then_with(|| position("organs", &a["organ"]).cmp(&position("organs", &b["organ"])))
+            .then_with(|| a["slice"].as_i64().cmp(&b["slice"].as_i64()))
+            .then_with(|| position("methods", &a["method"]).cmp(&position("methods", &b["method"])))
+            .then_with(|| position("roi", &a["roi"]).cmp(&position("roi", &b["roi"])))
+    });
+}
+
+/// Joins the outputs of shard runs (`dirs`) into `out`: same settings required, duplicates dropped,
+/// lines in the unsharded order. Returns the number of result lines.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize> {
+    let first = read_config(&dirs[0])?;
+    let mut lines: BTreeMap<String, Value> = BTreeMap::new();
+    for dir in dirs {
+        let config = read_config(dir)?;
+        let diff = differing_fields(&first, &config);
+        if !diff.is_empty() {
+            bail!(
+                "{}: shard run with other settings than {} ({})",
+                dir.join(CONFIG).display(),
+                dirs[0].join(CONFIG).display(),
+                diff.join("; ")
+            );
+        }
+        if dir.join(ERRORS).metadata().is_ok_and(|m| m.len() > 0) {
+            eprintln!("warning: {} lists failed cases; rerun that shard with --resume", dir.join(ERRORS).display());
+        }
+        for line in read_results(&dir.join(RESULTS))? {
+            let k = key(&line);
+            if let Some(previous) = lines.get(&k) {
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    v.as_object_mut().map(|o| o.remove("seconds"));
+                    v
+                };
+                if strip(previous) != strip(&line) {
+                    bail!("{}: result {k} differs from the same item in another shard", dir.join(RESULTS).display());
+                }
+                continue;
+            }
+            lines.insert(k, line);
+        }
+    }
+    let mut all: Vec<Value> = lines.into_values().collect();
+    sort_results(&mut all, &first);
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let mut config = first;
+    config["shard"] = Value::Null;
+    let text: String = all.iter().map(|l| format!("{l}\n")).collect();
+    write_text(&out.join(RESULTS), text)?;
+    write_text(&out.join(CONFIG), serde_json::to_string_pretty(&config)?)?;
+    write_summaries(out, &all, &config)?;
+    Ok(all.len())
+}
+
+const METRICS: [&str; 8] =
+    ["dice", "iou", "dice_topk", "auroc", "deletion_auc", "insertion_auc", "seconds", "forward_passes"];
+
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// One summary row: organ, method, ROI names, the explained lines, and how many items were skipped.
+type SummaryGroup<'a> = (String, String, String, Vec<&'a Value>, usize);
+
+/// summary.csv and summary.md: per organ, method and ROI mode, mean ± sample std of every metric over
+/// the explained slices, plus the counts of slices skipped as empty-organ / organ-absent.
+fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
+    let mut groups: BTreeMap<(usize, usize, usize), SummaryGroup> = BTreeMap::new();
+    let position = |list: &str, v: &Value| position_in(config, list, v);
+    for l in lines {
+        let g = groups
+            .entry((position("organs", &l["organ"]), position("methods", &l["method"]), position("roi", &l["roi"])))
+            .or_insert_with(|| {
+                let s = |k: &str| l[k].as_str().unwrap_or("?").to_string();
+                (s("organ"), s("method"), s("roi"), Vec::new(), 0)
+            });
+        if l["status"] == "ok" {
+            g.3.push(l);
+        } else {
+            g.4 += 1;
+        }
+    }
+    let mut csv = String::from("organ,method,roi,n,skipped");
+    let mut md = String::from("| organ | method | roi | n | skipped |");
+    for m in METRICS {
+        csv += &format!(",{m}_mean,{m}_std");
+        md += &format!(" {m} |");
+    }
+    csv += "\n";
+    md += &format!("\n|---|---|---|---:|---:|{}\n", "---:|".repeat(METRICS.len()));
+    for (organ, method, roi, ok, skipped) in groups.values() {
+        csv += &format!("{organ},{method},{roi},{},{skipped}", ok.len());
+        md += &format!("| {organ} | {method} | {roi} | {} | {skipped} |", ok.len());
+        for m in METRICS {
+            let values: Vec<f64> = ok.iter().filter_map(|l| l[m].as_f64()).filter(|v| v.is_finite()).collect();
+            if values.is_empty() {
+                csv += ",,";
+                md += " – |";
+            } else {
+                let (mean, std) = mean_std(&values);
+                csv += &format!(",{mean:.6},{std:.6}");
+                md += &format!(" {mean:.3} ± {std:.3} |");
+            }
+        }
+        csv += "\n";
+        md += "\n";
+    }
+    write_text(&out.join("summary.csv"), csv)?;
+    write_text(&out.join("summary.md"), md)
+}

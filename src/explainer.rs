@@ -1,0 +1,401 @@
+//! The embedding API: an [`Explainer`] is built once from model folders (the bundled ones by default),
+//! a device and settings, then explains slices of volumes. Everything the `xaiclip` command does goes
+//! through it, so a program that embeds the engine can do the same with the same defaults.
+//!
+//! Model grids are square (`model_size()` pixels per side); maps are row-major on that grid, and
+//! `Explanation::slice_saliency` holds the same map resampled onto the slice's own pixels.
+
+use crate::backend::{Backend, Compute, CpuBackend, CudaBackend, Device, Precision};
+use crate::dataset::{load_labels, LabelIds};
+use crate::error::Result;
+use crate::io::Volume;
+use crate::models::{bundled, BasicUNet};
+use crate::organs::{organ_class, organ_name};
+use crate::pipeline::{
+    model_size, run_method, saliency_on_slice, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method, MethodRun,
+    Settings, SliceInput, Slices,
+};
+use crate::preprocess::Intensity;
+use crate::roi::RoiMode;
+use crate::segment::{segment_slices, SegmentOptions};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Reads an image: a NIfTI-1 file (.nii, .nii.gz) or a folder holding one DICOM series.
+pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
+    Ok(crate::io::read_image(path.as_ref())?)
+}
+
+/// Reads a label volume (any grid; matched to `image` through the affines) as FLARE22 ids.
+pub fn read_labels(path: impl AsRef<Path>, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+    Ok(load_labels(path.as_ref(), ids, image)?)
+}
+
+/// How to build an [`Explainer`]; every field has the command line's default.
+#[derive(Clone, Debug)]
+pub struct ExplainerBuilder {
+    unet: Option<PathBuf>,
+    clip: ClipOptions,
+    device: Device,
+    precision: Precision,
+    settings: Settings,
+    batch: BatchSize,
+    size: Option<usize>,
+    intensity: Intensity,
+}
+
+impl Default for ExplainerBuilder {
+    fn default() -> Self {
+        Self {
+            unet: None,
+            clip: ClipOptions::default(),
+            device: Device::Auto,
+            precision: Precision::F32,
+            settings: Settings::defaults(0),
+            batch: BatchSize::Auto,
+            size: None,
+            intensity: Intensity::ABDOMEN,
+        }
+    }
+}
+
+impl ExplainerBuilder {
+    /// U-Net folder (MONAI BasicUNet: model.safetensors + config.json); default: the bundled weights/unet.
+    pub fn unet(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.unet = Some(dir.into());
+        self
+    }
+
+    /// CLIP and CoOp folders, prompts and ROI threshold; default: bundled models, CoOp, Otsu.
+    pub fn clip(mut self, options: ClipOptions) -> Self {
+        self.clip = options;
+        self
+    }
+
+    /// Where to compute; default `Device::Auto` (a GPU when one is usable, else the CPU).
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Operand precision of GPU convolutions; default f32.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Explainer settings; default `Settings::defaults(0)`. Their `batch` is replaced by [`Self::batch`].
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Perturbed images per forward pass; default `BatchSize::Auto`.
+    pub fn batch(mut self, batch: BatchSize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Side of the square model grid; default: the U-Net config's input_size, else 256.
+    pub fn size(mut self, size: Option<usize>) -> Self {
+        self.size = size;
+        self
+    }
+
+    /// How slices are normalised to [0, 1]; default the abdomen CT window [-160, 240] HU.
+    pub fn intensity(mut self, intensity: Intensity) -> Self {
+        self.intensity = intensity;
+        self
+    }
+
+    /// Opens the device and loads the U-Net (CLIP is loaded on first use).
+    pub fn build(self) -> Result<Explainer> {
+        let unet_dir = match &self.unet {
+            Some(d) => d.clone(),
+            None => bundled("unet")?,
+        };
+        let compute = self.device.select(self.precision)?;
+        let mut settings = self.settings;
+        let (engine, size) = match compute {
+            Compute::Cpu(b) => {
+                let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
+                let size = loaded.size;
+                (Engine::Cpu(loaded), size)
+            }
+            Compute::Cuda(b) => {
+                let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
+                let size = loaded.size;
+                (Engine::Cuda(Box::new(loaded)), size)
+            }
+        };
+        Ok(Explainer { engine, clip: self.clip, settings, size, intensity: self.intensity })
+    }
+}
+
+/// The models on one backend.
+struct Loaded<B: Backend> {
+    backend: B,
+    unet: BasicUNet<B>,
+    size: usize,
+    clip: OnceLock<ClipRoiFinder<B>>,
+}
+
+impl<B: Backend> Loaded<B> {
+    fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
+        let unet = BasicUNet::load_dir(&backend, unet)?;
+        let size = model_size(size, &unet);
+        settings.batch = batch.resolve(&backend, size, &unet);
+        Ok(Self { backend, unet, size, clip: OnceLock::new() })
+    }
+
+    fn clip(&self, options: &ClipOptions) -> anyhow::Result<&ClipRoiFinder<B>> {
+        if let Some(f) = self.clip.get() {
+            return Ok(f);
+        }
+        let finder = ClipRoiFinder::load(&self.backend, options)?;
+        Ok(self.clip.get_or_init(|| finder))
+    }
+}
+
+enum Engine {
+    Cpu(Loaded<CpuBackend>),
+    Cuda(Box<Loaded<CudaBackend>>),
+}
+
+/// Runs `$body` with `$e` bound to the engine's `Loaded<B>` (compiled once per backend type).
+macro_rules! with_engine {
+    ($self:expr, |$e:ident| $body:expr) => {
+        match &$self.engine {
+            Engine::Cpu($e) => $body,
+            Engine::Cuda(cuda) => {
+                let $e: &Loaded<CudaBackend> = cuda;
+                $body
+            }
+        }
+    };
+}
+
+/// What to explain: an organ, a method, an ROI mode and a slice (the `xaiclip explain` options).
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Organ name ("liver", "right-kidney", ...) or FLARE22 class id.
+    pub organ: String,
+    /// The perturbation method.
+    pub method: Method,
+    /// Default: the CLIP ROI.
+    pub roi: RoiMode,
+    /// Default: organ-center (needs labels).
+    pub slices: Slices,
+    /// Ground truth on the volume's grid (FLARE22 ids): enables the agreement metrics.
+    pub labels: Option<Vec<u8>>,
+}
+
+impl Request {
+    /// `method` on `organ`, CLIP ROI, organ-center slice.
+    pub fn new(organ: &str, method: Method) -> Self {
+        Self { organ: organ.to_string(), method, roi: RoiMode::default(), slices: Slices::OrganCenter, labels: None }
+    }
+
+    /// The ROI mode.
+    pub fn roi(mut self, roi: RoiMode) -> Self {
+        self.roi = roi;
+        self
+    }
+
+    /// Slice `k` along the file's slice axis.
+    pub fn slice(mut self, k: usize) -> Self {
+        self.slices = Slices::List(vec![k]);
+        self
+    }
+
+    /// Ground-truth labels on the volume's grid.
+    pub fn labels(mut self, labels: Vec<u8>) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+}
+
+/// One explanation: the map on the model grid and on the slice, the ROI, what it cost and how good it is.
+pub struct Explanation {
+    /// Organ name.
+    pub organ: String,
+    /// FLARE22 class id.
+    pub class: usize,
+    /// The slice explained (index along the file's slice axis).
+    pub slice: usize,
+    /// Saliency, ROI, M0, forward passes, seconds (per stage too) and metrics, on the model grid.
+    pub run: MethodRun,
+    /// The saliency resampled onto the slice's pixels, `slice_shape` = (rows, columns).
+    pub slice_saliency: Vec<f32>,
+    /// (rows, columns) of the slice.
+    pub slice_shape: (usize, usize),
+    /// CLIP's organ probability map on the model grid (CLIP modes only).
+    pub clip_probability: Option<Vec<f32>>,
+}
+
+/// The engine: a U-Net (and CLIP, loaded when first needed) on one device, with fixed settings.
+pub struct Explainer {
+    engine: Engine,
+    clip: ClipOptions,
+    settings: Settings,
+    size: usize,
+    intensity: Intensity,
+}
+
+impl Explainer {
+    /// A builder with the command line's defaults (bundled models, `--device auto`).
+    pub fn builder() -> ExplainerBuilder {
+        ExplainerBuilder::default()
+    }
+
+    /// The device in words ("cpu (2 threads)", a GPU's name).
+    pub fn device_name(&self) -> String {
+        with_engine!(self, |e| e.backend.name())
+    }
+
+    /// The settings every explanation uses unless given others.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Replaces the settings (e.g. a preset that depends on `model_size()`), keeping the batch size
+    /// resolved for this device and model.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = Settings { batch: self.settings.batch, ..settings };
+    }
+
+    /// Side of the square model grid.
+    pub fn model_size(&self) -> usize {
+        self.size
+    }
+
+    /// The normalisation of CT slices (MR cases use the percentile rule).
+    pub fn intensity(&self) -> Intensity {
+        self.intensity
+    }
+
+    /// Explains one slice of `volume` as `request` says, with the explainer's settings.
+    pub fn explain(&self, volume: &Volume, request: &Request) -> Result<Explanation> {
+        let class = organ_class(&request.organ)?;
+        let k = self.pick_slice(volume, request.labels.as_deref(), &request.slices, class)?;
+        let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
+        let clip = if request.roi.uses_clip() { self.clip_roi(&input, class)? } else { ClipRoi::default() };
+        let run = self.run(&input, &clip, class, request.method, request.roi, &self.settings, |_, _| {})?;
+        let (slice_saliency, slice_shape) = saliency_on_slice(volume, &run.saliency, self.size)?;
+        Ok(Explanation {
+            organ: organ_name(class),
+            class,
+            slice: k,
+            run,
+            slice_saliency,
+            slice_shape,
+            clip_probability: clip.probability,
+        })
+    }
+
+    /// The one slice `slices` names for `class` (organ-center needs `labels`).
+    pub fn pick_slice(&self, volume: &Volume, labels: Option<&[u8]>, slices: &Slices, class: usize) -> Result<usize> {
+        let picked = slices.resolve(volume, labels, class)?;
+        match picked[..] {
+            [k] => Ok(k),
+            _ => Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidInput,
+                format!("--slice: expected one slice, got {}", picked.len()),
+            )),
+        }
+    }
+
+    /// Slice `k` normalised by `intensity` and resampled to the model grid, with the organ's ground truth
+    /// when `labels` are given. A labelled slice without the organ is refused (organ absent).
+    pub fn prepare(
+        &self,
+        volume: &Volume,
+        labels: Option<&[u8]>,
+        k: usize,
+        class: usize,
+        intensity: Intensity,
+    ) -> Result<SliceInput> {
+        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, class)?;
+        if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::OrganAbsent,
+                format!(
+                    "{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)",
+                    volume.source.display(),
+                    organ_name(class)
+                ),
+            ));
+        }
+        Ok(input)
+    }
+
+    /// The CLIP ROI of a prepared slice (thresholded map, before the margin) and its seconds.
+    pub fn clip_roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+        with_engine!(self, |e| Ok(e.clip(&self.clip)?.roi(&e.backend, input, class)?))
+    }
+
+    /// One method in one ROI mode on a prepared slice; `progress(done, total)` counts forward passes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        input: &SliceInput,
+        clip: &ClipRoi,
+        class: usize,
+        method: Method,
+        roi: RoiMode,
+        settings: &Settings,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<MethodRun> {
+        with_engine!(self, |e| Ok(run_method(
+            &e.backend, &e.unet, input, clip, class, method, roi, settings, progress
+        )?))
+    }
+
+    /// Each method in full-image mode and in `roi` mode, `repeat` times (median seconds; maps and
+    /// metrics from the first run, the only one that computes the metrics). `progress(method, mode,
+    /// done, total)` counts forward passes; `finished` sees each row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bench(
+        &self,
+        input: &SliceInput,
+        clip: &ClipRoi,
+        class: usize,
+        methods: &[Method],
+        roi: RoiMode,
+        settings: &Settings,
+        repeat: usize,
+        mut progress: impl FnMut(Method, RoiMode, usize, usize),
+        mut finished: impl FnMut(&MethodRun),
+    ) -> Result<Vec<MethodRun>> {
+        let mut rows = Vec::new();
+        for &method in methods {
+            for mode in [RoiMode::Full, roi] {
+                let mut first = self.run(input, clip, class, method, mode, settings, |d, t| progress(method, mode, d, t))?;
+                let quick = Settings { faithfulness_steps: 0, ..settings.clone() };
+                let mut times = vec![first.seconds];
+                for _ in 1..repeat.max(1) {
+                    let again = self.run(input, clip, class, method, mode, &quick, |d, t| progress(method, mode, d, t))?;
+                    times.push(again.seconds);
+                }
+                times.sort_by(f64::total_cmp);
+                first.seconds = times[times.len() / 2];
+                finished(&first);
+                rows.push(first);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// U-Net labels of `slices` on `volume`'s grid (0 elsewhere); `progress` counts finished slices.
+    pub fn segment(
+        &self,
+        volume: &Volume,
+        slices: &[usize],
+        intensity: Intensity,
+        batch: usize,
+        progress: impl FnMut(usize),
+    ) -> Result<Vec<u8>> {
+        let options = SegmentOptions { intensity, input_size: self.size, batch };
+        with_engine!(self, |e| Ok(segment_slices(&e.backend, &e.unet, volume, slices, &options, progress)?))
+    }
+}
