@@ -18,8 +18,7 @@ fn pct(new: f64, old: f64) -> f64 {
 pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, serde_json::Value) {
     let mut md = String::from("| method | roi | seconds | forward passes | in forward | ROI area | Dice | IoU | Dice top-k | AUROC | deletion AUC | insertion AUC |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut json_rows = Vec::new();
-    let metric =
-        |r: &MethodRun, f: &dyn Fn(&Agreement) -> f64| r.agreement.as_ref().map_or(f64::NAN, f);
+    let metric = |r: &MethodRun, f: &dyn Fn(&Agreement) -> f64| r.agreement.as_ref().map_or(f64::NAN, f);
     for r in rows {
         let (del, ins) = r.faithfulness.as_ref().map_or((f64::NAN, f64::NAN), |f| (f.deletion_auc, f.insertion_auc));
         md += &format!(
@@ -64,4 +63,3 @@ pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, 
     }
     (md, json!({"context": context, "rows": json_rows, "comparison": comparisons}))
 }
-

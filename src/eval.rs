@@ -323,11 +323,7 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
     let all = read_results(&results_path)?;
     write_summaries(out, &all, &config)?;
     if failed > 0 {
-        bail!(
-            "{failed} of {} cases failed (see {}); --resume retries them",
-            cases.len(),
-            out.join(ERRORS).display()
-        );
+        bail!("{failed} of {} cases failed (see {}); --resume retries them", cases.len(), out.join(ERRORS).display());
     }
     Ok(EvalOutcome { lines: all.len(), failed, cases: cases.len() })
 }
@@ -372,9 +368,8 @@ fn evaluate_case(
         events(Event::ItemDone(1));
         Ok(())
     };
-    let items = |slice: Option<usize>| {
-        plan.methods.iter().flat_map(move |&m| plan.rois.iter().map(move |&r| (slice, m, r)))
-    };
+    let items =
+        |slice: Option<usize>| plan.methods.iter().flat_map(move |&m| plan.rois.iter().map(move |&r| (slice, m, r)));
     for &class in &plan.organs {
         let Some(slices) = pick_slices(&plan.slices, &volume, slice_labels, class)? else {
             for (_, method, roi) in items(None) {

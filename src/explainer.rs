@@ -120,7 +120,7 @@ impl ExplainerBuilder {
             Compute::Cpu(b) => {
                 let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
                 let size = loaded.size;
-                (Engine::Cpu(loaded), size)
+                (Engine::Cpu(Box::new(loaded)), size)
             }
             Compute::Cuda(b) => {
                 let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
@@ -158,7 +158,7 @@ impl<B: Backend> Loaded<B> {
 }
 
 enum Engine {
-    Cpu(Loaded<CpuBackend>),
+    Cpu(Box<Loaded<CpuBackend>>),
     Cuda(Box<Loaded<CudaBackend>>),
 }
 
@@ -166,7 +166,10 @@ enum Engine {
 macro_rules! with_engine {
     ($self:expr, |$e:ident| $body:expr) => {
         match &$self.engine {
-            Engine::Cpu($e) => $body,
+            Engine::Cpu(cpu) => {
+                let $e: &Loaded<CpuBackend> = cpu;
+                $body
+            }
             Engine::Cuda(cuda) => {
                 let $e: &Loaded<CudaBackend> = cuda;
                 $body
@@ -370,11 +373,13 @@ impl Explainer {
         let mut rows = Vec::new();
         for &method in methods {
             for mode in [RoiMode::Full, roi] {
-                let mut first = self.run(input, clip, class, method, mode, settings, |d, t| progress(method, mode, d, t))?;
+                let mut first =
+                    self.run(input, clip, class, method, mode, settings, |d, t| progress(method, mode, d, t))?;
                 let quick = Settings { faithfulness_steps: 0, ..settings.clone() };
                 let mut times = vec![first.seconds];
                 for _ in 1..repeat.max(1) {
-                    let again = self.run(input, clip, class, method, mode, &quick, |d, t| progress(method, mode, d, t))?;
+                    let again =
+                        self.run(input, clip, class, method, mode, &quick, |d, t| progress(method, mode, d, t))?;
                     times.push(again.seconds);
                 }
                 times.sort_by(f64::total_cmp);

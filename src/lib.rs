@@ -21,16 +21,17 @@
 //! # Layers
 //! Modules use only modules below them (`tests/layers.rs` checks this on every `use crate::`), top first:
 //!
-//! 1. [`explainer`] (the facade) and [`eval`] (data set runs over the facade)
-//! 2. [`selftest`] (kernels against their twins), [`bench`] (tables of runs)
-//! 3. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder
-//! 4. [`dataset`] (data set layouts), [`metrics`] (agreement, faithfulness)
-//! 5. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]
-//! 6. [`models`] (U-Net, CLIP on any backend)
-//! 7. [`backend`]: the `Backend` trait, CPU reference, CUDA kernels, perturbation twins, device choice
-//! 8. [`preprocess`], [`phantom`], [`render`]
-//! 9. [`io`] (NIfTI, DICOM, atomic writes), [`weights`]
-//! 10. [`tensor`], [`rng`], [`organs`], [`threshold`], [`error`]
+//! 1. [`eval`]: data set runs (durable JSONL, resume, shards, merge, summaries) over the facade
+//! 2. [`explainer`]: the facade
+//! 3. [`selftest`] (kernels against their twins), [`bench`] (tables of runs)
+//! 4. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder
+//! 5. [`dataset`] (data set layouts), [`metrics`] (agreement, faithfulness)
+//! 6. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]
+//! 7. [`models`] (U-Net, CLIP on any backend)
+//! 8. [`backend`]: the `Backend` trait, CPU reference, CUDA kernels, perturbation twins, device choice
+//! 9. [`preprocess`], [`phantom`], [`render`]
+//! 10. [`io`] (NIfTI, DICOM, atomic writes), [`weights`]
+//! 11. [`tensor`], [`rng`], [`organs`], [`threshold`], [`error`]
 //!
 //! The command line (`src/cli/`) is the binary's, on top of all of these; no library module uses it.
 
@@ -86,8 +87,9 @@ pub mod bench;
 #[allow(missing_docs)]
 pub mod selftest;
 
-pub mod eval;
 pub mod explainer;
+
+pub mod eval;
 
 pub use backend::{Device, Precision};
 pub use error::{Error, ErrorKind, Result};

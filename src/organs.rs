@@ -69,4 +69,3 @@ pub fn totalseg_to_flare22(id: u8) -> u8 {
 pub fn organ_name(class: usize) -> String {
     FLARE22_ORGANS.iter().find(|(id, _)| *id as usize == class).map_or(format!("class {class}"), |(_, n)| n.to_string())
 }
-

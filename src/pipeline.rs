@@ -173,24 +173,28 @@ impl MethodRun {
         let a = self.agreement.as_ref();
         let f = self.faithfulness.as_ref();
         let (lo, hi) = self.saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        RunSummary { method: self.method, roi: self.roi_mode, figures: RunFigures {
-            seconds: self.seconds,
-            forward_passes: self.forward_passes,
-            forward_fraction: Some(self.forward_fraction),
-            samples: self.samples,
-            roi_fraction: self.roi_fraction(),
-            saliency_range: Some([lo, hi]),
-            dice: a.map(|a| a.half.dice),
-            iou: a.map(|a| a.half.iou),
-            dice_topk: a.map(|a| a.top_k.dice),
-            iou_topk: a.map(|a| a.top_k.iou),
-            dice_otsu: a.map(|a| a.otsu.dice),
-            iou_otsu: a.map(|a| a.otsu.iou),
-            auroc: a.map(|a| a.auroc),
-            pointing_game: a.map(|a| a.pointing_game),
-            deletion_auc: f.map(|f| f.deletion_auc),
-            insertion_auc: f.map(|f| f.insertion_auc),
-        } }
+        RunSummary {
+            method: self.method,
+            roi: self.roi_mode,
+            figures: RunFigures {
+                seconds: self.seconds,
+                forward_passes: self.forward_passes,
+                forward_fraction: Some(self.forward_fraction),
+                samples: self.samples,
+                roi_fraction: self.roi_fraction(),
+                saliency_range: Some([lo, hi]),
+                dice: a.map(|a| a.half.dice),
+                iou: a.map(|a| a.half.iou),
+                dice_topk: a.map(|a| a.top_k.dice),
+                iou_topk: a.map(|a| a.top_k.iou),
+                dice_otsu: a.map(|a| a.otsu.dice),
+                iou_otsu: a.map(|a| a.otsu.iou),
+                auroc: a.map(|a| a.auroc),
+                pointing_game: a.map(|a| a.pointing_game),
+                deletion_auc: f.map(|f| f.deletion_auc),
+                insertion_auc: f.map(|f| f.insertion_auc),
+            },
+        }
     }
 }
 

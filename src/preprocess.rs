@@ -200,6 +200,26 @@ pub fn argmax_on_grid(probs: &[f32], channels: usize, model: (usize, usize), sli
         .collect()
 }
 
+impl std::str::FromStr for Intensity {
+    type Err = anyhow::Error;
+
+    /// A CT window "LOW,HIGH" in HU (e.g. "-160,240"), or "mr" for the MR percentile rule.
+    fn from_str(s: &str) -> Result<Self> {
+        if s.trim() == "mr" {
+            return Ok(Intensity::MrPercentile);
+        }
+        let parts: Vec<f32> = s
+            .split(',')
+            .map(|p| p.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--window {s:?}: expected LOW,HIGH in HU, e.g. -160,240"))?;
+        match parts[..] {
+            [low, high] if low < high && low.is_finite() && high.is_finite() => Ok(Intensity::CtWindow { low, high }),
+            _ => bail!("--window {s:?}: expected LOW,HIGH with LOW < HIGH"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,25 +274,5 @@ mod tests {
     fn window_clamps_to_unit_range() {
         let img = Image { height: 1, width: 3, data: vec![-1000.0, 40.0, 1000.0] };
         assert_eq!(normalise(&img, (-160.0, 240.0)).data, vec![0.0, 0.5, 1.0]);
-    }
-}
-
-impl std::str::FromStr for Intensity {
-    type Err = anyhow::Error;
-
-    /// A CT window "LOW,HIGH" in HU (e.g. "-160,240"), or "mr" for the MR percentile rule.
-    fn from_str(s: &str) -> Result<Self> {
-        if s.trim() == "mr" {
-            return Ok(Intensity::MrPercentile);
-        }
-        let parts: Vec<f32> = s
-            .split(',')
-            .map(|p| p.trim().parse::<f32>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| anyhow::anyhow!("--window {s:?}: expected LOW,HIGH in HU, e.g. -160,240"))?;
-        match parts[..] {
-            [low, high] if low < high && low.is_finite() && high.is_finite() => Ok(Intensity::CtWindow { low, high }),
-            _ => bail!("--window {s:?}: expected LOW,HIGH with LOW < HIGH"),
-        }
     }
 }

@@ -6,8 +6,8 @@
 //! writes fails; NaN never passes.
 
 use crate::backend::cuda::Precision;
-use crate::backend::{Activation, Backend, CpuBackend, Scene};
 use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
+use crate::backend::{Activation, Backend, CpuBackend, Scene};
 use crate::rng::Philox;
 use crate::tensor::Tensor;
 use anyhow::Result;

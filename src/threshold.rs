@@ -45,4 +45,3 @@ pub fn otsu(values: &[f32]) -> f32 {
     // Pixels strictly above the bin boundary are foreground.
     (threshold as f32 + 0.5) / 255.0
 }
-

@@ -4,10 +4,11 @@
 mod common;
 use common::*;
 use xaiclip::backend::CpuBackend;
-use xaiclip::cli::explain::{clip_roi, load_labels, LabelIds, MethodArgs};
+use xaiclip::dataset::{load_labels, LabelIds};
 use xaiclip::io::{self, Volume};
 use xaiclip::models::BasicUNet;
 use xaiclip::pipeline::SliceInput;
+use xaiclip::pipeline::{ClipOptions, ClipRoiFinder};
 use xaiclip::preprocess::Intensity;
 use xaiclip::roi::{region, RoiMode};
 use xaiclip::segment::{segment_slices, SegmentOptions};
@@ -93,7 +94,7 @@ fn unet_segments_the_liver_of_unseen_phantoms() {
 #[test]
 fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
     let Some(shared) = shared_data() else { return };
-    let args = MethodArgs::parse_from_defaults(0);
+    let finder = ClipRoiFinder::load(&CpuBackend, &ClipOptions::default()).unwrap();
     let size = 256;
     for (organ, name, _) in TRACKED {
         let (mut covered, mut total, mut area, mut n) = (0usize, 0usize, 0.0f64, 0usize);
@@ -105,7 +106,7 @@ fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
                 if !truth.contains(&true) {
                     continue;
                 }
-                let clip = clip_roi(&CpuBackend, &args, &input, organ as usize).unwrap();
+                let clip = finder.roi(&CpuBackend, &input, organ as usize).unwrap();
                 let roi = region(
                     RoiMode::Clip,
                     &vec![false; size * size],

@@ -102,7 +102,9 @@ fn perturbed_batches_keep_pixels_outside_the_roi() {
     };
     let rise = Rise { masks: 100, grid: 6, p1: 0.5, seed: 1, tol: None };
     let origins = [(3, 4), (20, 25), (0, 0)];
-    for masks in [MaskBatch::Rise { masks: rise.mask_set(), first: 40 }, MaskBatch::Windows { origins: &origins, window: 9 }] {
+    for masks in
+        [MaskBatch::Rise { masks: rise.mask_set(), first: 40 }, MaskBatch::Windows { origins: &origins, window: 9 }]
+    {
         let (m, images) = CpuBackend.perturb(&scene, &masks, 0, 3).unwrap();
         let mut expected = vec![0f32; plane];
         for i in 0..3 {

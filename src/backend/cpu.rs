@@ -4,8 +4,8 @@
 //! rayon task owns one (image, tile) pair, and the GEMM inside a task runs single-threaded so the two
 //! levels of parallelism do not fight.
 
-use super::{perturb, Activation, Backend, Scene};
 use super::perturb::{MaskBatch, ScoreKind};
+use super::{perturb, Activation, Backend, Scene};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
 use gemm::Parallelism;

@@ -6,8 +6,8 @@
 //! device pointers: launches on one stream are ordered, and a buffer is freed only after the host call
 //! that used it returned (the stream is drained on download).
 
-use super::{perturb::Scene, Activation, Backend};
 use super::perturb::{MaskBatch, ScoreKind};
+use super::{perturb::Scene, Activation, Backend};
 use crate::error::{Error, ErrorKind};
 use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};

@@ -9,9 +9,9 @@ pub mod cuda;
 pub mod device;
 pub mod perturb;
 
-use perturb::{MaskBatch, ScoreKind};
 use crate::tensor::Tensor;
 use anyhow::Result;
+use perturb::{MaskBatch, ScoreKind};
 
 pub use cpu::CpuBackend;
 pub use cuda::{CudaBackend, Precision};

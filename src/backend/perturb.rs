@@ -62,7 +62,6 @@ impl RiseMasks {
             }
         }
     }
-
 }
 
 /// The keep-masks an explainer asks for, described by a few parameters so that a backend can build them

@@ -142,12 +142,8 @@ impl MethodArgs {
             tol: self.rise_tol.or(s.rise.tol),
         };
         let samples = self.samples.unwrap_or(s.lime.samples);
-        s.lime = Lime {
-            samples,
-            kernel_width: self.kernel_width.unwrap_or(s.lime.kernel_width),
-            seed: self.seed,
-            ..s.lime
-        };
+        s.lime =
+            Lime { samples, kernel_width: self.kernel_width.unwrap_or(s.lime.kernel_width), seed: self.seed, ..s.lime };
         s.shap = KernelShap { samples, seed: self.seed };
         s.segmenter = match (self.segmenter, s.segmenter) {
             (Some(SegmenterKind::Slic), Segmenter::Felzenszwalb { .. })

@@ -9,9 +9,9 @@ use xaiclip::bench::bench_tables;
 use xaiclip::dataset::LabelIds;
 use xaiclip::io::write_text;
 use xaiclip::organs::{organ_class, organ_name};
+use xaiclip::phantom;
 use xaiclip::pipeline::{Method, Slices};
 use xaiclip::roi::RoiMode;
-use xaiclip::phantom;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchCmd {
@@ -64,7 +64,12 @@ pub fn run(cmd: BenchCmd, device: &DeviceArgs) -> Result<()> {
         Case::new(&explainer, p.ct, Some(p.labels), &slices, class)?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;
-        let args = CaseArgs { image: image.to_path_buf(), label: cmd.label.clone(), label_ids: cmd.label_ids, slice: cmd.slice.clone() };
+        let args = CaseArgs {
+            image: image.to_path_buf(),
+            label: cmd.label.clone(),
+            label_ids: cmd.label_ids,
+            slice: cmd.slice.clone(),
+        };
         load_case(&explainer, &args, &cmd.method_args.organ)?
     };
     let clip = case.clip(&explainer, cmd.roi.uses_clip())?;

@@ -14,7 +14,6 @@ pub struct ConvertCmd {
     pub out: PathBuf,
 }
 
-
 /// Converts the image.
 pub fn run(cmd: ConvertCmd) -> Result<()> {
     let v = io::read_image(&cmd.image)?;

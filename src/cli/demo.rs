@@ -38,8 +38,13 @@ pub fn run(cmd: DemoCmd, device: &DeviceArgs) -> Result<()> {
     let explainer = args.explainer(device, None)?;
     let p = phantom::generate(7, 256, 32);
     let phantom_dir = out.join("phantom");
-    std::fs::create_dir_all(&phantom_dir).with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
-    io::nifti::write_like(&phantom_dir.join("ct.nii.gz"), &p.ct, &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>())?;
+    std::fs::create_dir_all(&phantom_dir)
+        .with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
+    io::nifti::write_like(
+        &phantom_dir.join("ct.nii.gz"),
+        &p.ct,
+        &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>(),
+    )?;
     io::nifti::write_like(&phantom_dir.join("labels.nii.gz"), &p.ct, &p.labels)?;
     let case = Case::new(&explainer, p.ct, Some(p.labels), &Slices::OrganCenter, 1)?;
     let clip = case.clip(&explainer, true)?;
@@ -50,14 +55,23 @@ pub fn run(cmd: DemoCmd, device: &DeviceArgs) -> Result<()> {
     settings.lime.samples = cmd.samples;
     settings.shap.samples = cmd.samples;
     settings.faithfulness_steps = 16;
-    eprintln!("explaining {} on phantom slice {} (ROI: CLIP organ map + {} mm)", organ_name(1), case.slice, settings.margin_mm);
+    eprintln!(
+        "explaining {} on phantom slice {} (ROI: CLIP organ map + {} mm)",
+        organ_name(1),
+        case.slice,
+        settings.margin_mm
+    );
     let rows = bench_rows(&explainer, &case, &clip, &Method::ALL, RoiMode::Clip, &settings, 1)?;
     let overlays: Vec<_> = rows.iter().map(|r| overlay_image(&case.input, r)).collect();
     for (r, img) in rows.iter().zip(&overlays) {
         render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), img)?;
     }
     // Columns: methods; rows: full image, then ROI.
-    let ordered: Vec<_> = [0, 1].iter().flat_map(|&m| (0..Method::ALL.len()).map(move |i| 2 * i + m)).map(|i| overlays[i].clone()).collect();
+    let ordered: Vec<_> = [0, 1]
+        .iter()
+        .flat_map(|&m| (0..Method::ALL.len()).map(move |i| 2 * i + m))
+        .map(|i| overlays[i].clone())
+        .collect();
     render::save_png(&out.join("overlays.png"), &render::grid(&ordered, Method::ALL.len()))?;
     let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": explainer.device_name(), "settings": format!("{settings:?}")});
     let (md, table) = bench_tables(&rows, context);

@@ -61,7 +61,11 @@ pub struct EvalCmd {
 pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
     if !cmd.merge.is_empty() {
         let lines = eval::merge(&cmd.merge, &cmd.out)?;
-        eprintln!("merged {} folders: {lines} result lines in {}", cmd.merge.len(), cmd.out.join("results.jsonl").display());
+        eprintln!(
+            "merged {} folders: {lines} result lines in {}",
+            cmd.merge.len(),
+            cmd.out.join("results.jsonl").display()
+        );
         return Ok(());
     }
     let dataset = cmd.dataset.ok_or_else(|| anyhow!("--dataset is required"))?;

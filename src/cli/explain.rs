@@ -40,7 +40,11 @@ pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     let size = explainer.model_size();
     let run = run_with_progress(&explainer, &case, &clip, cmd.method, cmd.roi, settings)?;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
-    io::nifti::write_like(&cmd.out.join("saliency.nii.gz"), &case.volume, &saliency_volume(&case.volume, case.slice, &run.saliency, size)?)?;
+    io::nifti::write_like(
+        &cmd.out.join("saliency.nii.gz"),
+        &case.volume,
+        &saliency_volume(&case.volume, case.slice, &run.saliency, size)?,
+    )?;
     render::save_png(&cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
     let mut result = serde_json::to_value(run.summary())?;
     result["agreement"] = json!(run.agreement);
@@ -82,7 +86,13 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(explainer: &Explainer, volume: Volume, labels: Option<Vec<u8>>, slices: &Slices, class: usize) -> Result<Self> {
+    pub fn new(
+        explainer: &Explainer,
+        volume: Volume,
+        labels: Option<Vec<u8>>,
+        slices: &Slices,
+        class: usize,
+    ) -> Result<Self> {
         let slice = explainer.pick_slice(&volume, labels.as_deref(), slices, class)?;
         let input = explainer.prepare(&volume, labels.as_deref(), slice, class, explainer.intensity())?;
         Ok(Self { volume, slice, class, input })
@@ -95,7 +105,14 @@ impl Case {
 }
 
 /// Runs one method with a progress bar of forward passes.
-pub fn run_with_progress(explainer: &Explainer, case: &Case, clip: &ClipRoi, method: Method, roi: RoiMode, settings: &Settings) -> Result<MethodRun> {
+pub fn run_with_progress(
+    explainer: &Explainer,
+    case: &Case,
+    clip: &ClipRoi,
+    method: Method,
+    roi: RoiMode,
+    settings: &Settings,
+) -> Result<MethodRun> {
     let bar = progress_bar(0, &format!("{} ({})", method.name(), roi.name()));
     let run = explainer.run(&case.input, clip, case.class, method, roi, settings, |done, total| {
         bar.set_length(total as u64);
@@ -106,22 +123,46 @@ pub fn run_with_progress(explainer: &Explainer, case: &Case, clip: &ClipRoi, met
 }
 
 /// The bench rows with one progress bar per run and a line per finished row.
-pub fn bench_rows(explainer: &Explainer, case: &Case, clip: &ClipRoi, methods: &[Method], roi: RoiMode, settings: &Settings, repeat: usize) -> Result<Vec<MethodRun>> {
+pub fn bench_rows(
+    explainer: &Explainer,
+    case: &Case,
+    clip: &ClipRoi,
+    methods: &[Method],
+    roi: RoiMode,
+    settings: &Settings,
+    repeat: usize,
+) -> Result<Vec<MethodRun>> {
     let mut bar: Option<(Method, RoiMode, indicatif::ProgressBar)> = None;
-    let rows = explainer.bench(&case.input, clip, case.class, methods, roi, settings, repeat, |method, mode, done, total| {
-        if !bar.as_ref().is_some_and(|(m, r, _)| (*m, *r) == (method, mode)) {
-            if let Some((_, _, b)) = bar.take() {
-                b.finish_and_clear();
+    let rows = explainer.bench(
+        &case.input,
+        clip,
+        case.class,
+        methods,
+        roi,
+        settings,
+        repeat,
+        |method, mode, done, total| {
+            if !bar.as_ref().is_some_and(|(m, r, _)| (*m, *r) == (method, mode)) {
+                if let Some((_, _, b)) = bar.take() {
+                    b.finish_and_clear();
+                }
+                bar = Some((method, mode, progress_bar(0, &format!("{} ({})", method.name(), mode.name()))));
             }
-            bar = Some((method, mode, progress_bar(0, &format!("{} ({})", method.name(), mode.name()))));
-        }
-        if let Some((_, _, b)) = &bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
-    }, |row| {
-        eprintln!("{:<10} {:<8} {:>8.2}s {:>6} forward passes", row.method.name(), row.roi_mode.name(), row.seconds, row.forward_passes);
-    });
+            if let Some((_, _, b)) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+        },
+        |row| {
+            eprintln!(
+                "{:<10} {:<8} {:>8.2}s {:>6} forward passes",
+                row.method.name(),
+                row.roi_mode.name(),
+                row.seconds,
+                row.forward_passes
+            );
+        },
+    );
     if let Some((_, _, b)) = bar {
         b.finish_and_clear();
     }

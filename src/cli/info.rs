@@ -14,7 +14,6 @@ pub struct InfoCmd {
     pub path: PathBuf,
 }
 
-
 fn is_weights_path(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "safetensors") || (path.is_dir() && path.join("model.safetensors").is_file())
 }

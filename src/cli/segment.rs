@@ -32,7 +32,6 @@ pub struct SegmentCmd {
     pub batch: usize,
 }
 
-
 /// Segments the asked slices and writes the label volume.
 pub fn run(cmd: SegmentCmd, device: &DeviceArgs) -> Result<()> {
     let volume = io::read_image(&cmd.image)?;

@@ -84,12 +84,18 @@ pub fn run(cmd: SelftestCmd, device: &DeviceArgs) -> Result<()> {
             let batch = cmd.batch.unwrap_or(if gpu { 256 } else { 16 });
             if gpu {
                 // Same settings on both sides, small enough for the CPU.
-                explain
-                    .extend(xaiclip::on_backend!(compute, |b| check_explainers(b, true, false, 64, 16, |_| bar.inc(1)))?);
+                explain.extend(
+                    xaiclip::on_backend!(compute, |b| check_explainers(b, true, false, 64, 16, |_| bar.inc(1)))?
+                );
             }
-            explain.extend(xaiclip::on_backend!(compute, |b| check_explainers(b, false, false, samples, batch, |_| {
-                bar.inc(1)
-            }))?);
+            explain.extend(xaiclip::on_backend!(compute, |b| check_explainers(
+                b,
+                false,
+                false,
+                samples,
+                batch,
+                |_| { bar.inc(1) }
+            ))?);
         }
         bar.finish_and_clear();
         println!("{}", explain_table(&explain));
@@ -110,4 +116,3 @@ pub fn run(cmd: SelftestCmd, device: &DeviceArgs) -> Result<()> {
     println!("all {} checks passed", kernels.len() + explain.len());
     Ok(())
 }
-

@@ -10,8 +10,8 @@ pub mod occlusion;
 pub mod rise;
 pub mod superpixels;
 
-pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
 use crate::backend::perturb::keep_outside_roi_and_blend;
+pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
 use crate::backend::{Backend, Scene};
 use crate::error::{kind_of, ErrorKind};
 use crate::fail;

@@ -173,5 +173,7 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 
 /// Writes a whole output file atomically (text or bytes).
 pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
-    write_atomically(path, |tmp| std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display())))
+    write_atomically(path, |tmp| {
+        std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display()))
+    })
 }

@@ -75,7 +75,10 @@ pub fn read(path: &Path) -> Result<Volume> {
             | NiftiType::Float32
             | NiftiType::Float64
     ) {
-        fail!(Unsupported, "{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)");
+        fail!(
+            Unsupported,
+            "{p}: unsupported datatype {datatype:?} (supported: integer types up to 32 bits, float32, float64)"
+        );
     }
     // The crate sizes its read buffer from bitpix: a header whose bitpix disagrees with its datatype
     // made it allocate tens of GiB (found by fuzzing).
