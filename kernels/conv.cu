@@ -5,6 +5,7 @@
 //
 // Twins: CpuBackend::conv2d (im2col + gemm) and CpuBackend::conv_transpose2d.
 #include "common.cuh"
+#include <cstddef>
 #include <mma.h>
 #include <cuda_bf16.h>
 using namespace nvcuda;
@@ -18,6 +19,10 @@ struct ConvArgs {
     int n, ca, cb, h, wd, cout, kh, kw, stride, pad, hout, wout, act;
     float slope;
 };
+// The layout src/backend/cuda.rs asserts for its ConvArgs (pushed by value).
+static_assert(sizeof(ConvArgs) == 96 && offsetof(ConvArgs, n) == 40 && offsetof(ConvArgs, act) == 88 &&
+                  offsetof(ConvArgs, slope) == 92,
+              "ConvArgs must match src/backend/cuda.rs");
 
 // Input value for GEMM row k (channel, ky, kx) at the output pixel this thread decoded.
 struct Column {

@@ -1,5 +1,6 @@
-// Memory-bound layers of the U-Net and the ViT, and the linear-layer GEMM. Twins: the CpuBackend method
-// of the same name.
+// Memory-bound layers of the U-Net and the ViT, and the linear-layer GEMM. Twins: the CpuBackend
+// methods that src/backend/kernels.rs names for each kernel (Kernel::twin), e.g. instance_norm_act ->
+// instance_norm, softmax_rows -> softmax_last, layer_norm_rows -> layer_norm, linear_f32 -> linear.
 #include "common.cuh"
 
 #define GRID_STRIDE(i, total) \

@@ -4,6 +4,7 @@
 // ::accumulate_weighted, which produce the same bits for masks, images and sums (every rounding step
 // is spelled out with __f*_rn so no multiply-add is contracted).
 #include "common.cuh"
+#include <cstddef>
 
 struct PerturbArgs {
     const float* input;     // (plane)
@@ -13,6 +14,8 @@ struct PerturbArgs {
     float* images;          // (n, plane)
     int n, size;
 };
+// The layout src/backend/cuda.rs asserts for its PerturbArgs (pushed by value).
+static_assert(sizeof(PerturbArgs) == 48 && offsetof(PerturbArgs, n) == 40, "PerturbArgs must match src/backend/cuda.rs");
 
 __device__ __forceinline__ void emit(const PerturbArgs& a, int i, int p, float m) {
     long long plane = (long long)a.size * a.size;

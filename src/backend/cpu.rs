@@ -20,7 +20,9 @@ const TILE_COLUMNS: usize = 2048;
 /// A raw pointer that rayon tasks may share because each writes a disjoint region.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
+// SAFETY: users write disjoint regions from different tasks and join before reading (see each use).
 unsafe impl Send for SharedMut {}
+// SAFETY: as for Send: no two tasks touch the same element.
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
@@ -32,7 +34,7 @@ impl SharedMut {
 
 /// dst (m x n, row stride dst_rs) = lhs (m x k, strides lhs_rs/lhs_cs) * rhs (k x n, strides rhs_rs/rhs_cs).
 ///
-/// Safety: the pointers must cover the described matrices; dst must not alias the inputs.
+/// SAFETY: the pointers must cover the described matrices; dst must not alias the inputs.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
     m: usize,
@@ -83,6 +85,7 @@ fn threads() -> Parallelism {
 /// backend uses: C (m x n) = A (m x k) * B (k x n), all row-major.
 pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the assert above: all three slices cover their matrices, and c is borrowed mutably alone.
     unsafe {
         matmul(m, n, k, c.as_mut_ptr(), n as isize, 1, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, threads());
     }
@@ -102,7 +105,7 @@ fn vector_arg<'a>(t: Option<&'a Tensor>, len: usize, what: &str) -> Result<Optio
 /// it at start; benches call it to measure what the binary does.
 pub fn reuse_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // Safety: mallopt only changes allocator tuning parameters.
+    // SAFETY: mallopt only changes allocator tuning parameters.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
@@ -229,7 +232,7 @@ impl Backend for CpuBackend {
                     (col.as_ptr(), ncols as isize)
                 };
                 let plane = hout * wout;
-                // Safety (both branches): this task writes rows [oy0, oy1) of every output channel of image
+                // SAFETY (both branches and the unsafe blocks below): this task writes rows [oy0, oy1) of every output channel of image
                 // img_idx only; rhs spans kdim rows of ncols columns.
                 let dst = unsafe { out_ptr.ptr().add(img_idx * cout * plane + oy0 * wout) };
                 if channel_fastest {
@@ -304,6 +307,7 @@ impl Backend for CpuBackend {
                 // kernel == stride every output pixel receives exactly one term.
                 buf.resize(rows * hw, 0.0);
                 let img = &x.data()[i * cin * hw..(i + 1) * cin * hw];
+                // SAFETY: buf holds rows x hw, weight cin x rows, img cin x hw, all contiguous.
                 unsafe {
                     matmul(
                         rows,
@@ -491,6 +495,7 @@ impl Backend for CpuBackend {
         *shape.last_mut().unwrap() = out_f;
         let mut out = Tensor::zeros(&shape);
         // rhs = W^T: element (k, j) is W[j, k].
+        // SAFETY: x, weight and out were checked to hold rows x in_f, out_f x in_f and rows x out_f.
         unsafe {
             matmul(
                 rows,
@@ -555,6 +560,7 @@ impl Backend for CpuBackend {
                 &v.data()[i * lk * width + h * d..],
             );
             scores.resize(lq * lk, 0.0);
+            // SAFETY: scores holds lq x lk; qi and ki cover lq (lk) rows of width `width` from offset h*d.
             unsafe {
                 // scores = Q K^T (rhs element (c, j) = K[j, c]).
                 matmul(
@@ -580,7 +586,7 @@ impl Backend for CpuBackend {
                 }
                 softmax_in_place(row);
             }
-            // Safety: this task writes columns [h*d, (h+1)*d) of item i only.
+            // SAFETY: this task writes columns [h*d, (h+1)*d) of item i only.
             unsafe {
                 let dst = out_ptr.ptr().add(i * lq * width + h * d);
                 matmul(

@@ -6,6 +6,7 @@
 //! device pointers: launches on one stream are ordered, and a buffer is freed only after the host call
 //! that used it returned (the stream is drained on download).
 
+use super::kernels::Kernel;
 use super::perturb::{MaskBatch, ScoreKind};
 use super::{perturb::Scene, Activation, Backend};
 use crate::error::{Error, ErrorKind};
@@ -44,7 +45,7 @@ pub struct CudaBackend {
     precision: Precision,
     stream: Arc<CudaStream>,
     modules: Vec<Arc<CudaModule>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    functions: Mutex<HashMap<Kernel, CudaFunction>>,
     /// Fill new tensors with NaN instead of zeros (selftest: an output element a kernel never wrote
     /// then shows up as NaN, which never passes).
     poison: AtomicBool,
@@ -73,7 +74,12 @@ struct ConvArgs {
     act: i32,
     slope: f32,
 }
+// SAFETY: plain #[repr(C)] data with the layout of kernels/conv.cu's ConvArgs (checked below and by a
+// static_assert there), passed to the kernel by value.
 unsafe impl DeviceRepr for ConvArgs {}
+// The same size and field offsets as kernels/conv.cu asserts for its ConvArgs.
+const _: () = assert!(std::mem::size_of::<ConvArgs>() == 96 && std::mem::offset_of!(ConvArgs, n) == 40);
+const _: () = assert!(std::mem::offset_of!(ConvArgs, act) == 88 && std::mem::offset_of!(ConvArgs, slope) == 92);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -86,7 +92,10 @@ struct PerturbArgs {
     n: i32,
     size: i32,
 }
+// SAFETY: plain #[repr(C)] data with the layout of kernels/perturb.cu's PerturbArgs (checked below and by
+// a static_assert there), passed to the kernel by value.
 unsafe impl DeviceRepr for PerturbArgs {}
+const _: () = assert!(std::mem::size_of::<PerturbArgs>() == 48 && std::mem::offset_of!(PerturbArgs, n) == 40);
 
 /// A driver call's failure, typed as out of memory when it is (callers retry with a smaller batch).
 fn driver<T>(r: std::result::Result<T, cudarc::driver::DriverError>, what: &str) -> Result<T> {
@@ -130,13 +139,15 @@ fn nchw(t: &CudaTensor, what: &str) -> Result<(usize, usize, usize, usize)> {
 
 /// Launches kernel `$name` of `$backend` with `$cfg` and the listed argument references; checks the launch.
 macro_rules! launch {
-    ($backend:expr, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?] $(, extra = $extra:expr)?) => {{
-        let f = $backend.function($name)?;
+    ($backend:expr, $kernel:expr, $cfg:expr, [$($arg:expr),* $(,)?] $(, extra = $extra:expr)?) => {{
+        let kernel: Kernel = $kernel;
+        let f = $backend.function(kernel)?;
         let mut builder = $backend.stream.launch_builder(&f);
         $( builder.arg($arg); )*
         $( for e in $extra { builder.arg(e); } )?
-        // Safety: every kernel's parameter list matches what its caller pushes (kernels/*.cu).
-        driver(unsafe { builder.launch($cfg) }, $name).map(|_| ())
+        // SAFETY: every kernel's parameter list matches what its caller pushes (kernels/*.cu), and the
+        // pointers pushed are live allocations of this backend's stream.
+        driver(unsafe { builder.launch($cfg) }, kernel.name()).map(|_| ())
     }};
 }
 
@@ -145,7 +156,7 @@ impl CudaBackend {
     /// no such device, kernels the driver cannot load.
     pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
         ensure!(!MODULES.is_empty(), "{BUILD_STATUS}");
-        // Safety: only probes whether libcuda can be loaded; without it cudarc would panic on first use.
+        // SAFETY: only probes whether libcuda can be loaded; without it cudarc would panic on first use.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             bail!("no CUDA driver found (libcuda.so could not be loaded): run on a machine with an NVIDIA driver, or use --device cpu");
         }
@@ -157,7 +168,7 @@ impl CudaBackend {
             count - 1
         );
         let ctx = driver(CudaContext::new(ordinal), "context")?;
-        // Safety: this backend uses one stream for everything (see the module comment).
+        // SAFETY: this backend uses one stream for everything (see the module comment).
         unsafe { ctx.disable_event_tracking() };
         let device_name = driver(ctx.name(), "device name")?;
         let modules = MODULES
@@ -204,17 +215,20 @@ impl CudaBackend {
         self.poison.store(on, Ordering::Relaxed);
     }
 
-    fn function(&self, name: &'static str) -> Result<CudaFunction> {
+    /// The kernel's function, loaded from its own module on first use.
+    fn function(&self, kernel: Kernel) -> Result<CudaFunction> {
         let mut cache = self.functions.lock().map_err(|_| anyhow!("kernel cache poisoned"))?;
-        if let Some(f) = cache.get(name) {
+        if let Some(f) = cache.get(&kernel) {
             return Ok(f.clone());
         }
-        let f = self
-            .modules
+        let index = MODULES
             .iter()
-            .find_map(|m| m.load_function(name).ok())
-            .with_context(|| format!("kernel {name} is in none of the loaded modules"))?;
-        cache.insert(name, f.clone());
+            .position(|(stem, _)| *stem == kernel.module())
+            .with_context(|| format!("kernels/{}.cu was not built", kernel.module()))?;
+        let f = self.modules[index]
+            .load_function(kernel.name())
+            .map_err(|e| anyhow!("kernel {} is not in kernels/{}.cu: {e}", kernel.name(), kernel.module()))?;
+        cache.insert(kernel, f.clone());
         Ok(f)
     }
 
@@ -230,10 +244,10 @@ impl CudaBackend {
         let len = shape.iter().product::<usize>().max(1);
         // Left uninitialised: every kernel writes all of its output (the selftest's poisoned outputs
         // check that), so zeroing would only add a pass over memory.
-        // Safety: f32 has no invalid bit patterns and nothing reads the buffer before a kernel writes it.
+        // SAFETY: f32 has no invalid bit patterns and nothing reads the buffer before a kernel writes it.
         let buf = driver(unsafe { self.stream.alloc::<f32>(len) }, "alloc")?;
         if self.poison.load(Ordering::Relaxed) {
-            // Safety: buf is a live allocation of len f32 on this stream; all-ones bytes are a NaN.
+            // SAFETY: buf is a live allocation of len f32 on this stream; all-ones bytes are a NaN.
             driver(
                 unsafe {
                     cudarc::driver::result::memset_d8_async(self.ptr(&buf), 0xFF, len * 4, self.stream.cu_stream())
@@ -310,11 +324,11 @@ impl CudaBackend {
         let pixels = n * hout * wout;
         // (kernel, rows of Cout per block, pixels per block, threads): thin layers get thin tiles.
         let (name, bm, bn, threads) = match self.precision {
-            Precision::Tf32 => ("conv2d_tf32", 64, 64, 128),
-            Precision::Bf16 => ("conv2d_bf16", 64, 64, 128),
-            Precision::F32 if cout <= 16 => ("conv2d_f32_m16", 16, 256, 256),
-            Precision::F32 if cout <= 32 => ("conv2d_f32_m32", 32, 128, 256),
-            Precision::F32 => ("conv2d_f32_m64", 64, 64, 256),
+            Precision::Tf32 => (Kernel::Conv2dTf32, 64, 64, 128),
+            Precision::Bf16 => (Kernel::Conv2dBf16, 64, 64, 128),
+            Precision::F32 if cout <= 16 => (Kernel::Conv2dF32M16, 16, 256, 256),
+            Precision::F32 if cout <= 32 => (Kernel::Conv2dF32M32, 32, 128, 256),
+            Precision::F32 => (Kernel::Conv2dF32M64, 64, 64, 256),
         };
         let cfg = LaunchConfig {
             grid_dim: (pixels.div_ceil(bn) as u32, cout.div_ceil(bm) as u32, 1),
@@ -326,12 +340,12 @@ impl CudaBackend {
     }
 
     /// Runs `name(x, y, planes, h, w, extra...)`-style plane kernels that write a new tensor.
-    fn plane_op(&self, name: &'static str, x: &CudaTensor, out_shape: &[usize], extra: &[i32]) -> Result<CudaTensor> {
-        let (n, c, h, w) = nchw(x, name)?;
+    fn plane_op(&self, kernel: Kernel, x: &CudaTensor, out_shape: &[usize], extra: &[i32]) -> Result<CudaTensor> {
+        let (n, c, h, w) = nchw(x, kernel.name())?;
         let y = self.alloc(out_shape)?;
         let (xp, yp, planes) = (self.ptr(&x.buf), self.ptr(&y.buf), (n * c) as i64);
         let (h, w) = (i32_of(h, "height")?, i32_of(w, "width")?);
-        launch!(self, name, elementwise(y.buf.len()), [&xp, &yp, &planes, &h, &w], extra = extra)?;
+        launch!(self, kernel, elementwise(y.buf.len()), [&xp, &yp, &planes, &h, &w], extra = extra)?;
         Ok(y)
     }
 }
@@ -412,7 +426,7 @@ impl Backend for CudaBackend {
             i32_of(h, "height")?,
             i32_of(w, "width")?,
         ];
-        launch!(self, "conv_transpose2x2", elementwise(y.buf.len()), [&xp, &wp, &bias, &yp], extra = &dims)?;
+        launch!(self, Kernel::ConvTranspose2x2, elementwise(y.buf.len()), [&xp, &wp, &bias, &yp], extra = &dims)?;
         Ok(y)
     }
 
@@ -430,7 +444,7 @@ impl Backend for CudaBackend {
         let (xp, channels, plane) = (self.ptr(&x.buf), i32_of(c, "channels")?, i32_of(h * w, "plane")?);
         let (act, slope) = act_code(act);
         let cfg = LaunchConfig { grid_dim: ((n * c) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "instance_norm_act", cfg, [&xp, &g, &bt, &channels, &plane, &eps, &act, &slope])
+        launch!(self, Kernel::InstanceNormAct, cfg, [&xp, &g, &bt, &channels, &plane, &eps, &act, &slope])
     }
 
     fn activate(&self, x: &mut CudaTensor, act: Activation) -> Result<()> {
@@ -439,24 +453,24 @@ impl Backend for CudaBackend {
         }
         let (xp, len) = (self.ptr(&x.buf), x.buf.len() as i64);
         let (act, slope) = act_code(act);
-        launch!(self, "activate_inplace", elementwise(x.buf.len()), [&xp, &len, &act, &slope])
+        launch!(self, Kernel::ActivateInplace, elementwise(x.buf.len()), [&xp, &len, &act, &slope])
     }
 
     fn max_pool2d(&self, x: &CudaTensor, k: usize) -> Result<CudaTensor> {
         let (n, c, h, w) = nchw(x, "max_pool2d")?;
         ensure!(k >= 1 && h >= k && w >= k, "max_pool2d: window {k} larger than input {h}x{w}");
-        self.plane_op("max_pool2d", x, &[n, c, h / k, w / k], &[i32_of(k, "window")?])
+        self.plane_op(Kernel::MaxPool2d, x, &[n, c, h / k, w / k], &[i32_of(k, "window")?])
     }
 
     fn upsample_bilinear2x(&self, x: &CudaTensor) -> Result<CudaTensor> {
         let (n, c, h, w) = nchw(x, "upsample_bilinear2x")?;
-        self.plane_op("upsample_bilinear2x", x, &[n, c, 2 * h, 2 * w], &[])
+        self.plane_op(Kernel::UpsampleBilinear2x, x, &[n, c, 2 * h, 2 * w], &[])
     }
 
     fn pad_replicate_end(&self, x: &CudaTensor, ho: usize, wo: usize) -> Result<CudaTensor> {
         let (n, c, h, w) = nchw(x, "pad_replicate_end")?;
         ensure!(ho >= h && wo >= w && h > 0 && w > 0, "pad_replicate_end: cannot pad {h}x{w} to {ho}x{wo}");
-        self.plane_op("pad_replicate_end", x, &[n, c, ho, wo], &[i32_of(ho, "height")?, i32_of(wo, "width")?])
+        self.plane_op(Kernel::PadReplicateEnd, x, &[n, c, ho, wo], &[i32_of(ho, "height")?, i32_of(wo, "width")?])
     }
 
     fn concat_channels(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
@@ -472,14 +486,14 @@ impl Backend for CudaBackend {
         let (ap, bp, yp) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf));
         let (ni, cai, cbi, plane) =
             (i32_of(n, "batch")?, i32_of(ca, "channels")?, i32_of(cb, "channels")?, (h * w) as i64);
-        launch!(self, "concat_channels", elementwise(y.buf.len()), [&ap, &bp, &yp, &ni, &cai, &cbi, &plane])?;
+        launch!(self, Kernel::ConcatChannels, elementwise(y.buf.len()), [&ap, &bp, &yp, &ni, &cai, &cbi, &plane])?;
         Ok(y)
     }
 
     fn softmax_channels(&self, x: &mut CudaTensor) -> Result<()> {
         let (n, c, h, w) = nchw(x, "softmax_channels")?;
         let (xp, ni, ci, plane) = (self.ptr(&x.buf), i32_of(n, "batch")?, i32_of(c, "channels")?, (h * w) as i64);
-        launch!(self, "softmax_channels", elementwise(n * h * w), [&xp, &ni, &ci, &plane])
+        launch!(self, Kernel::SoftmaxChannels, elementwise(n * h * w), [&xp, &ni, &ci, &plane])
     }
 
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
@@ -498,7 +512,7 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, "linear_f32", cfg, [&xp, &wp, &bias, &yp, &m, &n, &k])?;
+        launch!(self, Kernel::LinearF32, cfg, [&xp, &wp, &bias, &yp, &m, &n, &k])?;
         Ok(y)
     }
 
@@ -511,7 +525,7 @@ impl Backend for CudaBackend {
         let (rows_i, len) = (rows as i64, i32_of(d, "features")?);
         let cfg =
             LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "layer_norm_rows", cfg, [&xp, &gp, &bp, &yp, &rows_i, &len, &eps])?;
+        launch!(self, Kernel::LayerNormRows, cfg, [&xp, &gp, &bp, &yp, &rows_i, &len, &eps])?;
         Ok(y)
     }
 
@@ -522,7 +536,7 @@ impl Backend for CudaBackend {
         let (xp, rows_i, len) = (self.ptr(&x.buf), rows as i64, i32_of(d, "features")?);
         let cfg =
             LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "softmax_rows", cfg, [&xp, &rows_i, &len])
+        launch!(self, Kernel::SoftmaxRows, cfg, [&xp, &rows_i, &len])
     }
 
     fn attention(
@@ -558,14 +572,14 @@ impl Backend for CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, "attention_f32", cfg, [&qp, &kp, &vp, &yp], extra = &dims)?;
+        launch!(self, Kernel::AttentionF32, cfg, [&qp, &kp, &vp, &yp], extra = &dims)?;
         Ok(y)
     }
 
     fn add(&self, a: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
         ensure!(a.shape == b.shape, "add: shapes {:?} and {:?} differ", a.shape, b.shape);
         let (ap, bp, len) = (self.ptr(&a.buf), self.ptr(&b.buf), a.buf.len() as i64);
-        launch!(self, "add_inplace", elementwise(a.buf.len()), [&ap, &bp, &len])
+        launch!(self, Kernel::AddInplace, elementwise(a.buf.len()), [&ap, &bp, &len])
     }
 
     fn perturb(
@@ -600,7 +614,7 @@ impl Backend for CudaBackend {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                launch!(self, "rise_masks", cfg, [&args, &seed, &start, &s, &rise.p1])?;
+                launch!(self, Kernel::RiseMasks, cfg, [&args, &seed, &start, &s, &rise.p1])?;
             }
             MaskBatch::Windows { origins, window } => {
                 let picked = origins.get(first..first + n).context("window index out of range")?;
@@ -608,7 +622,7 @@ impl Backend for CudaBackend {
                 let dev = driver(self.stream.clone_htod(&flat), "upload")?;
                 let (op, win) = (dev.device_ptr(&self.stream).0, i32_of(window, "window")?);
                 // Dropping `dev` after the launch is safe: cudarc frees stream-ordered (or synchronises first).
-                launch!(self, "window_masks", elementwise(n * plane), [&args, &op, &win])?;
+                launch!(self, Kernel::WindowMasks, elementwise(n * plane), [&args, &op, &win])?;
             }
             MaskBatch::Coalitions { rows, .. } => {
                 let labels = scene.labels.as_ref().context("coalition masks need the superpixel map in the scene")?;
@@ -618,7 +632,7 @@ impl Backend for CudaBackend {
                 let dev = driver(self.stream.clone_htod(&flat), "upload")?;
                 let (lp, op, cnt) =
                     (self.ptr(&labels.buf), dev.device_ptr(&self.stream).0, i32_of(count, "superpixels")?);
-                launch!(self, "coalition_masks", elementwise(n * plane), [&args, &lp, &op, &cnt])?;
+                launch!(self, Kernel::CoalitionMasks, elementwise(n * plane), [&args, &lp, &op, &cnt])?;
             }
         }
         Ok((mask_t, images))
@@ -644,7 +658,7 @@ impl Backend for CudaBackend {
         };
         let (ci, plane, cls) = (i32_of(classes, "classes")?, i32_of(h * w, "plane")?, class as i32);
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "segmentation_scores", cfg, [&lp, &mp, &sp, &ci, &plane, &cls, &kind])?;
+        launch!(self, Kernel::SegmentationScores, cfg, [&lp, &mp, &sp, &ci, &plane, &cls, &kind])?;
         Ok(scores)
     }
 
@@ -664,7 +678,7 @@ impl Backend for CudaBackend {
             i32_of(n, "batch")?,
             i32_of(plane, "plane")?,
         );
-        launch!(self, "accumulate_weighted", elementwise(plane), [&ap, &wp, &mp, &ni, &pl])
+        launch!(self, Kernel::AccumulateWeighted, elementwise(plane), [&ap, &wp, &mp, &ni, &pl])
     }
 }
 

@@ -54,11 +54,11 @@ impl Device {
                     // A binary without kernels says how to get them, once, where a person reads it; a
                     // machine with a driver whose GPU could not be used says why; one without a driver
                     // is the plain CPU case and says nothing.
-                    // Safety: only probes whether libcuda can be loaded.
                     if MODULES.is_empty() {
                         if std::io::stderr().is_terminal() {
                             eprintln!("note: CPU only ({BUILD_STATUS})");
                         }
+                    // SAFETY: only probes whether libcuda can be loaded.
                     } else if unsafe { cudarc::driver::sys::is_culib_present() } {
                         eprintln!("warning: using the CPU: {e:#}");
                     }

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod kernels;
 pub mod perturb;
 
 use crate::tensor::Tensor;
