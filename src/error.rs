@@ -44,7 +44,8 @@ impl ErrorKind {
 }
 
 /// An error with a kind, the file it concerns (when there is one) and a message.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Error {
     kind: ErrorKind,
     path: Option<PathBuf>,
@@ -85,14 +86,6 @@ impl Error {
         self.path.as_deref()
     }
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// The first typed error in `e`'s chain.
 fn find(e: &anyhow::Error) -> Option<&Error> {
