@@ -113,7 +113,7 @@ impl From<anyhow::Error> for Error {
 #[macro_export]
 macro_rules! fail {
     ($kind:ident, $($arg:tt)+) => {
-        return Err(anyhow::Error::new($crate::error::Error::new($crate::error::ErrorKind::$kind, format!($($arg)+))))
+        return Err(anyhow::Error::new($crate::error::Error::new($crate::error::ErrorKind::$kind, format!($($arg)+))).into())
     };
 }
 

@@ -151,6 +151,9 @@ const RESULTS: &str = "results.jsonl";
 const CONFIG: &str = "eval.json";
 const DONE: &str = "cases_done.txt";
 const ERRORS: &str = "errors.jsonl";
+const LOCK: &str = ".lock";
+/// Written last by a run that finished every case of its shard without failures.
+const FINISHED: &str = "finished.json";
 
 /// Identity of one result line: what --resume and --merge match on.
 fn key(line: &Value) -> String {
@@ -158,24 +161,39 @@ fn key(line: &Value) -> String {
     format!("{}|{}|{}|{}|{}", f("case"), f("organ"), f("slice"), f("method"), f("roi"))
 }
 
-/// The result lines of `path`, dropping a torn last line (a write cut short by a kill).
-fn read_results(path: &Path) -> Result<Vec<Value>> {
+/// The result lines of `path`. A last line without its newline is kept when it parses as a whole
+/// record (the write completed, only the newline is missing) and dropped otherwise (a write cut short
+/// by a kill); with `repair`, the file is fixed to match.
+fn read_results(path: &Path, repair: bool) -> Result<Vec<Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    let complete = text.rfind('\n').map_or("", |end| &text[..end + 1]);
-    if complete.len() < text.len() {
-        eprintln!("{}: dropping a partial last line (an interrupted write)", path.display());
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .with_context(|| format!("{}: cannot open for repair", path.display()))?;
-        file.set_len(complete.len() as u64)
-            .with_context(|| format!("{}: cannot truncate the partial line", path.display()))?;
+    let complete_len = text.rfind('\n').map_or(0, |end| end + 1);
+    let tail = &text[complete_len..];
+    let mut parsed = text[..complete_len].to_string();
+    if !tail.trim().is_empty() {
+        let whole = serde_json::from_str::<Value>(tail).ok().filter(|v| EvalRecord::deserialize(v).is_ok());
+        if whole.is_some() {
+            parsed.push_str(tail);
+            parsed.push('\n');
+        }
+        if repair {
+            if whole.is_some() {
+                append_text(path, "\n")?;
+            } else {
+                eprintln!("{}: dropping a partial last line (an interrupted write)", path.display());
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("{}: cannot open for repair", path.display()))?;
+                file.set_len(complete_len as u64)
+                    .with_context(|| format!("{}: cannot truncate the partial line", path.display()))?;
+            }
+        }
     }
-    complete
+    parsed
         .lines()
         .enumerate()
         .map(|(i, l)| {
@@ -187,6 +205,47 @@ fn read_results(path: &Path) -> Result<Vec<Value>> {
             Ok(v)
         })
         .collect()
+}
+
+/// The exclusive claim of one writer on an output folder, held until dropped (flock on DIR/.lock, so
+/// it ends with the process however that ends).
+pub struct OutputLock {
+    _file: std::fs::File,
+}
+
+/// Takes the output folder's lock, or refuses naming the process that holds it.
+pub fn lock_output(dir: &Path) -> Result<OutputLock> {
+    let path = dir.join(LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let holder = format!("pid {} on {}", std::process::id(), hostname());
+            file.set_len(0).and_then(|_| file.write_all(holder.as_bytes())).and_then(|_| file.sync_data()).ok();
+            Ok(OutputLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder };
+            bail!(
+                "{}: another xaiclip eval ({}) is writing to this folder; wait for it to finish or choose another --out",
+                dir.display(),
+                holder.trim()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("{}: cannot lock", path.display())),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
 }
 
 /// Appends one line with a single write and syncs it, so a kill leaves whole lines only (plus at most
@@ -228,13 +287,14 @@ fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
     })
 }
 
-fn differing_fields(old: &Value, new: &Value) -> Vec<String> {
+/// The settings that differ between two eval.json files; `shard` counts unless `ignore_shard` (merge).
+fn differing_fields(old: &Value, new: &Value, ignore_shard: bool) -> Vec<String> {
     let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return vec!["(whole file)".into()] };
     let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .filter(|k| o.get(*k) != n.get(*k) && k.as_str() != "shard")
+        .filter(|k| o.get(*k) != n.get(*k) && !(ignore_shard && k.as_str() == "shard"))
         .map(|k| format!("{k}: {} vs {}", o.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null)))
         .collect()
 }
@@ -270,10 +330,11 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
     let config = config_json(plan, explainer);
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let _lock = lock_output(out)?;
     let results_path = out.join(RESULTS);
     let existing = if plan.resume {
         if out.join(CONFIG).is_file() {
-            let diff = differing_fields(&read_config(out)?, &config);
+            let diff = differing_fields(&read_config(out)?, &config, false);
             if !diff.is_empty() {
                 bail!(
                     "{}: --resume with other settings than the interrupted run ({})",
@@ -282,7 +343,7 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
                 );
             }
         }
-        read_results(&results_path)?
+        read_results(&results_path, true)?
     } else {
         if results_path.metadata().is_ok_and(|m| m.len() > 0) {
             bail!(
@@ -290,7 +351,7 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
                 results_path.display()
             );
         }
-        for stale in [DONE, ERRORS] {
+        for stale in [DONE, ERRORS, FINISHED] {
             let _ = std::fs::remove_file(out.join(stale));
         }
         Vec::new()
@@ -320,8 +381,13 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
             }
         }
     }
-    let all = read_results(&results_path)?;
+    let all = read_results(&results_path, false)?;
     write_summaries(out, &all, &config)?;
+    let _ = std::fs::remove_file(out.join(FINISHED));
+    if failed == 0 {
+        let finished = json!({"cases": cases.len(), "lines": all.len(), "shard": plan.shard});
+        write_text(&out.join(FINISHED), serde_json::to_string_pretty(&finished)?)?;
+    }
     if failed > 0 {
         bail!("{failed} of {} cases failed (see {}); --resume retries them", cases.len(), out.join(ERRORS).display());
     }
@@ -437,12 +503,22 @@ fn sort_results(lines: &mut [Value], config: &Value) {
 
 /// Joins the outputs of shard runs (`dirs`) into `out`: same settings required, duplicates dropped,
 /// lines in the unsharded order. Returns the number of result lines.
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize> {
+pub fn merge(dirs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<usize> {
     let first = read_config(&dirs[0])?;
+    let gaps = shard_gaps(dirs)?;
+    if !gaps.is_empty() && !allow_partial {
+        bail!(
+            "the shards do not cover the data set: {}; finish them (--resume) or pass --allow-partial",
+            gaps.join("; ")
+        );
+    }
+    for gap in &gaps {
+        eprintln!("warning: partial merge: {gap}");
+    }
     let mut lines: BTreeMap<String, Value> = BTreeMap::new();
     for dir in dirs {
         let config = read_config(dir)?;
-        let diff = differing_fields(&first, &config);
+        let diff = differing_fields(&first, &config, true);
         if !diff.is_empty() {
             bail!(
                 "{}: shard run with other settings than {} ({})",
@@ -454,7 +530,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize> {
         if dir.join(ERRORS).metadata().is_ok_and(|m| m.len() > 0) {
             eprintln!("warning: {} lists failed cases; rerun that shard with --resume", dir.join(ERRORS).display());
         }
-        for line in read_results(&dir.join(RESULTS))? {
+        for line in read_results(&dir.join(RESULTS), false)? {
             let k = key(&line);
             if let Some(previous) = lines.get(&k) {
                 let strip = |v: &Value| {
@@ -477,13 +553,48 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<usize> {
     let mut all: Vec<Value> = lines.into_values().collect();
     sort_results(&mut all, &first);
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let _lock = lock_output(out)?;
     let mut config = first;
     config["shard"] = Value::Null;
+    config["partial"] = json!(gaps);
     let text: String = all.iter().map(|l| format!("{l}\n")).collect();
     write_text(&out.join(RESULTS), text)?;
     write_text(&out.join(CONFIG), serde_json::to_string_pretty(&config)?)?;
     write_summaries(out, &all, &config)?;
     Ok(all.len())
+}
+
+/// What a set of shard folders lacks: shards of 1..n missing or given twice, shards not finished.
+fn shard_gaps(dirs: &[PathBuf]) -> Result<Vec<String>> {
+    let mut seen: BTreeMap<usize, &PathBuf> = BTreeMap::new();
+    let mut count = None;
+    let mut gaps = Vec::new();
+    for dir in dirs {
+        let config = read_config(dir)?;
+        let (i, n) = match config["shard"].as_str() {
+            Some(spec) => {
+                dataset::parse_shard(spec).with_context(|| format!("{}: bad shard", dir.join(CONFIG).display()))?
+            }
+            None => (1, 1),
+        };
+        match count {
+            None => count = Some(n),
+            Some(m) if m != n => bail!("{}: shard {i}/{n} does not belong with shards of {m}", dir.display()),
+            Some(_) => {}
+        }
+        if let Some(other) = seen.insert(i, dir) {
+            bail!("shard {i}/{n} is given twice: {} and {}", other.display(), dir.display());
+        }
+        if !dir.join(FINISHED).is_file() {
+            gaps.push(format!("shard {i}/{n} in {} did not finish", dir.display()));
+        }
+    }
+    let n = count.unwrap_or(0);
+    let missing: Vec<String> = (1..=n).filter(|i| !seen.contains_key(i)).map(|i| format!("{i}/{n}")).collect();
+    if !missing.is_empty() {
+        gaps.insert(0, format!("shards {} are missing", missing.join(", ")));
+    }
+    Ok(gaps)
 }
 
 const METRICS: [&str; 8] =
@@ -502,6 +613,17 @@ type SummaryGroup<'a> = (String, String, String, Vec<&'a Value>, usize);
 /// summary.csv and summary.md: per organ, method and ROI mode, mean ± sample std of every metric over
 /// the explained slices, plus the counts of slices skipped as empty-organ / organ-absent.
 fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
+    // An item counts once, however often it was written (e.g. by a writer before the lock existed).
+    let mut keys = HashSet::new();
+    let unique: Vec<&Value> = lines.iter().filter(|l| keys.insert(key(l))).collect();
+    if unique.len() < lines.len() {
+        eprintln!(
+            "warning: {}: {} duplicate result lines counted once in the summaries",
+            out.join(RESULTS).display(),
+            lines.len() - unique.len()
+        );
+    }
+    let lines = unique;
     let mut groups: BTreeMap<(usize, usize, usize), SummaryGroup> = BTreeMap::new();
     let position = |list: &str, v: &Value| position_in(config, list, v);
     for l in lines {
@@ -518,7 +640,13 @@ fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
         }
     }
     let mut csv = String::from("organ,method,roi,n,skipped");
-    let mut md = String::from("| organ | method | roi | n | skipped |");
+    let mut md = match config["partial"].as_array() {
+        Some(gaps) if !gaps.is_empty() => {
+            let gaps: Vec<&str> = gaps.iter().filter_map(Value::as_str).collect();
+            format!("**Partial merge**: {}.\n\n| organ | method | roi | n | skipped |", gaps.join("; "))
+        }
+        _ => String::from("| organ | method | roi | n | skipped |"),
+    };
     for m in METRICS {
         csv += &format!(",{m}_mean,{m}_std");
         md += &format!(" {m} |");

@@ -8,6 +8,7 @@
 use crate::backend::{Backend, Compute, CpuBackend, CudaBackend, Device, Precision};
 use crate::dataset::{load_labels, LabelIds};
 use crate::error::Result;
+use crate::fail;
 use crate::io::Volume;
 use crate::models::{bundled, BasicUNet};
 use crate::organs::{organ_class, organ_name};
@@ -20,6 +21,9 @@ use crate::roi::RoiMode;
 use crate::segment::{segment_slices, SegmentOptions};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+/// The largest model grid: a 1024² U-Net batch already needs gigabytes per image.
+const MAX_GRID: usize = 1024;
 
 /// Reads an image: a NIfTI-1 file (.nii, .nii.gz) or a folder holding one DICOM series.
 pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
@@ -144,7 +148,10 @@ impl<B: Backend> Loaded<B> {
     fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
         let unet = BasicUNet::load_dir(&backend, unet)?;
         let size = model_size(size, &unet);
-        settings.batch = batch.resolve(&backend, size, &unet);
+        if !(16..=MAX_GRID).contains(&size) {
+            fail!(InvalidInput, "--size {size}: the model grid must be 16 to {MAX_GRID} pixels");
+        }
+        settings.batch = batch.resolve(&backend, size, &unet)?;
         Ok(Self { backend, unet, size, clip: OnceLock::new() })
     }
 
@@ -262,9 +269,12 @@ impl Explainer {
     }
 
     /// Replaces the settings (e.g. a preset that depends on `model_size()`), keeping the batch size
-    /// resolved for this device and model.
-    pub fn set_settings(&mut self, settings: Settings) {
-        self.settings = Settings { batch: self.settings.batch, ..settings };
+    /// resolved for this device and model; refuses values that cannot run (see `Settings::validate`).
+    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        let settings = Settings { batch: self.settings.batch, ..settings };
+        settings.validate(self.size)?;
+        self.settings = settings;
+        Ok(())
     }
 
     /// Side of the square model grid.

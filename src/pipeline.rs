@@ -68,7 +68,71 @@ pub struct Settings {
     pub scale_roi_budget: bool,
 }
 
+/// Upper bounds of the work-size options: beyond them a run takes hours or memory no machine has.
+const MAX_MASKS: usize = 1_000_000;
+const MAX_SAMPLES: usize = 100_000;
+const MAX_FAITHFULNESS_STEPS: usize = 4096;
+const MAX_BATCH: usize = 4096;
+
 impl Settings {
+    /// Refuses values that would panic, never finish or cannot mean anything on a `size`-pixel grid;
+    /// messages name the command-line option.
+    pub fn validate(&self, size: usize) -> Result<()> {
+        let check = |ok: bool, what: String| -> Result<()> {
+            if !ok {
+                fail!(InvalidInput, "{what}");
+            }
+            Ok(())
+        };
+        let o = &self.occlusion;
+        check(
+            (1..=size).contains(&o.window),
+            format!("--occlusion-window {}: must be 1 to {size} (the model grid)", o.window),
+        )?;
+        check(
+            (1..=size).contains(&o.stride),
+            format!("--occlusion-stride {}: must be 1 to {size} (the model grid)", o.stride),
+        )?;
+        let r = &self.rise;
+        check((1..=MAX_MASKS).contains(&r.masks), format!("--masks {}: must be 1 to {MAX_MASKS}", r.masks))?;
+        check((1..=size.min(64)).contains(&r.grid), format!("--grid {}: must be 1 to {}", r.grid, size.min(64)))?;
+        check(r.p1 > 0.0 && r.p1 <= 1.0, format!("--p1 {}: must be in (0, 1]", r.p1))?;
+        if let Some(tol) = r.tol {
+            check(tol.is_finite() && tol > 0.0, format!("--rise-tol {tol}: must be a positive number"))?;
+        }
+        for (n, what) in [(self.lime.samples, "--samples"), (self.shap.samples, "--samples")] {
+            check((2..=MAX_SAMPLES).contains(&n), format!("{what} {n}: must be 2 to {MAX_SAMPLES}"))?;
+        }
+        let kw = self.lime.kernel_width;
+        check(kw.is_finite() && kw > 0.0, format!("--kernel-width {kw}: must be a positive number"))?;
+        check(
+            self.lime.alpha.is_finite() && self.lime.alpha >= 0.0,
+            format!("LIME alpha {}: must be >= 0", self.lime.alpha),
+        )?;
+        if let Segmenter::Slic { segments, .. } = self.segmenter {
+            let most = (size * size / 16).max(1);
+            check(
+                (1..=most).contains(&segments),
+                format!("--segments {segments}: must be 1 to {most} at {size}x{size}"),
+            )?;
+        }
+        let m = self.margin_mm;
+        check(m.is_finite() && (0.0..=500.0).contains(&m), format!("--margin-mm {m}: must be 0 to 500"))?;
+        let steps = self.faithfulness_steps;
+        check(
+            steps <= MAX_FAITHFULNESS_STEPS,
+            format!("--faithfulness-steps {steps}: must be 0 to {MAX_FAITHFULNESS_STEPS}"),
+        )?;
+        check((1..=MAX_BATCH).contains(&self.batch), format!("--batch {}: must be 1 to {MAX_BATCH}", self.batch))?;
+        if let Some(min) = self.superpixel_min_overlap {
+            check(
+                min.is_finite() && (0.0..=1.0).contains(&min),
+                format!("superpixel overlap {min}: must be in [0, 1]"),
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn defaults(seed: u64) -> Self {
         Self {
             score: ScoreKind::MeanProb,
@@ -312,6 +376,7 @@ pub fn run_method<B: Backend>(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<MethodRun> {
     let size = slice.size;
+    settings.validate(size)?;
     let started = Instant::now();
     let scorer = UNetScorer::new(backend, model, &slice.image, size, class, settings.score)?;
     let roi = region(roi_mode, &scorer.m0, clip.mask.as_deref(), size, settings.margin_mm / slice.mm_per_pixel)?;
@@ -506,17 +571,29 @@ impl FromStr for BatchSize {
 }
 
 impl BatchSize {
-    /// The batch for `model` at `size` on `backend`.
-    pub fn resolve<B: Backend>(self, backend: &B, size: usize, model: &BasicUNet<B>) -> usize {
+    /// The batch for `model` at `size` on `backend`. A fixed batch whose activations the device cannot
+    /// hold is refused here, naming the option, rather than aborting in the middle of a run.
+    pub fn resolve<B: Backend>(self, backend: &B, size: usize, model: &BasicUNet<B>) -> Result<usize> {
+        let f = model.config().features;
+        // Peak live activations of one image: about three full-resolution tensors of the widest
+        // top-level width plus the skip pyramid (a geometric series, ~1/3 more).
+        let per_image = (4 * size * size * (3 * f[0].max(f[5]) + model.config().out_channels) * 4 / 3).max(1);
         match self {
-            BatchSize::Fixed(b) => b,
+            BatchSize::Fixed(b) => {
+                let available = backend.memory_available();
+                if b.saturating_mul(per_image) > available / 10 * 8 {
+                    fail!(
+                        InvalidInput,
+                        "--batch {b}: needs about {:.1} GiB of activations at {size}x{size}, but {:.1} GiB are available; use a smaller --batch or --batch auto",
+                        (b as f64 * per_image as f64) / (1u64 << 30) as f64,
+                        available as f64 / (1u64 << 30) as f64
+                    );
+                }
+                Ok(b)
+            }
             BatchSize::Auto => {
-                let f = model.config().features;
-                // Peak live activations of one image: about three full-resolution tensors of the widest
-                // top-level width plus the skip pyramid (a geometric series, ~1/3 more).
-                let per_image = 4 * size * size * (3 * f[0].max(f[5]) + model.config().out_channels) * 4 / 3;
                 let (bytes, cap) = backend.batch_budget();
-                (bytes / per_image.max(1)).clamp(1, cap)
+                Ok((bytes / per_image).clamp(1, cap))
             }
         }
     }

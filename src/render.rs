@@ -1,7 +1,7 @@
 //! PNG overlays: a heat map of the saliency over the windowed slice, ROI and ground-truth outlines, and a
 //! colour bar (bottom = map minimum, top = maximum; report.json gives the values).
 
-use crate::io::write_atomically;
+use crate::io::Staging;
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use std::path::Path;
@@ -87,11 +87,23 @@ pub fn grid(images: &[RgbImage], columns: usize) -> RgbImage {
     out
 }
 
+/// Writes `img` as a PNG file, atomically.
 pub fn save_png<P: image::PixelWithColorType<Subpixel = u8>>(
     path: &Path,
     img: &image::ImageBuffer<P, Vec<u8>>,
 ) -> Result<()> {
-    write_atomically(path, |tmp| {
+    let mut staging = Staging::new();
+    stage_png(&mut staging, path, img)?;
+    staging.commit()
+}
+
+/// Stages `img` as the PNG file `path` (see `io::Staging`).
+pub fn stage_png<P: image::PixelWithColorType<Subpixel = u8>>(
+    staging: &mut Staging,
+    path: &Path,
+    img: &image::ImageBuffer<P, Vec<u8>>,
+) -> Result<()> {
+    staging.stage(path, ".png", |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
             .with_context(|| format!("{}: cannot write PNG", path.display()))
     })

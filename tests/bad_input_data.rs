@@ -6,59 +6,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-fn phantom_tree(layout: &str, dir: &Path, cases: usize) {
-    let o = xaiclip(&[
-        "phantom",
-        "--layout",
-        layout,
-        "--cases",
-        &cases.to_string(),
-        "--size",
-        "32",
-        "--slices",
-        "3",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-}
-
-/// Runs xaiclip, expects exit 2 with an error line holding every `expect` fragment; returns it.
-fn fails(args: &[&str], expect: &[&str]) -> String {
-    let o = xaiclip(args);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status);
-    assert!(!err.contains("panicked"), "panic: {err}");
-    // The error is the last message; a list of problems (weights) continues on indented lines.
-    let start = err.rfind("error: ").unwrap_or_else(|| panic!("no error line: {err}"));
-    let message = &err[start..];
-    for e in expect {
-        assert!(message.contains(e), "error lacks {e:?}: {message}");
-    }
-    message.to_string()
-}
-
-fn quick_eval<'a>(kind: &'a str, root: &'a Path, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "eval",
-        "--dataset",
-        kind,
-        root.to_str().unwrap(),
-        "--methods",
-        "occlusion",
-        "--roi",
-        "none",
-        "--occlusion-window",
-        "128",
-        "--occlusion-stride",
-        "128",
-        "--faithfulness-steps",
-        "0",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-}
-
 /// Runs a quick eval that must fail as `fails` checks, and returns its errors.jsonl.
 fn failed_cases(kind: &str, root: &Path, out: &Path, expect: &[&str]) -> String {
     fails(&quick_eval(kind, root, out), expect);
@@ -352,7 +299,7 @@ fn bad_input_table_lists_every_case() {
     let rows: Vec<&str> =
         table.lines().filter(|l| l.starts_with("| `")).map(|l| l.split('`').nth(1).unwrap()).collect();
     let mut tests = Vec::new();
-    for file in ["tests/bad_input.rs", "tests/bad_input_data.rs"] {
+    for file in ["tests/bad_input.rs", "tests/bad_input_data.rs", "tests/reliability.rs"] {
         let src = std::fs::read_to_string(repo().join(file)).unwrap();
         let mut lines = src.lines().peekable();
         while let Some(l) = lines.next() {

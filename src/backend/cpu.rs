@@ -99,6 +99,41 @@ fn vector_arg<'a>(t: Option<&'a Tensor>, len: usize, what: &str) -> Result<Optio
     }
 }
 
+/// Bytes the process can still allocate: the least of MemAvailable, the cgroup's memory limit less its
+/// usage (v2 or v1), and the address-space rlimit less nothing (a cap, not a measure of use). Unknown
+/// parts are ignored; 4 GiB when nothing can be read.
+pub fn available_memory() -> usize {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let number = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+    let mut limits: Vec<u64> = Vec::new();
+    if let Some(info) = read("/proc/meminfo") {
+        if let Some(kb) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            limits.push(kb * 1024);
+        }
+    }
+    for (max, used) in [
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ] {
+        if let Some(limit) = number(read(max)) {
+            limits.push(limit.saturating_sub(number(read(used)).unwrap_or(0)));
+        }
+    }
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given and nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
+            limits.push(r.rlim_cur as u64);
+        }
+    }
+    limits.into_iter().min().map_or(4 << 30, |b| b.min(usize::MAX as u64) as usize)
+}
+
 /// Keeps freed memory in the process for reuse. Every U-Net layer allocates and frees activations of
 /// tens of MiB; glibc serves blocks that large with mmap and unmaps them on free, so each layer paid
 /// page faults and kernel zeroing on fresh pages. Process-wide, so the binary (not the library) calls

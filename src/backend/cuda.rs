@@ -376,9 +376,12 @@ impl Backend for CudaBackend {
 
     /// A quarter of the free device memory (at most 32 GiB) and batches up to 512: a GPU needs large
     /// batches to fill its multiprocessors.
+    fn memory_available(&self) -> usize {
+        self.stream.context().mem_get_info().map_or(8 << 30, |(free, _)| free)
+    }
+
     fn batch_budget(&self) -> (usize, usize) {
-        let free = self.stream.context().mem_get_info().map_or(8 << 30, |(free, _)| free);
-        ((free / 4).min(32 << 30), 512)
+        ((self.memory_available() / 4).min(32 << 30), 512)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -73,9 +73,16 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Result<Tensor>;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
 
-    /// (bytes of activations one forward batch may take, largest useful batch) for `--batch auto`.
+    /// Bytes this backend can still allocate (the CPU: the tightest of MemAvailable, the cgroup's limit
+    /// and the address-space rlimit).
+    fn memory_available(&self) -> usize {
+        cpu::available_memory()
+    }
+
+    /// (bytes of activations one forward batch may take, largest useful batch) for `--batch auto`: up to
+    /// 2 GiB, and at most half of what is available, so a tight memory limit gives a smaller batch.
     fn batch_budget(&self) -> (usize, usize) {
-        (2 << 30, 64)
+        ((2usize << 30).min(self.memory_available() / 2), 64)
     }
 
     /// Waits until queued device work is done (timing); the CPU has none.

@@ -192,7 +192,7 @@ impl MethodArgs {
     /// The explainer for these options, with its settings on the model's grid.
     pub fn explainer(&self, device: &DeviceArgs, size: Option<usize>) -> Result<Explainer> {
         let mut explainer = self.builder(device, size)?.build()?;
-        explainer.set_settings(self.settings(explainer.model_size()));
+        explainer.set_settings(self.settings(explainer.model_size()))?;
         Ok(explainer)
     }
 }

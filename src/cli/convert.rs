@@ -16,6 +16,8 @@ pub struct ConvertCmd {
 
 /// Converts the image.
 pub fn run(cmd: ConvertCmd) -> Result<()> {
+    // Refused before any work: the name decides the format.
+    io::nifti::output_suffix(&cmd.out)?;
     let v = io::read_image(&cmd.image)?;
     if v.data.iter().all(|x| x.fract() == 0.0 && (i16::MIN as f32..=i16::MAX as f32).contains(x)) {
         io::nifti::write_like(&cmd.out, &v, &v.data.iter().map(|&x| x as i16).collect::<Vec<_>>())?;

@@ -50,6 +50,9 @@ pub struct EvalCmd {
     /// Join the outputs of shard runs (folders) into --out instead of running anything.
     #[arg(long, num_args = 1.., conflicts_with_all = ["dataset", "resume", "shard"])]
     pub merge: Vec<PathBuf>,
+    /// With --merge: join shards even when some are missing or did not finish (summary.md says which).
+    #[arg(long, requires = "merge")]
+    pub allow_partial: bool,
     /// Model input size (square); default: config.json's input_size, else 256.
     #[arg(long)]
     pub size: Option<usize>,
@@ -60,7 +63,7 @@ pub struct EvalCmd {
 /// Runs (or merges) the evaluation.
 pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
     if !cmd.merge.is_empty() {
-        let lines = eval::merge(&cmd.merge, &cmd.out)?;
+        let lines = eval::merge(&cmd.merge, &cmd.out, cmd.allow_partial)?;
         eprintln!(
             "merged {} folders: {lines} result lines in {}",
             cmd.merge.len(),

@@ -4,7 +4,7 @@ use super::{progress_bar, CaseArgs, DeviceArgs, MethodArgs};
 use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
-use xaiclip::io::{self, write_text, Volume};
+use xaiclip::io::{self, stage_text, Staging, Volume};
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::pipeline::{saliency_volume, ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
 use xaiclip::roi::RoiMode;
@@ -40,12 +40,11 @@ pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     let size = explainer.model_size();
     let run = run_with_progress(&explainer, &case, &clip, cmd.method, cmd.roi, settings)?;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
-    io::nifti::write_like(
-        &cmd.out.join("saliency.nii.gz"),
-        &case.volume,
-        &saliency_volume(&case.volume, case.slice, &run.saliency, size)?,
-    )?;
-    render::save_png(&cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
+    // The three files appear together or not at all (a failed write leaves the previous run's set).
+    let mut staging = Staging::new();
+    let saliency = saliency_volume(&case.volume, case.slice, &run.saliency, size)?;
+    io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &case.volume, &saliency)?;
+    render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
     let mut result = serde_json::to_value(run.summary())?;
     result["agreement"] = json!(run.agreement);
     result["faithfulness"] = json!(run.faithfulness);
@@ -54,7 +53,8 @@ pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
         "class": case.class, "model_input_size": size, "seed": cmd.method_args.seed,
         "backend": explainer.device_name(), "settings": format!("{settings:?}"), "result": result,
     });
-    write_text(&cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    staging.commit()?;
     eprintln!(
         "{} on slice {} ({} ROI, {:.1}% of the slice): {:.2}s, {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
         cmd.method.name(),

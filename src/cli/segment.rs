@@ -34,6 +34,8 @@ pub struct SegmentCmd {
 
 /// Segments the asked slices and writes the label volume.
 pub fn run(cmd: SegmentCmd, device: &DeviceArgs) -> Result<()> {
+    // Refused before any work: the name decides the format.
+    io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;
     let spec: Slices = cmd.slice.parse().map_err(|e| anyhow!("--slice {:?}: {e}", cmd.slice))?;
     let slices = spec.resolve(&volume, None, 0)?;

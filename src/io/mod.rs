@@ -147,33 +147,80 @@ pub fn read_image(path: &Path) -> Result<Volume> {
     read().map_err(|e| Error::input(path, e))
 }
 
+/// Output files written under temporary names beside their destinations, then renamed into place
+/// together by [`Staging::commit`]: a command that writes several files either leaves all of them new or,
+/// when any write fails, none (the temporary files are removed on drop). Files get the permissions any
+/// new file gets (0666 less the umask).
+#[derive(Default)]
+pub struct Staging {
+    files: Vec<(tempfile::TempPath, PathBuf)>,
+}
+
+impl Staging {
+    /// Nothing staged yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes the future `path` through `write`, which gets a temporary path in the same folder whose
+    /// name ends in `suffix` (writers that pick a format from the name see the right one).
+    pub fn stage(&mut self, path: &Path, suffix: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if path.file_name().is_none() || path.is_dir() {
+            bail!("{}: not a file path", path.display());
+        }
+        #[cfg(unix)]
+        let permissions = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::Permissions::from_mode(0o666)
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".xaiclip-tmp-").suffix(suffix);
+        #[cfg(unix)]
+        builder.permissions(permissions);
+        let tmp = builder
+            .tempfile_in(dir)
+            .with_context(|| format!("{}: cannot create a file in {}", path.display(), dir.display()))?
+            .into_temp_path();
+        write(&tmp)?;
+        self.files.push((tmp, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// Moves every staged file into place.
+    pub fn commit(self) -> Result<()> {
+        for (tmp, path) in self.files {
+            tmp.persist(&path).map_err(|e| {
+                anyhow::anyhow!("{}: cannot move the finished file into place ({})", path.display(), e.error)
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Creates `path` by writing to a temporary file beside it and renaming it into place, so a failed or
 /// interrupted write never leaves a partial output under the final name.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?
-        .to_string_lossy()
-        .into_owned();
+    let mut staging = Staging::new();
     // Keep the full name as suffix: writers pick compression from the extension (".nii.gz").
-    let tmp = tempfile::Builder::new()
-        .prefix(".xaiclip-tmp-")
-        .suffix(&format!("-{name}"))
-        .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot create a file in {}", path.display(), dir.display()))?;
-    write(tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot move the finished file into place ({})", path.display(), e.error))?;
-    Ok(())
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    staging.stage(path, &format!("-{name}"), write)?;
+    staging.commit()
 }
 
 /// Writes a whole output file atomically (text or bytes).
 pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     write_atomically(path, |tmp| {
+        std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display()))
+    })
+}
+
+/// Stages a text or byte file (see [`Staging`]).
+pub fn stage_text(staging: &mut Staging, path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    staging.stage(path, ".tmp", |tmp| {
         std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display()))
     })
 }

@@ -1,10 +1,10 @@
 //! NIfTI-1 volumes (.nii, .nii.gz) through the `nifti` crate, with checks made on the header before any
 //! voxel memory is allocated.
 
-use super::{write_atomically, Volume, MAX_VOXELS};
+use super::{Volume, MAX_VOXELS};
 use crate::fail;
 use anyhow::{bail, Context, Result};
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType};
 use std::path::Path;
 
 fn describe(e: &nifti::NiftiError) -> String {
@@ -47,10 +47,22 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
     a
 }
 
+/// The file as a byte stream: gzip (any number of members, as Python's gzip reads them) when it starts
+/// with the gzip magic, whatever its name says, else the raw bytes.
+fn open_stream(path: &Path) -> Result<(Box<dyn std::io::Read>, bool)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut magic = [0u8; 2];
+    let gz = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file =
+        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?);
+    Ok(if gz { (Box::new(flate2::read::MultiGzDecoder::new(file)), true) } else { (Box::new(file), false) })
+}
+
 /// Reads a 3-D NIfTI volume (a 4-D file with one time point is accepted) with scl_slope/inter applied.
 pub fn read(path: &Path) -> Result<Volume> {
     let p = path.display();
-    let header = NiftiHeader::from_file(path)
+    let header = NiftiHeader::from_reader(open_stream(path)?.0)
         .map_err(|e| anyhow::anyhow!("{p}: not a readable NIfTI-1 file ({})", describe(&e)))?;
     let dim = header.dim().map_err(|e| anyhow::anyhow!("{p}: invalid dimensions in header ({e})"))?.to_vec();
     let dims: [usize; 3] = match dim.len() {
@@ -86,14 +98,19 @@ pub fn read(path: &Path) -> Result<Volume> {
         bail!("{p}: bitpix {} does not match datatype {datatype:?} ({} bits)", header.bitpix, 8 * datatype.size_of());
     }
     let needed = (header.vox_offset.max(352.0) as u64).saturating_add((voxels * datatype.size_of()) as u64);
-    let compressed = path.extension().is_some_and(|e| e == "gz");
+    let compressed = open_stream(path)?.1;
     if !compressed {
         let len = std::fs::metadata(path).with_context(|| format!("{p}: cannot open"))?.len();
         if len < needed {
             bail!("{p}: file is truncated ({len} bytes; the header's dimensions need {needed})");
         }
     }
-    let object = ReaderOptions::new().read_file(path).map_err(|e| anyhow::anyhow!("{p}: {}", describe(&e)))?;
+    let object = nifti::InMemNiftiObject::from_reader(open_stream(path)?.0).map_err(|e| match e {
+        nifti::NiftiError::NoVolumeData => {
+            anyhow::anyhow!("{p}: a header-only NIfTI pair (.hdr/.img); give a single .nii or .nii.gz")
+        }
+        e => anyhow::anyhow!("{p}: {}", describe(&e)),
+    })?;
     // Read raw values, then scale here: the crate would also scale with a NaN slope, which real files
     // (this project's reference CT among them) carry to mean "no scaling".
     let mut raw_header = object.header().clone();
@@ -125,7 +142,30 @@ impl NiftiElement for f32 {}
 
 /// Writes `data` (x fastest, `like.dims`) as NIfTI with `like`'s geometry: its header fields when it came
 /// from NIfTI, otherwise an sform built from its affine. Atomic: see `write_atomically`.
+/// The NIfTI file names this writer produces: `.nii` or `.nii.gz` (any case; `.gz` means gzip). Anything
+/// else is refused, so the data can never land in a file of another name (the nifti crate writes a
+/// .hdr/.img pair for other names).
+pub fn output_suffix(path: &Path) -> Result<&'static str> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".nii.gz") && name.len() > 7 {
+        Ok(".nii.gz")
+    } else if name.ends_with(".nii") && name.len() > 4 {
+        Ok(".nii")
+    } else {
+        fail!(InvalidInput, "{}: a NIfTI output must be named *.nii or *.nii.gz", path.display())
+    }
+}
+
+/// Writes `data` (on `like`'s grid) as a NIfTI volume with `like`'s geometry, atomically.
 pub fn write_like<T: NiftiElement>(path: &Path, like: &Volume, data: &[T]) -> Result<()> {
+    let mut staging = super::Staging::new();
+    stage_like(&mut staging, path, like, data)?;
+    staging.commit()
+}
+
+/// Stages the NIfTI volume `data` for `path` (see `io::Staging`).
+pub fn stage_like<T: NiftiElement>(staging: &mut super::Staging, path: &Path, like: &Volume, data: &[T]) -> Result<()> {
+    let suffix = output_suffix(path)?;
     let [nx, ny, nz] = like.dims;
     if data.len() != nx * ny * nz {
         bail!("{}: {} values do not fill a {nx}x{ny}x{nz} volume", path.display(), data.len());
@@ -145,7 +185,7 @@ pub fn write_like<T: NiftiElement>(path: &Path, like: &Volume, data: &[T]) -> Re
     // Fortran order: shape (nx, ny, nz) with x fastest, exactly our layout.
     use ndarray::ShapeBuilder;
     let array = ndarray::Array::from_shape_vec((nx, ny, nz).f(), data.to_vec())?;
-    write_atomically(path, |tmp| {
+    staging.stage(path, suffix, |tmp| {
         nifti::writer::WriterOptions::new(tmp)
             .reference_header(&header)
             .write_nifti(&array)

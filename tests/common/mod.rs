@@ -32,3 +32,58 @@ pub fn stderr(o: &Output) -> String {
 pub fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
+
+/// A synthetic data set tree of `cases` 32x32x3 phantoms in `layout`.
+pub fn phantom_tree(layout: &str, dir: &Path, cases: usize) {
+    let o = xaiclip(&[
+        "phantom",
+        "--layout",
+        layout,
+        "--cases",
+        &cases.to_string(),
+        "--size",
+        "32",
+        "--slices",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Runs xaiclip, expects exit 2 with an error line holding every `expect` fragment; returns it.
+pub fn fails(args: &[&str], expect: &[&str]) -> String {
+    let o = xaiclip(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    // The error is the last message; a list of problems (weights) continues on indented lines.
+    let start = err.rfind("error: ").unwrap_or_else(|| panic!("no error line: {err}"));
+    let message = &err[start..];
+    for e in expect {
+        assert!(message.contains(e), "error lacks {e:?}: {message}");
+    }
+    message.to_string()
+}
+
+/// eval arguments for a fast run: occlusion with 4 windows, full image, no faithfulness curves.
+pub fn quick_eval<'a>(kind: &'a str, root: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "eval",
+        "--dataset",
+        kind,
+        root.to_str().unwrap(),
+        "--methods",
+        "occlusion",
+        "--roi",
+        "none",
+        "--occlusion-window",
+        "128",
+        "--occlusion-stride",
+        "128",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+}

@@ -1,0 +1,254 @@
+//! Reliability: outputs are written under their own names or not at all, several files appear together,
+//! option values that cannot run are refused before any work, and eval is a single-writer log that
+//! resume and merge cannot corrupt. Every test is a row of tests/BAD_INPUT.md.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn phantom(dir: &Path) -> String {
+    let o = xaiclip(&["phantom", "--size", "64", "--slices", "8", "--out", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join("ct.nii.gz").to_str().unwrap().to_string()
+}
+
+#[test]
+fn nifti_outputs_need_a_nifti_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let o = |name: &str| out.join(name).to_str().unwrap().to_string();
+    fails(&["convert", "--image", &image, "--out", &o("vol.txt")], &["vol.txt", "must be named *.nii or *.nii.gz"]);
+    let unet = repo().join("weights/unet");
+    fails(
+        &["--device", "cpu", "segment", "--image", &image, "--unet", unet.to_str().unwrap(), "--out", &o("labels")],
+        &["labels", "must be named *.nii or *.nii.gz"],
+    );
+    assert!(files_in(&out).is_empty(), "refused writes left {:?}", files_in(&out));
+    // Upper case is still NIfTI, and .GZ still means gzip.
+    let ok = xaiclip(&["convert", "--image", &image, "--out", &o("VOL.NII.GZ")]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let bytes = std::fs::read(out.join("VOL.NII.GZ")).unwrap();
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "not gzip");
+    let back = xaiclip::io::read_image(&out.join("VOL.NII.GZ")).unwrap();
+    assert_eq!(back.dims, xaiclip::io::read_image(Path::new(&image)).unwrap().dims);
+    assert_eq!(files_in(&out), ["VOL.NII.GZ"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("VOL.NII.GZ")).unwrap().permissions().mode() & 0o777;
+        assert_ne!(mode & 0o044, 0, "outputs should follow the umask (0666 less it), got {mode:o}");
+    }
+}
+
+#[test]
+fn explain_writes_its_three_files_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let out = tmp.path().join("out");
+    let run = |seed: &str| {
+        xaiclip(&[
+            "--device",
+            "cpu",
+            "explain",
+            "--image",
+            &image,
+            "--slice",
+            "4",
+            "--method",
+            "occlusion",
+            "--roi",
+            "none",
+            "--occlusion-window",
+            "128",
+            "--occlusion-stride",
+            "128",
+            "--faithfulness-steps",
+            "0",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = run("0");
+    assert!(first.status.success(), "{}", stderr(&first));
+    let before: Vec<Vec<u8>> =
+        ["saliency.nii.gz", "overlay.png"].iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
+    // The last of the three files cannot be written (its name is taken by a folder): nothing may change.
+    std::fs::remove_file(out.join("report.json")).unwrap();
+    std::fs::create_dir(out.join("report.json")).unwrap();
+    std::fs::write(out.join("saliency.nii.gz"), b"previous run").unwrap();
+    let second = run("1");
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    assert!(stderr(&second).contains("report.json"), "{}", stderr(&second));
+    assert_eq!(std::fs::read(out.join("saliency.nii.gz")).unwrap(), b"previous run");
+    assert_eq!(std::fs::read(out.join("overlay.png")).unwrap(), before[1]);
+    let mut left = files_in(&out);
+    left.sort();
+    assert_eq!(left, ["overlay.png", "report.json", "saliency.nii.gz"], "temporary files left behind");
+}
+
+#[test]
+fn option_values_that_cannot_run_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let out = tmp.path().join("out");
+    for (method, option, value, expect) in [
+        ("occlusion", "--occlusion-stride", "0", "--occlusion-stride 0: must be 1 to"),
+        ("occlusion", "--occlusion-window", "100000", "--occlusion-window 100000: must be 1 to"),
+        ("rise", "--masks", "99999999999", "--masks 99999999999: must be 1 to"),
+        ("rise", "--grid", "0", "--grid 0: must be 1 to"),
+        ("rise", "--p1", "nan", "--p1 NaN: must be in (0, 1]"),
+        ("lime", "--samples", "1", "--samples 1: must be 2 to"),
+        ("lime", "--segments", "100000", "--segments 100000: must be 1 to"),
+        ("occlusion", "--margin-mm", "nan", "--margin-mm NaN"),
+        ("occlusion", "--faithfulness-steps", "999999", "--faithfulness-steps 999999"),
+        ("occlusion", "--batch", "100000000", "--batch 100000000: needs about"),
+        ("occlusion", "--size", "100000", "--size 100000: the model grid must be"),
+    ] {
+        let args = [
+            "--device",
+            "cpu",
+            "explain",
+            "--image",
+            &image,
+            "--slice",
+            "4",
+            "--method",
+            method,
+            "--roi",
+            "none",
+            option,
+            value,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        fails(&args, &[expect]);
+        assert!(!out.exists(), "{option} {value}: output folder created");
+    }
+}
+
+/// A finished two-case eval in `out`.
+fn finished_eval(root: &Path, out: &Path) {
+    phantom_tree("flare22", root, 2);
+    let o = xaiclip(&quick_eval("flare22", root, out));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn second_eval_writer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    finished_eval(&root, &out);
+    let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    // Another process holds the folder (as a running eval does).
+    let lock = std::fs::OpenOptions::new().write(true).open(out.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    std::fs::write(out.join(".lock"), "pid 4242 on node7").unwrap();
+    let mut resume = quick_eval("flare22", &root, &out);
+    resume.push("--resume");
+    fails(&resume, &["another xaiclip eval (pid 4242 on node7) is writing to this folder"]);
+    drop(lock);
+    assert_eq!(std::fs::read_to_string(out.join("results.jsonl")).unwrap(), lines);
+    let again = xaiclip(&resume);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn resume_keeps_a_whole_last_line_without_its_newline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    finished_eval(&root, &out);
+    let results = out.join("results.jsonl");
+    let full = std::fs::read_to_string(&results).unwrap();
+    std::fs::write(&results, full.trim_end_matches('\n')).unwrap();
+    let mut resume = quick_eval("flare22", &root, &out);
+    resume.push("--resume");
+    let o = xaiclip(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("dropping"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&results).unwrap(), full);
+}
+
+#[test]
+fn resume_with_another_shard_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    phantom_tree("flare22", &root, 2);
+    let mut first = quick_eval("flare22", &root, &out);
+    first.extend(["--shard", "1/2"]);
+    assert!(xaiclip(&first).status.success());
+    let mut other = quick_eval("flare22", &root, &out);
+    other.extend(["--shard", "2/2", "--resume"]);
+    fails(&other, &["--resume with other settings", "shard: \"1/2\" vs \"2/2\""]);
+}
+
+#[test]
+fn merge_needs_every_shard_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    phantom_tree("flare22", &root, 3);
+    let shard = |i: &str| {
+        let dir = tmp.path().join(format!("s{}", &i[..1]));
+        let mut args = quick_eval("flare22", &root, &dir);
+        args.extend(["--shard", i]);
+        let o = xaiclip(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        dir.to_str().unwrap().to_string()
+    };
+    let (a, b) = (shard("1/3"), shard("2/3"));
+    let merged = tmp.path().join("merged");
+    let m = merged.to_str().unwrap();
+    fails(&["eval", "--merge", &a, &b, "--out", m], &["shards 3/3 are missing", "--allow-partial"]);
+    assert!(!merged.exists());
+    fails(&["eval", "--merge", &a, &a, &b, "--out", m], &["shard 1/3 is given twice"]);
+    let c = shard("3/3");
+    std::fs::remove_file(Path::new(&c).join("finished.json")).unwrap();
+    fails(&["eval", "--merge", &a, &b, &c, "--out", m], &["shard 3/3", "did not finish"]);
+    let partial = xaiclip(&["eval", "--merge", &a, &b, &c, "--out", m, "--allow-partial"]);
+    assert!(partial.status.success(), "{}", stderr(&partial));
+    let summary = std::fs::read_to_string(merged.join("summary.md")).unwrap();
+    assert!(summary.starts_with("**Partial merge**: shard 3/3"), "{summary}");
+}
+
+#[test]
+fn duplicate_result_lines_count_once_in_summaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    finished_eval(&root, &out);
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let results = out.join("results.jsonl");
+    let text = std::fs::read_to_string(&results).unwrap();
+    let last = text.lines().last().unwrap().to_string();
+    std::fs::write(&results, format!("{text}{last}\n")).unwrap();
+    let mut resume = quick_eval("flare22", &root, &out);
+    resume.push("--resume");
+    let o = xaiclip(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 duplicate result lines counted once"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(out.join("summary.csv")).unwrap(), summary);
+}
+
+#[test]
+fn multi_member_gzip_reads_like_one_member() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&image).unwrap()).read_to_end(&mut raw).unwrap();
+    // Two gzip members back to back, as `cat a.gz b.gz` or some writers produce; nibabel reads them.
+    let mut joined = Vec::new();
+    for part in [&raw[..raw.len() / 3], &raw[raw.len() / 3..]] {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(part).unwrap();
+        joined.extend(enc.finish().unwrap());
+    }
+    let two = tmp.path().join("two-members.nii.gz");
+    std::fs::write(&two, joined).unwrap();
+    let a = xaiclip::io::read_image(Path::new(&image)).unwrap();
+    let b = xaiclip::io::read_image(&two).unwrap();
+    assert_eq!((a.dims, a.affine), (b.dims, b.affine));
+    assert_eq!(a.data, b.data);
+}
