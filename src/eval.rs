@@ -475,8 +475,16 @@ fn evaluate_case(
                     method.name(),
                     roi.name()
                 )));
-                let run = explainer.run(&input, &clip_roi, class, method, roi, explainer.settings(), |_, _| {})?;
-                emit(EvalRecord::new(&case.id, class, Some(k), method, roi, Status::Ok).scored(&run), done, events)?;
+                let record = EvalRecord::new(&case.id, class, Some(k), method, roi, Status::Ok);
+                let line = match explainer.run(&input, &clip_roi, class, method, roi, explainer.settings(), |_, _| {}) {
+                    Ok(run) => record.scored(&run),
+                    // Not predicted by the U-Net, or outside the ROI finder's view: recorded, not a failure.
+                    Err(e) if e.kind() == ErrorKind::OrganAbsent => {
+                        EvalRecord { status: Status::OrganAbsent, ..record }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                emit(line, done, events)?;
             }
         }
     }

@@ -380,6 +380,14 @@ pub fn run_method<B: Backend>(
     let started = Instant::now();
     let scorer = UNetScorer::new(backend, model, &slice.image, size, class, settings.score)?;
     let roi = region(roi_mode, &scorer.m0, clip.mask.as_deref(), size, settings.margin_mm / slice.mm_per_pixel)?;
+    if !roi.contains(&true) {
+        fail!(
+            OrganAbsent,
+            "the {} ROI is empty on this slice (the CLIP map has no {} above its threshold): nothing to perturb; try --roi seg, --roi none or another --roi-threshold",
+            roi_mode.name(),
+            organ_name(class)
+        );
+    }
     let baseline = baseline_image(settings.baseline, &slice.image, size);
     let full = roi_mode == RoiMode::Full;
     let settings =

@@ -2,6 +2,7 @@
 //! class probabilities back onto each slice's own pixels.
 
 use crate::backend::Backend;
+use crate::fail;
 use crate::io::Volume;
 use crate::models::BasicUNet;
 use crate::preprocess::{argmax_on_grid, normalise, resize_bilinear, AxialLayout, Intensity};
@@ -55,7 +56,9 @@ pub fn segment_slices<B: Backend>(
         "segment writes uint8 labels: at most 256 classes, the model has {}",
         config.out_channels
     );
-    ensure!(options.batch >= 1 && options.input_size >= 16, "batch must be >= 1 and input size >= 16");
+    if !(1..=1024).contains(&options.batch) || options.input_size < 16 {
+        fail!(InvalidInput, "--batch {}: must be 1 to 1024 (and the model grid at least 16)", options.batch);
+    }
     let layout = AxialLayout::of(volume)?;
     for &k in slices {
         layout.check_slice(volume, k)?;
@@ -72,6 +75,7 @@ pub fn segment_slices<B: Backend>(
         }
         let x = backend.upload(&Tensor::new(&[chunk.len(), 1, size, size], input)?)?;
         let probs = backend.download(&model.forward(backend, &x)?)?;
+        crate::models::check_finite_outputs(probs.data())?;
         let per_item = config.out_channels * size * size;
         for (i, &k) in chunk.iter().enumerate() {
             let item = &probs.data()[i * per_item..(i + 1) * per_item];

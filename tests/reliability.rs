@@ -252,3 +252,107 @@ fn multi_member_gzip_reads_like_one_member() {
     assert_eq!((a.dims, a.affine), (b.dims, b.affine));
     assert_eq!(a.data, b.data);
 }
+
+#[test]
+fn weights_that_overflow_are_an_error_not_one_class() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let unet = tmp.path().join("unet");
+    std::fs::create_dir(&unet).unwrap();
+    std::fs::copy(repo().join("weights/unet/config.json"), unet.join("config.json")).unwrap();
+    let bytes = std::fs::read(repo().join("weights/unet/model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // Finite weights whose first convolution overflows f32 on any input.
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (name, view) in file.tensors() {
+        let mut data = view.data().to_vec();
+        if name == "conv_0.conv_0.conv.bias" || name == "conv_0.conv_0.conv.weight" {
+            data = data.chunks(4).flat_map(|_| 3.0e38f32.to_le_bytes()).collect();
+        }
+        tensors.push((name.to_string(), data, view.shape().to_vec()));
+    }
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s)| {
+            (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
+    std::fs::write(unet.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = tmp.path().join("labels.nii.gz");
+    fails(
+        &[
+            "--device",
+            "cpu",
+            "segment",
+            "--image",
+            &image,
+            "--unet",
+            unet.to_str().unwrap(),
+            "--slice",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["the U-Net produced a non-finite output", "overflow"],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_empty_roi_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let out = tmp.path().join("out");
+    fails(
+        &[
+            "--device",
+            "cpu",
+            "explain",
+            "--image",
+            &image,
+            "--slice",
+            "4",
+            "--method",
+            "occlusion",
+            "--roi",
+            "clip",
+            "--roi-threshold",
+            "fixed:2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["the clip ROI is empty on this slice", "--roi seg"],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn dicom_series_with_a_missing_slice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("chaos");
+    let o = xaiclip(&[
+        "phantom",
+        "--layout",
+        "chaos-ct",
+        "--cases",
+        "1",
+        "--size",
+        "32",
+        "--slices",
+        "5",
+        "--out",
+        root.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let series = root.join("CT/1/DICOM_anon");
+    let mut files: Vec<_> = std::fs::read_dir(&series).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(xaiclip::io::read_image(&series).is_ok(), "the whole series reads");
+    std::fs::remove_file(&files[2]).unwrap();
+    let out = tmp.path().join("x.nii.gz");
+    fails(
+        &["convert", "--image", series.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &["DICOM_anon: slices are not evenly spaced", "a missing slice?"],
+    );
+    assert!(!out.exists());
+}

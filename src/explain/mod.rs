@@ -117,6 +117,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         let started = std::time::Instant::now();
         let x = backend.upload(&Tensor::new(&[1, 1, size, size], input.to_vec())?)?;
         let logits = backend.download(&model.forward_logits(backend, &x)?)?;
+        crate::models::check_finite_outputs(logits.data())?;
         let forward_nanos = std::sync::atomic::AtomicU64::new(started.elapsed().as_nanos() as u64);
         let plane = size * size;
         let m0: Vec<bool> = (0..plane)

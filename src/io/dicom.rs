@@ -179,6 +179,15 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
         {
             bail!("{}: size or orientation differs from {} in the same series", path.display(), files[0].display());
         }
+        if (0..2).any(|i| (gi.spacing[i] - g.spacing[i]).abs() > 1e-4 * g.spacing[i].max(1.0)) {
+            bail!(
+                "{}: PixelSpacing {:?} differs from {:?} in {} of the same series",
+                path.display(),
+                gi.spacing,
+                g.spacing,
+                files[0].display()
+            );
+        }
         let p = floats(obj, tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3, path)?;
         let position = [p[0], p[1], p[2]];
         slices.push(Slice {
@@ -192,6 +201,24 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
     for pair in slices.windows(2) {
         if (pair[1].distance - pair[0].distance).abs() < 1e-3 {
             bail!("{} and {}: two slices at the same position", pair[0].path.display(), pair[1].path.display());
+        }
+    }
+    // Evenly spaced slices only: a gap (a missing file) or uneven spacing has no single affine, and
+    // averaging would misplace every slice (ITK refuses such series too).
+    let gaps: Vec<f64> = slices.windows(2).map(|p| p[1].distance - p[0].distance).collect();
+    if let Some(&first) = gaps.first() {
+        let tolerance = (0.01 * first).max(0.01);
+        if let Some(i) = gaps.iter().position(|g| (g - first).abs() > tolerance) {
+            bail!(
+                "{}: slices are not evenly spaced: {:.3} mm between {} and {}, but {:.3} mm between {} and {} (a missing slice?)",
+                dir.display(),
+                first,
+                slices[0].path.display(),
+                slices[1].path.display(),
+                gaps[i],
+                slices[i].path.display(),
+                slices[i + 1].path.display()
+            );
         }
     }
     // Third axis: the average step between slices (handles gantry tilt and either slice direction).

@@ -18,33 +18,57 @@ fn describe(e: &nifti::NiftiError) -> String {
     }
 }
 
-/// Voxel-to-world affine by the NIfTI-1 rules: sform if set, else qform, else scaled identity.
-pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
+/// Voxel-to-world affine by the NIfTI-1 rules, as nibabel reads them: the sform when sform_code > 0,
+/// else the qform when qform_code > 0 (pixdims taken as absolute values, qfac = -1 only when pixdim[0]
+/// is negative), else nibabel's base affine (x flipped, centred on the volume). A non-finite or singular
+/// affine, or a quaternion of length over 1, is refused: nibabel returns NaN, a singular matrix or raises.
+pub fn header_affine(h: &NiftiHeader, dims: [usize; 3]) -> Result<[[f64; 4]; 4]> {
     let mut a = [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
-    if h.sform_code > 0 {
+    let zooms = [1, 2, 3].map(|i| (h.pixdim[i] as f64).abs());
+    let source = if h.sform_code > 0 {
         for (r, row) in [h.srow_x, h.srow_y, h.srow_z].iter().enumerate() {
             a[r] = row.map(|v| v as f64);
         }
+        "sform"
     } else if h.qform_code > 0 {
         let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
-        let aa = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let w2 = 1.0 - (b * b + c * c + d * d);
+        // f32 rounding of a unit quaternion can leave w2 slightly negative (nibabel's threshold).
+        if !(w2 >= -3.0 * f32::EPSILON as f64) {
+            bail!("qform quaternion (b, c, d) = ({b}, {c}, {d}) is longer than 1: not a rotation");
+        }
+        let aa = w2.max(0.0).sqrt();
         let rot = [
             [aa * aa + b * b - c * c - d * d, 2.0 * (b * c - aa * d), 2.0 * (b * d + aa * c)],
             [2.0 * (b * c + aa * d), aa * aa + c * c - b * b - d * d, 2.0 * (c * d - aa * b)],
             [2.0 * (b * d - aa * c), 2.0 * (c * d + aa * b), aa * aa + d * d - b * b - c * c],
         ];
         let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-        let scale = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64 * qfac];
+        let scale = [zooms[0], zooms[1], zooms[2] * qfac];
         let offset = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
         for r in 0..3 {
             a[r] = [rot[r][0] * scale[0], rot[r][1] * scale[1], rot[r][2] * scale[2], offset[r]];
         }
+        "qform"
     } else {
-        for (r, row) in a.iter_mut().take(3).enumerate() {
-            row[r] = h.pixdim[r + 1].abs().max(f32::MIN_POSITIVE) as f64;
-        }
+        // nibabel's get_base_affine: radiological x, origin at the volume's centre.
+        let z = zooms.map(|v| if v > 0.0 { v } else { 1.0 });
+        let centre = |i: usize| (dims[i] as f64 - 1.0) / 2.0;
+        a[0] = [-z[0], 0.0, 0.0, centre(0) * z[0]];
+        a[1] = [0.0, z[1], 0.0, -centre(1) * z[1]];
+        a[2] = [0.0, 0.0, z[2], -centre(2) * z[2]];
+        "pixdim"
+    };
+    if a.iter().flatten().any(|v| !v.is_finite()) {
+        bail!("the {source} affine holds non-finite values");
     }
-    a
+    let m = |r: usize, c: usize| a[r][c];
+    let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1)) - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
+        + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
+    if det.abs() < 1e-12 {
+        bail!("the {source} affine is singular (determinant {det}): voxels have no positions");
+    }
+    Ok(a)
 }
 
 /// The file as a byte stream: gzip (any number of members, as Python's gzip reads them) when it starts
@@ -131,7 +155,8 @@ pub fn read(path: &Path) -> Result<Volume> {
         let inter = if inter.is_finite() { inter } else { 0.0 };
         data.iter_mut().for_each(|v| *v = *v * slope + inter);
     }
-    Ok(Volume { dims, data, affine: header_affine(&header), source: path.to_path_buf(), nifti_header: Some(header) })
+    let affine = header_affine(&header, dims).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+    Ok(Volume { dims, data, affine, source: path.to_path_buf(), nifti_header: Some(header) })
 }
 
 /// Element types a NIfTI output can hold.

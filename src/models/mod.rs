@@ -19,3 +19,16 @@ pub fn bundled(name: &str) -> anyhow::Result<std::path::PathBuf> {
         )
     })
 }
+
+/// Refuses model outputs with NaN or infinity (weights that overflow in f32): an argmax over them would
+/// quietly label every pixel one class.
+pub fn check_finite_outputs(values: &[f32]) -> anyhow::Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        crate::fail!(
+            InvalidInput,
+            "the U-Net produced a non-finite output ({} at value {i}); its weights overflow in f32 on this input",
+            values[i]
+        );
+    }
+    Ok(())
+}
