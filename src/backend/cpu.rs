@@ -128,7 +128,7 @@ pub fn available_memory() -> usize {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes the struct it is given and nothing else.
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
-            limits.push(r.rlim_cur as u64);
+            limits.push(r.rlim_cur);
         }
     }
     limits.into_iter().min().map_or(4 << 30, |b| b.min(usize::MAX as u64) as usize)

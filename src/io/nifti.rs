@@ -34,7 +34,7 @@ pub fn header_affine(h: &NiftiHeader, dims: [usize; 3]) -> Result<[[f64; 4]; 4]>
         let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
         let w2 = 1.0 - (b * b + c * c + d * d);
         // f32 rounding of a unit quaternion can leave w2 slightly negative (nibabel's threshold).
-        if !(w2 >= -3.0 * f32::EPSILON as f64) {
+        if w2.is_nan() || w2 < -3.0 * f32::EPSILON as f64 {
             bail!("qform quaternion (b, c, d) = ({b}, {c}, {d}) is longer than 1: not a rotation");
         }
         let aa = w2.max(0.0).sqrt();
