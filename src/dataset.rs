@@ -112,9 +112,11 @@ fn stem(p: &Path) -> String {
     n.strip_suffix("_0000").unwrap_or(n).to_string()
 }
 
+/// Named like a NIfTI file and not a folder. A dangling symlink or an unreadable file still counts, so
+/// it fails as a case (errors.jsonl) instead of vanishing from the data set.
 fn is_nifti(p: &Path) -> bool {
     let n = name(p);
-    p.is_file() && (n.ends_with(".nii.gz") || n.ends_with(".nii"))
+    !p.is_dir() && (n.ends_with(".nii.gz") || n.ends_with(".nii"))
 }
 
 /// The label map `dir/<stem>.nii.gz` (or .nii) of `image`, which must exist.

@@ -356,3 +356,25 @@ fn dicom_series_with_a_missing_slice_is_refused() {
     );
     assert!(!out.exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_dangling_case_symlink_is_an_error_not_a_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    phantom_tree("flare22", &root, 2);
+    // case_0003: an image symlink whose target is gone (a moved data set), with its label present.
+    let (images, labels) = (root.join("imagesTr"), root.join("labelsTr"));
+    std::os::unix::fs::symlink(tmp.path().join("moved/case_0003_0000.nii.gz"), images.join("case_0003_0000.nii.gz"))
+        .unwrap();
+    std::fs::copy(labels.join("case_0001.nii.gz"), labels.join("case_0003.nii.gz")).unwrap();
+    let o = xaiclip(&quick_eval("flare22", &root, &out));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 of 3 cases failed"), "{}", stderr(&o));
+    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    let e: serde_json::Value = serde_json::from_str(errors.lines().next().unwrap()).unwrap();
+    assert_eq!(e["case"], "case_0003");
+    assert_eq!(e["kind"], "invalid-input");
+    assert!(e["error"].as_str().unwrap().contains("case_0003_0000.nii.gz: cannot open"), "{e}");
+    assert!(!out.join("finished.json").exists(), "a run with a failed case is not finished");
+}
