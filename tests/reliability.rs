@@ -378,3 +378,37 @@ fn a_dangling_case_symlink_is_an_error_not_a_gap() {
     assert!(e["error"].as_str().unwrap().contains("case_0003_0000.nii.gz: cannot open"), "{e}");
     assert!(!out.join("finished.json").exists(), "a run with a failed case is not finished");
 }
+
+#[test]
+fn dicom_element_longer_than_the_file_is_refused_before_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("chaos");
+    let o = xaiclip(&[
+        "phantom",
+        "--layout",
+        "chaos-ct",
+        "--cases",
+        "1",
+        "--size",
+        "32",
+        "--slices",
+        "2",
+        "--out",
+        root.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let series = root.join("CT/1/DICOM_anon");
+    let mut files: Vec<_> = std::fs::read_dir(&series).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    // A private OB element at the end that claims 2 GiB: dicom-rs would allocate all of it first.
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    bytes.extend([0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]);
+    bytes.extend(0x7fff_fff0u32.to_le_bytes());
+    bytes.extend([0u8; 16]);
+    std::fs::write(&files[1], bytes).unwrap();
+    let out = tmp.path().join("x.nii.gz");
+    fails(
+        &["convert", "--image", series.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &["element (0009,1010) declares 2147483632 bytes but the file has 16 left"],
+    );
+}

@@ -146,6 +146,7 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
     let mut series: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let mut objects = Vec::with_capacity(files.len());
     for f in &files {
+        check_declared_lengths(f)?;
         let obj = open_file(f).map_err(|e| anyhow::anyhow!("{}: not a readable DICOM file ({e})", f.display()))?;
         let uid = obj
             .element(tags::SERIES_INSTANCE_UID)
@@ -249,6 +250,86 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
     }
     let files = slices.into_iter().map(|s| s.path).collect();
     Ok((Volume { dims: [g.cols, g.rows, n], data, affine, source: dir.to_path_buf(), nifti_header: None }, files))
+}
+
+/// Refuses a file in which an element declares more bytes than the file holds, before dicom-rs reads
+/// it: dicom-rs allocates (and zero-fills) a declared length of up to 4 GiB before finding the file too
+/// short, so a few bytes could take gigabytes. Walks the file meta group and the data set's elements in
+/// order (explicit or implicit VR little endian; items of sequences and pixel fragments are checked
+/// against the bytes left and skipped whole). Other encodings (deflate, big endian) are left to dicom-rs.
+fn check_declared_lengths(path: &Path) -> Result<()> {
+    const UNDEFINED: u32 = u32::MAX;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Ok(());
+    }
+    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
+    let u32_at = |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
+    let too_long = |group: u16, element: u16, len: u64, left: usize| {
+        anyhow::anyhow!(
+            "{}: element ({group:04X},{element:04X}) declares {len} bytes but the file has {left} left (truncated or corrupt)",
+            path.display()
+        )
+    };
+    let mut pos = 132;
+    // The file meta group is always explicit VR little endian; the data set follows its transfer syntax.
+    let mut dataset_explicit = true;
+    let mut in_meta = true;
+    while pos + 8 <= bytes.len() {
+        let (group, element) = (u16_at(pos), u16_at(pos + 2));
+        if in_meta && group != 0x0002 {
+            in_meta = false;
+        }
+        let explicit = in_meta || dataset_explicit;
+        if group == 0xFFFE {
+            // Item or delimiter: a tag and a 4-byte length in every encoding.
+            let len = u32_at(pos + 4);
+            pos += 8;
+            if len != UNDEFINED {
+                if len as usize > bytes.len() - pos {
+                    return Err(too_long(group, element, len as u64, bytes.len() - pos));
+                }
+                pos += len as usize;
+            }
+            continue;
+        }
+        let (len, header) = if explicit {
+            let vr = &bytes[pos + 4..pos + 6];
+            let long = matches!(
+                vr,
+                b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+            );
+            if long {
+                if pos + 12 > bytes.len() {
+                    break;
+                }
+                (u32_at(pos + 8), 12)
+            } else {
+                (u16_at(pos + 6) as u32, 8)
+            }
+        } else {
+            (u32_at(pos + 4), 8)
+        };
+        pos += header;
+        if len == UNDEFINED {
+            // A sequence or encapsulated pixel data: its items follow.
+            continue;
+        }
+        if len as usize > bytes.len() - pos {
+            return Err(too_long(group, element, len as u64, bytes.len() - pos));
+        }
+        if (group, element) == (0x0002, 0x0010) {
+            let uid = String::from_utf8_lossy(&bytes[pos..pos + len as usize]);
+            match uid.trim_end_matches(['\0', ' ']) {
+                "1.2.840.10008.1.2" => dataset_explicit = false,
+                // Deflated and big-endian data sets are not walked here.
+                "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2" => return Ok(()),
+                _ => {}
+            }
+        }
+        pos += len as usize;
+    }
+    Ok(())
 }
 
 /// Writes `volume` as a DICOM series, one explicit-VR little-endian file per slice named
