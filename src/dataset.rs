@@ -9,6 +9,7 @@ use clap::ValueEnum;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// The folder layouts `xaiclip eval` reads.
 pub enum DatasetKind {
     /// imagesTr/<case>_0000.nii.gz with labelsTr/<case>.nii.gz (FLARE22 ids 1-13); imagesTs unlabeled.
     Flare22,
@@ -25,6 +26,7 @@ pub enum DatasetKind {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// Which id scheme a label volume uses.
 pub enum LabelIds {
     /// FLARE22 ids (1 liver, 2 right kidney, 3 spleen, ..., 13 left kidney).
     Flare22,
@@ -33,6 +35,7 @@ pub enum LabelIds {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a PNG mask encodes organs.
 pub enum PngEncoding {
     /// 0 background, 255 liver.
     ChaosCt,
@@ -41,20 +44,26 @@ pub enum PngEncoding {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// Where a case's labels come from.
 pub enum LabelSource {
+    /// Unlabeled (e.g. a test split).
     None,
+    /// A label volume and its id scheme.
     Volume(PathBuf, LabelIds),
     /// One PNG per DICOM file, matched by their order.
     Png(PathBuf, PngEncoding),
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// One case of a data set: its image, labels and modality.
 pub struct CaseEntry {
     /// Stable name: the shard split and the results' "case" field.
     pub id: String,
     /// NIfTI file or DICOM series folder.
     pub image: PathBuf,
+    /// Its labels.
     pub labels: LabelSource,
+    /// MR (percentile normalisation) rather than CT.
     pub mr: bool,
 }
 
@@ -253,6 +262,7 @@ pub fn parse_shard(spec: &str) -> Result<(usize, usize)> {
     }
 }
 
+/// Shard `index` of `count` (1-based): every count-th case starting at index - 1.
 pub fn shard(cases: Vec<CaseEntry>, (index, count): (usize, usize)) -> Vec<CaseEntry> {
     cases.into_iter().enumerate().filter(|(j, _)| j % count == index - 1).map(|(_, c)| c).collect()
 }

@@ -35,56 +35,35 @@
 //!
 //! The command line (`src/cli/`) is the binary's, on top of all of these; no library module uses it.
 
-// Every public item of the embedding surface (the facade, errors, eval) is documented; the building
-// blocks below it carry module docs and are documented item by item as they are touched.
 #![warn(missing_docs)]
 
 pub mod error;
-#[allow(missing_docs)]
 pub mod organs;
-#[allow(missing_docs)]
 pub mod rng;
-#[allow(missing_docs)]
 pub mod tensor;
-#[allow(missing_docs)]
 pub mod threshold;
 
-#[allow(missing_docs)]
 pub mod io;
-#[allow(missing_docs)]
 pub mod weights;
 
-#[allow(missing_docs)]
 pub mod phantom;
-#[allow(missing_docs)]
 pub mod preprocess;
-#[allow(missing_docs)]
 pub mod render;
 
-#[allow(missing_docs)]
 pub mod backend;
 
-#[allow(missing_docs)]
 pub mod models;
 
-#[allow(missing_docs)]
 pub mod explain;
-#[allow(missing_docs)]
 pub mod roi;
-#[allow(missing_docs)]
 pub mod segment;
 
-#[allow(missing_docs)]
 pub mod dataset;
-#[allow(missing_docs)]
 pub mod metrics;
 
-#[allow(missing_docs)]
 pub mod pipeline;
 
-#[allow(missing_docs)]
 pub mod bench;
-#[allow(missing_docs)]
 pub mod selftest;
 
 pub mod explainer;

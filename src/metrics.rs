@@ -9,10 +9,13 @@ use serde::Serialize;
 /// Dice and IoU of a binarised map against the ground truth.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct Overlap {
+    /// 2|A∩B| / (|A| + |B|).
     pub dice: f64,
+    /// |A∩B| / |A∪B|.
     pub iou: f64,
 }
 
+/// Dice and IoU of two masks (1 when both are empty).
 pub fn overlap(pred: &[bool], truth: &[bool]) -> Overlap {
     let (mut inter, mut p, mut t) = (0usize, 0usize, 0usize);
     for (&a, &b) in pred.iter().zip(truth) {
@@ -57,6 +60,7 @@ pub fn pointing_game(s: &[f32], truth: &[bool]) -> bool {
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// How well a saliency map agrees with the ground-truth organ.
 pub struct Agreement {
     /// Binarised at the |GT| most salient pixels.
     pub top_k: Overlap,
@@ -64,10 +68,13 @@ pub struct Agreement {
     pub otsu: Overlap,
     /// Binarised at 0.5 after min-max normalisation (the paper's likely protocol).
     pub half: Overlap,
+    /// Area under the ROC curve of saliency as a score for organ pixels.
     pub auroc: f64,
+    /// Whether the most salient pixel is in the organ.
     pub pointing_game: bool,
 }
 
+/// The agreement of `saliency` with `truth` at three binarisations, AUROC and the pointing game.
 pub fn agreement(saliency: &[f32], truth: &[bool]) -> Agreement {
     let norm = min_max(saliency);
     let t = otsu(&norm);
@@ -82,10 +89,15 @@ pub fn agreement(saliency: &[f32], truth: &[bool]) -> Agreement {
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// Deletion and insertion curves of a map and their areas.
 pub struct Faithfulness {
+    /// Area under the deletion curve (lower: more faithful).
     pub deletion_auc: f64,
+    /// Area under the insertion curve (higher: more faithful).
     pub insertion_auc: f64,
+    /// Score after removing each step's share of the most salient pixels.
     pub deletion_curve: Vec<f64>,
+    /// Score after restoring them, starting from the baseline.
     pub insertion_curve: Vec<f64>,
 }
 

@@ -66,6 +66,7 @@ pub fn totalseg_to_flare22(id: u8) -> u8 {
     }
 }
 
+/// The FLARE22 name of a class id ("class N" for ids it does not name).
 pub fn organ_name(class: usize) -> String {
     FLARE22_ORGANS.iter().find(|(id, _)| *id as usize == class).map_or(format!("class {class}"), |(_, n)| n.to_string())
 }

@@ -108,8 +108,11 @@ fn anatomy() -> Vec<Blob> {
     ]
 }
 
+/// A synthetic CT and its labels.
 pub struct Phantom {
+    /// HU values on a 1.5 mm grid (at 256 px), RAS affine.
     pub ct: Volume,
+    /// FLARE22 labels on the same grid.
     pub labels: Vec<u8>,
 }
 

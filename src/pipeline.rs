@@ -25,17 +25,24 @@ use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// A perturbation method (each is a module of `explain`).
 pub enum Method {
+    /// Sliding-window occlusion (Zeiler & Fergus; Captum's conventions).
     Occlusion,
+    /// Randomised input sampling (Petsiuk et al.): random smooth masks, score-weighted.
     Rise,
+    /// LIME on superpixels: a weighted linear surrogate of the score.
     Lime,
     #[value(name = "kernelshap")]
+    /// Kernel SHAP on superpixels: Shapley values by weighted least squares.
     KernelShap,
 }
 
 impl Method {
+    /// Every method, in the order tables list them.
     pub const ALL: [Method; 4] = [Method::Occlusion, Method::Rise, Method::Lime, Method::KernelShap];
 
+    /// The method's name in the CLI, file names and records.
     pub fn name(&self) -> &'static str {
         match self {
             Method::Occlusion => "occlusion",
@@ -49,17 +56,26 @@ impl Method {
 /// Every knob of the explainers.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The number a forward pass is reduced to.
     pub score: ScoreKind,
+    /// What perturbed pixels become.
     pub baseline: BaselineKind,
+    /// Occlusion window and stride (model pixels).
     pub occlusion: Occlusion,
+    /// RISE masks, grid, keep probability, seed, adaptive stop.
     pub rise: Rise,
+    /// LIME samples, kernel width, ridge strength, seed.
     pub lime: Lime,
+    /// Kernel SHAP samples and seed.
     pub shap: KernelShap,
+    /// The superpixels LIME and Kernel SHAP switch on and off.
     pub segmenter: Segmenter,
     /// ROI mode for LIME/SHAP: None segments only the ROI; Some(f) segments the whole slice and keeps
     /// the superpixels with at least fraction f inside the ROI (the paper's protocol).
     pub superpixel_min_overlap: Option<f64>,
+    /// Millimetres the ROI grows by around the organ region.
     pub margin_mm: f64,
+    /// Perturbed images per forward pass (resolved for the device; see `BatchSize`).
     pub batch: usize,
     /// Deletion/insertion steps; 0 skips the faithfulness metrics.
     pub faithfulness_steps: usize,
@@ -133,6 +149,7 @@ impl Settings {
         Ok(())
     }
 
+    /// xaiclip's own defaults (each option's help says them); `seed` seeds every random choice.
     pub fn defaults(seed: u64) -> Self {
         Self {
             score: ScoreKind::MeanProb,
@@ -171,6 +188,7 @@ impl Settings {
 
 /// A slice prepared on the model grid.
 pub struct SliceInput {
+    /// Side of the square model grid.
     pub size: usize,
     /// Windowed image in [0, 1].
     pub image: Vec<f32>,
@@ -205,19 +223,27 @@ impl SliceInput {
 
 /// One method's result on one slice.
 pub struct MethodRun {
+    /// The method that ran.
     pub method: Method,
+    /// The ROI mode it ran in.
     pub roi_mode: RoiMode,
     /// Wall time of the explanation (ROI + perturbations), not of the metrics.
     pub seconds: f64,
+    /// U-Net forwards, the unperturbed one that found M0 included.
     pub forward_passes: usize,
     /// Share of the explanation's own time (CLIP excluded) spent in U-Net forwards.
     pub forward_fraction: f64,
+    /// Perturbation samples used (RISE's adaptive stop may use fewer than asked).
     pub samples: usize,
+    /// Pixels that could be perturbed (model grid).
     pub roi: Vec<bool>,
+    /// The saliency map on the model grid, row-major (0 outside the ROI).
     pub saliency: Vec<f32>,
     /// LIME/SHAP superpixel labels on the model grid (-1 where none is perturbed).
     pub segments: Option<Vec<i32>>,
+    /// Saliency against the ground truth, when labels were given.
     pub agreement: Option<Agreement>,
+    /// Deletion and insertion curves, when asked for.
     pub faithfulness: Option<Faithfulness>,
     /// M0: the unperturbed prediction of the organ (per model pixel), the mask the score refers to.
     pub m0: Vec<bool>,
@@ -228,6 +254,7 @@ pub struct MethodRun {
 }
 
 impl MethodRun {
+    /// Share of the slice the ROI covers.
     pub fn roi_fraction(&self) -> f64 {
         area_fraction(&self.roi)
     }
@@ -266,9 +293,12 @@ impl MethodRun {
 /// the run's figures, flat.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The method.
     pub method: Method,
+    /// The ROI mode.
     pub roi: RoiMode,
     #[serde(flatten)]
+    /// The numbers.
     pub figures: RunFigures,
 }
 
@@ -278,33 +308,42 @@ pub struct RunSummary {
 pub struct RunFigures {
     /// Wall time of the explanation, CLIP map included in the CLIP modes.
     pub seconds: f64,
+    /// U-Net forward passes.
     pub forward_passes: usize,
     /// Share of the explanation's own time spent in U-Net forwards.
     #[serde(default)]
     pub forward_fraction: Option<f64>,
+    /// Perturbation samples.
     pub samples: usize,
+    /// Share of the slice inside the ROI.
     pub roi_fraction: f64,
     /// Minimum and maximum of the saliency map.
     #[serde(default)]
     pub saliency_range: Option<[f32; 2]>,
     /// Dice / IoU of the map binarised at 0.5 after min-max normalisation (the paper's protocol).
     pub dice: Option<f64>,
+    /// IoU at the same binarisation as `dice`.
     pub iou: Option<f64>,
     /// Binarised at the |ground truth| most salient pixels.
     #[serde(default)]
     pub dice_topk: Option<f64>,
     #[serde(default)]
+    /// IoU at the top-|ground truth| binarisation.
     pub iou_topk: Option<f64>,
     /// Binarised at Otsu's threshold.
     #[serde(default)]
     pub dice_otsu: Option<f64>,
     #[serde(default)]
+    /// IoU at Otsu's threshold.
     pub iou_otsu: Option<f64>,
+    /// Area under the ROC curve of saliency against the organ's pixels.
     pub auroc: Option<f64>,
     /// Whether the most salient pixel lies in the organ.
     #[serde(default)]
     pub pointing_game: Option<bool>,
+    /// Deletion curve area (lower: more faithful).
     pub deletion_auc: Option<f64>,
+    /// Insertion curve area (higher: more faithful).
     pub insertion_auc: Option<f64>,
 }
 
@@ -333,8 +372,11 @@ fn superpixels(settings: &Settings, slice: &SliceInput, roi: &[bool], full: bool
 /// slice and charged to every method run that uses it.
 #[derive(Clone, Debug, Default)]
 pub struct ClipRoi {
+    /// The thresholded map with small components dropped (before the margin).
     pub mask: Option<Vec<bool>>,
+    /// The organ probability map on the model grid.
     pub probability: Option<Vec<f32>>,
+    /// Seconds the map took (text features, image features, threshold).
     pub seconds: f64,
 }
 
@@ -364,6 +406,9 @@ pub fn roi_budget(settings: &Settings, roi: &[bool], size: usize) -> Settings {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// One method in one ROI mode on a prepared slice: finds M0, builds the ROI, runs the explainer on
+/// `backend`, and scores the map (agreement with labels, faithfulness). `progress(done, planned)` counts
+/// forward passes. Settings are validated first.
 pub fn run_method<B: Backend>(
     backend: &B,
     model: &BasicUNet<B>,
@@ -630,6 +675,7 @@ pub struct ClipOptions {
     pub clip: Option<PathBuf>,
     /// CoOp contexts folder; default: the bundled weights/coop.
     pub coop: Option<PathBuf>,
+    /// Learned CoOp contexts, the hand template, or a custom prompt for the organ.
     pub prompts: Prompts,
     /// Threshold on the organ probability map.
     pub threshold: Threshold,
@@ -651,6 +697,7 @@ pub struct ClipRoiFinder<B: Backend> {
 }
 
 impl<B: Backend> ClipRoiFinder<B> {
+    /// Loads CLIP (and CoOp) onto `backend` from `options` (bundled folders when none are given).
     pub fn load(backend: &B, options: &ClipOptions) -> Result<Self> {
         let clip_dir = match &options.clip {
             Some(d) => d.clone(),

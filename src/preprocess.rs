@@ -13,22 +13,31 @@ use anyhow::{bail, Result};
 /// A 2-D single-channel image, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
+    /// Rows.
     pub height: usize,
+    /// Columns.
     pub width: usize,
+    /// Row-major values.
     pub data: Vec<f32>,
 }
 
 /// How voxel axes map to slice rows, columns and the slice index.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AxialLayout {
+    /// Voxel axis along which axial slices are stacked (closest to superior-inferior).
     pub slice_axis: usize,
+    /// Voxel axis that becomes the slice's rows (anterior to posterior).
     pub row_axis: usize,
+    /// Voxel axis that becomes the slice's columns (patient right to left).
     pub col_axis: usize,
+    /// Rows run against that voxel axis.
     pub flip_rows: bool,
+    /// Columns run against that voxel axis.
     pub flip_cols: bool,
 }
 
 impl AxialLayout {
+    /// The layout of `volume` from its affine; refuses an affine without an axial axis.
     pub fn of(volume: &Volume) -> Result<Self> {
         let a = &volume.affine;
         // Dominant world axis (0 = R-L, 1 = A-P, 2 = S-I) of each voxel axis.
@@ -42,6 +51,7 @@ impl AxialLayout {
         Ok(Self { slice_axis, row_axis, col_axis, flip_cols: a[0][col_axis] > 0.0, flip_rows: a[1][row_axis] > 0.0 })
     }
 
+    /// Number of axial slices.
     pub fn slices(&self, volume: &Volume) -> usize {
         volume.dims[self.slice_axis]
     }
@@ -66,6 +76,7 @@ impl AxialLayout {
         ijk[0] + dims[0] * (ijk[1] + dims[1] * ijk[2])
     }
 
+    /// Refuses a slice index outside the volume, naming the file and the range.
     pub fn check_slice(&self, volume: &Volume, k: usize) -> Result<()> {
         let n = self.slices(volume);
         if k >= n {
@@ -78,6 +89,7 @@ impl AxialLayout {
         Ok(())
     }
 
+    /// Axial slice `k` as a radiologist reads it (row 0 anterior, column 0 patient right).
     pub fn extract(&self, volume: &Volume, k: usize) -> Result<Image> {
         self.check_slice(volume, k)?;
         let (height, width) = self.slice_shape(volume);
@@ -110,6 +122,7 @@ impl AxialLayout {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Intensity {
     /// CT window [low, high] in HU.
+    #[allow(missing_docs)] // low and high HU, mapped to 0 and 1
     CtWindow { low: f32, high: f32 },
     /// MR: the volume's 0.5th and 99.5th percentiles become 0 and 1.
     MrPercentile,
@@ -134,6 +147,7 @@ impl Intensity {
     }
 }
 
+/// Maps [low, high] to [0, 1], clamping outside.
 pub fn normalise(image: &Image, (low, high): (f32, f32)) -> Image {
     let scale = 1.0 / (high - low);
     Image { data: image.data.iter().map(|v| ((v - low) * scale).clamp(0.0, 1.0)).collect(), ..*image }

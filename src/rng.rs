@@ -8,12 +8,15 @@ const W0: u32 = 0x9E37_79B9;
 const W1: u32 = 0xBB67_AE85;
 
 #[derive(Clone, Copy, Debug)]
+/// Counter-based random numbers: any (stream, index) is computed directly, so masks are the same on
+/// every device and thread.
 pub struct Philox {
     key: [u32; 2],
     stream: u64,
 }
 
 impl Philox {
+    /// The generator of `seed`.
     pub fn new(seed: u64) -> Self {
         Self { key: [seed as u32, (seed >> 32) as u32], stream: 0 }
     }
@@ -39,6 +42,7 @@ impl Philox {
     }
 }
 
+/// Philox4x32 with 10 rounds (Salmon et al. 2011), as cuRAND and the kernels compute it.
 pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
     for round in 0..10 {
         if round > 0 {

@@ -10,10 +10,13 @@ use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug)]
+/// How slices are segmented.
 pub struct SegmentOptions {
+    /// Normalisation to [0, 1].
     pub intensity: Intensity,
     /// Side of the square model input; slices are resampled to it and back.
     pub input_size: usize,
+    /// Slices per forward pass.
     pub batch: usize,
 }
 

@@ -473,15 +473,23 @@ impl Op {
 /// One row of the selftest table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CheckRow {
+    /// Kernel (backend call) checked.
     pub kernel: String,
+    /// Shape it ran at.
     pub shape: String,
     /// "cpu twin", "f64 loops", or "none" (timed only).
     pub reference: &'static str,
+    /// max |out - ref| / max |ref| (None when only timed).
     pub max_error: Option<f64>,
+    /// Largest error that passes.
     pub bound: f64,
+    /// Whether it passed (NaN never does).
     pub passed: bool,
+    /// Median time.
     pub milliseconds: f64,
+    /// Arithmetic rate.
     pub gflops: f64,
+    /// Memory rate.
     pub gbytes_per_s: f64,
     /// Achieved over the device's ceiling for what bounds this call (arithmetic or memory).
     pub of_ceiling: f64,
@@ -494,6 +502,7 @@ pub struct Ceilings {
     pub flops: f64,
     /// Arithmetic at the convolutions' precision (tensor cores for tf32/bf16).
     pub conv_flops: f64,
+    /// Copy bandwidth (bytes read + written per second).
     pub bytes_per_s: f64,
 }
 
@@ -602,14 +611,21 @@ pub fn cpu_ceilings() -> Ceilings {
 /// One method end to end on the bundled phantom's liver slice.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ExplainRow {
+    /// Method.
     pub method: String,
+    /// Samples asked for.
     pub samples: usize,
+    /// Forward passes done.
     pub forward_passes: usize,
+    /// Seconds.
     pub seconds: f64,
+    /// Throughput.
     pub forward_passes_per_s: f64,
     /// Saliency against the CPU backend's for the same settings (normalised max error).
     pub max_error: Option<f64>,
+    /// Largest error that passes.
     pub bound: f64,
+    /// Whether it passed.
     pub passed: bool,
 }
 

@@ -6,12 +6,14 @@
 use anyhow::{bail, Result};
 
 #[derive(Clone, Debug, PartialEq)]
+/// A dense f32 tensor in row-major order with its shape: the host form every backend uploads from.
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
 }
 
 impl Tensor {
+    /// A tensor of `shape` holding `data`; refuses a length that does not match.
     pub fn new(shape: &[usize], data: Vec<f32>) -> Result<Self> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
@@ -20,30 +22,37 @@ impl Tensor {
         Ok(Self { shape: shape.to_vec(), data })
     }
 
+    /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
         Self { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
     }
 
+    /// The shape, outermost axis first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The values, row-major.
     pub fn data(&self) -> &[f32] {
         &self.data
     }
 
+    /// The values, mutable.
     pub fn data_mut(&mut self) -> &mut [f32] {
         &mut self.data
     }
 
+    /// The values, consuming the tensor.
     pub fn into_data(self) -> Vec<f32> {
         self.data
     }
 
+    /// Number of values.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether it holds no value.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -61,6 +70,7 @@ impl Tensor {
         Self::new(shape, self.data)
     }
 
+    /// The largest absolute value (0 when empty).
     pub fn max_abs(&self) -> f32 {
         self.data.iter().fold(0.0, |m, v| m.max(v.abs()))
     }

@@ -27,8 +27,11 @@ pub fn open_model_dir<C>(dir: &Path, kind: &str, parse: impl FnOnce(&str) -> Res
 /// One tensor as stored: name, dtype and shape, for `xaiclip info`.
 #[derive(Clone, Debug)]
 pub struct StoredTensor {
+    /// Tensor name.
     pub name: String,
+    /// Stored dtype.
     pub dtype: String,
+    /// Shape.
     pub shape: Vec<usize>,
 }
 
@@ -39,6 +42,7 @@ pub struct WeightsFile {
 }
 
 impl WeightsFile {
+    /// Reads and validates a safetensors file (refusing files over the size limit), naming the file on failure.
     pub fn open(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?;
         if meta.len() > MAX_WEIGHTS_BYTES {
@@ -55,6 +59,7 @@ impl WeightsFile {
         Ok(Self { path: path.to_path_buf(), bytes })
     }
 
+    /// The file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -63,6 +68,7 @@ impl WeightsFile {
         SafeTensors::deserialize(&self.bytes).expect("validated in open")
     }
 
+    /// Every tensor's name, dtype and shape.
     pub fn tensors(&self) -> Vec<StoredTensor> {
         let mut list: Vec<StoredTensor> = self
             .view()
@@ -115,6 +121,7 @@ pub struct ParamReader<'a> {
 }
 
 impl<'a> ParamReader<'a> {
+    /// A reader of `file`'s tensors by name, recording what was used.
     pub fn new(file: &'a WeightsFile) -> Self {
         let stored = file.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
         Self { source: Source::File { file, stored }, taken: Vec::new(), problems: Vec::new() }

@@ -12,6 +12,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 #[derive(Clone, Debug, Default)]
+/// The reference backend: rayon over images and tiles, the `gemm` crate for the products.
 pub struct CpuBackend;
 
 /// Target number of output pixels per conv tile (columns of the im2col buffer).

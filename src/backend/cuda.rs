@@ -28,17 +28,22 @@ pub use built::{BUILD_STATUS, MODULES, PTXAS_REPORT};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
+    /// Plain f32 operands (matches the CPU to ~1e-6).
     F32,
+    /// TensorFloat-32 operands on the tensor cores (~1e-3 relative).
     Tf32,
+    /// bfloat16 operands on the tensor cores (~1e-2 relative).
     Bf16,
 }
 
 #[derive(Clone)]
+/// A device buffer and its shape.
 pub struct CudaTensor {
     buf: CudaSlice<f32>,
     shape: Vec<usize>,
 }
 
+/// The `Backend` calls as launches of kernels/*.cu on one CUDA device and one stream.
 pub struct CudaBackend {
     ordinal: usize,
     device_name: String,
@@ -191,6 +196,7 @@ impl CudaBackend {
         })
     }
 
+    /// The convolutions' operand precision.
     pub fn precision(&self) -> Precision {
         self.precision
     }
@@ -211,6 +217,7 @@ impl CudaBackend {
         Ok(2.0 * (len * 4) as f64 / times[times.len() / 2])
     }
 
+    /// Fills new tensors with NaN (selftest: an element a kernel never writes then fails its check).
     pub fn set_poison(&self, on: bool) {
         self.poison.store(on, Ordering::Relaxed);
     }
@@ -688,11 +695,17 @@ impl Backend for CudaBackend {
 /// One kernel's resources from ptxas's report (nvcc -Xptxas -v).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct KernelResources {
+    /// Kernel function name.
     pub name: String,
+    /// Registers per thread.
     pub registers: u32,
+    /// Static shared memory per block, bytes.
     pub shared_bytes: u32,
+    /// Stack frame, bytes.
     pub stack_bytes: u32,
+    /// Bytes spilled to local memory (stores).
     pub spill_stores: u32,
+    /// Bytes spilled to local memory (loads).
     pub spill_loads: u32,
 }
 

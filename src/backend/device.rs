@@ -9,10 +9,13 @@ use std::io::IsTerminal;
 use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where to compute (`--device`).
 pub enum Device {
     /// The first GPU when one can be used, else the CPU.
     Auto,
+    /// The CPU backend.
     Cpu,
+    /// CUDA device N.
     Cuda(usize),
 }
 
@@ -35,7 +38,9 @@ impl FromStr for Device {
 
 /// The backend a command runs on.
 pub enum Compute {
+    /// The CPU backend.
     Cpu(CpuBackend),
+    /// A CUDA device.
     Cuda(Box<CudaBackend>),
 }
 

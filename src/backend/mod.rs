@@ -22,8 +22,11 @@ pub use perturb::Scene;
 /// Pointwise non-linearities used by the models (MONAI U-Net: ReLU/LeakyReLU; CLIP: QuickGELU/GELU).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
+    /// x.
     Identity,
+    /// max(x, 0).
     Relu,
+    /// x, or slope * x below 0.
     LeakyRelu(f32),
     /// x * sigmoid(1.702 x), as in OpenAI CLIP.
     QuickGelu,
@@ -33,6 +36,7 @@ pub enum Activation {
 
 impl Activation {
     #[inline]
+    /// The activation of one value (the CPU reference of every kernel's epilogue).
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Identity => x,
@@ -65,12 +69,19 @@ fn erf(x: f32) -> f32 {
     (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
 }
 
+/// The layer-level calls every model is written against; `CpuBackend` is the reference and
+/// `CudaBackend` runs the same calls on hand-written kernels.
 pub trait Backend: Send + Sync {
+    /// The backend's tensor (host memory, or a device buffer with its shape).
     type Tensor: Clone + Send + Sync;
 
+    /// The device in words, for reports.
     fn name(&self) -> String;
+    /// Copies a host tensor to the backend.
     fn upload(&self, t: &Tensor) -> Result<Self::Tensor>;
+    /// Copies a backend tensor to the host.
     fn download(&self, t: &Self::Tensor) -> Result<Tensor>;
+    /// The tensor's shape.
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
 
     /// Bytes this backend can still allocate (the CPU: the tightest of MemAvailable, the cgroup's limit
@@ -120,6 +131,7 @@ pub trait Backend: Send + Sync {
         act: Activation,
     ) -> Result<()>;
 
+    /// Applies `act` in place.
     fn activate(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;
 
     /// A stride-1 conv over the channel concatenation [x, extra] (the decoder's [skip, upsampled]),

@@ -69,10 +69,13 @@ impl RiseMasks {
 #[derive(Clone, Copy)]
 pub enum MaskBatch<'a> {
     /// Sample i is RISE mask first + i.
+    #[allow(missing_docs)] // masks: the RISE description; first: index of sample 0
     Rise { masks: RiseMasks, first: usize },
     /// Sample i zeroes the window x window square at origins[i] = (y, x).
+    #[allow(missing_docs)] // origins: (y, x) per sample; window: side in pixels
     Windows { origins: &'a [(usize, usize)], window: usize },
     /// Sample i keeps the superpixels switched on in rows[i]; `labels` is the superpixel id per pixel (-1: none).
+    #[allow(missing_docs)] // rows: superpixels kept per sample; labels: superpixel per pixel
     Coalitions { rows: &'a [Vec<bool>], labels: &'a [i32] },
 }
 
@@ -113,8 +116,11 @@ impl MaskBatch<'_> {
 /// The fixed planes of one explanation problem, held by the backend: every perturbed batch is built
 /// from these, so they cross to a device once per explanation.
 pub struct Scene<T> {
+    /// Side of the model grid.
     pub size: usize,
+    /// The windowed slice (plane).
     pub input: T,
+    /// What perturbed pixels become (plane).
     pub baseline: T,
     /// 1 where pixels may be perturbed, 0 elsewhere.
     pub roi: T,

@@ -8,18 +8,24 @@ use crate::rng::Philox;
 use anyhow::{bail, ensure, Result};
 
 #[derive(Clone, Copy, Debug)]
+/// LIME (Ribeiro et al. 2016) on superpixels, as lime_image does it.
 pub struct Lime {
+    /// Perturbed samples (coalitions of superpixels).
     pub samples: usize,
     /// Kernel width on cosine distance (lime_image: 0.25).
     pub kernel_width: f64,
     /// Ridge penalty (lime: sklearn Ridge(alpha=1)).
     pub alpha: f64,
+    /// Seed of the coalitions.
     pub seed: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
+/// Kernel SHAP (Lundberg & Lee 2017) on superpixels.
 pub struct KernelShap {
+    /// Coalitions sampled (the empty and full coalitions included).
     pub samples: usize,
+    /// Seed of the coalitions.
     pub seed: u64,
 }
 
@@ -56,6 +62,7 @@ impl Lime {
         (-(d * d) / (self.kernel_width * self.kernel_width)).exp().sqrt()
     }
 
+    /// The map: each superpixel's coefficient spread over its pixels.
     pub fn explain(&self, runner: &mut Runner, segments: &Segments) -> Result<Explanation> {
         ensure!(self.samples >= 2, "LIME needs at least 2 samples");
         if segments.count == 0 {
@@ -155,6 +162,7 @@ impl KernelShap {
         rows
     }
 
+    /// The map: each superpixel's Shapley value spread over its pixels.
     pub fn explain(&self, runner: &mut Runner, segments: &Segments) -> Result<Explanation> {
         if segments.count == 0 {
             bail!("no superpixels to perturb (empty ROI)");

@@ -32,6 +32,7 @@ pub enum BaselineKind {
     Blur,
 }
 
+/// The baseline image of `kind` for `input` (size x size).
 pub fn baseline_image(kind: BaselineKind, input: &[f32], size: usize) -> Vec<f32> {
     match kind {
         BaselineKind::Zero => vec![0.0; input.len()],
@@ -66,6 +67,7 @@ pub fn gaussian_blur(img: &[f32], size: usize, sigma: f32) -> Vec<f32> {
 /// Scores a batch of perturbed images (N, 1, S, S): one number per image. The U-Net scorer is the real
 /// one; tests plug in models whose attributions are known in closed form.
 pub trait Scorer: Sync {
+    /// One score per image of the batch (N, 1, S, S).
     fn scores(&self, images: &Tensor) -> Result<Vec<f32>>;
 
     /// Scores samples 0..n of `masks` with mask building, perturbation, forward and scoring all on the
@@ -85,17 +87,24 @@ pub trait Scorer: Sync {
 
 /// Scores of samples 0..n and, when asked for, sum_i score_i * mask_i over the plane.
 pub struct MaskScores {
+    /// Score of each sample, in order.
     pub scores: Vec<f32>,
+    /// sum_i score_i * mask_i per pixel (RISE), when asked for.
     pub weighted_sum: Option<Vec<f64>>,
 }
 
 /// The segmentation score of one organ under a U-Net.
 pub struct UNetScorer<'a, B: Backend> {
+    /// Where the U-Net runs.
     pub backend: &'a B,
+    /// The U-Net whose prediction is explained.
     pub model: &'a BasicUNet<B>,
+    /// The organ's class index.
     pub class: usize,
+    /// M0: the unperturbed prediction of the class (model grid).
     pub m0: Vec<bool>,
     m0_plane: B::Tensor,
+    /// How logits become the score.
     pub kind: ScoreKind,
     /// Nanoseconds spent in U-Net forwards (M0's and the perturbed batches'), to show where time goes.
     /// A device backend queues work asynchronously, so there this counts until results are read back.
@@ -219,23 +228,31 @@ impl<B: Backend> Scorer for UNetScorer<'_, B> {
 
 /// One slice's explanation problem on the model grid (size x size).
 pub struct Problem<'a> {
+    /// Side of the model grid.
     pub size: usize,
+    /// The windowed slice in [0, 1] (model grid).
     pub input: Vec<f32>,
+    /// What perturbed pixels become.
     pub baseline: Vec<f32>,
     /// Pixels that may be perturbed (all true for the conventional full-image method).
     pub roi: Vec<bool>,
+    /// Scores perturbed images.
     pub scorer: &'a dyn Scorer,
+    /// Images per forward batch.
     pub batch: usize,
 }
 
 /// Counts forward passes (perturbed images scored) and reports progress.
 pub struct Runner<'a> {
+    /// The problem being explained.
     pub problem: &'a Problem<'a>,
+    /// Forward passes so far (the unperturbed base score counted).
     pub forward_passes: usize,
     progress: Box<dyn FnMut(usize) + 'a>,
 }
 
 impl<'a> Runner<'a> {
+    /// A runner for `problem` that reports the forward passes done to `progress`.
     pub fn new(problem: &'a Problem<'a>, progress: impl FnMut(usize) + 'a) -> Self {
         Self { problem, forward_passes: 0, progress: Box::new(progress) }
     }
@@ -318,7 +335,9 @@ impl<'a> Runner<'a> {
 /// A saliency map on the model grid and what it cost.
 #[derive(Clone, Debug)]
 pub struct Explanation {
+    /// The map on the model grid.
     pub saliency: Vec<f32>,
+    /// Forward passes it took.
     pub forward_passes: usize,
     /// Perturbation samples used (RISE's adaptive mode may stop early).
     pub samples: usize,

@@ -8,8 +8,11 @@ use super::{Explanation, MaskBatch, Runner};
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug)]
+/// Occlusion with a square window sliding by a stride.
 pub struct Occlusion {
+    /// Window side (model pixels).
     pub window: usize,
+    /// Stride (model pixels).
     pub stride: usize,
 }
 
@@ -35,6 +38,7 @@ impl Occlusion {
         out
     }
 
+    /// The map: per pixel, the mean score drop of the windows covering it.
     pub fn explain(&self, runner: &mut Runner) -> Result<Explanation> {
         ensure!(self.window >= 1 && self.stride >= 1, "occlusion window and stride must be >= 1");
         let size = runner.problem.size;

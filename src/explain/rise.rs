@@ -10,10 +10,15 @@ use super::{Explanation, MaskBatch, RiseMasks, Runner};
 use anyhow::{ensure, Context, Result};
 
 #[derive(Clone, Copy, Debug)]
+/// RISE settings.
 pub struct Rise {
+    /// Masks to score (the most, in adaptive mode).
     pub masks: usize,
+    /// Grid cells per side.
     pub grid: usize,
+    /// Probability a cell is kept.
     pub p1: f32,
+    /// Seed of the masks.
     pub seed: u64,
     /// Stop early once the relative L2 change of the map over one block of masks is below this.
     pub tol: Option<f32>,
@@ -28,6 +33,7 @@ impl Rise {
         RiseMasks { grid: self.grid, p1: self.p1, seed: self.seed }
     }
 
+    /// The map: sum of score-weighted masks over N p1, 0 outside the ROI.
     pub fn explain(&self, runner: &mut Runner) -> Result<Explanation> {
         ensure!(
             self.masks >= 1 && self.grid >= 1 && self.p1 > 0.0 && self.p1 <= 1.0,

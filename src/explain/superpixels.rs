@@ -4,23 +4,32 @@
 //! Output: one label per pixel, -1 outside the mask, segments numbered 0..count.
 
 #[derive(Clone, Debug)]
+/// A superpixel id per pixel and how many there are.
 pub struct Segments {
+    /// Superpixel per pixel (model grid), -1 where none is perturbed.
     pub labels: Vec<i32>,
+    /// Number of superpixels.
     pub count: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+/// The algorithm named on the command line (`--segmenter`).
 pub enum SegmenterKind {
+    /// SLIC.
     Slic,
+    /// Felzenszwalb's graph-based segmentation.
     Felzenszwalb,
 }
 
 #[derive(Clone, Copy, Debug)]
+/// Superpixel algorithm and its parameters.
 pub enum Segmenter {
     /// `segments` wanted, `compactness` weighs space against intensity (intensities in [0, 1]).
+    #[allow(missing_docs)] // see the variant's doc
     Slic { segments: usize, compactness: f32 },
     /// skimage's parameters: `scale` (on a 0-255 intensity scale), Gaussian `sigma`, `min_size` pixels.
+    #[allow(missing_docs)] // see the variant's doc
     Felzenszwalb { scale: f32, sigma: f32, min_size: usize },
 }
 
@@ -37,6 +46,7 @@ impl Segmenter {
         Segmenter::Slic { segments, compactness: Self::SLIC_COMPACTNESS }
     }
 
+    /// Superpixels of `image` (size x size) inside `mask`.
     pub fn segment(&self, image: &[f32], size: usize, mask: &[bool]) -> Segments {
         let labels = match *self {
             Segmenter::Slic { segments, compactness } => slic(image, size, mask, segments.max(1), compactness),

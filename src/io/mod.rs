@@ -17,17 +17,22 @@ pub const MAX_VOXELS: usize = 1 << 30;
 pub type NiftiHeader = ::nifti::NiftiHeader;
 
 #[derive(Clone, Debug)]
+/// A 3-D image: values in physical units, x fastest, with its voxel-to-world affine (RAS+ mm).
 pub struct Volume {
     /// (nx, ny, nz) voxel counts; data index is x + nx * (y + ny * z).
     pub dims: [usize; 3],
+    /// Voxel values, x fastest.
     pub data: Vec<f32>,
     /// Voxel (i, j, k) -> RAS+ world millimetres.
     pub affine: [[f64; 4]; 4],
+    /// The file or folder it came from (named in errors).
     pub source: PathBuf,
+    /// The NIfTI header, for outputs that keep the input's geometry fields.
     pub nifti_header: Option<NiftiHeader>,
 }
 
 impl Volume {
+    /// Number of voxels.
     pub fn voxel_count(&self) -> usize {
         self.dims.iter().product()
     }

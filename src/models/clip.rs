@@ -17,27 +17,44 @@ use std::path::Path;
 
 /// CLIP's image normalisation (OpenAI), applied after the grey slice is copied to three channels.
 pub const IMAGE_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// Per-channel standard deviation of CLIP's image normalisation (OpenAI).
 pub const IMAGE_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 #[derive(Clone, Debug, PartialEq)]
+/// One transformer tower's shape.
 pub struct TowerConfig {
+    /// Width of the residual stream.
     pub hidden: usize,
+    /// Width of the MLP.
     pub intermediate: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Blocks.
     pub layers: usize,
+    /// MLP activation.
     pub act: Activation,
+    /// LayerNorm epsilon.
     pub eps: f32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// A transformers `CLIPConfig`: both towers and the projection.
 pub struct ClipConfig {
+    /// The image tower.
     pub vision: TowerConfig,
+    /// Image side the positions were trained for.
     pub image_size: usize,
+    /// Patch side.
     pub patch_size: usize,
+    /// The text tower.
     pub text: TowerConfig,
+    /// Tokenizer vocabulary size.
     pub vocab_size: usize,
+    /// Text positions.
     pub max_positions: usize,
+    /// Token id that ends a prompt (its feature is the prompt's).
     pub eos_token_id: usize,
+    /// Width of the joint embedding.
     pub projection_dim: usize,
 }
 
@@ -114,6 +131,7 @@ impl ClipConfig {
         }
     }
 
+    /// Patches per side at the trained image size.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
@@ -135,6 +153,7 @@ struct Tower<B: Backend> {
     blocks: Vec<Block<B>>,
 }
 
+/// CLIP (transformers `CLIPModel` names) on a backend: image and text towers, projections.
 pub struct ClipModel<B: Backend> {
     config: ClipConfig,
     // Host copies: embedding lookups and the class/position sums happen before upload.
@@ -150,6 +169,7 @@ pub struct ClipModel<B: Backend> {
     text: Tower<B>,
     final_ln: (B::Tensor, B::Tensor),
     text_projection: B::Tensor,
+    /// exp of the learned temperature.
     pub logit_scale: f32,
 }
 
@@ -188,6 +208,7 @@ fn tower_load<B: Backend>(b: &B, p: &mut ParamReader, prefix: &str, c: &TowerCon
 }
 
 impl<B: Backend> ClipModel<B> {
+    /// Loads `dir/config.json` and `dir/model.safetensors`.
     pub fn load_dir(backend: &B, dir: &Path) -> Result<Self> {
         let load = || {
             let (config, weights) = open_model_dir(dir, "CLIP", ClipConfig::from_json)?;
@@ -239,6 +260,7 @@ impl<B: Backend> ClipModel<B> {
         })
     }
 
+    /// The configuration.
     pub fn config(&self) -> &ClipConfig {
         &self.config
     }
@@ -476,10 +498,12 @@ impl ClipTokenizer {
         tokens.into_iter().map(|t| t.to_u16() as u32).collect()
     }
 
+    /// The start-of-text token id.
     pub fn start(&self) -> u32 {
         self.inner.start_of_text().to_u16() as u32
     }
 
+    /// The end-of-text token id.
     pub fn end(&self) -> u32 {
         self.inner.end_of_text().to_u16() as u32
     }

@@ -14,28 +14,43 @@ use serde_json::Value;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+/// Normalisation after each convolution.
 pub enum NormKind {
+    #[allow(missing_docs)] // affine: learned scale and shift
     Instance { affine: bool },
+    /// Batch norm in eval mode (folded into the convolution).
     Batch,
+    /// None.
     None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+/// How the decoder upsamples.
 pub enum Upsample {
+    /// Transposed convolution, kernel 2 stride 2.
     Deconv,
     /// Optional 1x1 "preconv" then bilinear 2x with align_corners = true.
     NonTrainable,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// MONAI BasicUNet's constructor arguments (2-D).
 pub struct UNetConfig {
+    /// Input channels.
     pub in_channels: usize,
+    /// Classes.
     pub out_channels: usize,
+    /// Widths of the six levels (MONAI's `features`).
     pub features: [usize; 6],
+    /// Activation after each norm.
     pub act: Activation,
+    /// Normalisation.
     pub norm: NormKind,
+    /// Normalisation epsilon.
     pub norm_eps: f32,
+    /// Whether convolutions have biases.
     pub bias: bool,
+    /// Decoder upsampling.
     pub upsample: Upsample,
     /// Side of the square input the model was trained on (xaiclip's own key `input_size`, not MONAI's).
     pub input_size: Option<usize>,
@@ -155,6 +170,7 @@ struct UpCat<B: Backend> {
     convs: TwoConv<B>,
 }
 
+/// MONAI BasicUNet (2-D) on a backend, weights under their state_dict names.
 pub struct BasicUNet<B: Backend> {
     config: UNetConfig,
     conv_0: TwoConv<B>,
@@ -254,6 +270,7 @@ impl<B: Backend> BasicUNet<B> {
         load().map_err(|e| Error::input(dir, e))
     }
 
+    /// Builds the network from `config` and `weights`, listing every mismatch at once.
     pub fn load(backend: &B, config: UNetConfig, weights: &WeightsFile) -> Result<Self> {
         Self::build(backend, config, ParamReader::new(weights))
     }
@@ -283,6 +300,7 @@ impl<B: Backend> BasicUNet<B> {
         Ok(Self { config, conv_0, downs, ups, final_weight, final_bias })
     }
 
+    /// The configuration.
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }

@@ -15,12 +15,16 @@ pub const HAND_TEMPLATE: &str = "a CT image of the {}";
 
 /// CoOp's learned context vectors, one set per class (class-specific context).
 pub struct CoopContexts {
+    /// Class names, in the order of the contexts.
     pub classes: Vec<String>,
+    /// Where the class name sits in the prompt.
     pub position: ClassPosition,
+    /// Learned context vectors per class.
     pub contexts: Vec<Tensor>,
 }
 
 impl CoopContexts {
+    /// Loads `dir/config.json` (classes, position) and `dir/model.safetensors` (contexts).
     pub fn load_dir(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
@@ -46,7 +50,9 @@ impl CoopContexts {
 
 /// Normalised text features per class, ready for patch similarities.
 pub struct ClipLocaliser<'a, B: Backend> {
+    /// The CLIP model.
     pub model: &'a ClipModel<B>,
+    /// Class names, background first.
     pub classes: Vec<String>,
     text: Vec<Vec<f32>>,
 }
@@ -129,7 +135,9 @@ impl<'a, B: Backend> ClipLocaliser<'a, B> {
 /// How a probability map becomes a mask.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Threshold {
+    /// Keep values at or above this.
     Fixed(f32),
+    /// Otsu's threshold of the min-max normalised map.
     Otsu,
     /// Keep this fraction of the slice, most probable first.
     TopFraction(f32),
@@ -161,6 +169,7 @@ impl std::fmt::Display for Threshold {
     }
 }
 
+/// The mask of `map` under `threshold`.
 pub fn binarise(map: &[f32], threshold: Threshold) -> Vec<bool> {
     match threshold {
         Threshold::Fixed(t) => map.iter().map(|&v| v >= t).collect(),

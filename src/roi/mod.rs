@@ -10,6 +10,7 @@ use anyhow::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Where the explainers may perturb.
 pub enum RoiMode {
     /// No ROI: the conventional full-image method.
     #[value(name = "none")]
@@ -35,6 +36,7 @@ impl Default for RoiMode {
 }
 
 impl RoiMode {
+    /// The mode's name in the CLI and records.
     pub fn name(&self) -> &'static str {
         match self {
             RoiMode::Full => "none",
@@ -70,6 +72,7 @@ pub fn dilate(mask: &[bool], size: usize, radius: f64) -> Vec<bool> {
     out
 }
 
+/// The bounding box of `mask`, grown by `margin` pixels.
 pub fn bounding_box(mask: &[bool], size: usize, margin: f64) -> Vec<bool> {
     let set: Vec<(usize, usize)> = (0..mask.len()).filter(|&q| mask[q]).map(|q| (q / size, q % size)).collect();
     let m = margin.max(0.0).round() as usize;
@@ -83,6 +86,7 @@ pub fn bounding_box(mask: &[bool], size: usize, margin: f64) -> Vec<bool> {
 }
 
 impl RoiMode {
+    /// Whether the mode needs the CLIP localiser.
     pub fn uses_clip(&self) -> bool {
         matches!(self, RoiMode::Clip | RoiMode::ClipSeg)
     }
@@ -105,6 +109,7 @@ pub fn region(mode: RoiMode, m0: &[bool], clip: Option<&[bool]>, size: usize, ma
     })
 }
 
+/// Share of pixels set.
 pub fn area_fraction(roi: &[bool]) -> f64 {
     roi.iter().filter(|&&b| b).count() as f64 / roi.len().max(1) as f64
 }
