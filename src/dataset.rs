@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 /// The folder layouts `xaiclip eval` reads.
 pub enum DatasetKind {
-    /// imagesTr/<case>_0000.nii.gz with labelsTr/<case>.nii.gz (FLARE22 ids 1-13); imagesTs unlabeled.
+    /// `imagesTr/<case>_0000.nii.gz` with `labelsTr/<case>.nii.gz` (FLARE22 ids 1-13); imagesTs unlabeled.
     Flare22,
-    /// CT/<case>/DICOM_anon/*.dcm with CT/<case>/Ground/*.png (liver = 255).
+    /// `CT/<case>/DICOM_anon/*.dcm` with `CT/<case>/Ground/*.png` (liver = 255).
     #[value(name = "chaos-ct")]
     ChaosCt,
-    /// MR/<case>/T1DUAL/DICOM_anon/{InPhase,OutPhase} and MR/<case>/T2SPIR/DICOM_anon, each with the
+    /// `MR/<case>/T1DUAL/DICOM_anon/{InPhase,OutPhase}` and `MR/<case>/T2SPIR/DICOM_anon`, each with the
     /// Ground/*.png beside DICOM_anon (liver 63, right kidney 126, left kidney 189, spleen 252).
     #[value(name = "chaos-mr")]
     ChaosMr,

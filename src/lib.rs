@@ -23,7 +23,7 @@
 //!
 //! 1. [`eval`]: data set runs (durable JSONL, resume, shards, merge, summaries) over the facade
 //! 2. [`explainer`]: the facade
-//! 3. [`selftest`] (kernels against their twins), [`bench`] (tables of runs)
+//! 3. [`selftest`] (kernels against their twins), [`bench`](mod@bench) (tables of runs)
 //! 4. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder
 //! 5. [`dataset`] (data set layouts), [`metrics`] (agreement, faithfulness)
 //! 6. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]

@@ -110,7 +110,7 @@ impl Kernel {
         }
     }
 
-    /// The kernels/<module>.cu file that defines it.
+    /// The `kernels/<module>.cu` file that defines it.
     pub const fn module(self) -> &'static str {
         match self {
             Kernel::Conv2dF32M16

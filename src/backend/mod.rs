@@ -217,7 +217,7 @@ pub trait Backend: Send + Sync {
         kind: ScoreKind,
     ) -> Result<Self::Tensor>;
 
-    /// acc (2, plane) holds a Kahan sum and its compensation; adds sum_i weights[i] * masks[i] in item
+    /// acc (2, plane) holds a Kahan sum and its compensation; adds `sum_i weights[i] * masks[i]` in item
     /// order (RISE's saliency sum, kept where the masks are).
     fn accumulate_weighted(&self, acc: &mut Self::Tensor, weights: &Self::Tensor, masks: &Self::Tensor) -> Result<()>;
 }

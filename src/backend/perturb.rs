@@ -71,10 +71,10 @@ pub enum MaskBatch<'a> {
     /// Sample i is RISE mask first + i.
     #[allow(missing_docs)] // masks: the RISE description; first: index of sample 0
     Rise { masks: RiseMasks, first: usize },
-    /// Sample i zeroes the window x window square at origins[i] = (y, x).
+    /// Sample i zeroes the window x window square at `origins[i]` = (y, x).
     #[allow(missing_docs)] // origins: (y, x) per sample; window: side in pixels
     Windows { origins: &'a [(usize, usize)], window: usize },
-    /// Sample i keeps the superpixels switched on in rows[i]; `labels` is the superpixel id per pixel (-1: none).
+    /// Sample i keeps the superpixels switched on in `rows[i]`; `labels` is the superpixel id per pixel (-1: none).
     #[allow(missing_docs)] // rows: superpixels kept per sample; labels: superpixel per pixel
     Coalitions { rows: &'a [Vec<bool>], labels: &'a [i32] },
 }

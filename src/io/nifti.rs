@@ -19,7 +19,7 @@ fn describe(e: &nifti::NiftiError) -> String {
 }
 
 /// Voxel-to-world affine by the NIfTI-1 rules, as nibabel reads them: the sform when sform_code > 0,
-/// else the qform when qform_code > 0 (pixdims taken as absolute values, qfac = -1 only when pixdim[0]
+/// else the qform when qform_code > 0 (pixdims taken as absolute values, qfac = -1 only when `pixdim[0]`
 /// is negative), else nibabel's base affine (x flipped, centred on the volume). A non-finite or singular
 /// affine, or a quaternion of length over 1, is refused: nibabel returns NaN, a singular matrix or raises.
 pub fn header_affine(h: &NiftiHeader, dims: [usize; 3]) -> Result<[[f64; 4]; 4]> {

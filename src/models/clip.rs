@@ -471,11 +471,11 @@ fn bicubic_taps(from: usize, to: usize) -> Vec<Vec<(usize, f32)>> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClassPosition {
-    /// [ctx][class] (CoOp's default).
+    /// `[ctx][class]` (CoOp's default).
     End,
-    /// [ctx first half][class][ctx second half].
+    /// `[ctx first half][class][ctx second half]`.
     Middle,
-    /// [class][ctx].
+    /// `[class][ctx]`.
     Front,
 }
 
@@ -508,7 +508,7 @@ impl ClipTokenizer {
         self.inner.end_of_text().to_u16() as u32
     }
 
-    /// [SOS] text [EOS].
+    /// `[SOS] text [EOS]`.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
         let mut ids = vec![self.start()];
         ids.extend(self.encode(text));
@@ -518,7 +518,7 @@ impl ClipTokenizer {
 }
 
 impl<B: Backend> ClipModel<B> {
-    /// CoOp prompt embeddings [SOS][context and class, by `position`][.][EOS] (Zhou et al. 2022) and
+    /// CoOp prompt embeddings `[SOS][context and class, by position][.][EOS]` (Zhou et al. 2022) and
     /// the end-of-text index. `ctx`: learned context vectors (n_ctx, width).
     pub fn prompt_embeddings(
         &self,
