@@ -25,6 +25,9 @@ pub enum ErrorKind {
     DeviceUnavailable,
     /// The device ran out of memory; a smaller batch may succeed.
     OutOfMemory,
+    /// The region of interest misses the organ the U-Net predicts: explaining it would explain the
+    /// wrong place.
+    RoiMiss,
     /// Anything else: a failed write, an internal check.
     Other,
 }
@@ -38,6 +41,7 @@ impl ErrorKind {
             ErrorKind::OrganAbsent => "organ-absent",
             ErrorKind::DeviceUnavailable => "device-unavailable",
             ErrorKind::OutOfMemory => "out-of-memory",
+            ErrorKind::RoiMiss => "roi-miss",
             ErrorKind::Other => "other",
         }
     }

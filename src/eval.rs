@@ -69,6 +69,8 @@ pub enum Status {
     EmptyOrgan,
     /// No slice of the case contains the organ.
     OrganAbsent,
+    /// The ROI missed the U-Net's own prediction of the organ (not explained; see `--roi-fallback`).
+    RoiMiss,
 }
 
 /// One line of results.jsonl.
@@ -482,6 +484,7 @@ fn evaluate_case(
                     Err(e) if e.kind() == ErrorKind::OrganAbsent => {
                         EvalRecord { status: Status::OrganAbsent, ..record }
                     }
+                    Err(e) if e.kind() == ErrorKind::RoiMiss => EvalRecord { status: Status::RoiMiss, ..record },
                     Err(e) => return Err(e.into()),
                 };
                 emit(line, done, events)?;

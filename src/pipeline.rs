@@ -82,6 +82,11 @@ pub struct Settings {
     /// ROI mode keeps the samples per perturbed feature of the full-image run (fewer features, fewer
     /// samples) when true, or the full run's sample counts when false.
     pub scale_roi_budget: bool,
+    /// An ROI (any mode but the full image) must cover at least this share of M0, the U-Net's own
+    /// prediction of the organ; below it the run stops, or falls back to `roi_fallback`.
+    pub roi_min_coverage: f64,
+    /// The mode used instead of an ROI that covers too little of M0 (None: stop with an error).
+    pub roi_fallback: Option<RoiMode>,
 }
 
 /// Upper bounds of the work-size options: beyond them a run takes hours or memory no machine has.
@@ -140,6 +145,15 @@ impl Settings {
             format!("--faithfulness-steps {steps}: must be 0 to {MAX_FAITHFULNESS_STEPS}"),
         )?;
         check((1..=MAX_BATCH).contains(&self.batch), format!("--batch {}: must be 1 to {MAX_BATCH}", self.batch))?;
+        let c = self.roi_min_coverage;
+        check(c.is_finite() && (0.0..=1.0).contains(&c), format!("--roi-min-coverage {c}: must be 0 to 1"))?;
+        if let Some(mode) = self.roi_fallback {
+            check(
+                !matches!(mode, RoiMode::Clip),
+                "--roi-fallback clip: fall back to a mode that contains the prediction (seg, bbox, clip+seg, none)"
+                    .into(),
+            )?;
+        }
         if let Some(min) = self.superpixel_min_overlap {
             check(
                 min.is_finite() && (0.0..=1.0).contains(&min),
@@ -166,6 +180,8 @@ impl Settings {
             batch: 16,
             faithfulness_steps: 32,
             scale_roi_budget: true,
+            roi_min_coverage: 0.9,
+            roi_fallback: None,
         }
     }
 
@@ -251,6 +267,10 @@ pub struct MethodRun {
     pub clip_seconds: f64,
     /// Seconds of the agreement and faithfulness metrics (not in `seconds`).
     pub metrics_seconds: f64,
+    /// Share of M0 inside the ROI the mode produced (1 for the full image).
+    pub roi_coverage: f64,
+    /// The mode used instead, when that ROI covered too little of M0 (`Settings::roi_fallback`).
+    pub roi_fallback: Option<RoiMode>,
 }
 
 impl MethodRun {
@@ -284,6 +304,8 @@ impl MethodRun {
                 pointing_game: a.map(|a| a.pointing_game),
                 deletion_auc: f.map(|f| f.deletion_auc),
                 insertion_auc: f.map(|f| f.insertion_auc),
+                roi_coverage: Some(self.roi_coverage),
+                roi_fallback: self.roi_fallback,
             },
         }
     }
@@ -345,6 +367,12 @@ pub struct RunFigures {
     pub deletion_auc: Option<f64>,
     /// Insertion curve area (higher: more faithful).
     pub insertion_auc: Option<f64>,
+    /// Share of the U-Net's own prediction of the organ inside the ROI of the requested mode.
+    #[serde(default)]
+    pub roi_coverage: Option<f64>,
+    /// The mode that replaced an ROI covering too little of that prediction.
+    #[serde(default)]
+    pub roi_fallback: Option<RoiMode>,
 }
 
 /// Superpixels for LIME/SHAP in the given ROI, and the ROI they effectively perturb.
@@ -433,6 +461,26 @@ pub fn run_method<B: Backend>(
             organ_name(class)
         );
     }
+    // The ROI must contain the organ the U-Net sees, or the explanation is of the wrong place.
+    let m0_count = scorer.m0.iter().filter(|&&b| b).count().max(1);
+    let roi_coverage = roi.iter().zip(&scorer.m0).filter(|(r, m)| **r && **m).count() as f64 / m0_count as f64;
+    let mut roi_fallback = None;
+    let roi = if roi_mode != RoiMode::Full && roi_coverage < settings.roi_min_coverage {
+        let Some(fallback) = settings.roi_fallback else {
+            fail!(
+                RoiMiss,
+                "the {} ROI covers {:.1}% of the U-Net's own {} prediction on this slice (at least {:.0}% needed): it would explain the wrong place; use --roi seg or --roi clip+seg, or --roi-fallback seg",
+                roi_mode.name(),
+                100.0 * roi_coverage,
+                organ_name(class),
+                100.0 * settings.roi_min_coverage
+            );
+        };
+        roi_fallback = Some(fallback);
+        region(fallback, &scorer.m0, clip.mask.as_deref(), size, settings.margin_mm / slice.mm_per_pixel)?
+    } else {
+        roi
+    };
     let baseline = baseline_image(settings.baseline, &slice.image, size);
     let full = roi_mode == RoiMode::Full;
     let settings =
@@ -492,6 +540,8 @@ pub fn run_method<B: Backend>(
         agreement,
         faithfulness,
         m0: scorer.m0.clone(),
+        roi_coverage,
+        roi_fallback,
         clip_seconds,
         metrics_seconds: metrics_started.elapsed().as_secs_f64(),
     })

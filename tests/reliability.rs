@@ -412,3 +412,84 @@ fn dicom_element_longer_than_the_file_is_refused_before_reading() {
         &["element (0009,1010) declares 2147483632 bytes but the file has 16 left"],
     );
 }
+
+#[test]
+fn a_roi_that_misses_the_prediction_stops_or_falls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ph = tmp.path().join("in");
+    let ok = xaiclip(&["phantom", "--out", ph.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let (ct, labels) = (ph.join("ct.nii.gz"), ph.join("labels.nii.gz"));
+    let out = tmp.path().join("out");
+    // The 0.5% most probable pixels, no margin: far less than the liver the U-Net predicts.
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "--device",
+            "cpu",
+            "explain",
+            "--image",
+            ct.to_str().unwrap(),
+            "--label",
+            labels.to_str().unwrap(),
+            "--slice",
+            "organ-center",
+            "--method",
+            "occlusion",
+            "--roi",
+            "clip",
+            "--roi-threshold",
+            "top:0.005",
+            "--margin-mm",
+            "0",
+            "--occlusion-window",
+            "64",
+            "--occlusion-stride",
+            "64",
+            "--faithfulness-steps",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let refused: Vec<String> = args(&[]);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    fails(&refused, &["the clip ROI covers", "of the U-Net's own liver prediction", "--roi-fallback seg"]);
+    assert!(!out.exists());
+    let fallback = args(&["--roi-fallback", "seg"]);
+    let o = xaiclip(&fallback.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r = &report["result"];
+    assert_eq!(r["roi_fallback"], "seg", "{r}");
+    assert!(r["roi_coverage"].as_f64().unwrap() < 0.9, "{r}");
+    // A normal CLIP ROI covers the prediction and says so.
+    let normal = xaiclip(&[
+        "--device",
+        "cpu",
+        "explain",
+        "--image",
+        ct.to_str().unwrap(),
+        "--slice",
+        "16",
+        "--method",
+        "occlusion",
+        "--occlusion-window",
+        "64",
+        "--occlusion-stride",
+        "64",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        tmp.path().join("normal").to_str().unwrap(),
+    ]);
+    assert!(normal.status.success(), "{}", stderr(&normal));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("normal/report.json")).unwrap()).unwrap();
+    assert!(report["result"]["roi_coverage"].as_f64().unwrap() >= 0.9, "{}", report["result"]);
+    assert!(report["result"]["roi_fallback"].is_null());
+}

@@ -99,6 +99,14 @@ pub struct MethodArgs {
     /// Hand-written prompt for the organ, e.g. "a CT image of the liver" (implies --no-coop).
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Least share of the U-Net's own prediction of the organ that an ROI must cover; below it the run
+    /// stops (it would explain the wrong place) unless --roi-fallback is given [default: 0.9].
+    #[arg(long)]
+    pub roi_min_coverage: Option<f64>,
+    /// ROI mode to use instead of one that covers too little of the prediction (seg, bbox, clip+seg, or
+    /// none for the full image); reports record that it was used.
+    #[arg(long, value_enum)]
+    pub roi_fallback: Option<xaiclip::RoiMode>,
     /// CLIP ROI threshold on the organ probability map: otsu, fixed:VALUE, or top:FRACTION.
     #[arg(long, default_value = "otsu")]
     pub roi_threshold: String,
@@ -156,6 +164,8 @@ impl MethodArgs {
         s.margin_mm = self.margin_mm.unwrap_or(s.margin_mm);
         s.faithfulness_steps = self.faithfulness_steps.unwrap_or(s.faithfulness_steps);
         s.scale_roi_budget = !self.same_budget;
+        s.roi_min_coverage = self.roi_min_coverage.unwrap_or(s.roi_min_coverage);
+        s.roi_fallback = self.roi_fallback.or(s.roi_fallback);
         s
     }
 
