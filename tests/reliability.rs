@@ -493,3 +493,21 @@ fn a_roi_that_misses_the_prediction_stops_or_falls_back() {
     assert!(report["result"]["roi_coverage"].as_f64().unwrap() >= 0.9, "{}", report["result"]);
     assert!(report["result"]["roi_fallback"].is_null());
 }
+
+#[cfg(unix)]
+#[test]
+fn batch_auto_fits_a_memory_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = phantom(&tmp.path().join("in"));
+    let out = tmp.path().join("out");
+    // 1.2 GB of address space: a 64-image batch at 256x256 (about 1.4 GB of activations) cannot fit, so
+    // --batch auto must read the limit and pick a smaller batch.
+    let script = format!(
+        "ulimit -v 1200000 && exec '{}' --device cpu explain --image '{image}' --slice 4 --method rise --masks 128 --roi none --faithfulness-steps 0 --out '{}'",
+        env!("CARGO_BIN_EXE_xaiclip"),
+        out.display()
+    );
+    let o = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("saliency.nii.gz").is_file());
+}
