@@ -275,6 +275,9 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
     // The file meta group is always explicit VR little endian; the data set follows its transfer syntax.
     let mut dataset_explicit = true;
     let mut in_meta = true;
+    // Inside encapsulated pixel data items are raw fragments (skipped whole); elsewhere they hold
+    // elements, which are walked too.
+    let mut in_fragments = false;
     while pos + 8 <= bytes.len() {
         let (group, element) = (u16_at(pos), u16_at(pos + 2));
         if in_meta && group != 0x0002 {
@@ -285,16 +288,22 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
             // Item or delimiter: a tag and a 4-byte length in every encoding.
             let len = u32_at(pos + 4);
             pos += 8;
+            if element == 0xE0DD {
+                in_fragments = false;
+            }
             if len != UNDEFINED {
                 if len as usize > bytes.len() - pos {
                     return Err(too_long(group, element, len as u64, bytes.len() - pos));
                 }
-                pos += len as usize;
+                if in_fragments {
+                    pos += len as usize;
+                }
             }
             continue;
         }
+        let vr = &bytes[pos + 4..pos + 6];
+        let sequence = explicit && vr == b"SQ";
         let (len, header) = if explicit {
-            let vr = &bytes[pos + 4..pos + 6];
             let long = matches!(
                 vr,
                 b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
@@ -313,6 +322,7 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
         pos += header;
         if len == UNDEFINED {
             // A sequence or encapsulated pixel data: its items follow.
+            in_fragments = (group, element) == (0x7FE0, 0x0010);
             continue;
         }
         if len as usize > bytes.len() - pos {
@@ -327,7 +337,10 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
                 _ => {}
             }
         }
-        pos += len as usize;
+        // A sequence of defined length holds items of elements: walk into it.
+        if !sequence {
+            pos += len as usize;
+        }
     }
     Ok(())
 }
