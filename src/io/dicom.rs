@@ -304,10 +304,33 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
         let vr = &bytes[pos + 4..pos + 6];
         let sequence = explicit && vr == b"SQ";
         let (len, header) = if explicit {
-            let long = matches!(
+            // The VRs with a 2-byte length; any other, an unknown one included, has a 4-byte length
+            // after 2 reserved bytes, which is how dicom-rs reads it too.
+            let short = matches!(
                 vr,
-                b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+                b"AE"
+                    | b"AS"
+                    | b"AT"
+                    | b"CS"
+                    | b"DA"
+                    | b"DS"
+                    | b"DT"
+                    | b"FL"
+                    | b"FD"
+                    | b"IS"
+                    | b"LO"
+                    | b"LT"
+                    | b"PN"
+                    | b"SH"
+                    | b"SL"
+                    | b"SS"
+                    | b"ST"
+                    | b"TM"
+                    | b"UI"
+                    | b"UL"
+                    | b"US"
             );
+            let long = !short;
             if long {
                 if pos + 12 > bytes.len() {
                     break;
@@ -327,6 +350,22 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
         }
         if len as usize > bytes.len() - pos {
             return Err(too_long(group, element, len as u64, bytes.len() - pos));
+        }
+        // Binary values come in whole units; dicom-rs reads a partial one past the value and then
+        // misreads the following headers (found by fuzzing: gigabytes from one such element).
+        let unit = match vr {
+            _ if !explicit => 1,
+            b"SS" | b"US" | b"OW" => 2,
+            b"SL" | b"UL" | b"FL" | b"AT" | b"OL" | b"OF" => 4,
+            b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => 8,
+            _ => 1,
+        };
+        if len % unit != 0 {
+            bail!(
+                "{}: element ({group:04X},{element:04X}) of VR {} has {len} bytes, not a multiple of {unit}",
+                path.display(),
+                String::from_utf8_lossy(vr)
+            );
         }
         if (group, element) == (0x0002, 0x0010) {
             let uid = String::from_utf8_lossy(&bytes[pos..pos + len as usize]);
