@@ -4,6 +4,7 @@ use super::{progress_bar, DeviceArgs, MethodArgs, Modality};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use indicatif::MultiProgress;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use xaiclip::dataset::DatasetKind;
 use xaiclip::eval::{self, EvalPlan, Event};
@@ -104,6 +105,9 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
     let bars = MultiProgress::new();
     let mut overall = None;
     let mut item = None;
+    // Progress bars draw only on a terminal; a Slurm or nohup log gets one line per case instead.
+    let log_lines = !std::io::stderr().is_terminal();
+    let (started, mut ended, mut total_cases) = (std::time::Instant::now(), 0usize, 0usize);
     let outcome = eval::run(&explainer, &plan, |event| match event {
         Event::Start { cases, total } => {
             eprintln!(
@@ -115,6 +119,7 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
                 plan.out.display()
             );
             overall = Some(bars.add(progress_bar(cases as u64, "cases")));
+            total_cases = cases;
         }
         Event::CaseStart { id } => {
             if let Some(o) = &overall {
@@ -144,6 +149,11 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
             }
             if let Some(e) = error {
                 bars.suspend(|| eprintln!("case {id}: {e:#}"));
+            }
+            ended += 1;
+            if log_lines {
+                let state = if error.is_some() { "failed" } else { "done" };
+                eprintln!("case {id} {state} ({ended}/{total_cases}, {:.0} s)", started.elapsed().as_secs_f64());
             }
             if let Some(o) = &overall {
                 o.inc(1);
