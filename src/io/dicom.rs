@@ -254,36 +254,98 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
 
 /// Refuses a file in which an element declares more bytes than the file holds, before dicom-rs reads
 /// it: dicom-rs allocates (and zero-fills) a declared length of up to 4 GiB before finding the file too
-/// short, so a few bytes could take gigabytes. Walks the file meta group and the data set's elements in
-/// order (explicit or implicit VR little endian; items of sequences and pixel fragments are checked
-/// against the bytes left and skipped whole). Other encodings (deflate, big endian) are left to dicom-rs.
+/// short, so a few bytes could take gigabytes. Walks the file meta group, then the data set in its
+/// transfer syntax (implicit or explicit VR, little or big endian; a deflated data set is inflated first,
+/// up to a cap), into items and sequences (pixel fragments are skipped whole), reading every header as
+/// dicom-rs does.
 fn check_declared_lengths(path: &Path) -> Result<()> {
-    const UNDEFINED: u32 = u32::MAX;
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Ok(());
     }
-    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
-    let u32_at = |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
+    let meta = Encoding { explicit: true, big_endian: false };
+    let walked = walk_elements(path, &bytes, 132, meta, true)?;
+    let start = walked.end;
+    match walked.transfer_syntax.as_deref() {
+        Some("1.2.840.10008.1.2") => {
+            walk_elements(path, &bytes, start, Encoding { explicit: false, big_endian: false }, false)?;
+        }
+        Some("1.2.840.10008.1.2.2") => {
+            walk_elements(path, &bytes, start, Encoding { explicit: true, big_endian: true }, false)?;
+        }
+        Some("1.2.840.10008.1.2.1.99") => {
+            // A deflated data set: check the inflated bytes (capped, so a deflate bomb cannot stall here).
+            use std::io::Read;
+            const CAP: u64 = 1 << 30;
+            let mut inflated = Vec::new();
+            flate2::read::DeflateDecoder::new(&bytes[start.min(bytes.len())..])
+                .take(CAP)
+                .read_to_end(&mut inflated)
+                .with_context(|| format!("{}: the deflated data set does not inflate", path.display()))?;
+            walk_elements(path, &inflated, 0, meta, false)?;
+        }
+        _ => {
+            walk_elements(path, &bytes, start, meta, false)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Encoding {
+    explicit: bool,
+    big_endian: bool,
+}
+
+/// Where a walk stopped and, for the meta group, the transfer syntax it named.
+struct Walked {
+    end: usize,
+    transfer_syntax: Option<String>,
+}
+
+/// Walks elements from `pos`: the meta group only (stopping at the first other group) when `meta`,
+/// else to the end. Refuses declared lengths beyond the end, binary values of partial units, and a meta
+/// group whose length element disagrees with its elements (dicom-rs starts the data set there).
+fn walk_elements(path: &Path, bytes: &[u8], mut pos: usize, enc: Encoding, meta: bool) -> Result<Walked> {
+    const UNDEFINED: u32 = u32::MAX;
+    let u16_at = |p: usize| {
+        let b = [bytes[p], bytes[p + 1]];
+        if enc.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_at = |p: usize| {
+        let b = [bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]];
+        if enc.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
     let too_long = |group: u16, element: u16, len: u64, left: usize| {
         anyhow::anyhow!(
             "{}: element ({group:04X},{element:04X}) declares {len} bytes but the file has {left} left (truncated or corrupt)",
             path.display()
         )
     };
-    let mut pos = 132;
-    // The file meta group is always explicit VR little endian; the data set follows its transfer syntax.
-    let mut dataset_explicit = true;
-    let mut in_meta = true;
-    // Inside encapsulated pixel data items are raw fragments (skipped whole); elsewhere they hold
+    // Inside encapsulated pixel data, items are raw fragments (skipped whole); elsewhere they hold
     // elements, which are walked too.
     let mut in_fragments = false;
+    let mut meta_end = None;
+    let mut transfer_syntax = None;
     while pos + 8 <= bytes.len() {
         let (group, element) = (u16_at(pos), u16_at(pos + 2));
-        if in_meta && group != 0x0002 {
-            in_meta = false;
+        if meta && group != 0x0002 {
+            if let Some(end) = meta_end.filter(|&end| end != pos) {
+                bail!(
+                    "{}: the file meta group's length says it ends at byte {end}, but its elements end at byte {pos}",
+                    path.display()
+                );
+            }
+            break;
         }
-        let explicit = in_meta || dataset_explicit;
         if group == 0xFFFE {
             // Item or delimiter: a tag and a 4-byte length in every encoding.
             let len = u32_at(pos + 4);
@@ -302,8 +364,8 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
             continue;
         }
         let vr = &bytes[pos + 4..pos + 6];
-        let sequence = explicit && vr == b"SQ";
-        let (len, header) = if explicit {
+        let sequence = enc.explicit && vr == b"SQ";
+        let (len, header) = if enc.explicit {
             // The VRs with a 2-byte length; any other, an unknown one included, has a 4-byte length
             // after 2 reserved bytes, which is how dicom-rs reads it too.
             let short = matches!(
@@ -330,14 +392,13 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
                     | b"UL"
                     | b"US"
             );
-            let long = !short;
-            if long {
+            if short {
+                (u16_at(pos + 6) as u32, 8)
+            } else {
                 if pos + 12 > bytes.len() {
                     break;
                 }
                 (u32_at(pos + 8), 12)
-            } else {
-                (u16_at(pos + 6) as u32, 8)
             }
         } else {
             (u32_at(pos + 4), 8)
@@ -354,7 +415,7 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
         // Binary values come in whole units; dicom-rs reads a partial one past the value and then
         // misreads the following headers (found by fuzzing: gigabytes from one such element).
         let unit = match vr {
-            _ if !explicit => 1,
+            _ if !enc.explicit => 1,
             b"SS" | b"US" | b"OW" => 2,
             b"SL" | b"UL" | b"FL" | b"AT" | b"OL" | b"OF" => 4,
             b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => 8,
@@ -367,21 +428,19 @@ fn check_declared_lengths(path: &Path) -> Result<()> {
                 String::from_utf8_lossy(vr)
             );
         }
-        if (group, element) == (0x0002, 0x0010) {
+        if meta && element == 0x0000 && len == 4 {
+            meta_end = Some(pos + 4 + u32_at(pos) as usize);
+        }
+        if meta && element == 0x0010 {
             let uid = String::from_utf8_lossy(&bytes[pos..pos + len as usize]);
-            match uid.trim_end_matches(['\0', ' ']) {
-                "1.2.840.10008.1.2" => dataset_explicit = false,
-                // Deflated and big-endian data sets are not walked here.
-                "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2" => return Ok(()),
-                _ => {}
-            }
+            transfer_syntax = Some(uid.trim_end_matches(['\0', ' ']).to_string());
         }
         // A sequence of defined length holds items of elements: walk into it.
         if !sequence {
             pos += len as usize;
         }
     }
-    Ok(())
+    Ok(Walked { end: pos, transfer_syntax })
 }
 
 /// Writes `volume` as a DICOM series, one explicit-VR little-endian file per slice named
