@@ -260,11 +260,16 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
 /// dicom-rs does.
 fn check_declared_lengths(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+    // dicom-rs finds "DICM" after a 128-byte preamble or, without one, at the very start.
+    let meta_start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        132
+    } else if bytes.starts_with(b"DICM") {
+        4
+    } else {
         return Ok(());
-    }
+    };
     let meta = Encoding { explicit: true, big_endian: false };
-    let walked = walk_elements(path, &bytes, 132, meta, true)?;
+    let walked = walk_elements(path, &bytes, meta_start, meta, true)?;
     let start = walked.end;
     match walked.transfer_syntax.as_deref() {
         Some("1.2.840.10008.1.2") => {
