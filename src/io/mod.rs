@@ -218,9 +218,9 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 
 /// Writes a whole output file atomically (text or bytes).
 pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
-    write_atomically(path, |tmp| {
-        std::fs::write(tmp, contents).with_context(|| format!("{}: cannot write", path.display()))
-    })
+    let mut staging = Staging::new();
+    stage_text(&mut staging, path, contents)?;
+    staging.commit()
 }
 
 /// Stages a text or byte file (see [`Staging`]).

@@ -71,22 +71,27 @@ pub fn header_affine(h: &NiftiHeader, dims: [usize; 3]) -> Result<[[f64; 4]; 4]>
     Ok(a)
 }
 
-/// The file as a byte stream: gzip (any number of members, as Python's gzip reads them) when it starts
-/// with the gzip magic, whatever its name says, else the raw bytes.
-fn open_stream(path: &Path) -> Result<(Box<dyn std::io::Read>, bool)> {
+/// The file as a byte stream: gzip (any number of members, as Python's gzip reads them) when `gz` (the
+/// magic bytes, see `is_gzip`, whatever the name says), else the raw bytes.
+fn open_stream(path: &Path, gz: bool) -> Result<Box<dyn std::io::Read>> {
+    let file =
+        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?);
+    Ok(if gz { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) })
+}
+
+/// Whether the file starts with the gzip magic bytes.
+fn is_gzip(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut magic = [0u8; 2];
-    let gz = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    let file =
-        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?);
-    Ok(if gz { (Box::new(flate2::read::MultiGzDecoder::new(file)), true) } else { (Box::new(file), false) })
+    Ok(file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b])
 }
 
 /// Reads a 3-D NIfTI volume (a 4-D file with one time point is accepted) with scl_slope/inter applied.
 pub fn read(path: &Path) -> Result<Volume> {
     let p = path.display();
-    let header = NiftiHeader::from_reader(open_stream(path)?.0)
+    let gz = is_gzip(path)?;
+    let header = NiftiHeader::from_reader(open_stream(path, gz)?)
         .map_err(|e| anyhow::anyhow!("{p}: not a readable NIfTI-1 file ({})", describe(&e)))?;
     let dim = header.dim().map_err(|e| anyhow::anyhow!("{p}: invalid dimensions in header ({e})"))?.to_vec();
     let dims: [usize; 3] = match dim.len() {
@@ -122,14 +127,13 @@ pub fn read(path: &Path) -> Result<Volume> {
         bail!("{p}: bitpix {} does not match datatype {datatype:?} ({} bits)", header.bitpix, 8 * datatype.size_of());
     }
     let needed = (header.vox_offset.max(352.0) as u64).saturating_add((voxels * datatype.size_of()) as u64);
-    let compressed = open_stream(path)?.1;
-    if !compressed {
+    if !gz {
         let len = std::fs::metadata(path).with_context(|| format!("{p}: cannot open"))?.len();
         if len < needed {
             bail!("{p}: file is truncated ({len} bytes; the header's dimensions need {needed})");
         }
     }
-    let object = nifti::InMemNiftiObject::from_reader(open_stream(path)?.0).map_err(|e| match e {
+    let object = nifti::InMemNiftiObject::from_reader(open_stream(path, gz)?).map_err(|e| match e {
         nifti::NiftiError::NoVolumeData => {
             anyhow::anyhow!("{p}: a header-only NIfTI pair (.hdr/.img); give a single .nii or .nii.gz")
         }
