@@ -60,6 +60,7 @@ fn explainers(c: &mut Criterion) {
                     RoiMode::Full,
                     &settings,
                     |_, _| {},
+                    &Default::default(),
                 )
                 .unwrap()
             })

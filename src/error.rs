@@ -28,6 +28,8 @@ pub enum ErrorKind {
     /// The region of interest misses the organ the U-Net predicts: explaining it would explain the
     /// wrong place.
     RoiMiss,
+    /// The caller cancelled the run (its cancel token was set; Ctrl-C in Python).
+    Cancelled,
     /// Anything else: a failed write, an internal check.
     Other,
 }
@@ -42,6 +44,7 @@ impl ErrorKind {
             ErrorKind::DeviceUnavailable => "device-unavailable",
             ErrorKind::OutOfMemory => "out-of-memory",
             ErrorKind::RoiMiss => "roi-miss",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Other => "other",
         }
     }

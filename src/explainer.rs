@@ -8,13 +8,18 @@
 use crate::backend::{Backend, Compute, CpuBackend, CudaBackend, Device, Precision};
 use crate::dataset::{load_labels, LabelIds};
 use crate::error::Result;
+use crate::explain::lime::{KernelShap, Lime};
+use crate::explain::occlusion::Occlusion;
+use crate::explain::rise::Rise;
+use crate::explain::superpixels::{Segmenter, SegmenterKind};
+use crate::explain::{BaselineKind, Cancel, ScoreKind};
 use crate::fail;
 use crate::io::Volume;
 use crate::models::{bundled, BasicUNet};
 use crate::organs::{organ_class, organ_name};
 use crate::pipeline::{
-    model_size, run_method, saliency_on_slice, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method, MethodRun,
-    Settings, SliceInput, Slices,
+    model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method,
+    MethodRun, Settings, SliceInput, Slices,
 };
 use crate::preprocess::Intensity;
 use crate::roi::RoiMode;
@@ -33,6 +38,159 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
 /// Reads a label volume (any grid; matched to `image` through the affines) as FLARE22 ids.
 pub fn read_labels(path: impl AsRef<Path>, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
     Ok(load_labels(path.as_ref(), ids, image)?)
+}
+
+/// The base settings that [`Options`] refine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// xaiclip's defaults (see each option).
+    #[default]
+    Default,
+    /// The paper's likely settings: occlusion 64/32 on 512-pixel slices (scaled to the model grid), RISE
+    /// 2000 masks 7x7 p1 0.5, LIME/SHAP 500 samples on Felzenszwalb superpixels (100, 0.5, 50) kept at
+    /// >= 10% ROI overlap, score = Dice drop against the unperturbed mask.
+    Paper,
+}
+
+/// The explainer options of the command line (`xaiclip explain --help`) and of the Python package's
+/// keyword arguments, by the same names: a preset refined by the options given. Unset options take the
+/// preset's value, so every default lives in [`Settings`].
+#[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+pub struct Options {
+    /// Base settings that the options below refine.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+    /// Target score [default: mean-prob; paper: dice].
+    #[arg(long, value_enum)]
+    pub score: Option<ScoreKind>,
+    /// Fill of perturbed pixels, in model-input space [default: zero].
+    #[arg(long, value_enum)]
+    pub baseline: Option<BaselineKind>,
+    /// Occlusion window side in model pixels [default: 32; paper: 64 at 512 px].
+    #[arg(long)]
+    pub occlusion_window: Option<usize>,
+    /// Occlusion stride in model pixels [default: 16; paper: 32 at 512 px].
+    #[arg(long)]
+    pub occlusion_stride: Option<usize>,
+    /// RISE masks [default: 1000; paper: 2000].
+    #[arg(long)]
+    pub masks: Option<usize>,
+    /// RISE grid side s (s x s cells) [default: 8; paper: 7].
+    #[arg(long)]
+    pub grid: Option<usize>,
+    /// RISE probability that a cell is kept [default: 0.5].
+    #[arg(long)]
+    pub p1: Option<f32>,
+    /// RISE adaptive mode: stop when the map changes by less than this (relative L2) over 250 masks.
+    #[arg(long)]
+    pub rise_tol: Option<f32>,
+    /// LIME / Kernel SHAP samples [default: 300; paper: 500].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// LIME kernel width on cosine distance [default: 0.25].
+    #[arg(long)]
+    pub kernel_width: Option<f64>,
+    /// Superpixel algorithm [default: slic; paper: felzenszwalb].
+    #[arg(long, value_enum)]
+    pub segmenter: Option<SegmenterKind>,
+    /// SLIC: number of superpixels wanted [default: 64].
+    #[arg(long)]
+    pub segments: Option<usize>,
+    /// ROI margin around the CLIP (or predicted) organ region, in millimetres [default: 15].
+    #[arg(long)]
+    pub margin_mm: Option<f64>,
+    /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
+    #[arg(long)]
+    pub faithfulness_steps: Option<usize>,
+    /// In ROI mode, keep the full run's sample counts (RISE masks, LIME/SHAP samples) instead of scaling
+    /// them to the ROI's share of the perturbed features.
+    #[arg(long)]
+    pub same_budget: bool,
+    /// Least share of the U-Net's own prediction of the organ that an ROI must cover; below it the run
+    /// stops (it would explain the wrong place) unless --roi-fallback is given [default: 0.9].
+    #[arg(long)]
+    pub roi_min_coverage: Option<f64>,
+    /// ROI mode to use instead of one that covers too little of the prediction (seg, bbox, clip+seg, or
+    /// none for the full image); reports record that it was used.
+    #[arg(long, value_enum)]
+    pub roi_fallback: Option<RoiMode>,
+    /// Seed of every random choice (RISE masks, LIME/SHAP coalitions): same seed, same map.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl Options {
+    /// Options from `(name, value)` pairs named as the command line's flags with `_` for `-`
+    /// (`("occlusion_window", "16")`; a flag such as `same_budget` takes "true" or "false"), parsed by the
+    /// same parser as the command line, so values and errors are the same.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Result<Self> {
+        use clap::{Args, FromArgMatches};
+        let mut command =
+            Options::augment_args(clap::Command::new("options").no_binary_name(true).disable_help_flag(true));
+        command.build();
+        let mut argv = Vec::new();
+        for (name, value) in pairs {
+            let Some(arg) = command.get_arguments().find(|a| a.get_id() == name) else {
+                let known: Vec<_> = command.get_arguments().map(|a| a.get_id().to_string()).collect();
+                fail!(InvalidInput, "unknown option {name:?}; the options are {}", known.join(", "));
+            };
+            let flag = format!("--{}", arg.get_long().unwrap_or(name));
+            if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                argv.push(format!("{flag}={value}"));
+            } else {
+                match value.as_str() {
+                    "true" => argv.push(flag),
+                    "false" => {}
+                    _ => fail!(InvalidInput, "{name}: expected true or false, got {value:?}"),
+                }
+            }
+        }
+        let matches = command.try_get_matches_from(&argv).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            crate::error::Error::new(crate::error::ErrorKind::InvalidInput, first)
+        })?;
+        Ok(Options::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))?)
+    }
+
+    /// The explainer settings on a `size`-pixel model grid (the paper preset scales with it).
+    pub fn settings(&self, size: usize) -> Settings {
+        let mut s = match self.preset {
+            Preset::Default => Settings::defaults(self.seed),
+            Preset::Paper => Settings::paper(self.seed, size),
+        };
+        s.score = self.score.unwrap_or(s.score);
+        s.baseline = self.baseline.unwrap_or(s.baseline);
+        s.occlusion = Occlusion {
+            window: self.occlusion_window.unwrap_or(s.occlusion.window),
+            stride: self.occlusion_stride.unwrap_or(s.occlusion.stride),
+        };
+        s.rise = Rise {
+            masks: self.masks.unwrap_or(s.rise.masks),
+            grid: self.grid.unwrap_or(s.rise.grid),
+            p1: self.p1.unwrap_or(s.rise.p1),
+            seed: self.seed,
+            tol: self.rise_tol.or(s.rise.tol),
+        };
+        let samples = self.samples.unwrap_or(s.lime.samples);
+        s.lime =
+            Lime { samples, kernel_width: self.kernel_width.unwrap_or(s.lime.kernel_width), seed: self.seed, ..s.lime };
+        s.shap = KernelShap { samples, seed: self.seed };
+        s.segmenter = match (self.segmenter, s.segmenter) {
+            (Some(SegmenterKind::Slic), Segmenter::Felzenszwalb { .. })
+            | (None | Some(SegmenterKind::Slic), Segmenter::Slic { .. }) => {
+                Segmenter::slic(self.segments.unwrap_or(Segmenter::SLIC_SEGMENTS))
+            }
+            (Some(SegmenterKind::Felzenszwalb), Segmenter::Slic { .. }) => Segmenter::FELZENSZWALB,
+            (_, f) => f,
+        };
+        s.margin_mm = self.margin_mm.unwrap_or(s.margin_mm);
+        s.faithfulness_steps = self.faithfulness_steps.unwrap_or(s.faithfulness_steps);
+        s.scale_roi_budget = !self.same_budget;
+        s.roi_min_coverage = self.roi_min_coverage.unwrap_or(s.roi_min_coverage);
+        s.roi_fallback = self.roi_fallback.or(s.roi_fallback);
+        s
+    }
 }
 
 /// How to build an [`Explainer`]; every field has the command line's default.
@@ -132,7 +290,7 @@ impl ExplainerBuilder {
                 (Engine::Cuda(Box::new(loaded)), size)
             }
         };
-        Ok(Explainer { engine, clip: self.clip, settings, size, intensity: self.intensity })
+        Ok(Explainer { engine, clip: self.clip, settings, size, intensity: self.intensity, cancel: Cancel::default() })
     }
 }
 
@@ -198,12 +356,21 @@ pub struct Request {
     pub slices: Slices,
     /// Ground truth on the volume's grid (FLARE22 ids): enables the agreement metrics.
     pub labels: Option<Vec<u8>>,
+    /// Settings for this request instead of the explainer's (the explainer's batch size is kept).
+    pub settings: Option<Settings>,
 }
 
 impl Request {
     /// `method` on `organ`, CLIP ROI, organ-center slice.
     pub fn new(organ: &str, method: Method) -> Self {
-        Self { organ: organ.to_string(), method, roi: RoiMode::default(), slices: Slices::OrganCenter, labels: None }
+        Self {
+            organ: organ.to_string(),
+            method,
+            roi: RoiMode::default(),
+            slices: Slices::OrganCenter,
+            labels: None,
+            settings: None,
+        }
     }
 
     /// The ROI mode.
@@ -221,6 +388,18 @@ impl Request {
     /// Ground-truth labels on the volume's grid.
     pub fn labels(mut self, labels: Vec<u8>) -> Self {
         self.labels = Some(labels);
+        self
+    }
+
+    /// Which slices (one of them is explained).
+    pub fn slices(mut self, slices: Slices) -> Self {
+        self.slices = slices;
+        self
+    }
+
+    /// Settings for this request only.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
         self
     }
 }
@@ -241,6 +420,28 @@ pub struct Explanation {
     pub slice_shape: (usize, usize),
     /// CLIP's organ probability map on the model grid (CLIP modes only).
     pub clip_probability: Option<Vec<f32>>,
+    /// The slice as explained: windowed and resampled to the model grid, with its ground truth.
+    pub input: SliceInput,
+    /// The settings it ran with.
+    pub settings: Settings,
+}
+
+impl Explanation {
+    /// The saliency on `volume`'s grid (the volume it explains): the map on its slice, zero elsewhere.
+    pub fn saliency_volume(&self, volume: &Volume) -> Result<Vec<f32>> {
+        Ok(saliency_volume(volume, self.slice, &self.run.saliency, self.input.size)?)
+    }
+
+    /// The overlay `xaiclip explain` writes: heat map over the slice, ROI outline (ROI modes), ground truth.
+    pub fn overlay(&self) -> image::RgbImage {
+        self.run.overlay(&self.input)
+    }
+
+    /// The `result` block of `xaiclip explain`'s report.json: the run's summary, agreement with the
+    /// labels and faithfulness curves.
+    pub fn result_json(&self) -> serde_json::Value {
+        self.run.result_json()
+    }
 }
 
 /// The engine: a U-Net (and CLIP, loaded when first needed) on one device, with fixed settings.
@@ -250,6 +451,7 @@ pub struct Explainer {
     settings: Settings,
     size: usize,
     intensity: Intensity,
+    cancel: Cancel,
 }
 
 impl Explainer {
@@ -287,13 +489,38 @@ impl Explainer {
         self.intensity
     }
 
-    /// Explains one slice of `volume` as `request` says, with the explainer's settings.
+    /// The token that cancels this explainer's runs: `cancel()` stops the one in progress at its next
+    /// batch (and every later one until `reset()`) with `ErrorKind::Cancelled`.
+    pub fn cancel_token(&self) -> Cancel {
+        self.cancel.clone()
+    }
+
+    /// Explains one slice of `volume` as `request` says (with the explainer's settings unless the request
+    /// has its own).
     pub fn explain(&self, volume: &Volume, request: &Request) -> Result<Explanation> {
+        self.explain_with(volume, request, |_, _| {})
+    }
+
+    /// [`Self::explain`], with `progress(done, planned)` counting forward passes.
+    pub fn explain_with(
+        &self,
+        volume: &Volume,
+        request: &Request,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Explanation> {
+        let settings = match &request.settings {
+            Some(s) => {
+                let s = Settings { batch: self.settings.batch, ..s.clone() };
+                s.validate(self.size)?;
+                s
+            }
+            None => self.settings.clone(),
+        };
         let class = organ_class(&request.organ)?;
         let k = self.pick_slice(volume, request.labels.as_deref(), &request.slices, class)?;
         let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
         let clip = if request.roi.uses_clip() { self.clip_roi(&input, class)? } else { ClipRoi::default() };
-        let run = self.run(&input, &clip, class, request.method, request.roi, &self.settings, |_, _| {})?;
+        let run = self.run(&input, &clip, class, request.method, request.roi, &settings, progress)?;
         let (slice_saliency, slice_shape) = saliency_on_slice(volume, &run.saliency, self.size)?;
         Ok(Explanation {
             organ: organ_name(class),
@@ -303,6 +530,8 @@ impl Explainer {
             slice_saliency,
             slice_shape,
             clip_probability: clip.probability,
+            input,
+            settings,
         })
     }
 
@@ -348,6 +577,7 @@ impl Explainer {
     }
 
     /// One method in one ROI mode on a prepared slice; `progress(done, total)` counts forward passes.
+    /// The explainer's cancel token stops it.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -360,7 +590,16 @@ impl Explainer {
         progress: impl FnMut(usize, usize),
     ) -> Result<MethodRun> {
         with_engine!(self, |e| Ok(run_method(
-            &e.backend, &e.unet, input, clip, class, method, roi, settings, progress
+            &e.backend,
+            &e.unet,
+            input,
+            clip,
+            class,
+            method,
+            roi,
+            settings,
+            progress,
+            &self.cancel
         )?))
     }
 

@@ -7,7 +7,7 @@ use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
 use crate::explain::rise::Rise;
 use crate::explain::superpixels::{Segmenter, Segments};
-use crate::explain::{baseline_image, BaselineKind, Problem, Runner, ScoreKind, UNetScorer};
+use crate::explain::{baseline_image, BaselineKind, Cancel, Problem, Runner, ScoreKind, UNetScorer};
 use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
@@ -309,6 +309,20 @@ impl MethodRun {
             },
         }
     }
+
+    /// The `result` block of report.json: the summary, agreement with the labels, faithfulness curves.
+    pub fn result_json(&self) -> serde_json::Value {
+        let mut result = serde_json::to_value(self.summary()).expect("summary serialises");
+        result["agreement"] = serde_json::json!(self.agreement);
+        result["faithfulness"] = serde_json::json!(self.faithfulness);
+        result
+    }
+
+    /// Heat map over the slice, ROI outline (ROI modes) and ground truth, on the model grid.
+    pub fn overlay(&self, input: &SliceInput) -> image::RgbImage {
+        let roi = (self.roi_mode != RoiMode::Full).then_some(&self.roi[..]);
+        crate::render::overlay(&input.image, &self.saliency, input.size, roi, input.truth.as_deref())
+    }
 }
 
 /// One run as report.json (`result`) and bench.json (`rows`) record it: the method, the ROI mode and
@@ -436,7 +450,7 @@ pub fn roi_budget(settings: &Settings, roi: &[bool], size: usize) -> Settings {
 #[allow(clippy::too_many_arguments)]
 /// One method in one ROI mode on a prepared slice: finds M0, builds the ROI, runs the explainer on
 /// `backend`, and scores the map (agreement with labels, faithfulness). `progress(done, planned)` counts
-/// forward passes. Settings are validated first.
+/// forward passes; `cancel` stops the run between batches. Settings are validated first.
 pub fn run_method<B: Backend>(
     backend: &B,
     model: &BasicUNet<B>,
@@ -447,6 +461,7 @@ pub fn run_method<B: Backend>(
     roi_mode: RoiMode,
     settings: &Settings,
     mut progress: impl FnMut(usize, usize),
+    cancel: &Cancel,
 ) -> Result<MethodRun> {
     let size = slice.size;
     settings.validate(size)?;
@@ -499,7 +514,15 @@ pub fn run_method<B: Backend>(
         Method::Lime => settings.lime.samples,
         Method::KernelShap => settings.shap.samples.max(3),
     };
-    let problem = Problem { size, input: slice.image.clone(), baseline, roi, scorer: &scorer, batch: settings.batch };
+    let problem = Problem {
+        size,
+        input: slice.image.clone(),
+        baseline,
+        roi,
+        scorer: &scorer,
+        batch: settings.batch,
+        cancel: cancel.clone(),
+    };
     let mut runner = Runner::new(&problem, |done| progress(done, total));
     let explanation = match method {
         Method::Occlusion => settings.occlusion.explain(&mut runner)?,

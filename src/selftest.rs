@@ -696,6 +696,7 @@ pub fn check_explainers<B: Backend>(
                 crate::roi::RoiMode::Full,
                 &settings,
                 |_, _| {},
+                &Default::default(),
             )
         };
         if !quick {
@@ -714,6 +715,7 @@ pub fn check_explainers<B: Backend>(
                 crate::roi::RoiMode::Full,
                 &settings,
                 |_, _| {},
+                &Default::default(),
             )?;
             let plane = |v: &[f32]| Tensor::new(&[v.len()], v.to_vec());
             // LIME/SHAP solve a regression whose conditioning amplifies score differences.

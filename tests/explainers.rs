@@ -6,7 +6,7 @@ use xaiclip::explain::lime::{shapley_regression, weighted_ridge, KernelShap, Lim
 use xaiclip::explain::occlusion::Occlusion;
 use xaiclip::explain::rise::Rise;
 use xaiclip::explain::superpixels::Segments;
-use xaiclip::explain::{Problem, Runner, Scorer};
+use xaiclip::explain::{Cancel, Problem, Runner, Scorer};
 use xaiclip::rng::Philox;
 use xaiclip::tensor::Tensor;
 
@@ -41,7 +41,15 @@ fn linear(size: usize) -> Linear {
 }
 
 fn problem<'a>(size: usize, scorer: &'a dyn Scorer, roi: Vec<bool>) -> Problem<'a> {
-    Problem { size, input: randoms(size * size, 2), baseline: vec![0.0; size * size], roi, scorer, batch: 7 }
+    Problem {
+        size,
+        input: randoms(size * size, 2),
+        baseline: vec![0.0; size * size],
+        roi,
+        scorer,
+        batch: 7,
+        cancel: Cancel::default(),
+    }
 }
 
 /// Relative error with the denominator floored at 0.05: scores are f32 sums of O(10), so a score drop
@@ -289,4 +297,27 @@ fn deletion_and_insertion_curves_run_between_input_and_baseline() {
     let reversed: Vec<f32> = p.input.iter().map(|v| -v).collect();
     let g = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &reversed, 5).unwrap();
     assert!(f.deletion_auc < g.deletion_auc && f.insertion_auc > g.insertion_auc);
+}
+
+#[test]
+fn a_cancelled_run_stops_at_the_next_batch() {
+    let size = 24;
+    let model = linear(size);
+    let p = problem(size, &model, vec![true; size * size]);
+    let cancel = p.cancel.clone();
+    let rise = Rise { masks: 70, grid: 5, p1: 0.5, seed: 3, tol: None };
+    // The progress callback cancels after the first batch of 7; the runner must not start a second.
+    let mut calls = 0;
+    let err = rise
+        .explain(&mut Runner::new(&p, |_| {
+            calls += 1;
+            cancel.cancel();
+        }))
+        .err()
+        .expect("a cancelled run fails");
+    assert_eq!(xaiclip::error::kind_of(&err), xaiclip::ErrorKind::Cancelled, "{err:#}");
+    assert_eq!(model.seen.lock().unwrap().len(), 7);
+    assert_eq!(calls, 1);
+    p.cancel.reset();
+    assert!(rise.explain(&mut Runner::new(&p, |_| {})).is_ok());
 }

@@ -6,7 +6,7 @@ use xaiclip::explain::lime::Lime;
 use xaiclip::explain::occlusion::Occlusion;
 use xaiclip::explain::rise::Rise;
 use xaiclip::explain::superpixels::Segments;
-use xaiclip::explain::{MaskBatch, Problem, Runner, ScoreKind, Scorer, UNetScorer};
+use xaiclip::explain::{Cancel, MaskBatch, Problem, Runner, ScoreKind, Scorer, UNetScorer};
 use xaiclip::models::{BasicUNet, UNetConfig};
 use xaiclip::rng::Philox;
 use xaiclip::tensor::Tensor;
@@ -69,6 +69,7 @@ fn fused_explanations_equal_the_host_path() {
                 roi: roi.clone(),
                 scorer: s,
                 batch: 5,
+                cancel: Cancel::default(),
             };
             let mut runner = Runner::new(&problem, |_| {});
             match method {

@@ -1,6 +1,6 @@
 //! `xaiclip demo`: the whole job on the bundled phantom.
 
-use super::explain::{bench_rows, overlay_image, Case};
+use super::explain::{bench_rows, Case};
 use super::{DeviceArgs, MethodArgs};
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -62,7 +62,7 @@ pub fn run(cmd: DemoCmd, device: &DeviceArgs) -> Result<()> {
         settings.margin_mm
     );
     let rows = bench_rows(&explainer, &case, &clip, &Method::ALL, RoiMode::Clip, &settings, 1)?;
-    let overlays: Vec<_> = rows.iter().map(|r| overlay_image(&case.input, r)).collect();
+    let overlays: Vec<_> = rows.iter().map(|r| r.overlay(&case.input)).collect();
     for (r, img) in rows.iter().zip(&overlays) {
         render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), img)?;
     }

@@ -92,7 +92,7 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
         out: cmd.out.clone(),
         shard: cmd.shard.clone(),
         resume: cmd.resume,
-        seed: cmd.method_args.seed,
+        seed: cmd.method_args.options.seed,
         unet: cmd.method_args.unet.clone(),
         clip: cmd.method_args.clip_options()?,
         window: cmd.method_args.intensity.window.parse()?,

@@ -1,14 +1,14 @@
 //! `xaiclip explain`: one method on one slice, written as saliency volume, overlay and report.
 
 use super::{progress_bar, CaseArgs, DeviceArgs, MethodArgs};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use xaiclip::io::{self, stage_text, Staging, Volume};
-use xaiclip::organs::{organ_class, organ_name};
-use xaiclip::pipeline::{saliency_volume, ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
+use xaiclip::organs::organ_class;
+use xaiclip::pipeline::{ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
 use xaiclip::roi::RoiMode;
-use xaiclip::{read_labels, render, Explainer};
+use xaiclip::{read_labels, render, Explainer, Request};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainCmd {
@@ -34,31 +34,37 @@ pub struct ExplainCmd {
 /// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json}.
 pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
-    let case = load_case(&explainer, &cmd.case, &cmd.method_args.organ)?;
-    let clip = case.clip(&explainer, cmd.roi.uses_clip())?;
-    let settings = explainer.settings();
-    let size = explainer.model_size();
-    let run = run_with_progress(&explainer, &case, &clip, cmd.method, cmd.roi, settings)?;
+    let volume = io::read_image(&cmd.case.image)?;
+    let mut request = Request::new(&cmd.method_args.organ, cmd.method).roi(cmd.roi).slices(cmd.case.slices()?);
+    if let Some(label) = &cmd.case.label {
+        request = request.labels(read_labels(label, cmd.case.label_ids, &volume)?);
+    }
+    let bar = progress_bar(0, &format!("{} ({})", cmd.method.name(), cmd.roi.name()));
+    let explanation = explainer.explain_with(&volume, &request, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let explanation = explanation?;
+    let run = &explanation.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     // The three files appear together or not at all (a failed write leaves the previous run's set).
     let mut staging = Staging::new();
-    let saliency = saliency_volume(&case.volume, case.slice, &run.saliency, size)?;
-    io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &case.volume, &saliency)?;
-    render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &overlay_image(&case.input, &run))?;
-    let mut result = serde_json::to_value(run.summary())?;
-    result["agreement"] = json!(run.agreement);
-    result["faithfulness"] = json!(run.faithfulness);
+    let saliency = explanation.saliency_volume(&volume)?;
+    io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &volume, &saliency)?;
+    render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &explanation.overlay())?;
+    let settings = &explanation.settings;
     let report = json!({
-        "image": cmd.case.image, "label": cmd.case.label, "slice": case.slice, "organ": organ_name(case.class),
-        "class": case.class, "model_input_size": size, "seed": cmd.method_args.seed,
-        "backend": explainer.device_name(), "settings": format!("{settings:?}"), "result": result,
+        "image": cmd.case.image, "label": cmd.case.label, "slice": explanation.slice, "organ": explanation.organ,
+        "class": explanation.class, "model_input_size": explainer.model_size(), "seed": cmd.method_args.options.seed,
+        "backend": explainer.device_name(), "settings": format!("{settings:?}"), "result": explanation.result_json(),
     });
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     staging.commit()?;
     eprintln!(
         "{} on slice {} ({} ROI, {:.1}% of the slice): {:.2}s, {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
         cmd.method.name(),
-        case.slice,
+        explanation.slice,
         cmd.roi.name(),
         100.0 * run.roi_fraction(),
         run.seconds,
@@ -73,8 +79,7 @@ pub fn load_case(explainer: &Explainer, case: &CaseArgs, organ: &str) -> Result<
     let volume = io::read_image(&case.image)?;
     let class = organ_class(organ)?;
     let labels = case.label.as_deref().map(|l| read_labels(l, case.label_ids, &volume)).transpose()?;
-    let slices: Slices = case.slice.parse().map_err(|e| anyhow!("--slice {:?}: {e}", case.slice))?;
-    Case::new(explainer, volume, labels, &slices, class)
+    Case::new(explainer, volume, labels, &case.slices()?, class)
 }
 
 /// A slice ready to explain: the volume, its labels, the slice and the organ, prepared on the model grid.
@@ -102,24 +107,6 @@ impl Case {
     pub fn clip(&self, explainer: &Explainer, needed: bool) -> Result<ClipRoi> {
         Ok(if needed { explainer.clip_roi(&self.input, self.class)? } else { ClipRoi::default() })
     }
-}
-
-/// Runs one method with a progress bar of forward passes.
-pub fn run_with_progress(
-    explainer: &Explainer,
-    case: &Case,
-    clip: &ClipRoi,
-    method: Method,
-    roi: RoiMode,
-    settings: &Settings,
-) -> Result<MethodRun> {
-    let bar = progress_bar(0, &format!("{} ({})", method.name(), roi.name()));
-    let run = explainer.run(&case.input, clip, case.class, method, roi, settings, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
-    bar.finish_and_clear();
-    Ok(run?)
 }
 
 /// The bench rows with one progress bar per run and a line per finished row.
@@ -167,10 +154,4 @@ pub fn bench_rows(
         b.finish_and_clear();
     }
     Ok(rows?)
-}
-
-/// The run's overlay: heat map over the slice, ROI outline (ROI modes), ground truth.
-pub fn overlay_image(input: &SliceInput, run: &MethodRun) -> image::RgbImage {
-    let roi = (run.roi_mode != RoiMode::Full).then_some(&run.roi[..]);
-    render::overlay(&input.image, &run.saliency, input.size, roi, input.truth.as_deref())
 }

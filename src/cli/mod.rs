@@ -137,6 +137,13 @@ pub struct CaseArgs {
     pub slice: String,
 }
 
+impl CaseArgs {
+    /// The --slice option, parsed.
+    pub fn slices(&self) -> Result<xaiclip::Slices> {
+        self.slice.parse().map_err(|e| anyhow::anyhow!("--slice {:?}: {e}", self.slice))
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Modality {
     /// CT: fixed HU window (--window).

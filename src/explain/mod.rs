@@ -19,6 +19,38 @@ use crate::models::BasicUNet;
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Stops a running explanation at its next batch of forward passes (it then fails with
+/// `ErrorKind::Cancelled`). Clones share one flag, so another thread or a signal handler can cancel.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Asks every run that checks this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Clears the request, so that later runs go ahead.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Fails with `Cancelled` when a stop was asked for.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            fail!(Cancelled, "cancelled");
+        }
+        Ok(())
+    }
+}
 
 /// What replaces a perturbed pixel (in model-input space, i.e. after windowing to [0, 1]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -192,6 +224,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             }
             start += count;
             progress(start);
+            problem.cancel.check()?;
         }
         let started = std::time::Instant::now();
         let scores = scores.iter().map(|s| b.download(s).map(Tensor::into_data)).collect::<Result<Vec<_>>>()?.concat();
@@ -240,6 +273,8 @@ pub struct Problem<'a> {
     pub scorer: &'a dyn Scorer,
     /// Images per forward batch.
     pub batch: usize,
+    /// Checked after every batch.
+    pub cancel: Cancel,
 }
 
 /// Counts forward passes (perturbed images scored) and reports progress.
@@ -327,6 +362,7 @@ impl<'a> Runner<'a> {
             start += b;
             self.forward_passes += b;
             (self.progress)(self.forward_passes);
+            p.cancel.check()?;
         }
         Ok(())
     }
