@@ -332,7 +332,13 @@ pub fn load_labels(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>
 }
 
 fn labels_on_grid(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
-    let labels = io::read_image(path)?;
+    labels_of(&io::read_image(path)?, ids, image)
+}
+
+/// A label volume already read (`labels.source` names it in errors) as FLARE22 ids on `image`'s grid,
+/// with the checks of [`load_labels`].
+pub fn labels_of(labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+    let path = &labels.source;
     labels.check_labels()?;
     let (mut on_grid, outside) = labels.labels_on_grid_of(image);
     let covered = 1.0 - outside as f64 / image.voxel_count().max(1) as f64;
@@ -353,7 +359,7 @@ fn labels_on_grid(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>>
             path.display(),
             100.0 * covered,
             image.source.display(),
-            d(&labels),
+            d(labels),
             d(image)
         );
     }

@@ -6,7 +6,7 @@
 //! `Explanation::slice_saliency` holds the same map resampled onto the slice's own pixels.
 
 use crate::backend::{Backend, Compute, CpuBackend, CudaBackend, Device, Precision};
-use crate::dataset::{load_labels, LabelIds};
+use crate::dataset::{labels_of, load_labels, LabelIds};
 use crate::error::Result;
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
@@ -38,6 +38,12 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
 /// Reads a label volume (any grid; matched to `image` through the affines) as FLARE22 ids.
 pub fn read_labels(path: impl AsRef<Path>, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
     Ok(load_labels(path.as_ref(), ids, image)?)
+}
+
+/// A label volume in memory (any grid, matched to `image` through the affines) as FLARE22 ids, with
+/// the checks of [`read_labels`] (integer values, ids of the scheme, a shared grid).
+pub fn labels_from_volume(labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+    Ok(labels_of(labels, ids, image).map_err(|e| crate::error::Error::input(&labels.source, e))?)
 }
 
 /// The base settings that [`Options`] refine.

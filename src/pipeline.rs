@@ -523,7 +523,8 @@ pub fn run_method<B: Backend>(
         batch: settings.batch,
         cancel: cancel.clone(),
     };
-    let mut runner = Runner::new(&problem, |done| progress(done, total));
+    // done counts the unperturbed pass too, which the plan leaves out.
+    let mut runner = Runner::new(&problem, |done| progress(done.min(total), total));
     let explanation = match method {
         Method::Occlusion => settings.occlusion.explain(&mut runner)?,
         Method::Rise => settings.rise.explain(&mut runner)?,

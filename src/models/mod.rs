@@ -5,13 +5,24 @@ pub mod unet;
 
 pub use unet::{BasicUNet, UNetConfig};
 
-/// The bundled weights folder `weights/<name>` (unet, clip, coop): beside the current directory, or in
-/// the source tree this crate was built from.
+/// Where programs that ship the bundled weights themselves (the Python package) put them; looked in first.
+static BUNDLED_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes `root/<name>` the bundled weights (once per process; a second call keeps the first root).
+pub fn set_bundled_root(root: std::path::PathBuf) {
+    let _ = BUNDLED_ROOT.set(root);
+}
+
+/// The bundled weights folder `weights/<name>` (unet, clip, coop): under the root set by
+/// [`set_bundled_root`], beside the current directory, or in the source tree this crate was built from.
 pub fn bundled(name: &str) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
     use std::path::{Path, PathBuf};
-    let candidates =
-        [PathBuf::from("weights").join(name), Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name)];
+    let candidates = BUNDLED_ROOT.get().map(|r| r.join(name)).into_iter().chain([
+        PathBuf::from("weights").join(name),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name),
+    ]);
+    let candidates: Vec<PathBuf> = candidates.collect();
     candidates.iter().find(|p| p.join("model.safetensors").is_file()).cloned().with_context(|| {
         format!(
             "bundled weights weights/{name} not found (looked in {}); pass the folder explicitly",
