@@ -1,7 +1,7 @@
 //! Organ names and class ids: the FLARE22 label scheme every bundled model and data set reader uses,
 //! and the TotalSegmentator ids mapped onto it.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// FLARE22 organ ids (the label values written), with their names.
 pub const FLARE22_ORGANS: [(u8, &str); 13] = [
@@ -39,7 +39,8 @@ pub fn organ_class(name: &str) -> Result<usize> {
     }
     match FLARE22_ORGANS.iter().find(|(_, n)| *n == key) {
         Some((id, _)) => Ok(*id as usize),
-        None => bail!(
+        None => crate::fail!(
+            InvalidInput,
             "unknown organ {name:?}; use one of: {}",
             FLARE22_ORGANS.iter().map(|(_, n)| n.replace(' ', "-")).collect::<Vec<_>>().join(", ")
         ),

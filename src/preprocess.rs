@@ -80,7 +80,8 @@ impl AxialLayout {
     pub fn check_slice(&self, volume: &Volume, k: usize) -> Result<()> {
         let n = self.slices(volume);
         if k >= n {
-            bail!(
+            crate::fail!(
+                InvalidInput,
                 "{}: slice {k} is out of range (the volume has {n} axial slices, 0 to {})",
                 volume.source.display(),
                 n - 1

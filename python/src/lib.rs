@@ -51,15 +51,22 @@ fn value_err(e: impl std::fmt::Display) -> PyErr {
 /// A value of one of the engine's option enums, by its command-line name.
 fn parse_enum<T: clap::ValueEnum>(what: &str, value: &str) -> PyResult<T> {
     T::from_str(value, false).map_err(|_| {
-        let names: Vec<String> =
-            T::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_string())
+            .collect();
         PyValueError::new_err(format!("{what}={value:?}: expected one of {}", names.join(", ")))
     })
 }
 
 /// A numpy image (2-D: one slice, 3-D: a volume, indexed [i, j, k] as nibabel's `get_fdata()`) as a
 /// volume, read in index order whatever its memory order or strides.
-fn volume_from_array(array: &Bound<'_, PyAny>, affine: Option<PyReadonlyArray2<'_, f64>>, what: &str) -> PyResult<Volume> {
+fn volume_from_array(
+    array: &Bound<'_, PyAny>,
+    affine: Option<PyReadonlyArray2<'_, f64>>,
+    what: &str,
+) -> PyResult<Volume> {
     macro_rules! read {
         ($($t:ty),*) => {
             $(if let Ok(a) = array.extract::<PyReadonlyArrayDyn<'_, $t>>() {
@@ -77,7 +84,12 @@ fn volume_from_array(array: &Bound<'_, PyAny>, affine: Option<PyReadonlyArray2<'
     )))
 }
 
-fn finish(shape: Vec<usize>, data: Vec<f32>, affine: Option<PyReadonlyArray2<'_, f64>>, what: &str) -> PyResult<Volume> {
+fn finish(
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    affine: Option<PyReadonlyArray2<'_, f64>>,
+    what: &str,
+) -> PyResult<Volume> {
     let dims = match shape[..] {
         [nx, ny] => [nx, ny, 1],
         [nx, ny, nz] => [nx, ny, nz],
@@ -99,7 +111,8 @@ fn finish(shape: Vec<usize>, data: Vec<f32>, affine: Option<PyReadonlyArray2<'_,
                 return Err(value_err(format!("affine: expected a 4x4 matrix, got shape {:?}", a.shape())));
             }
             let m: [[f64; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|c| a[[r, c]]));
-            let det3 = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            let det3 = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+                - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
                 + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
             if !m.iter().flatten().all(|v| v.is_finite()) || det3 == 0.0 {
                 return Err(value_err("affine: expected finite values and an invertible 3x3 part"));
@@ -150,9 +163,10 @@ const BUNDLED: &[(&str, &[u8])] = &[
 /// ~/.cache, else the temporary folder), each file atomically, and points the engine at it.
 fn install_bundled() -> std::io::Result<()> {
     // FNV-1a over every byte: a different build with other weights gets another folder.
-    let hash = BUNDLED.iter().flat_map(|(n, b)| n.as_bytes().iter().chain(b.iter())).fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
+    let hash = BUNDLED
+        .iter()
+        .flat_map(|(n, b)| n.as_bytes().iter().chain(b.iter()))
+        .fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -173,9 +187,12 @@ fn install_bundled() -> std::io::Result<()> {
     Ok(())
 }
 
+/// A volume and its affine, as numpy arrays.
+type VolumeArrays<'py> = (Bound<'py, PyArray3<f32>>, Bound<'py, PyArray2<f64>>);
+
 /// Reads a NIfTI file or DICOM series folder: `(array float32 indexed [i, j, k], affine 4x4)`.
 #[pyfunction]
-fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<(Bound<'py, PyArray3<f32>>, Bound<'py, PyArray2<f64>>)> {
+fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<VolumeArrays<'py>> {
     let v = py.detach(|| xaiclip::read_volume(&path)).map_err(py_err)?;
     let affine = affine_array(py, &v.affine);
     Ok((volume_array(py, v.dims, v.data), affine))
@@ -287,10 +304,9 @@ impl Explainer {
             builder = builder.unet(m);
         }
         static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-        INSTALLED
-            .get_or_init(|| install_bundled().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot write the bundled models to the cache folder: {e}")))?;
+        INSTALLED.get_or_init(|| install_bundled().map_err(|e| e.to_string())).clone().map_err(|e| {
+            PyRuntimeError::new_err(format!("cannot write the bundled models to the cache folder: {e}"))
+        })?;
         let inner = py.detach(|| builder.build()).map_err(py_err)?;
         Ok(Self { inner })
     }
@@ -369,8 +385,17 @@ impl Explainer {
             let k = inner.pick_slice(&volume, labels.as_deref(), &slices, class)?;
             let input = inner.prepare(&volume, labels.as_deref(), k, class, inner.intensity())?;
             let clip = if roi.uses_clip() { inner.clip_roi(&input, class)? } else { Default::default() };
-            let rows =
-                inner.bench(&input, &clip, class, &methods, roi, &settings, repeat, |_, _, d, t| report(d, t), |_| {})?;
+            let rows = inner.bench(
+                &input,
+                &clip,
+                class,
+                &methods,
+                roi,
+                &settings,
+                repeat,
+                |_, _, d, t| report(d, t),
+                |_| {},
+            )?;
             Ok((k, rows))
         })?;
         let (k, rows) = rows;
@@ -479,6 +504,12 @@ impl Explanation {
     #[getter]
     fn m0<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray2<bool>> {
         plane(py, self.inner.input.size, &self.inner.run.m0)
+    }
+
+    /// The organ's ground truth (model grid), or None without labels.
+    #[getter]
+    fn truth<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray2<bool>>> {
+        self.inner.input.truth.as_ref().map(|t| plane(py, self.inner.input.size, t))
     }
 
     /// CLIP's organ probability map (model grid), or None outside the CLIP ROI modes.

@@ -137,8 +137,9 @@ def _with_progress(progress: Progress, what: str, run: Callable[[Optional[Callab
 class Explanation:
     """One explanation of one slice.
 
-    Maps on the image's grid follow the image's ``[i, j, k]`` indexing; ``*_model`` maps and ``roi``,
-    ``m0``, ``roi_probability`` are on the square model grid, ``[row, column]`` as the engine computes.
+    Maps on the image's grid follow the image's ``[i, j, k]`` indexing; ``saliency_model``,
+    ``model_input``, ``roi``, ``roi_probability``, ``m0`` and ``truth`` are on the square model grid,
+    ``[row, column]`` as a radiologist reads the slice (row 0 anterior, column 0 the patient's right).
     """
 
     def __init__(self, native: Any):
@@ -170,6 +171,11 @@ class Explanation:
     def roi_probability(self) -> Optional[np.ndarray]:
         """CLIP's organ probability map (model grid), or None outside the CLIP ROI modes."""
         return self._native.roi_probability
+
+    @property
+    def truth(self) -> Optional[np.ndarray]:
+        """The organ's ground truth (model grid, bool), or None without labels."""
+        return self._native.truth
 
     @property
     def m0(self) -> np.ndarray:

@@ -18,10 +18,11 @@ pub fn set_bundled_root(root: std::path::PathBuf) {
 pub fn bundled(name: &str) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
     use std::path::{Path, PathBuf};
-    let candidates = BUNDLED_ROOT.get().map(|r| r.join(name)).into_iter().chain([
-        PathBuf::from("weights").join(name),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name),
-    ]);
+    let candidates = BUNDLED_ROOT
+        .get()
+        .map(|r| r.join(name))
+        .into_iter()
+        .chain([PathBuf::from("weights").join(name), Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name)]);
     let candidates: Vec<PathBuf> = candidates.collect();
     candidates.iter().find(|p| p.join("model.safetensors").is_file()).cloned().with_context(|| {
         format!(
