@@ -209,12 +209,12 @@ fn chaos(root: &Path, modality: &str) -> Result<Vec<CaseEntry>> {
     Ok(cases)
 }
 
-fn pairs(images: &Path, labels: Option<&Path>, mr: bool) -> Result<Vec<CaseEntry>> {
+fn pairs(images: &Path, labels: Option<&Path>, ids: LabelIds, mr: bool) -> Result<Vec<CaseEntry>> {
     let mut cases = Vec::new();
     for image in list(images, |p| is_nifti(p) || p.is_dir())? {
         let id = stem(&image);
         let labels = match labels {
-            Some(dir) => LabelSource::Volume(label_file(dir, &id, &image)?, LabelIds::Flare22),
+            Some(dir) => LabelSource::Volume(label_file(dir, &id, &image)?, ids),
             None => LabelSource::None,
         };
         cases.push(CaseEntry { id, image, labels, mr });
@@ -225,12 +225,14 @@ fn pairs(images: &Path, labels: Option<&Path>, mr: bool) -> Result<Vec<CaseEntry
     Ok(cases)
 }
 
-/// The cases of a data set, sorted by id (natural order), ids unique.
+/// The cases of a data set, sorted by id (natural order), ids unique. `ids` is the label scheme of the
+/// pairs layout (the other layouts have their own).
 pub fn discover(
     kind: DatasetKind,
     root: Option<&Path>,
     images: Option<&Path>,
     labels: Option<&Path>,
+    ids: LabelIds,
     unlabeled: bool,
     mr: bool,
 ) -> Result<Vec<CaseEntry>> {
@@ -241,7 +243,7 @@ pub fn discover(
         DatasetKind::ChaosCt => chaos(need_root()?, "CT")?,
         DatasetKind::ChaosMr => chaos(need_root()?, "MR")?,
         DatasetKind::Pairs => {
-            pairs(images.context("--dataset pairs needs --images DIR (and --labels DIR for scores)")?, labels, mr)?
+            pairs(images.context("--dataset pairs needs --images DIR (and --labels DIR for scores)")?, labels, ids, mr)?
         }
     };
     cases.sort_by(|a, b| natural_cmp(&a.id, &b.id));

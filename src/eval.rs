@@ -5,7 +5,7 @@
 //! and a case is listed in `cases_done.txt` only after its last line; `resume` drops a torn last
 //! line, skips listed cases and every item already present, so a kill loses at most the item in flight.
 
-use crate::dataset::{self, natural_cmp, CaseEntry, DatasetKind};
+use crate::dataset::{self, natural_cmp, CaseEntry, DatasetKind, LabelIds};
 use crate::error::{kind_of, ErrorKind};
 use crate::explainer::Explainer;
 use crate::io::{write_text, Volume};
@@ -14,6 +14,7 @@ use crate::pipeline::{ClipOptions, ClipRoi, Method, MethodRun, Prompts, RunFigur
 use crate::preprocess::{AxialLayout, Intensity};
 use crate::roi::RoiMode;
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -31,6 +32,8 @@ pub struct EvalPlan {
     pub images: Option<PathBuf>,
     /// Pairs layout: the label folder.
     pub labels: Option<PathBuf>,
+    /// Pairs layout: the id scheme of the label maps.
+    pub label_ids: LabelIds,
     /// FLARE22: also the unlabeled imagesTs cases (slices from the U-Net's own prediction).
     pub unlabeled: bool,
     /// Pairs layout: the images are MR (percentile normalisation).
@@ -274,8 +277,9 @@ fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
         Intensity::MrPercentile => "mr".to_string(),
     };
     json!({
-        "dataset": format!("{:?}", plan.dataset),
+        "dataset": plan.dataset.to_possible_value().map(|v| v.get_name().to_string()),
         "root": plan.root, "images": plan.images, "labels": plan.labels, "unlabeled": plan.unlabeled,
+        "label_ids": plan.label_ids.to_possible_value().map(|v| v.get_name().to_string()),
         "organs": plan.organs.iter().map(|&o| organ_name(o)).collect::<Vec<_>>(),
         "methods": plan.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "roi": plan.rois.iter().map(|r| r.name()).collect::<Vec<_>>(),
@@ -283,22 +287,38 @@ fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
         "unet": plan.unet, "clip": plan.clip.clip, "coop": plan.clip.coop,
         "prompt": match &plan.clip.prompts { Prompts::Custom(p) => Some(p.clone()), _ => None },
         "no_coop": plan.clip.prompts != Prompts::Coop, "roi_threshold": plan.clip.threshold.to_string(),
-        "modality": if plan.mr { "Mr" } else { "Ct" }, "window": window,
-        "settings": format!("{:?}", explainer.settings()),
+        "modality": if plan.mr { "mr" } else { "ct" }, "window": window,
+        "settings": explainer.settings().results_json(),
         "shard": plan.shard,
     })
 }
 
-/// The settings that differ between two eval.json files; `shard` counts unless `ignore_shard` (merge).
+/// The settings that differ between two eval.json files, by dotted path ("settings.rise.masks: 200 vs
+/// 300"); `shard` counts unless `ignore_shard` (merge).
 fn differing_fields(old: &Value, new: &Value, ignore_shard: bool) -> Vec<String> {
-    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return vec!["(whole file)".into()] };
-    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| o.get(*k) != n.get(*k) && !(ignore_shard && k.as_str() == "shard"))
-        .map(|k| format!("{k}: {} vs {}", o.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null)))
-        .collect()
+    if !(old.is_object() && new.is_object()) {
+        return vec!["(whole file)".into()];
+    }
+    let mut out = Vec::new();
+    differing(old, new, "", &mut out);
+    out.retain(|d| !(ignore_shard && d.starts_with("shard:")));
+    out
+}
+
+fn differing(old: &Value, new: &Value, at: &str, out: &mut Vec<String>) {
+    match (old.as_object(), new.as_object()) {
+        (Some(o), Some(n)) => {
+            let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                differing(o.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null), &path, out);
+            }
+        }
+        _ if old != new => out.push(format!("{at}: {old} vs {new}")),
+        _ => {}
+    }
 }
 
 fn read_config(dir: &Path) -> Result<Value> {
@@ -322,6 +342,7 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
         plan.root.as_deref(),
         plan.images.as_deref(),
         plan.labels.as_deref(),
+        plan.label_ids,
         plan.unlabeled,
         plan.mr,
     )?;

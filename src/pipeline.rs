@@ -53,8 +53,8 @@ impl Method {
     }
 }
 
-/// Every knob of the explainers.
-#[derive(Clone, Debug)]
+/// Every knob of the explainers. As JSON (reports, eval.json) enums take their command-line spelling.
+#[derive(Clone, Debug, Serialize)]
 pub struct Settings {
     /// The number a forward pass is reduced to.
     pub score: ScoreKind,
@@ -75,7 +75,8 @@ pub struct Settings {
     pub superpixel_min_overlap: Option<f64>,
     /// Millimetres the ROI grows by around the organ region.
     pub margin_mm: f64,
-    /// Perturbed images per forward pass (resolved for the device; see `BatchSize`).
+    /// Perturbed images per forward pass (resolved for the device; see `BatchSize`). Speed only: maps do
+    /// not depend on it.
     pub batch: usize,
     /// Deletion/insertion steps; 0 skips the faithfulness metrics.
     pub faithfulness_steps: usize,
@@ -96,6 +97,38 @@ const MAX_FAITHFULNESS_STEPS: usize = 4096;
 const MAX_BATCH: usize = 4096;
 
 impl Settings {
+    /// The settings as JSON, as reports record them.
+    pub fn to_json(&self) -> serde_json::Value {
+        // Through text, so that f32 values keep their short form (0.1, not 0.10000000149011612).
+        serde_json::from_str(&serde_json::to_string(self).expect("settings serialise")).expect("valid JSON")
+    }
+
+    /// [`Self::to_json`] without the blocks of the other methods: what one run of `method` used.
+    pub fn json_for(&self, method: Method) -> serde_json::Value {
+        let mut v = self.to_json();
+        let keep: &[&str] = match method {
+            Method::Occlusion => &["occlusion"],
+            Method::Rise => &["rise"],
+            Method::Lime => &["lime", "segmenter", "superpixel_min_overlap"],
+            Method::KernelShap => &["shap", "segmenter", "superpixel_min_overlap"],
+        };
+        let object = v.as_object_mut().expect("an object");
+        for block in ["occlusion", "rise", "lime", "shap", "segmenter", "superpixel_min_overlap"] {
+            if !keep.contains(&block) {
+                object.remove(block);
+            }
+        }
+        v
+    }
+
+    /// The settings that decide the maps: [`Self::to_json`] without the speed-only batch size (what a
+    /// resumed or merged evaluation must share).
+    pub fn results_json(&self) -> serde_json::Value {
+        let mut v = self.to_json();
+        v.as_object_mut().expect("an object").remove("batch");
+        v
+    }
+
     /// Refuses values that would panic, never finish or cannot mean anything on a `size`-pixel grid;
     /// messages name the command-line option.
     pub fn validate(&self, size: usize) -> Result<()> {

@@ -258,6 +258,44 @@ fn resume_with_other_settings_is_refused() {
 }
 
 #[test]
+fn resume_with_another_batch_is_accepted_and_batch_changes_no_result() {
+    // --batch is speed only: a requeue on other hardware (another batch) must resume, and the numbers
+    // must be those of any other batch size.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flare");
+    phantom_tree("flare22", &root, 1);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let with_batch = |out, batch| {
+        let mut args = quick_eval("flare22", &root, out);
+        args.extend(["--batch", batch]);
+        args
+    };
+    assert!(xaiclip(&with_batch(&a, "3")).status.success());
+    let mut resumed = with_batch(&a, "7");
+    resumed.push("--resume");
+    let out = xaiclip(&resumed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(xaiclip(&with_batch(&b, "16")).status.success());
+    let records = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for speed in ["seconds", "forward_fraction", "clip_seconds", "metrics_seconds"] {
+                    v.as_object_mut().unwrap().remove(speed);
+                }
+                v
+            })
+            .collect()
+    };
+    let (ra, rb) = (records(&a), records(&b));
+    // Four windows: batches of 3 split them, batches of 16 do not.
+    assert!(!ra.is_empty() && ra[0]["forward_passes"].as_u64() >= Some(5), "{ra:?}");
+    assert_eq!(ra, rb);
+}
+
+#[test]
 fn corrupt_results_line_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("flare");
@@ -287,7 +325,7 @@ fn merge_of_shards_with_other_settings() {
     let merged = dir.path().join("m");
     fails(
         &["eval", "--merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", merged.to_str().unwrap()],
-        &["b/eval.json: shard run with other settings", "settings:"],
+        &["b/eval.json: shard run with other settings", "settings.rise.masks: 1000 vs 7"],
     );
     assert!(!merged.join("results.jsonl").exists());
 }

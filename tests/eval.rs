@@ -120,7 +120,7 @@ fn chaos_trees_load_labels_slice_for_slice() {
     {
         let data = tmp.path().join(layout);
         make_tree(&data, layout, 2, 5);
-        let cases = dataset::discover(kind, Some(&data), None, None, false, false).unwrap();
+        let cases = dataset::discover(kind, Some(&data), None, None, dataset::LabelIds::Flare22, false, false).unwrap();
         assert_eq!(cases.len(), expected_cases, "{cases:?}");
         for case in &cases {
             let (volume, labels) = dataset::load(case).unwrap();
@@ -352,4 +352,61 @@ fn real_dicom_series_with_png_masks() {
     let liver: Vec<u8> = labels.iter().map(|&l| (l == 1) as u8).collect();
     assert!(liver.iter().filter(|&&l| l == 1).count() > 1000);
     assert_eq!(read, liver);
+}
+
+#[test]
+fn eval_reads_totalsegmentator_labels_with_label_ids() {
+    let Some(shared) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (images, labels) = (dir.path().join("images"), dir.path().join("labels"));
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    // Links, not copies: the shared data stays where it is.
+    std::os::unix::fs::symlink(shared.join("ct_small.nii.gz"), images.join("ct_small.nii.gz")).unwrap();
+    std::os::unix::fs::symlink(shared.join("ct_small_seg.nii.gz"), labels.join("ct_small.nii.gz")).unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--device",
+            "cpu",
+            "eval",
+            "--dataset",
+            "pairs",
+            "--images",
+            images.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--methods",
+            "occlusion",
+            "--roi",
+            "none",
+            "--occlusion-window",
+            "64",
+            "--occlusion-stride",
+            "64",
+            "--faithfulness-steps",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        xaiclip(&args)
+    };
+    // Without --label-ids the TotalSegmentator ids are refused, and the message says what to pass.
+    let plain = dir.path().join("plain");
+    let o = run(&plain, &[]);
+    assert!(!o.status.success());
+    let errors = std::fs::read_to_string(plain.join("errors.jsonl")).unwrap();
+    assert!(errors.contains("--label-ids totalseg"), "{errors}");
+    let out = dir.path().join("ts");
+    let o = run(&out, &["--label-ids", "totalseg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
+    assert_eq!(line["status"], "ok", "{line}");
+    assert!(line["dice"].as_f64().is_some_and(|d| d > 0.0), "{line}");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(config["label_ids"], "totalseg");
+    assert_eq!(config["settings"]["occlusion"]["window"], 64);
+    assert!(config["settings"].get("batch").is_none(), "batch is speed only: {config}");
 }

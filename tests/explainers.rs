@@ -313,8 +313,7 @@ fn a_cancelled_run_stops_at_the_next_batch() {
             calls += 1;
             cancel.cancel();
         }))
-        .err()
-        .expect("a cancelled run fails");
+        .expect_err("a cancelled run fails");
     assert_eq!(xaiclip::error::kind_of(&err), xaiclip::ErrorKind::Cancelled, "{err:#}");
     assert_eq!(model.seen.lock().unwrap().len(), 7);
     assert_eq!(calls, 1);

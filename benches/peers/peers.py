@@ -168,10 +168,8 @@ def main():
             o = ours[(m, roi)]
             add(m, f"xaiclip ({'full image' if roi == 'none' else 'CLIP ROI'})", o["seconds"], o["forward_passes"], full[m][0]["saliency"] if roi == "none" else None)
 
-    # Occlusion: window and stride from xaiclip's settings string.
-    import re
-    window = int(re.search(r"window: (\d+)", settings).group(1))
-    stride = int(re.search(r"stride: (\d+)", settings).group(1))
+    # Occlusion: window and stride from xaiclip's settings.
+    window, stride = settings["occlusion"]["window"], settings["occlusion"]["stride"]
     from captum.attr import Occlusion, Lime, KernelShap
 
     score = Score(model, x, cls)
@@ -205,8 +203,7 @@ def main():
         t, sal = timed(monai_occlusion, a.repeat)
         add("occlusion", "MONAI OcclusionSensitivity", t, score.passes + 1, sal.numpy())
 
-    grid = int(re.search(r"grid: (\d+)", settings).group(1))
-    p1 = float(re.search(r"p1: ([0-9.]+)", settings).group(1))
+    grid, p1 = settings["rise"]["grid"], settings["rise"]["p1"]
     n_masks = int(full["rise"][1]["samples"])
     baseline = torch.from_numpy(full["rise"][0]["baseline"]).reshape(1, 1, size, size)
 

@@ -572,10 +572,10 @@ impl Explanation {
         self.inner.run.seconds
     }
 
-    /// The settings it ran with (as report.json records them).
+    /// The settings it ran with, as JSON text (report.json's `settings`; the wrapper parses it).
     #[getter]
-    fn settings(&self) -> String {
-        format!("{:?}", self.inner.settings)
+    fn settings_json(&self) -> String {
+        self.inner.settings.json_for(self.inner.run.method).to_string()
     }
 
     /// Writes the saliency volume as NIfTI (the image's header and affine), atomically.

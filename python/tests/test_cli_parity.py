@@ -1,5 +1,7 @@
 """The Python result equals the command line's bit for bit: the same engine, settings and seed."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -25,8 +27,6 @@ def test_saliency_equals_the_cli_bit_for_bit(tmp_path, demo_dir, explainer, meth
     assert np.array_equal(e.saliency_volume, cli_data)
     assert np.count_nonzero(cli_data) > 0
     # The report's figures are the same run's.
-    import json
-
     report = json.loads((out / "report.json").read_text())
     assert report["slice"] == e.slice
     keys = ("forward_passes", "samples", "roi_fraction", "roi_coverage", "dice", "iou", "auroc", "deletion_auc",
@@ -53,7 +53,11 @@ def test_options_reach_the_engine_as_the_flags_do(tmp_path, demo_dir, explainer)
     e = explainer.explain(ct, "liver", "rise", "seg", label=labels, masks=120, grid=6, p1=0.4, seed=5,
                           score="dice", margin_mm=8)
     assert np.array_equal(e.saliency_volume, np.asarray(nib.load(out / "saliency.nii.gz").dataobj))
-    assert "masks: 120" in e.settings and "Dice" in e.settings
+    assert e.settings["rise"] == {"masks": 120, "grid": 6, "p1": 0.4, "seed": 5, "tol": None}
+    assert e.settings["score"] == "dice" and e.settings["margin_mm"] == 8 and "occlusion" not in e.settings
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"] == e.settings
+    assert report["provenance"]["command_line"][1:4] == ["--device", "cpu", "explain"]
     # Another seed, another map.
     other = explainer.explain(ct, "liver", "rise", "seg", label=labels, masks=120, grid=6, p1=0.4, seed=6,
                               score="dice", margin_mm=8)
@@ -73,8 +77,6 @@ def test_phantom_is_the_cli_phantom(demo_dir):
 
 def test_bench_rows_match_the_cli_bench(tmp_path, explainer):
     run_cli("bench", "--demo", "--methods", "occlusion", "--json", tmp_path / "b.json")
-    import json
-
     cli_rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     import pandas as pd
 

@@ -200,7 +200,11 @@ class Explanation:
     roi_mode = property(lambda self: self._native.roi_mode, doc="The ROI mode's name.")
     forward_passes = property(lambda self: self._native.forward_passes, doc="U-Net forward passes.")
     seconds = property(lambda self: self._native.seconds, doc="Seconds (CLIP ROI included, metrics not).")
-    settings = property(lambda self: self._native.settings, doc="The settings, as report.json records them.")
+
+    @property
+    def settings(self) -> dict:
+        """The settings of the method it ran, as report.json records them (``{"rise": {"masks": 1000, ...}, ...}``)."""
+        return json.loads(self._native.settings_json)
 
     def to_nifti(self, path: Union[str, os.PathLike]) -> None:
         """Writes ``saliency_volume`` as NIfTI with the image's header and affine, atomically."""

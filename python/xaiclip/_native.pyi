@@ -73,6 +73,6 @@ class Explanation:
     roi_mode: str
     forward_passes: int
     seconds: float
-    settings: str
+    settings_json: str
     def to_nifti(self, path: str) -> None: ...
     def overlay(self, path: str) -> None: ...

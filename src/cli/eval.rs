@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::MultiProgress;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use xaiclip::dataset::DatasetKind;
+use xaiclip::dataset::{DatasetKind, LabelIds};
 use xaiclip::eval::{self, EvalPlan, Event};
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::pipeline::{Method, Slices};
@@ -22,9 +22,12 @@ pub struct EvalCmd {
     /// --dataset pairs: folder of images (NIfTI files or DICOM series folders).
     #[arg(long)]
     pub images: Option<PathBuf>,
-    /// --dataset pairs: folder of FLARE22 label maps named like the images.
+    /// --dataset pairs: folder of label maps named like the images.
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    /// --dataset pairs: id scheme of the label maps (totalseg: TotalSegmentator "total" ids).
+    #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
+    pub label_ids: LabelIds,
     /// FLARE22: also explain the unlabeled imagesTs cases (slices from the U-Net's own prediction).
     #[arg(long)]
     pub unlabeled: bool,
@@ -83,6 +86,7 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
         root: cmd.root.clone(),
         images: cmd.images.clone(),
         labels: cmd.labels.clone(),
+        label_ids: cmd.label_ids,
         unlabeled: cmd.unlabeled,
         mr: cmd.method_args.intensity.modality == Modality::Mr,
         organs: organs.clone(),

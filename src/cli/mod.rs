@@ -61,8 +61,9 @@ pub enum Command {
     ///
     /// Writes DIR/saliency.nii.gz (float32, on the input's grid and affine, zero outside the slice),
     /// DIR/overlay.png (heat map over the windowed slice, ROI outline cyan, ground truth green, colour
-    /// bar from minimum to maximum) and DIR/report.json (settings, seconds, forward passes and, with
-    /// --label, Dice/IoU/AUROC/pointing game, plus deletion/insertion AUC).
+    /// bar from minimum to maximum) and DIR/report.json (the method's settings as JSON, the version,
+    /// command line and time; seconds, forward passes and, with --label, Dice/IoU/AUROC/pointing game,
+    /// plus deletion/insertion AUC).
     Explain(explain::ExplainCmd),
     /// Compare each method in full-image and ROI mode: seconds, forward passes, agreement, faithfulness.
     ///
@@ -181,6 +182,16 @@ pub struct DeviceArgs {
     /// tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative).
     #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+}
+
+/// Who wrote a report and when: the version, the command line and the time (UTC, RFC 3339).
+pub fn provenance() -> serde_json::Value {
+    let args: Vec<String> = std::env::args().collect();
+    serde_json::json!({
+        "xaiclip_version": env!("CARGO_PKG_VERSION"),
+        "command_line": args,
+        "timestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
 }
 
 /// A progress bar on stderr, "{what} [=====>   ] done/total rate eta".

@@ -7,7 +7,7 @@ use super::{Explanation, MaskBatch, Runner};
 use crate::rng::Philox;
 use anyhow::{bail, ensure, Result};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 /// LIME (Ribeiro et al. 2016) on superpixels, as lime_image does it.
 pub struct Lime {
     /// Perturbed samples (coalitions of superpixels).
@@ -20,7 +20,7 @@ pub struct Lime {
     pub seed: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 /// Kernel SHAP (Lundberg & Lee 2017) on superpixels.
 pub struct KernelShap {
     /// Coalitions sampled (the empty and full coalitions included).

@@ -7,7 +7,7 @@
 use super::{Explanation, MaskBatch, Runner};
 use anyhow::{ensure, Result};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 /// Occlusion with a square window sliding by a stride.
 pub struct Occlusion {
     /// Window side (model pixels).

@@ -9,7 +9,7 @@
 use super::{Explanation, MaskBatch, RiseMasks, Runner};
 use anyhow::{ensure, Context, Result};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 /// RISE settings.
 pub struct Rise {
     /// Masks to score (the most, in adaptive mode).

@@ -22,7 +22,8 @@ pub enum SegmenterKind {
     Felzenszwalb,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 /// Superpixel algorithm and its parameters.
 pub enum Segmenter {
     /// `segments` wanted, `compactness` weighs space against intensity (intensities in [0, 1]).
