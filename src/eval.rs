@@ -396,6 +396,8 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
                 append_text(&out.join(DONE), &format!("{}\n", case.id))?;
                 events(Event::CaseEnd { id: &case.id, error: None });
             }
+            // A cancelled run stops here: nothing of the item in flight was written, --resume redoes it.
+            Err(e) if kind_of(&e) == ErrorKind::Cancelled => return Err(e),
             Err(e) => {
                 failed += 1;
                 let record = EvalError { case: case.id.clone(), kind: kind_of(&e), error: format!("{e:#}") };

@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Interrupted (Ctrl-C, SIGTERM) where a command stops cleanly: the shell's 128 + SIGINT.
+        Err(e) if xaiclip::error::kind_of(&e) == xaiclip::ErrorKind::Cancelled => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

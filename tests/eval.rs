@@ -410,3 +410,60 @@ fn eval_reads_totalsegmentator_labels_with_label_ids() {
     assert_eq!(config["settings"]["occlusion"]["window"], 64);
     assert!(config["settings"].get("batch").is_none(), "batch is speed only: {config}");
 }
+
+#[test]
+fn ctrl_c_stops_at_the_next_batch_and_says_how_to_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("flare"), tmp.path().join("out"));
+    make_tree(&data, "flare22", 1, 2);
+    // Occlusion finishes at once; RISE with 200000 masks would run for hours.
+    let args = [
+        "--device",
+        "cpu",
+        "eval",
+        "--dataset",
+        "flare22",
+        data.to_str().unwrap(),
+        "--organs",
+        "liver",
+        "--methods",
+        "occlusion,rise",
+        "--roi",
+        "none",
+        "--masks",
+        "200000",
+        "--batch",
+        "8",
+        "--faithfulness-steps",
+        "0",
+        "--occlusion-window",
+        "128",
+        "--occlusion-stride",
+        "128",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let child =
+        Command::new(env!("CARGO_BIN_EXE_xaiclip")).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let results = out.join("results.jsonl");
+    let started = Instant::now();
+    while std::fs::read_to_string(&results).map_or(0, |t| t.matches("\"ok\"").count()) < 1 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no results appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // into the RISE item
+                                                    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let interrupted = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(interrupted.elapsed() < Duration::from_secs(20), "took {:?} to stop", interrupted.elapsed());
+    assert!(err.contains("interrupted: stopping after the batch in flight"), "{err}");
+    let resume = err.lines().skip_while(|l| !l.contains("continue with:")).nth(1).unwrap_or_default().trim();
+    assert!(resume.ends_with(&format!("{} --resume", out.to_str().unwrap())), "{err}");
+    assert!(resume.contains("--masks 200000"), "{resume}");
+    // The finished item stays, the one in flight is not recorded as a failure.
+    assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 1);
+    assert!(!out.join("errors.jsonl").exists());
+}

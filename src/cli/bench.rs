@@ -21,6 +21,7 @@ pub struct BenchCmd {
     /// Ground-truth labels (needed for Dice/IoU and for --slice organ-center).
     #[arg(long)]
     pub label: Option<PathBuf>,
+    /// Id scheme of --label (totalseg: TotalSegmentator "total" ids).
     #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
     pub label_ids: LabelIds,
     /// Use the bundled phantom (seed 7) and its labels.
@@ -38,6 +39,7 @@ pub struct BenchCmd {
     /// Runs per row; seconds are the median.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Model input size (square); default: the U-Net config's input_size, else 256.
     #[arg(long)]
     pub size: Option<usize>,
     /// Write the table as JSON here.

@@ -106,6 +106,16 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
         xaiclip::dataset::parse_shard(spec)?;
     }
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
+    // Ctrl-C or SIGTERM (scancel) stops at the next batch, keeping every finished line; a second one
+    // exits at once.
+    let cancel = explainer.cancel_token();
+    ctrlc::set_handler(move || {
+        if cancel.is_cancelled() {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after the batch in flight (again to quit now)");
+        cancel.cancel();
+    })?;
     let bars = MultiProgress::new();
     let mut overall = None;
     let mut item = None;
@@ -167,6 +177,19 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
     if let Some(o) = overall {
         o.finish_and_clear();
     }
+    if let Err(e) = &outcome {
+        if xaiclip::error::kind_of(e) == xaiclip::ErrorKind::Cancelled {
+            let mut command: Vec<String> = std::env::args().collect();
+            if !command.iter().any(|a| a == "--resume") {
+                command.push("--resume".into());
+            }
+            eprintln!(
+                "stopped: the finished items are in {}; continue with:\n  {}",
+                plan.out.join("results.jsonl").display(),
+                command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
     let outcome = outcome?;
     eprintln!(
         "wrote {} ({} lines), summary.csv and summary.md in {}",
@@ -175,4 +198,13 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
         plan.out.display()
     );
     Ok(())
+}
+
+/// `arg` as a POSIX shell word (quoted when it holds anything but plain characters).
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }

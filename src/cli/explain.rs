@@ -1,6 +1,6 @@
 //! `xaiclip explain`: one method on one slice, written as saliency volume, overlay and report.
 
-use super::{progress_bar, CaseArgs, DeviceArgs, MethodArgs};
+use super::{CaseArgs, DeviceArgs, MethodArgs, Progress};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -33,13 +33,15 @@ pub struct ExplainCmd {
 
 /// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json}.
 pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;
     let mut request = Request::new(&cmd.method_args.organ, cmd.method).roi(cmd.roi).slices(cmd.case.slices()?);
     if let Some(label) = &cmd.case.label {
         request = request.labels(read_labels(label, cmd.case.label_ids, &volume)?);
     }
-    let bar = progress_bar(0, &format!("{} ({})", cmd.method.name(), cmd.roi.name()));
+    let loading = started.elapsed().as_secs_f64();
+    let bar = Progress::new(0, &format!("{} ({})", cmd.method.name(), cmd.roi.name()));
     let explanation = explainer.explain_with(&volume, &request, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -62,16 +64,45 @@ pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     staging.commit()?;
     eprintln!(
-        "{} on slice {} ({} ROI, {:.1}% of the slice): {:.2}s, {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
+        "{} on slice {} ({} ROI, {:.1}% of the slice): {}, {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
         cmd.method.name(),
         explanation.slice,
         cmd.roi.name(),
         100.0 * run.roi_fraction(),
-        run.seconds,
+        seconds_note(run, loading),
         run.forward_passes,
         cmd.out.display()
     );
+    if let Some(note) = budget_note(run, settings) {
+        eprintln!("{note}");
+    }
     Ok(())
+}
+
+/// The run's seconds and what they hold: the CLIP ROI and the perturbations; the curves and loading are
+/// not in them.
+fn seconds_note(run: &MethodRun, loading: f64) -> String {
+    let clip = if run.clip_seconds > 0.0 { format!("CLIP ROI {:.2}s + ", run.clip_seconds) } else { String::new() };
+    format!(
+        "{:.2}s ({clip}explanation {:.2}s; not included: curves and metrics {:.2}s, loading {:.2}s)",
+        run.seconds,
+        run.seconds - run.clip_seconds,
+        run.metrics_seconds,
+        loading
+    )
+}
+
+/// In ROI mode the sample counts scale with the ROI's share of the features: say so when they did.
+pub fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
+    let (asked, what) = match run.method {
+        Method::Occlusion => return None,
+        Method::Rise => (settings.rise.masks, "RISE masks"),
+        Method::Lime => (settings.lime.samples, "LIME samples"),
+        Method::KernelShap => (settings.shap.samples, "Kernel SHAP samples"),
+    };
+    (run.roi_mode != RoiMode::Full && settings.scale_roi_budget && run.samples < asked).then(|| {
+        format!("{what} {asked} -> {} for the ROI's share of the image (--same-budget keeps {asked})", run.samples)
+    })
 }
 
 /// Reads the image (and labels), converts the slice option, and picks the slice for the organ.
@@ -119,7 +150,7 @@ pub fn bench_rows(
     settings: &Settings,
     repeat: usize,
 ) -> Result<Vec<MethodRun>> {
-    let mut bar: Option<(Method, RoiMode, indicatif::ProgressBar)> = None;
+    let mut bar: Option<(Method, RoiMode, Progress)> = None;
     let rows = explainer.bench(
         &case.input,
         clip,
@@ -133,7 +164,7 @@ pub fn bench_rows(
                 if let Some((_, _, b)) = bar.take() {
                     b.finish_and_clear();
                 }
-                bar = Some((method, mode, progress_bar(0, &format!("{} ({})", method.name(), mode.name()))));
+                bar = Some((method, mode, Progress::new(0, &format!("{} ({})", method.name(), mode.name()))));
             }
             if let Some((_, _, b)) = &bar {
                 b.set_length(total as u64);

@@ -194,7 +194,7 @@ pub fn provenance() -> serde_json::Value {
     })
 }
 
-/// A progress bar on stderr, "{what} [=====>   ] done/total rate eta".
+/// A progress bar on stderr, "{what} [=====>   ] done/total rate eta" (eval's multi-bar display).
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -204,6 +204,62 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+/// Progress of one task: a bar on a terminal; where stderr is not one (Slurm and nohup logs), where a
+/// bar draws nothing, a line every 10 seconds and one at the end.
+pub struct Progress {
+    bar: ProgressBar,
+    what: String,
+    log: Option<(std::time::Instant, std::cell::Cell<std::time::Instant>)>,
+}
+
+impl Progress {
+    /// A task of `len` steps (0 when not known yet).
+    pub fn new(len: u64, what: &str) -> Self {
+        use std::io::IsTerminal;
+        let log = (!std::io::stderr().is_terminal()).then(|| {
+            let now = std::time::Instant::now();
+            (now, std::cell::Cell::new(now))
+        });
+        Self { bar: progress_bar(len, what), what: what.to_string(), log }
+    }
+
+    /// The number of steps.
+    pub fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
+    /// Steps done.
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+        if let Some((started, last)) = &self.log {
+            if last.get().elapsed().as_secs() >= 10 {
+                last.set(std::time::Instant::now());
+                self.line(*started, "");
+            }
+        }
+    }
+
+    /// One more step done.
+    pub fn inc(&self, steps: u64) {
+        self.set_position(self.bar.position() + steps);
+    }
+
+    /// Removes the bar (logs: the final count).
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+        if let Some((started, _)) = &self.log {
+            if self.bar.position() > 0 {
+                self.line(*started, ", done");
+            }
+        }
+    }
+
+    fn line(&self, started: std::time::Instant, end: &str) {
+        let len = self.bar.length().map_or_else(|| "?".to_string(), |l| l.to_string());
+        eprintln!("{}: {}/{len} after {:.0}s{end}", self.what, self.bar.position(), started.elapsed().as_secs_f64());
+    }
 }
 
 /// Runs one command.

@@ -1,6 +1,6 @@
 //! `xaiclip segment`: U-Net labels of whole slices, on the input's grid.
 
-use super::{progress_bar, DeviceArgs, IntensityArgs};
+use super::{DeviceArgs, IntensityArgs, Progress};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,9 +16,9 @@ pub struct SegmentCmd {
     /// (3,7,9), or "all".
     #[arg(long, default_value = "all")]
     pub slice: String,
-    /// U-Net folder holding model.safetensors and config.json.
+    /// U-Net folder holding model.safetensors and config.json; default: the bundled weights/unet.
     #[arg(long)]
-    pub unet: PathBuf,
+    pub unet: Option<PathBuf>,
     /// Output label volume (.nii or .nii.gz), uint8 class ids.
     #[arg(long)]
     pub out: PathBuf,
@@ -40,15 +40,14 @@ pub fn run(cmd: SegmentCmd, device: &DeviceArgs) -> Result<()> {
     let spec: Slices = cmd.slice.parse().map_err(|e| anyhow!("--slice {:?}: {e}", cmd.slice))?;
     let slices = spec.resolve(&volume, None, 0)?;
     let intensity = cmd.intensity.intensity()?;
-    let explainer = Explainer::builder()
-        .unet(&cmd.unet)
-        .device(device.device)
-        .precision(device.precision)
-        .size(cmd.size)
-        .intensity(intensity)
-        .build()?;
+    let mut builder =
+        Explainer::builder().device(device.device).precision(device.precision).size(cmd.size).intensity(intensity);
+    if let Some(unet) = &cmd.unet {
+        builder = builder.unet(unet);
+    }
+    let explainer = builder.build()?;
     let started = Instant::now();
-    let bar = progress_bar(slices.len() as u64, "segment slices");
+    let bar = Progress::new(slices.len() as u64, "segment slices");
     let labels = explainer.segment(&volume, &slices, intensity, cmd.batch, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     io::nifti::write_like(&cmd.out, &volume, &labels)?;

@@ -1,6 +1,6 @@
 //! `xaiclip selftest`: every kernel against its twin on fresh random inputs, then timings.
 
-use super::{progress_bar, DeviceArgs};
+use super::{DeviceArgs, Progress};
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -68,7 +68,7 @@ pub fn run(cmd: SelftestCmd, device: &DeviceArgs) -> Result<()> {
             );
         }
     }
-    let bar = progress_bar(0, "kernels");
+    let bar = Progress::new(0, "kernels");
     let kernels =
         xaiclip::on_backend!(compute, |b| check_kernels(b, gpu, device.precision, ceilings, seed, cmd.quick, |_| bar
             .inc(1)))?;
@@ -76,7 +76,7 @@ pub fn run(cmd: SelftestCmd, device: &DeviceArgs) -> Result<()> {
     println!("\n{}", table(&kernels));
     let mut explain = Vec::new();
     if !cmd.kernels_only {
-        let bar = progress_bar(0, "explanations");
+        let bar = Progress::new(0, "explanations");
         if cmd.quick {
             explain.extend(xaiclip::on_backend!(compute, |b| check_explainers(b, gpu, true, 16, 8, |_| bar.inc(1)))?);
         } else {
