@@ -18,7 +18,7 @@ pub struct DemoCmd {
     /// Output folder (created if missing).
     #[arg(long, default_value = "xaiclip-demo")]
     pub out: PathBuf,
-    /// RISE masks in the demo (kept small so the demo runs in about two minutes on 2 cores).
+    /// RISE masks in the demo (kept small so the demo runs in about a minute on 2 cores).
     #[arg(long, default_value_t = 500)]
     pub masks: usize,
     /// LIME / Kernel SHAP samples in the demo.
