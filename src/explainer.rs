@@ -296,7 +296,15 @@ impl ExplainerBuilder {
                 (Engine::Cuda(Box::new(loaded)), size)
             }
         };
-        Ok(Explainer { engine, clip: self.clip, settings, size, intensity: self.intensity, cancel: Cancel::default() })
+        Ok(Explainer {
+            engine,
+            clip: self.clip,
+            settings,
+            size,
+            intensity: self.intensity,
+            cancel: Cancel::default(),
+            unet_dir,
+        })
     }
 }
 
@@ -444,9 +452,14 @@ impl Explanation {
     }
 
     /// The `result` block of `xaiclip explain`'s report.json: the run's summary, agreement with the
-    /// labels and faithfulness curves.
+    /// labels and faithfulness curves, and with labels the U-Net's own Dice on the slice (M0 against the
+    /// ground truth: how good the segmentation being explained is).
     pub fn result_json(&self) -> serde_json::Value {
-        self.run.result_json()
+        let mut result = self.run.result_json();
+        if let Some(truth) = &self.input.truth {
+            result["unet_dice"] = crate::metrics::overlap(&self.run.m0, truth).dice.into();
+        }
+        result
     }
 }
 
@@ -458,9 +471,38 @@ pub struct Explainer {
     size: usize,
     intensity: Intensity,
     cancel: Cancel,
+    unet_dir: PathBuf,
+}
+
+/// SHA-256 of a file, as lowercase hex.
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        crate::error::Error::new(crate::error::ErrorKind::InvalidInput, format!("{}: {e}", path.display()))
+    })?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Other, format!("{}: {e}", path.display())))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Explainer {
+    /// The model folders this explainer uses (U-Net, CLIP, and CoOp when its prompts are used) with the
+    /// SHA-256 of each model.safetensors, as reports record them: which weights made a result.
+    pub fn weights_json(&self) -> Result<serde_json::Value> {
+        let mut folders = vec![("unet", self.unet_dir.clone())];
+        folders.push(("clip", self.clip.clip.clone().map_or_else(|| bundled("clip"), Ok)?));
+        if self.clip.prompts == crate::pipeline::Prompts::Coop {
+            folders.push(("coop", self.clip.coop.clone().map_or_else(|| bundled("coop"), Ok)?));
+        }
+        let mut out = serde_json::Map::new();
+        for (name, folder) in folders {
+            let sha256 = sha256_file(&folder.join("model.safetensors"))?;
+            out.insert(name.into(), serde_json::json!({"folder": folder, "sha256": sha256}));
+        }
+        Ok(out.into())
+    }
+
     /// A builder with the command line's defaults (bundled models, `--device auto`).
     pub fn builder() -> ExplainerBuilder {
         ExplainerBuilder::default()

@@ -58,6 +58,18 @@ def test_options_reach_the_engine_as_the_flags_do(tmp_path, demo_dir, explainer)
     report = json.loads((out / "report.json").read_text())
     assert report["settings"] == e.settings
     assert report["provenance"]["command_line"][1:4] == ["--device", "cpu", "explain"]
+    # Which weights made it, and how good the segmentation being explained is.
+    import hashlib
+
+    from conftest import REPO
+
+    unet = REPO / "weights" / "unet" / "model.safetensors"
+    assert report["weights"]["unet"]["sha256"] == hashlib.sha256(unet.read_bytes()).hexdigest()
+    assert set(report["weights"]) == {"unet", "clip", "coop"}
+    m0, truth = e.m0, e.truth
+    dice = 2 * np.logical_and(m0, truth).sum() / (m0.sum() + truth.sum())
+    assert report["result"]["unet_dice"] == e.metrics["unet_dice"]
+    assert abs(e.metrics["unet_dice"] - dice) < 1e-12 and dice > 0.8
     # Another seed, another map.
     other = explainer.explain(ct, "liver", "rise", "seg", label=labels, masks=120, grid=6, p1=0.4, seed=6,
                               score="dice", margin_mm=8)

@@ -79,7 +79,7 @@ pub fn run(cmd: BenchCmd, device: &DeviceArgs) -> Result<()> {
     let size = explainer.model_size();
     let rows = bench_rows(&explainer, &case, &clip, &cmd.methods, cmd.roi, settings, cmd.repeat)?;
     let image = if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() };
-    let context = json!({"image": image, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance()});
+    let context = json!({"image": image, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
     let (md, json_table) = bench_tables(&rows, context);
     println!("{md}");
     if let Some(p) = &cmd.md {

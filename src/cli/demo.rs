@@ -73,7 +73,7 @@ pub fn run(cmd: DemoCmd, device: &DeviceArgs) -> Result<()> {
         .map(|i| overlays[i].clone())
         .collect();
     render::save_png(&out.join("overlays.png"), &render::grid(&ordered, Method::ALL.len()))?;
-    let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance()});
+    let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
     let (md, table) = bench_tables(&rows, context);
     write_text(&out.join("bench.md"), &md)?;
     write_text(&out.join("bench.json"), serde_json::to_string_pretty(&table)?)?;

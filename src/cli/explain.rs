@@ -59,7 +59,7 @@ pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     let report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "slice": explanation.slice, "organ": explanation.organ,
         "class": explanation.class, "model_input_size": explainer.model_size(), "seed": cmd.method_args.options.seed,
-        "backend": explainer.device_name(), "settings": settings.json_for(cmd.method), "provenance": super::provenance(), "result": explanation.result_json(),
+        "backend": explainer.device_name(), "settings": settings.json_for(cmd.method), "provenance": super::provenance(), "weights": explainer.weights_json()?, "result": explanation.result_json(),
     });
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     staging.commit()?;
