@@ -289,6 +289,7 @@ fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
         "no_coop": plan.clip.prompts != Prompts::Coop, "roi_threshold": plan.clip.threshold.to_string(),
         "modality": if plan.mr { "mr" } else { "ct" }, "window": window,
         "settings": explainer.settings().results_json(),
+        "precision": explainer.precision().to_possible_value().map(|v| v.get_name().to_string()),
         "shard": plan.shard,
     })
 }

@@ -283,6 +283,8 @@ impl ExplainerBuilder {
             None => bundled("unet")?,
         };
         let compute = self.device.select(self.precision)?;
+        // The CPU computes in f32 whatever was asked (the precision option is the GPU's).
+        let precision = if matches!(compute, Compute::Cpu(_)) { Precision::F32 } else { self.precision };
         let mut settings = self.settings;
         let (engine, size) = match compute {
             Compute::Cpu(b) => {
@@ -304,6 +306,7 @@ impl ExplainerBuilder {
             intensity: self.intensity,
             cancel: Cancel::default(),
             unet_dir,
+            precision,
         })
     }
 }
@@ -472,6 +475,7 @@ pub struct Explainer {
     intensity: Intensity,
     cancel: Cancel,
     unet_dir: PathBuf,
+    precision: Precision,
 }
 
 /// SHA-256 of a file, as lowercase hex.
@@ -525,6 +529,12 @@ impl Explainer {
         settings.validate(self.size)?;
         self.settings = settings;
         Ok(())
+    }
+
+    /// The precision convolutions run at: the one asked for on a GPU, f32 on the CPU. Unlike the batch
+    /// size, it changes maps (tf32/bf16 by ~1e-3/1e-2).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Side of the square model grid.

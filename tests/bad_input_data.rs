@@ -267,12 +267,13 @@ fn resume_with_another_batch_is_accepted_and_batch_changes_no_result() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let with_batch = |out, batch| {
         let mut args = quick_eval("flare22", &root, out);
-        args.extend(["--batch", batch]);
+        args.extend(["--device", "cpu", "--batch", batch]);
         args
     };
     assert!(xaiclip(&with_batch(&a, "3")).status.success());
     let mut resumed = with_batch(&a, "7");
-    resumed.push("--resume");
+    // The CPU computes in f32 whatever --precision says, so that may differ too (on a GPU it may not).
+    resumed.extend(["--resume", "--precision", "bf16"]);
     let out = xaiclip(&resumed);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(xaiclip(&with_batch(&b, "16")).status.success());
@@ -289,6 +290,9 @@ fn resume_with_another_batch_is_accepted_and_batch_changes_no_result() {
             })
             .collect()
     };
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(config["precision"], "f32");
     let (ra, rb) = (records(&a), records(&b));
     // Four windows: batches of 3 split them, batches of 16 do not.
     assert!(!ra.is_empty() && ra[0]["forward_passes"].as_u64() >= Some(5), "{ra:?}");
