@@ -304,6 +304,8 @@ pub struct MethodRun {
     pub roi_coverage: f64,
     /// The mode used instead, when that ROI covered too little of M0 (`Settings::roi_fallback`).
     pub roi_fallback: Option<RoiMode>,
+    /// The target score of the unperturbed slice (`Settings::score`), from which drops are measured.
+    pub unperturbed_score: f32,
 }
 
 impl MethodRun {
@@ -348,6 +350,7 @@ impl MethodRun {
         let mut result = serde_json::to_value(self.summary()).expect("summary serialises");
         result["agreement"] = serde_json::json!(self.agreement);
         result["faithfulness"] = serde_json::json!(self.faithfulness);
+        result["unperturbed_score"] = serde_json::json!(self.unperturbed_score);
         result
     }
 
@@ -599,6 +602,7 @@ pub fn run_method<B: Backend>(
         m0: scorer.m0.clone(),
         roi_coverage,
         roi_fallback,
+        unperturbed_score: scorer.unperturbed_score,
         clip_seconds,
         metrics_seconds: metrics_started.elapsed().as_secs_f64(),
     })

@@ -50,6 +50,10 @@ fn explain_writes_aligned_saliency_overlay_and_report() {
     assert!(r["forward_passes"].as_u64().unwrap() >= 2 && r["forward_passes"].as_u64().unwrap() <= 18, "{r}");
     let auroc = r["agreement"]["auroc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auroc));
+    // The default score is the mean organ probability over M0, where the organ wins the argmax: above
+    // 1 / classes, at most 1.
+    let base = r["unperturbed_score"].as_f64().unwrap();
+    assert!(base > 1.0 / 14.0 && base <= 1.0, "{r}");
     // Same seed, same bytes; another seed, another map.
     let rise = ["--method", "rise", "--masks", "12", "--roi", "none"];
     let a = std::fs::read(run("r1", &rise).join("saliency.nii.gz")).unwrap();

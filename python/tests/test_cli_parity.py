@@ -57,6 +57,8 @@ def test_options_reach_the_engine_as_the_flags_do(tmp_path, demo_dir, explainer)
     assert e.settings["score"] == "dice" and e.settings["margin_mm"] == 8 and "occlusion" not in e.settings
     report = json.loads((out / "report.json").read_text())
     assert report["settings"] == e.settings
+    # Dice of M0 against itself: the unperturbed score of score="dice" is exactly 1.
+    assert report["result"]["unperturbed_score"] == e.metrics["unperturbed_score"] == 1.0
     assert report["provenance"]["command_line"][1:4] == ["--device", "cpu", "explain"]
     # Which weights made it, and how good the segmentation being explained is.
     import hashlib

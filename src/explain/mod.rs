@@ -138,6 +138,8 @@ pub struct UNetScorer<'a, B: Backend> {
     m0_plane: B::Tensor,
     /// How logits become the score.
     pub kind: ScoreKind,
+    /// The score of the unperturbed input: what the perturbations' drops are measured from.
+    pub unperturbed_score: f32,
     /// Nanoseconds spent in U-Net forwards (M0's and the perturbed batches'), to show where time goes.
     /// A device backend queues work asynchronously, so there this counts until results are read back.
     pub forward_nanos: std::sync::atomic::AtomicU64,
@@ -171,7 +173,9 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             fail!(OrganAbsent, "the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
         }
         let m0_plane = backend.upload(&Tensor::new(&[plane], m0.iter().map(|&b| b as u8 as f32).collect())?)?;
-        Ok(Self { backend, model, class, m0, m0_plane, kind, forward_nanos })
+        let scores = backend.segmentation_scores(&backend.upload(&logits)?, &m0_plane, class, kind)?;
+        let unperturbed_score = backend.download(&scores)?.data()[0];
+        Ok(Self { backend, model, class, m0, m0_plane, kind, unperturbed_score, forward_nanos })
     }
 
     fn timed_forward(&self, images: &B::Tensor) -> Result<B::Tensor> {
