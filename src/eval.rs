@@ -277,9 +277,9 @@ fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
         Intensity::MrPercentile => "mr".to_string(),
     };
     json!({
-        "dataset": plan.dataset.to_possible_value().map(|v| v.get_name().to_string()),
+        "dataset": cli_name(plan.dataset),
         "root": plan.root, "images": plan.images, "labels": plan.labels, "unlabeled": plan.unlabeled,
-        "label_ids": plan.label_ids.to_possible_value().map(|v| v.get_name().to_string()),
+        "label_ids": cli_name(plan.label_ids),
         "organs": plan.organs.iter().map(|&o| organ_name(o)).collect::<Vec<_>>(),
         "methods": plan.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "roi": plan.rois.iter().map(|r| r.name()).collect::<Vec<_>>(),
@@ -289,9 +289,14 @@ fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
         "no_coop": plan.clip.prompts != Prompts::Coop, "roi_threshold": plan.clip.threshold.to_string(),
         "modality": if plan.mr { "mr" } else { "ct" }, "window": window,
         "settings": explainer.settings().results_json(),
-        "precision": explainer.precision().to_possible_value().map(|v| v.get_name().to_string()),
+        "precision": cli_name(explainer.precision()),
         "shard": plan.shard,
     })
+}
+
+/// An option value as the command line spells it.
+fn cli_name(value: impl ValueEnum) -> Option<String> {
+    value.to_possible_value().map(|v| v.get_name().to_string())
 }
 
 /// The settings that differ between two eval.json files, by dotted path ("settings.rise.masks: 200 vs

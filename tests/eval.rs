@@ -28,6 +28,15 @@ fn make_tree(dir: &Path, layout: &str, cases: usize, slices: usize) {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// Waits (polling every `poll`, at most 2 minutes) until `results` holds `n` explained items.
+fn wait_for_ok_lines(results: &Path, n: usize, poll: Duration) {
+    let started = Instant::now();
+    while std::fs::read_to_string(results).map_or(0, |t| t.matches("\"ok\"").count()) < n {
+        assert!(started.elapsed() < Duration::from_secs(120), "no results appeared");
+        std::thread::sleep(poll);
+    }
+}
+
 /// Cheap explainer settings: a handful of forward passes per item.
 const QUICK: [&str; 8] =
     ["--occlusion-window", "128", "--occlusion-stride", "128", "--masks", "12", "--faithfulness-steps", "2"];
@@ -211,12 +220,8 @@ fn killed_run_resumes_to_the_same_lines_as_an_uninterrupted_run() {
         .spawn()
         .unwrap();
     let results = killed.join("results.jsonl");
-    let started = Instant::now();
     // Kill once a few explained items are on disk: mid-case, mid-run.
-    while std::fs::read_to_string(&results).map_or(0, |t| t.matches("\"ok\"").count()) < 3 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no results appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_ok_lines(&results, 3, Duration::from_millis(5));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let partial = std::fs::read_to_string(&results).unwrap().lines().count();
@@ -446,11 +451,7 @@ fn ctrl_c_stops_at_the_next_batch_and_says_how_to_resume() {
     let child =
         Command::new(env!("CARGO_BIN_EXE_xaiclip")).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let results = out.join("results.jsonl");
-    let started = Instant::now();
-    while std::fs::read_to_string(&results).map_or(0, |t| t.matches("\"ok\"").count()) < 1 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no results appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_ok_lines(&results, 1, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(500)); // into the RISE item
                                                     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -340,15 +340,13 @@ impl Explainer {
         options: &Bound<'_, PyDict>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Explanation> {
-        let volume = Arc::new(image_arg(image, affine, "image")?);
         let method: Method = parse_enum("method", method)?;
-        let roi = roi.map(|r| parse_enum::<RoiMode>("roi", r)).transpose()?.unwrap_or_default();
-        let settings = self.settings(options)?;
-        let mut request = Request::new(organ, method).roi(roi).settings(settings);
-        request = request.slices(slices_arg(slice, &volume)?);
-        if let Some(label) = label {
-            request = request.labels(self.labels(py, label, label_ids, &volume)?);
+        let case = self.case(py, image, affine, roi, label, label_ids, slice, options)?;
+        let mut request = Request::new(organ, method).roi(case.roi).settings(case.settings).slices(case.slices);
+        if let Some(labels) = case.labels {
+            request = request.labels(labels);
         }
+        let volume = Arc::new(case.volume);
         let inner = &self.inner;
         let v = volume.clone();
         let explanation = detached(py, inner, progress, move |report| inner.explain_with(&v, &request, report))?;
@@ -373,12 +371,9 @@ impl Explainer {
         options: &Bound<'_, PyDict>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<String> {
-        let volume = image_arg(image, affine, "image")?;
         let methods = methods.iter().map(|m| parse_enum::<Method>("methods", m)).collect::<PyResult<Vec<_>>>()?;
-        let roi = roi.map(|r| parse_enum::<RoiMode>("roi", r)).transpose()?.unwrap_or_default();
-        let settings = self.settings(options)?;
-        let slices = slices_arg(slice, &volume)?;
-        let labels = label.map(|l| self.labels(py, l, label_ids, &volume)).transpose()?;
+        let Case { volume, roi, settings, slices, labels } =
+            self.case(py, image, affine, roi, label, label_ids, slice, options)?;
         let class = xaiclip::organs::organ_class(organ).map_err(|e| py_err(e.into()))?;
         let inner = &self.inner;
         let rows = detached(py, inner, progress, move |report| {
@@ -411,7 +406,37 @@ impl Explainer {
     }
 }
 
+/// The arguments `explain` and `bench` share, converted.
+struct Case {
+    volume: Volume,
+    roi: RoiMode,
+    settings: xaiclip::Settings,
+    slices: Slices,
+    labels: Option<Vec<u8>>,
+}
+
 impl Explainer {
+    /// Reads the image (and labels) and converts the ROI mode, slice and options.
+    #[allow(clippy::too_many_arguments)]
+    fn case(
+        &self,
+        py: Python<'_>,
+        image: &Bound<'_, PyAny>,
+        affine: Option<PyReadonlyArray2<'_, f64>>,
+        roi: Option<&str>,
+        label: Option<&Bound<'_, PyAny>>,
+        label_ids: &str,
+        slice: Option<&Bound<'_, PyAny>>,
+        options: &Bound<'_, PyDict>,
+    ) -> PyResult<Case> {
+        let volume = image_arg(image, affine, "image")?;
+        let roi = roi.map(|r| parse_enum::<RoiMode>("roi", r)).transpose()?.unwrap_or_default();
+        let settings = self.settings(options)?;
+        let slices = slices_arg(slice, &volume)?;
+        let labels = label.map(|l| self.labels(py, l, label_ids, &volume)).transpose()?;
+        Ok(Case { volume, roi, settings, slices, labels })
+    }
+
     /// The explainer settings of `options` (the CLI's option names) on this model's grid.
     fn settings(&self, options: &Bound<'_, PyDict>) -> PyResult<xaiclip::Settings> {
         let mut pairs = Vec::new();

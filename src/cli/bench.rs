@@ -10,7 +10,7 @@ use xaiclip::dataset::LabelIds;
 use xaiclip::io::write_text;
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::phantom;
-use xaiclip::pipeline::{Method, Slices};
+use xaiclip::pipeline::Method;
 use xaiclip::roi::RoiMode;
 
 #[derive(clap::Args, Debug)]
@@ -62,7 +62,7 @@ pub fn run(cmd: BenchCmd, device: &DeviceArgs) -> Result<()> {
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
         let class = organ_class(&cmd.method_args.organ)?;
-        let slices: Slices = cmd.slice.parse().map_err(|e| anyhow::anyhow!("--slice {:?}: {e}", cmd.slice))?;
+        let slices = super::parse_slices("--slice", &cmd.slice)?;
         Case::new(&explainer, p.ct, Some(p.labels), &slices, class)?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;

@@ -76,7 +76,7 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
         return Ok(());
     }
     let dataset = cmd.dataset.ok_or_else(|| anyhow!("--dataset is required"))?;
-    let slices: Slices = cmd.slices.parse().map_err(|e| anyhow!("--slices {:?}: {e}", cmd.slices))?;
+    let slices = super::parse_slices("--slices", &cmd.slices)?;
     if !matches!(slices, Slices::OrganCenter | Slices::Every(_)) {
         anyhow::bail!("--slices {:?}: expected organ-center or every-K with K >= 1 (e.g. every-5)", cmd.slices);
     }

@@ -93,7 +93,7 @@ fn seconds_note(run: &MethodRun, loading: f64) -> String {
 }
 
 /// In ROI mode the sample counts scale with the ROI's share of the features: say so when they did.
-pub fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
+fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
     let (asked, what) = match run.method {
         Method::Occlusion => return None,
         Method::Rise => (settings.rise.masks, "RISE masks"),

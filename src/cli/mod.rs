@@ -141,8 +141,13 @@ pub struct CaseArgs {
 impl CaseArgs {
     /// The --slice option, parsed.
     pub fn slices(&self) -> Result<xaiclip::Slices> {
-        self.slice.parse().map_err(|e| anyhow::anyhow!("--slice {:?}: {e}", self.slice))
+        parse_slices("--slice", &self.slice)
     }
+}
+
+/// A slice option (`flag` names it in the error): index, list, all, organ-center or every-K.
+pub fn parse_slices(flag: &str, text: &str) -> Result<xaiclip::Slices> {
+    text.parse().map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]

@@ -1,10 +1,9 @@
 //! `xaiclip segment`: U-Net labels of whole slices, on the input's grid.
 
 use super::{DeviceArgs, IntensityArgs, Progress};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Instant;
-use xaiclip::pipeline::Slices;
 use xaiclip::{io, Explainer};
 
 #[derive(clap::Args, Debug)]
@@ -37,7 +36,7 @@ pub fn run(cmd: SegmentCmd, device: &DeviceArgs) -> Result<()> {
     // Refused before any work: the name decides the format.
     io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;
-    let spec: Slices = cmd.slice.parse().map_err(|e| anyhow!("--slice {:?}: {e}", cmd.slice))?;
+    let spec = super::parse_slices("--slice", &cmd.slice)?;
     let slices = spec.resolve(&volume, None, 0)?;
     let intensity = cmd.intensity.intensity()?;
     let mut builder =

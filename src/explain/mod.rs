@@ -159,7 +159,8 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         ensure!(class < classes, "class {class} is not an output of this U-Net ({classes} classes)");
         let started = std::time::Instant::now();
         let x = backend.upload(&Tensor::new(&[1, 1, size, size], input.to_vec())?)?;
-        let logits = backend.download(&model.forward_logits(backend, &x)?)?;
+        let on_device = model.forward_logits(backend, &x)?;
+        let logits = backend.download(&on_device)?;
         crate::models::check_finite_outputs(logits.data())?;
         let forward_nanos = std::sync::atomic::AtomicU64::new(started.elapsed().as_nanos() as u64);
         let plane = size * size;
@@ -173,7 +174,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             fail!(OrganAbsent, "the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
         }
         let m0_plane = backend.upload(&Tensor::new(&[plane], m0.iter().map(|&b| b as u8 as f32).collect())?)?;
-        let scores = backend.segmentation_scores(&backend.upload(&logits)?, &m0_plane, class, kind)?;
+        let scores = backend.segmentation_scores(&on_device, &m0_plane, class, kind)?;
         let unperturbed_score = backend.download(&scores)?.data()[0];
         Ok(Self { backend, model, class, m0, m0_plane, kind, unperturbed_score, forward_nanos })
     }
