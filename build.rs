@@ -44,7 +44,35 @@ fn find_nvcc() -> Option<PathBuf> {
     None
 }
 
+/// The commit the crate is built from (reports record it), or "unknown" outside a git checkout. Rebuilt
+/// when HEAD moves; uncommitted edits are not tracked (that would rebuild on every `git add`).
+fn git_commit() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        // A branch's ref is a file, or a line of packed-refs (a path that does not exist would rerun this
+        // script, and nvcc, on every build).
+        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            let loose = Path::new(&dir).join(&reference);
+            let file = if loose.is_file() { loose } else { Path::new(&dir).join("packed-refs") };
+            if file.is_file() {
+                println!("cargo:rerun-if-changed={}", file.display());
+            }
+        }
+    }
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=XAICLIP_GIT_COMMIT={commit}");
+}
+
 fn main() {
+    git_commit();
     println!("cargo:rerun-if-changed=kernels");
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "XAICLIP_PYTHON", "XAICLIP_REQUIRE_NVCC"] {
         println!("cargo:rerun-if-env-changed={var}");

@@ -449,9 +449,15 @@ impl Explanation {
         Ok(saliency_volume(volume, self.slice, &self.run.saliency, self.input.size)?)
     }
 
-    /// The overlay `xaiclip explain` writes: heat map over the slice, ROI outline (ROI modes), ground truth.
-    pub fn overlay(&self) -> image::RgbImage {
-        self.run.overlay(&self.input)
+    /// The overlay `xaiclip explain` writes: the labelled panel (heat map over the slice at its physical
+    /// aspect, ROI outline in ROI modes, ground truth, colour bar with values), both signs shown.
+    pub fn overlay(&self) -> Result<image::RgbImage> {
+        self.overlay_with(crate::render::Sign::All)
+    }
+
+    /// The overlay with the part of a signed map to show.
+    pub fn overlay_with(&self, sign: crate::render::Sign) -> Result<image::RgbImage> {
+        Ok(self.run.overlay(&self.input, self.settings.score, sign)?)
     }
 
     /// The `result` block of `xaiclip explain`'s report.json: the run's summary, agreement with the

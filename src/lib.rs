@@ -23,7 +23,8 @@
 //!
 //! 1. [`eval`]: data set runs (durable JSONL, resume, shards, merge, summaries) over the facade
 //! 2. [`explainer`]: the facade
-//! 3. [`selftest`] (kernels against their twins), [`bench`](mod@bench) (tables of runs)
+//! 3. [`selftest`] (kernels against their twins), [`bench`](mod@bench) (tables of runs), [`report`]
+//!    (figures of runs, report.html)
 //! 4. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder
 //! 5. [`dataset`] (data set layouts), [`metrics`] (agreement, faithfulness)
 //! 6. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]
@@ -64,6 +65,7 @@ pub mod metrics;
 pub mod pipeline;
 
 pub mod bench;
+pub mod report;
 pub mod selftest;
 
 pub mod explainer;

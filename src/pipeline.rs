@@ -15,6 +15,7 @@ use crate::models::clip::ClipModel;
 use crate::models::{bundled, BasicUNet};
 use crate::organs::{organ_name, FLARE22_ORGANS};
 use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout};
+use crate::render::{Colouring, Panel, Sign};
 use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
 use crate::roi::{area_fraction, region, RoiMode};
 use anyhow::{bail, Context, Result};
@@ -235,6 +236,16 @@ impl Settings {
     }
 }
 
+/// The score's name in figure labels.
+pub fn score_label(score: ScoreKind) -> &'static str {
+    match score {
+        ScoreKind::MeanProb => "mean organ probability",
+        ScoreKind::LogitSum => "organ logit sum",
+        ScoreKind::SoftDice => "soft Dice",
+        ScoreKind::Dice => "Dice",
+    }
+}
+
 /// A slice prepared on the model grid.
 pub struct SliceInput {
     /// Side of the square model grid.
@@ -245,6 +256,10 @@ pub struct SliceInput {
     pub truth: Option<Vec<bool>>,
     /// Millimetres per model pixel (mean of both axes).
     pub mm_per_pixel: f64,
+    /// Physical extent of the slice in mm, [rows, columns] (figures keep this aspect).
+    pub extent_mm: [f64; 2],
+    /// The slice's own pixels, [rows, columns] (figures are drawn at least this fine).
+    pub native: [usize; 2],
 }
 
 impl SliceInput {
@@ -266,7 +281,14 @@ impl SliceInput {
             resize_nearest(&plane, (h, w), (size, size)).into_iter().map(|v| v as usize == class).collect()
         });
         let (sr, sc) = layout.pixel_spacing(volume);
-        Ok(Self { size, image, truth, mm_per_pixel: (sr * h as f64 + sc * w as f64) / (2.0 * size as f64) })
+        Ok(Self {
+            size,
+            image,
+            truth,
+            mm_per_pixel: (sr * h as f64 + sc * w as f64) / (2.0 * size as f64),
+            extent_mm: [sr * h as f64, sc * w as f64],
+            native: [h, w],
+        })
     }
 }
 
@@ -354,10 +376,58 @@ impl MethodRun {
         result
     }
 
-    /// Heat map over the slice, ROI outline (ROI modes) and ground truth, on the model grid.
-    pub fn overlay(&self, input: &SliceInput) -> image::RgbImage {
-        let roi = (self.roi_mode != RoiMode::Full).then_some(&self.roi[..]);
-        crate::render::overlay(&input.image, &self.saliency, input.size, roi, input.truth.as_deref())
+    /// The colouring of this run's map over the region it is defined on (`render::Colouring::of`).
+    pub fn colouring(&self, sign: Sign) -> Colouring {
+        let everywhere = vec![true; self.saliency.len()];
+        let region = if self.roi_mode == RoiMode::Full { &everywhere } else { &self.roi };
+        Colouring::of(&self.saliency, region, sign)
+    }
+
+    /// The run as a labelled figure panel: method, mode, seconds, forward passes, Dice and insertion AUC
+    /// in the title; ROI (ROI modes) and ground-truth outlines; a colour bar saying what the values are.
+    pub fn panel<'a>(&'a self, input: &'a SliceInput, score: ScoreKind, colouring: Colouring) -> Panel<'a> {
+        let summary = self.summary().figures;
+        let mode = match self.roi_mode {
+            RoiMode::Full => "full image".to_string(),
+            mode => format!("ROI: {}", mode.name()),
+        };
+        let mut title = vec![
+            format!("{} · {mode}", self.method.name()),
+            format!("{:.2} s · {} forward passes", self.seconds, self.forward_passes),
+        ];
+        let numbers: Vec<String> = [("Dice", summary.dice), ("insertion AUC", summary.insertion_auc)]
+            .iter()
+            .filter_map(|(name, v)| v.map(|v| format!("{name} {v:.3}")))
+            .collect();
+        if !numbers.is_empty() {
+            title.push(numbers.join(" · "));
+        }
+        let score = score_label(score);
+        let unit = match self.method {
+            Method::Occlusion => format!("drop of the {score} when the window is occluded"),
+            Method::Rise => format!("average {score} over the masks that keep the pixel"),
+            Method::Lime => format!("LIME weight of the superpixel ({score})"),
+            Method::KernelShap => format!("Shapley value of the superpixel ({score})"),
+        };
+        Panel {
+            image: &input.image,
+            size: input.size,
+            extent_mm: input.extent_mm,
+            values: &self.saliency,
+            colouring,
+            roi: (self.roi_mode != RoiMode::Full).then_some(&self.roi[..]),
+            truth: input.truth.as_deref(),
+            title,
+            unit,
+            long_side: input.native[0].max(input.native[1]).max(crate::render::MIN_LONG_SIDE),
+        }
+    }
+
+    /// The labelled overlay of this run alone, on its own colour scale.
+    pub fn overlay(&self, input: &SliceInput, score: ScoreKind, sign: Sign) -> Result<image::RgbImage> {
+        let panel = self.panel(input, score, self.colouring(sign));
+        let legend = ["colour bar: the map's range where it is defined (the ROI in ROI modes)".to_string()];
+        crate::render::figure(&[panel.render()?], 1, &[], &legend)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["eval"],
     &["explainer"],
-    &["selftest", "bench"],
+    &["selftest", "bench", "report"],
     &["pipeline"],
     &["dataset", "metrics"],
     &["explain", "roi", "segment"],

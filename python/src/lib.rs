@@ -614,7 +614,7 @@ impl Explanation {
 
     /// Writes the overlay PNG of `xaiclip explain` (heat map, ROI outline cyan, ground truth green).
     fn overlay(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| Ok(xaiclip::render::save_png(&path, &self.inner.overlay())?)).map_err(py_err)
+        py.detach(|| Ok(xaiclip::render::save_png(&path, &self.inner.overlay()?)?)).map_err(py_err)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `xaiclip bench`: each method in full-image and ROI mode, side by side.
 
 use super::explain::{bench_rows, load_case, Case};
-use super::{CaseArgs, DeviceArgs, MethodArgs};
+use super::{CaseArgs, DeviceArgs, FigureArgs, MethodArgs};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use xaiclip::io::write_text;
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::phantom;
 use xaiclip::pipeline::Method;
+use xaiclip::report::{runs_report, ReportContext};
 use xaiclip::roi::RoiMode;
 
 #[derive(clap::Args, Debug)]
@@ -48,6 +49,12 @@ pub struct BenchCmd {
     /// Write the table as Markdown here.
     #[arg(long)]
     pub md: Option<PathBuf>,
+    /// Write report.html here: the case, every overlay (labelled), the deletion/insertion curves and the
+    /// tables, one self-contained file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub figures: FigureArgs,
     /// Write each run's arrays on the model grid to DIR/<method>-<roi>.safetensors (input, baseline,
     /// roi, saliency, and LIME/SHAP segments): what benches/peers compares other libraries against.
     #[arg(long)]
@@ -80,13 +87,35 @@ pub fn run(cmd: BenchCmd, device: &DeviceArgs) -> Result<()> {
     let rows = bench_rows(&explainer, &case, &clip, &cmd.methods, cmd.roi, settings, cmd.repeat)?;
     let image = if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() };
     let context = json!({"image": image, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
-    let (md, json_table) = bench_tables(&rows, context);
+    let (md, json_table) = bench_tables(&rows, context.clone());
     println!("{md}");
     if let Some(p) = &cmd.md {
         write_text(p, &md)?;
     }
     if let Some(p) = &cmd.json {
         write_text(p, serde_json::to_string_pretty(&json_table)?)?;
+    }
+    if let Some(p) = &cmd.html {
+        let organ = organ_name(case.class);
+        let report = runs_report(
+            &rows,
+            &case.input,
+            &ReportContext {
+                title: &format!("xaiclip bench: the {organ}, full image and {} ROI", cmd.roi.name()),
+                case: format!(
+                    "{image}, axial slice {}, organ {organ}; backend {}.",
+                    case.slice,
+                    explainer.device_name()
+                ),
+                organ: &organ,
+                score: settings.score,
+                margin_mm: settings.margin_mm,
+                options: cmd.figures.options(),
+                tables_md: md.clone(),
+                metadata: context,
+            },
+        )?;
+        write_text(p, &report.html)?;
     }
     if let Some(dir) = &cmd.export {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;

@@ -1,7 +1,7 @@
 //! `xaiclip demo`: the whole job on the bundled phantom.
 
 use super::explain::{bench_rows, Case};
-use super::{DeviceArgs, MethodArgs};
+use super::{DeviceArgs, FigureArgs, MethodArgs};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use xaiclip::bench::bench_tables;
 use xaiclip::io::{self, write_text};
 use xaiclip::organs::organ_name;
 use xaiclip::pipeline::{Method, Slices};
+use xaiclip::report::{runs_report, ReportContext};
 use xaiclip::roi::RoiMode;
 use xaiclip::{phantom, render};
 
@@ -27,6 +28,8 @@ pub struct DemoCmd {
     /// Seed of the explainers' random choices.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub figures: FigureArgs,
 }
 
 /// Segments and explains the phantom's liver with every method, writes overlays and the bench table.
@@ -62,26 +65,44 @@ pub fn run(cmd: DemoCmd, device: &DeviceArgs) -> Result<()> {
         settings.margin_mm
     );
     let rows = bench_rows(&explainer, &case, &clip, &Method::ALL, RoiMode::Clip, &settings, 1)?;
-    let overlays: Vec<_> = rows.iter().map(|r| r.overlay(&case.input)).collect();
-    for (r, img) in rows.iter().zip(&overlays) {
-        render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), img)?;
-    }
-    // Columns: methods; rows: full image, then ROI.
-    let ordered: Vec<_> = [0, 1]
-        .iter()
-        .flat_map(|&m| (0..Method::ALL.len()).map(move |i| 2 * i + m))
-        .map(|i| overlays[i].clone())
-        .collect();
-    render::save_png(&out.join("overlays.png"), &render::grid(&ordered, Method::ALL.len()))?;
     let context = json!({"image": "phantom seed 7", "slice": case.slice, "organ": "liver", "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
-    let (md, table) = bench_tables(&rows, context);
+    let (md, table) = bench_tables(&rows, context.clone());
+    for r in &rows {
+        let img = r.overlay(&case.input, settings.score, cmd.figures.sign)?;
+        render::save_png(&out.join(format!("{}_{}.png", r.method.name(), r.roi_mode.name())), &img)?;
+    }
+    let report = runs_report(
+        &rows,
+        &case.input,
+        &ReportContext {
+            title: "xaiclip demo: the phantom's liver, every method, full image and CLIP ROI",
+            case: format!(
+                "Phantom seed 7, axial slice {}, organ liver; backend {}.",
+                case.slice,
+                explainer.device_name()
+            ),
+            organ: "liver",
+            score: settings.score,
+            margin_mm: settings.margin_mm,
+            options: cmd.figures.options(),
+            tables_md: md.clone(),
+            metadata: context,
+        },
+    )?;
+    render::save_png(&out.join("overlays.png"), &report.overlays)?;
+    if let Some(curves) = &report.curves {
+        render::save_png(&out.join("curves.png"), curves)?;
+    }
+    write_text(&out.join("report.html"), &report.html)?;
     write_text(&out.join("bench.md"), &md)?;
     write_text(&out.join("bench.json"), serde_json::to_string_pretty(&table)?)?;
     println!("{md}");
     println!("demo finished in {:.0}s; wrote to {}:", started.elapsed().as_secs_f64(), out.display());
     println!("  phantom/ct.nii.gz, phantom/labels.nii.gz   the case (seed 7)");
     println!("  segmentation.nii.gz                       U-Net labels on slice {}", case.slice);
+    println!("  report.html                               everything below in one page (open it in a browser)");
     println!("  overlays.png                              all methods; top row full image, bottom row ROI");
+    println!("  curves.png                                deletion/insertion curves per method, full vs ROI");
     println!("  <method>_<roi>.png                        each overlay alone");
     println!("  bench.md, bench.json                      the table above");
     Ok(())

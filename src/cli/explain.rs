@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use xaiclip::io::{self, stage_text, Staging, Volume};
 use xaiclip::organs::organ_class;
 use xaiclip::pipeline::{ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
+use xaiclip::report::{runs_report, FigureOptions, ReportContext};
 use xaiclip::roi::RoiMode;
 use xaiclip::{read_labels, render, Explainer, Request};
 
@@ -27,11 +28,15 @@ pub struct ExplainCmd {
     /// Output folder (created if missing).
     #[arg(long)]
     pub out: PathBuf,
+    /// The part of a signed map the overlay shows: all (diverging map centred at 0 where the map has both
+    /// signs), positive, negative, absolute_value (Captum's visualize_image_attr choices).
+    #[arg(long, value_enum, default_value_t = xaiclip::render::Sign::All)]
+    pub sign: xaiclip::render::Sign,
     #[command(flatten)]
     pub method_args: MethodArgs,
 }
 
-/// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json}.
+/// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json, report.html}.
 pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
@@ -50,21 +55,57 @@ pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
     let explanation = explanation?;
     let run = &explanation.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
-    // The three files appear together or not at all (a failed write leaves the previous run's set).
+    // The four files appear together or not at all (a failed write leaves the previous run's set).
     let mut staging = Staging::new();
     let saliency = explanation.saliency_volume(&volume)?;
     io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &volume, &saliency)?;
-    render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &explanation.overlay())?;
+    render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &explanation.overlay_with(cmd.sign)?)?;
     let settings = &explanation.settings;
     let report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "slice": explanation.slice, "organ": explanation.organ,
         "class": explanation.class, "model_input_size": explainer.model_size(), "seed": cmd.method_args.options.seed,
         "backend": explainer.device_name(), "settings": settings.json_for(cmd.method), "provenance": super::provenance(), "weights": explainer.weights_json()?, "result": explanation.result_json(),
     });
+    let mut md = String::from("| figure | value |\n|---|---:|\n");
+    if let serde_json::Value::Object(fields) = serde_json::to_value(run.summary().figures)? {
+        for (k, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
+            md += &format!(
+                "| {k} | {} |\n",
+                match v.as_f64() {
+                    Some(x) if v.is_f64() => format!("{x:.4}"),
+                    _ => v.to_string(),
+                }
+            );
+        }
+    }
+    let context = ReportContext {
+        title: &format!(
+            "xaiclip explain: {} of the {}, slice {}",
+            cmd.method.name(),
+            explanation.organ,
+            explanation.slice
+        ),
+        case: format!(
+            "{}, axial slice {}, organ {}; ROI mode {}; backend {}.",
+            cmd.case.image.display(),
+            explanation.slice,
+            explanation.organ,
+            cmd.roi.name(),
+            explainer.device_name()
+        ),
+        organ: &explanation.organ,
+        score: settings.score,
+        margin_mm: settings.margin_mm,
+        options: FigureOptions { sign: cmd.sign, shared: false },
+        tables_md: md,
+        metadata: json!({"settings": report["settings"], "provenance": report["provenance"], "weights": report["weights"]}),
+    };
+    let html = runs_report(std::slice::from_ref(run), &explanation.input, &context)?.html;
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    stage_text(&mut staging, &cmd.out.join("report.html"), html)?;
     staging.commit()?;
     eprintln!(
-        "{} on slice {} ({} ROI, {:.1}% of the slice): {}, {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
+        "{} on slice {} ({} ROI, {:.1}% of the slice): {}, {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json, report.html}}",
         cmd.method.name(),
         explanation.slice,
         cmd.roi.name(),

@@ -150,6 +150,35 @@ pub fn parse_slices(flag: &str, text: &str) -> Result<xaiclip::Slices> {
     text.parse().map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))
 }
 
+/// How figures colour the maps.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FigureArgs {
+    /// The part of signed maps to show (Captum's visualize_image_attr choices): all (diverging map
+    /// centred at 0 where a map has both signs), positive, negative, absolute_value.
+    #[arg(long, value_enum, default_value_t = xaiclip::render::Sign::All, help_heading = "Figures")]
+    pub sign: xaiclip::render::Sign,
+    /// Colour scales: panel (each map its own range) or shared (one range per method, so its full-image
+    /// and ROI maps compare; methods measure different quantities and never share one).
+    #[arg(long, value_enum, default_value_t = Scale::Panel, help_heading = "Figures")]
+    pub scale: Scale,
+}
+
+impl FigureArgs {
+    /// The library's figure options.
+    pub fn options(&self) -> xaiclip::report::FigureOptions {
+        xaiclip::report::FigureOptions { sign: self.sign, shared: self.scale == Scale::Shared }
+    }
+}
+
+/// Colour scales of a figure's panels.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Scale {
+    /// Each panel its own range.
+    Panel,
+    /// One range per method across ROI modes.
+    Shared,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Modality {
     /// CT: fixed HU window (--window).
@@ -189,11 +218,13 @@ pub struct DeviceArgs {
     pub precision: Precision,
 }
 
-/// Who wrote a report and when: the version, the command line and the time (UTC, RFC 3339).
+/// Who wrote a report and when: the version and git commit built from, the command line and the time
+/// (UTC, RFC 3339).
 pub fn provenance() -> serde_json::Value {
     let args: Vec<String> = std::env::args().collect();
     serde_json::json!({
         "xaiclip_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": env!("XAICLIP_GIT_COMMIT"),
         "command_line": args,
         "timestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     })

@@ -41,8 +41,24 @@ pub fn run(cmd: RoiCmd, device: &DeviceArgs) -> Result<()> {
     let area = area_fraction(&roi);
     if png {
         let probability = clip.probability.as_deref().context("CLIP map missing")?;
-        let image = render::overlay(&case.input.image, probability, size, Some(&roi), case.input.truth.as_deref());
-        render::save_png(&cmd.out, &image)?;
+        let everywhere = vec![true; probability.len()];
+        let organ = organ_name(case.class);
+        let panel = render::Panel {
+            image: &case.input.image,
+            size,
+            extent_mm: case.input.extent_mm,
+            values: probability,
+            colouring: render::Colouring::of(probability, &everywhere, render::Sign::All),
+            roi: Some(&roi),
+            truth: case.input.truth.as_deref(),
+            title: vec![
+                format!("CLIP ROI of the {organ}, slice {}", case.slice),
+                format!("{:.1}% of the slice, + {margin_mm} mm margin", 100.0 * area),
+            ],
+            unit: format!("CLIP probability of the {organ} per patch"),
+            long_side: case.input.native[0].max(case.input.native[1]).max(render::MIN_LONG_SIDE),
+        };
+        render::save_png(&cmd.out, &render::figure(&[panel.render()?], 1, &[], &[])?)?;
     } else {
         let layout = AxialLayout::of(&case.volume)?;
         let shape = layout.slice_shape(&case.volume);
