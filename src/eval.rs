@@ -12,6 +12,7 @@ use crate::io::{write_text, Volume};
 use crate::organs::organ_name;
 use crate::pipeline::{ClipOptions, ClipRoi, Method, MethodRun, Prompts, RunFigures, SliceInput, Slices};
 use crate::preprocess::{AxialLayout, Intensity};
+use crate::render::Sign;
 use crate::roi::RoiMode;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -153,6 +154,15 @@ pub struct EvalOutcome {
 }
 
 const RESULTS: &str = "results.jsonl";
+/// Folder of the per-item overlays.
+const OVERLAYS: &str = "overlays";
+
+/// File name of an item's overlay in DIR/overlays.
+fn overlay_name(case: &str, class: usize, slice: usize, method: Method, roi: RoiMode) -> String {
+    let safe: String =
+        case.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("{safe}_{}_s{slice}_{}_{}.png", organ_name(class), method.name(), roi.name().replace('+', "-"))
+}
 const CONFIG: &str = "eval.json";
 const DONE: &str = "cases_done.txt";
 const ERRORS: &str = "errors.jsonl";
@@ -508,7 +518,18 @@ fn evaluate_case(
                 )));
                 let record = EvalRecord::new(&case.id, class, Some(k), method, roi, Status::Ok);
                 let line = match explainer.run(&input, &clip_roi, class, method, roi, explainer.settings(), |_, _| {}) {
-                    Ok(run) => record.scored(&run),
+                    Ok(run) => {
+                        let dir = plan.out.join(OVERLAYS);
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+                        let mut panel = run.panel(&input, explainer.settings().score, run.colouring(Sign::All));
+                        // Small: one per item, to look at afterwards (report.html links them).
+                        panel.long_side = input.size;
+                        panel.title.insert(0, format!("{} · {} · slice {k}", case.id, organ_name(class)));
+                        let img = crate::render::figure(&[panel.render()?], 1, &[], &[])?;
+                        crate::render::save_png(&dir.join(overlay_name(&case.id, class, k, method, roi)), &img)?;
+                        record.scored(&run)
+                    }
                     // Not predicted by the U-Net, or outside the ROI finder's view: recorded, not a failure.
                     Err(e) if e.kind() == ErrorKind::OrganAbsent => {
                         EvalRecord { status: Status::OrganAbsent, ..record }
@@ -666,7 +687,7 @@ fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
     let lines = unique;
     let mut groups: BTreeMap<(usize, usize, usize), SummaryGroup> = BTreeMap::new();
     let position = |list: &str, v: &Value| position_in(config, list, v);
-    for l in lines {
+    for &l in &lines {
         let g = groups
             .entry((position("organs", &l["organ"]), position("methods", &l["method"]), position("roi", &l["roi"])))
             .or_insert_with(|| {
@@ -711,5 +732,39 @@ fn write_summaries(out: &Path, lines: &[Value], config: &Value) -> Result<()> {
         md += "\n";
     }
     write_text(&out.join("summary.csv"), csv)?;
+    write_text(&out.join("report.html"), report_html(out, &lines, config, &md)?)?;
     write_text(&out.join("summary.md"), md)
+}
+
+/// DIR/report.html: the summary per organ, method and ROI mode, then one row per item with its figures
+/// and a link to its overlay (where this folder has it: a merge links the shards' own).
+fn report_html(out: &Path, lines: &[&Value], config: &Value, summary_md: &str) -> Result<String> {
+    use crate::report::{escape, Html};
+    let mut html = Html::new(&format!("xaiclip eval: {}", out.display()));
+    html.section("summary", "Summary: mean ± std per organ, method and ROI mode", Html::markdown(summary_md));
+    let mut rows = String::from("<table>\n<tr><th>case</th><th>organ</th><th>slice</th><th>method</th><th>roi</th><th>status</th><th>Dice</th><th>insertion AUC</th><th>deletion AUC</th><th>seconds</th><th>forward passes</th><th>overlay</th></tr>\n");
+    for l in lines {
+        let text = |k: &str| l[k].as_str().map(str::to_string).unwrap_or_else(|| l[k].to_string());
+        let number = |k: &str| l[k].as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
+        let overlay = (|| {
+            let class = crate::organs::organ_class(l["organ"].as_str()?).ok()?;
+            let method = Method::from_str(l["method"].as_str()?, true).ok()?;
+            let roi = RoiMode::from_str(l["roi"].as_str()?, true).ok()?;
+            let name = overlay_name(l["case"].as_str()?, class, l["slice"].as_u64()? as usize, method, roi);
+            out.join(OVERLAYS)
+                .join(&name)
+                .is_file()
+                .then(|| format!("<a href=\"{OVERLAYS}/{}\">view</a>", escape(&name)))
+        })()
+        .unwrap_or_default();
+        rows += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{overlay}</td></tr>\n",
+            escape(&text("case")), escape(&text("organ")), escape(&text("slice")), escape(&text("method")), escape(&text("roi")), escape(&text("status")),
+            number("dice"), number("insertion_auc"), number("deletion_auc"), number("seconds"), escape(&text("forward_passes")),
+        );
+    }
+    rows += "</table>\n";
+    html.section("cases", "Every item", rows);
+    html.section("metadata", "Settings", format!("<pre>{}</pre>", escape(&serde_json::to_string_pretty(config)?)));
+    Ok(html.finish())
 }

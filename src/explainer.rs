@@ -64,64 +64,64 @@ pub enum Preset {
 #[derive(clap::Args, Clone, Debug, Default, PartialEq)]
 pub struct Options {
     /// Base settings that the options below refine.
-    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    #[arg(long, value_enum, default_value_t = Preset::Default, help_heading = "Method")]
     pub preset: Preset,
     /// Target score [default: mean-prob; paper: dice].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Method")]
     pub score: Option<ScoreKind>,
     /// Fill of perturbed pixels, in model-input space [default: zero].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Method")]
     pub baseline: Option<BaselineKind>,
     /// Occlusion window side in model pixels [default: 32; paper: 64 at 512 px].
-    #[arg(long)]
+    #[arg(long, help_heading = "Occlusion")]
     pub occlusion_window: Option<usize>,
     /// Occlusion stride in model pixels [default: 16; paper: 32 at 512 px].
-    #[arg(long)]
+    #[arg(long, help_heading = "Occlusion")]
     pub occlusion_stride: Option<usize>,
     /// RISE masks [default: 1000; paper: 2000].
-    #[arg(long)]
+    #[arg(long, help_heading = "RISE")]
     pub masks: Option<usize>,
     /// RISE grid side s (s x s cells) [default: 8; paper: 7].
-    #[arg(long)]
+    #[arg(long, help_heading = "RISE")]
     pub grid: Option<usize>,
     /// RISE probability that a cell is kept [default: 0.5].
-    #[arg(long)]
+    #[arg(long, help_heading = "RISE")]
     pub p1: Option<f32>,
     /// RISE adaptive mode: stop when the map changes by less than this (relative L2) over 250 masks.
-    #[arg(long)]
+    #[arg(long, help_heading = "RISE")]
     pub rise_tol: Option<f32>,
     /// LIME / Kernel SHAP samples [default: 300; paper: 500].
-    #[arg(long)]
+    #[arg(long, help_heading = "LIME and Kernel SHAP")]
     pub samples: Option<usize>,
     /// LIME kernel width on cosine distance [default: 0.25].
-    #[arg(long)]
+    #[arg(long, help_heading = "LIME and Kernel SHAP")]
     pub kernel_width: Option<f64>,
     /// Superpixel algorithm [default: slic; paper: felzenszwalb].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "LIME and Kernel SHAP")]
     pub segmenter: Option<SegmenterKind>,
     /// SLIC: number of superpixels wanted [default: 64].
-    #[arg(long)]
+    #[arg(long, help_heading = "LIME and Kernel SHAP")]
     pub segments: Option<usize>,
     /// ROI margin around the CLIP (or predicted) organ region, in millimetres [default: 15].
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub margin_mm: Option<f64>,
     /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
-    #[arg(long)]
+    #[arg(long, help_heading = "Method")]
     pub faithfulness_steps: Option<usize>,
     /// In ROI mode, keep the full run's sample counts (RISE masks, LIME/SHAP samples) instead of scaling
     /// them to the ROI's share of the perturbed features.
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub same_budget: bool,
     /// Least share of the U-Net's own prediction of the organ that an ROI must cover; below it the run
     /// stops (it would explain the wrong place) unless --roi-fallback is given [default: 0.9].
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub roi_min_coverage: Option<f64>,
     /// ROI mode to use instead of one that covers too little of the prediction (seg, bbox, clip+seg, or
     /// none for the full image); reports record that it was used.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "ROI")]
     pub roi_fallback: Option<RoiMode>,
     /// Seed of every random choice (RISE masks, LIME/SHAP coalitions): same seed, same map.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = "Method")]
     pub seed: u64,
 }
 

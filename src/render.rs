@@ -469,16 +469,28 @@ pub fn stage_png<P: image::PixelWithColorType<Subpixel = u8>>(
     img: &image::ImageBuffer<P, Vec<u8>>,
 ) -> Result<()> {
     staging.stage(path, ".png", |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png)
-            .with_context(|| format!("{}: cannot write PNG", path.display()))
+        let file = std::fs::File::create(tmp).with_context(|| format!("{}: cannot write PNG", path.display()))?;
+        encode_png(std::io::BufWriter::new(file), img).with_context(|| format!("{}: cannot write PNG", path.display()))
     })
+}
+
+/// Encodes with the strongest compression: figures of noisy CT slices are large otherwise.
+fn encode_png<P: image::PixelWithColorType<Subpixel = u8>>(
+    out: impl std::io::Write,
+    img: &image::ImageBuffer<P, Vec<u8>>,
+) -> Result<()> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+    let encoder = PngEncoder::new_with_quality(out, CompressionType::Best, FilterType::Adaptive);
+    encoder.write_image(img.as_raw(), img.width(), img.height(), P::COLOR_TYPE)?;
+    Ok(())
 }
 
 /// PNG bytes of `img` (for embedding in report.html).
 pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).context("cannot encode PNG")?;
-    Ok(out.into_inner())
+    let mut out = Vec::new();
+    encode_png(&mut out, img).context("cannot encode PNG")?;
+    Ok(out)
 }
 
 #[cfg(test)]

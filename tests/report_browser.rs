@@ -1,5 +1,5 @@
 //! report.html in a real browser: headless Chromium (Debian's `chromium`, installed by .ci/run) opens the
-//! reports of `demo` and `explain`. Checked: every expected section id is there, every image decoded
+//! reports of `demo`, `explain` and `eval`. Checked: every expected section id is there, every image decoded
 //! (complete, non-zero natural size), no console message at all (the page has no script, so any is an
 //! error), and a screenshot that is not blank. SKIP where chromium is absent, except in CI.
 
@@ -87,8 +87,10 @@ fn check_report(chromium: &Path, report: &Path, sections: &[&str], min_images: u
     let img = image::open(&shot).unwrap().to_rgb8();
     let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
     let dark = img.pixels().filter(|p| p.0.iter().map(|&c| c as u32).sum::<u32>() < 300).count();
+    // Figures give thousands of colours and dark pixels; a page of tables only, text.
+    let (min_colours, min_dark) = if min_images > 0 { (500, 10_000) } else { (3, 500) };
     assert!(
-        colours.len() > 500 && dark > 10_000,
+        colours.len() > min_colours && dark > min_dark,
         "{}: screenshot looks blank ({} colours)",
         report.display(),
         colours.len()
@@ -135,4 +137,37 @@ fn reports_render_in_headless_chromium() {
         explain.to_str().unwrap(),
     ]);
     check_report(&chromium, &explain.join("report.html"), &sections, 3);
+    // eval: the summary, every item linked to its overlay (each link a file that exists), settings.
+    let set = dir.path().join("set");
+    xaiclip(&["phantom", "--layout", "flare22", "--cases", "1", "--out", set.to_str().unwrap()]);
+    let results = dir.path().join("results");
+    xaiclip(&[
+        "--device",
+        "cpu",
+        "eval",
+        set.to_str().unwrap(),
+        "--dataset",
+        "flare22",
+        "--methods",
+        "occlusion",
+        "--roi",
+        "none,clip",
+        "--occlusion-window",
+        "64",
+        "--occlusion-stride",
+        "64",
+        "--faithfulness-steps",
+        "4",
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    let report = results.join("report.html");
+    let page = std::fs::read_to_string(&report).unwrap();
+    let links: Vec<&str> =
+        page.split("<a href=\"").skip(1).filter_map(|s| s.split('"').next()).filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(links.len(), 2, "one overlay link per item");
+    for link in links {
+        assert!(results.join(link).is_file(), "{link} does not exist");
+    }
+    check_report(&chromium, &report, &["summary", "cases", "metadata"], 0);
 }

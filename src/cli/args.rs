@@ -15,29 +15,29 @@ use xaiclip::{Explainer, ExplainerBuilder};
 pub struct MethodArgs {
     /// Organ to explain (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id;
     /// eval takes a comma list (--organs liver,spleen).
-    #[arg(long, visible_alias = "organs", default_value = "liver")]
+    #[arg(long, visible_alias = "organs", default_value = "liver", help_heading = "Input")]
     pub organ: String,
     /// U-Net folder (model.safetensors + config.json); default: the bundled weights/unet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub unet: Option<PathBuf>,
     /// Perturbed images per forward pass: a number, or "auto" (activations within 2 GiB and at most 64
     /// images on the CPU; a quarter of the free memory and at most 512 images on a GPU).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help_heading = "Device")]
     pub batch: String,
     /// CLIP folder (transformers CLIPModel: model.safetensors + config.json); default: weights/clip.
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub clip: Option<PathBuf>,
     /// CoOp context vectors folder; default: weights/coop (ignored with --prompt or --no-coop).
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub coop: Option<PathBuf>,
     /// Use hand-written prompts ("a CT image of the {organ}") instead of CoOp's learned contexts.
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub no_coop: bool,
     /// Hand-written prompt for the organ, e.g. "a CT image of the liver" (implies --no-coop).
-    #[arg(long)]
+    #[arg(long, help_heading = "ROI")]
     pub prompt: Option<String>,
     /// CLIP ROI threshold on the organ probability map: otsu, fixed:VALUE, or top:FRACTION.
-    #[arg(long, default_value = "otsu")]
+    #[arg(long, default_value = "otsu", help_heading = "ROI")]
     pub roi_threshold: String,
     #[command(flatten)]
     pub intensity: IntensityArgs,

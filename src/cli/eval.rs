@@ -192,7 +192,7 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
     }
     let outcome = outcome?;
     eprintln!(
-        "wrote {} ({} lines), summary.csv and summary.md in {}",
+        "wrote {} ({} lines), summary.csv, summary.md, report.html (and overlays/) in {}",
         plan.out.join("results.jsonl").display(),
         outcome.lines,
         plan.out.display()

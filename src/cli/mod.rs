@@ -56,22 +56,37 @@ pub enum Command {
     /// probabilities are resampled back (bilinear) before the per-voxel argmax. Slices not asked for are
     /// 0 (background) in the output. The output keeps the input's affine, so it overlays the image in
     /// ITK-SNAP or 3D Slicer.
+    #[command(
+        after_help = "Examples:\n  xaiclip segment --image ct.nii.gz --slice all --out seg.nii.gz\n  xaiclip segment --image dicom_dir/ --slice 10,16 --out seg.nii.gz"
+    )]
     Segment(segment::SegmentCmd),
     /// Explain the U-Net's segmentation of one organ on one slice by perturbation.
     ///
     /// Writes DIR/saliency.nii.gz (float32, on the input's grid and affine, zero outside the slice),
-    /// DIR/overlay.png (heat map over the windowed slice, ROI outline cyan, ground truth green, colour
-    /// bar from minimum to maximum) and DIR/report.json (the method's settings as JSON, the version,
-    /// command line and time; seconds, forward passes and, with --label, Dice/IoU/AUROC/pointing game,
-    /// plus deletion/insertion AUC).
+    /// DIR/overlay.png (the labelled panel: heat map over the windowed slice at its physical aspect, ROI
+    /// outline dashed cyan, ground truth green, colour bar with values and unit), DIR/report.json (the
+    /// method's settings as JSON, the version, git commit, command line and time; seconds, forward passes
+    /// and, with --label, Dice/IoU/AUROC/pointing game, plus deletion/insertion AUC) and DIR/report.html
+    /// (all of it on one self-contained page, with the curves).
+    #[command(
+        after_help = "Examples:\n  xaiclip phantom --out case\n  xaiclip explain --image case/ct.nii.gz --label case/labels.nii.gz --slice organ-center --method occlusion --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --organ spleen --method rise --roi seg --masks 500 --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --method lime --roi none --score dice --sign positive --out out"
+    )]
     Explain(explain::ExplainCmd),
     /// Compare each method in full-image and ROI mode: seconds, forward passes, agreement, faithfulness.
     ///
     /// Prints a Markdown table (and writes --md/--json) with one row per method and mode, then the
-    /// paper's comparison rows: runtime reduction, Dice change and IoU change of ROI mode.
+    /// paper's comparison rows: runtime and forward-pass reduction, and insertion/deletion AUC, Dice and
+    /// IoU as full -> ROI (absolute change), with a legend. --html writes the report page: the case,
+    /// every labelled overlay, the curves and the tables.
+    #[command(
+        after_help = "Examples:\n  xaiclip bench --demo --html bench.html\n  xaiclip bench --image ct.nii.gz --label seg.nii.gz --label-ids totalseg --methods occlusion,rise --repeat 3 --md bench.md"
+    )]
     Bench(bench::BenchCmd),
     /// The whole job on the bundled phantom: segment, explain the liver with every method in both
     /// modes, write overlays and the bench table, and print where they are.
+    #[command(
+        after_help = "Examples:\n  xaiclip demo --out xaiclip-demo\n  xaiclip demo --out quick --masks 100 --samples 60 --scale shared"
+    )]
     Demo(demo::DemoCmd),
     /// Localise an organ with CLIP: the organ probability map of one slice and its ROI mask.
     ///
@@ -79,16 +94,24 @@ pub enum Command {
     /// or --no-coop), upsampled to the slice; the ROI keeps the pixels above the threshold, drops
     /// components under 20% of the largest, and grows by --margin-mm. Writes a PNG overlay (map as heat,
     /// ROI outline cyan, ground truth green) or, for .nii/.nii.gz, the ROI mask on the input's grid.
+    #[command(
+        after_help = "Examples:\n  xaiclip roi --image case/ct.nii.gz --label case/labels.nii.gz --slice organ-center --out roi.png\n  xaiclip roi --image ct.nii.gz --slice 40 --organ spleen --out roi.nii.gz"
+    )]
     Roi(roi::RoiCmd),
     /// Explain and score every case of a data set: FLARE22, CHAOS CT/MR, or image/label pairs.
     ///
     /// For each case, organ (--organs liver,spleen), slice (--slices organ-center | every-K), method and
     /// ROI mode, one JSON line is appended to DIR/results.jsonl (Dice/IoU/AUROC against the labels,
-    /// deletion/insertion AUC, seconds, forward passes); DIR/summary.csv and summary.md hold mean ± std
+    /// deletion/insertion AUC, seconds, forward passes) and a small labelled overlay to DIR/overlays/;
+    /// DIR/report.html shows the summary and every item with a link to its overlay; DIR/summary.csv and
+    /// summary.md hold mean ± std
     /// per organ, method and ROI mode. A killed run continues with --resume and loses at most the item
     /// in flight. --shard i/n runs every n-th case (one job of a Slurm array); --merge DIR... joins the
     /// shard folders into --out. Cases that fail to load are listed in DIR/errors.jsonl and the run
     /// exits non-zero after finishing the others.
+    #[command(
+        after_help = "Examples:\n  xaiclip phantom --layout flare22 --cases 4 --out set\n  xaiclip eval set --dataset flare22 --organs liver,spleen --methods occlusion --roi none,clip --out results\n  xaiclip eval ... --out results --resume      (continue a killed run)\n  xaiclip eval ... --shard 2/8 --out part2     (one job of a Slurm array; then --merge part1 ... part8)"
+    )]
     Eval(eval::EvalCmd),
     /// Check every compute kernel against its reference on fresh random inputs, then time kernels and
     /// whole explanations: how to check a GPU, and how this project verifies its kernels.
@@ -122,6 +145,7 @@ pub enum Command {
 
 /// The slice to work on (explain, roi).
 #[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Input")]
 pub struct CaseArgs {
     /// Input image: NIfTI file or DICOM series folder.
     #[arg(long)]
@@ -133,7 +157,9 @@ pub struct CaseArgs {
     /// Id scheme of --label.
     #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
     pub label_ids: LabelIds,
-    /// Axial slice index, or organ-center (the slice with the largest ground-truth area; needs --label).
+    /// Axial slice: an index, or organ-center (the slice with the largest ground-truth area; needs
+    /// --label). Every command takes the same syntax; those that run several slices also take a list
+    /// (3,7,9), all and every-K.
     #[arg(long)]
     pub slice: String,
 }
@@ -190,10 +216,10 @@ pub enum Modality {
 #[derive(clap::Args, Debug, Clone)]
 pub struct IntensityArgs {
     /// Image modality; decides how intensities are normalised.
-    #[arg(long, value_enum, default_value_t = Modality::Ct)]
+    #[arg(long, value_enum, default_value_t = Modality::Ct, help_heading = "Input")]
     pub modality: Modality,
     /// CT window LOW,HIGH in HU mapped to [0, 1] (default: abdomen, level 40 width 400).
-    #[arg(long, default_value = "-160,240", allow_hyphen_values = true)]
+    #[arg(long, default_value = "-160,240", allow_hyphen_values = true, help_heading = "Input")]
     pub window: String,
 }
 
@@ -210,11 +236,11 @@ impl IntensityArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto")]
+    #[arg(long, global = true, default_value = "auto", help_heading = "Device")]
     pub device: Device,
     /// Operand precision of GPU convolutions (accumulation is f32): f32 matches the CPU to ~1e-6;
     /// tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative).
-    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32, help_heading = "Device")]
     pub precision: Precision,
 }
 
