@@ -240,6 +240,16 @@ impl ExplainerBuilder {
         self
     }
 
+    /// The device this builder computes on (`Device::Auto` unless set).
+    pub fn device_choice(&self) -> Device {
+        self.device
+    }
+
+    /// The convolution precision asked for (`Precision::F32` unless set).
+    pub fn precision_choice(&self) -> Precision {
+        self.precision
+    }
+
     /// Where to compute; default `Device::Auto` (a GPU when one is usable, else the CPU).
     pub fn device(mut self, device: Device) -> Self {
         self.device = device;

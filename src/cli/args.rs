@@ -10,20 +10,9 @@ use xaiclip::explainer::Options;
 use xaiclip::pipeline::{BatchSize, ClipOptions, Prompts, Settings};
 use xaiclip::{Explainer, ExplainerBuilder};
 
-/// Options shared by explain, bench and demo. Unset method options take the preset's value.
+/// The CLIP ROI's models, prompts and threshold (explain, bench, demo, eval, roi).
 #[derive(Args, Debug, Clone)]
-pub struct MethodArgs {
-    /// Organ to explain (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id;
-    /// eval takes a comma list (--organs liver,spleen).
-    #[arg(long, visible_alias = "organs", default_value = "liver", help_heading = "Input")]
-    pub organ: String,
-    /// U-Net folder (model.safetensors + config.json); default: the bundled weights/unet.
-    #[arg(long, help_heading = "Model")]
-    pub unet: Option<PathBuf>,
-    /// Perturbed images per forward pass: a number, or "auto" (activations within 2 GiB and at most 64
-    /// images on the CPU; a quarter of the free memory and at most 512 images on a GPU).
-    #[arg(long, default_value = "auto", help_heading = "Device")]
-    pub batch: String,
+pub struct ClipArgs {
     /// CLIP folder (transformers CLIPModel: model.safetensors + config.json); default: weights/clip.
     #[arg(long, help_heading = "ROI")]
     pub clip: Option<PathBuf>,
@@ -39,6 +28,41 @@ pub struct MethodArgs {
     /// CLIP ROI threshold on the organ probability map: otsu, fixed:VALUE, or top:FRACTION.
     #[arg(long, default_value = "otsu", help_heading = "ROI")]
     pub roi_threshold: String,
+}
+
+impl ClipArgs {
+    /// The CLIP ROI's models, prompts and threshold.
+    pub fn clip_options(&self) -> Result<ClipOptions> {
+        let prompts = match (&self.prompt, self.no_coop) {
+            (Some(p), _) => Prompts::Custom(p.clone()),
+            (None, true) => Prompts::Template,
+            (None, false) => Prompts::Coop,
+        };
+        Ok(ClipOptions {
+            clip: self.clip.clone(),
+            coop: self.coop.clone(),
+            prompts,
+            threshold: self.roi_threshold.parse()?,
+        })
+    }
+}
+
+/// Options shared by explain, bench and demo. Unset method options take the preset's value.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
+    /// Organ to explain (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id;
+    /// eval takes a comma list (--organs liver,spleen).
+    #[arg(long, visible_alias = "organs", default_value = "liver", help_heading = "Input")]
+    pub organ: String,
+    /// U-Net folder (model.safetensors + config.json); default: the bundled weights/unet.
+    #[arg(long, help_heading = "Model")]
+    pub unet: Option<PathBuf>,
+    /// Perturbed images per forward pass: a number, or "auto" (activations within 2 GiB and at most 64
+    /// images on the CPU; a quarter of the free memory and at most 512 images on a GPU).
+    #[arg(long, default_value = "auto", help_heading = "Device")]
+    pub batch: String,
+    #[command(flatten)]
+    pub clip: ClipArgs,
     #[command(flatten)]
     pub intensity: IntensityArgs,
     #[command(flatten)]
@@ -63,27 +87,12 @@ impl MethodArgs {
         self.options.settings(size)
     }
 
-    /// The CLIP ROI's models, prompts and threshold.
-    pub fn clip_options(&self) -> Result<ClipOptions> {
-        let prompts = match (&self.prompt, self.no_coop) {
-            (Some(p), _) => Prompts::Custom(p.clone()),
-            (None, true) => Prompts::Template,
-            (None, false) => Prompts::Coop,
-        };
-        Ok(ClipOptions {
-            clip: self.clip.clone(),
-            coop: self.coop.clone(),
-            prompts,
-            threshold: self.roi_threshold.parse()?,
-        })
-    }
-
     /// The builder these options and `device` describe, with a `size`-pixel grid when given.
     pub fn builder(&self, device: &DeviceArgs, size: Option<usize>) -> Result<ExplainerBuilder> {
         let mut b = Explainer::builder()
             .device(device.device)
             .precision(device.precision)
-            .clip(self.clip_options()?)
+            .clip(self.clip.clip_options()?)
             .batch(self.batch.parse::<BatchSize>()?)
             .size(size)
             .intensity(self.intensity.intensity()?);

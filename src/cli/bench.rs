@@ -61,10 +61,13 @@ pub struct BenchCmd {
     pub export: Option<PathBuf>,
     #[command(flatten)]
     pub method_args: MethodArgs,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Runs the bench and prints (and writes) the table.
-pub fn run(cmd: BenchCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: BenchCmd) -> Result<()> {
+    let device = &device;
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);

@@ -30,10 +30,13 @@ pub struct DemoCmd {
     pub seed: u64,
     #[command(flatten)]
     pub figures: FigureArgs,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Segments and explains the phantom's liver with every method, writes overlays and the bench table.
-pub fn run(cmd: DemoCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: DemoCmd) -> Result<()> {
+    let device = &device;
     let started = Instant::now();
     let out = &cmd.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;

@@ -62,10 +62,13 @@ pub struct EvalCmd {
     pub size: Option<usize>,
     #[command(flatten)]
     pub method_args: MethodArgs,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Runs (or merges) the evaluation.
-pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: EvalCmd) -> Result<()> {
+    let device = &device;
     if !cmd.merge.is_empty() {
         let lines = eval::merge(&cmd.merge, &cmd.out, cmd.allow_partial)?;
         eprintln!(
@@ -98,7 +101,7 @@ pub fn run(cmd: EvalCmd, device: &DeviceArgs) -> Result<()> {
         resume: cmd.resume,
         seed: cmd.method_args.options.seed,
         unet: cmd.method_args.unet.clone(),
-        clip: cmd.method_args.clip_options()?,
+        clip: cmd.method_args.clip.clip_options()?,
         window: cmd.method_args.intensity.window.parse()?,
     };
     // The shard and data set are checked before the models load, so a bad option fails at once.

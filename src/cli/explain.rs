@@ -34,10 +34,13 @@ pub struct ExplainCmd {
     pub sign: xaiclip::render::Sign,
     #[command(flatten)]
     pub method_args: MethodArgs,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json, report.html}.
-pub fn run(cmd: ExplainCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: ExplainCmd) -> Result<()> {
+    let device = &device;
     let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;

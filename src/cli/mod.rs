@@ -13,7 +13,7 @@ mod roi;
 mod segment;
 mod selftest;
 
-pub use args::MethodArgs;
+pub use args::{ClipArgs, MethodArgs};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -39,7 +39,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: LeadingDeviceOptions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,15 +233,48 @@ impl IntensityArgs {
     }
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct DeviceArgs {
-    /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto", help_heading = "Device")]
-    pub device: Device,
+/// The device options of the commands that compute (segment, explain, bench, demo, roi, eval,
+/// selftest); info, convert and phantom do not list them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N [default: auto].
+    #[arg(long, help_heading = "Device")]
+    pub device: Option<Device>,
     /// Operand precision of GPU convolutions (accumulation is f32): f32 matches the CPU to ~1e-6;
-    /// tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative).
-    #[arg(long, global = true, value_enum, default_value_t = Precision::F32, help_heading = "Device")]
+    /// tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative) [default: f32].
+    #[arg(long, value_enum, help_heading = "Device")]
+    pub precision: Option<Precision>,
+}
+
+/// The same options before the command (`xaiclip --device cpu demo`), as scripts written for earlier
+/// versions give them; not listed.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LeadingDeviceOptions {
+    /// See the command's --device.
+    #[arg(long = "device", id = "leading_device", value_name = "DEVICE", hide = true)]
+    pub device: Option<Device>,
+    /// See the command's --precision.
+    #[arg(long = "precision", id = "leading_precision", value_name = "PRECISION", value_enum, hide = true)]
+    pub precision: Option<Precision>,
+}
+
+/// The device a command computes on, from its options (or those before the command).
+#[derive(Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to compute.
+    pub device: Device,
+    /// Operand precision of GPU convolutions.
     pub precision: Precision,
+}
+
+impl DeviceArgs {
+    fn resolve(own: &DeviceOptions, leading: &LeadingDeviceOptions) -> Self {
+        let defaults = xaiclip::Explainer::builder();
+        Self {
+            device: own.device.or(leading.device).unwrap_or(defaults.device_choice()),
+            precision: own.precision.or(leading.precision).unwrap_or(defaults.precision_choice()),
+        }
+    }
 }
 
 /// Who wrote a report and when: the version and git commit built from, the command line and the time
@@ -326,16 +359,17 @@ impl Progress {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
-    let device = &cli.device;
+    let lead = &cli.device;
+    let device = |own: &DeviceOptions| DeviceArgs::resolve(own, lead);
     match cli.command {
         Command::Info(cmd) => info::run(cmd),
-        Command::Segment(cmd) => segment::run(cmd, device),
-        Command::Explain(cmd) => explain::run(cmd, device),
-        Command::Bench(cmd) => bench::run(cmd, device),
-        Command::Demo(cmd) => demo::run(cmd, device),
-        Command::Roi(cmd) => roi::run(cmd, device),
-        Command::Eval(cmd) => eval::run(cmd, device),
-        Command::Selftest(cmd) => selftest::run(cmd, device),
+        Command::Segment(cmd) => segment::run(device(&cmd.device), cmd),
+        Command::Explain(cmd) => explain::run(device(&cmd.device), cmd),
+        Command::Bench(cmd) => bench::run(device(&cmd.device), cmd),
+        Command::Demo(cmd) => demo::run(device(&cmd.device), cmd),
+        Command::Roi(cmd) => roi::run(device(&cmd.device), cmd),
+        Command::Eval(cmd) => eval::run(device(&cmd.device), cmd),
+        Command::Selftest(cmd) => selftest::run(device(&cmd.device), cmd),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Phantom(cmd) => phantom::run(cmd),
     }

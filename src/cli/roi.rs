@@ -1,7 +1,7 @@
 //! `xaiclip roi`: the CLIP ROI of one slice, as an overlay or a mask volume.
 
 use super::explain::load_case;
-use super::{CaseArgs, DeviceArgs, MethodArgs};
+use super::{CaseArgs, ClipArgs, DeviceArgs, IntensityArgs, MethodArgs};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use xaiclip::io;
@@ -14,27 +14,44 @@ use xaiclip::roi::{area_fraction, region, RoiMode};
 pub struct RoiCmd {
     #[command(flatten)]
     pub case: CaseArgs,
-    /// Model grid size (square) the map is computed on.
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
+    /// Organ to localise (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id.
+    #[arg(long, default_value = "liver", help_heading = "Input")]
+    pub organ: String,
+    /// Model input size (square); default: the U-Net config's input_size, else 256.
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Output: .png (overlay) or .nii/.nii.gz (ROI mask on the input's grid).
     #[arg(long)]
     pub out: PathBuf,
+    /// ROI margin around the thresholded CLIP map, in millimetres [default: 15].
+    #[arg(long, help_heading = "ROI")]
+    pub margin_mm: Option<f64>,
     #[command(flatten)]
-    pub method_args: MethodArgs,
+    pub clip: ClipArgs,
+    #[command(flatten)]
+    pub intensity: IntensityArgs,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Writes the ROI overlay (.png) or mask (.nii/.nii.gz).
-pub fn run(cmd: RoiCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: RoiCmd) -> Result<()> {
+    let device = &device;
     let name = cmd.out.to_string_lossy().to_lowercase();
     let png = name.ends_with(".png");
     if !png && !name.ends_with(".nii") && !name.ends_with(".nii.gz") {
         bail!("{}: --out must end in .png, .nii or .nii.gz", cmd.out.display());
     }
-    let explainer = cmd.method_args.explainer(device, Some(cmd.size))?;
-    let case = load_case(&explainer, &cmd.case, &cmd.method_args.organ)?;
+    // The explainer's defaults with the options this command has.
+    let mut args = MethodArgs::parse_from_defaults(0);
+    args.organ = cmd.organ.clone();
+    args.clip = cmd.clip.clone();
+    args.intensity = cmd.intensity.clone();
+    args.options.margin_mm = cmd.margin_mm;
+    let explainer = args.explainer(device, cmd.size)?;
+    let case = load_case(&explainer, &cmd.case, &cmd.organ)?;
     let clip = case.clip(&explainer, true)?;
-    let size = cmd.size;
+    let size = explainer.model_size();
     let margin_mm = explainer.settings().margin_mm;
     let mask = clip.mask.as_deref().context("CLIP ROI missing")?;
     let roi = region(RoiMode::Clip, &vec![false; size * size], Some(mask), size, margin_mm / case.input.mm_per_pixel)?;

@@ -29,10 +29,13 @@ pub struct SegmentCmd {
     /// Slices per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Segments the asked slices and writes the label volume.
-pub fn run(cmd: SegmentCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: SegmentCmd) -> Result<()> {
+    let device = &device;
     // Refused before any work: the name decides the format.
     io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;

@@ -29,10 +29,13 @@ pub struct SelftestCmd {
     /// with 16 samples, compared with the CPU (for slow devices, such as the tests' kernel emulator).
     #[arg(long)]
     pub quick: bool,
+    #[command(flatten)]
+    pub device: super::DeviceOptions,
 }
 
 /// Checks every kernel against its reference, then times kernels and explanations.
-pub fn run(cmd: SelftestCmd, device: &DeviceArgs) -> Result<()> {
+pub fn run(device: DeviceArgs, cmd: SelftestCmd) -> Result<()> {
+    let device = &device;
     use xaiclip::selftest::{check_explainers, check_kernels, explain_table, table, Ceilings};
     let seed = cmd.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
