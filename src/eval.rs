@@ -157,11 +157,11 @@ const RESULTS: &str = "results.jsonl";
 /// Folder of the per-item overlays.
 const OVERLAYS: &str = "overlays";
 
-/// File name of an item's overlay in DIR/overlays.
-fn overlay_name(case: &str, class: usize, slice: usize, method: Method, roi: RoiMode) -> String {
+/// File name of an item's overlay in DIR/overlays, from the names results.jsonl records.
+fn overlay_name(case: &str, organ: &str, slice: usize, method: &str, roi: &str) -> String {
     let safe: String =
         case.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    format!("{safe}_{}_s{slice}_{}_{}.png", organ_name(class), method.name(), roi.name().replace('+', "-"))
+    format!("{safe}_{organ}_s{slice}_{method}_{}.png", roi.replace('+', "-"))
 }
 const CONFIG: &str = "eval.json";
 const DONE: &str = "cases_done.txt";
@@ -370,6 +370,8 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let _lock = lock_output(out)?;
+    let overlays = out.join(OVERLAYS);
+    std::fs::create_dir_all(&overlays).with_context(|| format!("{}: cannot create folder", overlays.display()))?;
     let results_path = out.join(RESULTS);
     let existing = if plan.resume {
         if out.join(CONFIG).is_file() {
@@ -519,15 +521,13 @@ fn evaluate_case(
                 let record = EvalRecord::new(&case.id, class, Some(k), method, roi, Status::Ok);
                 let line = match explainer.run(&input, &clip_roi, class, method, roi, explainer.settings(), |_, _| {}) {
                     Ok(run) => {
-                        let dir = plan.out.join(OVERLAYS);
-                        std::fs::create_dir_all(&dir)
-                            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
                         let mut panel = run.panel(&input, explainer.settings().score, run.colouring(Sign::All));
                         // Small: one per item, to look at afterwards (report.html links them).
                         panel.long_side = input.size;
                         panel.title.insert(0, format!("{} · {} · slice {k}", case.id, organ_name(class)));
                         let img = crate::render::figure(&[panel.render()?], 1, &[], &[])?;
-                        crate::render::save_png(&dir.join(overlay_name(&case.id, class, k, method, roi)), &img)?;
+                        let name = overlay_name(&case.id, &organ_name(class), k, method.name(), roi.name());
+                        crate::render::save_png(&plan.out.join(OVERLAYS).join(name), &img)?;
                         record.scored(&run)
                     }
                     // Not predicted by the U-Net, or outside the ROI finder's view: recorded, not a failure.
@@ -747,10 +747,9 @@ fn report_html(out: &Path, lines: &[&Value], config: &Value, summary_md: &str) -
         let text = |k: &str| l[k].as_str().map(str::to_string).unwrap_or_else(|| l[k].to_string());
         let number = |k: &str| l[k].as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
         let overlay = (|| {
-            let class = crate::organs::organ_class(l["organ"].as_str()?).ok()?;
-            let method = Method::from_str(l["method"].as_str()?, true).ok()?;
-            let roi = RoiMode::from_str(l["roi"].as_str()?, true).ok()?;
-            let name = overlay_name(l["case"].as_str()?, class, l["slice"].as_u64()? as usize, method, roi);
+            let name = |k: &str| l[k].as_str();
+            let slice = l["slice"].as_u64()? as usize;
+            let name = overlay_name(name("case")?, name("organ")?, slice, name("method")?, name("roi")?);
             out.join(OVERLAYS)
                 .join(&name)
                 .is_file()

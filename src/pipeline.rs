@@ -290,6 +290,11 @@ impl SliceInput {
             native: [h, w],
         })
     }
+
+    /// Pixels of a figure panel's longer side: the slice's own resolution, at least `MIN_LONG_SIDE`.
+    pub fn figure_long_side(&self) -> usize {
+        self.native[0].max(self.native[1]).max(crate::render::MIN_LONG_SIDE)
+    }
 }
 
 /// One method's result on one slice.
@@ -378,8 +383,7 @@ impl MethodRun {
 
     /// The colouring of this run's map over the region it is defined on (`render::Colouring::of`).
     pub fn colouring(&self, sign: Sign) -> Colouring {
-        let everywhere = vec![true; self.saliency.len()];
-        let region = if self.roi_mode == RoiMode::Full { &everywhere } else { &self.roi };
+        let region = (self.roi_mode != RoiMode::Full).then_some(&self.roi[..]);
         Colouring::of(&self.saliency, region, sign)
     }
 
@@ -419,7 +423,7 @@ impl MethodRun {
             truth: input.truth.as_deref(),
             title,
             unit,
-            long_side: input.native[0].max(input.native[1]).max(crate::render::MIN_LONG_SIDE),
+            long_side: input.figure_long_side(),
         }
     }
 

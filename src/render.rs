@@ -68,10 +68,11 @@ pub struct Colouring {
 
 impl Colouring {
     /// The colouring of `values` over `region` (where the map is defined: the ROI in ROI modes, so a map
-    /// that is nearly constant there is not drawn as a flat fill).
-    pub fn of(values: &[f32], region: &[bool], sign: Sign) -> Self {
+    /// that is nearly constant there is not drawn as a flat fill; `None`: everywhere).
+    pub fn of(values: &[f32], region: Option<&[bool]>, sign: Sign) -> Self {
         let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        for (&v, _) in values.iter().zip(region).filter(|(v, &r)| r && v.is_finite()) {
+        let inside = |q: usize| region.is_none_or(|r| r[q]);
+        for (_, &v) in values.iter().enumerate().filter(|&(q, v)| v.is_finite() && inside(q)) {
             let v = sign.apply(v);
             lo = lo.min(v);
             hi = hi.max(v);
@@ -499,17 +500,16 @@ mod tests {
 
     #[test]
     fn signed_maps_diverge_around_zero_and_unsigned_ones_span_their_region() {
-        let all = [true; 4];
-        let c = Colouring::of(&[-1.0, 0.5, 2.0, 0.0], &all, Sign::All);
+        let c = Colouring::of(&[-1.0, 0.5, 2.0, 0.0], None, Sign::All);
         assert!(c.diverging && c.lo == -2.0 && c.hi == 2.0);
         assert_eq!(c.colour(0.0).1, 0.0, "zero is transparent in a diverging map");
-        let c = Colouring::of(&[-1.0, 0.5, 2.0, 0.0], &all, Sign::AbsoluteValue);
+        let c = Colouring::of(&[-1.0, 0.5, 2.0, 0.0], None, Sign::AbsoluteValue);
         assert!(!c.diverging && c.lo == 0.0 && c.hi == 2.0);
         // A map nearly constant inside its region (ROI-mode RISE) uses the region's range, not [0, max].
-        let c = Colouring::of(&[0.0, 0.8, 0.9, 0.0], &[false, true, true, false], Sign::All);
+        let c = Colouring::of(&[0.0, 0.8, 0.9, 0.0], Some(&[false, true, true, false]), Sign::All);
         assert_eq!((c.lo, c.hi), (0.8, 0.9));
         assert!((c.position(0.85) - 0.5).abs() < 1e-5);
-        let u = Colouring::union(&[c, Colouring::of(&[0.1, 0.5], &[true; 2], Sign::All)]);
+        let u = Colouring::union(&[c, Colouring::of(&[0.1, 0.5], None, Sign::All)]);
         assert_eq!((u.lo, u.hi), (0.1, 0.9));
     }
 

@@ -130,7 +130,7 @@ pub fn case_figure(run: &MethodRun, input: &SliceInput, organ: &str) -> Result<R
         truth: input.truth.as_deref(),
         title: vec![format!("the case: {organ}"), "heat: the U-Net's prediction M0".into()],
         unit: "U-Net prediction of the organ (1 = organ)".into(),
-        long_side: input.native[0].max(input.native[1]).max(render::MIN_LONG_SIDE),
+        long_side: input.figure_long_side(),
     };
     render::figure(&[panel.render()?], 1, &[], &[])
 }

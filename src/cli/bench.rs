@@ -66,8 +66,7 @@ pub struct BenchCmd {
 }
 
 /// Runs the bench and prints (and writes) the table.
-pub fn run(device: DeviceArgs, cmd: BenchCmd) -> Result<()> {
-    let device = &device;
+pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);

@@ -35,8 +35,7 @@ pub struct DemoCmd {
 }
 
 /// Segments and explains the phantom's liver with every method, writes overlays and the bench table.
-pub fn run(device: DeviceArgs, cmd: DemoCmd) -> Result<()> {
-    let device = &device;
+pub fn run(device: &DeviceArgs, cmd: DemoCmd) -> Result<()> {
     let started = Instant::now();
     let out = &cmd.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;

@@ -67,8 +67,7 @@ pub struct EvalCmd {
 }
 
 /// Runs (or merges) the evaluation.
-pub fn run(device: DeviceArgs, cmd: EvalCmd) -> Result<()> {
-    let device = &device;
+pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
     if !cmd.merge.is_empty() {
         let lines = eval::merge(&cmd.merge, &cmd.out, cmd.allow_partial)?;
         eprintln!(

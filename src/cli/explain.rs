@@ -39,8 +39,7 @@ pub struct ExplainCmd {
 }
 
 /// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json, report.html}.
-pub fn run(device: DeviceArgs, cmd: ExplainCmd) -> Result<()> {
-    let device = &device;
+pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;

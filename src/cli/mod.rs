@@ -363,13 +363,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let device = |own: &DeviceOptions| DeviceArgs::resolve(own, lead);
     match cli.command {
         Command::Info(cmd) => info::run(cmd),
-        Command::Segment(cmd) => segment::run(device(&cmd.device), cmd),
-        Command::Explain(cmd) => explain::run(device(&cmd.device), cmd),
-        Command::Bench(cmd) => bench::run(device(&cmd.device), cmd),
-        Command::Demo(cmd) => demo::run(device(&cmd.device), cmd),
-        Command::Roi(cmd) => roi::run(device(&cmd.device), cmd),
-        Command::Eval(cmd) => eval::run(device(&cmd.device), cmd),
-        Command::Selftest(cmd) => selftest::run(device(&cmd.device), cmd),
+        Command::Segment(cmd) => segment::run(&device(&cmd.device), cmd),
+        Command::Explain(cmd) => explain::run(&device(&cmd.device), cmd),
+        Command::Bench(cmd) => bench::run(&device(&cmd.device), cmd),
+        Command::Demo(cmd) => demo::run(&device(&cmd.device), cmd),
+        Command::Roi(cmd) => roi::run(&device(&cmd.device), cmd),
+        Command::Eval(cmd) => eval::run(&device(&cmd.device), cmd),
+        Command::Selftest(cmd) => selftest::run(&device(&cmd.device), cmd),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Phantom(cmd) => phantom::run(cmd),
     }

@@ -35,8 +35,7 @@ pub struct RoiCmd {
 }
 
 /// Writes the ROI overlay (.png) or mask (.nii/.nii.gz).
-pub fn run(device: DeviceArgs, cmd: RoiCmd) -> Result<()> {
-    let device = &device;
+pub fn run(device: &DeviceArgs, cmd: RoiCmd) -> Result<()> {
     let name = cmd.out.to_string_lossy().to_lowercase();
     let png = name.ends_with(".png");
     if !png && !name.ends_with(".nii") && !name.ends_with(".nii.gz") {
@@ -58,14 +57,13 @@ pub fn run(device: DeviceArgs, cmd: RoiCmd) -> Result<()> {
     let area = area_fraction(&roi);
     if png {
         let probability = clip.probability.as_deref().context("CLIP map missing")?;
-        let everywhere = vec![true; probability.len()];
         let organ = organ_name(case.class);
         let panel = render::Panel {
             image: &case.input.image,
             size,
             extent_mm: case.input.extent_mm,
             values: probability,
-            colouring: render::Colouring::of(probability, &everywhere, render::Sign::All),
+            colouring: render::Colouring::of(probability, None, render::Sign::All),
             roi: Some(&roi),
             truth: case.input.truth.as_deref(),
             title: vec![
@@ -73,7 +71,7 @@ pub fn run(device: DeviceArgs, cmd: RoiCmd) -> Result<()> {
                 format!("{:.1}% of the slice, + {margin_mm} mm margin", 100.0 * area),
             ],
             unit: format!("CLIP probability of the {organ} per patch"),
-            long_side: case.input.native[0].max(case.input.native[1]).max(render::MIN_LONG_SIDE),
+            long_side: case.input.figure_long_side(),
         };
         render::save_png(&cmd.out, &render::figure(&[panel.render()?], 1, &[], &[])?)?;
     } else {

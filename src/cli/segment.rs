@@ -34,8 +34,7 @@ pub struct SegmentCmd {
 }
 
 /// Segments the asked slices and writes the label volume.
-pub fn run(device: DeviceArgs, cmd: SegmentCmd) -> Result<()> {
-    let device = &device;
+pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     // Refused before any work: the name decides the format.
     io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;
