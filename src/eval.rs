@@ -61,6 +61,9 @@ pub struct EvalPlan {
     pub clip: ClipOptions,
     /// Normalisation of CT cases (MR cases use the percentile rule).
     pub window: Intensity,
+    /// Also keep each item's saliency as a volume on its case's grid in DIR/maps (an output choice: not
+    /// part of the resume/merge fingerprint).
+    pub save_maps: bool,
 }
 
 /// What an item's line says happened.
@@ -157,11 +160,15 @@ const RESULTS: &str = "results.jsonl";
 /// Folder of the per-item overlays.
 const OVERLAYS: &str = "overlays";
 
-/// File name of an item's overlay in DIR/overlays, from the names results.jsonl records.
-fn overlay_name(case: &str, organ: &str, slice: usize, method: &str, roi: &str) -> String {
+/// Folder of the per-item saliency volumes (`--save-maps`).
+const MAPS: &str = "maps";
+
+/// File name stem of an item's overlay (DIR/overlays, .png) and map (DIR/maps, .nii.gz), from the names
+/// results.jsonl records.
+fn item_stem(case: &str, organ: &str, slice: usize, method: &str, roi: &str) -> String {
     let safe: String =
         case.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    format!("{safe}_{organ}_s{slice}_{method}_{}.png", roi.replace('+', "-"))
+    format!("{safe}_{organ}_s{slice}_{method}_{}", roi.replace('+', "-"))
 }
 const CONFIG: &str = "eval.json";
 const DONE: &str = "cases_done.txt";
@@ -370,8 +377,10 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let _lock = lock_output(out)?;
-    let overlays = out.join(OVERLAYS);
-    std::fs::create_dir_all(&overlays).with_context(|| format!("{}: cannot create folder", overlays.display()))?;
+    for folder in [Some(OVERLAYS), plan.save_maps.then_some(MAPS)].into_iter().flatten() {
+        let folder = out.join(folder);
+        std::fs::create_dir_all(&folder).with_context(|| format!("{}: cannot create folder", folder.display()))?;
+    }
     let results_path = out.join(RESULTS);
     let existing = if plan.resume {
         if out.join(CONFIG).is_file() {
@@ -526,8 +535,13 @@ fn evaluate_case(
                         panel.long_side = input.size;
                         panel.title.insert(0, format!("{} · {} · slice {k}", case.id, organ_name(class)));
                         let img = crate::render::figure(&[panel.render()?], 1, &[], &[])?;
-                        let name = overlay_name(&case.id, &organ_name(class), k, method.name(), roi.name());
-                        crate::render::save_png(&plan.out.join(OVERLAYS).join(name), &img)?;
+                        let stem = item_stem(&case.id, &organ_name(class), k, method.name(), roi.name());
+                        crate::render::save_png(&plan.out.join(OVERLAYS).join(format!("{stem}.png")), &img)?;
+                        if plan.save_maps {
+                            let map = crate::pipeline::saliency_volume(&volume, k, &run.saliency, size)?;
+                            let path = plan.out.join(MAPS).join(format!("{stem}.nii.gz"));
+                            crate::io::nifti::write_like(&path, &volume, &map)?;
+                        }
                         record.scored(&run)
                     }
                     // Not predicted by the U-Net, or outside the ROI finder's view: recorded, not a failure.
@@ -746,16 +760,19 @@ fn report_html(out: &Path, lines: &[&Value], config: &Value, summary_md: &str) -
     for l in lines {
         let text = |k: &str| l[k].as_str().map(str::to_string).unwrap_or_else(|| l[k].to_string());
         let number = |k: &str| l[k].as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
-        let overlay = (|| {
+        let stem = (|| {
             let name = |k: &str| l[k].as_str();
-            let slice = l["slice"].as_u64()? as usize;
-            let name = overlay_name(name("case")?, name("organ")?, slice, name("method")?, name("roi")?);
-            out.join(OVERLAYS)
-                .join(&name)
-                .is_file()
-                .then(|| format!("<a href=\"{OVERLAYS}/{}\">view</a>", escape(&name)))
-        })()
-        .unwrap_or_default();
+            Some(item_stem(name("case")?, name("organ")?, l["slice"].as_u64()? as usize, name("method")?, name("roi")?))
+        })();
+        let link = |folder: &str, ext: &str, text: &str| {
+            let name = format!("{}.{ext}", stem.as_deref()?);
+            out.join(folder).join(&name).is_file().then(|| format!("<a href=\"{folder}/{}\">{text}</a>", escape(&name)))
+        };
+        let overlay = [link(OVERLAYS, "png", "view"), link(MAPS, "nii.gz", "map")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" · ");
         rows += &format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{overlay}</td></tr>\n",
             escape(&text("case")), escape(&text("organ")), escape(&text("slice")), escape(&text("method")), escape(&text("roi")), escape(&text("status")),

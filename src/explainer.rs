@@ -87,7 +87,8 @@ pub struct Options {
     /// RISE probability that a cell is kept [default: 0.5].
     #[arg(long, help_heading = "RISE")]
     pub p1: Option<f32>,
-    /// RISE adaptive mode: stop when the map changes by less than this (relative L2) over 250 masks.
+    /// RISE adaptive mode: stop when the map changes by less than this (relative L2) over 250 masks, at
+    /// most --masks; report.html plots the change per block; default: off (all --masks are scored).
     #[arg(long, help_heading = "RISE")]
     pub rise_tol: Option<f32>,
     /// LIME / Kernel SHAP samples [default: 300; paper: 500].
@@ -117,7 +118,7 @@ pub struct Options {
     #[arg(long, help_heading = "ROI")]
     pub roi_min_coverage: Option<f64>,
     /// ROI mode to use instead of one that covers too little of the prediction (seg, bbox, clip+seg, or
-    /// none for the full image); reports record that it was used.
+    /// none for the full image); reports record that it was used; default: none (the run stops).
     #[arg(long, value_enum, help_heading = "ROI")]
     pub roi_fallback: Option<RoiMode>,
     /// Seed of every random choice (RISE masks, LIME/SHAP coalitions): same seed, same map.

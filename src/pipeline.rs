@@ -7,7 +7,7 @@ use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
 use crate::explain::rise::Rise;
 use crate::explain::superpixels::{Segmenter, Segments};
-use crate::explain::{baseline_image, BaselineKind, Cancel, Problem, Runner, ScoreKind, UNetScorer};
+use crate::explain::{baseline_image, BaselineKind, Cancel, Convergence, Problem, Runner, ScoreKind, UNetScorer};
 use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
@@ -333,6 +333,8 @@ pub struct MethodRun {
     pub roi_fallback: Option<RoiMode>,
     /// The target score of the unperturbed slice (`Settings::score`), from which drops are measured.
     pub unperturbed_score: f32,
+    /// Adaptive RISE (`--rise-tol`): how the map settled; None otherwise.
+    pub convergence: Option<Convergence>,
 }
 
 impl MethodRun {
@@ -378,6 +380,9 @@ impl MethodRun {
         result["agreement"] = serde_json::json!(self.agreement);
         result["faithfulness"] = serde_json::json!(self.faithfulness);
         result["unperturbed_score"] = serde_json::json!(self.unperturbed_score);
+        if let Some(c) = &self.convergence {
+            result["rise_convergence"] = serde_json::json!(c);
+        }
         result
     }
 
@@ -677,6 +682,7 @@ pub fn run_method<B: Backend>(
         roi_coverage,
         roi_fallback,
         unperturbed_score: scorer.unperturbed_score,
+        convergence: explanation.convergence,
         clip_seconds,
         metrics_seconds: metrics_started.elapsed().as_secs_f64(),
     })

@@ -416,6 +416,8 @@ pub fn plots(plots: &[Plot], columns: usize) -> Result<RgbImage> {
             chart
                 .configure_mesh()
                 .x_desc(&plot.x_label)
+                // Counts (masks) read as integers, fractions with one decimal.
+                .x_label_formatter(&|x| if x_hi > 10.0 { format!("{x:.0}") } else { format!("{x:.1}") })
                 .y_desc(&plot.y_label)
                 .label_style(text_style(12, false))
                 .axis_desc_style(text_style(13, false))

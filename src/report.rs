@@ -109,6 +109,39 @@ pub fn curves_figure(runs: &[MethodRun], score: ScoreKind) -> Result<Option<RgbI
             });
         }
     }
+    // Adaptive RISE: the change per block against the tolerance that stops it.
+    let mut convergence = Plot {
+        title: "RISE convergence (--rise-tol)".into(),
+        x_label: "masks scored".into(),
+        y_label: "relative change of the map per block".into(),
+        series: Vec::new(),
+    };
+    let masks_max = runs.iter().filter(|r| r.convergence.is_some()).map(|r| r.samples).max().unwrap_or(1);
+    for r in runs {
+        let Some(c) = &r.convergence else { continue };
+        let dashed = r.roi_mode != RoiMode::Full;
+        let mode = if dashed { r.roi_mode.name() } else { "full" };
+        let points: Vec<(f64, f64)> = c.steps.iter().map(|&(n, d)| (n as f64, d)).collect();
+        // One tolerance line per distinct tolerance, across the checks of every run.
+        let label = format!("tolerance {}", c.tol);
+        if !convergence.series.iter().any(|s| s.label == label) {
+            convergence.series.push(Series {
+                label,
+                colour: [150, 150, 150],
+                dashed: true,
+                points: vec![(0.0, c.tol as f64), (masks_max as f64, c.tol as f64)],
+            });
+        }
+        convergence.series.push(Series {
+            label: format!("change, {mode} ({} masks)", r.samples),
+            colour: [20, 140, 90],
+            dashed,
+            points,
+        });
+    }
+    if !convergence.series.is_empty() {
+        plots.push(convergence);
+    }
     if plots.is_empty() {
         return Ok(None);
     }
@@ -189,7 +222,13 @@ pub fn runs_report(runs: &[MethodRun], input: &SliceInput, context: &ReportConte
         Some(img) => format!(
             "<p>Deletion: the target score as the most salient pixels are replaced by the baseline (lower area: \
              more faithful). Insertion: as they are restored into the baseline image (higher area: more faithful). \
-             Solid: full image; dashed: ROI mode.</p>\n{}",
+             Solid: full image; dashed: ROI mode.{}</p>\n{}",
+            if runs.iter().any(|r| r.convergence.is_some()) {
+                " RISE convergence: the relative change of the map after each block of masks; the run stops at \
+                 the first change below the tolerance."
+            } else {
+                ""
+            },
             Html::image(img, "deletion and insertion curves")?
         ),
         None => "<p>No curves: the runs were made with --faithfulness-steps 0.</p>".to_string(),

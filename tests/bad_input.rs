@@ -253,6 +253,24 @@ fn unwritable_output_leaves_nothing() {
 }
 
 #[test]
+fn bench_output_in_missing_folder_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("no-such-folder/bench.json");
+    let html = dir.path().join("bench.html");
+    let o = xaiclip(&["bench", "--demo", "--html", html.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    // One line and nothing else: no progress, so no run was started before the refusal.
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("bench.json: cannot write there: the folder") && lines[0].contains("does not exist"),
+        "{err}"
+    );
+    assert!(files_in(dir.path()).is_empty(), "left behind: {:?}", files_in(dir.path()));
+}
+
+#[test]
 fn cuda_device_unavailable() {
     // Here: built without nvcc, or kernels but no driver. On a machine with a usable GPU the command
     // succeeds and there is nothing to check.

@@ -62,6 +62,16 @@ fn explain_writes_aligned_saliency_overlay_and_report() {
     let c = std::fs::read(run("r3", &[&rise[..], &["--seed", "3"]].concat()).join("saliency.nii.gz")).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
+    // Adaptive RISE records its checks in report.json and plots them in report.html.
+    let out = run("adaptive", &["--method", "rise", "--masks", "600", "--rise-tol", "10", "--roi", "none"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let c = &report["result"]["rise_convergence"];
+    assert_eq!(c["tol"], 10.0, "{report}");
+    // The first check is after the second block of 250; a change below 10 stops the run there.
+    assert_eq!(c["steps"].as_array().map(|s| s.len()), Some(1), "{c}");
+    assert_eq!(report["result"]["samples"], 500, "{report}");
+    assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("RISE convergence"));
 }
 
 #[test]

@@ -85,6 +85,7 @@ fn flare22_tree_every_slice_records_explained_and_empty_slices() {
         "every-1",
         "--out",
         out.to_str().unwrap(),
+        "--save-maps",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let results = lines(&out.join("results.jsonl"));
@@ -103,6 +104,23 @@ fn flare22_tree_every_slice_records_explained_and_empty_slices() {
         v.iter().sum::<f64>() / v.len() as f64
     };
     assert!(mean("seg") > mean("none"), "seg {} none {}", mean("seg"), mean("none"));
+    // --save-maps: each explained item's map on its case's grid, non-zero on its own slice only, linked
+    // from report.html; no map for an item that was not explained.
+    let maps: Vec<String> = common::files_in(&out.join("maps"));
+    assert_eq!(maps.len(), ok.len(), "{maps:?}");
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for l in &ok {
+        let (case, k) = (l["case"].as_str().unwrap(), l["slice"].as_u64().unwrap() as usize);
+        let stem = format!("{case}_liver_s{k}_{}_{}", l["method"].as_str().unwrap(), l["roi"].as_str().unwrap());
+        let map = xaiclip::io::read_image(&out.join("maps").join(format!("{stem}.nii.gz"))).unwrap();
+        let image = xaiclip::io::read_image(&data.join("imagesTr").join(format!("{case}_0000.nii.gz"))).unwrap();
+        assert_eq!((map.dims, map.affine), (image.dims, image.affine), "{stem}");
+        let plane = map.dims[0] * map.dims[1];
+        let nonzero: Vec<usize> =
+            (0..map.dims[2]).filter(|z| map.data[z * plane..(z + 1) * plane].iter().any(|&v| v != 0.0)).collect();
+        assert_eq!(nonzero, vec![k], "{stem}");
+        assert!(report.contains(&format!("href=\"maps/{stem}.nii.gz\"")), "{stem} not linked");
+    }
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.starts_with("organ,method,roi,n,skipped,dice_mean,dice_std"));

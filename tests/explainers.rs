@@ -277,6 +277,17 @@ fn adaptive_rise_stops_early_on_a_converged_map() {
     let e =
         Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }.explain(&mut Runner::new(&p, |_| {})).unwrap();
     assert!(e.samples < 4000 && e.samples >= 500 && e.samples.is_multiple_of(250), "used {}", e.samples);
+    // The history the convergence plot draws: one check per block after the first, every change but the
+    // last at or above the tolerance, the last below it.
+    let c = e.convergence.expect("adaptive mode records its checks");
+    assert_eq!(c.tol, 0.05);
+    let masks: Vec<usize> = c.steps.iter().map(|s| s.0).collect();
+    assert_eq!(masks, (2..=e.samples / 250).map(|k| 250 * k).collect::<Vec<_>>());
+    let (last, before) = c.steps.split_last().unwrap();
+    assert!(last.1 < 0.05 && before.iter().all(|s| s.1 >= 0.05 && s.1.is_finite()), "{:?}", c.steps);
+    let fixed =
+        Rise { masks: 500, grid: 3, p1: 0.5, seed: 2, tol: None }.explain(&mut Runner::new(&p, |_| {})).unwrap();
+    assert!(fixed.convergence.is_none());
 }
 
 #[test]

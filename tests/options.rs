@@ -37,3 +37,37 @@ fn bad_pairs_are_invalid_input_naming_the_option() {
     let e = pairs(&[("same_budget", "yes")]).unwrap_err();
     assert!(e.to_string().contains("expected true or false"), "{e}");
 }
+
+/// The defaults `--help` states by hand ("[default: 32; paper: 64 at 512 px]") are the ones the settings
+/// use: giving the stated value explicitly changes nothing, for the default preset and for the paper's.
+#[test]
+fn defaults_stated_in_help_are_the_settings_defaults() {
+    use clap::Args;
+    let mut command = Options::augment_args(clap::Command::new("options"));
+    command.build();
+    let json = |p: &[(&str, &str)], size: usize| {
+        Options::from_pairs(p.iter().map(|&(k, v)| (k, v.to_string()))).unwrap().settings(size).to_json()
+    };
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let Some(stated) = help.split("[default: ").nth(1).and_then(|s| s.split(']').next()) else { continue };
+        let id = arg.get_id().as_str();
+        for part in stated.split("; ") {
+            let (preset, value, size) = match part.strip_prefix("paper: ") {
+                Some(v) => ("paper", v.split(" at ").next().unwrap(), 512),
+                None => ("default", part, 256),
+            };
+            assert_eq!(
+                json(&[("preset", preset), (id, value)], size),
+                json(&[("preset", preset)], size),
+                "--{}: help says {part:?}, the {preset} preset differs",
+                arg.get_long().unwrap_or(id)
+            );
+            checked += 1;
+        }
+    }
+    // score, baseline, occlusion window/stride, masks, grid, p1, samples, kernel width, segmenter,
+    // segments, margin, curve steps, ROI coverage, and their paper values.
+    assert!(checked >= 20, "only {checked} stated defaults found");
+}

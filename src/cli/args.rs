@@ -22,7 +22,8 @@ pub struct ClipArgs {
     /// Use hand-written prompts ("a CT image of the {organ}") instead of CoOp's learned contexts.
     #[arg(long, help_heading = "ROI")]
     pub no_coop: bool,
-    /// Hand-written prompt for the organ, e.g. "a CT image of the liver" (implies --no-coop).
+    /// Hand-written prompt for the organ, e.g. "a CT image of the liver" (implies --no-coop); default:
+    /// CoOp's learned contexts.
     #[arg(long, help_heading = "ROI")]
     pub prompt: Option<String>,
     /// CLIP ROI threshold on the organ probability map: otsu, fixed:VALUE, or top:FRACTION.

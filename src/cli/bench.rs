@@ -7,7 +7,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use xaiclip::bench::bench_tables;
 use xaiclip::dataset::LabelIds;
-use xaiclip::io::write_text;
+use xaiclip::io::{check_output_file, stage_text, write_text, Staging};
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::phantom;
 use xaiclip::pipeline::Method;
@@ -67,6 +67,9 @@ pub struct BenchCmd {
 
 /// Runs the bench and prints (and writes) the table.
 pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
+    for p in [&cmd.md, &cmd.json, &cmd.html].into_iter().flatten() {
+        check_output_file(p)?;
+    }
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
@@ -91,11 +94,13 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     let context = json!({"image": image, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
     let (md, json_table) = bench_tables(&rows, context.clone());
     println!("{md}");
+    // The tables and the report are written together or not at all.
+    let mut staging = Staging::new();
     if let Some(p) = &cmd.md {
-        write_text(p, &md)?;
+        stage_text(&mut staging, p, &md)?;
     }
     if let Some(p) = &cmd.json {
-        write_text(p, serde_json::to_string_pretty(&json_table)?)?;
+        stage_text(&mut staging, p, serde_json::to_string_pretty(&json_table)?)?;
     }
     if let Some(p) = &cmd.html {
         let organ = organ_name(case.class);
@@ -117,8 +122,9 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
                 metadata: context,
             },
         )?;
-        write_text(p, &report.html)?;
+        stage_text(&mut staging, p, &report.html)?;
     }
+    staging.commit()?;
     if let Some(dir) = &cmd.export {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         let baseline = xaiclip::explain::baseline_image(settings.baseline, &case.input.image, size);

@@ -45,12 +45,18 @@ pub struct EvalCmd {
     /// Output folder: results.jsonl, summary.csv, summary.md, eval.json, cases_done.txt, errors.jsonl.
     #[arg(long)]
     pub out: PathBuf,
-    /// Run only shard i of n (1-based): every n-th case. n jobs with i = 1..n cover the set once.
+    /// Run only shard i of n (1-based): every n-th case. n jobs with i = 1..n cover the set once;
+    /// default: every case.
     #[arg(long)]
     pub shard: Option<String>,
     /// Continue an interrupted run in --out: finished items are kept, never repeated.
     #[arg(long)]
     pub resume: bool,
+    /// Also keep each item's saliency map in DIR/maps/<case>_<organ>_s<k>_<method>_<roi>.nii.gz: float32 on
+    /// the case's grid and affine, zero outside the slice (as `explain` writes it); report.html links it.
+    /// An output choice only: a --resume may add or drop it.
+    #[arg(long)]
+    pub save_maps: bool,
     /// Join the outputs of shard runs (folders) into --out instead of running anything.
     #[arg(long, num_args = 1.., conflicts_with_all = ["dataset", "resume", "shard"])]
     pub merge: Vec<PathBuf>,
@@ -102,6 +108,7 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         unet: cmd.method_args.unet.clone(),
         clip: cmd.method_args.clip.clip_options()?,
         window: cmd.method_args.intensity.window.parse()?,
+        save_maps: cmd.save_maps,
     };
     // The shard and data set are checked before the models load, so a bad option fails at once.
     if let Some(spec) = &plan.shard {

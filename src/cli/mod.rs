@@ -102,10 +102,10 @@ pub enum Command {
     ///
     /// For each case, organ (--organs liver,spleen), slice (--slices organ-center | every-K), method and
     /// ROI mode, one JSON line is appended to DIR/results.jsonl (Dice/IoU/AUROC against the labels,
-    /// deletion/insertion AUC, seconds, forward passes) and a small labelled overlay to DIR/overlays/;
-    /// DIR/report.html shows the summary and every item with a link to its overlay; DIR/summary.csv and
-    /// summary.md hold mean ± std
-    /// per organ, method and ROI mode. A killed run continues with --resume and loses at most the item
+    /// deletion/insertion AUC, seconds, forward passes) and a small labelled overlay to DIR/overlays/
+    /// (with --save-maps also the saliency volume to DIR/maps/); DIR/report.html shows the summary and
+    /// every item with links to its overlay and map; DIR/summary.csv and summary.md hold mean ± std per
+    /// organ, method and ROI mode. A killed run continues with --resume and loses at most the item
     /// in flight. --shard i/n runs every n-th case (one job of a Slurm array); --merge DIR... joins the
     /// shard folders into --out. Cases that fail to load are listed in DIR/errors.jsonl and the run
     /// exits non-zero after finishing the others.
@@ -331,7 +331,7 @@ impl Progress {
         if let Some((started, last)) = &self.log {
             if last.get().elapsed().as_secs() >= 10 {
                 last.set(std::time::Instant::now());
-                self.line(*started, "");
+                self.line(*started, self.bar.position(), "");
             }
         }
     }
@@ -343,17 +343,20 @@ impl Progress {
 
     /// Removes the bar (logs: the final count).
     pub fn finish_and_clear(&self) {
+        // Read before finishing: indicatif's finish moves the position to the length, and an adaptive run
+        // (RISE with --rise-tol) stops short of it.
+        let position = self.bar.position();
         self.bar.finish_and_clear();
         if let Some((started, _)) = &self.log {
-            if self.bar.position() > 0 {
-                self.line(*started, ", done");
+            if position > 0 {
+                self.line(*started, position, ", done");
             }
         }
     }
 
-    fn line(&self, started: std::time::Instant, end: &str) {
+    fn line(&self, started: std::time::Instant, position: u64, end: &str) {
         let len = self.bar.length().map_or_else(|| "?".to_string(), |l| l.to_string());
-        eprintln!("{}: {}/{len} after {:.0}s{end}", self.what, self.bar.position(), started.elapsed().as_secs_f64());
+        eprintln!("{}: {position}/{len} after {:.0}s{end}", self.what, started.elapsed().as_secs_f64());
     }
 }
 

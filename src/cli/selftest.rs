@@ -36,6 +36,9 @@ pub struct SelftestCmd {
 /// Checks every kernel against its reference, then times kernels and explanations.
 pub fn run(device: &DeviceArgs, cmd: SelftestCmd) -> Result<()> {
     use xaiclip::selftest::{check_explainers, check_kernels, explain_table, table, Ceilings};
+    if let Some(p) = &cmd.json {
+        xaiclip::io::check_output_file(p)?;
+    }
     let seed = cmd.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });

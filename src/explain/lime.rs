@@ -77,6 +77,7 @@ impl Lime {
             saliency: paint(segments, &coefficients),
             forward_passes: runner.forward_passes,
             samples: rows.len(),
+            convergence: None,
         })
     }
 }
@@ -170,7 +171,12 @@ impl KernelShap {
         let rows = self.coalitions(segments.count);
         let y = score_coalitions(runner, segments, &rows)?;
         let phi = shapley_regression(&rows, &y)?;
-        Ok(Explanation { saliency: paint(segments, &phi), forward_passes: runner.forward_passes, samples: rows.len() })
+        Ok(Explanation {
+            saliency: paint(segments, &phi),
+            forward_passes: runner.forward_passes,
+            samples: rows.len(),
+            convergence: None,
+        })
     }
 }
 

@@ -382,4 +382,16 @@ pub struct Explanation {
     pub forward_passes: usize,
     /// Perturbation samples used (RISE's adaptive mode may stop early).
     pub samples: usize,
+    /// RISE's adaptive mode: how the map settled (None otherwise).
+    pub convergence: Option<Convergence>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// How adaptive RISE's map settled: its relative L2 change ||m_k - m_{k-1}|| / ||m_k|| after each
+/// block of masks, as (masks scored so far, change); the run stops at the first change below `tol`.
+pub struct Convergence {
+    /// The stopping tolerance (`--rise-tol`).
+    pub tol: f32,
+    /// (masks scored, relative change) per check.
+    pub steps: Vec<(usize, f64)>,
 }

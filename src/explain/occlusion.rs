@@ -64,6 +64,6 @@ impl Occlusion {
             }
         }
         let saliency = sum.iter().zip(&count).map(|(&s, &c)| if c > 0 { (s / c as f64) as f32 } else { 0.0 }).collect();
-        Ok(Explanation { saliency, forward_passes: runner.forward_passes, samples: windows.len() })
+        Ok(Explanation { saliency, forward_passes: runner.forward_passes, samples: windows.len(), convergence: None })
     }
 }

@@ -6,7 +6,7 @@
 //! ROI mode applies m_i inside the ROI only (the runner keeps the rest), and the map is 0 outside.
 //! Adaptive mode stops once the map's relative change over the last block of masks falls below `tol`.
 
-use super::{Explanation, MaskBatch, RiseMasks, Runner};
+use super::{Convergence, Explanation, MaskBatch, RiseMasks, Runner};
 use anyhow::{ensure, Context, Result};
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -44,6 +44,7 @@ impl Rise {
         let mut sum = vec![0f64; size * size];
         let mut used = 0;
         let mut previous: Option<Vec<f64>> = None;
+        let mut steps = Vec::new();
         // Blocks only matter for the adaptive stop; a fixed run is one block of all masks.
         let block = if self.tol.is_some() { BLOCK } else { self.masks };
         while used < self.masks {
@@ -58,6 +59,7 @@ impl Rise {
                 if let Some(prev) = &previous {
                     let diff: f64 = current.iter().zip(prev).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
                     let norm: f64 = current.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
+                    steps.push((used, diff / norm));
                     if diff / norm < tol as f64 {
                         break;
                     }
@@ -68,6 +70,11 @@ impl Rise {
         let scale = 1.0 / (used as f64 * self.p1 as f64);
         let saliency =
             sum.iter().zip(&roi).map(|(&v, &inside)| if inside { (v * scale) as f32 } else { 0.0 }).collect();
-        Ok(Explanation { saliency, forward_passes: runner.forward_passes, samples: used })
+        Ok(Explanation {
+            saliency,
+            forward_passes: runner.forward_passes,
+            samples: used,
+            convergence: self.tol.map(|tol| Convergence { tol, steps }),
+        })
     }
 }

@@ -216,6 +216,22 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     staging.commit()
 }
 
+/// Fails when `path` cannot become an output file (its folder is missing, or it is a folder), so a
+/// command can refuse before minutes of work rather than after.
+pub fn check_output_file(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() || path.is_dir() {
+        bail!("{}: not a file path (it is a folder)", path.display());
+    }
+    if !dir.is_dir() {
+        bail!("{}: cannot write there: the folder {} does not exist", path.display(), dir.display());
+    }
+    Ok(())
+}
+
 /// Writes a whole output file atomically (text or bytes).
 pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     let mut staging = Staging::new();
