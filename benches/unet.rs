@@ -63,6 +63,33 @@ fn conv_layers(c: &mut Criterion) {
     group.finish();
 }
 
+/// 3-D convolutions of a volumetric BasicUNet (features 16,16,32,64,128,16) on a 96 x 96 x 96 patch, one
+/// patch at a time as sliding-window inference runs them, and nnU-Net's anisotropic (1, 3, 3) kernel.
+/// Throughput in FLOP, to read against the sgemm group's peak.
+fn conv3d_layers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv3d_patch96");
+    group.sample_size(10).measurement_time(Duration::from_secs(6));
+    for &(cin, cout, side, k) in &[
+        (1usize, 16usize, 96usize, [3usize, 3, 3]),
+        (16, 16, 96, [3, 3, 3]),
+        (32, 32, 48, [3, 3, 3]),
+        (64, 64, 24, [3, 3, 3]),
+        (32, 32, 48, [1, 3, 3]),
+    ] {
+        let x = random(&[1, cin, side, side, side], 3);
+        let w = random(&[cout, cin, k[0], k[1], k[2]], 4);
+        let b = random(&[cout], 5);
+        let taps = k.iter().product::<usize>();
+        group.throughput(Throughput::Elements((2 * taps * cin * cout * side * side * side) as u64));
+        let pad = k.map(|v| v / 2);
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{cin}to{cout}@{side}_k{}{}{}", k[0], k[1], k[2])),
+            |bench| bench.iter(|| CpuBackend.conv3d(&x, &w, Some(&b), [1; 3], pad).unwrap()),
+        );
+    }
+    group.finish();
+}
+
 /// The bundled U-Net (features 16,16,32,64,128,16: what the explainers run) at batch 1, 16 and 64, and
 /// the wider paper-sized BasicUNet (32,32,64,128,256,32) at batch 1 and 16.
 fn unet_forward(c: &mut Criterion) {
@@ -75,7 +102,7 @@ fn unet_forward(c: &mut Criterion) {
     for (name, model, batches) in [("bundled", &bundled, &[1usize, 16, 64][..]), ("paper", &paper, &[1, 16][..])] {
         for &batch in batches {
             let x = random(&[batch, 1, 256, 256], 10);
-            group.throughput(Throughput::Elements((model.flops(256, 256) * batch as f64) as u64));
+            group.throughput(Throughput::Elements((model.flops(&[256, 256]) * batch as f64) as u64));
             group.bench_function(BenchmarkId::from_parameter(format!("{name}_batch{batch}")), |bench| {
                 bench.iter(|| model.forward(&CpuBackend, &x).unwrap())
             });
@@ -88,5 +115,5 @@ fn setup(_: &mut Criterion) {
     xaiclip::backend::cpu::reuse_freed_memory();
 }
 
-criterion_group!(benches, setup, sgemm_peak, conv_layers, unet_forward);
+criterion_group!(benches, setup, sgemm_peak, conv_layers, conv3d_layers, unet_forward);
 criterion_main!(benches);

@@ -332,7 +332,16 @@ struct Loaded<B: Backend> {
 
 impl<B: Backend> Loaded<B> {
     fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
-        let unet = BasicUNet::load_dir(&backend, unet)?;
+        let dir = unet;
+        let unet = BasicUNet::load_dir(&backend, dir)?;
+        if unet.config().spatial_dims != 2 {
+            fail!(
+                InvalidInput,
+                "{}: a 3-D U-Net (spatial_dims {}): segment, explain, bench, roi and eval run 2-D U-Nets on axial slices; explaining whole volumes with 3-D models is not available yet",
+                dir.display(),
+                unet.config().spatial_dims
+            );
+        }
         let size = model_size(size, &unet);
         if !(16..=MAX_GRID).contains(&size) {
             fail!(InvalidInput, "--size {size}: the model grid must be 16 to {MAX_GRID} pixels");

@@ -52,6 +52,13 @@ enum Op {
     CoalitionMasks { n: usize, size: usize },
     Scores { n: usize, classes: usize, size: usize, kind: ScoreKind },
     Accumulate { n: usize, size: usize },
+    Conv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3], stride: [usize; 3] },
+    Deconv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3] },
+    InstanceNorm3d { n: usize, c: usize, dhw: [usize; 3] },
+    MaxPool3d { n: usize, c: usize, dhw: [usize; 3], k: [usize; 3] },
+    Trilinear { n: usize, c: usize, dhw: [usize; 3], out: [usize; 3], align: bool },
+    Pad3d { n: usize, c: usize, dhw: [usize; 3] },
+    Concat3d { n: usize, ca: usize, cb: usize, dhw: [usize; 3] },
 }
 
 /// The shapes checked: the bundled U-Net's layers, the paper-sized U-Net's widest ones, the ViT's.
@@ -91,12 +98,29 @@ fn ops(quick: bool) -> Vec<Op> {
         Op::Scores { n: 16, classes: 14, size: 256, kind: ScoreKind::SoftDice },
         Op::Scores { n: 16, classes: 14, size: 256, kind: ScoreKind::Dice },
         Op::Accumulate { n: 16, size: 256 },
+        // Volumetric U-Nets: MONAI BasicUNet 3-D layers and nnU-Net 3d_fullres's anisotropic ones.
+        Op::Conv3d { n: 2, cin: 1, cout: 16, dhw: [24, 40, 40], k: [3, 3, 3], stride: [1, 1, 1] },
+        Op::Conv3d { n: 1, cin: 16, cout: 16, dhw: [24, 40, 40], k: [3, 3, 3], stride: [1, 1, 1] },
+        Op::Conv3d { n: 1, cin: 32, cout: 64, dhw: [10, 20, 20], k: [3, 3, 3], stride: [2, 2, 2] },
+        Op::Conv3d { n: 2, cin: 8, cout: 24, dhw: [7, 33, 31], k: [1, 3, 3], stride: [1, 2, 2] },
+        Op::Conv3d { n: 2, cin: 16, cout: 14, dhw: [16, 24, 24], k: [1, 1, 1], stride: [1, 1, 1] },
+        Op::Deconv3d { n: 2, cin: 32, cout: 16, dhw: [8, 16, 16], k: [2, 2, 2] },
+        Op::Deconv3d { n: 1, cin: 16, cout: 8, dhw: [5, 9, 11], k: [1, 2, 2] },
+        Op::InstanceNorm3d { n: 2, c: 16, dhw: [24, 40, 40] },
+        Op::MaxPool3d { n: 2, c: 16, dhw: [24, 41, 40], k: [2, 2, 2] },
+        Op::MaxPool3d { n: 1, c: 8, dhw: [7, 20, 21], k: [1, 2, 2] },
+        Op::Trilinear { n: 2, c: 16, dhw: [8, 20, 20], out: [16, 40, 40], align: true },
+        Op::Trilinear { n: 1, c: 8, dhw: [7, 10, 9], out: [14, 20, 18], align: false },
+        Op::Pad3d { n: 2, c: 16, dhw: [7, 19, 20] },
+        Op::Concat3d { n: 2, ca: 16, cb: 16, dhw: [12, 20, 20] },
     ];
     if !quick {
         return all;
     }
     let side = |v: usize| if v > 32 { v / 8 + v % 2 } else { v };
     let few = |n: usize| n.min(3);
+    // Volumes: every axis above 8 to about a third, odd sizes kept odd.
+    let vol = |d: [usize; 3]| d.map(|v| if v > 8 { v / 3 + v % 2 } else { v });
     all.into_iter()
         .map(|op| match op {
             Op::Conv { n, cin, extra, cout, hw, k, act } => {
@@ -120,6 +144,17 @@ fn ops(quick: bool) -> Vec<Op> {
             Op::CoalitionMasks { n, size } => Op::CoalitionMasks { n: few(n), size: side(size) },
             Op::Scores { n, classes, size, kind } => Op::Scores { n: few(n), classes, size: side(size), kind },
             Op::Accumulate { n, size } => Op::Accumulate { n: few(n), size: side(size) },
+            Op::Conv3d { n, cin, cout, dhw, k, stride } => {
+                Op::Conv3d { n: few(n), cin, cout, dhw: vol(dhw), k, stride }
+            }
+            Op::Deconv3d { n, cin, cout, dhw, k } => Op::Deconv3d { n: few(n), cin, cout, dhw: vol(dhw), k },
+            Op::InstanceNorm3d { n, c, dhw } => Op::InstanceNorm3d { n: few(n), c, dhw: vol(dhw) },
+            Op::MaxPool3d { n, c, dhw, k } => Op::MaxPool3d { n: few(n), c, dhw: vol(dhw), k },
+            Op::Trilinear { n, c, dhw, align, .. } => {
+                Op::Trilinear { n: few(n), c, dhw: vol(dhw), out: vol(dhw).map(|v| 2 * v), align }
+            }
+            Op::Pad3d { n, c, dhw } => Op::Pad3d { n: few(n), c, dhw: vol(dhw) },
+            Op::Concat3d { n, ca, cb, dhw } => Op::Concat3d { n: few(n), ca, cb, dhw: vol(dhw) },
         })
         .collect()
 }
@@ -154,6 +189,15 @@ impl Op {
             Op::CoalitionMasks { .. } => "coalition_masks + perturb",
             Op::Scores { .. } => "segmentation_scores",
             Op::Accumulate { .. } => "accumulate_weighted",
+            Op::Conv3d { k: [1, 1, 1], .. } => "conv3d 1x1x1",
+            Op::Conv3d { k: [1, _, _], .. } => "conv3d 1x3x3",
+            Op::Conv3d { .. } => "conv3d 3x3x3",
+            Op::Deconv3d { .. } => "conv_transpose3d",
+            Op::InstanceNorm3d { .. } => "instance_norm_act 3-D",
+            Op::MaxPool3d { .. } => "max_pool3d",
+            Op::Trilinear { .. } => "upsample_trilinear",
+            Op::Pad3d { .. } => "pad_replicate_end3d",
+            Op::Concat3d { .. } => "concat_channels 3-D",
         }
     }
 
@@ -184,6 +228,15 @@ impl Op {
             | Op::CoalitionMasks { n, size }
             | Op::Accumulate { n, size } => format!("{n} @{size}"),
             Op::Scores { n, classes, size, kind } => format!("{n}x{classes} @{size} {kind:?}"),
+            Op::Conv3d { n, cin, cout, dhw, stride, .. } => {
+                let s = if stride == [1; 3] { String::new() } else { format!(" stride {stride:?}") };
+                format!("{n}x{cin}->{cout} @{dhw:?}{s}")
+            }
+            Op::Deconv3d { n, cin, cout, dhw, k } => format!("{n}x{cin}->{cout} @{dhw:?} k {k:?}"),
+            Op::InstanceNorm3d { n, c, dhw } | Op::Pad3d { n, c, dhw } => format!("{n}x{c} @{dhw:?}"),
+            Op::MaxPool3d { n, c, dhw, k } => format!("{n}x{c} @{dhw:?} k {k:?}"),
+            Op::Trilinear { n, c, dhw, out, align } => format!("{n}x{c} @{dhw:?} -> {out:?} align_corners {align}"),
+            Op::Concat3d { n, ca, cb, dhw } => format!("{n}x({ca}+{cb}) @{dhw:?}"),
         }
     }
 
@@ -244,6 +297,19 @@ impl Op {
             Op::Accumulate { n, size } => {
                 vec![r(0, &[2, size * size]), r(1, &[n]), random(&rng, 2, &[n, 1, size, size], 0.0, 1.0)]
             }
+            Op::Conv3d { n, cin, cout, dhw: [d, h, w], k: [kd, kh, kw], .. } => {
+                vec![r(0, &[n, cin, d, h, w]), r(1, &[cout, cin, kd, kh, kw]), r(2, &[cout])]
+            }
+            Op::Deconv3d { n, cin, cout, dhw: [d, h, w], k: [kd, kh, kw] } => {
+                vec![r(0, &[n, cin, d, h, w]), r(1, &[cin, cout, kd, kh, kw]), r(2, &[cout])]
+            }
+            Op::InstanceNorm3d { n, c, dhw: [d, h, w] } => {
+                vec![random(&rng, 0, &[n, c, d, h, w], 3.0, 5.0), r(1, &[c]), r(2, &[c])]
+            }
+            Op::MaxPool3d { n, c, dhw: [d, h, w], .. }
+            | Op::Trilinear { n, c, dhw: [d, h, w], .. }
+            | Op::Pad3d { n, c, dhw: [d, h, w] } => vec![random(&rng, 0, &[n, c, d, h, w], -4.0, 4.0)],
+            Op::Concat3d { n, ca, cb, dhw: [d, h, w] } => vec![r(0, &[n, ca, d, h, w]), r(1, &[n, cb, d, h, w])],
         }
     }
 
@@ -251,7 +317,7 @@ impl Op {
         match *self {
             Op::Conv { k, act, .. } => b.conv2d_fused(&t[0], t.get(3), &t[1], Some(&t[2]), k / 2, act),
             Op::Deconv { .. } => b.conv_transpose2d(&t[0], &t[1], Some(&t[2])),
-            Op::InstanceNorm { .. } => {
+            Op::InstanceNorm { .. } | Op::InstanceNorm3d { .. } => {
                 let mut x = t[0].clone();
                 b.instance_norm(&mut x, Some(&t[1]), Some(&t[2]), 1e-5, Activation::LeakyRelu(0.1))?;
                 Ok(x)
@@ -314,6 +380,12 @@ impl Op {
                 b.accumulate_weighted(&mut acc, &t[1], &t[2])?;
                 Ok(acc)
             }
+            Op::Conv3d { k, stride, .. } => b.conv3d(&t[0], &t[1], Some(&t[2]), stride, k.map(|v| v / 2)),
+            Op::Deconv3d { .. } => b.conv_transpose3d(&t[0], &t[1], Some(&t[2])),
+            Op::MaxPool3d { k, .. } => b.max_pool3d(&t[0], k),
+            Op::Trilinear { out, align, .. } => b.upsample_trilinear(&t[0], out, align),
+            Op::Pad3d { dhw: [d, h, w], .. } => b.pad_replicate_end3d(&t[0], [d + 1, h + 1, w + 2]),
+            Op::Concat3d { .. } => b.concat_channels(&t[0], &t[1]),
         }
     }
 
@@ -343,6 +415,23 @@ impl Op {
             }
             Op::Scores { n, classes, size, .. } => (0.0, 4.0 * f(n * classes * size * size)),
             Op::Accumulate { n, size } => (0.0, 4.0 * f(n * size * size + 4 * size * size)),
+            Op::Conv3d { n, cin, cout, dhw, k, stride } => {
+                let out: usize = (0..3).map(|a| (dhw[a] + 2 * (k[a] / 2) - k[a]) / stride[a] + 1).product();
+                let (vox, kdim) = (f(n * out), f(cin * k.iter().product::<usize>()));
+                (
+                    2.0 * vox * kdim * f(cout),
+                    4.0 * (f(n * cin * dhw.iter().product::<usize>()) + vox * f(cout) + kdim * f(cout)),
+                )
+            }
+            Op::Deconv3d { n, cin, cout, dhw, k } => {
+                let (vin, taps) = (f(n * dhw.iter().product::<usize>()), f(k.iter().product::<usize>()));
+                (2.0 * vin * taps * f(cin * cout), 4.0 * vin * (f(cin) + taps * f(cout)))
+            }
+            Op::InstanceNorm3d { n, c, dhw } => (0.0, 8.0 * f(n * c * dhw.iter().product::<usize>())),
+            Op::MaxPool3d { n, c, dhw, .. } => (0.0, 5.0 * f(n * c * dhw.iter().product::<usize>())),
+            Op::Trilinear { n, c, out, .. } => (0.0, 36.0 * f(n * c * out.iter().product::<usize>())),
+            Op::Pad3d { n, c, dhw: [d, h, w] } => (0.0, 8.0 * f(n * c * (d + 1) * (h + 1) * (w + 2))),
+            Op::Concat3d { n, ca, cb, dhw } => (0.0, 8.0 * f(n * (ca + cb) * dhw.iter().product::<usize>())),
         }
     }
 
@@ -413,9 +502,9 @@ impl Op {
                         .collect(),
                 )
             }
-            Op::InstanceNorm { n, c, hw } => {
+            Op::InstanceNorm { n, c, .. } | Op::InstanceNorm3d { n, c, .. } => {
                 let (x, g, bt) = (d(&t[0]), d(&t[1]), d(&t[2]));
-                let plane = hw * hw;
+                let plane = x.len() / (n * c);
                 let mut y = vec![0f64; x.len()];
                 for p in 0..n * c {
                     let v = &x[p * plane..(p + 1) * plane];
@@ -427,7 +516,58 @@ impl Op {
                             as f64;
                     }
                 }
-                out(&[n, c, hw, hw], y)
+                out(t[0].shape(), y)
+            }
+            Op::Conv3d { n, cin, cout, dhw, k, stride } => {
+                let (x, w, bias) = (d(&t[0]), d(&t[1]), d(&t[2]));
+                let pad = k.map(|v| v / 2);
+                let o: [usize; 3] = std::array::from_fn(|a| (dhw[a] + 2 * pad[a] - k[a]) / stride[a] + 1);
+                let (ov, iv) = (o.iter().product::<usize>(), dhw.iter().product::<usize>());
+                let mut y = vec![0f64; n * cout * ov];
+                for (idx, yv) in y.iter_mut().enumerate() {
+                    let (i, co, p) = (idx / (cout * ov), (idx / ov) % cout, idx % ov);
+                    let oz = [p / (o[1] * o[2]), (p / o[2]) % o[1], p % o[2]];
+                    let mut s = bias[co];
+                    for ci in 0..cin {
+                        for kz in 0..k[0] {
+                            for ky in 0..k[1] {
+                                for kx in 0..k[2] {
+                                    let tap = [kz, ky, kx];
+                                    let at: [isize; 3] = std::array::from_fn(|a| {
+                                        (oz[a] * stride[a] + tap[a]) as isize - pad[a] as isize
+                                    });
+                                    if (0..3).any(|a| at[a] < 0 || at[a] >= dhw[a] as isize) {
+                                        continue;
+                                    }
+                                    let q = (at[0] as usize * dhw[1] + at[1] as usize) * dhw[2] + at[2] as usize;
+                                    s += x[(i * cin + ci) * iv + q]
+                                        * w[(((co * cin + ci) * k[0] + kz) * k[1] + ky) * k[2] + kx];
+                                }
+                            }
+                        }
+                    }
+                    *yv = s;
+                }
+                out(&[n, cout, o[0], o[1], o[2]], y)
+            }
+            Op::Deconv3d { n, cin, cout, dhw, k } => {
+                let (x, w, bias) = (d(&t[0]), d(&t[1]), d(&t[2]));
+                let o = [dhw[0] * k[0], dhw[1] * k[1], dhw[2] * k[2]];
+                let (ov, iv, taps) =
+                    (o.iter().product::<usize>(), dhw.iter().product::<usize>(), k.iter().product::<usize>());
+                let y = (0..n * cout * ov)
+                    .map(|idx| {
+                        let (i, co, p) = (idx / (cout * ov), (idx / ov) % cout, idx % ov);
+                        let (z, yy, xx) = (p / (o[1] * o[2]), (p / o[2]) % o[1], p % o[2]);
+                        let q = ((z / k[0]) * dhw[1] + yy / k[1]) * dhw[2] + xx / k[2];
+                        let tap = ((z % k[0]) * k[1] + yy % k[1]) * k[2] + xx % k[2];
+                        bias[co]
+                            + (0..cin)
+                                .map(|ci| x[(i * cin + ci) * iv + q] * w[(ci * cout + co) * taps + tap])
+                                .sum::<f64>()
+                    })
+                    .collect();
+                out(&[n, cout, o[0], o[1], o[2]], y)
             }
             Op::LayerNorm { rows, d: dim } => {
                 let (x, g, bt) = (d(&t[0]), d(&t[1]), d(&t[2]));

@@ -43,6 +43,26 @@ fn instance_norm_without_affine_odd_size_matches_pytorch() {
 }
 
 #[test]
+fn volumetric_instance_norm_deconv_odd_size_matches_pytorch() {
+    check("volume_instance_deconv");
+}
+
+#[test]
+fn volumetric_batch_norm_trilinear_odd_size_matches_pytorch() {
+    check("volume_batch_nontrainable");
+}
+
+#[test]
+fn a_3d_model_refuses_a_2d_batch_and_the_explainer_refuses_a_3d_model() {
+    let dir = fixture("unet_volume_instance_deconv");
+    let model = BasicUNet::load_dir(&CpuBackend, &dir).unwrap();
+    let err = model.forward(&CpuBackend, &xaiclip::tensor::Tensor::zeros(&[1, 1, 32, 32])).unwrap_err().to_string();
+    assert!(err.contains("this 3-D U-Net expects input (N, 1, D, H, W)"), "{err}");
+    let err = xaiclip::Explainer::builder().unet(&dir).device(xaiclip::Device::Cpu).build().err().unwrap().to_string();
+    assert!(err.contains("a 3-D U-Net (spatial_dims 3)") && err.contains("unet_volume_instance_deconv"), "{err}");
+}
+
+#[test]
 fn mismatched_weights_list_every_problem() {
     let dir = fixture("unet_instance_deconv");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();

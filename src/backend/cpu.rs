@@ -4,7 +4,10 @@
 //! rayon task owns one (image, tile) pair, and the GEMM inside a task runs single-threaded so the two
 //! levels of parallelism do not fight.
 
+mod volume;
+
 use super::perturb::{MaskBatch, ScoreKind};
+use super::volume::batch_channels_plane;
 use super::{perturb, Activation, Backend, Scene};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
@@ -166,6 +169,96 @@ fn lane_sum(plane: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
+/// One conv tile's GEMM, `dst[co * plane + j] = bias[co] + sum_k weight[co, k] rhs[k, j]` for the
+/// (cout, kdim, ncols) product, rhs row stride `rhs.1`.
+///
+/// Thin layers (Cout <= 64, K >= 32) go through a channel-fastest tile, transposed into the planes while
+/// in cache: gemm then blocks Cout (a multiple of its 16-row micro-kernel) against the long pixel axis,
+/// instead of pixels against Cout in steps of 6 with a slow remainder (32->32 @256: 81 -> 124 GFLOP/s).
+/// Wide layers and K < 32 (the 1-channel input conv) write the planes directly.
+///
+/// SAFETY: rhs spans kdim rows of ncols columns; dst row co (co < cout) spans ncols values at co * plane,
+/// written by this call only.
+unsafe fn gemm_into_planes(
+    (cout, kdim, ncols): (usize, usize, usize),
+    weight: &[f32],
+    (rhs, rhs_rs): (*const f32, isize),
+    dst: *mut f32,
+    plane: usize,
+    bias: Option<&[f32]>,
+    tile_out: &mut Vec<f32>,
+) {
+    let row = |co: usize| unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
+    if cout <= 64 && kdim >= 32 {
+        tile_out.resize(cout * ncols, 0.0);
+        unsafe {
+            matmul(
+                cout,
+                ncols,
+                kdim,
+                tile_out.as_mut_ptr(),
+                1,
+                cout as isize,
+                weight.as_ptr(),
+                kdim as isize,
+                1,
+                rhs,
+                rhs_rs,
+                1,
+                Parallelism::None,
+            )
+        };
+        for co in 0..cout {
+            let bv = bias.map_or(0.0, |b| b[co]);
+            for (j, v) in row(co).iter_mut().enumerate() {
+                *v = tile_out[j * cout + co] + bv;
+            }
+        }
+    } else {
+        unsafe {
+            matmul(
+                cout,
+                ncols,
+                kdim,
+                dst,
+                plane as isize,
+                1,
+                weight.as_ptr(),
+                kdim as isize,
+                1,
+                rhs,
+                rhs_rs,
+                1,
+                Parallelism::None,
+            )
+        };
+        if let Some(b) = bias {
+            for (co, &bv) in b.iter().enumerate() {
+                row(co).iter_mut().for_each(|v| *v += bv);
+            }
+        }
+    }
+}
+
+/// One im2col line: `dst[ox] = src[ox * stride + kx - pad]`, 0 where that falls outside `src`.
+fn gather_line(dst: &mut [f32], src: &[f32], stride: usize, kx: usize, pad: usize) {
+    let (w, wout) = (src.len(), dst.len());
+    if stride == 1 {
+        // Valid ox satisfy 0 <= ox + kx - pad < w: one contiguous copy plus zero edges.
+        let lo = pad.saturating_sub(kx).min(wout);
+        let hi = (w + pad).saturating_sub(kx).min(wout).max(lo);
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        let s0 = lo + kx - pad;
+        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+    } else {
+        for (ox, o) in dst.iter_mut().enumerate() {
+            let ix = (ox * stride + kx) as isize - pad as isize;
+            *o = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+        }
+    }
+}
+
 /// Fills `col` (rows = Cin*kh*kw, columns = output pixels of rows [oy0, oy1)) for one image.
 #[allow(clippy::too_many_arguments)]
 fn im2col_rows(
@@ -192,21 +285,7 @@ fn im2col_rows(
                         out_row.fill(0.0);
                         continue;
                     }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    if stride == 1 {
-                        // Valid ox satisfy 0 <= ox + kx - pad < w: one contiguous copy plus zero edges.
-                        let lo = pad.saturating_sub(kx).min(wout);
-                        let hi = (w + pad).saturating_sub(kx).min(wout).max(lo);
-                        out_row[..lo].fill(0.0);
-                        out_row[hi..].fill(0.0);
-                        let s0 = lo + kx - pad;
-                        out_row[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                    } else {
-                        for (ox, o) in out_row.iter_mut().enumerate() {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            *o = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
-                        }
-                    }
+                    gather_line(out_row, &plane[iy as usize * w..(iy as usize + 1) * w], stride, kx, pad);
                 }
             }
         }
@@ -247,11 +326,6 @@ impl Backend for CpuBackend {
         let tiles = hout.div_ceil(rows_per_tile);
         let out_ptr = SharedMut(out.data_mut().as_mut_ptr());
         let pointwise = kh == 1 && kw == 1 && stride == 1 && pad == 0;
-        // Thin layers (Cout <= 64, K >= 32) go through a channel-fastest tile, transposed into NCHW while in
-        // cache: gemm then blocks Cout (a multiple of its 16-row micro-kernel) against the long pixel
-        // axis, instead of pixels against Cout in steps of 6 with a slow remainder (32->32 @256: 81 ->
-        // 124 GFLOP/s). Wide layers and K < 32 (the 1-channel input conv) write NCHW directly.
-        let channel_fastest = cout <= 64 && kdim >= 32;
         (0..n * tiles).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
             |(col, tile_out): &mut (Vec<f32>, Vec<f32>), task| {
@@ -268,60 +342,19 @@ impl Backend for CpuBackend {
                     (col.as_ptr(), ncols as isize)
                 };
                 let plane = hout * wout;
-                // SAFETY (both branches and the unsafe blocks below): this task writes rows [oy0, oy1) of every output channel of image
-                // img_idx only; rhs spans kdim rows of ncols columns.
-                let dst = unsafe { out_ptr.ptr().add(img_idx * cout * plane + oy0 * wout) };
-                if channel_fastest {
-                    tile_out.resize(cout * ncols, 0.0);
-                    unsafe {
-                        matmul(
-                            cout,
-                            ncols,
-                            kdim,
-                            tile_out.as_mut_ptr(),
-                            1,
-                            cout as isize,
-                            weight.data().as_ptr(),
-                            kdim as isize,
-                            1,
-                            rhs,
-                            rhs_rs,
-                            1,
-                            Parallelism::None,
-                        )
-                    };
-                    for co in 0..cout {
-                        let bv = bias.map_or(0.0, |b| b[co]);
-                        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
-                        for (j, v) in row.iter_mut().enumerate() {
-                            *v = tile_out[j * cout + co] + bv;
-                        }
-                    }
-                } else {
-                    unsafe {
-                        matmul(
-                            cout,
-                            ncols,
-                            kdim,
-                            dst,
-                            plane as isize,
-                            1,
-                            weight.data().as_ptr(),
-                            kdim as isize,
-                            1,
-                            rhs,
-                            rhs_rs,
-                            1,
-                            Parallelism::None,
-                        )
-                    };
-                    if let Some(b) = bias {
-                        for (co, &bv) in b.iter().enumerate() {
-                            let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
-                            row.iter_mut().for_each(|v| *v += bv);
-                        }
-                    }
-                }
+                // SAFETY: this task writes rows [oy0, oy1) of every output channel of image img_idx only;
+                // rhs spans kdim rows of ncols columns.
+                unsafe {
+                    gemm_into_planes(
+                        (cout, kdim, ncols),
+                        weight.data(),
+                        (rhs, rhs_rs),
+                        out_ptr.ptr().add(img_idx * cout * plane + oy0 * wout),
+                        plane,
+                        bias,
+                        tile_out,
+                    )
+                };
             },
         );
         Ok(out)
@@ -388,10 +421,10 @@ impl Backend for CpuBackend {
         eps: f32,
         act: Activation,
     ) -> Result<()> {
-        let (_, c, h, w) = x.nchw()?;
+        let (_, c, len) = batch_channels_plane(x.shape(), "instance_norm")?;
         let gamma = vector_arg(gamma, c, "instance_norm weight")?;
         let beta = vector_arg(beta, c, "instance_norm bias")?;
-        x.data_mut().par_chunks_mut(h * w).enumerate().for_each(|(i, plane)| {
+        x.data_mut().par_chunks_mut(len).enumerate().for_each(|(i, plane)| {
             let ch = i % c;
             // Two passes (mean, then squared deviations): planes are up to 512x512 and a one-pass
             // E[x^2] - mean^2 loses the variance when |mean| >> std.
@@ -482,16 +515,18 @@ impl Backend for CpuBackend {
     }
 
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let (n, ca, h, w) = a.nchw()?;
-        let (nb, cb, hb, wb) = b.nchw()?;
+        let (_, ca, plane) = batch_channels_plane(a.shape(), "concat_channels")?;
+        let (_, cb, _) = batch_channels_plane(b.shape(), "concat_channels")?;
         ensure!(
-            (n, h, w) == (nb, hb, wb),
+            a.shape()[0] == b.shape()[0] && a.shape()[2..] == b.shape()[2..],
             "concat_channels: shapes {:?} and {:?} differ outside channels",
             a.shape(),
             b.shape()
         );
-        let (sa, sb) = (ca * h * w, cb * h * w);
-        let mut out = Tensor::zeros(&[n, ca + cb, h, w]);
+        let (sa, sb) = (ca * plane, cb * plane);
+        let mut shape = a.shape().to_vec();
+        shape[1] = ca + cb;
+        let mut out = Tensor::zeros(&shape);
         out.data_mut().par_chunks_mut(sa + sb).enumerate().for_each(|(i, dst)| {
             dst[..sa].copy_from_slice(&a.data()[i * sa..(i + 1) * sa]);
             dst[sa..].copy_from_slice(&b.data()[i * sb..(i + 1) * sb]);
@@ -500,8 +535,7 @@ impl Backend for CpuBackend {
     }
 
     fn softmax_channels(&self, x: &mut Tensor) -> Result<()> {
-        let (_, c, h, w) = x.nchw()?;
-        let hw = h * w;
+        let (_, c, hw) = batch_channels_plane(x.shape(), "softmax_channels")?;
         x.data_mut().par_chunks_mut(c * hw).for_each(|img| {
             for p in 0..hw {
                 let m = (0..c).map(|ch| img[ch * hw + p]).fold(f32::NEG_INFINITY, f32::max);
@@ -517,6 +551,33 @@ impl Backend for CpuBackend {
             }
         });
         Ok(())
+    }
+
+    fn conv3d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: [usize; 3],
+        pad: [usize; 3],
+    ) -> Result<Tensor> {
+        volume::conv3d(x, weight, bias, stride, pad)
+    }
+
+    fn conv_transpose3d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        volume::conv_transpose3d(x, weight, bias)
+    }
+
+    fn max_pool3d(&self, x: &Tensor, k: [usize; 3]) -> Result<Tensor> {
+        volume::max_pool3d(x, k)
+    }
+
+    fn upsample_trilinear(&self, x: &Tensor, size: [usize; 3], align_corners: bool) -> Result<Tensor> {
+        volume::upsample_trilinear(x, size, align_corners)
+    }
+
+    fn pad_replicate_end3d(&self, x: &Tensor, size: [usize; 3]) -> Result<Tensor> {
+        volume::pad_replicate_end3d(x, size)
     }
 
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

@@ -8,6 +8,7 @@
 
 use super::kernels::Kernel;
 use super::perturb::{MaskBatch, ScoreKind};
+use super::volume;
 use super::{perturb::Scene, Activation, Backend};
 use crate::error::{Error, ErrorKind};
 use crate::tensor::Tensor;
@@ -85,6 +86,21 @@ unsafe impl DeviceRepr for ConvArgs {}
 // The same size and field offsets as kernels/conv.cu asserts for its ConvArgs.
 const _: () = assert!(std::mem::size_of::<ConvArgs>() == 96 && std::mem::offset_of!(ConvArgs, n) == 40);
 const _: () = assert!(std::mem::offset_of!(ConvArgs, act) == 88 && std::mem::offset_of!(ConvArgs, slope) == 92);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Conv3dArgs {
+    x: u64,
+    weight: u64,
+    bias: u64,
+    y: u64,
+    /// n, cin, d, h, w, cout, kd, kh, kw, sd, sh, sw, pd, ph, pw, od, oh, ow.
+    dims: [i32; 18],
+}
+// SAFETY: plain #[repr(C)] data with the layout of kernels/volume.cu's Conv3dArgs (checked below and by
+// a static_assert there), passed to the kernel by value.
+unsafe impl DeviceRepr for Conv3dArgs {}
+const _: () = assert!(std::mem::size_of::<Conv3dArgs>() == 104 && std::mem::offset_of!(Conv3dArgs, dims) == 32);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -346,6 +362,16 @@ impl CudaBackend {
         Ok(y)
     }
 
+    /// Runs `name(x, y, volumes, d, h, w, extra...)`-style volume kernels that write a new tensor.
+    fn volume_op(&self, kernel: Kernel, x: &CudaTensor, out_shape: &[usize], extra: &[i32]) -> Result<CudaTensor> {
+        let (n, c, [d, h, w]) = volume::ncdhw(&x.shape, kernel.name())?;
+        let y = self.alloc(out_shape)?;
+        let (xp, yp, volumes) = (self.ptr(&x.buf), self.ptr(&y.buf), (n * c) as i64);
+        let (d, h, w) = (i32_of(d, "depth")?, i32_of(h, "height")?, i32_of(w, "width")?);
+        launch!(self, kernel, elementwise(y.buf.len()), [&xp, &yp, &volumes, &d, &h, &w], extra = extra)?;
+        Ok(y)
+    }
+
     /// Runs `name(x, y, planes, h, w, extra...)`-style plane kernels that write a new tensor.
     fn plane_op(&self, kernel: Kernel, x: &CudaTensor, out_shape: &[usize], extra: &[i32]) -> Result<CudaTensor> {
         let (n, c, h, w) = nchw(x, kernel.name())?;
@@ -448,10 +474,10 @@ impl Backend for CudaBackend {
         eps: f32,
         act: Activation,
     ) -> Result<()> {
-        let (n, c, h, w) = nchw(x, "instance_norm")?;
+        let (n, c, len) = volume::batch_channels_plane(&x.shape, "instance_norm")?;
         let (g, bt) =
             (self.vector_ptr(gamma, c, "instance_norm weight")?, self.vector_ptr(beta, c, "instance_norm bias")?);
-        let (xp, channels, plane) = (self.ptr(&x.buf), i32_of(c, "channels")?, i32_of(h * w, "plane")?);
+        let (xp, channels, plane) = (self.ptr(&x.buf), i32_of(c, "channels")?, i32_of(len, "plane")?);
         let (act, slope) = act_code(act);
         let cfg = LaunchConfig { grid_dim: ((n * c) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
         launch!(self, Kernel::InstanceNormAct, cfg, [&xp, &g, &bt, &channels, &plane, &eps, &act, &slope])
@@ -484,26 +510,113 @@ impl Backend for CudaBackend {
     }
 
     fn concat_channels(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        let (n, ca, h, w) = nchw(a, "concat_channels")?;
-        let (nb, cb, hb, wb) = nchw(b, "concat_channels")?;
+        let (n, ca, len) = volume::batch_channels_plane(&a.shape, "concat_channels")?;
+        let (_, cb, _) = volume::batch_channels_plane(&b.shape, "concat_channels")?;
         ensure!(
-            (n, h, w) == (nb, hb, wb),
+            a.shape[0] == b.shape[0] && a.shape[2..] == b.shape[2..],
             "concat_channels: shapes {:?} and {:?} differ outside channels",
             a.shape,
             b.shape
         );
-        let y = self.alloc(&[n, ca + cb, h, w])?;
+        let mut shape = a.shape.clone();
+        shape[1] = ca + cb;
+        let y = self.alloc(&shape)?;
         let (ap, bp, yp) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf));
-        let (ni, cai, cbi, plane) =
-            (i32_of(n, "batch")?, i32_of(ca, "channels")?, i32_of(cb, "channels")?, (h * w) as i64);
+        let (ni, cai, cbi, plane) = (i32_of(n, "batch")?, i32_of(ca, "channels")?, i32_of(cb, "channels")?, len as i64);
         launch!(self, Kernel::ConcatChannels, elementwise(y.buf.len()), [&ap, &bp, &yp, &ni, &cai, &cbi, &plane])?;
         Ok(y)
     }
 
     fn softmax_channels(&self, x: &mut CudaTensor) -> Result<()> {
-        let (n, c, h, w) = nchw(x, "softmax_channels")?;
-        let (xp, ni, ci, plane) = (self.ptr(&x.buf), i32_of(n, "batch")?, i32_of(c, "channels")?, (h * w) as i64);
-        launch!(self, Kernel::SoftmaxChannels, elementwise(n * h * w), [&xp, &ni, &ci, &plane])
+        let (n, c, len) = volume::batch_channels_plane(&x.shape, "softmax_channels")?;
+        let (xp, ni, ci, plane) = (self.ptr(&x.buf), i32_of(n, "batch")?, i32_of(c, "channels")?, len as i64);
+        launch!(self, Kernel::SoftmaxChannels, elementwise(n * len), [&xp, &ni, &ci, &plane])
+    }
+
+    fn conv3d(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        stride: [usize; 3],
+        pad: [usize; 3],
+    ) -> Result<CudaTensor> {
+        let g = volume::Conv3d::new(&x.shape, &weight.shape, stride, pad)?;
+        let bias = self.vector_ptr(bias, g.cout, "conv3d bias")?;
+        let y = self.alloc(&g.output_shape())?;
+        let values = [
+            g.n,
+            g.cin,
+            g.input[0],
+            g.input[1],
+            g.input[2],
+            g.cout,
+            g.kernel[0],
+            g.kernel[1],
+            g.kernel[2],
+            g.stride[0],
+            g.stride[1],
+            g.stride[2],
+            g.pad[0],
+            g.pad[1],
+            g.pad[2],
+            g.output[0],
+            g.output[1],
+            g.output[2],
+        ];
+        let mut dims = [0i32; 18];
+        for (d, &v) in dims.iter_mut().zip(&values) {
+            *d = i32_of(v, "conv3d dimension")?;
+        }
+        let args = Conv3dArgs { x: self.ptr(&x.buf), weight: self.ptr(&weight.buf), bias, y: self.ptr(&y.buf), dims };
+        // f32 only: the 3-D path has no tensor-core variant yet, whatever --precision says.
+        let (kernel, bm, bn) =
+            if g.cout <= 16 { (Kernel::Conv3dF32M16, 16, 256) } else { (Kernel::Conv3dF32M64, 64, 64) };
+        let voxels = g.n * g.output.iter().product::<usize>();
+        let cfg = LaunchConfig {
+            grid_dim: (voxels.div_ceil(bn) as u32, g.cout.div_ceil(bm) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, kernel, cfg, [&args])?;
+        Ok(y)
+    }
+
+    fn conv_transpose3d(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
+        let g = volume::ConvTranspose3d::new(&x.shape, &weight.shape)?;
+        let (n, cin, cout, [d, h, w], [kd, kh, kw]) = (g.n, g.cin, g.cout, g.input, g.kernel);
+        let bias = self.vector_ptr(bias, cout, "conv_transpose3d bias")?;
+        let y = self.alloc(&g.output_shape())?;
+        let (xp, wp, yp) = (self.ptr(&x.buf), self.ptr(&weight.buf), self.ptr(&y.buf));
+        let mut dims = [0i32; 9];
+        for (slot, v) in dims.iter_mut().zip([n, cin, cout, d, h, w, kd, kh, kw]) {
+            *slot = i32_of(v, "conv_transpose3d dimension")?;
+        }
+        launch!(self, Kernel::ConvTranspose3d, elementwise(y.buf.len()), [&xp, &wp, &bias, &yp], extra = &dims)?;
+        Ok(y)
+    }
+
+    fn max_pool3d(&self, x: &CudaTensor, k: [usize; 3]) -> Result<CudaTensor> {
+        let (n, c, _, out) = volume::max_pool3d(&x.shape, k)?;
+        let window = [i32_of(k[0], "window")?, i32_of(k[1], "window")?, i32_of(k[2], "window")?];
+        self.volume_op(Kernel::MaxPool3d, x, &[n, c, out[0], out[1], out[2]], &window)
+    }
+
+    fn upsample_trilinear(&self, x: &CudaTensor, size: [usize; 3], align_corners: bool) -> Result<CudaTensor> {
+        let (n, c, _) = volume::resize3d(&x.shape, size, "upsample_trilinear")?;
+        let extra =
+            [i32_of(size[0], "depth")?, i32_of(size[1], "height")?, i32_of(size[2], "width")?, align_corners as i32];
+        self.volume_op(Kernel::UpsampleTrilinear, x, &[n, c, size[0], size[1], size[2]], &extra)
+    }
+
+    fn pad_replicate_end3d(&self, x: &CudaTensor, size: [usize; 3]) -> Result<CudaTensor> {
+        let (n, c, input) = volume::ncdhw(&x.shape, "pad_replicate_end3d")?;
+        ensure!(
+            (0..3).all(|a| size[a] >= input[a]) && input.iter().all(|&v| v > 0),
+            "pad_replicate_end3d: cannot pad {input:?} to {size:?}"
+        );
+        let extra = [i32_of(size[0], "depth")?, i32_of(size[1], "height")?, i32_of(size[2], "width")?];
+        self.volume_op(Kernel::PadReplicateEnd3d, x, &[n, c, size[0], size[1], size[2]], &extra)
     }
 
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {

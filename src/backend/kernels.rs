@@ -51,11 +51,23 @@ pub enum Kernel {
     SegmentationScores,
     /// RISE's Kahan saliency sum.
     AccumulateWeighted,
+    /// 3-D implicit-GEMM convolution, f32, Cout <= 16 tile.
+    Conv3dF32M16,
+    /// 3-D implicit-GEMM convolution, f32, 64-row tile.
+    Conv3dF32M64,
+    /// 3-D transposed convolution with kernel = stride.
+    ConvTranspose3d,
+    /// 3-D max pooling.
+    MaxPool3d,
+    /// Trilinear resizing.
+    UpsampleTrilinear,
+    /// Replicate padding at the end of D, H and W.
+    PadReplicateEnd3d,
 }
 
 impl Kernel {
     /// Every kernel, in the order of the files.
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::AttentionF32,
         Kernel::Conv2dF32M16,
         Kernel::Conv2dF32M32,
@@ -79,6 +91,12 @@ impl Kernel {
         Kernel::CoalitionMasks,
         Kernel::SegmentationScores,
         Kernel::AccumulateWeighted,
+        Kernel::Conv3dF32M16,
+        Kernel::Conv3dF32M64,
+        Kernel::ConvTranspose3d,
+        Kernel::MaxPool3d,
+        Kernel::UpsampleTrilinear,
+        Kernel::PadReplicateEnd3d,
     ];
 
     /// The `extern "C"` function name in the .cu file.
@@ -107,6 +125,12 @@ impl Kernel {
             Kernel::CoalitionMasks => "coalition_masks",
             Kernel::SegmentationScores => "segmentation_scores",
             Kernel::AccumulateWeighted => "accumulate_weighted",
+            Kernel::Conv3dF32M16 => "conv3d_f32_m16",
+            Kernel::Conv3dF32M64 => "conv3d_f32_m64",
+            Kernel::ConvTranspose3d => "conv_transpose3d",
+            Kernel::MaxPool3d => "max_pool3d",
+            Kernel::UpsampleTrilinear => "upsample_trilinear",
+            Kernel::PadReplicateEnd3d => "pad_replicate_end3d",
         }
     }
 
@@ -125,6 +149,12 @@ impl Kernel {
             | Kernel::CoalitionMasks
             | Kernel::SegmentationScores
             | Kernel::AccumulateWeighted => "perturb",
+            Kernel::Conv3dF32M16
+            | Kernel::Conv3dF32M64
+            | Kernel::ConvTranspose3d
+            | Kernel::MaxPool3d
+            | Kernel::UpsampleTrilinear
+            | Kernel::PadReplicateEnd3d => "volume",
             _ => "layers",
         }
     }
@@ -153,6 +183,11 @@ impl Kernel {
             Kernel::RiseMasks | Kernel::WindowMasks | Kernel::CoalitionMasks => "perturb",
             Kernel::SegmentationScores => "segmentation_scores",
             Kernel::AccumulateWeighted => "accumulate_weighted",
+            Kernel::Conv3dF32M16 | Kernel::Conv3dF32M64 => "conv3d",
+            Kernel::ConvTranspose3d => "conv_transpose3d",
+            Kernel::MaxPool3d => "max_pool3d",
+            Kernel::UpsampleTrilinear => "upsample_trilinear",
+            Kernel::PadReplicateEnd3d => "pad_replicate_end3d",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod device;
 pub mod kernels;
 pub mod perturb;
+pub mod volume;
 
 use crate::tensor::Tensor;
 use anyhow::Result;
@@ -120,7 +121,7 @@ pub trait Backend: Send + Sync {
         bias: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
 
-    /// Per (image, channel) normalisation over H*W with biased variance, then optional affine, then
+    /// Per (image, channel) normalisation over H*W (D*H*W for NCDHW) with biased variance, then optional affine, then
     /// `act`: one fused pass over the activations instead of three.
     fn instance_norm(
         &self,
@@ -168,11 +169,41 @@ pub trait Backend: Send + Sync {
     /// Grow H, W to (h, w) by repeating the last row/column (MONAI UpCat's replicate pad).
     fn pad_replicate_end(&self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
 
-    /// Channel concatenation [a, b] of two NCHW tensors with equal N, H, W.
+    /// Channel concatenation [a, b] of two NCHW (or NCDHW) tensors equal outside the channels.
     fn concat_channels(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
 
-    /// Softmax over the channel axis of an NCHW tensor.
+    /// Softmax over the channel axis of an NCHW or NCDHW tensor.
     fn softmax_channels(&self, x: &mut Self::Tensor) -> Result<()>;
+
+    /// 3-D convolution, NCDHW input, weight (Cout, Cin, kd, kh, kw), `stride` and symmetric zero
+    /// padding `pad` per (D, H, W) axis (`volume::Conv3d`).
+    fn conv3d(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        stride: [usize; 3],
+        pad: [usize; 3],
+    ) -> Result<Self::Tensor>;
+
+    /// Transposed 3-D convolution whose kernel equals its stride on each axis: weight
+    /// (Cin, Cout, kd, kh, kw), output (N, Cout, kd D, kh H, kw W).
+    fn conv_transpose3d(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Max pooling over windows of `k` voxels per axis with stride `k`, floor mode.
+    fn max_pool3d(&self, x: &Self::Tensor, k: [usize; 3]) -> Result<Self::Tensor>;
+
+    /// Trilinear resizing of an NCDHW tensor to `size` (D, H, W), with PyTorch's `align_corners` rule
+    /// (`volume::linear_taps`).
+    fn upsample_trilinear(&self, x: &Self::Tensor, size: [usize; 3], align_corners: bool) -> Result<Self::Tensor>;
+
+    /// Grow D, H, W to `size` by repeating the last slice/row/column (MONAI UpCat's replicate pad in 3-D).
+    fn pad_replicate_end3d(&self, x: &Self::Tensor, size: [usize; 3]) -> Result<Self::Tensor>;
 
     /// y = x W^T + b over the last axis; weight (out, in) as in torch.nn.Linear.
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;

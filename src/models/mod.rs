@@ -1,6 +1,7 @@
 //! Network definitions that run on any `Backend`.
 
 pub mod clip;
+pub mod sliding;
 pub mod unet;
 
 pub use unet::{BasicUNet, UNetConfig};

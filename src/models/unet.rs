@@ -1,5 +1,6 @@
-//! MONAI `BasicUNet` (2-D), loaded from its PyTorch `state_dict` in safetensors plus a JSON config that
-//! mirrors the constructor's keyword arguments, so any MONAI user can export a trained model and run it.
+//! MONAI `BasicUNet` (2-D and 3-D), loaded from its PyTorch `state_dict` in safetensors plus a JSON
+//! config that mirrors the constructor's keyword arguments, so any MONAI user can export a trained model
+//! and run it. The 3-D network runs the backend's NCDHW layers (conv3d, trilinear upsampling, ...).
 //!
 //! Structure (monai/networks/nets/basic_unet.py): conv_0 = TwoConv; down_1..4 = max-pool + TwoConv;
 //! upcat_4..1 = upsample, replicate-pad to the skip's size, concat [skip, up], TwoConv; final 1x1 conv.
@@ -29,13 +30,15 @@ pub enum NormKind {
 pub enum Upsample {
     /// Transposed convolution, kernel 2 stride 2.
     Deconv,
-    /// Optional 1x1 "preconv" then bilinear 2x with align_corners = true.
+    /// Optional 1x1 "preconv" then bilinear (trilinear in 3-D) 2x with align_corners = true.
     NonTrainable,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-/// MONAI BasicUNet's constructor arguments (2-D).
+/// MONAI BasicUNet's constructor arguments.
 pub struct UNetConfig {
+    /// 2 (slices, NCHW) or 3 (volumes, NCDHW).
+    pub spatial_dims: usize,
     /// Input channels.
     pub in_channels: usize,
     /// Classes.
@@ -74,7 +77,7 @@ fn layer_spec(v: &Value, what: &str) -> Result<(String, serde_json::Map<String, 
 }
 
 impl UNetConfig {
-    /// Parses the JSON form of `BasicUNet(spatial_dims=2, ...)` keyword arguments; absent keys take
+    /// Parses the JSON form of `BasicUNet(spatial_dims=..., ...)` keyword arguments; absent keys take
     /// MONAI's defaults.
     pub fn from_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).context("invalid JSON")?;
@@ -89,7 +92,7 @@ impl UNetConfig {
             }
         };
         let spatial_dims = usize_field("spatial_dims", 3)?;
-        ensure!(spatial_dims == 2, "spatial_dims is {spatial_dims}; xaiclip runs 2-D U-Nets only (spatial_dims = 2)");
+        ensure!(spatial_dims == 2 || spatial_dims == 3, "spatial_dims is {spatial_dims}; BasicUNet has 2 or 3");
         let features = match v.get("features") {
             None => [32, 32, 64, 128, 256, 32],
             Some(f) => {
@@ -135,6 +138,7 @@ impl UNetConfig {
             other => bail!("upsample {other:?} is not supported (use deconv or nontrainable)"),
         };
         Ok(Self {
+            spatial_dims,
             in_channels: usize_field("in_channels", 1)?,
             out_channels: usize_field("out_channels", 2)?,
             features,
@@ -145,6 +149,15 @@ impl UNetConfig {
             upsample,
             input_size: v.get("input_size").map(|_| usize_field("input_size", 256)).transpose()?,
         })
+    }
+}
+
+impl UNetConfig {
+    /// A conv weight's shape: (a, b, k, k) in 2-D, (a, b, k, k, k) in 3-D.
+    fn kernel(&self, a: usize, b: usize, k: usize) -> Vec<usize> {
+        let mut shape = vec![a, b];
+        shape.resize(2 + self.spatial_dims, k);
+        shape
     }
 }
 
@@ -170,7 +183,7 @@ struct UpCat<B: Backend> {
     convs: TwoConv<B>,
 }
 
-/// MONAI BasicUNet (2-D) on a backend, weights under their state_dict names.
+/// MONAI BasicUNet (2-D or 3-D) on a backend, weights under their state_dict names.
 pub struct BasicUNet<B: Backend> {
     config: UNetConfig,
     conv_0: TwoConv<B>,
@@ -192,7 +205,7 @@ impl<B: Backend> Loader<'_, '_, B> {
     }
 
     fn conv_unit(&mut self, prefix: &str, cin: usize, cout: usize) -> Result<ConvUnit<B>> {
-        let mut weight = self.params.take(&format!("{prefix}.conv.weight"), &[cout, cin, 3, 3]);
+        let mut weight = self.params.take(&format!("{prefix}.conv.weight"), &self.config.kernel(cout, cin, 3));
         let mut bias = self.config.bias.then(|| self.params.take(&format!("{prefix}.conv.bias"), &[cout]));
         let norm = |p: &mut ParamReader, leaf: &str| p.take(&format!("{prefix}.adn.N.{leaf}"), &[cout]);
         let mut instance_norm = None;
@@ -206,7 +219,7 @@ impl<B: Backend> Loader<'_, '_, B> {
                     norm(&mut self.params, "running_var"),
                 );
                 let bias_vals = bias.get_or_insert_with(|| Tensor::zeros(&[cout]));
-                let per_out = cin * 9;
+                let per_out = weight.len() / cout;
                 for co in 0..cout {
                     let scale = g.data()[co] / (var.data()[co] + self.config.norm_eps).sqrt();
                     weight.data_mut()[co * per_out..(co + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
@@ -243,11 +256,11 @@ impl<B: Backend> Loader<'_, '_, B> {
         let bias = self.config.bias;
         let (w, b) = match self.config.upsample {
             Upsample::Deconv => (
-                Some(self.params.take(&format!("{prefix}.upsample.deconv.weight"), &[cin, cup, 2, 2])),
+                Some(self.params.take(&format!("{prefix}.upsample.deconv.weight"), &self.config.kernel(cin, cup, 2))),
                 bias.then(|| self.params.take(&format!("{prefix}.upsample.deconv.bias"), &[cup])),
             ),
             Upsample::NonTrainable if cup != cin => (
-                Some(self.params.take(&format!("{prefix}.upsample.preconv.weight"), &[cup, cin, 1, 1])),
+                Some(self.params.take(&format!("{prefix}.upsample.preconv.weight"), &self.config.kernel(cup, cin, 1))),
                 bias.then(|| self.params.take(&format!("{prefix}.upsample.preconv.bias"), &[cup])),
             ),
             Upsample::NonTrainable => (None, None),
@@ -292,7 +305,7 @@ impl<B: Backend> BasicUNet<B> {
             l.upcat("upcat_2", f[2], f[1], f[1], true)?,
             l.upcat("upcat_1", f[1], f[0], f[5], false)?,
         ];
-        let fw = l.params.take("final_conv.weight", &[config.out_channels, f[5], 1, 1]);
+        let fw = l.params.take("final_conv.weight", &config.kernel(config.out_channels, f[5], 1));
         // final_conv always has a bias in MONAI (plain Conv, bias=True).
         let fb = l.params.take("final_conv.bias", &[config.out_channels]);
         let (final_weight, final_bias) = (l.up(&fw)?, l.up(&fb)?);
@@ -305,18 +318,60 @@ impl<B: Backend> BasicUNet<B> {
         &self.config
     }
 
+    fn volumetric(&self) -> bool {
+        self.config.spatial_dims == 3
+    }
+
+    /// Stride-1 conv over [x, extra] with padding `pad` on every axis, then `act`. In 2-D the device
+    /// reads both inputs in place and applies `act` in the epilogue; the 3-D path composes the calls.
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        extra: Option<&B::Tensor>,
+        weight: &B::Tensor,
+        bias: Option<&B::Tensor>,
+        pad: usize,
+        act: Activation,
+    ) -> Result<B::Tensor> {
+        if !self.volumetric() {
+            return b.conv2d_fused(x, extra, weight, bias, pad, act);
+        }
+        let joined;
+        let input = match extra {
+            Some(e) => {
+                joined = b.concat_channels(x, e)?;
+                &joined
+            }
+            None => x,
+        };
+        let mut y = b.conv3d(input, weight, bias, [1; 3], [pad; 3])?;
+        b.activate(&mut y, act)?;
+        Ok(y)
+    }
+
     /// conv over [x, extra] -> norm -> activation; without instance norm the activation rides in the
     /// conv's epilogue.
     fn conv_unit(&self, b: &B, x: &B::Tensor, extra: Option<&B::Tensor>, u: &ConvUnit<B>) -> Result<B::Tensor> {
         let act = self.config.act;
         match &u.instance_norm {
             Some((g, bt)) => {
-                let mut y = b.conv2d_fused(x, extra, &u.weight, u.bias.as_ref(), 1, Activation::Identity)?;
+                let mut y = self.conv(b, x, extra, &u.weight, u.bias.as_ref(), 1, Activation::Identity)?;
                 b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps, act)?;
                 Ok(y)
             }
-            None => b.conv2d_fused(x, extra, &u.weight, u.bias.as_ref(), 1, act),
+            None => self.conv(b, x, extra, &u.weight, u.bias.as_ref(), 1, act),
         }
+    }
+
+    /// Bilinear (trilinear) 2x with align_corners = true, MONAI's nontrainable upsampling.
+    fn upsample2x(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        if !self.volumetric() {
+            return b.upsample_bilinear2x(x);
+        }
+        let s = b.shape(x);
+        b.upsample_trilinear(x, [2 * s[2], 2 * s[3], 2 * s[4]], true)
     }
 
     fn two_conv(&self, b: &B, x: &B::Tensor, extra: Option<&B::Tensor>, t: &TwoConv<B>) -> Result<B::Tensor> {
@@ -326,35 +381,51 @@ impl<B: Backend> BasicUNet<B> {
 
     fn upcat(&self, b: &B, x: &B::Tensor, skip: &B::Tensor, u: &UpCat<B>) -> Result<B::Tensor> {
         let up = match (self.config.upsample, &u.up_weight) {
+            (Upsample::Deconv, Some(w)) if self.volumetric() => b.conv_transpose3d(x, w, u.up_bias.as_ref())?,
             (Upsample::Deconv, Some(w)) => b.conv_transpose2d(x, w, u.up_bias.as_ref())?,
-            (Upsample::NonTrainable, Some(w)) => b.upsample_bilinear2x(&b.conv2d(x, w, u.up_bias.as_ref(), 1, 0)?)?,
-            _ => b.upsample_bilinear2x(x)?,
+            (Upsample::NonTrainable, Some(w)) => {
+                self.upsample2x(b, &self.conv(b, x, None, w, u.up_bias.as_ref(), 0, Activation::Identity)?)?
+            }
+            _ => self.upsample2x(b, x)?,
         };
-        let (sh, sw) = (b.shape(skip)[2], b.shape(skip)[3]);
-        let up = if (b.shape(&up)[2], b.shape(&up)[3]) != (sh, sw) { b.pad_replicate_end(&up, sh, sw)? } else { up };
+        // Odd skips: grow the upsampled tensor to the skip's size by replicating its last samples.
+        let target = b.shape(skip)[2..].to_vec();
+        let up = match target[..] {
+            _ if b.shape(&up)[2..] == target[..] => up,
+            [h, w] => b.pad_replicate_end(&up, h, w)?,
+            [d, h, w] => b.pad_replicate_end3d(&up, [d, h, w])?,
+            _ => bail!("U-Net skip of shape {:?}", b.shape(skip)),
+        };
         self.two_conv(b, skip, Some(&up), &u.convs)
     }
 
-    /// Logits (N, out_channels, H, W) for a batch (N, in_channels, H, W); H and W must be >= 16 (four
-    /// 2x poolings).
+    /// Logits (N, out_channels, spatial...) for a batch (N, in_channels, H, W), or (N, in_channels, D, H,
+    /// W) for a 3-D model; every spatial side must be >= 16 (four 2x poolings).
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let shape = b.shape(x);
+        let axes = if self.volumetric() { "D, H, W" } else { "H, W" };
         ensure!(
-            shape.len() == 4 && shape[1] == self.config.in_channels,
-            "U-Net expects input (N, {}, H, W), got {shape:?}",
+            shape.len() == 2 + self.config.spatial_dims && shape[1] == self.config.in_channels,
+            "this {}-D U-Net expects input (N, {}, {axes}), got {shape:?}",
+            self.config.spatial_dims,
             self.config.in_channels
         );
-        ensure!(shape[2] >= 16 && shape[3] >= 16, "U-Net input must be at least 16x16, got {}x{}", shape[2], shape[3]);
+        ensure!(
+            shape[2..].iter().all(|&v| v >= 16),
+            "U-Net input must be at least 16 on every axis, got {:?}",
+            &shape[2..]
+        );
         let mut skips = vec![self.two_conv(b, x, None, &self.conv_0)?];
         for down in &self.downs {
-            let pooled = b.max_pool2d(skips.last().expect("non-empty"), 2)?;
+            let last = skips.last().expect("non-empty");
+            let pooled = if self.volumetric() { b.max_pool3d(last, [2; 3])? } else { b.max_pool2d(last, 2)? };
             skips.push(self.two_conv(b, &pooled, None, down)?);
         }
         let mut y = skips.pop().expect("five levels");
         for up in &self.ups {
             y = self.upcat(b, &y, &skips.pop().expect("one skip per level"), up)?;
         }
-        b.conv2d(&y, &self.final_weight, Some(&self.final_bias), 1, 0)
+        self.conv(b, &y, None, &self.final_weight, Some(&self.final_bias), 0, Activation::Identity)
     }
 
     /// Class probabilities: softmax over channels of `forward_logits`.
@@ -364,11 +435,13 @@ impl<B: Backend> BasicUNet<B> {
         Ok(y)
     }
 
-    /// Multiply-adds of one forward at H x W, times two: the FLOP count benches report.
-    pub fn flops(&self, h: usize, w: usize) -> f64 {
+    /// Multiply-adds of one forward at the spatial size `dims` (H, W or D, H, W), times two: the FLOP
+    /// count benches report.
+    pub fn flops(&self, dims: &[usize]) -> f64 {
         let f = self.config.features;
-        let conv3 = |cin: usize, cout: usize, hw: f64| 2.0 * 9.0 * (cin * cout) as f64 * hw;
-        let hw = |level: usize| ((h >> level) * (w >> level)) as f64;
+        let taps = |k: usize| k.pow(dims.len() as u32) as f64;
+        let conv3 = |cin: usize, cout: usize, hw: f64| 2.0 * taps(3) * (cin * cout) as f64 * hw;
+        let hw = |level: usize| dims.iter().map(|&d| (d >> level) as f64).product::<f64>();
         let mut total = conv3(self.config.in_channels, f[0], hw(0)) + conv3(f[0], f[0], hw(0));
         for i in 1..=4 {
             total += conv3(f[i - 1], f[i], hw(i)) + conv3(f[i], f[i], hw(i));
@@ -384,7 +457,7 @@ impl<B: Backend> BasicUNet<B> {
             total += 2.0
                 * (cin * cup) as f64
                 * hw(level + 1)
-                * if self.config.upsample == Upsample::Deconv { 4.0 } else { 1.0 };
+                * if self.config.upsample == Upsample::Deconv { taps(2) } else { 1.0 };
             total += conv3(cat + cup, cout, hw(level)) + conv3(cout, cout, hw(level));
         }
         total + 2.0 * (f[5] * self.config.out_channels) as f64 * hw(0)

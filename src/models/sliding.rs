@@ -1,0 +1,271 @@
+//! Sliding-window inference over a whole volume, as MONAI's `sliding_window_inference` computes it
+//! (monai/inferers/utils.py, monai/data/utils.py): the volume is zero-padded symmetrically to at least the
+//! patch size, tiles start every `int(patch (1 - overlap))` voxels with the last one flush with the end,
+//! each tile's prediction is weighted by an importance map (constant, or a Gaussian with sigma =
+//! `sigma_scale` x patch side, clamped below at max(its minimum, 1e-3)), and the weighted sum is divided by
+//! the summed weights, then cropped back to the input.
+//!
+//! Every tile is an independent forward, so a [`Plan`] also lets a caller keep the tiles' outputs and
+//! recompute only some of them (the tile reuse of the 3-D explainers) before blending again.
+
+use crate::backend::Backend;
+use crate::tensor::Tensor;
+use anyhow::{ensure, Result};
+
+/// How overlapping tiles are weighted (MONAI's `BlendMode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// Every voxel of a tile weighs 1.
+    Constant,
+    /// A separable Gaussian centred on the tile (nnU-Net's and MONAI's choice for segmentation).
+    Gaussian,
+}
+
+/// Sliding-window settings, MONAI's `SlidingWindowInferer` arguments.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct SlidingWindow {
+    /// Tile size (D, H, W): the model's patch size.
+    pub roi_size: [usize; 3],
+    /// Overlap of neighbouring tiles, 0 <= overlap < 1 (MONAI's default 0.25; nnU-Net uses 0.5).
+    pub overlap: f64,
+    /// Weighting of the tiles.
+    pub blend: Blend,
+    /// Gaussian sigma as a share of the tile side (MONAI: 0.125).
+    pub sigma_scale: f64,
+    /// Tiles per forward.
+    pub batch: usize,
+}
+
+impl SlidingWindow {
+    /// MONAI's defaults for `roi_size`: overlap 0.25, constant blending, sigma scale 0.125, one tile per
+    /// forward.
+    pub fn new(roi_size: [usize; 3]) -> Self {
+        Self { roi_size, overlap: 0.25, blend: Blend::Constant, sigma_scale: 0.125, batch: 1 }
+    }
+
+    /// The tiles of a volume of `image` (D, H, W) voxels.
+    pub fn plan(&self, image: [usize; 3]) -> Result<Plan> {
+        ensure!(
+            (0.0..1.0).contains(&self.overlap),
+            "sliding window: overlap must be >= 0 and < 1, got {}",
+            self.overlap
+        );
+        ensure!(
+            self.roi_size.iter().all(|&r| r > 0) && image.iter().all(|&v| v > 0),
+            "sliding window: empty tile {:?} or volume {image:?}",
+            self.roi_size
+        );
+        ensure!(self.batch >= 1, "sliding window: at least one tile per forward");
+        let roi = self.roi_size;
+        // Zero padding, split as MONAI does (half before, the rest after).
+        let pad: [(usize, usize); 3] = std::array::from_fn(|a| {
+            let diff = roi[a].saturating_sub(image[a]);
+            (diff / 2, diff - diff / 2)
+        });
+        let padded: [usize; 3] = std::array::from_fn(|a| image[a].max(roi[a]));
+        let interval: [usize; 3] = std::array::from_fn(|a| {
+            if roi[a] == padded[a] {
+                roi[a]
+            } else {
+                ((roi[a] as f64 * (1.0 - self.overlap)) as usize).max(1)
+            }
+        });
+        let starts: [Vec<usize>; 3] = std::array::from_fn(|a| {
+            let count = (0..padded[a].div_ceil(interval[a]))
+                .find(|&d| d * interval[a] + roi[a] >= padded[a])
+                .map_or(1, |d| d + 1);
+            (0..count).map(|i| (i * interval[a]).min(padded[a] - roi[a])).collect()
+        });
+        let mut tiles = Vec::new();
+        for &z in &starts[0] {
+            for &y in &starts[1] {
+                for &x in &starts[2] {
+                    tiles.push([z, y, x]);
+                }
+            }
+        }
+        Ok(Plan { window: *self, image, pad, padded, tiles, weights: self.importance_map() })
+    }
+
+    /// The per-voxel weight of a tile (D, H, W row-major).
+    pub fn importance_map(&self) -> Vec<f32> {
+        let roi = self.roi_size;
+        let axis = |a: usize| -> Vec<f32> {
+            match self.blend {
+                Blend::Constant => vec![1.0; roi[a]],
+                Blend::Gaussian => {
+                    // In f32 as torch computes it: x from -(n-1)/2 in steps of 1, exp(x^2 / (-2 sigma^2)).
+                    let sigma = (roi[a] as f64 * self.sigma_scale) as f32;
+                    (0..roi[a])
+                        .map(|i| {
+                            let x = -((roi[a] - 1) as f32) / 2.0 + i as f32;
+                            (x * x / (-2.0 * sigma * sigma)).exp()
+                        })
+                        .collect()
+                }
+            }
+        };
+        let (wz, wy, wx) = (axis(0), axis(1), axis(2));
+        let mut map = Vec::with_capacity(roi.iter().product());
+        for &z in &wz {
+            for &y in &wy {
+                map.extend(wx.iter().map(|&x| z * y * x));
+            }
+        }
+        // No zero weights: MONAI clamps at max(minimum, 1e-3) so that no voxel divides by 0.
+        let floor = map.iter().copied().fold(f32::INFINITY, f32::min).max(1e-3);
+        map.iter_mut().for_each(|v| *v = v.max(floor));
+        map
+    }
+}
+
+/// The tiles of one volume and how their outputs blend back.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The settings.
+    pub window: SlidingWindow,
+    /// The input's D, H, W.
+    pub image: [usize; 3],
+    /// Zero padding (before, after) per axis when the input is smaller than a tile.
+    pub pad: [(usize, usize); 3],
+    /// D, H, W after padding.
+    pub padded: [usize; 3],
+    /// Each tile's first voxel on the padded grid, in MONAI's order (D slowest).
+    pub tiles: Vec<[usize; 3]>,
+    /// The importance map of one tile.
+    pub weights: Vec<f32>,
+}
+
+impl Plan {
+    /// Tile `t` of `volume` (C, D, H, W of the input grid) as (C, roi), zero where it covers the padding.
+    pub fn extract(&self, volume: &[f32], channels: usize, t: usize) -> Vec<f32> {
+        let ([d, h, w], [rd, rh, rw]) = (self.image, self.window.roi_size);
+        let start = self.tiles[t];
+        let mut out = vec![0f32; channels * rd * rh * rw];
+        for c in 0..channels {
+            for z in 0..rd {
+                // Padded coordinate -> input coordinate; outside the input stays 0 (MONAI's cval).
+                let Some(iz) = (start[0] + z).checked_sub(self.pad[0].0).filter(|&v| v < d) else { continue };
+                for y in 0..rh {
+                    let Some(iy) = (start[1] + y).checked_sub(self.pad[1].0).filter(|&v| v < h) else { continue };
+                    let row = &mut out[((c * rd + z) * rh + y) * rw..][..rw];
+                    for (x, v) in row.iter_mut().enumerate() {
+                        if let Some(ix) = (start[2] + x).checked_sub(self.pad[2].0).filter(|&v| v < w) {
+                            *v = volume[((c * d + iz) * h + iy) * w + ix];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The blended output (K, D, H, W on the input grid) of the tiles' outputs, each (K, roi) in the
+    /// order of `tiles`: sum of weight x output over the sum of weights, cropped to the input.
+    pub fn blend(&self, outputs: &[Vec<f32>], channels: usize) -> Result<Vec<f32>> {
+        ensure!(
+            outputs.len() == self.tiles.len(),
+            "sliding window: {} outputs for {} tiles",
+            outputs.len(),
+            self.tiles.len()
+        );
+        let ([pd, ph, pw], [rd, rh, rw]) = (self.padded, self.window.roi_size);
+        let tile_len = rd * rh * rw;
+        let plane = pd * ph * pw;
+        let mut sum = vec![0f32; channels * plane];
+        let mut count = vec![0f32; plane];
+        for (start, out) in self.tiles.iter().zip(outputs) {
+            ensure!(
+                out.len() == channels * tile_len,
+                "sliding window: a tile output of {} values, expected {}",
+                out.len(),
+                channels * tile_len
+            );
+            for z in 0..rd {
+                for y in 0..rh {
+                    let at = ((start[0] + z) * ph + start[1] + y) * pw + start[2];
+                    let wrow = &self.weights[(z * rh + y) * rw..][..rw];
+                    count[at..at + rw].iter_mut().zip(wrow).for_each(|(c, &w)| *c += w);
+                    for k in 0..channels {
+                        let src = &out[k * tile_len + (z * rh + y) * rw..][..rw];
+                        let dst = &mut sum[k * plane + at..][..rw];
+                        dst.iter_mut().zip(src.iter().zip(wrow)).for_each(|(s, (&v, &w))| *s += v * w);
+                    }
+                }
+            }
+        }
+        let [d, h, w] = self.image;
+        let mut result = Vec::with_capacity(channels * d * h * w);
+        for k in 0..channels {
+            for z in 0..d {
+                for y in 0..h {
+                    let at = ((z + self.pad[0].0) * ph + y + self.pad[1].0) * pw + self.pad[2].0;
+                    result.extend((0..w).map(|x| sum[k * plane + at + x] / count[at + x]));
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// `predict` over every tile of `volume` (1, C, D, H, W), `window.batch` tiles per call, blended: the
+/// output (1, K, D, H, W) on the input grid. `predict` maps a batch (n, C, roi) to (n, K, roi).
+pub fn sliding_window_inference<B: Backend>(
+    backend: &B,
+    volume: &Tensor,
+    window: &SlidingWindow,
+    mut predict: impl FnMut(&B::Tensor) -> Result<B::Tensor>,
+) -> Result<Tensor> {
+    let (n, c, image) = crate::backend::volume::ncdhw(volume.shape(), "sliding window input")?;
+    ensure!(n == 1, "sliding window: one volume at a time, got a batch of {n}");
+    let plan = window.plan(image)?;
+    let roi = window.roi_size;
+    let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(plan.tiles.len());
+    let mut channels = 0;
+    for first in (0..plan.tiles.len()).step_by(window.batch) {
+        let batch: Vec<usize> = (first..(first + window.batch).min(plan.tiles.len())).collect();
+        let data: Vec<f32> = batch.iter().flat_map(|&t| plan.extract(volume.data(), c, t)).collect();
+        let x = backend.upload(&Tensor::new(&[batch.len(), c, roi[0], roi[1], roi[2]], data)?)?;
+        let y = backend.download(&predict(&x)?)?;
+        ensure!(
+            y.shape().len() == 5 && y.shape()[0] == batch.len() && y.shape()[2..] == roi[..],
+            "sliding window: the predictor returned {:?} for {} tiles of {roi:?}",
+            y.shape(),
+            batch.len()
+        );
+        channels = y.shape()[1];
+        outputs.extend(y.data().chunks_exact(y.len() / batch.len()).map(<[f32]>::to_vec));
+    }
+    let blended = plan.blend(&outputs, channels)?;
+    Tensor::new(&[1, channels, image[0], image[1], image[2]], blended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_follow_monai() {
+        // 45 voxels, tiles of 32 at overlap 0.5: interval 16, starts 0 and 13 (the last flush with the end).
+        let plan = SlidingWindow { overlap: 0.5, ..SlidingWindow::new([16, 32, 32]) }.plan([20, 45, 32]).unwrap();
+        let starts: Vec<[usize; 3]> = plan.tiles.clone();
+        assert_eq!(starts, vec![[0, 0, 0], [0, 13, 0], [4, 0, 0], [4, 13, 0]]);
+        // Smaller than a tile: padded symmetrically, one tile.
+        let plan = SlidingWindow::new([16, 32, 32]).plan([11, 32, 32]).unwrap();
+        assert_eq!((plan.pad[0], plan.padded, plan.tiles.len()), ((2, 3), [16, 32, 32], 1));
+        assert!(SlidingWindow { overlap: 1.0, ..SlidingWindow::new([4; 3]) }.plan([8; 3]).is_err());
+    }
+
+    #[test]
+    fn blending_an_identity_predictor_returns_the_input() {
+        let window = SlidingWindow { overlap: 0.5, blend: Blend::Gaussian, ..SlidingWindow::new([4, 6, 5]) };
+        let image = [7, 9, 11];
+        let volume: Vec<f32> = (0..2 * 7 * 9 * 11).map(|i| (i as f32 * 0.37).sin()).collect();
+        let plan = window.plan(image).unwrap();
+        let outputs: Vec<Vec<f32>> = (0..plan.tiles.len()).map(|t| plan.extract(&volume, 2, t)).collect();
+        let back = plan.blend(&outputs, 2).unwrap();
+        let err = back.iter().zip(&volume).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-6, "{err}");
+    }
+}
