@@ -505,7 +505,7 @@ pub struct Explainer {
 }
 
 /// SHA-256 of a file, as lowercase hex.
-fn sha256_file(path: &Path) -> Result<String> {
+pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::Digest;
     let mut file = std::fs::File::open(path).map_err(|e| {
         crate::error::Error::new(crate::error::ErrorKind::InvalidInput, format!("{}: {e}", path.display()))

@@ -25,7 +25,8 @@
 //! 2. [`explainer`]: the facade
 //! 3. [`selftest`] (kernels against their twins), [`bench`](mod@bench) (tables of runs), [`report`]
 //!    (figures of runs, report.html)
-//! 4. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder
+//! 4. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder;
+//!    [`volumes`]: whole volumes through 3-D U-Nets (sliding window, 3-D ROI, occlusion with tile reuse)
 //! 5. [`dataset`] (data set layouts), [`metrics`] (agreement, faithfulness)
 //! 6. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]
 //! 7. [`models`] (U-Net, CLIP on any backend)
@@ -63,6 +64,7 @@ pub mod dataset;
 pub mod metrics;
 
 pub mod pipeline;
+pub mod volumes;
 
 pub mod bench;
 pub mod report;

@@ -149,9 +149,14 @@ impl Intensity {
 }
 
 /// Maps [low, high] to [0, 1], clamping outside.
-pub fn normalise(image: &Image, (low, high): (f32, f32)) -> Image {
+pub fn normalise(image: &Image, range: (f32, f32)) -> Image {
+    Image { data: normalise_values(&image.data, range), ..*image }
+}
+
+/// `values` with [low, high] mapped to [0, 1], clamped outside (the model input of slices and volumes).
+pub fn normalise_values(values: &[f32], (low, high): (f32, f32)) -> Vec<f32> {
     let scale = 1.0 / (high - low);
-    Image { data: image.data.iter().map(|v| ((v - low) * scale).clamp(0.0, 1.0)).collect(), ..*image }
+    values.iter().map(|v| ((v - low) * scale).clamp(0.0, 1.0)).collect()
 }
 
 /// Source coordinate and weight pairs for resampling `from` pixels to `to` with pixel-centre alignment

@@ -346,6 +346,85 @@ nav { margin-bottom: 1em; }
 p { max-width: 70em; }
 ";
 
+/// The three orthogonal planes of a whole-volume run through the centre of M0 (axial, coronal,
+/// sagittal; superior up), each at its physical aspect: the windowed volume, the map, the ground truth
+/// (green) and the ROI (cyan, ROI modes); one colour scale for all three.
+pub fn volume_figure(
+    volume: &crate::io::Volume,
+    run: &crate::volumes::VolumeRun,
+    truth: Option<&[bool]>,
+    range: (f32, f32),
+    roi_mode: RoiMode,
+    title: &str,
+) -> Result<RgbImage> {
+    use crate::preprocess::{normalise_values, resize_bilinear, resize_nearest};
+    let [nx, ny, nz] = volume.dims;
+    let spacing = volume.spacing();
+    let count = run.m0.iter().filter(|&&m| m).count().max(1);
+    let centre: [usize; 3] = std::array::from_fn(|a| {
+        let sum: usize =
+            run.m0.iter().enumerate().filter(|(_, &m)| m).map(|(v, _)| [v % nx, (v / nx) % ny, v / (nx * ny)][a]).sum();
+        sum / count
+    });
+    let index = |i: usize, j: usize, k: usize| i + nx * (j + ny * k);
+    // (rows, columns, voxel of (row, column), extent in mm, name): rows run down the figure.
+    type Plane<'a> = (usize, usize, Box<dyn Fn(usize, usize) -> usize + 'a>, [f64; 2], String);
+    let planes: [Plane; 3] = [
+        (
+            ny,
+            nx,
+            Box::new(|r, c| index(c, r, centre[2])),
+            [ny as f64 * spacing[1], nx as f64 * spacing[0]],
+            format!("axial, k = {}", centre[2]),
+        ),
+        (
+            nz,
+            nx,
+            Box::new(|r, c| index(c, centre[1], nz - 1 - r)),
+            [nz as f64 * spacing[2], nx as f64 * spacing[0]],
+            format!("coronal, j = {}", centre[1]),
+        ),
+        (
+            nz,
+            ny,
+            Box::new(|r, c| index(centre[0], c, nz - 1 - r)),
+            [nz as f64 * spacing[2], ny as f64 * spacing[1]],
+            format!("sagittal, i = {}", centre[0]),
+        ),
+    ];
+    let region = (roi_mode != RoiMode::Full).then_some(&run.roi[..]);
+    let colouring = Colouring::of(&run.saliency, region, Sign::All);
+    let mut panels = Vec::new();
+    for (rows, cols, at, extent_mm, name) in planes {
+        let grab = |values: &dyn Fn(usize) -> f32| -> Vec<f32> {
+            (0..rows * cols).map(|p| values(at(p / cols, p % cols))).collect()
+        };
+        let size = rows.max(cols);
+        let square = |plane: Vec<f32>| resize_bilinear(&plane, 1, (rows, cols), (size, size));
+        let mask = |m: &[bool]| {
+            let plane: Vec<bool> = (0..rows * cols).map(|p| m[at(p / cols, p % cols)]).collect();
+            resize_nearest(&plane, (rows, cols), (size, size))
+        };
+        let image = square(normalise_values(&grab(&|v| volume.data[v]), range));
+        let values = square(grab(&|v| run.saliency[v]));
+        let (roi, gt) = (region.map(mask), truth.map(mask));
+        let panel = Panel {
+            image: &image,
+            size,
+            extent_mm,
+            values: &values,
+            colouring,
+            roi: roi.as_deref(),
+            truth: gt.as_deref(),
+            title: vec![title.to_string(), name],
+            unit: "drop of the mean organ probability over M0 when the box is occluded".into(),
+            long_side: render::MIN_LONG_SIDE,
+        };
+        panels.push(panel.render()?);
+    }
+    render::figure(&panels, 3, &[], &[])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

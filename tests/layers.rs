@@ -9,7 +9,7 @@ const LAYERS: &[&[&str]] = &[
     &["eval"],
     &["explainer"],
     &["selftest", "bench", "report"],
-    &["pipeline"],
+    &["pipeline", "volumes"],
     &["dataset", "metrics"],
     &["explain", "roi", "segment"],
     &["models"],

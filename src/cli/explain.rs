@@ -33,6 +33,8 @@ pub struct ExplainCmd {
     #[arg(long, value_enum, default_value_t = xaiclip::render::Sign::All)]
     pub sign: xaiclip::render::Sign,
     #[command(flatten)]
+    pub volume: super::volume::VolumeArgs,
+    #[command(flatten)]
     pub method_args: MethodArgs,
     #[command(flatten)]
     pub device: super::DeviceOptions,
@@ -40,6 +42,12 @@ pub struct ExplainCmd {
 
 /// Explains and writes DIR/{saliency.nii.gz, overlay.png, report.json, report.html}.
 pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
+    // A 3-D U-Net explains the whole volume instead of a slice.
+    if let Some(dir) = &cmd.method_args.unet {
+        if super::volume::is_volumetric(dir)? {
+            return super::volume::run(device, &cmd, dir);
+        }
+    }
     let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;

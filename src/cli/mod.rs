@@ -12,6 +12,7 @@ mod phantom;
 mod roi;
 mod segment;
 mod selftest;
+mod volume;
 
 pub use args::{ClipArgs, MethodArgs};
 

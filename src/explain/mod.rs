@@ -9,6 +9,7 @@ pub mod lime;
 pub mod occlusion;
 pub mod rise;
 pub mod superpixels;
+pub mod volume;
 
 use crate::backend::perturb::keep_outside_roi_and_blend;
 pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};

@@ -16,10 +16,16 @@ pub struct Occlusion {
     pub stride: usize,
 }
 
+/// Window origins along one axis of `size` samples: 0, stride, 2 stride, ... while the window still starts
+/// inside (Captum's shifts; the last window is clipped at the border).
+pub fn window_origins(size: usize, window: usize, stride: usize) -> Vec<usize> {
+    let shifts = size.saturating_sub(window).div_ceil(stride) + 1;
+    (0..shifts).map(|k| k * stride).collect()
+}
+
 impl Occlusion {
     fn origins(&self, size: usize) -> Vec<usize> {
-        let shifts = size.saturating_sub(self.window).div_ceil(self.stride) + 1;
-        (0..shifts).map(|k| k * self.stride).collect()
+        window_origins(size, self.window, self.stride)
     }
 
     /// Window origins (y, x) to evaluate: all of them, or those touching the ROI.

@@ -13,7 +13,7 @@ use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 
 /// How overlapping tiles are weighted (MONAI's `BlendMode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Blend {
     /// Every voxel of a tile weighs 1.
@@ -85,7 +85,7 @@ impl SlidingWindow {
                 }
             }
         }
-        Ok(Plan { window: *self, image, pad, padded, tiles, weights: self.importance_map() })
+        Ok(Plan { window: *self, image, pad, padded, starts, tiles, weights: self.importance_map() })
     }
 
     /// The per-voxel weight of a tile (D, H, W row-major).
@@ -131,7 +131,10 @@ pub struct Plan {
     pub pad: [(usize, usize); 3],
     /// D, H, W after padding.
     pub padded: [usize; 3],
-    /// Each tile's first voxel on the padded grid, in MONAI's order (D slowest).
+    /// Tile starts per axis on the padded grid; the tiles are their product.
+    pub starts: [Vec<usize>; 3],
+    /// Each tile's first voxel on the padded grid, in MONAI's order (D slowest): tile (i, j, k) of the
+    /// per-axis starts is number (i * ny + j) * nx + k.
     pub tiles: Vec<[usize; 3]>,
     /// The importance map of one tile.
     pub weights: Vec<f32>,

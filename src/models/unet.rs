@@ -57,6 +57,9 @@ pub struct UNetConfig {
     pub upsample: Upsample,
     /// Side of the square input the model was trained on (xaiclip's own key `input_size`, not MONAI's).
     pub input_size: Option<usize>,
+    /// 3-D models: the (D, H, W) patch they were trained on, the sliding window's tile (xaiclip's own
+    /// key `patch_size`, as MONAI bundles' `roi_size`).
+    pub patch_size: Option<[usize; 3]>,
 }
 
 /// MONAI accepts a layer spec as "name" or ["name", {args}]; returns (lower-case name, args).
@@ -148,6 +151,18 @@ impl UNetConfig {
             bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
             upsample,
             input_size: v.get("input_size").map(|_| usize_field("input_size", 256)).transpose()?,
+            patch_size: match v.get("patch_size") {
+                None => None,
+                Some(p) => {
+                    let sides: Option<Vec<usize>> = p
+                        .as_array()
+                        .and_then(|a| a.iter().map(|x| x.as_u64().filter(|&n| n >= 16).map(|n| n as usize)).collect());
+                    match sides.as_deref() {
+                        Some(&[d, h, w]) => Some([d, h, w]),
+                        _ => bail!("patch_size must be three integers >= 16 (D, H, W), got {p}"),
+                    }
+                }
+            },
         })
     }
 }
