@@ -6,7 +6,8 @@ X=target/release/xaiclip
 C=fuzz/corpus
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p $C/nifti_reader $C/dicom_series $C/model_loader $C/png_mask
+mkdir -p $C/nifti_reader $C/dicom_series $C/model_loader $C/png_mask $C/torch_checkpoint
+for f in model.pt checkpoint_final.pth; do { printf '\x00'; cat tests/fixtures/torch_checkpoints/$f; } > $C/torch_checkpoint/$f; done
 $X phantom --size 32 --slices 2 --seed 1 --out "$tmp/p" 2>/dev/null
 { printf '\x01'; cat "$tmp/p/labels.nii.gz"; } > $C/nifti_reader/labels_gz
 { printf '\x00'; gzip -dc "$tmp/p/ct.nii.gz"; } > $C/nifti_reader/ct_nii

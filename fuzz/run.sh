@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
-targets=${2:-"nifti_reader dicom_series model_loader png_mask"}
+targets=${2:-"nifti_reader dicom_series model_loader png_mask torch_checkpoint"}
 for t in $targets; do
   mkdir -p fuzz/work/$t
   # The DICOM reader checks declared element lengths against the file before dicom-rs allocates them

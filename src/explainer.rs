@@ -527,7 +527,7 @@ impl Explainer {
         }
         let mut out = serde_json::Map::new();
         for (name, folder) in folders {
-            let sha256 = sha256_file(&folder.join("model.safetensors"))?;
+            let sha256 = sha256_file(&crate::weights::model_file(&folder))?;
             out.insert(name.into(), serde_json::json!({"folder": folder, "sha256": sha256}));
         }
         Ok(out.into())

@@ -1,4 +1,6 @@
-//! Reading model weights from safetensors files, and checking them against what a model expects.
+//! Reading model weights from safetensors files and PyTorch checkpoints (`torch.save`'s .pt/.pth, read
+//! by `pytorch-reader`, which parses the pickle without executing anything), and checking them against
+//! what a model expects.
 //!
 //! Every problem with a weights file is collected and reported together (missing, wrong shape,
 //! unexpected, non-finite), each with its tensor name, so a user exporting their own MONAI model sees the
@@ -21,8 +23,22 @@ pub fn open_model_dir<C>(dir: &Path, kind: &str, parse: impl FnOnce(&str) -> Res
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("{}: cannot read {kind} config", config_path.display()))?;
     let config = parse(&text).with_context(|| format!("{}: bad {kind} config", config_path.display()))?;
-    Ok((config, WeightsFile::open(&dir.join("model.safetensors"))?))
+    Ok((config, WeightsFile::open(&model_file(dir))?))
 }
+
+/// The weights file of a model folder: model.safetensors, else model.pt or model.pth (a MONAI bundle's
+/// state dict, an nnU-Net checkpoint); model.safetensors is named when none exists.
+pub fn model_file(dir: &Path) -> PathBuf {
+    ["model.safetensors", "model.pt", "model.pth"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join("model.safetensors"))
+}
+
+/// Top-level entries that hold the state dict in the checkpoints people have: nnU-Net v2's
+/// `checkpoint_final.pth` and the common training-loop layouts.
+const STATE_DICT_KEYS: [&str; 3] = ["network_weights", "state_dict", "model_state_dict"];
 
 /// One tensor as stored: name, dtype and shape, for `xaiclip info`.
 #[derive(Clone, Debug)]
@@ -35,10 +51,17 @@ pub struct StoredTensor {
     pub shape: Vec<usize>,
 }
 
-/// A safetensors file read into memory, tensors converted to f32 on request.
+/// A weights file, tensors converted to f32 on request.
 pub struct WeightsFile {
     path: PathBuf,
-    bytes: Vec<u8>,
+    stored: Stored,
+}
+
+enum Stored {
+    /// The whole safetensors file.
+    Safetensors(Vec<u8>),
+    /// A checkpoint's tensors, read from the file when asked for.
+    Torch(std::collections::HashMap<String, pytorch_reader::Tensor>),
 }
 
 impl WeightsFile {
@@ -53,10 +76,14 @@ impl WeightsFile {
                 MAX_WEIGHTS_BYTES
             );
         }
+        let torch = path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "pt" | "pth"));
+        if torch {
+            return Ok(Self { path: path.to_path_buf(), stored: Stored::Torch(read_checkpoint(path)?) });
+        }
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
         SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), bytes })
+        Ok(Self { path: path.to_path_buf(), stored: Stored::Safetensors(bytes) })
     }
 
     /// The file.
@@ -64,40 +91,110 @@ impl WeightsFile {
         &self.path
     }
 
-    fn view(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("validated in open")
-    }
-
     /// Every tensor's name, dtype and shape.
     pub fn tensors(&self) -> Vec<StoredTensor> {
-        let mut list: Vec<StoredTensor> = self
-            .view()
-            .tensors()
-            .into_iter()
-            .map(|(name, t)| StoredTensor { name, dtype: format!("{:?}", t.dtype()), shape: t.shape().to_vec() })
-            .collect();
+        let mut list: Vec<StoredTensor> = match &self.stored {
+            Stored::Safetensors(bytes) => SafeTensors::deserialize(bytes)
+                .expect("validated in open")
+                .tensors()
+                .into_iter()
+                .map(|(name, t)| StoredTensor { name, dtype: format!("{:?}", t.dtype()), shape: t.shape().to_vec() })
+                .collect(),
+            Stored::Torch(tensors) => tensors
+                .iter()
+                .map(|(name, t)| StoredTensor {
+                    name: name.clone(),
+                    dtype: format!("{:?}", t.dtype()),
+                    shape: t.shape().to_vec(),
+                })
+                .collect(),
+        };
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
 
     /// The tensor converted to f32; errors for unknown names, non-float dtypes and NaN/Inf values.
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        let view = self.view();
-        let t = view.tensor(name).map_err(|_| anyhow::anyhow!("{}: no tensor named {name}", self.path.display()))?;
-        let raw = t.data();
-        let values: Vec<f32> = match t.dtype() {
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => {
-                bail!("{}: tensor {name} has dtype {other:?}; weights must be F32, F16 or BF16", self.path.display())
+        let missing = || anyhow::anyhow!("{}: no tensor named {name}", self.path.display());
+        let wrong_dtype = |dtype: String| {
+            anyhow::anyhow!(
+                "{}: tensor {name} has dtype {dtype}; weights must be F32, F16 or BF16",
+                self.path.display()
+            )
+        };
+        let (values, shape): (Vec<f32>, Vec<usize>) = match &self.stored {
+            Stored::Safetensors(bytes) => {
+                let view = SafeTensors::deserialize(bytes).expect("validated in open");
+                let t = view.tensor(name).map_err(|_| missing())?;
+                let kind = match t.dtype() {
+                    Dtype::F32 => Float::F32,
+                    Dtype::F16 => Float::F16,
+                    Dtype::BF16 => Float::Bf16,
+                    other => return Err(wrong_dtype(format!("{other:?}"))),
+                };
+                (kind.decode(t.data()), t.shape().to_vec())
+            }
+            Stored::Torch(tensors) => {
+                use pytorch_reader::DType;
+                let t = tensors.get(name).ok_or_else(missing)?;
+                let kind = match t.dtype() {
+                    DType::F32 => Float::F32,
+                    DType::F16 => Float::F16,
+                    DType::BF16 => Float::Bf16,
+                    DType::F64 => Float::F64,
+                    other => return Err(wrong_dtype(format!("{other:?}"))),
+                };
+                let raw = t.read().map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+                (kind.decode(&raw), t.shape().to_vec())
             }
         };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             bail!("{}: tensor {name} holds a non-finite value ({}) at flat index {i}", self.path.display(), values[i]);
         }
-        Tensor::new(t.shape(), values)
+        Tensor::new(&shape, values)
     }
+}
+
+/// Stored float formats, decoded to f32 (little-endian, as both formats store them on x86-64).
+#[derive(Clone, Copy)]
+enum Float {
+    F32,
+    F16,
+    Bf16,
+    F64,
+}
+
+impl Float {
+    fn decode(self, raw: &[u8]) -> Vec<f32> {
+        match self {
+            Float::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Float::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Float::Bf16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Float::F64 => raw
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+                .collect(),
+        }
+    }
+}
+
+/// The state dict of a torch checkpoint: the tensors under the first of [`STATE_DICT_KEYS`] the file has
+/// at its top level, else every tensor it holds (a bare `torch.save(model.state_dict())`).
+fn read_checkpoint(path: &Path) -> Result<std::collections::HashMap<String, pytorch_reader::Tensor>> {
+    use pytorch_reader::PytorchReader;
+    let bad = |e: pytorch_reader::PytorchError| {
+        anyhow::anyhow!("{}: not a readable PyTorch checkpoint ({e})", path.display())
+    };
+    let all = PytorchReader::new(path).map_err(bad)?;
+    let nested = STATE_DICT_KEYS.iter().find(|k| all.keys().iter().any(|n| n.starts_with(&format!("{k}."))));
+    let tensors = match nested {
+        Some(key) => PytorchReader::with_top_level_key(path, key).map_err(bad)?.into_tensors(),
+        None => all.into_tensors(),
+    };
+    if tensors.is_empty() {
+        bail!("{}: the checkpoint holds no tensors", path.display());
+    }
+    Ok(tensors)
 }
 
 enum Source<'a> {

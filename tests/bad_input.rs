@@ -271,6 +271,35 @@ fn bench_output_in_missing_folder_refused_before_any_work() {
 }
 
 #[test]
+fn torch_checkpoints_that_cannot_be_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures/torch_checkpoints");
+    // Cut in half: the ZIP directory at its end is gone.
+    let cut = dir.path().join("checkpoint_final.pth");
+    let bytes = std::fs::read(fixtures.join("checkpoint_final.pth")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    // (The reader's own message says "zip archive error: ...", so the whole stderr is checked here.)
+    let o = xaiclip(&["info", cut.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("checkpoint_final.pth: not a readable PyTorch checkpoint (zip archive error"), "{err}");
+    let text = dir.path().join("notes.pt");
+    std::fs::write(&text, "not a checkpoint\n").unwrap();
+    fails(
+        &["info", text.to_str().unwrap()],
+        &["notes.pt: not a readable PyTorch checkpoint", "no ZIP, TAR, legacy or pickle header"],
+    );
+    // A pickle whose object would run a shell command: parsed, never executed, and it holds no tensor.
+    let code = fixtures.join("code.pt");
+    fails(&["info", code.to_str().unwrap()], &["code.pt: the checkpoint holds no tensors"]);
+    assert!(!fixtures.join("executed.txt").exists() && !Path::new("executed.txt").exists());
+    // Integer weights are listed, but refused when a model asks for them.
+    let ints = xaiclip::weights::WeightsFile::open(&fixtures.join("ints.pt")).unwrap();
+    let err = ints.get("conv.weight").unwrap_err().to_string();
+    assert!(err.contains("ints.pt: tensor conv.weight has dtype I64; weights must be F32, F16 or BF16"), "{err}");
+}
+
+#[test]
 fn cuda_device_unavailable() {
     // Here: built without nvcc, or kernels but no driver. On a machine with a usable GPU the command
     // succeeds and there is nothing to check.

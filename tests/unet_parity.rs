@@ -63,6 +63,33 @@ fn a_3d_model_refuses_a_2d_batch_and_the_explainer_refuses_a_3d_model() {
 }
 
 #[test]
+fn torch_checkpoints_load_as_the_safetensors_do() {
+    // The same weights saved by torch.save as a MONAI bundle's model.pt and as an nnU-Net checkpoint
+    // (state dict under "network_weights", beside optimizer state and numpy scalars).
+    let reference = WeightsFile::open(&fixture("unet_instance_deconv/model.safetensors")).unwrap();
+    let io = WeightsFile::open(&fixture("unet_instance_deconv/io.safetensors")).unwrap();
+    let x = io.get("input").unwrap();
+    let want = BasicUNet::load_dir(&CpuBackend, &fixture("unet_instance_deconv"))
+        .unwrap()
+        .forward_logits(&CpuBackend, &x)
+        .unwrap();
+    for (file, name) in [("model.pt", "model.pt"), ("checkpoint_final.pth", "model.pth")] {
+        let torch = WeightsFile::open(&fixture(&format!("torch_checkpoints/{file}"))).unwrap();
+        let names: Vec<String> = torch.tensors().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, reference.tensors().into_iter().map(|t| t.name).collect::<Vec<_>>(), "{file}");
+        for n in &names {
+            assert_eq!(torch.get(n).unwrap(), reference.get(n).unwrap(), "{file}: {n}");
+        }
+        // A model folder with config.json and model.pt / model.pth instead of model.safetensors.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture("unet_instance_deconv/config.json"), dir.path().join("config.json")).unwrap();
+        std::fs::copy(fixture(&format!("torch_checkpoints/{file}")), dir.path().join(name)).unwrap();
+        let got = BasicUNet::load_dir(&CpuBackend, dir.path()).unwrap().forward_logits(&CpuBackend, &x).unwrap();
+        assert_eq!(got, want, "{file}");
+    }
+}
+
+#[test]
 fn mismatched_weights_list_every_problem() {
     let dir = fixture("unet_instance_deconv");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();

@@ -56,6 +56,18 @@ pub fn run(target: &str, data: &[u8], scratch: &Path) -> Result<(), String> {
             let encoding = if selector & 1 == 1 { PngEncoding::ChaosMr } else { PngEncoding::ChaosCt };
             read_png_mask(&path, encoding).map(|(h, w, labels)| assert_eq!(labels.len(), h * w))
         }
+        // A torch checkpoint (.pth), every tensor read: the pickle parser and the ZIP/legacy containers.
+        "torch_checkpoint" => {
+            let path = scratch.join("checkpoint.pth");
+            std::fs::write(&path, bytes).unwrap();
+            xaiclip::weights::WeightsFile::open(&path).map(|w| {
+                for t in w.tensors() {
+                    if let Ok(v) = w.get(&t.name) {
+                        assert_eq!(v.shape(), &t.shape[..]);
+                    }
+                }
+            })
+        }
         other => panic!("unknown fuzz target {other}"),
     };
     outcome.map_err(|e| format!("{e:#}"))

@@ -10,12 +10,14 @@ use xaiclip::weights::WeightsFile;
 
 #[derive(clap::Args, Debug)]
 pub struct InfoCmd {
-    /// A .nii/.nii.gz file, a DICOM series folder, a .safetensors file, or a model folder.
+    /// A .nii/.nii.gz file, a DICOM series folder, a weights file (.safetensors, or a torch .pt/.pth
+    /// checkpoint), or a model folder.
     pub path: PathBuf,
 }
 
 fn is_weights_path(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "safetensors") || (path.is_dir() && path.join("model.safetensors").is_file())
+    path.extension().is_some_and(|e| e == "safetensors" || e == "pt" || e == "pth")
+        || (path.is_dir() && xaiclip::weights::model_file(path).is_file())
 }
 
 /// Describes an image or a weights file/folder.
@@ -56,7 +58,7 @@ pub fn run(cmd: InfoCmd) -> Result<()> {
 
 fn weights_info(path: &Path) -> Result<()> {
     let (file, config) = if path.is_dir() {
-        (path.join("model.safetensors"), Some(path.join("config.json")))
+        (xaiclip::weights::model_file(path), Some(path.join("config.json")))
     } else {
         (path.to_path_buf(), path.parent().map(|p| p.join("config.json")))
     };

@@ -70,7 +70,7 @@ pub enum Command {
     /// and, with --label, Dice/IoU/AUROC/pointing game, plus deletion/insertion AUC) and DIR/report.html
     /// (all of it on one self-contained page, with the curves).
     #[command(
-        after_help = "Examples:\n  xaiclip phantom --out case\n  xaiclip explain --image case/ct.nii.gz --label case/labels.nii.gz --slice organ-center --method occlusion --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --organ spleen --method rise --roi seg --masks 500 --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --method lime --roi none --score dice --sign positive --out out"
+        after_help = "Examples:\n  xaiclip phantom --out case\n  xaiclip explain --image case/ct.nii.gz --label case/labels.nii.gz --slice organ-center --method occlusion --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --organ spleen --method rise --roi seg --masks 500 --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --method lime --roi none --score dice --sign positive --out out\n  xaiclip explain --image ct.nii.gz --unet my3dunet --slice all --method occlusion --roi seg --patch 96,96,96 --out out3d   (a 3-D U-Net: the whole volume)"
     )]
     Explain(explain::ExplainCmd),
     /// Compare each method in full-image and ROI mode: seconds, forward passes, agreement, faithfulness.

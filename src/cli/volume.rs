@@ -135,7 +135,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path) -> Result<()> {
             "tile_reuse": settings.reuse, "baseline": 0.0, "score": "mean-prob",
         },
         "provenance": super::provenance(),
-        "weights": {"unet": {"folder": dir, "sha256": xaiclip::explainer::sha256_file(&dir.join("model.safetensors"))?}},
+        "weights": {"unet": {"folder": dir, "sha256": xaiclip::explainer::sha256_file(&xaiclip::weights::model_file(dir))?}},
         "result": {
             "seconds": run.seconds, "samples": run.samples, "tiles": run.tiles, "tiles_evaluated": run.tiles_evaluated,
             "tiles_naive": run.tiles_naive, "forward_passes": run.forward_passes, "unperturbed_score": run.base_score,
