@@ -5,7 +5,8 @@
 //! the file's voxel axes in order, z fastest in memory, no reorientation and no resampling (the volume
 //! should already be at the spacing the model was trained on). Maps come back on the input's grid.
 
-use crate::backend::Backend;
+use crate::backend::device::Compute;
+use crate::backend::{Backend, Device, Precision};
 use crate::explain::volume::{Occlusion3d, VolumeScorer};
 use crate::fail;
 use crate::io::Volume;
@@ -220,12 +221,12 @@ pub fn explain_volume<B: Backend>(
     })
 }
 
-/// [`explain_volume`] on `device` with the 3-D U-Net in `unet` (config.json + model.safetensors); also
-/// returns the backend's name.
+/// [`explain_volume`] on `device` with the 3-D U-Net in `unet` (config.json + weights); also returns the
+/// backend's name.
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume_on(
-    device: crate::Device,
-    precision: crate::Precision,
+    device: Device,
+    precision: Precision,
     unet: &std::path::Path,
     volume: &Volume,
     labels: Option<&[u8]>,
@@ -233,8 +234,15 @@ pub fn explain_volume_on(
     settings: &VolumeSettings,
     progress: impl FnMut(usize, usize),
 ) -> Result<(VolumeRun, String)> {
-    let compute = device.select(precision)?;
-    crate::on_backend!(compute, |b| {
+    fn on<B: Backend>(
+        b: &B,
+        unet: &std::path::Path,
+        volume: &Volume,
+        labels: Option<&[u8]>,
+        class: usize,
+        settings: &VolumeSettings,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<(VolumeRun, String)> {
         let model = BasicUNet::load_dir(b, unet)?;
         if class >= model.config().out_channels {
             fail!(
@@ -245,7 +253,11 @@ pub fn explain_volume_on(
             );
         }
         Ok((explain_volume(b, &model, volume, labels, class, settings, progress)?, b.name()))
-    })
+    }
+    match device.select(precision)? {
+        Compute::Cpu(b) => on(&b, unet, volume, labels, class, settings, progress),
+        Compute::Cuda(b) => on(b.as_ref(), unet, volume, labels, class, settings, progress),
+    }
 }
 
 #[cfg(test)]
