@@ -79,3 +79,17 @@ fn a_3d_unet_explains_the_whole_volume_with_tile_reuse() {
         assert!(!dir.path().join("bad").exists());
     }
 }
+
+#[test]
+fn info_describes_a_3d_model_folder() {
+    let dir = repo().join("tests/fixtures/unet_volume_instance_deconv");
+    let o = xaiclip(&["info", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("model:      MONAI BasicUNet, 3-D, 1 input channel(s) -> 2 classes, features [4, 4, 6, 6, 8, 4]"),
+        "{out}"
+    );
+    assert!(out.contains("instance norm (affine, eps 0.00001), LeakyReLU(0.1), upsample deconv"), "{out}");
+    assert!(out.contains("check:      every weight has the shape this 3-D model expects"), "{out}");
+}

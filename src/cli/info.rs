@@ -75,9 +75,38 @@ fn weights_info(path: &Path) -> Result<()> {
             std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
         let config =
             UNetConfig::from_json(&text).with_context(|| format!("{}: bad U-Net config", config_path.display()))?;
-        println!("config:     {} -> {config:?}", config_path.display());
+        let size = match (config.spatial_dims, config.patch_size, config.input_size) {
+            (3, Some(p), _) => format!("patch {}x{}x{} (sliding window)", p[0], p[1], p[2]),
+            (3, None, _) => "patch not given (explain --patch; default 96x96x96)".into(),
+            (_, _, Some(s)) => format!("input {s}x{s}"),
+            _ => "input size not given (default 256x256)".into(),
+        };
+        use xaiclip::backend::Activation;
+        use xaiclip::models::unet::{NormKind, Upsample};
+        // MONAI's own spellings of the constructor arguments.
+        let norm = match config.norm {
+            NormKind::Instance { affine: true } => format!("instance norm (affine, eps {})", config.norm_eps),
+            NormKind::Instance { affine: false } => format!("instance norm (eps {})", config.norm_eps),
+            NormKind::Batch => format!("batch norm (eps {}, folded into the convs)", config.norm_eps),
+            NormKind::None => "no norm".into(),
+        };
+        let act = match config.act {
+            Activation::LeakyRelu(slope) => format!("LeakyReLU({slope})"),
+            Activation::Relu => "ReLU".into(),
+            other => format!("{other:?}"),
+        };
+        let upsample = match config.upsample {
+            Upsample::Deconv => "deconv",
+            Upsample::NonTrainable => "nontrainable",
+        };
+        println!("config:     {}", config_path.display());
+        println!(
+            "model:      MONAI BasicUNet, {}-D, {} input channel(s) -> {} classes, features {:?}, {norm}, {act}, upsample {upsample}, {size}",
+            config.spatial_dims, config.in_channels, config.out_channels, config.features
+        );
+        let dims = config.spatial_dims;
         BasicUNet::load(&CpuBackend, config, &weights)?;
-        println!("check:      weights match the config (MONAI BasicUNet, 2-D)");
+        println!("check:      every weight has the shape this {dims}-D model expects");
     }
     Ok(())
 }
