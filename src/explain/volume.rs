@@ -46,8 +46,6 @@ pub struct VolumeScorer<'a, B: Backend> {
     baseline: f32,
     roi: Vec<bool>,
     tile_logits: Vec<Vec<f32>>,
-    /// Summed importance weights on the padded grid (the blend's denominator).
-    count: Vec<f32>,
     /// Unperturbed organ probability per input voxel.
     prob: Vec<f32>,
     /// Per axis and padded coordinate: the indices of the tile starts covering it.
@@ -100,7 +98,6 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
             baseline,
             roi,
             tile_logits: Vec::new(),
-            count: Vec::new(),
             prob: Vec::new(),
             covering,
             m0: Vec::new(),
@@ -113,20 +110,6 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         let all: Vec<(usize, Option<Region>)> = (0..scorer.plan.tiles.len()).map(|t| (t, None)).collect();
         scorer.tile_logits = scorer.run_tiles(volume.data(), &all)?;
         let logits = scorer.plan.blend(&scorer.tile_logits, classes)?;
-        let mut count = vec![0f32; scorer.plan.padded.iter().product()];
-        let [_, ph, pw] = scorer.plan.padded;
-        let [rd, rh, rw] = scorer.plan.window.roi_size;
-        // The blend's denominator, accumulated in the blend's order so that re-blended voxels match it.
-        for start in &scorer.plan.tiles {
-            for z in 0..rd {
-                for y in 0..rh {
-                    let at = ((start[0] + z) * ph + start[1] + y) * pw + start[2];
-                    let w = &scorer.plan.weights[(z * rh + y) * rw..][..rw];
-                    count[at..at + rw].iter_mut().zip(w).for_each(|(c, &w)| *c += w);
-                }
-            }
-        }
-        scorer.count = count;
         let mut at_voxel = vec![0f32; classes];
         for v in 0..voxels {
             for (k, l) in at_voxel.iter_mut().enumerate() {
@@ -350,7 +333,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
                     }
                 }
             }
-            let denominator = self.count[(p[0] * ph + p[1]) * pw + p[2]];
+            let denominator = self.plan.weight_sum[(p[0] * ph + p[1]) * pw + p[2]];
             acc.iter_mut().for_each(|x| *x /= denominator);
             class_probability(&acc, self.class)
         })

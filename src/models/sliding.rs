@@ -85,7 +85,20 @@ impl SlidingWindow {
                 }
             }
         }
-        Ok(Plan { window: *self, image, pad, padded, starts, tiles, weights: self.importance_map() })
+        let weights = self.importance_map();
+        // The blend's denominator, accumulated tile by tile in plan order (re-blending voxels in that same
+        // order reproduces the blend exactly).
+        let (mut weight_sum, [_, ph, pw], [rd, rh, rw]) = (vec![0f32; padded.iter().product()], padded, roi);
+        for start in &tiles {
+            for z in 0..rd {
+                for y in 0..rh {
+                    let at = ((start[0] + z) * ph + start[1] + y) * pw + start[2];
+                    let w = &weights[(z * rh + y) * rw..][..rw];
+                    weight_sum[at..at + rw].iter_mut().zip(w).for_each(|(c, &w)| *c += w);
+                }
+            }
+        }
+        Ok(Plan { window: *self, image, pad, padded, starts, tiles, weights, weight_sum })
     }
 
     /// The per-voxel weight of a tile (D, H, W row-major).
@@ -138,6 +151,8 @@ pub struct Plan {
     pub tiles: Vec<[usize; 3]>,
     /// The importance map of one tile.
     pub weights: Vec<f32>,
+    /// Summed importance weights of all tiles per voxel of the padded grid.
+    pub weight_sum: Vec<f32>,
 }
 
 impl Plan {
@@ -177,7 +192,6 @@ impl Plan {
         let tile_len = rd * rh * rw;
         let plane = pd * ph * pw;
         let mut sum = vec![0f32; channels * plane];
-        let mut count = vec![0f32; plane];
         for (start, out) in self.tiles.iter().zip(outputs) {
             ensure!(
                 out.len() == channels * tile_len,
@@ -189,7 +203,6 @@ impl Plan {
                 for y in 0..rh {
                     let at = ((start[0] + z) * ph + start[1] + y) * pw + start[2];
                     let wrow = &self.weights[(z * rh + y) * rw..][..rw];
-                    count[at..at + rw].iter_mut().zip(wrow).for_each(|(c, &w)| *c += w);
                     for k in 0..channels {
                         let src = &out[k * tile_len + (z * rh + y) * rw..][..rw];
                         let dst = &mut sum[k * plane + at..][..rw];
@@ -204,7 +217,7 @@ impl Plan {
             for z in 0..d {
                 for y in 0..h {
                     let at = ((z + self.pad[0].0) * ph + y + self.pad[1].0) * pw + self.pad[2].0;
-                    result.extend((0..w).map(|x| sum[k * plane + at + x] / count[at + x]));
+                    result.extend((0..w).map(|x| sum[k * plane + at + x] / self.weight_sum[at + x]));
                 }
             }
         }
