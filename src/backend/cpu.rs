@@ -366,51 +366,9 @@ impl Backend for CpuBackend {
         ensure!(wcin == cin, "conv_transpose2d: input has {cin} channels, weight expects {wcin}");
         ensure!(k == k2, "conv_transpose2d: only square kernels (kernel = stride) are supported, got {k}x{k2}");
         let bias = vector_arg(bias, cout, "conv_transpose2d bias")?;
-        let (hout, wout, hw) = (h * k, w * k, h * w);
-        let rows = cout * k * k;
-        let mut out = Tensor::zeros(&[n, cout, hout, wout]);
-        out.data_mut().par_chunks_mut(cout * hout * wout).enumerate().for_each_init(
-            Vec::new,
-            |buf: &mut Vec<f32>, (i, dst)| {
-                // buf[(co, ky, kx), pixel] = sum_ci w[ci, (co, ky, kx)] * x[ci, pixel], then scatter: with
-                // kernel == stride every output pixel receives exactly one term.
-                buf.resize(rows * hw, 0.0);
-                let img = &x.data()[i * cin * hw..(i + 1) * cin * hw];
-                // SAFETY: buf holds rows x hw, weight cin x rows, img cin x hw, all contiguous.
-                unsafe {
-                    matmul(
-                        rows,
-                        hw,
-                        cin,
-                        buf.as_mut_ptr(),
-                        hw as isize,
-                        1,
-                        weight.data().as_ptr(),
-                        1,
-                        rows as isize,
-                        img.as_ptr(),
-                        hw as isize,
-                        1,
-                        Parallelism::None,
-                    );
-                }
-                for co in 0..cout {
-                    let b = bias.map_or(0.0, |b| b[co]);
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let src = &buf[((co * k + ky) * k + kx) * hw..][..hw];
-                            for y in 0..h {
-                                let row = &mut dst[co * hout * wout + (y * k + ky) * wout..][..wout];
-                                for xx in 0..w {
-                                    row[xx * k + kx] = src[y * w + xx] + b;
-                                }
-                            }
-                        }
-                    }
-                }
-            },
-        );
-        Ok(out)
+        // The 3-D code with one slice: the same GEMM and scatter.
+        let g = super::volume::ConvTranspose3d { n, cin, cout, input: [1, h, w], kernel: [1, k, k] };
+        volume::conv_transpose(x.data(), weight.data(), bias, &g).reshape(&[n, cout, h * k, w * k])
     }
 
     fn instance_norm(

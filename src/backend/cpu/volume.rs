@@ -85,8 +85,13 @@ pub(super) fn conv3d(
 
 pub(super) fn conv_transpose3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let g = volume::ConvTranspose3d::new(x.shape(), weight.shape())?;
+    let bias = vector_arg(bias, g.cout, "conv_transpose3d bias")?;
+    Ok(conv_transpose(x.data(), weight.data(), bias, &g))
+}
+
+/// The transposed convolution of checked geometry `g` (NCDHW data; the 2-D one runs here with D = 1).
+pub(super) fn conv_transpose(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &volume::ConvTranspose3d) -> Tensor {
     let (cin, cout, [d, h, w], [kd, kh, kw]) = (g.cin, g.cout, g.input, g.kernel);
-    let bias = vector_arg(bias, cout, "conv_transpose3d bias")?;
     let (vox, taps) = (d * h * w, kd * kh * kw);
     let [_, _, od, oh, ow] = g.output_shape();
     let rows = cout * taps;
@@ -97,7 +102,7 @@ pub(super) fn conv_transpose3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor
             // buf[(co, tap), voxel] = sum_ci w[ci, (co, tap)] x[ci, voxel]; with kernel = stride every output
             // voxel receives exactly one term, so the scatter below is a plain copy.
             buf.resize(rows * vox, 0.0);
-            let img = &x.data()[i * cin * vox..(i + 1) * cin * vox];
+            let img = &x[i * cin * vox..(i + 1) * cin * vox];
             // SAFETY: buf holds rows x vox, the weight cin x rows, img cin x vox, all contiguous.
             unsafe {
                 matmul(
@@ -107,7 +112,7 @@ pub(super) fn conv_transpose3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor
                     buf.as_mut_ptr(),
                     vox as isize,
                     1,
-                    weight.data().as_ptr(),
+                    weight.as_ptr(),
                     1,
                     rows as isize,
                     img.as_ptr(),
@@ -132,7 +137,7 @@ pub(super) fn conv_transpose3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor
             }
         },
     );
-    Ok(out)
+    out
 }
 
 pub(super) fn max_pool3d(x: &Tensor, k: [usize; 3]) -> Result<Tensor> {
