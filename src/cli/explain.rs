@@ -44,8 +44,8 @@ pub struct ExplainCmd {
 pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     // A 3-D U-Net explains the whole volume instead of a slice.
     if let Some(dir) = &cmd.method_args.unet {
-        if super::volume::is_volumetric(dir)? {
-            return super::volume::run(device, &cmd, dir);
+        if let Some(config) = super::volume::volumetric_config(dir) {
+            return super::volume::run(device, &cmd, dir, &config);
         }
     }
     let started = std::time::Instant::now();

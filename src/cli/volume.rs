@@ -34,12 +34,11 @@ pub struct VolumeArgs {
     pub no_tile_reuse: bool,
 }
 
-/// Whether the U-Net in `dir` is 3-D (its config.json says spatial_dims 3).
-pub fn is_volumetric(dir: &Path) -> Result<bool> {
-    let path = dir.join("config.json");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(false) };
-    // A broken config is reported by the loader that reads it properly; here only the rank matters.
-    Ok(UNetConfig::from_json(&text).is_ok_and(|c| c.spatial_dims == 3))
+/// The config of the U-Net in `dir` when it is 3-D (config.json says spatial_dims 3). A missing or
+/// broken config is reported by the loader that reads it properly; here only the rank matters.
+pub fn volumetric_config(dir: &Path) -> Option<UNetConfig> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    UNetConfig::from_json(&text).ok().filter(|c| c.spatial_dims == 3)
 }
 
 fn parse_patch(text: &str) -> Result<[usize; 3]> {
@@ -52,7 +51,7 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
 }
 
 /// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
-pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path) -> Result<()> {
+pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfig) -> Result<()> {
     if cmd.method != Method::Occlusion {
         bail!(
             "--method {}: whole volumes (a 3-D U-Net) are explained by occlusion so far; RISE, LIME and Kernel SHAP in 3-D are not available yet",
@@ -63,10 +62,6 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path) -> Result<()> {
         bail!("--slice {}: a 3-D U-Net explains the whole volume; pass --slice all", cmd.case.slice);
     }
     let v = &cmd.volume;
-    let text = std::fs::read_to_string(dir.join("config.json"))
-        .with_context(|| format!("{}: cannot read", dir.join("config.json").display()))?;
-    let config =
-        UNetConfig::from_json(&text).map_err(|e| anyhow::anyhow!("{}: bad U-Net config: {e}", dir.display()))?;
     let patch = match &v.patch {
         Some(p) => parse_patch(p)?,
         None => config.patch_size.unwrap_or([96; 3]),
