@@ -15,7 +15,7 @@ use crate::explain::superpixels::{Segmenter, SegmenterKind};
 use crate::explain::{BaselineKind, Cancel, ScoreKind};
 use crate::fail;
 use crate::io::Volume;
-use crate::models::{bundled, BasicUNet};
+use crate::models::{bundled, SegModel};
 use crate::organs::{organ_class, organ_name};
 use crate::pipeline::{
     model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method,
@@ -210,7 +210,7 @@ pub struct ExplainerBuilder {
     settings: Settings,
     batch: BatchSize,
     size: Option<usize>,
-    intensity: Intensity,
+    intensity: Option<Intensity>,
 }
 
 impl Default for ExplainerBuilder {
@@ -223,13 +223,14 @@ impl Default for ExplainerBuilder {
             settings: Settings::defaults(0),
             batch: BatchSize::Auto,
             size: None,
-            intensity: Intensity::ABDOMEN,
+            intensity: None,
         }
     }
 }
 
 impl ExplainerBuilder {
-    /// U-Net folder (MONAI BasicUNet: model.safetensors + config.json); default: the bundled weights/unet.
+    /// Model folder: a MONAI BasicUNet (config.json + model.safetensors) or an nnU-Net v2 result folder
+    /// (plans.json, dataset.json, fold_K/checkpoint_final.pth); default: the bundled weights/unet.
     pub fn unet(mut self, dir: impl Into<PathBuf>) -> Self {
         self.unet = Some(dir.into());
         self
@@ -281,9 +282,10 @@ impl ExplainerBuilder {
         self
     }
 
-    /// How slices are normalised to [0, 1]; default the abdomen CT window [-160, 240] HU.
+    /// How slices are normalised to [0, 1]; default the model's own window where it fixes one (an
+    /// nnU-Net CTNormalization), else the abdomen CT window [-160, 240] HU.
     pub fn intensity(mut self, intensity: Intensity) -> Self {
-        self.intensity = intensity;
+        self.intensity = Some(intensity);
         self
     }
 
@@ -297,24 +299,33 @@ impl ExplainerBuilder {
         // The CPU computes in f32 whatever was asked (the precision option is the GPU's).
         let precision = if matches!(compute, Compute::Cpu(_)) { Precision::F32 } else { self.precision };
         let mut settings = self.settings;
-        let (engine, size) = match compute {
+        let (engine, size, (own, classes)) = match compute {
             Compute::Cpu(b) => {
                 let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let size = loaded.size;
-                (Engine::Cpu(Box::new(loaded)), size)
+                let (size, own) = (loaded.size, (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec)));
+                (Engine::Cpu(Box::new(loaded)), size, own)
             }
             Compute::Cuda(b) => {
                 let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let size = loaded.size;
-                (Engine::Cuda(Box::new(loaded)), size)
+                let (size, own) = (loaded.size, (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec)));
+                (Engine::Cuda(Box::new(loaded)), size, own)
             }
+        };
+        let intensity = match (self.intensity, own) {
+            (Some(asked), Some(own)) if asked != own => fail!(
+                InvalidInput,
+                "{}: the model normalises its input itself ({own:?}); another window ({asked:?}) would feed it inputs unlike its training data, so drop --window/--modality",
+                unet_dir.display()
+            ),
+            (asked, own) => asked.or(own).unwrap_or(Intensity::ABDOMEN),
         };
         Ok(Explainer {
             engine,
             clip: self.clip,
             settings,
             size,
-            intensity: self.intensity,
+            intensity,
+            classes,
             cancel: Cancel::default(),
             unet_dir,
             precision,
@@ -325,7 +336,7 @@ impl ExplainerBuilder {
 /// The models on one backend.
 struct Loaded<B: Backend> {
     backend: B,
-    unet: BasicUNet<B>,
+    unet: SegModel<B>,
     size: usize,
     clip: OnceLock<ClipRoiFinder<B>>,
 }
@@ -333,18 +344,26 @@ struct Loaded<B: Backend> {
 impl<B: Backend> Loaded<B> {
     fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
         let dir = unet;
-        let unet = BasicUNet::load_dir(&backend, dir)?;
-        if unet.config().spatial_dims != 2 {
+        let unet = SegModel::load_dir(&backend, dir)?;
+        if unet.spatial_dims() != 2 {
             fail!(
                 InvalidInput,
                 "{}: a 3-D U-Net (spatial_dims {}): segment, explain, bench, roi and eval run 2-D U-Nets on axial slices; explaining whole volumes with 3-D models is not available yet",
                 dir.display(),
-                unet.config().spatial_dims
+                unet.spatial_dims()
             );
         }
         let size = model_size(size, &unet);
         if !(16..=MAX_GRID).contains(&size) {
             fail!(InvalidInput, "--size {size}: the model grid must be 16 to {MAX_GRID} pixels");
+        }
+        let multiple = unet.size_multiple();
+        if size % multiple != 0 {
+            fail!(
+                InvalidInput,
+                "--size {size}: {} needs a model grid that is a multiple of {multiple} (its total stride)",
+                unet.describe()
+            );
         }
         settings.batch = batch.resolve(&backend, size, &unet)?;
         Ok(Self { backend, unet, size, clip: OnceLock::new() })
@@ -499,6 +518,8 @@ pub struct Explainer {
     settings: Settings,
     size: usize,
     intensity: Intensity,
+    /// The model's class names by channel, where its format lists them.
+    classes: Option<Vec<String>>,
     cancel: Cancel,
     unet_dir: PathBuf,
     precision: Precision,
@@ -600,14 +621,14 @@ impl Explainer {
             }
             None => self.settings.clone(),
         };
-        let class = organ_class(&request.organ)?;
+        let class = self.class_of(&request.organ)?;
         let k = self.pick_slice(volume, request.labels.as_deref(), &request.slices, class)?;
         let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
         let clip = if request.roi.uses_clip() { self.clip_roi(&input, class)? } else { ClipRoi::default() };
         let run = self.run(&input, &clip, class, request.method, request.roi, &settings, progress)?;
         let (slice_saliency, slice_shape) = saliency_on_slice(volume, &run.saliency, self.size)?;
         Ok(Explanation {
-            organ: organ_name(class),
+            organ: self.class_name(class),
             class,
             slice: k,
             run,
@@ -619,9 +640,43 @@ impl Explainer {
         })
     }
 
+    /// The model's output channel of an organ name or number: from the model's own class list where
+    /// its format has one (nnU-Net's dataset.json), else the FLARE22 ids of the bundled models.
+    pub fn class_of(&self, organ: &str) -> Result<usize> {
+        Ok(match &self.classes {
+            Some(classes) => crate::organs::class_in(classes, organ)?,
+            None => organ_class(organ)?,
+        })
+    }
+
+    /// The name of output channel `class`.
+    pub fn class_name(&self, class: usize) -> String {
+        match self.classes.as_ref().and_then(|c| c.get(class)) {
+            Some(name) => name.clone(),
+            None => organ_name(class),
+        }
+    }
+
+    /// The FLARE22 id of output channel `class`: what ground-truth labels (read as FLARE22) and the
+    /// CLIP prompts name it by.
+    pub fn label_id(&self, class: usize) -> Result<usize> {
+        match &self.classes {
+            None => Ok(class),
+            Some(classes) => match organ_class(&classes[class.min(classes.len() - 1)]) {
+                Ok(id) if class < classes.len() => Ok(id),
+                _ => fail!(
+                    InvalidInput,
+                    "class {class} ({}) is not a FLARE22 organ: ground-truth labels and the CLIP ROI name organs by FLARE22; use --roi seg and no --labels",
+                    self.class_name(class)
+                ),
+            },
+        }
+    }
+
     /// The one slice `slices` names for `class` (organ-center needs `labels`).
     pub fn pick_slice(&self, volume: &Volume, labels: Option<&[u8]>, slices: &Slices, class: usize) -> Result<usize> {
-        let picked = slices.resolve(volume, labels, class)?;
+        let label = if labels.is_some() { self.label_id(class)? } else { class };
+        let picked = slices.resolve(volume, labels, label)?;
         match picked[..] {
             [k] => Ok(k),
             _ => Err(crate::error::Error::new(
@@ -641,14 +696,15 @@ impl Explainer {
         class: usize,
         intensity: Intensity,
     ) -> Result<SliceInput> {
-        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, class)?;
+        let label = if labels.is_some() { self.label_id(class)? } else { class };
+        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label)?;
         if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::OrganAbsent,
                 format!(
                     "{}: slice {k} has no {} in the labels; pick another slice (or --slice organ-center)",
                     volume.source.display(),
-                    organ_name(class)
+                    self.class_name(class)
                 ),
             ));
         }
@@ -657,7 +713,8 @@ impl Explainer {
 
     /// The CLIP ROI of a prepared slice (thresholded map, before the margin) and its seconds.
     pub fn clip_roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
-        with_engine!(self, |e| Ok(e.clip(&self.clip)?.roi(&e.backend, input, class)?))
+        let prompt = self.label_id(class)?;
+        with_engine!(self, |e| Ok(e.clip(&self.clip)?.roi(&e.backend, input, prompt)?))
     }
 
     /// One method in one ROI mode on a prepared slice; `progress(done, total)` counts forward passes.

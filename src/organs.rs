@@ -71,3 +71,27 @@ pub fn totalseg_to_flare22(id: u8) -> u8 {
 pub fn organ_name(class: usize) -> String {
     FLARE22_ORGANS.iter().find(|(id, _)| *id as usize == class).map_or(format!("class {class}"), |(_, n)| n.to_string())
 }
+
+/// The index of `organ` (a name or a number) in a model's own class list: names match ignoring case,
+/// '_' and '-', or when both are the same FLARE22 organ ("right-kidney" finds "kidney_right"). Names
+/// not in the list are refused, listing it.
+pub fn class_in(classes: &[String], organ: &str) -> Result<usize> {
+    let key = |s: &str| s.trim().to_lowercase().replace(['_', '-'], " ");
+    let wanted = key(organ);
+    if let Ok(n) = wanted.parse::<usize>() {
+        if n < classes.len() {
+            return Ok(n);
+        }
+        crate::fail!(InvalidInput, "class {n}: the model has classes 0 to {}", classes.len() - 1);
+    }
+    let flare = organ_class(organ).ok();
+    let found = classes.iter().position(|c| key(c) == wanted || (flare.is_some() && organ_class(c).ok() == flare));
+    match found {
+        Some(i) => Ok(i),
+        None => crate::fail!(
+            InvalidInput,
+            "organ {organ:?} is not one of the model's classes ({})",
+            classes.iter().enumerate().map(|(i, c)| format!("{i} {c}")).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}

@@ -12,7 +12,7 @@ use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
 use crate::models::clip::ClipModel;
-use crate::models::{bundled, BasicUNet};
+use crate::models::{bundled, SegModel};
 use crate::organs::{organ_name, FLARE22_ORGANS};
 use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout};
 use crate::render::{Colouring, Panel, Sign};
@@ -568,7 +568,7 @@ pub fn roi_budget(settings: &Settings, roi: &[bool], size: usize) -> Settings {
 /// forward passes; `cancel` stops the run between batches. Settings are validated first.
 pub fn run_method<B: Backend>(
     backend: &B,
-    model: &BasicUNet<B>,
+    model: &SegModel<B>,
     slice: &SliceInput,
     clip: &ClipRoi,
     class: usize,
@@ -817,11 +817,8 @@ impl FromStr for BatchSize {
 impl BatchSize {
     /// The batch for `model` at `size` on `backend`. A fixed batch whose activations the device cannot
     /// hold is refused here, naming the option, rather than aborting in the middle of a run.
-    pub fn resolve<B: Backend>(self, backend: &B, size: usize, model: &BasicUNet<B>) -> Result<usize> {
-        let f = model.config().features;
-        // Peak live activations of one image: about three full-resolution tensors of the widest
-        // top-level width plus the skip pyramid (a geometric series, ~1/3 more).
-        let per_image = (4 * size * size * (3 * f[0].max(f[5]) + model.config().out_channels) * 4 / 3).max(1);
+    pub fn resolve<B: Backend>(self, backend: &B, size: usize, model: &SegModel<B>) -> Result<usize> {
+        let per_image = (4 * size * size * model.live_floats_per_pixel()).max(1);
         match self {
             BatchSize::Fixed(b) => {
                 let available = backend.memory_available();
@@ -844,8 +841,8 @@ impl BatchSize {
 }
 
 /// The model grid side for `model`: the requested one, else its config's input_size, else 256.
-pub fn model_size<B: Backend>(requested: Option<usize>, model: &BasicUNet<B>) -> usize {
-    requested.or(model.config().input_size).unwrap_or(256)
+pub fn model_size<B: Backend>(requested: Option<usize>, model: &SegModel<B>) -> usize {
+    requested.or(model.input_size()).unwrap_or(256)
 }
 
 /// How the CLIP text side describes organs.

@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::fail;
 use crate::io::Volume;
-use crate::models::BasicUNet;
+use crate::models::SegModel;
 use crate::preprocess::{argmax_on_grid, normalise, resize_bilinear, AxialLayout, Intensity};
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
@@ -42,22 +42,22 @@ pub fn model_input(
 /// slices stay 0. `progress` is called with the number of slices finished after each batch.
 pub fn segment_slices<B: Backend>(
     backend: &B,
-    model: &BasicUNet<B>,
+    model: &SegModel<B>,
     volume: &Volume,
     slices: &[usize],
     options: &SegmentOptions,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
-    let config = model.config();
+    let (in_channels, classes) = (model.in_channels(), model.out_channels());
     ensure!(
-        config.in_channels == 1,
+        in_channels == 1,
         "segment needs a single-channel U-Net (in_channels = 1), this one has {}",
-        config.in_channels
+        in_channels
     );
     ensure!(
-        config.out_channels <= 256,
+        classes <= 256,
         "segment writes uint8 labels: at most 256 classes, the model has {}",
-        config.out_channels
+        classes
     );
     if !(1..=1024).contains(&options.batch) || options.input_size < 16 {
         fail!(InvalidInput, "--batch {}: must be 1 to 1024 (and the model grid at least 16)", options.batch);
@@ -79,10 +79,10 @@ pub fn segment_slices<B: Backend>(
         let x = backend.upload(&Tensor::new(&[chunk.len(), 1, size, size], input)?)?;
         let probs = backend.download(&model.forward(backend, &x)?)?;
         crate::models::check_finite_outputs(probs.data())?;
-        let per_item = config.out_channels * size * size;
+        let per_item = classes * size * size;
         for (i, &k) in chunk.iter().enumerate() {
             let item = &probs.data()[i * per_item..(i + 1) * per_item];
-            let slice_labels = argmax_on_grid(item, config.out_channels, (size, size), slice_shape);
+            let slice_labels = argmax_on_grid(item, classes, (size, size), slice_shape);
             layout.insert(volume.dims, k, &slice_labels, &mut labels);
         }
         done += chunk.len();

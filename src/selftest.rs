@@ -770,19 +770,19 @@ pub struct ExplainRow {
 }
 
 /// The U-Net being explained: the bundled one, or (quick) a small random one, the same for a seed.
-fn explained_unet<B: Backend>(b: &B, quick: bool) -> Result<crate::models::BasicUNet<B>> {
-    use crate::models::{BasicUNet, UNetConfig};
-    if quick {
+fn explained_unet<B: Backend>(b: &B, quick: bool) -> Result<crate::models::SegModel<B>> {
+    use crate::models::{BasicUNet, SegModel, UNetConfig};
+    Ok(SegModel::Basic(if quick {
         BasicUNet::random(
             b,
             UNetConfig::from_json(
                 r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#,
             )?,
             5,
-        )
+        )?
     } else {
-        BasicUNet::load_dir(b, &crate::models::bundled("unet")?)
-    }
+        BasicUNet::load_dir(b, &crate::models::bundled("unet")?)?
+    }))
 }
 
 /// Each method on the bundled phantom's liver slice at `samples` (RISE masks; LIME/SHAP samples =
@@ -806,7 +806,7 @@ pub fn check_explainers<B: Backend>(
     let slice =
         SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
     let class = match &cpu_model {
-        Some(m) if quick => (0..m.config().out_channels)
+        Some(m) if quick => (0..m.out_channels())
             .find(|&c| {
                 crate::explain::UNetScorer::new(&CpuBackend, m, &slice.image, size, c, ScoreKind::MeanProb).is_ok()
             })
@@ -825,7 +825,7 @@ pub fn check_explainers<B: Backend>(
     settings.batch = batch;
     let mut rows = Vec::new();
     for method in Method::ALL {
-        let run = |b: &B, m: &crate::models::BasicUNet<B>| {
+        let run = |b: &B, m: &crate::models::SegModel<B>| {
             run_method(
                 b,
                 m,

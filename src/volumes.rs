@@ -12,7 +12,7 @@ use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, Agreement};
 use crate::models::sliding::SlidingWindow;
-use crate::models::BasicUNet;
+use crate::models::SegModel;
 use crate::preprocess::{normalise_values, Intensity};
 use crate::roi::RoiMode;
 use crate::tensor::Tensor;
@@ -161,16 +161,15 @@ fn bounding_box(mask: &[bool], dims: [usize; 3], margin: [usize; 3]) -> Vec<bool
 /// occlusion windows.
 pub fn explain_volume<B: Backend>(
     backend: &B,
-    model: &BasicUNet<B>,
+    model: &SegModel<B>,
     volume: &Volume,
     labels: Option<&[u8]>,
     class: usize,
     settings: &VolumeSettings,
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
-    let config = model.config();
-    ensure!(config.spatial_dims == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
-    ensure!(config.in_channels == 1, "the U-Net takes {} input channels; volumes give one", config.in_channels);
+    ensure!(model.spatial_dims() == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
+    ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     if matches!(settings.roi, RoiMode::Clip | RoiMode::ClipSeg) {
         fail!(
             InvalidInput,
@@ -243,13 +242,13 @@ pub fn explain_volume_on(
         settings: &VolumeSettings,
         progress: impl FnMut(usize, usize),
     ) -> Result<(VolumeRun, String)> {
-        let model = BasicUNet::load_dir(b, unet)?;
-        if class >= model.config().out_channels {
+        let model = SegModel::load_dir(b, unet)?;
+        if class >= model.out_channels() {
             fail!(
                 InvalidInput,
                 "{}: class {class} is not an output of this {}-class U-Net",
                 unet.display(),
-                model.config().out_channels
+                model.out_channels()
             );
         }
         Ok((explain_volume(b, &model, volume, labels, class, settings, progress)?, b.name()))

@@ -267,10 +267,16 @@ impl<'a> ParamReader<'a> {
     /// Fails with every recorded problem plus the stored tensors nobody asked for. Names in
     /// `ignored_suffixes` (PyTorch bookkeeping such as `num_batches_tracked`) may be left over.
     pub fn finish(self, ignored_suffixes: &[&str]) -> Result<()> {
+        self.finish_except(|name| ignored_suffixes.iter().any(|s| name.ends_with(s)))
+    }
+
+    /// As `finish`, with the stored tensors that may be left over chosen by `unused` (aliases and
+    /// training-only heads of a checkpoint).
+    pub fn finish_except(self, unused: impl Fn(&str) -> bool) -> Result<()> {
         let Source::File { file, stored } = self.source else { return Ok(()) };
         let mut problems = self.problems;
         for (name, shape) in &stored {
-            if !self.taken.contains(name) && !ignored_suffixes.iter().any(|s| name.ends_with(s)) {
+            if !self.taken.contains(name) && !unused(name) {
                 problems.push(format!("unexpected tensor {name} (shape {shape:?})"));
             }
         }

@@ -311,6 +311,10 @@ impl Backend for CpuBackend {
         t.shape()
     }
 
+    fn reshape(&self, t: Tensor, shape: &[usize]) -> Result<Tensor> {
+        t.reshape(shape)
+    }
+
     fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
         let (n, cin, h, w) = x.nchw()?;
         let (cout, wcin, kh, kw) = weight.nchw()?;

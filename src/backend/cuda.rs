@@ -407,6 +407,12 @@ impl Backend for CudaBackend {
         &t.shape
     }
 
+    fn reshape(&self, t: CudaTensor, shape: &[usize]) -> Result<CudaTensor> {
+        let n: usize = shape.iter().product();
+        ensure!(n == t.buf.len(), "cannot reshape {:?} ({} values) to {shape:?}", t.shape, t.buf.len());
+        Ok(CudaTensor { buf: t.buf, shape: shape.to_vec() })
+    }
+
     /// A quarter of the free device memory (at most 32 GiB) and batches up to 512: a GPU needs large
     /// batches to fill its multiprocessors.
     fn memory_available(&self) -> usize {

@@ -84,6 +84,9 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Result<Tensor>;
     /// The tensor's shape.
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
+    /// The same values under a new shape with as many elements (no copy): a 2-D network run by the
+    /// 3-D layers as one-slice volumes.
+    fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
 
     /// Bytes this backend can still allocate (the CPU: the tightest of MemAvailable, the cgroup's limit
     /// and the address-space rlimit).

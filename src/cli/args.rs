@@ -55,8 +55,10 @@ pub struct MethodArgs {
     /// eval takes a comma list (--organs liver,spleen).
     #[arg(long, visible_alias = "organs", default_value = "liver", help_heading = "Input")]
     pub organ: String,
-    /// U-Net folder (model.safetensors + config.json); default: the bundled weights/unet.
-    #[arg(long, help_heading = "Model")]
+    /// Model folder: a MONAI BasicUNet (config.json + model.safetensors or model.pt) or an nnU-Net v2
+    /// result folder (<trainer>__<plans>__<configuration> with plans.json, dataset.json and fold_K; all
+    /// folds found are ensembled, or give one fold_K); default: the bundled weights/unet.
+    #[arg(long, visible_alias = "model", help_heading = "Model")]
     pub unet: Option<PathBuf>,
     /// Perturbed images per forward pass: a number, or "auto" (activations within 2 GiB and at most 64
     /// images on the CPU; a quarter of the free memory and at most 512 images on a GPU).
@@ -95,8 +97,10 @@ impl MethodArgs {
             .precision(device.precision)
             .clip(self.clip.clip_options()?)
             .batch(self.batch.parse::<BatchSize>()?)
-            .size(size)
-            .intensity(self.intensity.intensity()?);
+            .size(size);
+        if let Some(intensity) = self.intensity.intensity()? {
+            b = b.intensity(intensity);
+        }
         if let Some(unet) = &self.unet {
             b = b.unet(unet);
         }

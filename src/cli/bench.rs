@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use xaiclip::bench::bench_tables;
 use xaiclip::dataset::LabelIds;
 use xaiclip::io::{check_output_file, stage_text, write_text, Staging};
-use xaiclip::organs::{organ_class, organ_name};
+
 use xaiclip::phantom;
 use xaiclip::pipeline::Method;
 use xaiclip::report::{runs_report, ReportContext};
@@ -73,7 +73,7 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
-        let class = organ_class(&cmd.method_args.organ)?;
+        let class = explainer.class_of(&cmd.method_args.organ)?;
         let slices = super::parse_slices("--slice", &cmd.slice)?;
         Case::new(&explainer, p.ct, Some(p.labels), &slices, class)?
     } else {
@@ -91,7 +91,7 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     let size = explainer.model_size();
     let rows = bench_rows(&explainer, &case, &clip, &cmd.methods, cmd.roi, settings, cmd.repeat)?;
     let image = if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() };
-    let context = json!({"image": image, "slice": case.slice, "organ": organ_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
+    let context = json!({"image": image, "slice": case.slice, "organ": explainer.class_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
     let (md, json_table) = bench_tables(&rows, context.clone());
     println!("{md}");
     // The tables and the report are written together or not at all.
@@ -103,7 +103,7 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
         stage_text(&mut staging, p, serde_json::to_string_pretty(&json_table)?)?;
     }
     if let Some(p) = &cmd.html {
-        let organ = organ_name(case.class);
+        let organ = explainer.class_name(case.class);
         let report = runs_report(
             &rows,
             &case.input,

@@ -96,7 +96,7 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         labels: cmd.labels.clone(),
         label_ids: cmd.label_ids,
         unlabeled: cmd.unlabeled,
-        mr: cmd.method_args.intensity.modality == Modality::Mr,
+        mr: cmd.method_args.intensity.modality == Some(Modality::Mr),
         organs: organs.clone(),
         methods: cmd.methods.clone(),
         rois: cmd.roi.clone(),
@@ -107,7 +107,7 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         seed: cmd.method_args.options.seed,
         unet: cmd.method_args.unet.clone(),
         clip: cmd.method_args.clip.clip_options()?,
-        window: cmd.method_args.intensity.window.parse()?,
+        window: cmd.method_args.intensity.window.as_deref().map(str::parse).transpose()?.unwrap_or(xaiclip::preprocess::Intensity::ABDOMEN),
         save_maps: cmd.save_maps,
     };
     // The shard and data set are checked before the models load, so a bad option fails at once.

@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use xaiclip::io::{self, stage_text, Staging, Volume};
-use xaiclip::organs::organ_class;
 use xaiclip::pipeline::{ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
 use xaiclip::report::{runs_report, FigureOptions, ReportContext};
 use xaiclip::roi::RoiMode;
@@ -159,7 +158,7 @@ fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
 /// Reads the image (and labels), converts the slice option, and picks the slice for the organ.
 pub fn load_case(explainer: &Explainer, case: &CaseArgs, organ: &str) -> Result<Case> {
     let volume = io::read_image(&case.image)?;
-    let class = organ_class(organ)?;
+    let class = explainer.class_of(organ)?;
     let labels = case.label.as_deref().map(|l| read_labels(l, case.label_ids, &volume)).transpose()?;
     Case::new(explainer, volume, labels, &case.slices()?, class)
 }

@@ -216,20 +216,25 @@ pub enum Modality {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct IntensityArgs {
-    /// Image modality; decides how intensities are normalised.
-    #[arg(long, value_enum, default_value_t = Modality::Ct, help_heading = "Input")]
-    pub modality: Modality,
-    /// CT window LOW,HIGH in HU mapped to [0, 1] (default: abdomen, level 40 width 400).
-    #[arg(long, default_value = "-160,240", allow_hyphen_values = true, help_heading = "Input")]
-    pub window: String,
+    /// Image modality; decides how intensities are normalised [default: ct].
+    #[arg(long, value_enum, help_heading = "Input")]
+    pub modality: Option<Modality>,
+    /// CT window LOW,HIGH in HU mapped to [0, 1] [default: -160,240 (abdomen, level 40 width 400); an
+    /// nnU-Net model's own CTNormalization window].
+    #[arg(long, allow_hyphen_values = true, help_heading = "Input")]
+    pub window: Option<String>,
 }
 
 impl IntensityArgs {
-    /// The normalisation these options ask for.
-    pub fn intensity(&self) -> Result<Intensity> {
-        match self.modality {
-            Modality::Mr => Ok(Intensity::MrPercentile),
-            Modality::Ct => self.window.parse(),
+    /// The normalisation these options ask for; None when neither is given (the model's own, else the
+    /// abdomen window).
+    pub fn intensity(&self) -> Result<Option<Intensity>> {
+        match (self.modality, &self.window) {
+            (Some(Modality::Mr), Some(_)) => xaiclip::fail!(InvalidInput, "--window is a CT window; --modality mr uses percentiles"),
+            (Some(Modality::Mr), None) => Ok(Some(Intensity::MrPercentile)),
+            (_, Some(w)) => w.parse().map(Some),
+            (Some(Modality::Ct), None) => Ok(Some(Intensity::ABDOMEN)),
+            (None, None) => Ok(None),
         }
     }
 }

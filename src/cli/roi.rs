@@ -5,7 +5,7 @@ use super::{CaseArgs, ClipArgs, DeviceArgs, IntensityArgs, MethodArgs};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use xaiclip::io;
-use xaiclip::organs::organ_name;
+
 use xaiclip::preprocess::{resize_nearest, AxialLayout};
 use xaiclip::render;
 use xaiclip::roi::{area_fraction, region, RoiMode};
@@ -57,7 +57,7 @@ pub fn run(device: &DeviceArgs, cmd: RoiCmd) -> Result<()> {
     let area = area_fraction(&roi);
     if png {
         let probability = clip.probability.as_deref().context("CLIP map missing")?;
-        let organ = organ_name(case.class);
+        let organ = explainer.class_name(case.class);
         let panel = render::Panel {
             image: &case.input.image,
             size,
@@ -88,7 +88,7 @@ pub fn run(device: &DeviceArgs, cmd: RoiCmd) -> Result<()> {
     });
     eprintln!(
         "{} ROI on slice {}: {:.1}% of the slice{}; {:.3}s; wrote {}",
-        organ_name(case.class),
+        explainer.class_name(case.class),
         case.slice,
         100.0 * area,
         coverage.map_or(String::new(), |c| format!(", covers {:.1}% of the ground-truth organ", 100.0 * c)),

@@ -15,8 +15,9 @@ pub struct SegmentCmd {
     /// (3,7,9), or "all".
     #[arg(long, default_value = "all")]
     pub slice: String,
-    /// U-Net folder holding model.safetensors and config.json; default: the bundled weights/unet.
-    #[arg(long)]
+    /// Model folder (a BasicUNet's config.json + weights, or an nnU-Net v2 result folder); default: the
+    /// bundled weights/unet.
+    #[arg(long, visible_alias = "model")]
     pub unet: Option<PathBuf>,
     /// Output label volume (.nii or .nii.gz), uint8 class ids.
     #[arg(long)]
@@ -40,13 +41,15 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     let volume = io::read_image(&cmd.image)?;
     let spec = super::parse_slices("--slice", &cmd.slice)?;
     let slices = spec.resolve(&volume, None, 0)?;
-    let intensity = cmd.intensity.intensity()?;
-    let mut builder =
-        Explainer::builder().device(device.device).precision(device.precision).size(cmd.size).intensity(intensity);
+    let mut builder = Explainer::builder().device(device.device).precision(device.precision).size(cmd.size);
+    if let Some(intensity) = cmd.intensity.intensity()? {
+        builder = builder.intensity(intensity);
+    }
     if let Some(unet) = &cmd.unet {
         builder = builder.unet(unet);
     }
     let explainer = builder.build()?;
+    let intensity = explainer.intensity();
     let started = Instant::now();
     let bar = Progress::new(slices.len() as u64, "segment slices");
     let labels = explainer.segment(&volume, &slices, intensity, cmd.batch, |done| bar.set_position(done as u64))?;

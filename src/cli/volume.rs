@@ -80,7 +80,9 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
     settings.occlusion = Occlusion3d { window: [window; 3], stride: [stride; 3] };
     settings.roi = cmd.roi;
     settings.margin_mm = options.margin_mm.unwrap_or(settings.margin_mm);
-    settings.intensity = cmd.method_args.intensity.intensity()?;
+    if let Some(intensity) = cmd.method_args.intensity.intensity()? {
+        settings.intensity = intensity;
+    }
     let class = organ_class(&cmd.method_args.organ)?;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;

@@ -16,7 +16,7 @@ pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
 use crate::backend::{Backend, Scene};
 use crate::error::{kind_of, ErrorKind};
 use crate::fail;
-use crate::models::BasicUNet;
+use crate::models::SegModel;
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -131,7 +131,7 @@ pub struct UNetScorer<'a, B: Backend> {
     /// Where the U-Net runs.
     pub backend: &'a B,
     /// The U-Net whose prediction is explained.
-    pub model: &'a BasicUNet<B>,
+    pub model: &'a SegModel<B>,
     /// The organ's class index.
     pub class: usize,
     /// M0: the unperturbed prediction of the class (model grid).
@@ -150,13 +150,13 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
     /// Runs the unperturbed input once to find M0 = {argmax == class}; errors when the organ is absent.
     pub fn new(
         backend: &'a B,
-        model: &'a BasicUNet<B>,
+        model: &'a SegModel<B>,
         input: &[f32],
         size: usize,
         class: usize,
         kind: ScoreKind,
     ) -> Result<Self> {
-        let classes = model.config().out_channels;
+        let classes = model.out_channels();
         ensure!(class < classes, "class {class} is not an output of this U-Net ({classes} classes)");
         let started = std::time::Instant::now();
         let x = backend.upload(&Tensor::new(&[1, 1, size, size], input.to_vec())?)?;

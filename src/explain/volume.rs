@@ -14,7 +14,7 @@ use super::occlusion::window_origins;
 use crate::backend::Backend;
 use crate::fail;
 use crate::models::sliding::{Plan, SlidingWindow};
-use crate::models::BasicUNet;
+use crate::models::SegModel;
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 
@@ -37,7 +37,7 @@ fn class_probability(logits: &[f32], class: usize) -> f32 {
 /// Mean organ probability over M0 of a perturbed volume, with the unperturbed tiles' logits kept.
 pub struct VolumeScorer<'a, B: Backend> {
     backend: &'a B,
-    model: &'a BasicUNet<B>,
+    model: &'a SegModel<B>,
     plan: Plan,
     volume: &'a [f32],
     channels: usize,
@@ -67,7 +67,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
     /// `baseline` fills perturbed voxels.
     pub fn new(
         backend: &'a B,
-        model: &'a BasicUNet<B>,
+        model: &'a SegModel<B>,
         volume: &'a Tensor,
         window: &SlidingWindow,
         class: usize,
@@ -78,7 +78,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         let voxels: usize = image.iter().product();
         let roi = vec![true; voxels];
         let plan = window.plan(image)?;
-        let classes = model.config().out_channels;
+        let classes = model.out_channels();
         ensure!(class < classes, "class {class} is not an output of this {classes}-class model");
         let covering = std::array::from_fn(|a| {
             (0..plan.padded[a])

@@ -1,10 +1,188 @@
 //! Network definitions that run on any `Backend`.
 
 pub mod clip;
+pub mod nnunet;
 pub mod sliding;
 pub mod unet;
 
+pub use nnunet::NnUNet;
 pub use unet::{BasicUNet, UNetConfig};
+
+use crate::backend::Backend;
+use crate::preprocess::Intensity;
+use crate::tensor::Tensor;
+
+/// The segmentation model every explainer, ROI mode and command runs: logits for a batch on the
+/// model grid, its classes and input geometry, whatever format it was read from.
+pub enum SegModel<B: Backend> {
+    /// MONAI BasicUNet (config.json + model.safetensors or model.pt): the bundled models.
+    Basic(BasicUNet<B>),
+    /// An nnU-Net v2 result folder; its input is the windowed image in [0, 1] mapped to the
+    /// network's normalisation by `input_map` (a 1x1 conv: scale, shift).
+    NnUNet {
+        #[allow(missing_docs)]
+        model: NnUNet<B>,
+        #[allow(missing_docs)]
+        input_map: (B::Tensor, B::Tensor),
+    },
+}
+
+impl<B: Backend> SegModel<B> {
+    /// Opens a model folder: an nnU-Net result folder (plans.json, or a fold_K inside one), else a
+    /// BasicUNet folder.
+    pub fn load_dir(backend: &B, dir: &std::path::Path) -> anyhow::Result<Self> {
+        if !nnunet::is_result_folder(dir) {
+            return Ok(SegModel::Basic(BasicUNet::load_dir(backend, dir)?));
+        }
+        let model = NnUNet::load_dir(backend, dir)?;
+        let (_, [scale, shift]) = model.intensity()?;
+        let c = model.config().in_channels;
+        anyhow::ensure!(c == 1, "{}: the model has {c} input channels; xaiclip explains single-channel models", dir.display());
+        let map = (
+            backend.upload(&Tensor::new(&[1, 1, 1, 1], vec![scale])?)?,
+            backend.upload(&Tensor::new(&[1], vec![shift])?)?,
+        );
+        Ok(SegModel::NnUNet { model, input_map: map })
+    }
+
+    /// 2 (slices) or 3 (volumes).
+    pub fn spatial_dims(&self) -> usize {
+        match self {
+            SegModel::Basic(m) => m.config().spatial_dims,
+            SegModel::NnUNet { model, .. } => model.config().spatial_dims,
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        match self {
+            SegModel::Basic(m) => m.config().in_channels,
+            SegModel::NnUNet { model, .. } => model.config().in_channels,
+        }
+    }
+
+    /// Output classes.
+    pub fn out_channels(&self) -> usize {
+        match self {
+            SegModel::Basic(m) => m.config().out_channels,
+            SegModel::NnUNet { model, .. } => model.config().num_classes,
+        }
+    }
+
+    /// The model's class names by output channel, where its format lists them.
+    pub fn classes(&self) -> Option<&[String]> {
+        match self {
+            SegModel::Basic(_) => None,
+            SegModel::NnUNet { model, .. } => Some(&model.classes),
+        }
+    }
+
+    /// The square model grid a 2-D model runs on when none is asked for: BasicUNet's `input_size`; an
+    /// nnU-Net 2d model's longer patch side, rounded up to its total stride.
+    pub fn input_size(&self) -> Option<usize> {
+        match self {
+            SegModel::Basic(m) => m.config().input_size,
+            SegModel::NnUNet { model, .. } => {
+                let stride = model.config().total_stride().iter().copied().max().unwrap_or(1);
+                model.patch_size.iter().max().map(|&p| p.div_ceil(stride) * stride)
+            }
+        }
+    }
+
+    /// Model grid sides must be multiples of this (an nnU-Net network's total stride; 1 for BasicUNet,
+    /// which pads odd sides).
+    pub fn size_multiple(&self) -> usize {
+        match self {
+            SegModel::Basic(_) => 1,
+            SegModel::NnUNet { model, .. } => model.config().total_stride()[1..].iter().copied().fold(1, num_lcm),
+        }
+    }
+
+    /// The 3-D patch (D, H, W) a volumetric model's sliding window uses.
+    pub fn patch_size(&self) -> Option<[usize; 3]> {
+        match self {
+            SegModel::Basic(m) => m.config().patch_size,
+            SegModel::NnUNet { model, .. } => match model.patch_size[..] {
+                [d, h, w] => Some([d, h, w]),
+                _ => None,
+            },
+        }
+    }
+
+    /// The intensity window the model's inputs are made with, where the model fixes it.
+    pub fn intensity(&self) -> Option<Intensity> {
+        match self {
+            SegModel::Basic(_) => None,
+            SegModel::NnUNet { model, .. } => model.intensity().ok().map(|(i, _)| i),
+        }
+    }
+
+    /// The network in a few words, for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            SegModel::Basic(m) => format!("MONAI BasicUNet {}-D, features {:?}", m.config().spatial_dims, m.config().features),
+            SegModel::NnUNet { model, .. } => format!(
+                "nnU-Net {} {} ({} fold{})",
+                model.configuration,
+                model.config().architecture.name(),
+                model.folds.len(),
+                if model.folds.len() == 1 { "" } else { "s" }
+            ),
+        }
+    }
+
+    /// Logits (N, classes, spatial...) for a batch of windowed inputs in [0, 1] on the model grid.
+    pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
+        match self {
+            SegModel::Basic(m) => m.forward_logits(b, x),
+            SegModel::NnUNet { model, input_map: (scale, shift) } => {
+                let mapped = match b.shape(x).len() {
+                    4 => b.conv2d(x, scale, Some(shift), 1, 0)?,
+                    _ => {
+                        let s = b.download(scale)?.reshape(&[1, 1, 1, 1, 1])?;
+                        b.conv3d(x, &b.upload(&s)?, Some(shift), [1; 3], [0; 3])?
+                    }
+                };
+                model.forward_logits(b, &mapped)
+            }
+        }
+    }
+
+    /// Class probabilities: softmax over channels of `forward_logits`.
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
+        let mut y = self.forward_logits(b, x)?;
+        b.softmax_channels(&mut y)?;
+        Ok(y)
+    }
+
+    /// Multiply-adds of one forward at `dims`, times two (benches).
+    pub fn flops(&self, dims: &[usize]) -> f64 {
+        match self {
+            SegModel::Basic(m) => m.flops(dims),
+            SegModel::NnUNet { model, .. } => model.flops(dims),
+        }
+    }
+
+    /// Floats of activations one image keeps live per model-grid pixel (batch sizing): about three
+    /// full-resolution tensors of the widest top-level width plus the skip pyramid (~1/3 more).
+    pub fn live_floats_per_pixel(&self) -> usize {
+        let widest = match self {
+            SegModel::Basic(m) => m.config().features[0].max(m.config().features[5]),
+            SegModel::NnUNet { model, .. } => 2 * model.config().features[0],
+        };
+        (3 * widest + self.out_channels()) * 4 / 3
+    }
+}
+
+fn num_lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
+}
 
 /// Where programs that ship the bundled weights themselves (the Python package) put them; looked in first.
 static BUNDLED_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
