@@ -7,7 +7,7 @@ use std::time::Duration;
 use xaiclip::backend::CpuBackend;
 use xaiclip::explain::rise::Rise;
 use xaiclip::models::clip::ClipModel;
-use xaiclip::models::BasicUNet;
+use xaiclip::models::{BasicUNet, SegModel};
 use xaiclip::pipeline::{run_method, ClipRoi, Method, Settings, SliceInput};
 use xaiclip::preprocess::Intensity;
 use xaiclip::roi::RoiMode;
@@ -36,10 +36,10 @@ fn clip_tower(c: &mut Criterion) {
 }
 
 fn explainers(c: &mut Criterion) {
-    let model = BasicUNet::load_dir(&CpuBackend, &weights("unet")).unwrap();
+    let model = SegModel::Basic(BasicUNet::load_dir(&CpuBackend, &weights("unet")).unwrap());
     let p = xaiclip::phantom::generate(7, 256, 32);
     let range = Intensity::ABDOMEN.range(&p.ct);
-    let input = SliceInput::new(&p.ct, 20, range, 256, Some(&p.labels), 1).unwrap();
+    let input = SliceInput::new(&p.ct, 20, range, 256, Some(&p.labels), 1, Default::default()).unwrap();
     let mut settings = Settings::defaults(0);
     settings.faithfulness_steps = 0;
     settings.rise.masks = 200;

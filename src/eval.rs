@@ -11,7 +11,7 @@ use crate::explainer::Explainer;
 use crate::io::{write_text, Volume};
 use crate::organs::organ_name;
 use crate::pipeline::{ClipOptions, ClipRoi, Method, MethodRun, Prompts, RunFigures, SliceInput, Slices};
-use crate::preprocess::{AxialLayout, Intensity};
+use crate::preprocess::Intensity;
 use crate::render::Sign;
 use crate::roi::RoiMode;
 use anyhow::{bail, Context, Result};
@@ -447,8 +447,14 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
 }
 
 /// Slices of `volume` to explain for `class`, or None when the organ is absent from the case.
-fn pick_slices(slices: &Slices, volume: &Volume, labels: Option<&[u8]>, class: usize) -> Result<Option<Vec<usize>>> {
-    match slices.resolve(volume, labels, class) {
+fn pick_slices(
+    slices: &Slices,
+    volume: &Volume,
+    labels: Option<&[u8]>,
+    class: usize,
+    orientation: crate::preprocess::Orientation,
+) -> Result<Option<Vec<usize>>> {
+    match slices.resolve(volume, labels, class, orientation) {
         Ok(k) => Ok(Some(k)),
         Err(e) if kind_of(&e) == ErrorKind::OrganAbsent => Ok(None),
         Err(e) => Err(e),
@@ -471,7 +477,7 @@ fn evaluate_case(
     let predicted;
     let slice_labels = match (&labels, &plan.slices) {
         (None, Slices::OrganCenter) => {
-            let n = AxialLayout::of(&volume)?.slices(&volume);
+            let n = explainer.orientation().layout(&volume)?.slices(&volume);
             let batch = explainer.settings().batch.min(16);
             predicted = explainer.segment(&volume, &(0..n).collect::<Vec<_>>(), intensity, batch, |_| {})?;
             Some(&predicted[..])
@@ -489,7 +495,11 @@ fn evaluate_case(
     let items =
         |slice: Option<usize>| plan.methods.iter().flat_map(move |&m| plan.rois.iter().map(move |&r| (slice, m, r)));
     for &class in &plan.organs {
-        let Some(slices) = pick_slices(&plan.slices, &volume, slice_labels, class)? else {
+        // `class` is FLARE22's (the labels'); the model's own output channel may differ. Predicted
+        // labels are the model's own ids.
+        let channel = explainer.class_of(&organ_name(class))?;
+        let pick = if labels.is_some() { class } else { channel };
+        let Some(slices) = pick_slices(&plan.slices, &volume, slice_labels, pick, explainer.orientation())? else {
             for (_, method, roi) in items(None) {
                 emit(EvalRecord::new(&case.id, class, None, method, roi, Status::OrganAbsent), done, events)?;
             }
@@ -507,7 +517,7 @@ fn evaluate_case(
             if todo.is_empty() {
                 continue;
             }
-            let input = SliceInput::new(&volume, k, range, size, labels.as_deref(), class)?;
+            let input = SliceInput::new(&volume, k, range, size, labels.as_deref(), class, explainer.orientation())?;
             if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
                 for (method, roi) in todo {
                     emit(EvalRecord::new(&case.id, class, Some(k), method, roi, Status::EmptyOrgan), done, events)?;
@@ -515,7 +525,7 @@ fn evaluate_case(
                 continue;
             }
             let clip_roi = if todo.iter().any(|(_, r)| r.uses_clip()) {
-                explainer.clip_roi(&input, class)?
+                explainer.clip_roi(&input, channel)?
             } else {
                 ClipRoi::default()
             };
@@ -528,7 +538,8 @@ fn evaluate_case(
                     roi.name()
                 )));
                 let record = EvalRecord::new(&case.id, class, Some(k), method, roi, Status::Ok);
-                let line = match explainer.run(&input, &clip_roi, class, method, roi, explainer.settings(), |_, _| {}) {
+                let line = match explainer.run(&input, &clip_roi, channel, method, roi, explainer.settings(), |_, _| {})
+                {
                     Ok(run) => {
                         let mut panel = run.panel(&input, explainer.settings().score, run.colouring(Sign::All));
                         // Small: one per item, to look at afterwards (report.html links them).
@@ -538,7 +549,7 @@ fn evaluate_case(
                         let stem = item_stem(&case.id, &organ_name(class), k, method.name(), roi.name());
                         crate::render::save_png(&plan.out.join(OVERLAYS).join(format!("{stem}.png")), &img)?;
                         if plan.save_maps {
-                            let map = crate::pipeline::saliency_volume(&volume, k, &run.saliency, size)?;
+                            let map = crate::pipeline::saliency_volume(&input, &volume, k, &run.saliency);
                             let path = plan.out.join(MAPS).join(format!("{stem}.nii.gz"));
                             crate::io::nifti::write_like(&path, &volume, &map)?;
                         }

@@ -16,12 +16,12 @@ use crate::explain::{BaselineKind, Cancel, ScoreKind};
 use crate::fail;
 use crate::io::Volume;
 use crate::models::{bundled, SegModel};
-use crate::organs::{organ_class, organ_name};
+use crate::organs::organ_class;
 use crate::pipeline::{
     model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method,
     MethodRun, Settings, SliceInput, Slices,
 };
-use crate::preprocess::Intensity;
+use crate::preprocess::{Intensity, Orientation};
 use crate::roi::RoiMode;
 use crate::segment::{segment_slices, SegmentOptions};
 use std::path::{Path, PathBuf};
@@ -299,15 +299,19 @@ impl ExplainerBuilder {
         // The CPU computes in f32 whatever was asked (the precision option is the GPU's).
         let precision = if matches!(compute, Compute::Cpu(_)) { Precision::F32 } else { self.precision };
         let mut settings = self.settings;
-        let (engine, size, (own, classes)) = match compute {
+        let (engine, size, (own, classes, orientation)) = match compute {
             Compute::Cpu(b) => {
                 let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let (size, own) = (loaded.size, (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec)));
+                let own =
+                    (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec), loaded.unet.orientation());
+                let size = loaded.size;
                 (Engine::Cpu(Box::new(loaded)), size, own)
             }
             Compute::Cuda(b) => {
                 let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let (size, own) = (loaded.size, (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec)));
+                let own =
+                    (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec), loaded.unet.orientation());
+                let size = loaded.size;
                 (Engine::Cuda(Box::new(loaded)), size, own)
             }
         };
@@ -326,6 +330,7 @@ impl ExplainerBuilder {
             size,
             intensity,
             classes,
+            orientation,
             cancel: Cancel::default(),
             unet_dir,
             precision,
@@ -485,7 +490,7 @@ pub struct Explanation {
 impl Explanation {
     /// The saliency on `volume`'s grid (the volume it explains): the map on its slice, zero elsewhere.
     pub fn saliency_volume(&self, volume: &Volume) -> Result<Vec<f32>> {
-        Ok(saliency_volume(volume, self.slice, &self.run.saliency, self.input.size)?)
+        Ok(saliency_volume(&self.input, volume, self.slice, &self.run.saliency))
     }
 
     /// The overlay `xaiclip explain` writes: the labelled panel (heat map over the slice at its physical
@@ -520,6 +525,8 @@ pub struct Explainer {
     intensity: Intensity,
     /// The model's class names by channel, where its format lists them.
     classes: Option<Vec<String>>,
+    /// How the model's slices lie on a volume.
+    orientation: Orientation,
     cancel: Cancel,
     unet_dir: PathBuf,
     precision: Precision,
@@ -626,7 +633,7 @@ impl Explainer {
         let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
         let clip = if request.roi.uses_clip() { self.clip_roi(&input, class)? } else { ClipRoi::default() };
         let run = self.run(&input, &clip, class, request.method, request.roi, &settings, progress)?;
-        let (slice_saliency, slice_shape) = saliency_on_slice(volume, &run.saliency, self.size)?;
+        let (slice_saliency, slice_shape) = saliency_on_slice(&input, volume, &run.saliency);
         Ok(Explanation {
             organ: self.class_name(class),
             class,
@@ -640,6 +647,12 @@ impl Explainer {
         })
     }
 
+    /// How the model's slices lie on a volume (radiological for the bundled models, voxel order for
+    /// nnU-Net).
+    pub fn orientation(&self) -> Orientation {
+        self.orientation
+    }
+
     /// The model's output channel of an organ name or number: from the model's own class list where
     /// its format has one (nnU-Net's dataset.json), else the FLARE22 ids of the bundled models.
     pub fn class_of(&self, organ: &str) -> Result<usize> {
@@ -651,10 +664,7 @@ impl Explainer {
 
     /// The name of output channel `class`.
     pub fn class_name(&self, class: usize) -> String {
-        match self.classes.as_ref().and_then(|c| c.get(class)) {
-            Some(name) => name.clone(),
-            None => organ_name(class),
-        }
+        crate::organs::name_in(self.classes.as_deref(), class)
     }
 
     /// The FLARE22 id of output channel `class`: what ground-truth labels (read as FLARE22) and the
@@ -676,7 +686,7 @@ impl Explainer {
     /// The one slice `slices` names for `class` (organ-center needs `labels`).
     pub fn pick_slice(&self, volume: &Volume, labels: Option<&[u8]>, slices: &Slices, class: usize) -> Result<usize> {
         let label = if labels.is_some() { self.label_id(class)? } else { class };
-        let picked = slices.resolve(volume, labels, label)?;
+        let picked = slices.resolve(volume, labels, label, self.orientation)?;
         match picked[..] {
             [k] => Ok(k),
             _ => Err(crate::error::Error::new(
@@ -697,7 +707,7 @@ impl Explainer {
         intensity: Intensity,
     ) -> Result<SliceInput> {
         let label = if labels.is_some() { self.label_id(class)? } else { class };
-        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label)?;
+        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label, self.orientation)?;
         if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::OrganAbsent,

@@ -95,3 +95,8 @@ pub fn class_in(classes: &[String], organ: &str) -> Result<usize> {
         ),
     }
 }
+
+/// The name of output channel `class`: the model's own where it lists classes, else FLARE22's.
+pub fn name_in(classes: Option<&[String]>, class: usize) -> String {
+    classes.and_then(|c| c.get(class)).cloned().unwrap_or_else(|| organ_name(class))
+}

@@ -14,7 +14,7 @@ use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
 use crate::models::clip::ClipModel;
 use crate::models::{bundled, SegModel};
 use crate::organs::{organ_name, FLARE22_ORGANS};
-use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout};
+use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout, Orientation};
 use crate::render::{Colouring, Panel, Sign};
 use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
 use crate::roi::{area_fraction, region, RoiMode};
@@ -260,10 +260,12 @@ pub struct SliceInput {
     pub extent_mm: [f64; 2],
     /// The slice's own pixels, [rows, columns] (figures are drawn at least this fine).
     pub native: [usize; 2],
+    /// How the slice was taken from the volume (the model's orientation).
+    pub layout: AxialLayout,
 }
 
 impl SliceInput {
-    /// `labels`: a FLARE22 label volume on `volume`'s grid.
+    /// `labels`: a FLARE22 label volume on `volume`'s grid; `orientation`: the model's.
     pub fn new(
         volume: &Volume,
         k: usize,
@@ -271,8 +273,9 @@ impl SliceInput {
         size: usize,
         labels: Option<&[u8]>,
         class: usize,
+        orientation: Orientation,
     ) -> Result<Self> {
-        let layout = AxialLayout::of(volume)?;
+        let layout = orientation.layout(volume)?;
         let slice = normalise(&layout.extract(volume, k)?, range);
         let (h, w) = (slice.height, slice.width);
         let image = resize_bilinear(&slice.data, 1, (h, w), (size, size));
@@ -288,6 +291,7 @@ impl SliceInput {
             mm_per_pixel: (sr * h as f64 + sc * w as f64) / (2.0 * size as f64),
             extent_mm: [sr * h as f64, sc * w as f64],
             native: [h, w],
+            layout,
         })
     }
 
@@ -588,7 +592,7 @@ pub fn run_method<B: Backend>(
             OrganAbsent,
             "the {} ROI is empty on this slice (the CLIP map has no {} above its threshold): nothing to perturb; try --roi seg, --roi none or another --roi-threshold",
             roi_mode.name(),
-            organ_name(class)
+            crate::organs::name_in(model.classes(), class)
         );
     }
     // The ROI must contain the organ the U-Net sees, or the explanation is of the wrong place.
@@ -602,7 +606,7 @@ pub fn run_method<B: Backend>(
                 "the {} ROI covers {:.1}% of the U-Net's own {} prediction on this slice (at least {:.0}% needed): it would explain the wrong place; use --roi seg or --roi clip+seg, or --roi-fallback seg",
                 roi_mode.name(),
                 100.0 * roi_coverage,
-                organ_name(class),
+                crate::organs::name_in(model.classes(), class),
                 100.0 * settings.roi_min_coverage
             );
         };
@@ -742,14 +746,20 @@ impl std::fmt::Display for Slices {
 }
 
 impl Slices {
-    /// The slice indices for `class` in `volume`; `labels` (on the volume's grid) are needed by
-    /// organ-center. Indices are checked against the volume.
-    pub fn resolve(&self, volume: &Volume, labels: Option<&[u8]>, class: usize) -> Result<Vec<usize>> {
-        let layout = AxialLayout::of(volume)?;
+    /// The slice indices for `class` in `volume`, slices taken as `orientation` says; `labels` (on the
+    /// volume's grid) are needed by organ-center. Indices are checked against the volume.
+    pub fn resolve(
+        &self,
+        volume: &Volume,
+        labels: Option<&[u8]>,
+        class: usize,
+        orientation: Orientation,
+    ) -> Result<Vec<usize>> {
+        let layout = orientation.layout(volume)?;
         Ok(match self {
             Slices::OrganCenter => {
                 let labels = labels.context("--slice organ-center needs --label")?;
-                vec![organ_center_slice(volume, labels, class)?]
+                vec![organ_center_slice(volume, labels, class, orientation)?]
             }
             Slices::Every(k) => (0..layout.slices(volume)).step_by(*k).collect(),
             Slices::All => (0..layout.slices(volume)).collect(),
@@ -764,8 +774,8 @@ impl Slices {
 }
 
 /// The slice where the organ's ground-truth area is largest.
-pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize) -> Result<usize> {
-    let layout = AxialLayout::of(volume)?;
+pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize, orientation: Orientation) -> Result<usize> {
+    let layout = orientation.layout(volume)?;
     let area = |k: usize| layout.plane(volume.dims, k, labels).into_iter().filter(|&l| l as usize == class).count();
     let (k, n) = (0..layout.slices(volume))
         .map(|k| (k, area(k)))
@@ -777,18 +787,18 @@ pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize) -> Resul
     Ok(k)
 }
 
-/// Saliency mapped back to the slice's pixels (bilinear), on the slice grid.
-pub fn saliency_on_slice(volume: &Volume, saliency: &[f32], size: usize) -> Result<(Vec<f32>, (usize, usize))> {
-    let shape = AxialLayout::of(volume)?.slice_shape(volume);
-    Ok((resize_bilinear(saliency, 1, (size, size), shape), shape))
+/// Saliency on the model grid of `input` mapped back to the slice's pixels (bilinear).
+pub fn saliency_on_slice(input: &SliceInput, volume: &Volume, saliency: &[f32]) -> (Vec<f32>, (usize, usize)) {
+    let shape = input.layout.slice_shape(volume);
+    (resize_bilinear(saliency, 1, (input.size, input.size), shape), shape)
 }
 
 /// Saliency mapped back to the slice's pixels, as a volume that is zero outside slice k.
-pub fn saliency_volume(volume: &Volume, k: usize, saliency: &[f32], size: usize) -> Result<Vec<f32>> {
-    let (plane, _) = saliency_on_slice(volume, saliency, size)?;
+pub fn saliency_volume(input: &SliceInput, volume: &Volume, k: usize, saliency: &[f32]) -> Vec<f32> {
+    let (plane, _) = saliency_on_slice(input, volume, saliency);
     let mut out = vec![0f32; volume.voxel_count()];
-    AxialLayout::of(volume)?.insert(volume.dims, k, &plane, &mut out);
-    Ok(out)
+    input.layout.insert(volume.dims, k, &plane, &mut out);
+    out
 }
 
 /// Perturbed images per forward pass.

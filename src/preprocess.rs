@@ -119,6 +119,46 @@ impl AxialLayout {
     }
 }
 
+/// How a 2-D model's input slices lie on the volume's voxels: a property of the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Orientation {
+    /// As a radiologist reads an axial slice (row 0 anterior, column 0 the patient's right), whatever
+    /// the file's axes ([`AxialLayout::of`]): the bundled models, and BasicUNets unless their config
+    /// says `"layout": "voxel"`.
+    #[default]
+    Radiological,
+    /// The file's voxel axes as stored, without flips: [slice axis, row axis, column axis]. nnU-Net reads
+    /// NIfTI as arrays (k, j, i) and slices along the first axis after `transpose_forward`; a model
+    /// trained on raw voxel arrays sees slices this way too.
+    Voxel([usize; 3]),
+}
+
+impl Orientation {
+    /// The slice layout of `volume` for a model with this orientation.
+    pub fn layout(self, volume: &Volume) -> Result<AxialLayout> {
+        match self {
+            Orientation::Radiological => AxialLayout::of(volume),
+            Orientation::Voxel([slice_axis, row_axis, col_axis]) => {
+                Ok(AxialLayout { slice_axis, row_axis, col_axis, flip_rows: false, flip_cols: false })
+            }
+        }
+    }
+
+    /// In words, for `info` and reports.
+    pub fn describe(self) -> String {
+        match self {
+            Orientation::Radiological => {
+                "radiological (rows anterior to posterior, columns patient right to left)".into()
+            }
+            Orientation::Voxel([s, r, c]) => {
+                format!(
+                    "voxel order (slices along file axis {s}, rows along axis {r}, columns along axis {c}, no flips)"
+                )
+            }
+        }
+    }
+}
+
 /// Intensity normalisation to [0, 1] before the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Intensity {

@@ -49,20 +49,12 @@ pub fn segment_slices<B: Backend>(
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
     let (in_channels, classes) = (model.in_channels(), model.out_channels());
-    ensure!(
-        in_channels == 1,
-        "segment needs a single-channel U-Net (in_channels = 1), this one has {}",
-        in_channels
-    );
-    ensure!(
-        classes <= 256,
-        "segment writes uint8 labels: at most 256 classes, the model has {}",
-        classes
-    );
+    ensure!(in_channels == 1, "segment needs a single-channel U-Net (in_channels = 1), this one has {}", in_channels);
+    ensure!(classes <= 256, "segment writes uint8 labels: at most 256 classes, the model has {}", classes);
     if !(1..=1024).contains(&options.batch) || options.input_size < 16 {
         fail!(InvalidInput, "--batch {}: must be 1 to 1024 (and the model grid at least 16)", options.batch);
     }
-    let layout = AxialLayout::of(volume)?;
+    let layout = model.orientation().layout(volume)?;
     for &k in slices {
         layout.check_slice(volume, k)?;
     }

@@ -802,9 +802,16 @@ pub fn check_explainers<B: Backend>(
     // The CPU's model: the reference, and (quick) what picks the class; not loaded for nothing.
     let cpu_model = (compare_with_cpu || quick).then(|| explained_unet(&CpuBackend, quick)).transpose()?;
     let p = crate::phantom::generate(7, 256, 32);
-    let k = crate::pipeline::organ_center_slice(&p.ct, &p.labels, 1)?;
-    let slice =
-        SliceInput::new(&p.ct, k, crate::preprocess::Intensity::ABDOMEN.range(&p.ct), size, Some(&p.labels), 1)?;
+    let k = crate::pipeline::organ_center_slice(&p.ct, &p.labels, 1, Default::default())?;
+    let slice = SliceInput::new(
+        &p.ct,
+        k,
+        crate::preprocess::Intensity::ABDOMEN.range(&p.ct),
+        size,
+        Some(&p.labels),
+        1,
+        Default::default(),
+    )?;
     let class = match &cpu_model {
         Some(m) if quick => (0..m.out_channels())
             .find(|&c| {

@@ -366,3 +366,130 @@ fn nifti_roundtrip_keeps_values_and_geometry() {
         assert_eq!(files_in(dir.path()).len(), if name == "v.nii" { 1 } else { 2 }, "no temporary files remain");
     }
 }
+
+/// A copy of the tiny PlainConvUNet 2d result folder whose plans/dataset JSON `edit` may change.
+fn nnunet_copy(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value)) -> PathBuf {
+    let src = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
+    let dst = dir.join("nnUNetTrainer__nnUNetPlans__2d");
+    std::fs::create_dir_all(dst.join("fold_0")).unwrap();
+    std::fs::copy(src.join("fold_0/checkpoint_final.pth"), dst.join("fold_0/checkpoint_final.pth")).unwrap();
+    let read =
+        |f: &str| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(src.join(f)).unwrap()).unwrap();
+    let (mut plans, mut dataset) = (read("plans.json"), read("dataset.json"));
+    edit(&mut plans, &mut dataset);
+    std::fs::write(dst.join("plans.json"), plans.to_string()).unwrap();
+    std::fs::write(dst.join("dataset.json"), dataset.to_string()).unwrap();
+    dst
+}
+
+#[test]
+fn nnunet_result_folders_that_cannot_be_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = |name: &str, edit: fn(&mut serde_json::Value, &mut serde_json::Value)| {
+        let dir = tmp.path().join(name);
+        nnunet_copy(&dir, edit)
+    };
+    let info = |dir: &Path, expect: &[&str]| fails(&["info", dir.to_str().unwrap()], expect);
+    // Corrupt plans: not JSON.
+    let corrupt = case("corrupt", |_, _| {});
+    std::fs::write(corrupt.join("plans.json"), "{\"configurations\": ").unwrap();
+    info(&corrupt, &["plans.json: invalid JSON"]);
+    // No checkpoint in any fold.
+    let empty = case("empty", |_, _| {});
+    std::fs::remove_file(empty.join("fold_0/checkpoint_final.pth")).unwrap();
+    info(&empty, &["no fold_K/checkpoint_final.pth (or checkpoint_best.pth)"]);
+    // Plans and weights disagree: every mismatch listed at once.
+    let wider = case("wider", |p, _| {
+        p["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] =
+            serde_json::json!([8, 16, 24, 40])
+    });
+    let msg = info(
+        &wider,
+        &[
+            "checkpoint_final.pth: weights do not match the model config",
+            "encoder.stages.3.0.convs.0.conv.weight has shape [32, 24, 3, 3], expected [40, 24, 3, 3]",
+        ],
+    );
+    assert!(msg.matches("has shape").count() > 3, "{msg}");
+    // A network class xaiclip does not run.
+    let primus = case("primus", |p, _| {
+        p["configurations"]["2d"]["architecture"]["network_class_name"] =
+            "dynamic_network_architectures.architectures.primus.Primus".into()
+    });
+    info(&primus, &["network Primus is not supported (PlainConvUNet and ResidualEncoderUNet are)"]);
+    // An argument whose effect xaiclip does not reproduce is refused, not ignored.
+    let se =
+        case("se", |p, _| p["configurations"]["2d"]["architecture"]["arch_kwargs"]["squeeze_excitation"] = true.into());
+    info(&se, &["arch_kwargs.squeeze_excitation is not supported"]);
+    // Region-based training (labels as lists of ids).
+    let regions = case("regions", |_, d| {
+        d["labels"] = serde_json::json!({"background": 0, "whole": [1, 2], "core": 2});
+        d["regions_class_order"] = serde_json::json!([1, 2]);
+    });
+    info(&regions, &["dataset.json", "region-based labels (lists of ids) are not supported"]);
+    // A configuration the folder name asks for but the plans lack.
+    let missing = case("missing", |p, _| {
+        p["configurations"].as_object_mut().unwrap().remove("2d");
+    });
+    info(&missing, &["plans.json has no configuration \"2d\" (it has 3d_fullres)"]);
+    // A normalisation other than CTNormalization: info describes it, explain refuses it.
+    let zscore = case("zscore", |p, _| {
+        p["configurations"]["2d"]["normalization_schemes"] = serde_json::json!(["ZScoreNormalization"])
+    });
+    let o = xaiclip(&["info", zscore.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ZScoreNormalization (not supported by explain/segment yet)"));
+    let ct = tmp.path().join("ct.nii.gz");
+    write_ct(&ct);
+    let out = tmp.path().join("seg.nii.gz");
+    fails(
+        &[
+            "segment",
+            "--image",
+            ct.to_str().unwrap(),
+            "--model",
+            zscore.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["the model normalises its input with ZScoreNormalization; only CTNormalization is supported so far"],
+    );
+    assert!(!out.exists());
+    // An organ the model has no class for, named with the model's own classes.
+    let model = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
+    let explained = tmp.path().join("explained");
+    fails(
+        &[
+            "explain",
+            "--image",
+            ct.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--organ",
+            "pancreas",
+            "--slice",
+            "0",
+            "--method",
+            "occlusion",
+            "--roi",
+            "none",
+            "--out",
+            explained.to_str().unwrap(),
+        ],
+        &["organ \"pancreas\" is not one of the model's classes (0 background, 1 liver, 2 spleen)"],
+    );
+    // A window that is not the model's own.
+    fails(
+        &[
+            "segment",
+            "--image",
+            ct.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--window",
+            "-160,240",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["the model normalises its input itself", "drop --window/--modality"],
+    );
+}

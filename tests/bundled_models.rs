@@ -6,7 +6,7 @@ use common::*;
 use xaiclip::backend::CpuBackend;
 use xaiclip::dataset::{load_labels, LabelIds};
 use xaiclip::io::{self, Volume};
-use xaiclip::models::BasicUNet;
+use xaiclip::models::{BasicUNet, SegModel};
 use xaiclip::pipeline::SliceInput;
 use xaiclip::pipeline::{ClipOptions, ClipRoiFinder};
 use xaiclip::preprocess::Intensity;
@@ -40,8 +40,8 @@ fn held_out(shared: &std::path::Path) -> Vec<(Volume, Vec<u8>, Vec<usize>)> {
         .collect()
 }
 
-fn unet() -> BasicUNet<CpuBackend> {
-    BasicUNet::load_dir(&CpuBackend, &repo().join("weights/unet")).unwrap()
+fn unet() -> SegModel<CpuBackend> {
+    SegModel::Basic(BasicUNet::load_dir(&CpuBackend, &repo().join("weights/unet")).unwrap())
 }
 
 /// Pooled Dice per organ over the given slices.
@@ -101,7 +101,8 @@ fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
         for (volume, labels, slices) in held_out(&shared) {
             let range = Intensity::ABDOMEN.range(&volume);
             for &k in &slices {
-                let input = SliceInput::new(&volume, k, range, size, Some(&labels), organ as usize).unwrap();
+                let input = SliceInput::new(&volume, k, range, size, Some(&labels), organ as usize, Default::default())
+                    .unwrap();
                 let truth = input.truth.clone().unwrap();
                 if !truth.contains(&true) {
                     continue;

@@ -7,7 +7,7 @@ use xaiclip::explain::occlusion::Occlusion;
 use xaiclip::explain::rise::Rise;
 use xaiclip::explain::superpixels::Segments;
 use xaiclip::explain::{Cancel, MaskBatch, Problem, Runner, ScoreKind, Scorer, UNetScorer};
-use xaiclip::models::{BasicUNet, UNetConfig};
+use xaiclip::models::{BasicUNet, SegModel, UNetConfig};
 use xaiclip::rng::Philox;
 use xaiclip::tensor::Tensor;
 
@@ -27,16 +27,16 @@ impl<S: Scorer> Scorer for HostOnly<'_, S> {
     }
 }
 
-fn model() -> BasicUNet<CpuBackend> {
+fn model() -> SegModel<CpuBackend> {
     let config = UNetConfig::from_json(
         r#"{"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}"#,
     )
     .unwrap();
-    BasicUNet::random(&CpuBackend, config, 5).unwrap()
+    SegModel::Basic(BasicUNet::random(&CpuBackend, config, 5).unwrap())
 }
 
 /// A scorer for the first class the random model predicts somewhere.
-fn scorer<'a>(model: &'a BasicUNet<CpuBackend>, input: &[f32], kind: ScoreKind) -> UNetScorer<'a, CpuBackend> {
+fn scorer<'a>(model: &'a SegModel<CpuBackend>, input: &[f32], kind: ScoreKind) -> UNetScorer<'a, CpuBackend> {
     (0..3)
         .find_map(|c| UNetScorer::new(&CpuBackend, model, input, SIZE, c, kind).ok())
         .expect("the model predicts some class")

@@ -72,10 +72,14 @@ fn a_result_folder_gives_classes_folds_geometry_and_ct_normalisation() {
     assert_eq!(model.configuration, "2d");
     assert_eq!(model.folds.len(), 1);
     assert_eq!(model.patch_size, [40, 48]);
-    let plans: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("plans.json")).unwrap()).unwrap();
+    let plans: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plans.json")).unwrap()).unwrap();
     let fg = &plans["foreground_intensity_properties_per_channel"]["0"];
     let Normalization::Ct { low, high, mean, std } = model.normalization.clone() else { panic!("CT normalisation") };
-    assert_eq!((low as f64, high as f64), (fg["percentile_00_5"].as_f64().unwrap() as f32 as f64, fg["percentile_99_5"].as_f64().unwrap() as f32 as f64));
+    assert_eq!(
+        (low as f64, high as f64),
+        (fg["percentile_00_5"].as_f64().unwrap() as f32 as f64, fg["percentile_99_5"].as_f64().unwrap() as f32 as f64)
+    );
     // The window + input map reproduce nnU-Net's clip-then-z-score for any HU value.
     let (_, [scale, shift]) = model.intensity().unwrap();
     for hu in [-500.0f32, low, 0.0, 60.0, high, 900.0] {
@@ -108,7 +112,8 @@ fn two_folds_are_ensembled_by_their_mean_logits() {
     let two = NnUNet::load_dir(&CpuBackend, &copy).unwrap();
     let one = NnUNet::load_dir(&CpuBackend, &dir).unwrap();
     assert_eq!(two.folds.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(), ["fold_0", "fold_1"]);
-    let x = xaiclip::tensor::Tensor::new(&[1, 1, 40, 48], (0..1920).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
+    let x =
+        xaiclip::tensor::Tensor::new(&[1, 1, 40, 48], (0..1920).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
     let a = two.forward_logits(&CpuBackend, &x).unwrap();
     let b = one.forward_logits(&CpuBackend, &x).unwrap();
     // Two identical folds: their mean is the one fold's logits (up to the rounding of (a + a) / 2: none).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use xaiclip::backend::CpuBackend;
 use xaiclip::explain::volume::{Occlusion3d, VolumeScorer};
 use xaiclip::models::sliding::{Blend, SlidingWindow};
-use xaiclip::models::BasicUNet;
+use xaiclip::models::{BasicUNet, SegModel};
 use xaiclip::tensor::Tensor;
 use xaiclip::weights::WeightsFile;
 
@@ -15,8 +15,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The 3-D fixture model on the sliding-window fixture's input, in 16-voxel tiles at MONAI's default
 /// overlap: 2 x 3 x 3 tiles, so a window touches a few of them.
-fn case() -> (BasicUNet<CpuBackend>, Tensor, SlidingWindow) {
-    let model = BasicUNet::load_dir(&CpuBackend, &fixture("unet_volume_instance_deconv")).unwrap();
+fn case() -> (SegModel<CpuBackend>, Tensor, SlidingWindow) {
+    let model = SegModel::Basic(BasicUNet::load_dir(&CpuBackend, &fixture("unet_volume_instance_deconv")).unwrap());
     let x = WeightsFile::open(&fixture("sliding_window/io.safetensors")).unwrap().get("gaussian.input").unwrap();
     let window = SlidingWindow { blend: Blend::Gaussian, batch: 4, ..SlidingWindow::new([16, 16, 16]) };
     (model, x, window)

@@ -89,6 +89,11 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         anyhow::bail!("--slices {:?}: expected organ-center or every-K with K >= 1 (e.g. every-5)", cmd.slices);
     }
     let organs: Vec<usize> = cmd.method_args.organ.split(',').map(organ_class).collect::<Result<_>>()?;
+    // The shard and data set are checked before the models load, so a bad option fails at once.
+    if let Some(spec) = &cmd.shard {
+        xaiclip::dataset::parse_shard(spec)?;
+    }
+    let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let plan = EvalPlan {
         dataset,
         root: cmd.root.clone(),
@@ -107,14 +112,10 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         seed: cmd.method_args.options.seed,
         unet: cmd.method_args.unet.clone(),
         clip: cmd.method_args.clip.clip_options()?,
-        window: cmd.method_args.intensity.window.as_deref().map(str::parse).transpose()?.unwrap_or(xaiclip::preprocess::Intensity::ABDOMEN),
+        // --window, else the model's own, else the abdomen window (the explainer resolved it).
+        window: explainer.intensity(),
         save_maps: cmd.save_maps,
     };
-    // The shard and data set are checked before the models load, so a bad option fails at once.
-    if let Some(spec) = &plan.shard {
-        xaiclip::dataset::parse_shard(spec)?;
-    }
-    let explainer = cmd.method_args.explainer(device, cmd.size)?;
     // Ctrl-C or SIGTERM (scancel) stops at the next batch, keeping every finished line; a second one
     // exits at once.
     let cancel = explainer.cancel_token();

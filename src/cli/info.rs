@@ -11,8 +11,12 @@ use xaiclip::weights::WeightsFile;
 #[derive(clap::Args, Debug)]
 pub struct InfoCmd {
     /// A .nii/.nii.gz file, a DICOM series folder, a weights file (.safetensors, or a torch .pt/.pth
-    /// checkpoint), or a model folder.
-    pub path: PathBuf,
+    /// checkpoint), or a model folder (a BasicUNet's, or an nnU-Net v2 result folder).
+    #[arg(required_unless_present = "model")]
+    pub path: Option<PathBuf>,
+    /// A model folder, as explain --model takes it (the same as giving it as PATH).
+    #[arg(long, conflicts_with = "path")]
+    pub model: Option<PathBuf>,
 }
 
 fn is_weights_path(path: &Path) -> bool {
@@ -22,9 +26,13 @@ fn is_weights_path(path: &Path) -> bool {
 
 /// Describes an image or a weights file/folder.
 pub fn run(cmd: InfoCmd) -> Result<()> {
-    let path = cmd.path.as_path();
+    let path = cmd.path.or(cmd.model).context("give a file or folder")?;
+    let path = path.as_path();
     if !path.exists() {
         bail!("{}: no such file or folder", path.display());
+    }
+    if xaiclip::models::nnunet::is_result_folder(path) {
+        return nnunet_info(path);
     }
     if is_weights_path(path) {
         return weights_info(path);
@@ -81,32 +89,103 @@ fn weights_info(path: &Path) -> Result<()> {
             (_, _, Some(s)) => format!("input {s}x{s}"),
             _ => "input size not given (default 256x256)".into(),
         };
-        use xaiclip::backend::Activation;
-        use xaiclip::models::unet::{NormKind, Upsample};
-        // MONAI's own spellings of the constructor arguments.
-        let norm = match config.norm {
-            NormKind::Instance { affine: true } => format!("instance norm (affine, eps {})", config.norm_eps),
-            NormKind::Instance { affine: false } => format!("instance norm (eps {})", config.norm_eps),
-            NormKind::Batch => format!("batch norm (eps {}, folded into the convs)", config.norm_eps),
-            NormKind::None => "no norm".into(),
-        };
-        let act = match config.act {
-            Activation::LeakyRelu(slope) => format!("LeakyReLU({slope})"),
-            Activation::Relu => "ReLU".into(),
-            other => format!("{other:?}"),
-        };
+        use xaiclip::models::unet::Upsample;
+        let (norm, act) = (norm_words(config.norm, config.norm_eps), act_words(config.act));
         let upsample = match config.upsample {
             Upsample::Deconv => "deconv",
             Upsample::NonTrainable => "nontrainable",
         };
+        let orientation = config.orientation.describe();
         println!("config:     {}", config_path.display());
         println!(
             "model:      MONAI BasicUNet, {}-D, {} input channel(s) -> {} classes, features {:?}, {norm}, {act}, upsample {upsample}, {size}",
             config.spatial_dims, config.in_channels, config.out_channels, config.features
         );
+        println!("slices:     {orientation}");
         let dims = config.spatial_dims;
         BasicUNet::load(&CpuBackend, config, &weights)?;
         println!("check:      every weight has the shape this {dims}-D model expects");
     }
+    Ok(())
+}
+
+/// A norm in PyTorch's words.
+fn norm_words(norm: xaiclip::models::unet::NormKind, eps: f32) -> String {
+    use xaiclip::models::unet::NormKind;
+    match norm {
+        NormKind::Instance { affine: true } => format!("instance norm (affine, eps {eps})"),
+        NormKind::Instance { affine: false } => format!("instance norm (eps {eps})"),
+        NormKind::Batch => format!("batch norm (eps {eps}, folded into the convs)"),
+        NormKind::None => "no norm".into(),
+    }
+}
+
+/// An activation in PyTorch's words.
+fn act_words(act: xaiclip::backend::Activation) -> String {
+    use xaiclip::backend::Activation;
+    match act {
+        Activation::LeakyRelu(slope) => format!("LeakyReLU({slope})"),
+        Activation::Relu => "ReLU".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An nnU-Net v2 result folder: the network the plans describe, its classes, folds, geometry,
+/// normalisation and slice orientation, after loading every fold's weights.
+fn nnunet_info(path: &Path) -> Result<()> {
+    use xaiclip::models::nnunet::Normalization;
+    use xaiclip::models::{NnUNet, SegModel};
+    let model = NnUNet::load_dir(&CpuBackend, path)?;
+    let c = model.config();
+    let axes = |v: &[usize; 3]| v[3 - c.spatial_dims..].iter().map(|n| n.to_string()).collect::<Vec<_>>().join("x");
+    println!("folder:     {}", model.dir.display());
+    println!("format:     nnU-Net v2 result folder, configuration {}", model.configuration);
+    println!(
+        "model:      {} ({}-D), {} input channel(s) -> {} classes, {} stages, features {:?}",
+        c.architecture.name(),
+        c.spatial_dims,
+        c.in_channels,
+        c.num_classes,
+        c.features.len(),
+        c.features
+    );
+    println!("kernels:    {}", c.kernels.iter().map(axes).collect::<Vec<_>>().join(", "));
+    println!("strides:    {}", c.strides.iter().map(axes).collect::<Vec<_>>().join(", "));
+    let unit = if c.nonlin_first { "conv, nonlinearity, norm" } else { "conv, norm, nonlinearity" };
+    println!(
+        "blocks:     {} per encoder stage {:?}, conv units per decoder stage {:?}; each unit {unit}: {}, {}",
+        if c.architecture == xaiclip::models::nnunet::Architecture::Plain { "conv units" } else { "residual blocks" },
+        c.encoder_depth,
+        c.decoder_depth,
+        norm_words(c.norm, c.norm_eps),
+        act_words(c.act)
+    );
+    println!(
+        "classes:    {}",
+        model.classes.iter().enumerate().map(|(i, n)| format!("{i} {n}")).collect::<Vec<_>>().join(", ")
+    );
+    for (fold, checkpoint) in &model.folds {
+        println!("fold:       {fold}: {}", checkpoint.display());
+    }
+    if model.folds.len() > 1 {
+        println!("ensemble:   the mean of the {} folds' logits (as nnUNetPredictor)", model.folds.len());
+    }
+    println!("geometry:   patch {:?}, spacing {:?} mm (the plans' axis order)", model.patch_size, model.spacing);
+    match &model.normalization {
+        Normalization::Ct { low, high, mean, std } => println!(
+            "intensity:  CTNormalization: clip to [{low}, {high}] HU, then (HU - {mean}) / {std} (the window xaiclip uses)"
+        ),
+        Normalization::Other(name) => println!("intensity:  {name} (not supported by explain/segment yet)"),
+    }
+    println!("slices:     {}", model.orientation.describe());
+    if c.spatial_dims == 2 {
+        let seg = SegModel::load_dir(&CpuBackend, path)?;
+        println!(
+            "model grid: {0}x{0} by default (the longer patch side, a multiple of the total stride {1}); --size must be a multiple of {1}",
+            seg.input_size().unwrap_or(256),
+            seg.size_multiple()
+        );
+    }
+    println!("check:      every fold's weights have the shapes the plans' architecture expects");
     Ok(())
 }

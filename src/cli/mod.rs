@@ -230,7 +230,9 @@ impl IntensityArgs {
     /// abdomen window).
     pub fn intensity(&self) -> Result<Option<Intensity>> {
         match (self.modality, &self.window) {
-            (Some(Modality::Mr), Some(_)) => xaiclip::fail!(InvalidInput, "--window is a CT window; --modality mr uses percentiles"),
+            (Some(Modality::Mr), Some(_)) => {
+                xaiclip::fail!(InvalidInput, "--window is a CT window; --modality mr uses percentiles")
+            }
             (Some(Modality::Mr), None) => Ok(Some(Intensity::MrPercentile)),
             (_, Some(w)) => w.parse().map(Some),
             (Some(Modality::Ct), None) => Ok(Some(Intensity::ABDOMEN)),

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use xaiclip::io;
 
-use xaiclip::preprocess::{resize_nearest, AxialLayout};
+use xaiclip::preprocess::resize_nearest;
 use xaiclip::render;
 use xaiclip::roi::{area_fraction, region, RoiMode};
 
@@ -75,7 +75,7 @@ pub fn run(device: &DeviceArgs, cmd: RoiCmd) -> Result<()> {
         };
         render::save_png(&cmd.out, &render::figure(&[panel.render()?], 1, &[], &[])?)?;
     } else {
-        let layout = AxialLayout::of(&case.volume)?;
+        let layout = case.input.layout;
         let shape = layout.slice_shape(&case.volume);
         let plane = resize_nearest(&roi.iter().map(|&b| b as u8).collect::<Vec<_>>(), (size, size), shape);
         let mut volume = vec![0u8; case.volume.voxel_count()];

@@ -40,7 +40,6 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;
     let spec = super::parse_slices("--slice", &cmd.slice)?;
-    let slices = spec.resolve(&volume, None, 0)?;
     let mut builder = Explainer::builder().device(device.device).precision(device.precision).size(cmd.size);
     if let Some(intensity) = cmd.intensity.intensity()? {
         builder = builder.intensity(intensity);
@@ -50,6 +49,7 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     }
     let explainer = builder.build()?;
     let intensity = explainer.intensity();
+    let slices = spec.resolve(&volume, None, 0, explainer.orientation())?;
     let started = Instant::now();
     let bar = Progress::new(slices.len() as u64, "segment slices");
     let labels = explainer.segment(&volume, &slices, intensity, cmd.batch, |done| bar.set_position(done as u64))?;

@@ -9,7 +9,7 @@ pub use nnunet::NnUNet;
 pub use unet::{BasicUNet, UNetConfig};
 
 use crate::backend::Backend;
-use crate::preprocess::Intensity;
+use crate::preprocess::{Intensity, Orientation};
 use crate::tensor::Tensor;
 
 /// The segmentation model every explainer, ROI mode and command runs: logits for a batch on the
@@ -37,7 +37,11 @@ impl<B: Backend> SegModel<B> {
         let model = NnUNet::load_dir(backend, dir)?;
         let (_, [scale, shift]) = model.intensity()?;
         let c = model.config().in_channels;
-        anyhow::ensure!(c == 1, "{}: the model has {c} input channels; xaiclip explains single-channel models", dir.display());
+        anyhow::ensure!(
+            c == 1,
+            "{}: the model has {c} input channels; xaiclip explains single-channel models",
+            dir.display()
+        );
         let map = (
             backend.upload(&Tensor::new(&[1, 1, 1, 1], vec![scale])?)?,
             backend.upload(&Tensor::new(&[1], vec![shift])?)?,
@@ -117,10 +121,20 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
+    /// How the model's input slices lie on a volume's voxels.
+    pub fn orientation(&self) -> Orientation {
+        match self {
+            SegModel::Basic(m) => m.config().orientation,
+            SegModel::NnUNet { model, .. } => model.orientation,
+        }
+    }
+
     /// The network in a few words, for reports.
     pub fn describe(&self) -> String {
         match self {
-            SegModel::Basic(m) => format!("MONAI BasicUNet {}-D, features {:?}", m.config().spatial_dims, m.config().features),
+            SegModel::Basic(m) => {
+                format!("MONAI BasicUNet {}-D, features {:?}", m.config().spatial_dims, m.config().features)
+            }
             SegModel::NnUNet { model, .. } => format!(
                 "nnU-Net {} {} ({} fold{})",
                 model.configuration,

@@ -14,10 +14,10 @@
 //! 1x1 `seg_layers` conv gives the logits (the other seg layers are deep supervision, unused here).
 //! `nnUNetPredictor` averages the folds' logits; so does [`NnUNet::forward_logits`].
 
-use super::unet::NormKind;
+use super::unet::{fold_batch_norm, InstanceNorm, NormKind};
 use crate::backend::{Activation, Backend};
 use crate::error::Error;
-use crate::preprocess::Intensity;
+use crate::preprocess::{Intensity, Orientation};
 use crate::tensor::Tensor;
 use crate::weights::{ParamReader, WeightsFile};
 use anyhow::{bail, ensure, Context, Result};
@@ -160,8 +160,8 @@ impl DynamicUNetConfig {
         if let Some(k) = kw.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("arch_kwargs.{k} is not supported ({} {})", class, kw[k]);
         }
-        let stages = kw.get("n_stages").and_then(Value::as_u64).filter(|&n| n >= 2).context("n_stages must be >= 2")?
-            as usize;
+        let stages =
+            kw.get("n_stages").and_then(Value::as_u64).filter(|&n| n >= 2).context("n_stages must be >= 2")? as usize;
         let spatial_dims = match kw.get("conv_op").and_then(short_name) {
             Some("Conv2d") => 2,
             Some("Conv3d") => 3,
@@ -173,7 +173,9 @@ impl DynamicUNetConfig {
             let affine = kwargs.and_then(|k| k.get("affine")).and_then(Value::as_bool);
             match kw.get("norm_op").and_then(short_name) {
                 // torch's InstanceNorm is affine only when asked; BatchNorm is affine by default.
-                Some("InstanceNorm2d" | "InstanceNorm3d") => (NormKind::Instance { affine: affine.unwrap_or(false) }, eps),
+                Some("InstanceNorm2d" | "InstanceNorm3d") => {
+                    (NormKind::Instance { affine: affine.unwrap_or(false) }, eps)
+                }
                 Some("BatchNorm2d" | "BatchNorm3d") if affine != Some(false) => (NormKind::Batch, eps),
                 None => (NormKind::None, eps),
                 Some(other) => bail!("norm_op {other} is not supported (InstanceNorm or affine BatchNorm)"),
@@ -251,7 +253,7 @@ struct Unit<B: Backend> {
     bias: Option<B::Tensor>,
     stride: [usize; 3],
     pad: [usize; 3],
-    instance_norm: Option<(Option<B::Tensor>, Option<B::Tensor>)>,
+    instance_norm: Option<InstanceNorm<B::Tensor>>,
     act: Activation,
 }
 
@@ -311,17 +313,9 @@ impl<B: Backend> Loader<'_, '_, B> {
         let mut instance_norm = None;
         match self.config.norm {
             NormKind::Batch => {
-                // Eval-mode batch norm is a per-channel affine map: fold it into the conv.
-                let [g, b, mean, var] =
-                    ["weight", "bias", "running_mean", "running_var"].map(|l| self.vector(&format!("{prefix}.norm.{l}"), cout));
-                let bias_vals = bias.get_or_insert_with(|| Tensor::zeros(&[cout]));
-                let per_out = weight.len() / cout;
-                for co in 0..cout {
-                    let scale = g.data()[co] / (var.data()[co] + self.config.norm_eps).sqrt();
-                    weight.data_mut()[co * per_out..(co + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
-                    let bv = &mut bias_vals.data_mut()[co];
-                    *bv = (*bv - mean.data()[co]) * scale + b.data()[co];
-                }
+                let stats = ["weight", "bias", "running_mean", "running_var"]
+                    .map(|leaf| self.vector(&format!("{prefix}.norm.{leaf}"), cout));
+                fold_batch_norm(&mut weight, &mut bias, stats, self.config.norm_eps);
             }
             NormKind::Instance { affine } => {
                 instance_norm = Some(if affine {
@@ -339,7 +333,13 @@ impl<B: Backend> Loader<'_, '_, B> {
     }
 
     /// BasicBlockD at `prefix`.
-    fn residual(&mut self, prefix: &str, (cin, cout): (usize, usize), kernel: [usize; 3], stride: [usize; 3]) -> Result<Block<B>> {
+    fn residual(
+        &mut self,
+        prefix: &str,
+        (cin, cout): (usize, usize),
+        kernel: [usize; 3],
+        stride: [usize; 3],
+    ) -> Result<Block<B>> {
         let (bias, act) = (self.config.conv_bias, self.config.act);
         let units = [
             self.unit(&format!("{prefix}.conv1"), (cin, cout), kernel, stride, bias, act)?,
@@ -350,13 +350,15 @@ impl<B: Backend> Loader<'_, '_, B> {
             // skip = [AvgPool(stride)], 1x1 conv without bias, norm. The average pool then 1x1 conv is
             // one conv with kernel = stride and the 1x1 weights spread evenly over the window (exact).
             let at = if strided { "skip.1" } else { "skip.0" };
-            let mut unit = self.unit(&format!("{prefix}.{at}"), (cin, cout), [1; 3], [1; 3], false, Activation::Identity)?;
+            let mut unit =
+                self.unit(&format!("{prefix}.{at}"), (cin, cout), [1; 3], [1; 3], false, Activation::Identity)?;
             if strided {
                 let w = self.backend.download(&unit.weight)?;
                 let taps: usize = stride.iter().product();
                 let spread: Vec<f32> =
                     w.data().iter().flat_map(|&v| std::iter::repeat_n(v / taps as f32, taps)).collect();
-                unit.weight = self.backend.upload(&Tensor::new(&[cout, cin, stride[0], stride[1], stride[2]], spread)?)?;
+                unit.weight =
+                    self.backend.upload(&Tensor::new(&[cout, cin, stride[0], stride[1], stride[2]], spread)?)?;
                 unit.stride = stride;
             }
             Some(unit)
@@ -423,13 +425,21 @@ impl<B: Backend> DynamicUNet<B> {
             let units = (0..c.decoder_depth[s - 1])
                 .map(|i| {
                     let io = (if i == 0 { 2 * skip } else { skip }, skip);
-                    l.unit(&format!("decoder.stages.{}.convs.{i}", s - 1), io, c.kernels[stages - s - 1], [1; 3], bias, act)
+                    l.unit(
+                        &format!("decoder.stages.{}.convs.{i}", s - 1),
+                        io,
+                        c.kernels[stages - s - 1],
+                        [1; 3],
+                        bias,
+                        act,
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
             decoder.push(DecoderStage { up_weight, up_bias: up_bias.map(|b| backend.upload(&b)).transpose()?, units });
         }
         let last = stages - 2;
-        let seg_weight = l.weight(&format!("decoder.seg_layers.{last}.weight"), c.num_classes, c.features[0], [1; 3])?;
+        let seg_weight =
+            l.weight(&format!("decoder.seg_layers.{last}.weight"), c.num_classes, c.features[0], [1; 3])?;
         let seg_bias = backend.upload(&l.vector(&format!("decoder.seg_layers.{last}.bias"), c.num_classes))?;
         // Aliases of the same tensors (ConvDropoutNormReLU.all_modules, UNetDecoder.encoder) and the deep
         // supervision heads are in every nnU-Net state dict.
@@ -613,8 +623,9 @@ pub struct NnUNet<B: Backend> {
     pub spacing: Vec<f64>,
     /// Normalisation of the input channel.
     pub normalization: Normalization,
-    /// The plans' `transpose_forward`.
-    pub transpose_forward: Vec<usize>,
+    /// How 2d slices lie on a file's voxels: nnU-Net reads NIfTI as arrays (k, j, i) (SimpleITKIO and
+    /// NibabelIO alike), transposes them by `transpose_forward` and slices along the first axis.
+    pub orientation: Orientation,
     networks: Vec<DynamicUNet<B>>,
 }
 
@@ -630,7 +641,10 @@ fn configuration(plans: &Value, name: &str) -> Result<Value> {
     let mut merged = serde_json::Map::new();
     while let Some(current) = chain.last().cloned() {
         let c = all.get(&current).and_then(Value::as_object).with_context(|| {
-            format!("plans.json has no configuration {current:?} (it has {})", all.keys().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "plans.json has no configuration {current:?} (it has {})",
+                all.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
         })?;
         for (k, v) in c {
             merged.entry(k.clone()).or_insert_with(|| v.clone());
@@ -646,7 +660,8 @@ fn configuration(plans: &Value, name: &str) -> Result<Value> {
 
 /// Whether `dir` is an nnU-Net result folder (or one fold of one).
 pub fn is_result_folder(dir: &Path) -> bool {
-    dir.join("plans.json").is_file() || (dir.join("checkpoint_final.pth").is_file() && dir.parent().is_some_and(|p| p.join("plans.json").is_file()))
+    dir.join("plans.json").is_file()
+        || (dir.join("checkpoint_final.pth").is_file() && dir.parent().is_some_and(|p| p.join("plans.json").is_file()))
 }
 
 impl<B: Backend> NnUNet<B> {
@@ -667,10 +682,14 @@ impl<B: Backend> NnUNet<B> {
         let dataset = read_json(&root.join("dataset.json"))?;
         let folder_name = root.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let name = folder_name.rsplit("__").next().filter(|_| folder_name.contains("__")).with_context(|| {
-            format!("{}: the folder name must be <trainer>__<plans>__<configuration>, as nnU-Net writes it", root.display())
+            format!(
+                "{}: the folder name must be <trainer>__<plans>__<configuration>, as nnU-Net writes it",
+                root.display()
+            )
         })?;
         let config = configuration(&plans, name)?;
-        let (classes, in_channels) = dataset_classes(&dataset).with_context(|| format!("{}", root.join("dataset.json").display()))?;
+        let (classes, in_channels) =
+            dataset_classes(&dataset).with_context(|| format!("{}", root.join("dataset.json").display()))?;
         let arch = config.get("architecture").context("plans.json: the configuration has no architecture")?;
         let net_config = DynamicUNetConfig::from_architecture(arch, in_channels, classes.len())
             .with_context(|| format!("{}: configuration {name}", root.join("plans.json").display()))?;
@@ -680,7 +699,11 @@ impl<B: Backend> NnUNet<B> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|f| f.starts_with("fold_") && only_fold.as_ref().is_none_or(|o| o == f))
             .filter_map(|f| {
-                ["checkpoint_final.pth", "checkpoint_best.pth"].iter().map(|c| root.join(&f).join(c)).find(|p| p.is_file()).map(|p| (f, p))
+                ["checkpoint_final.pth", "checkpoint_best.pth"]
+                    .iter()
+                    .map(|c| root.join(&f).join(c))
+                    .find(|p| p.is_file())
+                    .map(|p| (f, p))
             })
             .collect();
         folds.sort();
@@ -707,11 +730,22 @@ impl<B: Backend> NnUNet<B> {
         };
         let patch_size: Vec<usize> = floats("patch_size")?.iter().map(|&v| v as usize).collect();
         let normalization = normalization(&plans, &config)?;
-        let transpose_forward = plans
+        let transpose: Vec<usize> = plans
             .get("transpose_forward")
             .and_then(Value::as_array)
             .and_then(|a| a.iter().map(|v| v.as_u64().map(|n| n as usize)).collect())
             .unwrap_or_else(|| vec![0, 1, 2]);
+        let mut sorted = transpose.clone();
+        sorted.sort_unstable();
+        ensure!(sorted == [0, 1, 2], "plans.json: transpose_forward {transpose:?} is not a permutation of 0, 1, 2");
+        match plans.get("image_reader_writer").and_then(Value::as_str).unwrap_or("SimpleITKIO") {
+            "SimpleITKIO" | "NibabelIO" => {}
+            other => crate::fail!(
+                Unsupported,
+                "plans.json: image_reader_writer {other} is not supported (SimpleITKIO and NibabelIO read voxels as stored)"
+            ),
+        }
+        let orientation = Orientation::Voxel(std::array::from_fn(|a| 2 - transpose[a]));
         Ok(Self {
             dir: root,
             configuration: name.to_string(),
@@ -720,7 +754,7 @@ impl<B: Backend> NnUNet<B> {
             patch_size,
             spacing: floats("spacing")?,
             normalization,
-            transpose_forward,
+            orientation,
             networks,
         })
     }
@@ -776,7 +810,9 @@ fn dataset_classes(dataset: &Value) -> Result<(Vec<String>, usize)> {
     let mut by_id: Vec<(usize, String)> = labels
         .iter()
         .map(|(name, id)| {
-            id.as_u64().map(|i| (i as usize, name.clone())).with_context(|| format!("label {name:?} has id {id}, not an integer"))
+            id.as_u64()
+                .map(|i| (i as usize, name.clone()))
+                .with_context(|| format!("label {name:?} has id {id}, not an integer"))
         })
         .collect::<Result<_>>()?;
     by_id.sort();
@@ -807,7 +843,11 @@ fn normalization(plans: &Value, config: &Value) -> Result<Normalization> {
         .and_then(|p| p.get("0"))
         .context("plans.json: CTNormalization needs foreground_intensity_properties_per_channel[\"0\"]")?;
     let get = |k: &str| {
-        props.get(k).and_then(Value::as_f64).map(|v| v as f32).with_context(|| format!("plans.json: foreground properties have no {k}"))
+        props
+            .get(k)
+            .and_then(Value::as_f64)
+            .map(|v| v as f32)
+            .with_context(|| format!("plans.json: foreground properties have no {k}"))
     };
     let (low, high, mean, std) = (get("percentile_00_5")?, get("percentile_99_5")?, get("mean")?, get("std")?);
     ensure!(high > low && std > 0.0, "plans.json: foreground properties give an empty window or zero std");

@@ -8,6 +8,7 @@
 
 use crate::backend::{Activation, Backend};
 use crate::error::Error;
+use crate::preprocess::Orientation;
 use crate::tensor::Tensor;
 use crate::weights::{open_model_dir, ParamReader, WeightsFile};
 use anyhow::{bail, ensure, Context, Result};
@@ -60,6 +61,10 @@ pub struct UNetConfig {
     /// 3-D models: the (D, H, W) patch they were trained on, the sliding window's tile (xaiclip's own
     /// key `patch_size`, as MONAI bundles' `roi_size`).
     pub patch_size: Option<[usize; 3]>,
+    /// How a 2-D model's slices lie on a volume (xaiclip's key `layout`): "radiological" (default) or
+    /// "voxel" (the file's axes as stored: slices along axis 2, rows axis 1, columns axis 0, as a
+    /// model trained on raw `nibabel`/SimpleITK arrays sees them).
+    pub orientation: Orientation,
 }
 
 /// MONAI accepts a layer spec as "name" or ["name", {args}]; returns (lower-case name, args).
@@ -163,6 +168,11 @@ impl UNetConfig {
                     }
                 }
             },
+            orientation: match v.get("layout").map(|l| l.as_str().unwrap_or_default()) {
+                None | Some("radiological") => Orientation::Radiological,
+                Some("voxel") => Orientation::Voxel([2, 1, 0]),
+                Some(other) => bail!("layout {other:?} is not supported (radiological or voxel)"),
+            },
         })
     }
 }
@@ -177,7 +187,26 @@ impl UNetConfig {
 }
 
 /// Instance norm's optional affine (gamma, beta).
-type InstanceNorm<T> = (Option<T>, Option<T>);
+pub(crate) type InstanceNorm<T> = (Option<T>, Option<T>);
+
+/// Folds an eval-mode batch norm (a per-channel affine map) into the conv before it: weight (Cout, ...)
+/// scaled per output channel, bias created when the conv had none.
+pub(crate) fn fold_batch_norm(
+    weight: &mut Tensor,
+    bias: &mut Option<Tensor>,
+    [g, b, mean, var]: [Tensor; 4],
+    eps: f32,
+) {
+    let cout = g.len();
+    let bias_vals = bias.get_or_insert_with(|| Tensor::zeros(&[cout]));
+    let per_out = weight.len() / cout;
+    for co in 0..cout {
+        let scale = g.data()[co] / (var.data()[co] + eps).sqrt();
+        weight.data_mut()[co * per_out..(co + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
+        let bv = &mut bias_vals.data_mut()[co];
+        *bv = (*bv - mean.data()[co]) * scale + b.data()[co];
+    }
+}
 
 /// conv (+ folded batch norm) -> instance norm? -> activation.
 struct ConvUnit<B: Backend> {
@@ -226,21 +255,8 @@ impl<B: Backend> Loader<'_, '_, B> {
         let mut instance_norm = None;
         match self.config.norm {
             NormKind::Batch => {
-                // Eval-mode batch norm is a per-channel affine map: fold it into the conv.
-                let (g, b, mean, var) = (
-                    norm(&mut self.params, "weight"),
-                    norm(&mut self.params, "bias"),
-                    norm(&mut self.params, "running_mean"),
-                    norm(&mut self.params, "running_var"),
-                );
-                let bias_vals = bias.get_or_insert_with(|| Tensor::zeros(&[cout]));
-                let per_out = weight.len() / cout;
-                for co in 0..cout {
-                    let scale = g.data()[co] / (var.data()[co] + self.config.norm_eps).sqrt();
-                    weight.data_mut()[co * per_out..(co + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
-                    let bv = &mut bias_vals.data_mut()[co];
-                    *bv = (*bv - mean.data()[co]) * scale + b.data()[co];
-                }
+                let stats = ["weight", "bias", "running_mean", "running_var"].map(|leaf| norm(&mut self.params, leaf));
+                fold_batch_norm(&mut weight, &mut bias, stats, self.config.norm_eps);
             }
             NormKind::Instance { affine } => {
                 let affine_params = if affine {
