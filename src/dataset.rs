@@ -32,6 +32,9 @@ pub enum LabelIds {
     Flare22,
     /// TotalSegmentator "total" ids, mapped to FLARE22.
     Totalseg,
+    /// The model's own class ids (an nnU-Net model's dataset.json labels), mapped to FLARE22 by name
+    /// (`Explainer::read_labels`; the model must list its classes).
+    Model,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,8 +344,48 @@ fn labels_on_grid(path: &Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>>
 /// with the checks of [`load_labels`].
 pub fn labels_of(labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
     let path = &labels.source;
+    let mut on_grid = ids_on_grid_of(labels, image)?;
+    match ids {
+        LabelIds::Totalseg => on_grid.iter_mut().for_each(|l| *l = crate::organs::totalseg_to_flare22(*l)),
+        LabelIds::Model => {
+            bail!(
+                "{}: --label-ids model needs the model's class list (explain and bench read it from the model)",
+                path.display()
+            )
+        }
+        LabelIds::Flare22 => {
+            if let Some(bad) = on_grid.iter().find(|&&l| l > 13) {
+                bail!(
+                    "{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(on_grid)
+}
+
+/// Labels in a model's own ids (`classes` by id) as FLARE22 ids on `image`'s grid; classes without a
+/// FLARE22 name become 0. Ids beyond the model's classes are refused.
+pub fn model_labels_of(labels: &Volume, classes: &[String], image: &Volume) -> Result<Vec<u8>> {
+    let on_grid = ids_on_grid_of(labels, image)?;
+    if let Some(bad) = on_grid.iter().find(|&&l| l as usize >= classes.len()) {
+        bail!(
+            "{}: label {bad} is not one of the model's classes (0 to {})",
+            labels.source.display(),
+            classes.len() - 1
+        );
+    }
+    let to_flare: Vec<u8> =
+        classes.iter().map(|c| crate::organs::organ_class(c).ok().filter(|&id| id <= 13).unwrap_or(0) as u8).collect();
+    Ok(on_grid.into_iter().map(|l| if l == 0 { 0 } else { to_flare[l as usize] }).collect())
+}
+
+/// Integer label ids resampled (nearest) onto `image`'s grid, refusing volumes that do not share it.
+fn ids_on_grid_of(labels: &Volume, image: &Volume) -> Result<Vec<u8>> {
+    let path = &labels.source;
     labels.check_labels()?;
-    let (mut on_grid, outside) = labels.labels_on_grid_of(image);
+    let (on_grid, outside) = labels.labels_on_grid_of(image);
     let covered = 1.0 - outside as f64 / image.voxel_count().max(1) as f64;
     if covered < 0.99 {
         let d = |v: &Volume| {
@@ -363,14 +406,6 @@ pub fn labels_of(labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u
             image.source.display(),
             d(labels),
             d(image)
-        );
-    }
-    if ids == LabelIds::Totalseg {
-        on_grid.iter_mut().for_each(|l| *l = crate::organs::totalseg_to_flare22(*l));
-    } else if let Some(bad) = on_grid.iter().find(|&&l| l > 13) {
-        bail!(
-            "{}: label {bad} is not a FLARE22 id (1-13); for TotalSegmentator labels pass --label-ids totalseg",
-            path.display()
         );
     }
     Ok(on_grid)

@@ -546,7 +546,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 impl Explainer {
     /// The model folders this explainer uses (U-Net, CLIP, and CoOp when its prompts are used) with the
-    /// SHA-256 of each model.safetensors, as reports record them: which weights made a result.
+    /// SHA-256 of each weights file, as reports record them: which weights made a result; for the U-Net
+    /// also the network, how its slices are oriented and the intensity window.
     pub fn weights_json(&self) -> Result<serde_json::Value> {
         let mut folders = vec![("unet", self.unet_dir.clone())];
         folders.push(("clip", self.clip.clip.clone().map_or_else(|| bundled("clip"), Ok)?));
@@ -554,9 +555,27 @@ impl Explainer {
             folders.push(("coop", self.clip.coop.clone().map_or_else(|| bundled("coop"), Ok)?));
         }
         let mut out = serde_json::Map::new();
+        let unet_files = with_engine!(self, |e| e.unet.files(&self.unet_dir));
         for (name, folder) in folders {
-            let sha256 = sha256_file(&crate::weights::model_file(&folder))?;
-            out.insert(name.into(), serde_json::json!({"folder": folder, "sha256": sha256}));
+            let files = if name == "unet" { unet_files.clone() } else { vec![crate::weights::model_file(&folder)] };
+            let entry = match &files[..] {
+                [one] => serde_json::json!({"folder": folder, "sha256": sha256_file(one)?}),
+                many => {
+                    let hashes = many
+                        .iter()
+                        .map(|f| Ok(serde_json::json!({"file": f, "sha256": sha256_file(f)?})))
+                        .collect::<Result<Vec<_>>>()?;
+                    serde_json::json!({"folder": folder, "files": hashes})
+                }
+            };
+            out.insert(name.into(), entry);
+        }
+        // What the U-Net is and how its inputs were made: the network, its slice orientation and window.
+        let network = with_engine!(self, |e| e.unet.describe());
+        if let Some(serde_json::Value::Object(unet)) = out.get_mut("unet") {
+            unet.insert("network".into(), network.into());
+            unet.insert("slices".into(), self.orientation.describe().into());
+            unet.insert("intensity".into(), format!("{:?}", self.intensity).into());
         }
         Ok(out.into())
     }
@@ -651,6 +670,24 @@ impl Explainer {
     /// nnU-Net).
     pub fn orientation(&self) -> Orientation {
         self.orientation
+    }
+
+    /// Ground-truth labels at `path` (any grid, matched to `image`) as FLARE22 ids: [`read_labels`],
+    /// and `LabelIds::Model` through this model's class names.
+    pub fn read_labels(&self, path: impl AsRef<Path>, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        match (ids, &self.classes) {
+            (LabelIds::Model, Some(classes)) => {
+                let labels = crate::io::read_image(path)?;
+                Ok(crate::dataset::model_labels_of(&labels, classes, image).map_err(|e| crate::error::Error::input(path, e))?)
+            }
+            (LabelIds::Model, None) => fail!(
+                InvalidInput,
+                "{}: --label-ids model: this model does not list its classes (its ids are FLARE22's: --label-ids flare22)",
+                path.display()
+            ),
+            _ => read_labels(path, ids, image),
+        }
     }
 
     /// The model's output channel of an organ name or number: from the model's own class list where

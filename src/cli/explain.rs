@@ -8,7 +8,7 @@ use xaiclip::io::{self, stage_text, Staging, Volume};
 use xaiclip::pipeline::{ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
 use xaiclip::report::{runs_report, FigureOptions, ReportContext};
 use xaiclip::roi::RoiMode;
-use xaiclip::{read_labels, render, Explainer, Request};
+use xaiclip::{render, Explainer, Request};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainCmd {
@@ -52,7 +52,7 @@ pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     let volume = io::read_image(&cmd.case.image)?;
     let mut request = Request::new(&cmd.method_args.organ, cmd.method).roi(cmd.roi).slices(cmd.case.slices()?);
     if let Some(label) = &cmd.case.label {
-        request = request.labels(read_labels(label, cmd.case.label_ids, &volume)?);
+        request = request.labels(explainer.read_labels(label, cmd.case.label_ids, &volume)?);
     }
     let loading = started.elapsed().as_secs_f64();
     let bar = Progress::new(0, &format!("{} ({})", cmd.method.name(), cmd.roi.name()));
@@ -159,7 +159,7 @@ fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
 pub fn load_case(explainer: &Explainer, case: &CaseArgs, organ: &str) -> Result<Case> {
     let volume = io::read_image(&case.image)?;
     let class = explainer.class_of(organ)?;
-    let labels = case.label.as_deref().map(|l| read_labels(l, case.label_ids, &volume)).transpose()?;
+    let labels = case.label.as_deref().map(|l| explainer.read_labels(l, case.label_ids, &volume)).transpose()?;
     Case::new(explainer, volume, labels, &case.slices()?, class)
 }
 

@@ -129,6 +129,18 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
+    /// The files that define the model loaded from `dir`, for provenance: the weights file, or an
+    /// nnU-Net folder's plans.json, dataset.json and every fold's checkpoint.
+    pub fn files(&self, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        match self {
+            SegModel::Basic(_) => vec![crate::weights::model_file(dir)],
+            SegModel::NnUNet { model, .. } => [model.dir.join("plans.json"), model.dir.join("dataset.json")]
+                .into_iter()
+                .chain(model.folds.iter().map(|(_, p)| p.clone()))
+                .collect(),
+        }
+    }
+
     /// The network in a few words, for reports.
     pub fn describe(&self) -> String {
         match self {
