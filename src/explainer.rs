@@ -675,18 +675,24 @@ impl Explainer {
     /// Ground-truth labels at `path` (any grid, matched to `image`) as FLARE22 ids: [`read_labels`],
     /// and `LabelIds::Model` through this model's class names.
     pub fn read_labels(&self, path: impl AsRef<Path>, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
-        let path = path.as_ref();
+        match ids {
+            LabelIds::Model => self.labels_from_volume(&crate::io::read_image(path.as_ref())?, ids, image),
+            _ => read_labels(path, ids, image),
+        }
+    }
+
+    /// A label volume in memory as FLARE22 ids: [`labels_from_volume`], and `LabelIds::Model` through
+    /// this model's class names.
+    pub fn labels_from_volume(&self, labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
         match (ids, &self.classes) {
-            (LabelIds::Model, Some(classes)) => {
-                let labels = crate::io::read_image(path)?;
-                Ok(crate::dataset::model_labels_of(&labels, classes, image).map_err(|e| crate::error::Error::input(path, e))?)
-            }
+            (LabelIds::Model, Some(classes)) => Ok(crate::dataset::model_labels_of(labels, classes, image)
+                .map_err(|e| crate::error::Error::input(&labels.source, e))?),
             (LabelIds::Model, None) => fail!(
                 InvalidInput,
                 "{}: --label-ids model: this model does not list its classes (its ids are FLARE22's: --label-ids flare22)",
-                path.display()
+                labels.source.display()
             ),
-            _ => read_labels(path, ids, image),
+            _ => labels_from_volume(labels, ids, image),
         }
     }
 

@@ -13,6 +13,11 @@ The score is xaiclip's default: mean softmax probability of the organ over M0, t
 organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
 the map's largest magnitude; LIME/SHAP draw different random coalitions, so only their correlation is
 reported. Seconds are medians of --repeat runs, with torch using every core (as xaiclip does).
+
+With --model (an nnU-Net v2 result folder) and --image/--label, both sides run that model instead: PyTorch
+builds it with nnunetv2's get_network_from_plans from fold_0's checkpoint and feeds it the same windowed
+model-grid slice mapped to CTNormalization (window [p0.5, p99.5] of the plans' foreground, then z-score),
+exactly as xaiclip does, so the perturbations (zero = the window's low end) are the same on both sides.
 """
 
 import argparse
@@ -76,7 +81,32 @@ def rise_mask(seed, i, grid, p1, size):
     return (top * (one - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
 
 
+class NnUNetOnWindow(torch.nn.Module):
+    """An nnU-Net 2d network fed a windowed [0, 1] slice: v -> (low + v (high - low) - mean) / std."""
+
+    def __init__(self, folder):
+        super().__init__()
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+        plans = json.load(open(os.path.join(folder, "plans.json")))
+        dataset = json.load(open(os.path.join(folder, "dataset.json")))
+        arch = plans["configurations"]["2d"]["architecture"]
+        self.net = get_network_from_plans(
+            arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, len(dataset["labels"]), deep_supervision=False
+        )
+        self.net.load_state_dict(torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), weights_only=False)["network_weights"])
+        self.net.eval()
+        fg = plans["foreground_intensity_properties_per_channel"]["0"]
+        low, high, std = fg["percentile_00_5"], fg["percentile_99_5"], max(fg["std"], 1e-8)
+        self.scale, self.shift = (high - low) / std, (low - fg["mean"]) / std
+
+    def forward(self, x):
+        return self.net(x * self.scale + self.shift)
+
+
 def load_unet(weights):
+    if os.path.isfile(os.path.join(weights, "plans.json")):
+        return NnUNetOnWindow(weights).eval()
     from monai.networks.nets import BasicUNet
 
     cfg = json.load(open(os.path.join(weights, "config.json")))
@@ -139,12 +169,18 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="occlusion,rise,lime,kernelshap", help="peer methods to run (comma list)")
+    ap.add_argument("--image", help="a case to explain instead of the bundled phantom (needs --label)")
+    ap.add_argument("--label")
+    ap.add_argument("--label-ids", default="flare22")
+    ap.add_argument("--organ", default="liver")
     a = ap.parse_args()
+    case = ["--demo"] if a.image is None else [
+        "--image", a.image, "--label", a.label, "--label-ids", a.label_ids, "--slice", "organ-center", "--organ", a.organ, "--unet", a.weights]
     os.makedirs(a.out, exist_ok=True)
     torch.set_num_threads(os.cpu_count())
     export = os.path.join(a.out, "arrays")
     subprocess.run(
-        [a.xaiclip, "bench", "--demo", "--roi", "clip", "--repeat", str(a.repeat), "--masks", str(a.rise_masks), "--samples", str(a.samples),
+        [a.xaiclip, "bench", *case, "--roi", "clip", "--repeat", str(a.repeat), "--masks", str(a.rise_masks), "--samples", str(a.samples),
          "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0", "--json", os.path.join(a.out, "xaiclip.json"), "--export", export],
         check=True,
     )
@@ -253,7 +289,7 @@ def main():
 
     by = {(r["method"], r["implementation"]): r for r in rows}
     lines = [
-        f"Same slice (bundled phantom, seed 7, organ-center liver), weights/unet, score mean-prob over M0, zero baseline; "
+        f"Same slice ({'bundled phantom, seed 7' if a.image is None else a.image}, organ-center {a.organ}), {a.weights}, score mean-prob over M0, zero baseline; "
         f"{os.cpu_count()} cores; seconds = median of {a.repeat}; RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
         "",
         "| method | implementation | seconds | forward passes | max abs diff / max abs | Pearson r | xaiclip full-image speed-up | xaiclip ROI speed-up |",

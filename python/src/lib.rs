@@ -13,7 +13,7 @@ use pyo3::types::{PyDict, PyType};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use xaiclip::dataset::LabelIds;
-use xaiclip::explainer::{labels_from_volume, Options};
+use xaiclip::explainer::Options;
 use xaiclip::io::Volume;
 use xaiclip::pipeline::{BatchSize, ClipOptions, Prompts};
 use xaiclip::preprocess::Intensity;
@@ -259,7 +259,7 @@ struct Explainer {
 impl Explainer {
     #[new]
     #[pyo3(signature = (model=None, clip=None, coop=None, *, device="auto", precision="f32", batch="auto",
-        size=None, modality="ct", window=None, prompt=None, no_coop=false, roi_threshold="otsu"))]
+        size=None, modality=None, window=None, prompt=None, no_coop=false, roi_threshold="otsu"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -270,7 +270,7 @@ impl Explainer {
         precision: &str,
         batch: &str,
         size: Option<usize>,
-        modality: &str,
+        modality: Option<&str>,
         window: Option<&str>,
         prompt: Option<String>,
         no_coop: bool,
@@ -279,12 +279,14 @@ impl Explainer {
         let device: Device = device.parse().map_err(|e| value_err(format!("device={device:?}: {e:#}")))?;
         let precision: Precision = parse_enum("precision", precision)?;
         let batch: BatchSize = batch.parse().map_err(|e| value_err(format!("batch={batch:?}: {e:#}")))?;
+        // Neither given: the model's own normalisation (an nnU-Net's), else the abdomen window.
         let intensity = match (modality, window) {
-            ("mr", None) => Intensity::MrPercentile,
-            ("mr", Some(_)) => return Err(value_err("window: only for modality=\"ct\"")),
-            ("ct", None) => Intensity::ABDOMEN,
-            ("ct", Some(w)) => w.parse().map_err(|e| value_err(format!("window={w:?}: {e:#}")))?,
-            (m, _) => return Err(value_err(format!("modality={m:?}: expected \"ct\" or \"mr\""))),
+            (Some("mr"), None) => Some(Intensity::MrPercentile),
+            (Some("mr"), Some(_)) => return Err(value_err("window: only for modality=\"ct\"")),
+            (Some("ct"), None) => Some(Intensity::ABDOMEN),
+            (Some("ct") | None, Some(w)) => Some(w.parse().map_err(|e| value_err(format!("window={w:?}: {e:#}")))?),
+            (None, None) => None,
+            (Some(m), _) => return Err(value_err(format!("modality={m:?}: expected \"ct\" or \"mr\""))),
         };
         let prompts = match (prompt, no_coop) {
             (Some(p), _) => Prompts::Custom(p),
@@ -298,8 +300,10 @@ impl Explainer {
             .precision(precision)
             .batch(batch)
             .size(size)
-            .intensity(intensity)
             .clip(ClipOptions { clip, coop, prompts, threshold });
+        if let Some(intensity) = intensity {
+            builder = builder.intensity(intensity);
+        }
         if let Some(m) = model {
             builder = builder.unet(m);
         }
@@ -374,7 +378,7 @@ impl Explainer {
         let methods = methods.iter().map(|m| parse_enum::<Method>("methods", m)).collect::<PyResult<Vec<_>>>()?;
         let Case { volume, roi, settings, slices, labels } =
             self.case(py, image, affine, roi, label, label_ids, slice, options)?;
-        let class = xaiclip::organs::organ_class(organ).map_err(|e| py_err(e.into()))?;
+        let class = self.inner.class_of(organ).map_err(py_err)?;
         let inner = &self.inner;
         let rows = detached(py, inner, progress, move |report| {
             let k = inner.pick_slice(&volume, labels.as_deref(), &slices, class)?;
@@ -466,7 +470,7 @@ impl Explainer {
     fn labels(&self, py: Python<'_>, label: &Bound<'_, PyAny>, ids: &str, image: &Volume) -> PyResult<Vec<u8>> {
         let ids: LabelIds = parse_enum("label_ids", ids)?;
         if let Ok(path) = label.extract::<PathBuf>() {
-            return py.detach(|| xaiclip::read_labels(&path, ids, image)).map_err(py_err);
+            return py.detach(|| self.inner.read_labels(&path, ids, image)).map_err(py_err);
         }
         let mut labels = volume_from_array(label, None, "label")?;
         if labels.dims != image.dims {
@@ -477,7 +481,7 @@ impl Explainer {
             )));
         }
         labels.affine = image.affine;
-        labels_from_volume(&labels, ids, image).map_err(py_err)
+        self.inner.labels_from_volume(&labels, ids, image).map_err(py_err)
     }
 }
 

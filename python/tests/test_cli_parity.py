@@ -101,3 +101,25 @@ def test_bench_rows_match_the_cli_bench(tmp_path, explainer):
     for py_row, cli_row in zip(rows, cli_rows):
         for key in ("forward_passes", "roi_fraction", "dice", "insertion_auc"):
             assert py_row[key] == cli_row[key], key
+
+
+def test_an_nnunet_result_folder_explains_its_own_classes_as_the_cli_does(tmp_path):
+    from conftest import REPO
+
+    trained = REPO / "tests" / "fixtures" / "nnunet_trained"
+    model = trained / "Dataset002_Phantom" / "nnUNetTrainer__nnUNetPlans__2d"
+    ct, labels = trained / "case.nii.gz", trained / "labels.nii.gz"
+    out = tmp_path / "cli"
+    run_cli("explain", "--model", model, "--image", ct, "--label", labels, "--label-ids", "model", "--organ",
+            "right-kidney", "--slice", "organ-center", "--method", "occlusion", "--roi", "clip", "--out", out)
+    nnunet = xaiclip.Explainer(model, device="cpu")
+    assert nnunet.model_size == 128
+    e = nnunet.explain(ct, "right-kidney", "occlusion", "clip", label=labels, label_ids="model", slice="organ-center")
+    e.to_nifti(tmp_path / "py.nii.gz")
+    assert (tmp_path / "py.nii.gz").read_bytes() == (out / "saliency.nii.gz").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert report["organ"] == "kidney_right" and report["result"]["roi_coverage"] >= 0.9
+    assert e.metrics["dice"] == report["result"]["dice"]
+    # The model's own window: another one is refused, naming the reason.
+    with pytest.raises(ValueError, match="the model normalises its input itself"):
+        xaiclip.Explainer(model, device="cpu", window="-160,240")

@@ -227,12 +227,15 @@ class Explainer:
 
     Arguments have the ``xaiclip`` command line's names and defaults:
 
-    - ``model``: U-Net folder (MONAI BasicUNet: model.safetensors + config.json); None: the bundled one.
+    - ``model``: a MONAI BasicUNet folder (model.safetensors + config.json) or an nnU-Net v2 result
+      folder (plans.json, dataset.json, fold_K/checkpoint_final.pth; organs are then its classes);
+      None: the bundled one.
     - ``clip``, ``coop``: CLIP (transformers CLIPModel) and CoOp folders; None: the bundled ones.
     - ``device``: "auto" (a GPU when usable), "cpu", "cuda" or "cuda:N". ``precision``: "f32", "tf32",
       "bf16" (GPU convolutions). ``batch``: perturbed images per forward pass, a number or "auto".
-    - ``size``: side of the square model grid (None: the U-Net config's input_size, else 256).
-    - ``modality``: "ct" (HU ``window``, default "-160,240") or "mr" (0.5-99.5th percentiles).
+    - ``size``: side of the square model grid (None: the model's own, else 256).
+    - ``modality``: "ct" (HU ``window``, default "-160,240") or "mr" (0.5-99.5th percentiles); neither
+      given: the model's own normalisation where it has one (an nnU-Net's CTNormalization).
     - ``prompt`` / ``no_coop``: a hand-written prompt, or the template prompts, instead of CoOp.
     - ``roi_threshold``: "otsu", "fixed:VALUE" or "top:FRACTION" on the CLIP organ map.
 
@@ -250,7 +253,7 @@ class Explainer:
         precision: str = "f32",
         batch: Union[int, str] = "auto",
         size: Optional[int] = None,
-        modality: str = "ct",
+        modality: Optional[str] = None,
         window: Optional[Union[str, tuple]] = None,
         prompt: Optional[str] = None,
         no_coop: bool = False,
@@ -304,8 +307,8 @@ class Explainer:
           identity, 1 mm voxels), or a path (NIfTI file, DICOM folder) that carries its own.
         - ``method``: occlusion, rise, lime or kernelshap. ``roi``: none, clip (default), seg, bbox,
           clip+seg.
-        - ``label``: ground truth (array on the image's grid, or a path; ``label_ids`` "flare22" or
-          "totalseg"): enables Dice/IoU/AUROC, ROI coverage and ``slice="organ-center"``.
+        - ``label``: ground truth (array on the image's grid, or a path; ``label_ids`` "flare22",
+          "totalseg", or "model" for the model's own ids, e.g. an nnU-Net dataset.json's): enables Dice/IoU/AUROC, ROI coverage and ``slice="organ-center"``.
         - ``slice``: an index along k, or "organ-center" (default for volumes; needs ``label``).
         - ``progress``: True for a progress bar on stderr, or a callable ``(done, total)`` called after
           each batch of forward passes (an exception it raises stops the run and propagates).
