@@ -493,3 +493,59 @@ fn nnunet_result_folders_that_cannot_be_used() {
         &["the model normalises its input itself", "drop --window/--modality"],
     );
 }
+
+#[test]
+fn monai_bundles_that_cannot_be_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo().join("tests/fixtures/monai_bundles/basicunet_2d");
+    let case = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let dst = tmp.path().join(name);
+        for sub in ["configs", "models"] {
+            std::fs::create_dir_all(dst.join(sub)).unwrap();
+        }
+        std::fs::copy(src.join("models/model.pt"), dst.join("models/model.pt")).unwrap();
+        std::fs::copy(src.join("configs/metadata.json"), dst.join("configs/metadata.json")).unwrap();
+        let mut inference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("configs/inference.json")).unwrap()).unwrap();
+        edit(&mut inference);
+        std::fs::write(dst.join("configs/inference.json"), inference.to_string()).unwrap();
+        dst
+    };
+    let info = |dir: &Path, expect: &[&str]| fails(&["info", dir.to_str().unwrap()], expect);
+    let unet = case("unet", &|c| c["network_def"]["_target_"] = "UNet".into());
+    info(
+        &unet,
+        &["inference.json: network UNet is not supported (BasicUNet is; UNet, SegResNet and DynUNet are not yet)"],
+    );
+    let spacing = case("spacing", &|c| {
+        c["preprocessing"]["transforms"]
+            .as_array_mut()
+            .unwrap()
+            .insert(2, serde_json::json!({"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]}))
+    });
+    info(
+        &spacing,
+        &["preprocessing", "Spacingd is not applied yet: xaiclip feeds the model the file's own voxel grid"],
+    );
+    let other = case("other", &|c| {
+        c["preprocessing"]["transforms"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"_target_": "NormalizeIntensityd", "keys": "image"}))
+    });
+    info(&other, &["transform NormalizeIntensity is not supported"]);
+    let expression = case("expression", &|c| c["num_classes"] = "$len(@labels)".into());
+    info(&expression, &["network_def", "\"$len(@labels)\" is a Python expression, which xaiclip does not evaluate"]);
+    let dangling = case("dangling", &|c| c["network_def"]["in_channels"] = "@channels".into());
+    info(&dangling, &["reference @channels: no such id in the config"]);
+    let extra = case("extra", &|c| c["network_def"]["dimensions"] = 2.into());
+    info(&extra, &["network_def.dimensions is not a BasicUNet argument"]);
+    let corrupt = case("corrupt", &|_| {});
+    std::fs::write(corrupt.join("configs/inference.json"), "{\"network_def\": {").unwrap();
+    info(&corrupt, &["inference.json: invalid JSON"]);
+    let unweighted = case("unweighted", &|_| {});
+    std::fs::remove_file(unweighted.join("models/model.pt")).unwrap();
+    info(&unweighted, &["no models/model.pt (TorchScript model.ts files are not read)"]);
+    let narrow = case("narrow", &|c| c["num_classes"] = 2.into());
+    info(&narrow, &["channel_def key \"2\" is not a channel of the 2-class network"]);
+}

@@ -34,6 +34,9 @@ pub fn run(cmd: InfoCmd) -> Result<()> {
     if xaiclip::models::nnunet::is_result_folder(path) {
         return nnunet_info(path);
     }
+    if xaiclip::models::bundle::is_bundle(path) {
+        return bundle_info(path);
+    }
     if is_weights_path(path) {
         return weights_info(path);
     }
@@ -106,6 +109,46 @@ fn weights_info(path: &Path) -> Result<()> {
         BasicUNet::load(&CpuBackend, config, &weights)?;
         println!("check:      every weight has the shape this {dims}-D model expects");
     }
+    Ok(())
+}
+
+/// A MONAI bundle: its network, classes, window and orientation, after loading its weights.
+fn bundle_info(path: &Path) -> Result<()> {
+    let b = xaiclip::models::bundle::read(path)?;
+    let c = &b.config;
+    println!("folder:     {}", path.display());
+    println!("format:     MONAI bundle (configs/inference.json network_def, {})", b.weights.display());
+    println!(
+        "model:      {} ({}-D), {} input channel(s) -> {} classes, features {:?}, {}, {}",
+        b.network,
+        c.spatial_dims,
+        c.in_channels,
+        c.out_channels,
+        c.features,
+        norm_words(c.norm, c.norm_eps),
+        act_words(c.act)
+    );
+    match &b.classes {
+        Some(names) => println!(
+            "classes:    {} (metadata.json channel_def)",
+            names.iter().enumerate().map(|(i, n)| format!("{i} {n}")).collect::<Vec<_>>().join(", ")
+        ),
+        None => println!("classes:    not named in metadata.json: organs are FLARE22 ids"),
+    }
+    match b.intensity {
+        Some(i) => println!("intensity:  {i:?} (ScaleIntensityRanged, clipped, to [0, 1])"),
+        None => println!("intensity:  not fixed by the bundle (--window/--modality, default the abdomen window)"),
+    }
+    match (c.spatial_dims, c.patch_size, c.input_size) {
+        (3, Some(p), _) => println!("geometry:   patch {}x{}x{} (SlidingWindowInferer roi_size)", p[0], p[1], p[2]),
+        (_, _, Some(s)) => println!("geometry:   input {s}x{s} (Resized)"),
+        _ => println!("geometry:   not stated (2-D: 256x256 unless --size; 3-D: --patch, default 96x96x96)"),
+    }
+    if c.spatial_dims == 2 {
+        println!("slices:     {}", c.orientation.describe());
+    }
+    xaiclip::models::SegModel::load_dir(&CpuBackend, path)?;
+    println!("check:      every weight has the shape the network_def expects");
     Ok(())
 }
 

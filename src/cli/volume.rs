@@ -37,6 +37,9 @@ pub struct VolumeArgs {
 /// The config of the U-Net in `dir` when it is 3-D (config.json says spatial_dims 3). A missing or
 /// broken config is reported by the loader that reads it properly; here only the rank matters.
 pub fn volumetric_config(dir: &Path) -> Option<UNetConfig> {
+    if xaiclip::models::bundle::is_bundle(dir) {
+        return xaiclip::models::bundle::read(dir).ok().map(|b| b.config).filter(|c| c.spatial_dims == 3);
+    }
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     UNetConfig::from_json(&text).ok().filter(|c| c.spatial_dims == 3)
 }
@@ -80,10 +83,20 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
     settings.occlusion = Occlusion3d { window: [window; 3], stride: [stride; 3] };
     settings.roi = cmd.roi;
     settings.margin_mm = options.margin_mm.unwrap_or(settings.margin_mm);
-    if let Some(intensity) = cmd.method_args.intensity.intensity()? {
-        settings.intensity = intensity;
+    // A bundle's own window and class names, where it states them.
+    let bundle = xaiclip::models::bundle::is_bundle(dir).then(|| xaiclip::models::bundle::read(dir)).transpose()?;
+    match (cmd.method_args.intensity.intensity()?, bundle.as_ref().and_then(|b| b.intensity)) {
+        (Some(asked), Some(own)) if asked != own => {
+            bail!("{}: the bundle normalises its input itself ({own:?}); drop --window/--modality", dir.display())
+        }
+        (Some(i), _) | (None, Some(i)) => settings.intensity = i,
+        (None, None) => {}
     }
-    let class = organ_class(&cmd.method_args.organ)?;
+    let weights_file = bundle.as_ref().map_or_else(|| xaiclip::weights::model_file(dir), |b| b.weights.clone());
+    let class = match bundle.as_ref().and_then(|b| b.classes.as_deref()) {
+        Some(classes) => xaiclip::organs::class_in(classes, &cmd.method_args.organ)?,
+        None => organ_class(&cmd.method_args.organ)?,
+    };
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
     let bar = Progress::new(0, &format!("occlusion 3-D ({})", cmd.roi.name()));
@@ -132,7 +145,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
             "tile_reuse": settings.reuse, "baseline": 0.0, "score": "mean-prob",
         },
         "provenance": super::provenance(),
-        "weights": {"unet": {"folder": dir, "sha256": xaiclip::explainer::sha256_file(&xaiclip::weights::model_file(dir))?}},
+        "weights": {"unet": {"folder": dir, "sha256": xaiclip::explainer::sha256_file(&weights_file)?}},
         "result": {
             "seconds": run.seconds, "samples": run.samples, "tiles": run.tiles, "tiles_evaluated": run.tiles_evaluated,
             "tiles_naive": run.tiles_naive, "forward_passes": run.forward_passes, "unperturbed_score": run.base_score,

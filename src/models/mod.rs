@@ -1,5 +1,6 @@
 //! Network definitions that run on any `Backend`.
 
+pub mod bundle;
 pub mod clip;
 pub mod nnunet;
 pub mod sliding;
@@ -17,6 +18,13 @@ use crate::tensor::Tensor;
 pub enum SegModel<B: Backend> {
     /// MONAI BasicUNet (config.json + model.safetensors or model.pt): the bundled models.
     Basic(BasicUNet<B>),
+    /// A MONAI bundle's network (BasicUNet), with what the bundle says about it.
+    Bundle {
+        #[allow(missing_docs)]
+        model: BasicUNet<B>,
+        #[allow(missing_docs)]
+        bundle: Box<bundle::Bundle>,
+    },
     /// An nnU-Net v2 result folder; its input is the windowed image in [0, 1] mapped to the
     /// network's normalisation by `input_map` (a 1x1 conv: scale, shift).
     NnUNet {
@@ -31,6 +39,17 @@ impl<B: Backend> SegModel<B> {
     /// Opens a model folder: an nnU-Net result folder (plans.json, or a fold_K inside one), else a
     /// BasicUNet folder.
     pub fn load_dir(backend: &B, dir: &std::path::Path) -> anyhow::Result<Self> {
+        if bundle::is_bundle(dir) {
+            let load = || {
+                let b = bundle::read(dir)?;
+                let weights = crate::weights::WeightsFile::open(&b.weights)?;
+                anyhow::Ok(SegModel::Bundle {
+                    model: BasicUNet::load(backend, b.config.clone(), &weights)?,
+                    bundle: Box::new(b),
+                })
+            };
+            return load().map_err(|e| crate::error::Error::input(dir, e));
+        }
         if !nnunet::is_result_folder(dir) {
             return Ok(SegModel::Basic(BasicUNet::load_dir(backend, dir)?));
         }
@@ -52,7 +71,7 @@ impl<B: Backend> SegModel<B> {
     /// 2 (slices) or 3 (volumes).
     pub fn spatial_dims(&self) -> usize {
         match self {
-            SegModel::Basic(m) => m.config().spatial_dims,
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().spatial_dims,
             SegModel::NnUNet { model, .. } => model.config().spatial_dims,
         }
     }
@@ -60,7 +79,7 @@ impl<B: Backend> SegModel<B> {
     /// Input channels.
     pub fn in_channels(&self) -> usize {
         match self {
-            SegModel::Basic(m) => m.config().in_channels,
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().in_channels,
             SegModel::NnUNet { model, .. } => model.config().in_channels,
         }
     }
@@ -68,7 +87,7 @@ impl<B: Backend> SegModel<B> {
     /// Output classes.
     pub fn out_channels(&self) -> usize {
         match self {
-            SegModel::Basic(m) => m.config().out_channels,
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().out_channels,
             SegModel::NnUNet { model, .. } => model.config().num_classes,
         }
     }
@@ -77,6 +96,7 @@ impl<B: Backend> SegModel<B> {
     pub fn classes(&self) -> Option<&[String]> {
         match self {
             SegModel::Basic(_) => None,
+            SegModel::Bundle { bundle, .. } => bundle.classes.as_deref(),
             SegModel::NnUNet { model, .. } => Some(&model.classes),
         }
     }
@@ -85,7 +105,7 @@ impl<B: Backend> SegModel<B> {
     /// nnU-Net 2d model's longer patch side, rounded up to its total stride.
     pub fn input_size(&self) -> Option<usize> {
         match self {
-            SegModel::Basic(m) => m.config().input_size,
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().input_size,
             SegModel::NnUNet { model, .. } => {
                 let stride = model.config().total_stride().iter().copied().max().unwrap_or(1);
                 model.patch_size.iter().max().map(|&p| p.div_ceil(stride) * stride)
@@ -97,7 +117,7 @@ impl<B: Backend> SegModel<B> {
     /// which pads odd sides).
     pub fn size_multiple(&self) -> usize {
         match self {
-            SegModel::Basic(_) => 1,
+            SegModel::Basic(_) | SegModel::Bundle { .. } => 1,
             SegModel::NnUNet { model, .. } => model.config().total_stride()[1..].iter().copied().fold(1, num_lcm),
         }
     }
@@ -105,7 +125,7 @@ impl<B: Backend> SegModel<B> {
     /// The 3-D patch (D, H, W) a volumetric model's sliding window uses.
     pub fn patch_size(&self) -> Option<[usize; 3]> {
         match self {
-            SegModel::Basic(m) => m.config().patch_size,
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().patch_size,
             SegModel::NnUNet { model, .. } => match model.patch_size[..] {
                 [d, h, w] => Some([d, h, w]),
                 _ => None,
@@ -117,6 +137,7 @@ impl<B: Backend> SegModel<B> {
     pub fn intensity(&self) -> Option<Intensity> {
         match self {
             SegModel::Basic(_) => None,
+            SegModel::Bundle { bundle, .. } => bundle.intensity,
             SegModel::NnUNet { model, .. } => model.intensity().ok().map(|(i, _)| i),
         }
     }
@@ -124,7 +145,7 @@ impl<B: Backend> SegModel<B> {
     /// How the model's input slices lie on a volume's voxels.
     pub fn orientation(&self) -> Orientation {
         match self {
-            SegModel::Basic(m) => m.config().orientation,
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().orientation,
             SegModel::NnUNet { model, .. } => model.orientation,
         }
     }
@@ -134,6 +155,9 @@ impl<B: Backend> SegModel<B> {
     pub fn files(&self, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         match self {
             SegModel::Basic(_) => vec![crate::weights::model_file(dir)],
+            SegModel::Bundle { bundle, .. } => {
+                vec![bundle.dir.join("configs").join("inference.json"), bundle.weights.clone()]
+            }
             SegModel::NnUNet { model, .. } => [model.dir.join("plans.json"), model.dir.join("dataset.json")]
                 .into_iter()
                 .chain(model.folds.iter().map(|(_, p)| p.clone()))
@@ -147,6 +171,13 @@ impl<B: Backend> SegModel<B> {
             SegModel::Basic(m) => {
                 format!("MONAI BasicUNet {}-D, features {:?}", m.config().spatial_dims, m.config().features)
             }
+            SegModel::Bundle { model: m, bundle } => format!(
+                "MONAI bundle {} ({} {}-D, features {:?})",
+                bundle.dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                bundle.network,
+                m.config().spatial_dims,
+                m.config().features
+            ),
             SegModel::NnUNet { model, .. } => format!(
                 "nnU-Net {} {} ({} fold{})",
                 model.configuration,
@@ -160,7 +191,7 @@ impl<B: Backend> SegModel<B> {
     /// Logits (N, classes, spatial...) for a batch of windowed inputs in [0, 1] on the model grid.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
         match self {
-            SegModel::Basic(m) => m.forward_logits(b, x),
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.forward_logits(b, x),
             SegModel::NnUNet { model, input_map: (scale, shift) } => {
                 let mapped = match b.shape(x).len() {
                     4 => b.conv2d(x, scale, Some(shift), 1, 0)?,
@@ -184,7 +215,7 @@ impl<B: Backend> SegModel<B> {
     /// Multiply-adds of one forward at `dims`, times two (benches).
     pub fn flops(&self, dims: &[usize]) -> f64 {
         match self {
-            SegModel::Basic(m) => m.flops(dims),
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.flops(dims),
             SegModel::NnUNet { model, .. } => model.flops(dims),
         }
     }
@@ -193,7 +224,9 @@ impl<B: Backend> SegModel<B> {
     /// full-resolution tensors of the widest top-level width plus the skip pyramid (~1/3 more).
     pub fn live_floats_per_pixel(&self) -> usize {
         let widest = match self {
-            SegModel::Basic(m) => m.config().features[0].max(m.config().features[5]),
+            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => {
+                m.config().features[0].max(m.config().features[5])
+            }
             SegModel::NnUNet { model, .. } => 2 * model.config().features[0],
         };
         (3 * widest + self.out_channels()) * 4 / 3

@@ -1,0 +1,183 @@
+//! MONAI bundles (`configs/inference.json`, `configs/metadata.json`, `models/model.pt`): the network from
+//! `network_def`, label names from metadata.json's `channel_def`, and the preprocessing xaiclip can
+//! reproduce exactly; anything else is refused, naming the network or transform.
+//!
+//! The config is read as `monai.bundle`'s ConfigParser would build it for the parts used here:
+//! `"@id"` references (with `#` for nesting) are followed, `"$expression"` values cannot be evaluated
+//! and are refused, keys starting with `_` (`_target_`, `_requires_`, ...) are not arguments.
+
+use super::unet::UNetConfig;
+use crate::preprocess::{Intensity, Orientation};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// What a bundle says about its model.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    /// The bundle's folder.
+    pub dir: PathBuf,
+    /// `network_def`'s class, as written.
+    pub network: String,
+    /// The network's arguments (and the patch or input size from the inferer / resizing).
+    pub config: UNetConfig,
+    /// The weights file (models/model.pt).
+    pub weights: PathBuf,
+    /// Class names by output channel, when metadata.json lists them.
+    pub classes: Option<Vec<String>>,
+    /// The intensity window of `ScaleIntensityRanged` to [0, 1], when the preprocessing has one.
+    pub intensity: Option<Intensity>,
+}
+
+/// Whether `dir` is a MONAI bundle.
+pub fn is_bundle(dir: &Path) -> bool {
+    dir.join("configs").join("inference.json").is_file()
+}
+
+fn short(target: &str) -> &str {
+    target.rsplit('.').next().unwrap_or(target)
+}
+
+/// `v` with every `"@id"` replaced by the config's value (recursively), refusing `"$expressions"`.
+fn resolve(v: &Value, root: &Value, depth: usize) -> Result<Value> {
+    ensure!(depth < 32, "references nest more than 32 deep (a cycle?)");
+    Ok(match v {
+        Value::String(s) if s.starts_with('@') => {
+            let mut at = root;
+            for part in s[1..].split('#') {
+                at = match at {
+                    Value::Object(m) => m.get(part),
+                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => None,
+                }
+                .with_context(|| format!("reference {s}: no such id in the config"))?;
+            }
+            resolve(at, root, depth + 1)?
+        }
+        Value::String(s) if s.starts_with('$') => {
+            bail!("{s:?} is a Python expression, which xaiclip does not evaluate; write the value itself")
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| resolve(x, root, depth + 1)).collect::<Result<_>>()?),
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, x)| Ok((k.clone(), resolve(x, root, depth + 1)?))).collect::<Result<Map<_, _>>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Reads a bundle's model description.
+pub fn read(dir: &Path) -> Result<Bundle> {
+    let inference_path = dir.join("configs").join("inference.json");
+    let root = read_json(&inference_path)?;
+    let at = |what: &str| format!("{}: {what}", inference_path.display());
+    let def = root.get("network_def").with_context(|| at("no network_def"))?;
+    let def = resolve(def, &root, 0).with_context(|| at("network_def"))?;
+    let def = def.as_object().with_context(|| at("network_def is not an object"))?;
+    let network = def.get("_target_").and_then(Value::as_str).with_context(|| at("network_def has no _target_"))?;
+    if short(network) != "BasicUNet" {
+        bail!(
+            "{}",
+            at(&format!("network {network} is not supported (BasicUNet is; UNet, SegResNet and DynUNet are not yet)"))
+        );
+    }
+    const ARGS: [&str; 9] =
+        ["spatial_dims", "in_channels", "out_channels", "features", "act", "norm", "bias", "dropout", "upsample"];
+    let mut args = Map::new();
+    for (k, v) in def.iter().filter(|(k, _)| !k.starts_with('_')) {
+        ensure!(ARGS.contains(&k.as_str()), "{}", at(&format!("network_def.{k} is not a BasicUNet argument")));
+        args.insert(k.clone(), v.clone());
+    }
+    let (intensity, input_size) = preprocessing(&root).with_context(|| at("preprocessing"))?;
+    if let Some(size) = input_size {
+        args.insert("input_size".into(), size.into());
+    }
+    if let Some(inferer) = root.get("inferer") {
+        let inferer = resolve(inferer, &root, 0).with_context(|| at("inferer"))?;
+        if inferer.get("_target_").and_then(Value::as_str).map(short) == Some("SlidingWindowInferer") {
+            if let Some(roi) = inferer.get("roi_size") {
+                args.insert("patch_size".into(), roi.clone());
+            }
+        }
+    }
+    let config = UNetConfig::from_json(&Value::Object(args).to_string()).with_context(|| at("network_def"))?;
+    let config = UNetConfig {
+        // MONAI's LoadImage keeps the file's voxel order: a 2-D model sees rows along i, columns along j.
+        orientation: Orientation::Voxel([2, 0, 1]),
+        ..config
+    };
+    let weights =
+        ["model.pt", "model.pth"].iter().map(|n| dir.join("models").join(n)).find(|p| p.is_file()).with_context(
+            || format!("{}: no models/model.pt (TorchScript model.ts files are not read)", dir.display()),
+        )?;
+    let classes = classes(dir, config.out_channels)?;
+    Ok(Bundle { dir: dir.to_path_buf(), network: network.to_string(), config, weights, classes, intensity })
+}
+
+/// The CT window and model input size the preprocessing implies; transforms xaiclip does not
+/// reproduce are refused by name.
+fn preprocessing(root: &Value) -> Result<(Option<Intensity>, Option<usize>)> {
+    let Some(pre) = root.get("preprocessing") else { return Ok((None, None)) };
+    let pre = resolve(pre, root, 0)?;
+    let transforms = pre.get("transforms").and_then(Value::as_array).context("no transforms list")?;
+    let (mut intensity, mut size) = (None, None);
+    for t in transforms {
+        let name = t.get("_target_").and_then(Value::as_str).map(short).context("a transform without _target_")?;
+        // The dictionary transforms (LoadImaged, ...) are the array ones by key.
+        let name = name.strip_suffix('d').unwrap_or(name);
+        let number = |k: &str| t.get(k).and_then(Value::as_f64);
+        match name {
+            "LoadImage" | "EnsureChannelFirst" | "EnsureType" | "ToTensor" | "CastToType" | "AsChannelFirst" => {}
+            "ScaleIntensityRange" => {
+                let (Some(a_min), Some(a_max)) = (number("a_min"), number("a_max")) else {
+                    bail!("ScaleIntensityRanged needs numeric a_min and a_max");
+                };
+                let (b_min, b_max) = (number("b_min").unwrap_or(0.0), number("b_max").unwrap_or(1.0));
+                let clip = t.get("clip").and_then(Value::as_bool).unwrap_or(false);
+                ensure!(
+                    b_min == 0.0 && b_max == 1.0 && clip && a_max > a_min,
+                    "ScaleIntensityRanged to [{b_min}, {b_max}] with clip {clip}: only a clipped window to [0, 1] is reproduced"
+                );
+                intensity = Some(Intensity::CtWindow { low: a_min as f32, high: a_max as f32 });
+            }
+            "Resize" => match t.get("spatial_size").and_then(Value::as_array).map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>()) {
+                Some(s) if s.len() == 2 && s[0].is_some() && s[0] == s[1] => size = s[0].map(|n| n as usize),
+                _ => bail!("Resized: only a square spatial_size [n, n] is reproduced (the model grid)"),
+            },
+            "Orientation" | "Spacing" => bail!(
+                "{name}d is not applied yet: xaiclip feeds the model the file's own voxel grid (pass images already in the model's orientation and spacing and remove it, or wait for support)"
+            ),
+            other => bail!("transform {other} is not supported"),
+        }
+    }
+    Ok((intensity, size))
+}
+
+/// metadata.json's `network_data_format.outputs.pred.channel_def`, by channel.
+fn classes(dir: &Path, out_channels: usize) -> Result<Option<Vec<String>>> {
+    let path = dir.join("configs").join("metadata.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let meta = read_json(&path)?;
+    let outputs = meta.get("network_data_format").and_then(|f| f.get("outputs")).and_then(Value::as_object);
+    let Some(def) = outputs.and_then(|o| o.values().find_map(|v| v.get("channel_def"))).and_then(Value::as_object)
+    else {
+        return Ok(None);
+    };
+    let mut names = vec![None; out_channels];
+    for (k, v) in def {
+        let i: usize = k.parse().ok().filter(|&i| i < out_channels).with_context(|| {
+            format!("{}: channel_def key {k:?} is not a channel of the {out_channels}-class network", path.display())
+        })?;
+        names[i] = v.as_str().map(str::to_string);
+    }
+    match names.iter().position(Option::is_none) {
+        Some(i) => bail!("{}: channel_def names no class for channel {i}", path.display()),
+        None => Ok(Some(names.into_iter().flatten().collect())),
+    }
+}
