@@ -30,9 +30,12 @@ use xaiclip::{Device, Precision};
     version,
     about = "Explain medical image segmentation models by ROI-guided perturbation (XAI-CLIP)",
     long_about = "Explain medical image segmentation models by ROI-guided perturbation (XAI-CLIP).\n\n\
-        Images are NIfTI-1 volumes (.nii, .nii.gz) or folders holding one DICOM series. Models are MONAI \
-        BasicUNet (2-D) weights: a folder with model.safetensors (the PyTorch state_dict, names unchanged) \
-        and config.json (the BasicUNet keyword arguments).\n\n\
+        Images are NIfTI-1 volumes (.nii, .nii.gz) or folders holding one DICOM series. Models (--model) are \
+        a MONAI BasicUNet folder (model.safetensors or model.pt, the PyTorch state_dict with names unchanged, \
+        and config.json, the BasicUNet keyword arguments; 2-D or 3-D), an nnU-Net v2 result folder \
+        (<trainer>__<plans>__<configuration> with plans.json, dataset.json and fold_K/checkpoint_final.pth; \
+        PlainConvUNet or ResidualEncoderUNet), or a MONAI bundle with a BasicUNet network_def; \
+        `xaiclip info --model DIR` shows what will be used.\n\n\
         Errors name the file and the problem and exit with status 2; outputs are written atomically, so a \
         failed run leaves no partial file."
 )]
@@ -70,7 +73,7 @@ pub enum Command {
     /// and, with --label, Dice/IoU/AUROC/pointing game, plus deletion/insertion AUC) and DIR/report.html
     /// (all of it on one self-contained page, with the curves).
     #[command(
-        after_help = "Examples:\n  xaiclip phantom --out case\n  xaiclip explain --image case/ct.nii.gz --label case/labels.nii.gz --slice organ-center --method occlusion --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --organ spleen --method rise --roi seg --masks 500 --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --method lime --roi none --score dice --sign positive --out out\n  xaiclip explain --image ct.nii.gz --unet my3dunet --slice all --method occlusion --roi seg --patch 96,96,96 --out out3d   (a 3-D U-Net: the whole volume)"
+        after_help = "Examples:\n  xaiclip phantom --out case\n  xaiclip explain --image case/ct.nii.gz --label case/labels.nii.gz --slice organ-center --method occlusion --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --organ spleen --method rise --roi seg --masks 500 --out out\n  xaiclip explain --image ct.nii.gz --slice 40 --method lime --roi none --score dice --sign positive --out out\n  xaiclip explain --image case.nii.gz --model nnUNet_results/Dataset002_Phantom/nnUNetTrainer__nnUNetPlans__2d --organ liver --slice organ-center --label labels.nii.gz --label-ids model --method occlusion --out out   (an nnU-Net result folder: its own classes and window)\n  xaiclip explain --image ct.nii.gz --unet my3dunet --slice all --method occlusion --roi seg --patch 96,96,96 --out out3d   (a 3-D U-Net: the whole volume)"
     )]
     Explain(explain::ExplainCmd),
     /// Compare each method in full-image and ROI mode: seconds, forward passes, agreement, faithfulness.
