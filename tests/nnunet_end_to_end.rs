@@ -115,3 +115,30 @@ fn labels_in_model_ids_need_a_model_that_lists_its_classes() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn eval_maps_flare22_labels_onto_the_models_own_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let o = xaiclip(&["phantom", "--layout", "flare22", "--cases", "2", "--size", "128", "--slices", "8", "--seed", "30", "--out", data.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = tmp.path().join("out");
+    // FLARE22's left kidney is 13; the model's kidney_left is channel 4.
+    let o = xaiclip(&[
+        "eval", "--dataset", "flare22", data.to_str().unwrap(), "--model", model().to_str().unwrap(), "--organ", "left-kidney",
+        "--methods", "occlusion", "--roi", "clip", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!((l["organ"].as_str(), l["status"].as_str()), (Some("left kidney"), Some("ok")), "{l}");
+        let (auroc, coverage) = (l["auroc"].as_f64().unwrap(), l["roi_coverage"].as_f64().unwrap());
+        println!("{}: AUROC {auroc:.3}, ROI coverage {coverage:.3}", l["case"]);
+        assert!(auroc > 0.9 && coverage >= 0.9, "{l}");
+    }
+}
