@@ -183,3 +183,31 @@ fn clip_roi_on_the_emulator_equals_the_cpu() {
     // The CLIP image and text towers (linear, LayerNorm, attention, QuickGELU kernels) give the same mask.
     assert!(roi("cuda") == roi("cpu"), "the CLIP ROI differs between the emulated GPU and the CPU");
 }
+
+#[test]
+fn an_nnunet_model_on_the_emulator_segments_as_nnunet_predictor() {
+    let Some(dir) = emulator("") else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nnunet_trained");
+    let out = dir.path().join("seg.nii.gz");
+    // Two slices: the 2d PlainConvUNet as one-slice volumes (conv3d 1x3x3 with strides, transposed
+    // conv3d, instance norm over NCDHW, the input map) on the CUDA backend.
+    let o = Command::new(env!("CARGO_BIN_EXE_xaiclip"))
+        .args(["segment", "--device", "cuda", "--slice", "3,5", "--model"])
+        .arg(root.join("Dataset002_Phantom/nnUNetTrainer__nnUNetPlans__2d"))
+        .arg("--image")
+        .arg(root.join("case.nii.gz"))
+        .arg("--out")
+        .arg(&out)
+        .env("LD_LIBRARY_PATH", dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = xaiclip::io::read_image(&out).unwrap();
+    let theirs = xaiclip::io::read_image(&root.join("predicted.nii.gz")).unwrap();
+    let plane = ours.dims[0] * ours.dims[1];
+    for k in [3, 5] {
+        let (a, b) = (&ours.data[k * plane..(k + 1) * plane], &theirs.data[k * plane..(k + 1) * plane]);
+        assert!(b.iter().any(|&v| v > 0.0), "slice {k} has organs");
+        assert_eq!(a.iter().zip(b).filter(|(x, y)| x != y).count(), 0, "slice {k} differs from nnUNetPredictor");
+    }
+}

@@ -120,13 +120,39 @@ fn labels_in_model_ids_need_a_model_that_lists_its_classes() {
 fn eval_maps_flare22_labels_onto_the_models_own_channels() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let o = xaiclip(&["phantom", "--layout", "flare22", "--cases", "2", "--size", "128", "--slices", "8", "--seed", "30", "--out", data.to_str().unwrap()]);
+    let o = xaiclip(&[
+        "phantom",
+        "--layout",
+        "flare22",
+        "--cases",
+        "2",
+        "--size",
+        "128",
+        "--slices",
+        "8",
+        "--seed",
+        "30",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = tmp.path().join("out");
     // FLARE22's left kidney is 13; the model's kidney_left is channel 4.
     let o = xaiclip(&[
-        "eval", "--dataset", "flare22", data.to_str().unwrap(), "--model", model().to_str().unwrap(), "--organ", "left-kidney",
-        "--methods", "occlusion", "--roi", "clip", "--out", out.to_str().unwrap(),
+        "eval",
+        "--dataset",
+        "flare22",
+        data.to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "--organ",
+        "left-kidney",
+        "--methods",
+        "occlusion",
+        "--roi",
+        "clip",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
