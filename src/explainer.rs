@@ -715,8 +715,8 @@ impl Explainer {
     pub fn label_id(&self, class: usize) -> Result<usize> {
         match &self.classes {
             None => Ok(class),
-            Some(classes) => match organ_class(&classes[class.min(classes.len() - 1)]) {
-                Ok(id) if class < classes.len() => Ok(id),
+            Some(classes) => match classes.get(class).map(|name| organ_class(name)) {
+                Some(Ok(id)) => Ok(id),
                 _ => fail!(
                     InvalidInput,
                     "class {class} ({}) is not a FLARE22 organ: ground-truth labels and the CLIP ROI name organs by FLARE22; use --roi seg and no --labels",

@@ -62,7 +62,7 @@ impl<B: Backend> SegModel<B> {
             dir.display()
         );
         let map = (
-            backend.upload(&Tensor::new(&[1, 1, 1, 1], vec![scale])?)?,
+            backend.upload(&Tensor::new(&[1, 1, 1, 1, 1], vec![scale])?)?,
             backend.upload(&Tensor::new(&[1], vec![shift])?)?,
         );
         Ok(SegModel::NnUNet { model, input_map: map })
@@ -193,14 +193,14 @@ impl<B: Backend> SegModel<B> {
         match self {
             SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.forward_logits(b, x),
             SegModel::NnUNet { model, input_map: (scale, shift) } => {
-                let mapped = match b.shape(x).len() {
-                    4 => b.conv2d(x, scale, Some(shift), 1, 0)?,
-                    _ => {
-                        let s = b.download(scale)?.reshape(&[1, 1, 1, 1, 1])?;
-                        b.conv3d(x, &b.upload(&s)?, Some(shift), [1; 3], [0; 3])?
-                    }
+                // A 1x1x1 conv on the batch seen as volumes (slices as one-slice volumes).
+                let shape = b.shape(x).to_vec();
+                let volume = match shape[..] {
+                    [n, c, h, w] => b.reshape(x.clone(), &[n, c, 1, h, w])?,
+                    _ => x.clone(),
                 };
-                model.forward_logits(b, &mapped)
+                let mapped = b.conv3d(&volume, scale, Some(shift), [1; 3], [0; 3])?;
+                model.forward_logits(b, &b.reshape(mapped, &shape)?)
             }
         }
     }
