@@ -177,7 +177,7 @@ fn act_words(act: xaiclip::backend::Activation) -> String {
 /// normalisation and slice orientation, after loading every fold's weights.
 fn nnunet_info(path: &Path) -> Result<()> {
     use xaiclip::models::nnunet::Normalization;
-    use xaiclip::models::{NnUNet, SegModel};
+    use xaiclip::models::NnUNet;
     let model = NnUNet::load_dir(&CpuBackend, path)?;
     let c = model.config();
     let axes = |v: &[usize; 3]| v[3 - c.spatial_dims..].iter().map(|n| n.to_string()).collect::<Vec<_>>().join("x");
@@ -222,11 +222,10 @@ fn nnunet_info(path: &Path) -> Result<()> {
     }
     println!("slices:     {}", model.orientation.describe());
     if c.spatial_dims == 2 {
-        let seg = SegModel::load_dir(&CpuBackend, path)?;
         println!(
             "model grid: {0}x{0} by default (the longer patch side, a multiple of the total stride {1}); --size must be a multiple of {1}",
-            seg.input_size().unwrap_or(256),
-            seg.size_multiple()
+            model.default_grid(),
+            model.grid_multiple()
         );
     }
     println!("check:      every fold's weights have the shapes the plans' architecture expects");

@@ -106,10 +106,7 @@ impl<B: Backend> SegModel<B> {
     pub fn input_size(&self) -> Option<usize> {
         match self {
             SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().input_size,
-            SegModel::NnUNet { model, .. } => {
-                let stride = model.config().total_stride().iter().copied().max().unwrap_or(1);
-                model.patch_size.iter().max().map(|&p| p.div_ceil(stride) * stride)
-            }
+            SegModel::NnUNet { model, .. } => Some(model.default_grid()),
         }
     }
 
@@ -118,7 +115,7 @@ impl<B: Backend> SegModel<B> {
     pub fn size_multiple(&self) -> usize {
         match self {
             SegModel::Basic(_) | SegModel::Bundle { .. } => 1,
-            SegModel::NnUNet { model, .. } => model.config().total_stride()[1..].iter().copied().fold(1, num_lcm),
+            SegModel::NnUNet { model, .. } => model.grid_multiple(),
         }
     }
 
@@ -231,16 +228,6 @@ impl<B: Backend> SegModel<B> {
         };
         (3 * widest + self.out_channels()) * 4 / 3
     }
-}
-
-fn num_lcm(a: usize, b: usize) -> usize {
-    let gcd = |mut x: usize, mut y: usize| {
-        while y != 0 {
-            (x, y) = (y, x % y);
-        }
-        x
-    };
-    a / gcd(a, b) * b
 }
 
 /// Where programs that ship the bundled weights themselves (the Python package) put them; looked in first.

@@ -463,6 +463,17 @@ impl<B: Backend> DynamicUNet<B> {
         &self.config
     }
 
+    /// Multiplies the logits by `factor` through the 1x1 output conv (linear in its weight and bias),
+    /// so that a fold ensemble's mean is a plain sum on the device.
+    fn scale_logits(&mut self, b: &B, factor: f32) -> Result<()> {
+        for t in [&mut self.seg_weight, &mut self.seg_bias] {
+            let mut host = b.download(t)?;
+            host.data_mut().iter_mut().for_each(|v| *v *= factor);
+            *t = b.upload(&host)?;
+        }
+        Ok(())
+    }
+
     fn unit(&self, b: &B, x: &B::Tensor, u: &Unit<B>) -> Result<B::Tensor> {
         let mut y = b.conv3d(x, &u.weight, u.bias.as_ref(), u.stride, u.pad)?;
         match &u.instance_norm {
@@ -714,13 +725,17 @@ impl<B: Backend> NnUNet<B> {
                 only_fold.map(|f| format!(" in {f}")).unwrap_or_default()
             );
         }
-        let networks = folds
+        let mut networks = folds
             .iter()
             .map(|(_, path)| {
                 let weights = WeightsFile::open(path)?;
                 DynamicUNet::load(backend, net_config.clone(), &weights)
             })
             .collect::<Result<Vec<_>>>()?;
+        if networks.len() > 1 {
+            let share = 1.0 / networks.len() as f32;
+            networks.iter_mut().try_for_each(|n| n.scale_logits(backend, share))?;
+        }
         let floats = |key: &str| -> Result<Vec<f64>> {
             config
                 .get(key)
@@ -759,24 +774,39 @@ impl<B: Backend> NnUNet<B> {
         })
     }
 
+    /// What square model-grid sides must be a multiple of: the least common multiple of the total
+    /// stride along rows and columns.
+    pub fn grid_multiple(&self) -> usize {
+        let gcd = |mut x: usize, mut y: usize| {
+            while y != 0 {
+                (x, y) = (y, x % y);
+            }
+            x
+        };
+        let [_, h, w] = self.config().total_stride();
+        h / gcd(h, w) * w
+    }
+
+    /// The default square model grid of a 2d model: the longer patch side rounded up to
+    /// [`Self::grid_multiple`].
+    pub fn default_grid(&self) -> usize {
+        let multiple = self.grid_multiple();
+        self.patch_size.iter().max().map_or(multiple, |&p| p.div_ceil(multiple) * multiple)
+    }
+
     /// The network configuration (every fold has the same).
     pub fn config(&self) -> &DynamicUNetConfig {
         self.networks[0].config()
     }
 
-    /// The folds' mean logits, as nnUNetPredictor ensembles them.
+    /// The folds' mean logits, as nnUNetPredictor ensembles them: each fold's output conv carries its
+    /// 1/folds share (set at load), so the mean is a sum that stays on the device.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let mut y = self.networks[0].forward_logits(b, x)?;
-        if self.networks.len() == 1 {
-            return Ok(y);
-        }
         for net in &self.networks[1..] {
             b.add(&mut y, &net.forward_logits(b, x)?)?;
         }
-        let mut host = b.download(&y)?;
-        let n = self.networks.len() as f32;
-        host.data_mut().iter_mut().for_each(|v| *v /= n);
-        b.upload(&host)
+        Ok(y)
     }
 
     /// Multiply-adds of one forward over every fold, times two.
