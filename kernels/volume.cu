@@ -112,12 +112,14 @@ __device__ __forceinline__ void conv3d_tile(const Conv3dArgs a) {
 extern "C" __global__ void __launch_bounds__(256) conv3d_f32_m16(const Conv3dArgs a) { conv3d_tile<16, 256>(a); }
 extern "C" __global__ void __launch_bounds__(256) conv3d_f32_m64(const Conv3dArgs a) { conv3d_tile<64, 64>(a); }
 
-// Transposed conv, kernel = stride (kd, kh, kw): each output voxel has exactly one input tap,
-// y[n, co, z kd + tz, y kh + ty, x kw + tx] = b[co] + sum_ci x[n, ci, z, y, x] w[ci, co, tz, ty, tx].
+// Transposed conv: input voxel i and tap t land on output o = i s - p + t per axis, so each output voxel
+// gathers the taps with (o + p - t) divisible by s and the quotient inside the input (one tap when
+// kernel = stride), y[n, co, o] = b[co] + sum_taps sum_ci x[n, ci, i] w[ci, co, t]; taps in order.
 extern "C" __global__ void conv_transpose3d(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                                             float* __restrict__ y, int n, int cin, int cout, int d, int h, int wd, int kd,
-                                            int kh, int kw) {
-    const int od = d * kd, oh = h * kh, ow = wd * kw, taps = kd * kh * kw;
+                                            int kh, int kw, int sd, int sh, int sw, int pd, int ph, int pw, int od, int oh,
+                                            int ow) {
+    const int taps = kd * kh * kw;
     const long long vin = (long long)d * h * wd;
     GRID_STRIDE3(o, (long long)n * cout * od * oh * ow) {
         int ox = (int)(o % ow);
@@ -127,11 +129,26 @@ extern "C" __global__ void conv_transpose3d(const float* __restrict__ x, const f
         int oz = (int)(r % od);
         r /= od;
         int co = (int)(r % cout), img = (int)(r / cout);
-        int tap = ((oz % kd) * kh + oy % kh) * kw + ox % kw;
-        const float* src = x + (long long)img * cin * vin + ((long long)(oz / kd) * h + oy / kh) * wd + ox / kw;
+        const float* base = x + (long long)img * cin * vin;
         float acc = bias ? bias[co] : 0.0f;
-        for (int ci = 0; ci < cin; ++ci)
-            acc = fmaf(__ldg(src + (long long)ci * vin), __ldg(w + ((long long)ci * cout + co) * taps + tap), acc);
+        for (int tz = 0; tz < kd; ++tz) {
+            int nz = oz + pd - tz;
+            if (nz < 0 || nz % sd != 0 || nz / sd >= d) continue;
+            for (int ty = 0; ty < kh; ++ty) {
+                int ny = oy + ph - ty;
+                if (ny < 0 || ny % sh != 0 || ny / sh >= h) continue;
+                for (int tx = 0; tx < kw; ++tx) {
+                    int nx = ox + pw - tx;
+                    if (nx < 0 || nx % sw != 0 || nx / sw >= wd) continue;
+                    const float* src = base + ((long long)(nz / sd) * h + ny / sh) * wd + nx / sw;
+                    const float* wt = w + (long long)co * taps + (tz * kh + ty) * kw + tx;
+                    float part = 0.0f;
+                    for (int ci = 0; ci < cin; ++ci)
+                        part = fmaf(__ldg(src + (long long)ci * vin), __ldg(wt + (long long)ci * cout * taps), part);
+                    acc += part;
+                }
+            }
+        }
         y[o] = acc;
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::backend::cuda::Precision;
 use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
+use crate::backend::volume::Transposed;
 use crate::backend::{Activation, Backend, CpuBackend, Scene};
 use crate::rng::Philox;
 use crate::tensor::Tensor;
@@ -53,7 +54,7 @@ enum Op {
     Scores { n: usize, classes: usize, size: usize, kind: ScoreKind },
     Accumulate { n: usize, size: usize },
     Conv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3], stride: [usize; 3] },
-    Deconv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3] },
+    Deconv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3], at: Transposed },
     InstanceNorm3d { n: usize, c: usize, dhw: [usize; 3] },
     MaxPool3d { n: usize, c: usize, dhw: [usize; 3], k: [usize; 3] },
     Trilinear { n: usize, c: usize, dhw: [usize; 3], out: [usize; 3], align: bool },
@@ -104,8 +105,33 @@ fn ops(quick: bool) -> Vec<Op> {
         Op::Conv3d { n: 1, cin: 32, cout: 64, dhw: [10, 20, 20], k: [3, 3, 3], stride: [2, 2, 2] },
         Op::Conv3d { n: 2, cin: 8, cout: 24, dhw: [7, 33, 31], k: [1, 3, 3], stride: [1, 2, 2] },
         Op::Conv3d { n: 2, cin: 16, cout: 14, dhw: [16, 24, 24], k: [1, 1, 1], stride: [1, 1, 1] },
-        Op::Deconv3d { n: 2, cin: 32, cout: 16, dhw: [8, 16, 16], k: [2, 2, 2] },
-        Op::Deconv3d { n: 1, cin: 16, cout: 8, dhw: [5, 9, 11], k: [1, 2, 2] },
+        Op::Deconv3d { n: 2, cin: 32, cout: 16, dhw: [8, 16, 16], k: [2, 2, 2], at: Transposed::kernel_stride([2; 3]) },
+        Op::Deconv3d {
+            n: 1,
+            cin: 16,
+            cout: 8,
+            dhw: [5, 9, 11],
+            k: [1, 2, 2],
+            at: Transposed::kernel_stride([1, 2, 2]),
+        },
+        // MONAI UNet's upsampling: kernel 3, stride 2, padding 1, output padding 1 (overlapping taps), and
+        // its 2-D form as one-slice volumes.
+        Op::Deconv3d {
+            n: 2,
+            cin: 32,
+            cout: 16,
+            dhw: [8, 15, 16],
+            k: [3; 3],
+            at: Transposed { stride: [2; 3], pad: [1; 3], output_pad: [1; 3] },
+        },
+        Op::Deconv3d {
+            n: 2,
+            cin: 16,
+            cout: 8,
+            dhw: [1, 33, 32],
+            k: [1, 3, 3],
+            at: Transposed { stride: [1, 2, 2], pad: [0, 1, 1], output_pad: [0, 1, 1] },
+        },
         Op::InstanceNorm3d { n: 2, c: 16, dhw: [24, 40, 40] },
         Op::MaxPool3d { n: 2, c: 16, dhw: [24, 41, 40], k: [2, 2, 2] },
         Op::MaxPool3d { n: 1, c: 8, dhw: [7, 20, 21], k: [1, 2, 2] },
@@ -147,7 +173,7 @@ fn ops(quick: bool) -> Vec<Op> {
             Op::Conv3d { n, cin, cout, dhw, k, stride } => {
                 Op::Conv3d { n: few(n), cin, cout, dhw: vol(dhw), k, stride }
             }
-            Op::Deconv3d { n, cin, cout, dhw, k } => Op::Deconv3d { n: few(n), cin, cout, dhw: vol(dhw), k },
+            Op::Deconv3d { n, cin, cout, dhw, k, at } => Op::Deconv3d { n: few(n), cin, cout, dhw: vol(dhw), k, at },
             Op::InstanceNorm3d { n, c, dhw } => Op::InstanceNorm3d { n: few(n), c, dhw: vol(dhw) },
             Op::MaxPool3d { n, c, dhw, k } => Op::MaxPool3d { n: few(n), c, dhw: vol(dhw), k },
             Op::Trilinear { n, c, dhw, align, .. } => {
@@ -232,7 +258,9 @@ impl Op {
                 let s = if stride == [1; 3] { String::new() } else { format!(" stride {stride:?}") };
                 format!("{n}x{cin}->{cout} @{dhw:?}{s}")
             }
-            Op::Deconv3d { n, cin, cout, dhw, k } => format!("{n}x{cin}->{cout} @{dhw:?} k {k:?}"),
+            Op::Deconv3d { n, cin, cout, dhw, k, at } => {
+                format!("{n}x{cin}->{cout} @{dhw:?} k {k:?} s {:?} p {:?} op {:?}", at.stride, at.pad, at.output_pad)
+            }
             Op::InstanceNorm3d { n, c, dhw } | Op::Pad3d { n, c, dhw } => format!("{n}x{c} @{dhw:?}"),
             Op::MaxPool3d { n, c, dhw, k } => format!("{n}x{c} @{dhw:?} k {k:?}"),
             Op::Trilinear { n, c, dhw, out, align } => format!("{n}x{c} @{dhw:?} -> {out:?} align_corners {align}"),
@@ -300,7 +328,7 @@ impl Op {
             Op::Conv3d { n, cin, cout, dhw: [d, h, w], k: [kd, kh, kw], .. } => {
                 vec![r(0, &[n, cin, d, h, w]), r(1, &[cout, cin, kd, kh, kw]), r(2, &[cout])]
             }
-            Op::Deconv3d { n, cin, cout, dhw: [d, h, w], k: [kd, kh, kw] } => {
+            Op::Deconv3d { n, cin, cout, dhw: [d, h, w], k: [kd, kh, kw], .. } => {
                 vec![r(0, &[n, cin, d, h, w]), r(1, &[cin, cout, kd, kh, kw]), r(2, &[cout])]
             }
             Op::InstanceNorm3d { n, c, dhw: [d, h, w] } => {
@@ -381,7 +409,7 @@ impl Op {
                 Ok(acc)
             }
             Op::Conv3d { k, stride, .. } => b.conv3d(&t[0], &t[1], Some(&t[2]), stride, k.map(|v| v / 2)),
-            Op::Deconv3d { .. } => b.conv_transpose3d(&t[0], &t[1], Some(&t[2])),
+            Op::Deconv3d { at, .. } => b.conv_transpose3d(&t[0], &t[1], Some(&t[2]), at),
             Op::MaxPool3d { k, .. } => b.max_pool3d(&t[0], k),
             Op::Trilinear { out, align, .. } => b.upsample_trilinear(&t[0], out, align),
             Op::Pad3d { dhw: [d, h, w], .. } => b.pad_replicate_end3d(&t[0], [d + 1, h + 1, w + 2]),
@@ -423,7 +451,7 @@ impl Op {
                     4.0 * (f(n * cin * dhw.iter().product::<usize>()) + vox * f(cout) + kdim * f(cout)),
                 )
             }
-            Op::Deconv3d { n, cin, cout, dhw, k } => {
+            Op::Deconv3d { n, cin, cout, dhw, k, .. } => {
                 let (vin, taps) = (f(n * dhw.iter().product::<usize>()), f(k.iter().product::<usize>()));
                 (2.0 * vin * taps * f(cin * cout), 4.0 * vin * (f(cin) + taps * f(cout)))
             }
@@ -550,23 +578,33 @@ impl Op {
                 }
                 out(&[n, cout, o[0], o[1], o[2]], y)
             }
-            Op::Deconv3d { n, cin, cout, dhw, k } => {
+            Op::Deconv3d { n, cin, cout, dhw, k, at } => {
+                // Scattered from each input voxel and tap (the kernels gather or GEMM + col2im).
                 let (x, w, bias) = (d(&t[0]), d(&t[1]), d(&t[2]));
-                let o = [dhw[0] * k[0], dhw[1] * k[1], dhw[2] * k[2]];
+                let o: [usize; 3] =
+                    std::array::from_fn(|a| (dhw[a] - 1) * at.stride[a] + k[a] + at.output_pad[a] - 2 * at.pad[a]);
                 let (ov, iv, taps) =
                     (o.iter().product::<usize>(), dhw.iter().product::<usize>(), k.iter().product::<usize>());
-                let y = (0..n * cout * ov)
-                    .map(|idx| {
-                        let (i, co, p) = (idx / (cout * ov), (idx / ov) % cout, idx % ov);
-                        let (z, yy, xx) = (p / (o[1] * o[2]), (p / o[2]) % o[1], p % o[2]);
-                        let q = ((z / k[0]) * dhw[1] + yy / k[1]) * dhw[2] + xx / k[2];
-                        let tap = ((z % k[0]) * k[1] + yy % k[1]) * k[2] + xx % k[2];
-                        bias[co]
-                            + (0..cin)
-                                .map(|ci| x[(i * cin + ci) * iv + q] * w[(ci * cout + co) * taps + tap])
-                                .sum::<f64>()
-                    })
-                    .collect();
+                let mut y: Vec<f64> = (0..n * cout * ov).map(|idx| bias[(idx / ov) % cout]).collect();
+                for i in 0..n {
+                    for q in 0..iv {
+                        let v = [q / (dhw[1] * dhw[2]), (q / dhw[2]) % dhw[1], q % dhw[2]];
+                        for tap in 0..taps {
+                            let tk = [tap / (k[1] * k[2]), (tap / k[2]) % k[1], tap % k[2]];
+                            let p: [isize; 3] =
+                                std::array::from_fn(|a| (v[a] * at.stride[a] + tk[a]) as isize - at.pad[a] as isize);
+                            if (0..3).any(|a| p[a] < 0 || p[a] >= o[a] as isize) {
+                                continue;
+                            }
+                            let p = (p[0] as usize * o[1] + p[1] as usize) * o[2] + p[2] as usize;
+                            for co in 0..cout {
+                                y[(i * cout + co) * ov + p] += (0..cin)
+                                    .map(|ci| x[(i * cin + ci) * iv + q] * w[(ci * cout + co) * taps + tap])
+                                    .sum::<f64>();
+                            }
+                        }
+                    }
+                }
                 out(&[n, cout, o[0], o[1], o[2]], y)
             }
             Op::LayerNorm { rows, d: dim } => {

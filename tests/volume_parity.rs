@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
+use xaiclip::backend::volume::Transposed;
 use xaiclip::backend::{Activation, Backend, CpuBackend};
 use xaiclip::tensor::Tensor;
 use xaiclip::weights::WeightsFile;
@@ -45,7 +46,14 @@ fn every_3d_op_matches_pytorch() {
             "conv3d" => {
                 b.conv3d(&t("x"), &t("weight"), Some(&t("bias")), dims(&case["stride"]), dims(&case["pad"])).unwrap()
             }
-            "conv_transpose3d" => b.conv_transpose3d(&t("x"), &t("weight"), Some(&t("bias"))).unwrap(),
+            "conv_transpose3d" => {
+                let at = Transposed {
+                    stride: dims(&case["stride"]),
+                    pad: dims(&case["pad"]),
+                    output_pad: dims(&case["output_pad"]),
+                };
+                b.conv_transpose3d(&t("x"), &t("weight"), Some(&t("bias")), at).unwrap()
+            }
             "instance_norm_leaky" => {
                 let mut x = t("x");
                 let (eps, slope) = (case["eps"].as_f64().unwrap() as f32, case["slope"].as_f64().unwrap() as f32);

@@ -371,7 +371,8 @@ impl Backend for CpuBackend {
         ensure!(k == k2, "conv_transpose2d: only square kernels (kernel = stride) are supported, got {k}x{k2}");
         let bias = vector_arg(bias, cout, "conv_transpose2d bias")?;
         // The 3-D code with one slice: the same GEMM and scatter.
-        let g = super::volume::ConvTranspose3d { n, cin, cout, input: [1, h, w], kernel: [1, k, k] };
+        let at = super::volume::Transposed::kernel_stride([1, k, k]);
+        let g = super::volume::ConvTranspose3d::checked(n, (cin, cin, cout), [1, h, w], [1, k, k], at)?;
         volume::conv_transpose(x.data(), weight.data(), bias, &g).reshape(&[n, cout, h * k, w * k])
     }
 
@@ -526,8 +527,14 @@ impl Backend for CpuBackend {
         volume::conv3d(x, weight, bias, stride, pad)
     }
 
-    fn conv_transpose3d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        volume::conv_transpose3d(x, weight, bias)
+    fn conv_transpose3d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        at: super::volume::Transposed,
+    ) -> Result<Tensor> {
+        volume::conv_transpose3d(x, weight, bias, at)
     }
 
     fn max_pool3d(&self, x: &Tensor, k: [usize; 3]) -> Result<Tensor> {

@@ -588,14 +588,20 @@ impl Backend for CudaBackend {
         Ok(y)
     }
 
-    fn conv_transpose3d(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
-        let g = volume::ConvTranspose3d::new(&x.shape, &weight.shape)?;
-        let (n, cin, cout, [d, h, w], [kd, kh, kw]) = (g.n, g.cin, g.cout, g.input, g.kernel);
-        let bias = self.vector_ptr(bias, cout, "conv_transpose3d bias")?;
+    fn conv_transpose3d(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        at: volume::Transposed,
+    ) -> Result<CudaTensor> {
+        let g = volume::ConvTranspose3d::new(&x.shape, &weight.shape, at)?;
+        let bias = self.vector_ptr(bias, g.cout, "conv_transpose3d bias")?;
         let y = self.alloc(&g.output_shape())?;
         let (xp, wp, yp) = (self.ptr(&x.buf), self.ptr(&weight.buf), self.ptr(&y.buf));
-        let mut dims = [0i32; 9];
-        for (slot, v) in dims.iter_mut().zip([n, cin, cout, d, h, w, kd, kh, kw]) {
+        let sizes = [g.n, g.cin, g.cout].into_iter().chain(g.input).chain(g.kernel).chain(at.stride).chain(at.pad);
+        let mut dims = [0i32; 18];
+        for (slot, v) in dims.iter_mut().zip(sizes.chain(g.output)) {
             *slot = i32_of(v, "conv_transpose3d dimension")?;
         }
         launch!(self, Kernel::ConvTranspose3d, elementwise(y.buf.len()), [&xp, &wp, &bias, &yp], extra = &dims)?;

@@ -189,13 +189,14 @@ pub trait Backend: Send + Sync {
         pad: [usize; 3],
     ) -> Result<Self::Tensor>;
 
-    /// Transposed 3-D convolution whose kernel equals its stride on each axis: weight
-    /// (Cin, Cout, kd, kh, kw), output (N, Cout, kd D, kh H, kw W).
+    /// Transposed 3-D convolution, weight (Cin, Cout, kd, kh, kw), placed as `at` says
+    /// (`volume::ConvTranspose3d`; `Transposed::kernel_stride` for the U-Nets' kernel = stride upsampling).
     fn conv_transpose3d(
         &self,
         x: &Self::Tensor,
         weight: &Self::Tensor,
         bias: Option<&Self::Tensor>,
+        at: volume::Transposed,
     ) -> Result<Self::Tensor>;
 
     /// Max pooling over windows of `k` voxels per axis with stride `k`, floor mode.

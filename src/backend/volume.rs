@@ -72,9 +72,29 @@ impl Conv3d {
     }
 }
 
-/// A transposed 3-D convolution whose kernel equals its stride on each axis (MONAI's and nnU-Net's
-/// upsampling; anisotropic ones such as (1, 2, 2) included): input (n, cin, d, h, w), weight
-/// (cin, cout, kd, kh, kw), output (n, cout, d kd, h kh, w kw).
+/// Where a transposed convolution puts its kernel (PyTorch's `ConvTranspose3d` arguments): input voxel i
+/// and tap t land on output o = i stride - pad + t; `output_pad` adds voxels at the far end. Kernel =
+/// stride with no padding is MONAI's and nnU-Net's upsampling (each output voxel has one tap); kernel 3,
+/// stride 2, pad 1, output_pad 1 is MONAI UNet's (overlapping taps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transposed {
+    /// Stride per axis (D, H, W).
+    pub stride: [usize; 3],
+    /// Zero padding removed from both ends per axis.
+    pub pad: [usize; 3],
+    /// Extra output voxels at the far end per axis (less than the stride).
+    pub output_pad: [usize; 3],
+}
+
+impl Transposed {
+    /// Kernel = stride, no padding: every output voxel receives exactly one tap.
+    pub fn kernel_stride(kernel: [usize; 3]) -> Self {
+        Self { stride: kernel, pad: [0; 3], output_pad: [0; 3] }
+    }
+}
+
+/// A transposed 3-D convolution: input (n, cin, d, h, w), weight (cin, cout, kd, kh, kw), output
+/// (n, cout, od, oh, ow) with o = (i - 1) stride - 2 pad + k + output_pad per axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvTranspose3d {
     /// Images.
@@ -85,25 +105,49 @@ pub struct ConvTranspose3d {
     pub cout: usize,
     /// Input D, H, W.
     pub input: [usize; 3],
-    /// Kernel = stride per axis.
+    /// Kernel per axis.
     pub kernel: [usize; 3],
+    /// Stride, padding and output padding.
+    pub at: Transposed,
+    /// Output D, H, W.
+    pub output: [usize; 3],
 }
 
 impl ConvTranspose3d {
-    /// Checks the shapes and returns the geometry.
-    pub fn new(x: &[usize], weight: &[usize]) -> Result<Self> {
+    /// Checks the shapes and arguments and returns the geometry.
+    pub fn new(x: &[usize], weight: &[usize], at: Transposed) -> Result<Self> {
         let (n, cin, input) = ncdhw(x, "conv_transpose3d input")?;
         let (wcin, cout, kernel) = ncdhw(weight, "conv_transpose3d weight")?;
+        Self::checked(n, (cin, wcin, cout), input, kernel, at)
+    }
+
+    /// The geometry of already split shapes (the 2-D call runs as one slice).
+    pub fn checked(
+        n: usize,
+        (cin, wcin, cout): (usize, usize, usize),
+        input: [usize; 3],
+        kernel: [usize; 3],
+        at: Transposed,
+    ) -> Result<Self> {
         ensure!(wcin == cin, "conv_transpose3d: input has {cin} channels, weight expects {wcin}");
         ensure!(kernel.iter().all(|&k| k >= 1), "conv_transpose3d: empty kernel {kernel:?}");
-        Ok(Self { n, cin, cout, input, kernel })
+        let Transposed { stride, pad, output_pad } = at;
+        ensure!(
+            (0..3).all(|a| stride[a] >= 1 && output_pad[a] < stride[a]),
+            "conv_transpose3d: stride {stride:?} must be at least 1 and above output_pad {output_pad:?}"
+        );
+        let full = |a: usize| (input[a].max(1) - 1) * stride[a] + kernel[a] + output_pad[a];
+        ensure!(
+            input.iter().all(|&v| v > 0) && (0..3).all(|a| full(a) > 2 * pad[a]),
+            "conv_transpose3d: padding {pad:?} leaves no output of input {input:?} with kernel {kernel:?}"
+        );
+        let output = std::array::from_fn(|a| full(a) - 2 * pad[a]);
+        Ok(Self { n, cin, cout, input, kernel, at, output })
     }
 
     /// The output shape.
     pub fn output_shape(&self) -> [usize; 5] {
-        let [d, h, w] = self.input;
-        let [kd, kh, kw] = self.kernel;
-        [self.n, self.cout, d * kd, h * kh, w * kw]
+        [self.n, self.cout, self.output[0], self.output[1], self.output[2]]
     }
 }
 

@@ -15,6 +15,7 @@
 //! `nnUNetPredictor` averages the folds' logits; so does [`NnUNet::forward_logits`].
 
 use super::unet::{fold_batch_norm, InstanceNorm, NormKind};
+use crate::backend::volume::Transposed;
 use crate::backend::{Activation, Backend};
 use crate::error::Error;
 use crate::preprocess::{Intensity, Orientation};
@@ -266,6 +267,7 @@ enum Block<B: Backend> {
 
 struct DecoderStage<B: Backend> {
     up_weight: B::Tensor,
+    up: Transposed,
     up_bias: Option<B::Tensor>,
     units: Vec<Unit<B>>,
 }
@@ -435,7 +437,12 @@ impl<B: Backend> DynamicUNet<B> {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
-            decoder.push(DecoderStage { up_weight, up_bias: up_bias.map(|b| backend.upload(&b)).transpose()?, units });
+            decoder.push(DecoderStage {
+                up_weight,
+                up: Transposed::kernel_stride(stride),
+                up_bias: up_bias.map(|b| backend.upload(&b)).transpose()?,
+                units,
+            });
         }
         let last = stages - 2;
         let seg_weight =
@@ -547,7 +554,7 @@ impl<B: Backend> DynamicUNet<B> {
         }
         let mut y = skips.pop().expect("two or more stages");
         for stage in &self.decoder {
-            let up = b.conv_transpose3d(&y, &stage.up_weight, stage.up_bias.as_ref())?;
+            let up = b.conv_transpose3d(&y, &stage.up_weight, stage.up_bias.as_ref(), stage.up)?;
             y = b.concat_channels(&up, &skips.pop().expect("one skip per decoder stage"))?;
             for u in &stage.units {
                 y = self.unit(b, &y, u)?;

@@ -6,6 +6,7 @@
 //! upcat_4..1 = upsample, replicate-pad to the skip's size, concat [skip, up], TwoConv; final 1x1 conv.
 //! Each conv unit is conv -> norm -> dropout (identity at inference) -> activation ("NDA").
 
+use crate::backend::volume::Transposed;
 use crate::backend::{Activation, Backend};
 use crate::error::Error;
 use crate::preprocess::Orientation;
@@ -412,7 +413,9 @@ impl<B: Backend> BasicUNet<B> {
 
     fn upcat(&self, b: &B, x: &B::Tensor, skip: &B::Tensor, u: &UpCat<B>) -> Result<B::Tensor> {
         let up = match (self.config.upsample, &u.up_weight) {
-            (Upsample::Deconv, Some(w)) if self.volumetric() => b.conv_transpose3d(x, w, u.up_bias.as_ref())?,
+            (Upsample::Deconv, Some(w)) if self.volumetric() => {
+                b.conv_transpose3d(x, w, u.up_bias.as_ref(), Transposed::kernel_stride([2; 3]))?
+            }
             (Upsample::Deconv, Some(w)) => b.conv_transpose2d(x, w, u.up_bias.as_ref())?,
             (Upsample::NonTrainable, Some(w)) => {
                 self.upsample2x(b, &self.conv(b, x, None, w, u.up_bias.as_ref(), 0, Activation::Identity)?)?

@@ -1,5 +1,5 @@
 //! The CPU twins of kernels/volume.cu: 3-D convolution (im2col over tiles of output rows + GEMM, as the
-//! 2-D path), kernel = stride transposed convolution, max pooling, trilinear resizing and replicate
+//! 2-D path), transposed convolution (GEMM + col2im), max pooling, trilinear resizing and replicate
 //! padding, NCDHW. Shapes are checked in `backend::volume`.
 
 use super::{gather_line, gemm_into_planes, matmul, vector_arg, SharedMut, TILE_COLUMNS};
@@ -83,15 +83,29 @@ pub(super) fn conv3d(
     Ok(out)
 }
 
-pub(super) fn conv_transpose3d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let g = volume::ConvTranspose3d::new(x.shape(), weight.shape())?;
+pub(super) fn conv_transpose3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    at: volume::Transposed,
+) -> Result<Tensor> {
+    let g = volume::ConvTranspose3d::new(x.shape(), weight.shape(), at)?;
     let bias = vector_arg(bias, g.cout, "conv_transpose3d bias")?;
     Ok(conv_transpose(x.data(), weight.data(), bias, &g))
 }
 
-/// The transposed convolution of checked geometry `g` (NCDHW data; the 2-D one runs here with D = 1).
+/// Input indices [lo, hi) of one axis whose tap `t` lands inside the output: 0 <= i s - p + t < out.
+fn tap_range(t: usize, stride: usize, pad: usize, input: usize, out: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(t).div_ceil(stride);
+    let hi = (out + pad).saturating_sub(t).div_ceil(stride).min(input);
+    (lo, hi.max(lo))
+}
+
+/// The transposed convolution of checked geometry `g` (NCDHW data; the 2-D one runs here with D = 1):
+/// one GEMM per image, then each (channel, tap) plane added onto the output at its offset (col2im).
 pub(super) fn conv_transpose(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &volume::ConvTranspose3d) -> Tensor {
     let (cin, cout, [d, h, w], [kd, kh, kw]) = (g.cin, g.cout, g.input, g.kernel);
+    let volume::Transposed { stride: [sd, sh, sw], pad: [pd, ph, pw], .. } = g.at;
     let (vox, taps) = (d * h * w, kd * kh * kw);
     let [_, _, od, oh, ow] = g.output_shape();
     let rows = cout * taps;
@@ -99,8 +113,7 @@ pub(super) fn conv_transpose(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g:
     out.data_mut().par_chunks_mut(cout * od * oh * ow).enumerate().for_each_init(
         Vec::new,
         |buf: &mut Vec<f32>, (i, dst)| {
-            // buf[(co, tap), voxel] = sum_ci w[ci, (co, tap)] x[ci, voxel]; with kernel = stride every output
-            // voxel receives exactly one term, so the scatter below is a plain copy.
+            // buf[(co, tap), voxel] = sum_ci w[ci, (co, tap)] x[ci, voxel].
             buf.resize(rows * vox, 0.0);
             let img = &x[i * cin * vox..(i + 1) * cin * vox];
             // SAFETY: buf holds rows x vox, the weight cin x rows, img cin x vox, all contiguous.
@@ -122,14 +135,19 @@ pub(super) fn conv_transpose(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g:
                 );
             }
             for co in 0..cout {
-                let b = bias.map_or(0.0, |b| b[co]);
+                let plane = &mut dst[co * od * oh * ow..(co + 1) * od * oh * ow];
+                plane.fill(bias.map_or(0.0, |b| b[co]));
+                // Taps in order, so overlapping ones add up in the same order everywhere.
                 for (tap, src) in buf[co * taps * vox..(co + 1) * taps * vox].chunks_exact(vox).enumerate() {
                     let (tz, ty, tx) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-                    for z in 0..d {
-                        for y in 0..h {
-                            let row = &mut dst[((co * od + z * kd + tz) * oh + y * kh + ty) * ow..][..ow];
-                            for (xx, &v) in src[(z * h + y) * w..][..w].iter().enumerate() {
-                                row[xx * kw + tx] = v + b;
+                    let (z0, z1) = tap_range(tz, sd, pd, d, od);
+                    let (y0, y1) = tap_range(ty, sh, ph, h, oh);
+                    let (x0, x1) = tap_range(tx, sw, pw, w, ow);
+                    for z in z0..z1 {
+                        for y in y0..y1 {
+                            let row = &mut plane[((z * sd + tz - pd) * oh + y * sh + ty - ph) * ow..][..ow];
+                            for (xx, &v) in src[(z * h + y) * w..][x0..x1].iter().enumerate() {
+                                row[(x0 + xx) * sw + tx - pw] += v;
                             }
                         }
                     }
