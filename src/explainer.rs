@@ -16,7 +16,6 @@ use crate::explain::{BaselineKind, Cancel, ScoreKind};
 use crate::fail;
 use crate::io::Volume;
 use crate::models::{bundled, SegModel};
-use crate::organs::organ_class;
 use crate::pipeline::{
     model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method,
     MethodRun, Settings, SliceInput, Slices,
@@ -299,29 +298,20 @@ impl ExplainerBuilder {
         // The CPU computes in f32 whatever was asked (the precision option is the GPU's).
         let precision = if matches!(compute, Compute::Cpu(_)) { Precision::F32 } else { self.precision };
         let mut settings = self.settings;
-        let (engine, size, (own, classes, orientation)) = match compute {
+        // What the model says about itself, kept beside the engine (which holds it per backend type).
+        let (engine, size, (intensity, classes, orientation)) = match compute {
             Compute::Cpu(b) => {
                 let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let own =
-                    (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec), loaded.unet.orientation());
+                let own = loaded.describe(self.intensity, &unet_dir)?;
                 let size = loaded.size;
                 (Engine::Cpu(Box::new(loaded)), size, own)
             }
             Compute::Cuda(b) => {
                 let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let own =
-                    (loaded.unet.intensity(), loaded.unet.classes().map(<[_]>::to_vec), loaded.unet.orientation());
+                let own = loaded.describe(self.intensity, &unet_dir)?;
                 let size = loaded.size;
                 (Engine::Cuda(Box::new(loaded)), size, own)
             }
-        };
-        let intensity = match (self.intensity, own) {
-            (Some(asked), Some(own)) if asked != own => fail!(
-                InvalidInput,
-                "{}: the model normalises its input itself ({own:?}); another window ({asked:?}) would feed it inputs unlike its training data, so drop --window/--modality",
-                unet_dir.display()
-            ),
-            (asked, own) => asked.or(own).unwrap_or(Intensity::ABDOMEN),
         };
         Ok(Explainer {
             engine,
@@ -346,7 +336,15 @@ struct Loaded<B: Backend> {
     clip: OnceLock<ClipRoiFinder<B>>,
 }
 
+/// The model's window for `asked`, its class names and slice orientation.
+type Described = (Intensity, Option<Vec<String>>, Orientation);
+
 impl<B: Backend> Loaded<B> {
+    fn describe(&self, asked: Option<Intensity>, dir: &Path) -> Result<Described> {
+        let intensity = self.unet.input_intensity(asked).map_err(|e| crate::error::Error::input(dir, e))?;
+        Ok((intensity, self.unet.classes().map(<[_]>::to_vec), self.unet.orientation()))
+    }
+
     fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
         let dir = unet;
         let unet = SegModel::load_dir(&backend, dir)?;
@@ -544,6 +542,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A report's record of one model folder: its SHA-256 when one file defines it, else each file's.
+pub fn weights_entry(folder: &Path, files: &[std::path::PathBuf]) -> Result<serde_json::Value> {
+    Ok(match files {
+        [one] => serde_json::json!({"folder": folder, "sha256": sha256_file(one)?}),
+        many => {
+            let hashes = many
+                .iter()
+                .map(|f| Ok(serde_json::json!({"file": f, "sha256": sha256_file(f)?})))
+                .collect::<Result<Vec<_>>>()?;
+            serde_json::json!({"folder": folder, "files": hashes})
+        }
+    })
+}
+
 impl Explainer {
     /// The model folders this explainer uses (U-Net, CLIP, and CoOp when its prompts are used) with the
     /// SHA-256 of each weights file, as reports record them: which weights made a result; for the U-Net
@@ -558,17 +570,7 @@ impl Explainer {
         let unet_files = with_engine!(self, |e| e.unet.files(&self.unet_dir));
         for (name, folder) in folders {
             let files = if name == "unet" { unet_files.clone() } else { vec![crate::weights::model_file(&folder)] };
-            let entry = match &files[..] {
-                [one] => serde_json::json!({"folder": folder, "sha256": sha256_file(one)?}),
-                many => {
-                    let hashes = many
-                        .iter()
-                        .map(|f| Ok(serde_json::json!({"file": f, "sha256": sha256_file(f)?})))
-                        .collect::<Result<Vec<_>>>()?;
-                    serde_json::json!({"folder": folder, "files": hashes})
-                }
-            };
-            out.insert(name.into(), entry);
+            out.insert(name.into(), weights_entry(&folder, &files)?);
         }
         // What the U-Net is and how its inputs were made: the network, its slice orientation and window.
         let network = with_engine!(self, |e| e.unet.describe());
@@ -699,10 +701,7 @@ impl Explainer {
     /// The model's output channel of an organ name or number: from the model's own class list where
     /// its format has one (nnU-Net's dataset.json), else the FLARE22 ids of the bundled models.
     pub fn class_of(&self, organ: &str) -> Result<usize> {
-        Ok(match &self.classes {
-            Some(classes) => crate::organs::class_in(classes, organ)?,
-            None => organ_class(organ)?,
-        })
+        Ok(crate::models::class_of(self.classes.as_deref(), organ)?)
     }
 
     /// The name of output channel `class`.
@@ -713,17 +712,7 @@ impl Explainer {
     /// The FLARE22 id of output channel `class`: what ground-truth labels (read as FLARE22) and the
     /// CLIP prompts name it by.
     pub fn label_id(&self, class: usize) -> Result<usize> {
-        match &self.classes {
-            None => Ok(class),
-            Some(classes) => match classes.get(class).map(|name| organ_class(name)) {
-                Some(Ok(id)) => Ok(id),
-                _ => fail!(
-                    InvalidInput,
-                    "class {class} ({}) is not a FLARE22 organ: ground-truth labels and the CLIP ROI name organs by FLARE22; use --roi seg and no --labels",
-                    self.class_name(class)
-                ),
-            },
-        }
+        Ok(crate::models::label_id(self.classes.as_deref(), class)?)
     }
 
     /// The one slice `slices` names for `class` (organ-center needs `labels`).

@@ -18,6 +18,9 @@ use crate::roi::RoiMode;
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 
+/// The sliding window's tile where neither the model nor the user states one (MONAI's zoo bundles' 96³).
+pub const DEFAULT_PATCH: [usize; 3] = [96; 3];
+
 /// What a whole-volume occlusion run does.
 #[derive(Clone, Debug)]
 pub struct VolumeSettings {
@@ -29,8 +32,9 @@ pub struct VolumeSettings {
     pub roi: RoiMode,
     /// ROI margin around the predicted organ, in millimetres.
     pub margin_mm: f64,
-    /// Intensity normalisation to [0, 1].
-    pub intensity: Intensity,
+    /// Intensity normalisation to [0, 1]; None: the model's own window where it fixes one, else the
+    /// abdomen CT window. A window other than the model's own is refused.
+    pub intensity: Option<Intensity>,
     /// Recompute only the tiles each perturbation touches (false: every tile; same map, for timing).
     pub reuse: bool,
 }
@@ -49,7 +53,7 @@ impl VolumeSettings {
             occlusion: Occlusion3d { window: [16; 3], stride: [16; 3] },
             roi: RoiMode::Full,
             margin_mm: 15.0,
-            intensity: Intensity::ABDOMEN,
+            intensity: None,
             reuse: true,
         }
     }
@@ -64,6 +68,8 @@ pub struct VolumeRun {
     pub m0: Vec<bool>,
     /// The voxels perturbations could touch.
     pub roi: Vec<bool>,
+    /// The intensity window the model's input was made with.
+    pub intensity: Intensity,
     /// Mean organ probability over M0 of the unperturbed volume.
     pub base_score: f32,
     /// Occlusion windows scored.
@@ -163,7 +169,7 @@ pub fn explain_volume<B: Backend>(
     backend: &B,
     model: &SegModel<B>,
     volume: &Volume,
-    labels: Option<&[u8]>,
+    truth: Option<&[bool]>,
     class: usize,
     settings: &VolumeSettings,
     progress: impl FnMut(usize, usize),
@@ -179,7 +185,8 @@ pub fn explain_volume<B: Backend>(
     }
     let started = std::time::Instant::now();
     let dims = volume.dims;
-    let input = normalise_values(&to_model(&volume.data, dims), settings.intensity.range(volume));
+    let intensity = model.input_intensity(settings.intensity)?;
+    let input = normalise_values(&to_model(&volume.data, dims), intensity.range(volume));
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
     let mut scorer = VolumeScorer::new(backend, model, &x, &settings.window, class, 0.0)?;
     scorer.reuse = settings.reuse;
@@ -200,10 +207,7 @@ pub fn explain_volume<B: Backend>(
     let result = settings.occlusion.explain(&mut scorer, progress)?;
     let seconds = started.elapsed().as_secs_f64();
     let saliency = to_file(&result.saliency, dims);
-    let agreement = labels.map(|l| {
-        let truth: Vec<bool> = l.iter().map(|&c| c as usize == class).collect();
-        agreement(&saliency, &truth)
-    });
+    let agreement = truth.map(|t| agreement(&saliency, t));
     Ok(VolumeRun {
         saliency,
         m0: to_file(&m0, dims),
@@ -217,45 +221,82 @@ pub fn explain_volume<B: Backend>(
         seconds,
         roi_coverage,
         agreement,
+        intensity,
     })
 }
 
-/// [`explain_volume`] on `device` with the 3-D U-Net in `unet` (config.json + weights); also returns the
-/// backend's name.
+/// What [`explain_volume_on`] ran and on what.
+#[derive(Clone, Debug)]
+pub struct VolumeExplained {
+    /// The run.
+    pub run: VolumeRun,
+    /// The backend's name.
+    pub backend: String,
+    /// The model's output channel explained.
+    pub class: usize,
+    /// Its name (the model's own where it lists classes).
+    pub organ: String,
+    /// The organ's ground truth on the input's grid, when labels were given.
+    pub truth: Option<Vec<bool>>,
+    /// The network in a few words.
+    pub network: String,
+    /// The files that define the model.
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// [`explain_volume`] on `device` with the 3-D model in `dir` (a BasicUNet folder or a MONAI bundle):
+/// `organ` is one of the model's classes (its own names where it lists them, else FLARE22's), `labels`
+/// are FLARE22 ids on the volume's grid.
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume_on(
     device: Device,
     precision: Precision,
-    unet: &std::path::Path,
+    dir: &std::path::Path,
     volume: &Volume,
     labels: Option<&[u8]>,
-    class: usize,
+    organ: &str,
     settings: &VolumeSettings,
     progress: impl FnMut(usize, usize),
-) -> Result<(VolumeRun, String)> {
+) -> Result<VolumeExplained> {
     fn on<B: Backend>(
         b: &B,
-        unet: &std::path::Path,
+        dir: &std::path::Path,
         volume: &Volume,
         labels: Option<&[u8]>,
-        class: usize,
+        organ: &str,
         settings: &VolumeSettings,
         progress: impl FnMut(usize, usize),
-    ) -> Result<(VolumeRun, String)> {
-        let model = SegModel::load_dir(b, unet)?;
-        if class >= model.out_channels() {
+    ) -> Result<VolumeExplained> {
+        let model = SegModel::load_dir(b, dir)?;
+        if matches!(model, SegModel::NnUNet { .. }) {
             fail!(
                 InvalidInput,
-                "{}: class {class} is not an output of this {}-class U-Net",
-                unet.display(),
-                model.out_channels()
+                "{}: whole-volume explanations of 3-D nnU-Net models are not available yet (their (k, j, i) axis order and tile plan are not wired into the volume path); explain slices with a 2d configuration",
+                dir.display()
             );
         }
-        Ok((explain_volume(b, &model, volume, labels, class, settings, progress)?, b.name()))
+        let class = model.class_of(organ)?;
+        let truth = match labels {
+            Some(l) => {
+                let id = model.label_id(class)?;
+                Some(l.iter().map(|&c| c as usize == id).collect::<Vec<_>>())
+            }
+            None => None,
+        };
+        let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, progress)?;
+        Ok(VolumeExplained {
+            run,
+            backend: b.name(),
+            class,
+            organ: model.class_name(class),
+            truth,
+            network: model.describe(),
+            files: model.files(dir),
+        })
     }
     match device.select(precision)? {
-        Compute::Cpu(b) => on(&b, unet, volume, labels, class, settings, progress),
-        Compute::Cuda(b) => on(b.as_ref(), unet, volume, labels, class, settings, progress),
+        Compute::Cpu(b) => on(&b, dir, volume, labels, organ, settings, progress),
+        Compute::Cuda(b) => on(b.as_ref(), dir, volume, labels, organ, settings, progress),
     }
 }
 

@@ -42,6 +42,32 @@ fn a_3d_basicunet_bundle_with_batch_norm_matches_and_gives_its_patch() {
 }
 
 #[test]
+fn a_2d_unet_bundle_with_residual_units_batch_norm_and_prelu_matches() {
+    let model = check("unet_2d", 2);
+    assert_eq!(model.size_multiple(), 8, "three stride-2 levels");
+    assert!(model.describe().contains("UNet 2-D, channels [8, 16, 32, 64]"), "{}", model.describe());
+}
+
+#[test]
+fn a_3d_unet_bundle_with_anisotropic_strides_and_instance_norm_matches() {
+    let model = check("unet_3d", 3);
+    assert_eq!(model.patch_size(), Some([32, 32, 16]));
+}
+
+#[test]
+fn a_3d_unet_bundle_of_plain_convolutions_with_the_norm_after_prelu_matches() {
+    check("unet_3d_plain", 3);
+}
+
+#[test]
+fn a_unet_input_off_its_strides_is_refused_with_the_multiple() {
+    let model = SegModel::load_dir(&CpuBackend, &fixture("unet_2d")).unwrap();
+    let x = CpuBackend.upload(&xaiclip::tensor::Tensor::zeros(&[1, 1, 60, 64])).unwrap();
+    let err = model.forward_logits(&CpuBackend, &x).unwrap_err().to_string();
+    assert!(err.contains("every side must be a multiple of the strides' product [8, 8]"), "{err}");
+}
+
+#[test]
 fn explain_takes_a_bundle_as_model_with_its_classes_and_window() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_xaiclip");

@@ -114,19 +114,23 @@ fn weights_info(path: &Path) -> Result<()> {
 
 /// A MONAI bundle: its network, classes, window and orientation, after loading its weights.
 fn bundle_info(path: &Path) -> Result<()> {
+    use xaiclip::models::bundle::Network;
     let b = xaiclip::models::bundle::read(path)?;
-    let c = &b.config;
+    let net = &b.net;
     println!("folder:     {}", path.display());
     println!("format:     MONAI bundle (configs/inference.json network_def, {})", b.weights.display());
+    let layers = match net {
+        Network::BasicUNet(c) => {
+            format!("features {:?}, {}, {}", c.features, norm_words(c.norm, c.norm_eps), act_words(c.act))
+        }
+        Network::UNet(c) => c.summary(),
+    };
     println!(
-        "model:      {} ({}-D), {} input channel(s) -> {} classes, features {:?}, {}, {}",
+        "model:      {} ({}-D), {} input channel(s) -> {} classes, {layers}",
         b.network,
-        c.spatial_dims,
-        c.in_channels,
-        c.out_channels,
-        c.features,
-        norm_words(c.norm, c.norm_eps),
-        act_words(c.act)
+        net.spatial_dims(),
+        net.in_channels(),
+        net.out_channels(),
     );
     match &b.classes {
         Some(names) => println!(
@@ -139,13 +143,13 @@ fn bundle_info(path: &Path) -> Result<()> {
         Some(i) => println!("intensity:  {i:?} (ScaleIntensityRanged, clipped, to [0, 1])"),
         None => println!("intensity:  not fixed by the bundle (--window/--modality, default the abdomen window)"),
     }
-    match (c.spatial_dims, c.patch_size, c.input_size) {
+    match (net.spatial_dims(), b.patch_size, b.input_size) {
         (3, Some(p), _) => println!("geometry:   patch {}x{}x{} (SlidingWindowInferer roi_size)", p[0], p[1], p[2]),
         (_, _, Some(s)) => println!("geometry:   input {s}x{s} (Resized)"),
         _ => println!("geometry:   not stated (2-D: 256x256 unless --size; 3-D: --patch, default 96x96x96)"),
     }
-    if c.spatial_dims == 2 {
-        println!("slices:     {}", c.orientation.describe());
+    if net.spatial_dims() == 2 {
+        println!("slices:     {}", b.orientation().describe());
     }
     xaiclip::models::SegModel::load_dir(&CpuBackend, path)?;
     println!("check:      every weight has the shape the network_def expects");

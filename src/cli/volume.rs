@@ -9,10 +9,8 @@ use std::path::Path;
 use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
 use xaiclip::models::sliding::Blend;
-use xaiclip::models::UNetConfig;
-use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::pipeline::Method;
-use xaiclip::volumes::{explain_volume_on, VolumeSettings};
+use xaiclip::volumes::{explain_volume_on, VolumeSettings, DEFAULT_PATCH};
 use xaiclip::{read_labels, render};
 
 /// Options of whole-volume runs (3-D U-Nets).
@@ -34,14 +32,13 @@ pub struct VolumeArgs {
     pub no_tile_reuse: bool,
 }
 
-/// The config of the U-Net in `dir` when it is 3-D (config.json says spatial_dims 3). A missing or
-/// broken config is reported by the loader that reads it properly; here only the rank matters.
-pub fn volumetric_config(dir: &Path) -> Option<UNetConfig> {
-    if xaiclip::models::bundle::is_bundle(dir) {
-        return xaiclip::models::bundle::read(dir).ok().map(|b| b.config).filter(|c| c.spatial_dims == 3);
+/// The sliding-window patch of the model in `dir` when it is 3-D (its own, else the default); None for
+/// a 2-D model or one whose description cannot be read (the loader reports why).
+pub fn volumetric_patch(dir: &Path) -> Option<[usize; 3]> {
+    match xaiclip::models::SegModel::<xaiclip::backend::CpuBackend>::describe_dir(dir)? {
+        (3, patch) => Some(patch.unwrap_or(DEFAULT_PATCH)),
+        _ => None,
     }
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    UNetConfig::from_json(&text).ok().filter(|c| c.spatial_dims == 3)
 }
 
 fn parse_patch(text: &str) -> Result<[usize; 3]> {
@@ -54,7 +51,7 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
 }
 
 /// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
-pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfig) -> Result<()> {
+pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
     if cmd.method != Method::Occlusion {
         bail!(
             "--method {}: whole volumes (a 3-D U-Net) are explained by occlusion so far; RISE, LIME and Kernel SHAP in 3-D are not available yet",
@@ -67,7 +64,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
     let v = &cmd.volume;
     let patch = match &v.patch {
         Some(p) => parse_patch(p)?,
-        None => config.patch_size.unwrap_or([96; 3]),
+        None => model_patch,
     };
     let mut settings = VolumeSettings::new(patch);
     if let Some(o) = v.overlap {
@@ -83,20 +80,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
     settings.occlusion = Occlusion3d { window: [window; 3], stride: [stride; 3] };
     settings.roi = cmd.roi;
     settings.margin_mm = options.margin_mm.unwrap_or(settings.margin_mm);
-    // A bundle's own window and class names, where it states them.
-    let bundle = xaiclip::models::bundle::is_bundle(dir).then(|| xaiclip::models::bundle::read(dir)).transpose()?;
-    match (cmd.method_args.intensity.intensity()?, bundle.as_ref().and_then(|b| b.intensity)) {
-        (Some(asked), Some(own)) if asked != own => {
-            bail!("{}: the bundle normalises its input itself ({own:?}); drop --window/--modality", dir.display())
-        }
-        (Some(i), _) | (None, Some(i)) => settings.intensity = i,
-        (None, None) => {}
-    }
-    let weights_file = bundle.as_ref().map_or_else(|| xaiclip::weights::model_file(dir), |b| b.weights.clone());
-    let class = match bundle.as_ref().and_then(|b| b.classes.as_deref()) {
-        Some(classes) => xaiclip::organs::class_in(classes, &cmd.method_args.organ)?,
-        None => organ_class(&cmd.method_args.organ)?,
-    };
+    settings.intensity = cmd.method_args.intensity.intensity()?;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
     let bar = Progress::new(0, &format!("occlusion 3-D ({})", cmd.roi.name()));
@@ -106,7 +90,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
         dir,
         &volume,
         labels.as_deref(),
-        class,
+        &cmd.method_args.organ,
         &settings,
         |done, total| {
             bar.set_length(total as u64);
@@ -114,30 +98,33 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
         },
     );
     bar.finish_and_clear();
-    let (run, backend) = result?;
+    let explained = result?;
+    let run = &explained.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     let mut staging = Staging::new();
     io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &volume, &run.saliency)?;
-    let truth: Option<Vec<bool>> = labels.as_ref().map(|l| l.iter().map(|&c| c as usize == class).collect());
-    let organ = organ_name(class);
+    let (organ, class) = (&explained.organ, explained.class);
     let title = format!(
         "occlusion 3-D · {organ} · {:.1} s · {} tiles ({} without reuse)",
         run.seconds, run.tiles_evaluated, run.tiles_naive
     );
     let figure = xaiclip::report::volume_figure(
         &volume,
-        &run,
-        truth.as_deref(),
-        settings.intensity.range(&volume),
+        run,
+        explained.truth.as_deref(),
+        run.intensity.range(&volume),
         cmd.roi,
         &title,
     )?;
     render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &figure)?;
     let roi_fraction = run.roi.iter().filter(|&&r| r).count() as f64 / run.roi.len() as f64;
     let w = &settings.window;
+    let mut unet = xaiclip::explainer::weights_entry(dir, &explained.files)?;
+    unet["network"] = explained.network.clone().into();
+    unet["intensity"] = format!("{:?}", run.intensity).into();
     let report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "organ": organ, "class": class, "mode": "volume",
-        "backend": backend,
+        "backend": explained.backend,
         "settings": {
             "method": "occlusion", "roi": cmd.roi.name(), "margin_mm": settings.margin_mm,
             "occlusion": settings.occlusion,
@@ -145,7 +132,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, config: &UNetConfi
             "tile_reuse": settings.reuse, "baseline": 0.0, "score": "mean-prob",
         },
         "provenance": super::provenance(),
-        "weights": {"unet": {"folder": dir, "sha256": xaiclip::explainer::sha256_file(&weights_file)?}},
+        "weights": {"unet": unet},
         "result": {
             "seconds": run.seconds, "samples": run.samples, "tiles": run.tiles, "tiles_evaluated": run.tiles_evaluated,
             "tiles_naive": run.tiles_naive, "forward_passes": run.forward_passes, "unperturbed_score": run.base_score,

@@ -6,11 +6,47 @@
 //! `"@id"` references (with `#` for nesting) are followed, `"$expression"` values cannot be evaluated
 //! and are refused, keys starting with `_` (`_target_`, `_requires_`, ...) are not arguments.
 
+use super::monai_unet::MonaiUNetConfig;
 use super::unet::UNetConfig;
 use crate::preprocess::{Intensity, Orientation};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
+
+/// The networks a bundle's `network_def` may name.
+#[derive(Clone, Debug)]
+pub enum Network {
+    /// monai.networks.nets.BasicUNet.
+    BasicUNet(UNetConfig),
+    /// monai.networks.nets.UNet.
+    UNet(MonaiUNetConfig),
+}
+
+impl Network {
+    /// 2 or 3.
+    pub fn spatial_dims(&self) -> usize {
+        match self {
+            Network::BasicUNet(c) => c.spatial_dims,
+            Network::UNet(c) => c.spatial_dims,
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        match self {
+            Network::BasicUNet(c) => c.in_channels,
+            Network::UNet(c) => c.in_channels,
+        }
+    }
+
+    /// Output classes.
+    pub fn out_channels(&self) -> usize {
+        match self {
+            Network::BasicUNet(c) => c.out_channels,
+            Network::UNet(c) => c.out_channels,
+        }
+    }
+}
 
 /// What a bundle says about its model.
 #[derive(Clone, Debug)]
@@ -19,14 +55,25 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// `network_def`'s class, as written.
     pub network: String,
-    /// The network's arguments (and the patch or input size from the inferer / resizing).
-    pub config: UNetConfig,
+    /// The network's arguments.
+    pub net: Network,
     /// The weights file (models/model.pt).
     pub weights: PathBuf,
     /// Class names by output channel, when metadata.json lists them.
     pub classes: Option<Vec<String>>,
     /// The intensity window of `ScaleIntensityRanged` to [0, 1], when the preprocessing has one.
     pub intensity: Option<Intensity>,
+    /// A 2-D model's square input side, from `Resized`.
+    pub input_size: Option<usize>,
+    /// A 3-D model's sliding-window patch (D, H, W), from `SlidingWindowInferer.roi_size`.
+    pub patch_size: Option<[usize; 3]>,
+}
+
+impl Bundle {
+    /// MONAI's LoadImage keeps the file's voxel order: a 2-D model sees rows along i, columns along j.
+    pub fn orientation(&self) -> Orientation {
+        Orientation::Voxel([2, 0, 1])
+    }
 }
 
 /// Whether `dir` is a MONAI bundle.
@@ -79,43 +126,61 @@ pub fn read(dir: &Path) -> Result<Bundle> {
     let def = resolve(def, &root, 0).with_context(|| at("network_def"))?;
     let def = def.as_object().with_context(|| at("network_def is not an object"))?;
     let network = def.get("_target_").and_then(Value::as_str).with_context(|| at("network_def has no _target_"))?;
-    if short(network) != "BasicUNet" {
-        bail!(
+    let args: Map<String, Value> =
+        def.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let net = match short(network) {
+        "BasicUNet" => {
+            const ARGS: [&str; 9] = [
+                "spatial_dims",
+                "in_channels",
+                "out_channels",
+                "features",
+                "act",
+                "norm",
+                "bias",
+                "dropout",
+                "upsample",
+            ];
+            if let Some(k) = args.keys().find(|k| !ARGS.contains(&k.as_str())) {
+                bail!("{}", at(&format!("network_def.{k} is not a BasicUNet argument")));
+            }
+            Network::BasicUNet(
+                UNetConfig::from_json(&Value::Object(args).to_string()).with_context(|| at("network_def"))?,
+            )
+        }
+        "UNet" => Network::UNet(MonaiUNetConfig::from_args(&args).with_context(|| at("network_def"))?),
+        _ => bail!(
             "{}",
-            at(&format!("network {network} is not supported (BasicUNet is; UNet, SegResNet and DynUNet are not yet)"))
-        );
-    }
-    const ARGS: [&str; 9] =
-        ["spatial_dims", "in_channels", "out_channels", "features", "act", "norm", "bias", "dropout", "upsample"];
-    let mut args = Map::new();
-    for (k, v) in def.iter().filter(|(k, _)| !k.starts_with('_')) {
-        ensure!(ARGS.contains(&k.as_str()), "{}", at(&format!("network_def.{k} is not a BasicUNet argument")));
-        args.insert(k.clone(), v.clone());
-    }
+            at(&format!(
+                "network {network} is not supported (BasicUNet and UNet are; SegResNet and DynUNet are not yet)"
+            ))
+        ),
+    };
     let (intensity, input_size) = preprocessing(&root).with_context(|| at("preprocessing"))?;
-    if let Some(size) = input_size {
-        args.insert("input_size".into(), size.into());
-    }
+    let mut patch_size = None;
     if let Some(inferer) = root.get("inferer") {
         let inferer = resolve(inferer, &root, 0).with_context(|| at("inferer"))?;
         if inferer.get("_target_").and_then(Value::as_str).map(short) == Some("SlidingWindowInferer") {
             if let Some(roi) = inferer.get("roi_size") {
-                args.insert("patch_size".into(), roi.clone());
+                patch_size = Some(super::unet::patch_size(roi).with_context(|| at("inferer.roi_size"))?);
             }
         }
     }
-    let config = UNetConfig::from_json(&Value::Object(args).to_string()).with_context(|| at("network_def"))?;
-    let config = UNetConfig {
-        // MONAI's LoadImage keeps the file's voxel order: a 2-D model sees rows along i, columns along j.
-        orientation: Orientation::Voxel([2, 0, 1]),
-        ..config
-    };
     let weights =
         ["model.pt", "model.pth"].iter().map(|n| dir.join("models").join(n)).find(|p| p.is_file()).with_context(
             || format!("{}: no models/model.pt (TorchScript model.ts files are not read)", dir.display()),
         )?;
-    let classes = classes(dir, config.out_channels)?;
-    Ok(Bundle { dir: dir.to_path_buf(), network: network.to_string(), config, weights, classes, intensity })
+    let classes = classes(dir, net.out_channels())?;
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        network: network.to_string(),
+        net,
+        weights,
+        classes,
+        intensity,
+        input_size,
+        patch_size,
+    })
 }
 
 /// The CT window and model input size the preprocessing implies; transforms xaiclip does not

@@ -2,10 +2,12 @@
 
 pub mod bundle;
 pub mod clip;
+pub mod monai_unet;
 pub mod nnunet;
 pub mod sliding;
 pub mod unet;
 
+pub use monai_unet::MonaiUNet;
 pub use nnunet::NnUNet;
 pub use unet::{BasicUNet, UNetConfig};
 
@@ -18,10 +20,10 @@ use crate::tensor::Tensor;
 pub enum SegModel<B: Backend> {
     /// MONAI BasicUNet (config.json + model.safetensors or model.pt): the bundled models.
     Basic(BasicUNet<B>),
-    /// A MONAI bundle's network (BasicUNet), with what the bundle says about it.
+    /// A MONAI bundle's network (BasicUNet or UNet), with what the bundle says about it.
     Bundle {
         #[allow(missing_docs)]
-        model: BasicUNet<B>,
+        model: BundleNet<B>,
         #[allow(missing_docs)]
         bundle: Box<bundle::Bundle>,
     },
@@ -43,10 +45,13 @@ impl<B: Backend> SegModel<B> {
             let load = || {
                 let b = bundle::read(dir)?;
                 let weights = crate::weights::WeightsFile::open(&b.weights)?;
-                anyhow::Ok(SegModel::Bundle {
-                    model: BasicUNet::load(backend, b.config.clone(), &weights)?,
-                    bundle: Box::new(b),
-                })
+                let model = match &b.net {
+                    bundle::Network::BasicUNet(c) => {
+                        BundleNet::BasicUNet(BasicUNet::load(backend, c.clone(), &weights)?)
+                    }
+                    bundle::Network::UNet(c) => BundleNet::UNet(MonaiUNet::load(backend, c.clone(), &weights)?),
+                };
+                anyhow::Ok(SegModel::Bundle { model, bundle: Box::new(b) })
             };
             return load().map_err(|e| crate::error::Error::input(dir, e));
         }
@@ -68,10 +73,25 @@ impl<B: Backend> SegModel<B> {
         Ok(SegModel::NnUNet { model, input_map: map })
     }
 
+    /// 2 (slices) or 3 (volumes) for the model in `dir`, and a 3-D model's sliding-window patch where it
+    /// states one, read from its description (config.json, a bundle's inference.json, an nnU-Net
+    /// plans.json) without loading weights; None where that cannot be read (loading then says why).
+    pub fn describe_dir(dir: &std::path::Path) -> Option<(usize, Option<[usize; 3]>)> {
+        if bundle::is_bundle(dir) {
+            return bundle::read(dir).ok().map(|b| (b.net.spatial_dims(), b.patch_size));
+        }
+        if nnunet::is_result_folder(dir) {
+            return nnunet::spatial_dims_of(dir).map(|d| (d, None));
+        }
+        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        UNetConfig::from_json(&text).ok().map(|c| (c.spatial_dims, c.patch_size))
+    }
+
     /// 2 (slices) or 3 (volumes).
     pub fn spatial_dims(&self) -> usize {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().spatial_dims,
+            SegModel::Basic(m) => m.config().spatial_dims,
+            SegModel::Bundle { bundle, .. } => bundle.net.spatial_dims(),
             SegModel::NnUNet { model, .. } => model.config().spatial_dims,
         }
     }
@@ -79,7 +99,8 @@ impl<B: Backend> SegModel<B> {
     /// Input channels.
     pub fn in_channels(&self) -> usize {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().in_channels,
+            SegModel::Basic(m) => m.config().in_channels,
+            SegModel::Bundle { bundle, .. } => bundle.net.in_channels(),
             SegModel::NnUNet { model, .. } => model.config().in_channels,
         }
     }
@@ -87,7 +108,8 @@ impl<B: Backend> SegModel<B> {
     /// Output classes.
     pub fn out_channels(&self) -> usize {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().out_channels,
+            SegModel::Basic(m) => m.config().out_channels,
+            SegModel::Bundle { bundle, .. } => bundle.net.out_channels(),
             SegModel::NnUNet { model, .. } => model.config().num_classes,
         }
     }
@@ -105,16 +127,21 @@ impl<B: Backend> SegModel<B> {
     /// nnU-Net 2d model's longer patch side, rounded up to its total stride.
     pub fn input_size(&self) -> Option<usize> {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().input_size,
+            SegModel::Basic(m) => m.config().input_size,
+            SegModel::Bundle { bundle, .. } => bundle.input_size,
             SegModel::NnUNet { model, .. } => Some(model.default_grid()),
         }
     }
 
-    /// Model grid sides must be multiples of this (an nnU-Net network's total stride; 1 for BasicUNet,
-    /// which pads odd sides).
+    /// Model grid sides must be multiples of this (an nnU-Net network's or MONAI UNet's total stride;
+    /// 1 for BasicUNet, which pads odd sides).
     pub fn size_multiple(&self) -> usize {
         match self {
-            SegModel::Basic(_) | SegModel::Bundle { .. } => 1,
+            SegModel::Basic(_) | SegModel::Bundle { model: BundleNet::BasicUNet(_), .. } => 1,
+            SegModel::Bundle { model: BundleNet::UNet(m), .. } => {
+                let [_, h, w] = m.config().total_stride();
+                lcm(h, w)
+            }
             SegModel::NnUNet { model, .. } => model.grid_multiple(),
         }
     }
@@ -122,7 +149,8 @@ impl<B: Backend> SegModel<B> {
     /// The 3-D patch (D, H, W) a volumetric model's sliding window uses.
     pub fn patch_size(&self) -> Option<[usize; 3]> {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().patch_size,
+            SegModel::Basic(m) => m.config().patch_size,
+            SegModel::Bundle { bundle, .. } => bundle.patch_size,
             SegModel::NnUNet { model, .. } => match model.patch_size[..] {
                 [d, h, w] => Some([d, h, w]),
                 _ => None,
@@ -139,10 +167,41 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
+    /// The window the model's inputs are made with: `asked` (a --window/--modality), else the model's
+    /// own, else the abdomen CT window; a window other than the model's own is refused, as it would feed
+    /// the model inputs unlike its training data.
+    pub fn input_intensity(&self, asked: Option<Intensity>) -> anyhow::Result<Intensity> {
+        match (asked, self.intensity()) {
+            (Some(asked), Some(own)) if asked != own => crate::fail!(
+                InvalidInput,
+                "the model normalises its input itself ({own:?}); another window ({asked:?}) would feed it inputs unlike its training data, so drop --window/--modality"
+            ),
+            (asked, own) => Ok(asked.or(own).unwrap_or(Intensity::ABDOMEN)),
+        }
+    }
+
+    /// The output channel of an organ name or number: from the model's own class list where its format
+    /// has one, else the FLARE22 ids of the bundled models.
+    pub fn class_of(&self, organ: &str) -> anyhow::Result<usize> {
+        class_of(self.classes(), organ)
+    }
+
+    /// The name of output channel `class`.
+    pub fn class_name(&self, class: usize) -> String {
+        crate::organs::name_in(self.classes(), class)
+    }
+
+    /// The FLARE22 id of output channel `class`: what ground-truth labels (read as FLARE22) and the
+    /// CLIP prompts name it by.
+    pub fn label_id(&self, class: usize) -> anyhow::Result<usize> {
+        label_id(self.classes(), class)
+    }
+
     /// How the model's input slices lie on a volume's voxels.
     pub fn orientation(&self) -> Orientation {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.config().orientation,
+            SegModel::Basic(m) => m.config().orientation,
+            SegModel::Bundle { bundle, .. } => bundle.orientation(),
             SegModel::NnUNet { model, .. } => model.orientation,
         }
     }
@@ -168,12 +227,15 @@ impl<B: Backend> SegModel<B> {
             SegModel::Basic(m) => {
                 format!("MONAI BasicUNet {}-D, features {:?}", m.config().spatial_dims, m.config().features)
             }
-            SegModel::Bundle { model: m, bundle } => format!(
-                "MONAI bundle {} ({} {}-D, features {:?})",
+            SegModel::Bundle { bundle, .. } => format!(
+                "MONAI bundle {} ({} {}-D, {})",
                 bundle.dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
                 bundle.network,
-                m.config().spatial_dims,
-                m.config().features
+                bundle.net.spatial_dims(),
+                match &bundle.net {
+                    bundle::Network::BasicUNet(c) => format!("features {:?}", c.features),
+                    bundle::Network::UNet(c) => c.summary(),
+                }
             ),
             SegModel::NnUNet { model, .. } => format!(
                 "nnU-Net {} {} ({} fold{})",
@@ -188,7 +250,8 @@ impl<B: Backend> SegModel<B> {
     /// Logits (N, classes, spatial...) for a batch of windowed inputs in [0, 1] on the model grid.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.forward_logits(b, x),
+            SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.forward_logits(b, x),
+            SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.forward_logits(b, x),
             SegModel::NnUNet { model, input_map: (scale, shift) } => {
                 // A 1x1x1 conv on the batch seen as volumes (slices as one-slice volumes).
                 let shape = b.shape(x).to_vec();
@@ -212,7 +275,8 @@ impl<B: Backend> SegModel<B> {
     /// Multiply-adds of one forward at `dims`, times two (benches).
     pub fn flops(&self, dims: &[usize]) -> f64 {
         match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => m.flops(dims),
+            SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.flops(dims),
+            SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.flops(dims),
             SegModel::NnUNet { model, .. } => model.flops(dims),
         }
     }
@@ -221,13 +285,56 @@ impl<B: Backend> SegModel<B> {
     /// full-resolution tensors of the widest top-level width plus the skip pyramid (~1/3 more).
     pub fn live_floats_per_pixel(&self) -> usize {
         let widest = match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: m, .. } => {
+            SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => {
                 m.config().features[0].max(m.config().features[5])
             }
+            // Its first layer is strided: full-resolution tensors are few, the first level's widest.
+            SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.config().channels[0],
             SegModel::NnUNet { model, .. } => 2 * model.config().features[0],
         };
         (3 * widest + self.out_channels()) * 4 / 3
     }
+}
+
+/// [`SegModel::class_of`] over a class list (None: FLARE22 ids).
+pub fn class_of(classes: Option<&[String]>, organ: &str) -> anyhow::Result<usize> {
+    let class = match classes {
+        Some(classes) => crate::organs::class_in(classes, organ)?,
+        None => crate::organs::organ_class(organ)?,
+    };
+    Ok(class)
+}
+
+/// [`SegModel::label_id`] over a class list (None: FLARE22 ids).
+pub fn label_id(classes: Option<&[String]>, class: usize) -> anyhow::Result<usize> {
+    match classes {
+        None => Ok(class),
+        Some(list) => match list.get(class).map(|name| crate::organs::organ_class(name)) {
+            Some(Ok(id)) => Ok(id),
+            _ => crate::fail!(
+                InvalidInput,
+                "class {class} ({}) is not a FLARE22 organ: ground-truth labels and the CLIP ROI name organs by FLARE22; use --roi seg and no --labels",
+                crate::organs::name_in(classes, class)
+            ),
+        },
+    }
+}
+
+/// The least common multiple (a square grid's side that suits two per-axis strides).
+pub(crate) fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
+}
+
+/// A MONAI bundle's network, built.
+pub enum BundleNet<B: Backend> {
+    #[allow(missing_docs)]
+    BasicUNet(BasicUNet<B>),
+    #[allow(missing_docs)]
+    UNet(MonaiUNet<B>),
 }
 
 /// Where programs that ship the bundled weights themselves (the Python package) put them; looked in first.

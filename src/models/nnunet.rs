@@ -682,6 +682,36 @@ pub fn is_result_folder(dir: &Path) -> bool {
         || (dir.join("checkpoint_final.pth").is_file() && dir.parent().is_some_and(|p| p.join("plans.json").is_file()))
 }
 
+/// A result folder's plans for its configuration, before any weights are read.
+struct Described {
+    root: PathBuf,
+    only_fold: Option<String>,
+    plans: Value,
+    name: String,
+    config: Value,
+}
+
+fn describe(dir: &Path) -> Result<Described> {
+    let (root, only_fold) = if dir.join("plans.json").is_file() {
+        (dir.to_path_buf(), None)
+    } else {
+        let parent = dir.parent().context("not an nnU-Net result folder (no plans.json)")?;
+        (parent.to_path_buf(), dir.file_name().map(|f| f.to_string_lossy().into_owned()))
+    };
+    let plans = read_json(&root.join("plans.json"))?;
+    let folder_name = root.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = folder_name.rsplit("__").next().filter(|_| folder_name.contains("__")).with_context(|| {
+        format!("{}: the folder name must be <trainer>__<plans>__<configuration>, as nnU-Net writes it", root.display())
+    })?;
+    let config = configuration(&plans, name)?;
+    Ok(Described { name: name.to_string(), root, only_fold, plans, config })
+}
+
+/// 2 or 3: the rank of the configuration's patch, read from plans.json alone.
+pub fn spatial_dims_of(dir: &Path) -> Option<usize> {
+    describe(dir).ok()?.config.get("patch_size")?.as_array().map(Vec::len)
+}
+
 impl<B: Backend> NnUNet<B> {
     /// Opens a result folder `<trainer>__<plans>__<configuration>` (every `fold_K` with a checkpoint,
     /// as nnUNetPredictor does) or one `fold_K` inside it.
@@ -690,22 +720,8 @@ impl<B: Backend> NnUNet<B> {
     }
 
     fn open(backend: &B, dir: &Path) -> Result<Self> {
-        let (root, only_fold) = if dir.join("plans.json").is_file() {
-            (dir.to_path_buf(), None)
-        } else {
-            let parent = dir.parent().context("not an nnU-Net result folder (no plans.json)")?;
-            (parent.to_path_buf(), dir.file_name().map(|f| f.to_string_lossy().into_owned()))
-        };
-        let plans = read_json(&root.join("plans.json"))?;
+        let Described { root, only_fold, plans, name, config } = describe(dir)?;
         let dataset = read_json(&root.join("dataset.json"))?;
-        let folder_name = root.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = folder_name.rsplit("__").next().filter(|_| folder_name.contains("__")).with_context(|| {
-            format!(
-                "{}: the folder name must be <trainer>__<plans>__<configuration>, as nnU-Net writes it",
-                root.display()
-            )
-        })?;
-        let config = configuration(&plans, name)?;
         let (classes, in_channels) =
             dataset_classes(&dataset).with_context(|| format!("{}", root.join("dataset.json").display()))?;
         let arch = config.get("architecture").context("plans.json: the configuration has no architecture")?;
@@ -784,14 +800,8 @@ impl<B: Backend> NnUNet<B> {
     /// What square model-grid sides must be a multiple of: the least common multiple of the total
     /// stride along rows and columns.
     pub fn grid_multiple(&self) -> usize {
-        let gcd = |mut x: usize, mut y: usize| {
-            while y != 0 {
-                (x, y) = (y, x % y);
-            }
-            x
-        };
         let [_, h, w] = self.config().total_stride();
-        h / gcd(h, w) * w
+        super::lcm(h, w)
     }
 
     /// The default square model grid of a 2d model: the longer patch side rounded up to

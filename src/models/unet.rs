@@ -69,7 +69,7 @@ pub struct UNetConfig {
 }
 
 /// MONAI accepts a layer spec as "name" or ["name", {args}]; returns (lower-case name, args).
-fn layer_spec(v: &Value, what: &str) -> Result<(String, serde_json::Map<String, Value>)> {
+pub(crate) fn layer_spec(v: &Value, what: &str) -> Result<(String, serde_json::Map<String, Value>)> {
     match v {
         Value::String(s) => Ok((s.to_lowercase(), Default::default())),
         Value::Array(a) if !a.is_empty() && a[0].is_string() => {
@@ -157,18 +157,7 @@ impl UNetConfig {
             bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
             upsample,
             input_size: v.get("input_size").map(|_| usize_field("input_size", 256)).transpose()?,
-            patch_size: match v.get("patch_size") {
-                None => None,
-                Some(p) => {
-                    let sides: Option<Vec<usize>> = p
-                        .as_array()
-                        .and_then(|a| a.iter().map(|x| x.as_u64().filter(|&n| n >= 16).map(|n| n as usize)).collect());
-                    match sides.as_deref() {
-                        Some(&[d, h, w]) => Some([d, h, w]),
-                        _ => bail!("patch_size must be three integers >= 16 (D, H, W), got {p}"),
-                    }
-                }
-            },
+            patch_size: v.get("patch_size").map(patch_size).transpose()?,
             orientation: match v.get("layout").map(|l| l.as_str().unwrap_or_default()) {
                 None | Some("radiological") => Orientation::Radiological,
                 Some("voxel") => Orientation::Voxel([2, 1, 0]),
@@ -184,6 +173,16 @@ impl UNetConfig {
         let mut shape = vec![a, b];
         shape.resize(2 + self.spatial_dims, k);
         shape
+    }
+}
+
+/// A 3-D patch (D, H, W) of three sides >= 16 (`patch_size`, a bundle's `roi_size`).
+pub(crate) fn patch_size(p: &Value) -> Result<[usize; 3]> {
+    let sides: Option<Vec<usize>> =
+        p.as_array().and_then(|a| a.iter().map(|x| x.as_u64().filter(|&n| n >= 16).map(|n| n as usize)).collect());
+    match sides.as_deref() {
+        Some(&[d, h, w]) => Ok([d, h, w]),
+        _ => bail!("patch_size must be three integers >= 16 (D, H, W), got {p}"),
     }
 }
 
