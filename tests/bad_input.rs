@@ -497,9 +497,9 @@ fn nnunet_result_folders_that_cannot_be_used() {
 #[test]
 fn monai_bundles_that_cannot_be_used() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = repo().join("tests/fixtures/monai_bundles/basicunet_2d");
-    let case = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
-        let dst = tmp.path().join(name);
+    let bundles = repo().join("tests/fixtures/monai_bundles");
+    let from = |src: &str, name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let (src, dst) = (bundles.join(src), tmp.path().join(name));
         for sub in ["configs", "models"] {
             std::fs::create_dir_all(dst.join(sub)).unwrap();
         }
@@ -511,12 +511,45 @@ fn monai_bundles_that_cannot_be_used() {
         std::fs::write(dst.join("configs/inference.json"), inference.to_string()).unwrap();
         dst
     };
+    let case = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| from("basicunet_2d", name, edit);
     let info = |dir: &Path, expect: &[&str]| fails(&["info", dir.to_str().unwrap()], expect);
-    let unet = case("unet", &|c| c["network_def"]["_target_"] = "UNet".into());
+    let segresnet = case("segresnet", &|c| c["network_def"]["_target_"] = "monai.networks.nets.SegResNet".into());
     info(
-        &unet,
-        &["inference.json: network UNet is not supported (BasicUNet is; UNet, SegResNet and DynUNet are not yet)"],
+        &segresnet,
+        &["inference.json: network monai.networks.nets.SegResNet is not supported (BasicUNet and UNet are; SegResNet and DynUNet are not yet)"],
     );
+    // UNet: BasicUNet's weights under a UNet network_def, arguments it cannot reproduce.
+    let mismatch = case("mismatch", &|c| {
+        c["network_def"] = serde_json::json!({"_target_": "UNet", "spatial_dims": 2, "in_channels": 1,
+            "out_channels": 3, "channels": [8, 16], "strides": [2]})
+    });
+    info(
+        &mismatch,
+        &["weights do not match the model config", "missing model.0.conv.weight (expected shape [8, 1, 3, 3])"],
+    );
+    for (key, value, expect) in [
+        (
+            "act",
+            serde_json::json!(["prelu", {"num_parameters": 8}]),
+            "act PReLU with num_parameters 8 (a slope per channel) is not supported",
+        ),
+        (
+            "norm",
+            serde_json::json!(["group", {"num_groups": 4}]),
+            "norm \"group\" is not supported (instance, batch or none; group norm is not yet)",
+        ),
+        ("kernel_size", serde_json::json!(4), "kernel_size [1, 4, 4]: only odd kernels have MONAI's same padding"),
+        ("strides", serde_json::json!([2, 2]), "strides has 2 entries; 4 channels need 3"),
+        (
+            "adn_ordering",
+            serde_json::json!("AN"),
+            "adn_ordering with the batch norm after the activation is not supported",
+        ),
+        ("subunits", serde_json::json!(2), "network_def.subunits is not a UNet argument xaiclip reads"),
+    ] {
+        let dir = from("unet_2d", key, &|c: &mut serde_json::Value| c["network_def"][key] = value.clone());
+        info(&dir, &["inference.json: network_def", expect]);
+    }
     let spacing = case("spacing", &|c| {
         c["preprocessing"]["transforms"]
             .as_array_mut()

@@ -146,3 +146,73 @@ fn explain_takes_a_bundle_as_model_with_its_classes_and_window() {
     assert!(String::from_utf8_lossy(&o.stderr)
         .contains("organ \"pancreas\" is not one of the model's classes (0 background, 1 liver, 2 spleen)"));
 }
+
+#[test]
+fn explain_takes_monai_unet_bundles_on_slices_and_whole_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_xaiclip");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let case = tmp.path().join("case");
+    assert!(run(&["phantom", "--size", "64", "--slices", "16", "--out", case.to_str().unwrap()]).status.success());
+    let ct = case.join("ct.nii.gz");
+    let report = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+    };
+    let (out2, model2) = (tmp.path().join("2d"), fixture("unet_2d"));
+    let args2 = ["explain", "--model", model2.to_str().unwrap(), "--image", ct.to_str().unwrap(), "--slice", "8"];
+    let o = run(&[
+        &args2[..],
+        &[
+            "--organ",
+            "liver",
+            "--method",
+            "occlusion",
+            "--roi",
+            "none",
+            "--size",
+            "64",
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&out2);
+    assert_eq!((r["organ"].as_str(), r["class"].as_u64()), (Some("liver"), Some(1)));
+    assert!(r["weights"]["unet"]["network"].as_str().unwrap().contains("(UNet 2-D, channels [8, 16, 32, 64]"));
+    // A model grid that is not a multiple of the strides' product is refused before any work.
+    let o =
+        run(&[&args2[..], &["--organ", "liver", "--method", "occlusion", "--size", "60", "--out", "/nonexistent"]]
+            .concat());
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multiple of 8"), "{}", String::from_utf8_lossy(&o.stderr));
+    let (out3, model3) = (tmp.path().join("3d"), fixture("unet_3d"));
+    let o = run(&[
+        "explain",
+        "--model",
+        model3.to_str().unwrap(),
+        "--image",
+        ct.to_str().unwrap(),
+        "--slice",
+        "all",
+        "--organ",
+        "spleen",
+        "--method",
+        "occlusion",
+        "--roi",
+        "none",
+        "--occlusion-window",
+        "16",
+        "--out",
+        out3.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&out3);
+    assert_eq!((r["organ"].as_str(), r["class"].as_u64()), (Some("spleen"), Some(2)));
+    assert_eq!(r["weights"]["unet"]["intensity"], "CtWindow { low: -57.0, high: 164.0 }");
+    assert_eq!(r["weights"]["unet"]["files"].as_array().unwrap().len(), 2);
+    let saliency = xaiclip::io::read_image(&out3.join("saliency.nii.gz")).unwrap();
+    let image = xaiclip::io::read_image(&ct).unwrap();
+    assert_eq!((saliency.dims, saliency.affine), (image.dims, image.affine));
+    assert!(saliency.data.iter().all(|v| v.is_finite()) && saliency.data.iter().any(|&v| v != 0.0));
+}
