@@ -55,7 +55,8 @@ pub struct MethodArgs {
     /// eval takes a comma list (--organs liver,spleen).
     #[arg(long, visible_alias = "organs", default_value = "liver", help_heading = "Input")]
     pub organ: String,
-    /// Model folder: a MONAI BasicUNet (config.json + model.safetensors or model.pt) or an nnU-Net v2
+    /// Model folder: a MONAI BasicUNet (config.json + model.safetensors or model.pt), a MONAI bundle
+    /// (configs/inference.json with a BasicUNet or UNet network_def, models/model.pt) or an nnU-Net v2
     /// result folder (<trainer>__<plans>__<configuration> with plans.json, dataset.json and fold_K; all
     /// folds found are ensembled, or give one fold_K); default: the bundled weights/unet.
     #[arg(long, visible_alias = "model", help_heading = "Model")]

@@ -15,8 +15,8 @@ pub struct SegmentCmd {
     /// (3,7,9), or "all".
     #[arg(long, default_value = "all")]
     pub slice: String,
-    /// Model folder (a BasicUNet's config.json + weights, or an nnU-Net v2 result folder); default: the
-    /// bundled weights/unet.
+    /// Model folder (a BasicUNet's config.json + weights, a MONAI bundle, or an nnU-Net v2 result
+    /// folder); default: the bundled weights/unet.
     #[arg(long, visible_alias = "model")]
     pub unet: Option<PathBuf>,
     /// Output label volume (.nii or .nii.gz), uint8 class ids.
