@@ -1,31 +1,35 @@
 // Memory-bound layers of the U-Net and the ViT, and the linear-layer GEMM. Twins: the CpuBackend
-// methods that src/backend/kernels.rs names for each kernel (Kernel::twin), e.g. instance_norm_act ->
-// instance_norm, softmax_rows -> softmax_last, layer_norm_rows -> layer_norm, linear_f32 -> linear.
+// methods that src/backend/kernels.rs names for each kernel (Kernel::twin), e.g. group_norm_act ->
+// group_norm, softmax_rows -> softmax_last, layer_norm_rows -> layer_norm, linear_f32 -> linear.
 #include "common.cuh"
 
 #define GRID_STRIDE(i, total) \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (total); i += (long long)gridDim.x * blockDim.x)
 
-// One block per (image, channel) plane: mean, biased variance (two passes, as the CPU does, in f64
-// partial sums), then normalise + affine + activation in place. Planes of the U-Net are <= 256 KB, so
-// the second and third reads come from L2.
-extern "C" __global__ void instance_norm_act(float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-                                             int channels, int plane, float eps, int act, float slope) {
+// One block per (image, group) of `group` consecutive channel planes (one for instance norm): mean,
+// biased variance (two passes, as the CPU does, in f64 partial sums), then normalise + per-channel affine
+// + activation in place. Groups of the U-Nets are <= a few MB, so the second and third reads come from L2.
+extern "C" __global__ void group_norm_act(float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                          int channels, int group, int plane, float eps, int act, float slope) {
     __shared__ double scratch[32];
-    float* p = x + (long long)blockIdx.x * plane;
-    int c = blockIdx.x % channels;
+    const long long count = (long long)group * plane;
+    float* p = x + (long long)blockIdx.x * count;
+    const int c0 = (blockIdx.x % (channels / group)) * group;
     double s = 0.0;
-    for (int i = threadIdx.x; i < plane; i += blockDim.x) s += p[i];
-    const float mean = (float)(block_sum_f64(s, scratch) / plane);
+    for (long long i = threadIdx.x; i < count; i += blockDim.x) s += p[i];
+    const float mean = (float)(block_sum_f64(s, scratch) / count);
     double v = 0.0;
-    for (int i = threadIdx.x; i < plane; i += blockDim.x) {
+    for (long long i = threadIdx.x; i < count; i += blockDim.x) {
         float d = p[i] - mean;
         v += (double)d * d;
     }
-    const float var = (float)(block_sum_f64(v, scratch) / plane);
-    const float scale = (gamma ? gamma[c] : 1.0f) / sqrtf(var + eps);
-    const float shift = beta ? beta[c] : 0.0f;
-    for (int i = threadIdx.x; i < plane; i += blockDim.x) p[i] = activate((p[i] - mean) * scale + shift, act, slope);
+    const double inv = 1.0 / sqrt(block_sum_f64(v, scratch) / count + eps);
+    for (int j = 0; j < group; ++j) {
+        const double g = gamma ? gamma[c0 + j] : 1.0;
+        const float scale = (float)(inv * g), shift = (float)((beta ? beta[c0 + j] : 0.0) - (double)mean * inv * g);
+        float* q = p + (long long)j * plane;
+        for (int i = threadIdx.x; i < plane; i += blockDim.x) q[i] = activate(q[i] * scale + shift, act, slope);
+    }
 }
 
 extern "C" __global__ void activate_inplace(float* __restrict__ x, long long n, int act, float slope) {

@@ -56,6 +56,7 @@ enum Op {
     Conv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3], stride: [usize; 3] },
     Deconv3d { n: usize, cin: usize, cout: usize, dhw: [usize; 3], k: [usize; 3], at: Transposed },
     InstanceNorm3d { n: usize, c: usize, dhw: [usize; 3] },
+    GroupNorm3d { n: usize, c: usize, groups: usize, dhw: [usize; 3] },
     MaxPool3d { n: usize, c: usize, dhw: [usize; 3], k: [usize; 3] },
     Trilinear { n: usize, c: usize, dhw: [usize; 3], out: [usize; 3], align: bool },
     Pad3d { n: usize, c: usize, dhw: [usize; 3] },
@@ -133,6 +134,9 @@ fn ops(quick: bool) -> Vec<Op> {
             at: Transposed { stride: [1, 2, 2], pad: [0, 1, 1], output_pad: [0, 1, 1] },
         },
         Op::InstanceNorm3d { n: 2, c: 16, dhw: [24, 40, 40] },
+        // SegResNet's group norm (8 groups) and a 2-D one as one-slice volumes.
+        Op::GroupNorm3d { n: 2, c: 32, groups: 8, dhw: [12, 20, 20] },
+        Op::GroupNorm3d { n: 3, c: 12, groups: 3, dhw: [1, 33, 31] },
         Op::MaxPool3d { n: 2, c: 16, dhw: [24, 41, 40], k: [2, 2, 2] },
         Op::MaxPool3d { n: 1, c: 8, dhw: [7, 20, 21], k: [1, 2, 2] },
         Op::Trilinear { n: 2, c: 16, dhw: [8, 20, 20], out: [16, 40, 40], align: true },
@@ -175,6 +179,7 @@ fn ops(quick: bool) -> Vec<Op> {
             }
             Op::Deconv3d { n, cin, cout, dhw, k, at } => Op::Deconv3d { n: few(n), cin, cout, dhw: vol(dhw), k, at },
             Op::InstanceNorm3d { n, c, dhw } => Op::InstanceNorm3d { n: few(n), c, dhw: vol(dhw) },
+            Op::GroupNorm3d { n, c, groups, dhw } => Op::GroupNorm3d { n: few(n), c, groups, dhw: vol(dhw) },
             Op::MaxPool3d { n, c, dhw, k } => Op::MaxPool3d { n: few(n), c, dhw: vol(dhw), k },
             Op::Trilinear { n, c, dhw, align, .. } => {
                 Op::Trilinear { n: few(n), c, dhw: vol(dhw), out: vol(dhw).map(|v| 2 * v), align }
@@ -198,7 +203,7 @@ impl Op {
             Op::Conv { extra: 0, .. } => "conv2d 3x3",
             Op::Conv { .. } => "conv2d 3x3 [skip, up]",
             Op::Deconv { .. } => "conv_transpose2x2",
-            Op::InstanceNorm { .. } => "instance_norm_act",
+            Op::InstanceNorm { .. } => "group_norm_act (instance)",
             Op::MaxPool { .. } => "max_pool2d",
             Op::Upsample { .. } => "upsample_bilinear2x",
             Op::Pad { .. } => "pad_replicate_end",
@@ -219,7 +224,8 @@ impl Op {
             Op::Conv3d { k: [1, _, _], .. } => "conv3d 1x3x3",
             Op::Conv3d { .. } => "conv3d 3x3x3",
             Op::Deconv3d { .. } => "conv_transpose3d",
-            Op::InstanceNorm3d { .. } => "instance_norm_act 3-D",
+            Op::InstanceNorm3d { .. } => "group_norm_act (instance) 3-D",
+            Op::GroupNorm3d { .. } => "group_norm_act 3-D",
             Op::MaxPool3d { .. } => "max_pool3d",
             Op::Trilinear { .. } => "upsample_trilinear",
             Op::Pad3d { .. } => "pad_replicate_end3d",
@@ -262,6 +268,7 @@ impl Op {
                 format!("{n}x{cin}->{cout} @{dhw:?} k {k:?} s {:?} p {:?} op {:?}", at.stride, at.pad, at.output_pad)
             }
             Op::InstanceNorm3d { n, c, dhw } | Op::Pad3d { n, c, dhw } => format!("{n}x{c} @{dhw:?}"),
+            Op::GroupNorm3d { n, c, groups, dhw } => format!("{n}x{c} in {groups} groups @{dhw:?}"),
             Op::MaxPool3d { n, c, dhw, k } => format!("{n}x{c} @{dhw:?} k {k:?}"),
             Op::Trilinear { n, c, dhw, out, align } => format!("{n}x{c} @{dhw:?} -> {out:?} align_corners {align}"),
             Op::Concat3d { n, ca, cb, dhw } => format!("{n}x({ca}+{cb}) @{dhw:?}"),
@@ -331,7 +338,7 @@ impl Op {
             Op::Deconv3d { n, cin, cout, dhw: [d, h, w], k: [kd, kh, kw], .. } => {
                 vec![r(0, &[n, cin, d, h, w]), r(1, &[cin, cout, kd, kh, kw]), r(2, &[cout])]
             }
-            Op::InstanceNorm3d { n, c, dhw: [d, h, w] } => {
+            Op::InstanceNorm3d { n, c, dhw: [d, h, w] } | Op::GroupNorm3d { n, c, dhw: [d, h, w], .. } => {
                 vec![random(&rng, 0, &[n, c, d, h, w], 3.0, 5.0), r(1, &[c]), r(2, &[c])]
             }
             Op::MaxPool3d { n, c, dhw: [d, h, w], .. }
@@ -348,6 +355,11 @@ impl Op {
             Op::InstanceNorm { .. } | Op::InstanceNorm3d { .. } => {
                 let mut x = t[0].clone();
                 b.instance_norm(&mut x, Some(&t[1]), Some(&t[2]), 1e-5, Activation::LeakyRelu(0.1))?;
+                Ok(x)
+            }
+            Op::GroupNorm3d { groups, .. } => {
+                let mut x = t[0].clone();
+                b.group_norm(&mut x, groups, Some(&t[1]), Some(&t[2]), 1e-5, Activation::Relu)?;
                 Ok(x)
             }
             Op::MaxPool { .. } => b.max_pool2d(&t[0], 2),
@@ -455,7 +467,9 @@ impl Op {
                 let (vin, taps) = (f(n * dhw.iter().product::<usize>()), f(k.iter().product::<usize>()));
                 (2.0 * vin * taps * f(cin * cout), 4.0 * vin * (f(cin) + taps * f(cout)))
             }
-            Op::InstanceNorm3d { n, c, dhw } => (0.0, 8.0 * f(n * c * dhw.iter().product::<usize>())),
+            Op::InstanceNorm3d { n, c, dhw } | Op::GroupNorm3d { n, c, dhw, .. } => {
+                (0.0, 8.0 * f(n * c * dhw.iter().product::<usize>()))
+            }
             Op::MaxPool3d { n, c, dhw, .. } => (0.0, 5.0 * f(n * c * dhw.iter().product::<usize>())),
             Op::Trilinear { n, c, out, .. } => (0.0, 36.0 * f(n * c * out.iter().product::<usize>())),
             Op::Pad3d { n, c, dhw: [d, h, w] } => (0.0, 8.0 * f(n * c * (d + 1) * (h + 1) * (w + 2))),
@@ -530,18 +544,22 @@ impl Op {
                         .collect(),
                 )
             }
-            Op::InstanceNorm { n, c, .. } | Op::InstanceNorm3d { n, c, .. } => {
+            Op::InstanceNorm { n, c, .. } | Op::InstanceNorm3d { n, c, .. } | Op::GroupNorm3d { n, c, .. } => {
                 let (x, g, bt) = (d(&t[0]), d(&t[1]), d(&t[2]));
-                let plane = x.len() / (n * c);
+                let (groups, act) = match *self {
+                    Op::GroupNorm3d { groups, .. } => (groups, Activation::Relu),
+                    _ => (c, Activation::LeakyRelu(0.1)),
+                };
+                let (plane, per) = (x.len() / (n * c), c / groups);
                 let mut y = vec![0f64; x.len()];
-                for p in 0..n * c {
-                    let v = &x[p * plane..(p + 1) * plane];
-                    let mean = v.iter().sum::<f64>() / plane as f64;
-                    let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / plane as f64;
-                    for (o, a) in y[p * plane..(p + 1) * plane].iter_mut().zip(v) {
-                        *o = Activation::LeakyRelu(0.1)
-                            .apply(((a - mean) / (var + 1e-5).sqrt() * g[p % c] + bt[p % c]) as f32)
-                            as f64;
+                for p in 0..n * groups {
+                    let span = p * per * plane..(p + 1) * per * plane;
+                    let v = &x[span.clone()];
+                    let mean = v.iter().sum::<f64>() / v.len() as f64;
+                    let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / v.len() as f64;
+                    for (j, (o, a)) in y[span].iter_mut().zip(v).enumerate() {
+                        let ch = (p % groups) * per + j / plane;
+                        *o = act.apply(((a - mean) / (var + 1e-5).sqrt() * g[ch] + bt[ch]) as f32) as f64;
                     }
                 }
                 out(t[0].shape(), y)

@@ -37,7 +37,9 @@ fn every_3d_op_matches_pytorch() {
     let io = WeightsFile::open(&path).unwrap();
     let b = CpuBackend;
     let ops: Vec<&str> = cases.values().map(|c| c["op"].as_str().unwrap()).collect();
-    for op in ["conv3d", "conv_transpose3d", "instance_norm_leaky", "max_pool3d", "upsample_trilinear"] {
+    for op in
+        ["conv3d", "conv_transpose3d", "instance_norm_leaky", "group_norm_relu", "max_pool3d", "upsample_trilinear"]
+    {
         assert!(ops.contains(&op), "the fixture has no {op} case");
     }
     for (name, case) in &cases {
@@ -59,6 +61,12 @@ fn every_3d_op_matches_pytorch() {
                 let (eps, slope) = (case["eps"].as_f64().unwrap() as f32, case["slope"].as_f64().unwrap() as f32);
                 b.instance_norm(&mut x, Some(&t("gamma")), Some(&t("beta")), eps, Activation::LeakyRelu(slope))
                     .unwrap();
+                x
+            }
+            "group_norm_relu" => {
+                let mut x = t("x");
+                let (groups, eps) = (case["groups"].as_u64().unwrap() as usize, case["eps"].as_f64().unwrap() as f32);
+                b.group_norm(&mut x, groups, Some(&t("gamma")), Some(&t("beta")), eps, Activation::Relu).unwrap();
                 x
             }
             "max_pool3d" => b.max_pool3d(&t("x"), dims(&case["k"])).unwrap(),

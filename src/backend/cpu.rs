@@ -376,29 +376,33 @@ impl Backend for CpuBackend {
         volume::conv_transpose(x.data(), weight.data(), bias, &g).reshape(&[n, cout, h * k, w * k])
     }
 
-    fn instance_norm(
+    fn group_norm(
         &self,
         x: &mut Tensor,
+        groups: usize,
         gamma: Option<&Tensor>,
         beta: Option<&Tensor>,
         eps: f32,
         act: Activation,
     ) -> Result<()> {
-        let (_, c, len) = batch_channels_plane(x.shape(), "instance_norm")?;
-        let gamma = vector_arg(gamma, c, "instance_norm weight")?;
-        let beta = vector_arg(beta, c, "instance_norm bias")?;
-        x.data_mut().par_chunks_mut(len).enumerate().for_each(|(i, plane)| {
-            let ch = i % c;
+        let (_, c, len) = batch_channels_plane(x.shape(), "group_norm")?;
+        let per_group = super::volume::channels_per_group(c, groups)?;
+        let gamma = vector_arg(gamma, c, "group_norm weight")?;
+        let beta = vector_arg(beta, c, "group_norm bias")?;
+        x.data_mut().par_chunks_mut(per_group * len).enumerate().for_each(|(i, group)| {
             // Two passes (mean, then squared deviations): planes are up to 512x512 and a one-pass
             // E[x^2] - mean^2 loses the variance when |mean| >> std.
-            let mean = lane_sum(plane, |v| v) / plane.len() as f64;
+            let mean = lane_sum(group, |v| v) / group.len() as f64;
             let m = mean as f32;
-            let var = lane_sum(plane, |v| (v - m) * (v - m)) / plane.len() as f64;
+            let var = lane_sum(group, |v| (v - m) * (v - m)) / group.len() as f64;
             let inv = 1.0 / (var + eps as f64).sqrt();
-            let g = gamma.map_or(1.0, |g| g[ch] as f64);
-            let scale = (inv * g) as f32;
-            let shift = (beta.map_or(0.0, |b| b[ch] as f64) - mean * inv * g) as f32;
-            plane.iter_mut().for_each(|v| *v = act.apply(*v * scale + shift));
+            for (j, plane) in group.chunks_exact_mut(len).enumerate() {
+                let ch = (i % groups) * per_group + j;
+                let g = gamma.map_or(1.0, |g| g[ch] as f64);
+                let scale = (inv * g) as f32;
+                let shift = (beta.map_or(0.0, |b| b[ch] as f64) - mean * inv * g) as f32;
+                plane.iter_mut().for_each(|v| *v = act.apply(*v * scale + shift));
+            }
         });
         Ok(())
     }

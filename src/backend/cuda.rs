@@ -472,21 +472,23 @@ impl Backend for CudaBackend {
         Ok(y)
     }
 
-    fn instance_norm(
+    fn group_norm(
         &self,
         x: &mut CudaTensor,
+        groups: usize,
         gamma: Option<&CudaTensor>,
         beta: Option<&CudaTensor>,
         eps: f32,
         act: Activation,
     ) -> Result<()> {
-        let (n, c, len) = volume::batch_channels_plane(&x.shape, "instance_norm")?;
-        let (g, bt) =
-            (self.vector_ptr(gamma, c, "instance_norm weight")?, self.vector_ptr(beta, c, "instance_norm bias")?);
+        let (n, c, len) = volume::batch_channels_plane(&x.shape, "group_norm")?;
+        let per_group = volume::channels_per_group(c, groups)?;
+        let (g, bt) = (self.vector_ptr(gamma, c, "group_norm weight")?, self.vector_ptr(beta, c, "group_norm bias")?);
         let (xp, channels, plane) = (self.ptr(&x.buf), i32_of(c, "channels")?, i32_of(len, "plane")?);
+        let group = i32_of(per_group, "channels per group")?;
         let (act, slope) = act_code(act);
-        let cfg = LaunchConfig { grid_dim: ((n * c) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, Kernel::InstanceNormAct, cfg, [&xp, &g, &bt, &channels, &plane, &eps, &act, &slope])
+        let cfg = LaunchConfig { grid_dim: ((n * groups) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, Kernel::GroupNormAct, cfg, [&xp, &g, &bt, &channels, &group, &plane, &eps, &act, &slope])
     }
 
     fn activate(&self, x: &mut CudaTensor, act: Activation) -> Result<()> {

@@ -18,7 +18,7 @@ pub enum Kernel {
     /// Transposed convolution with kernel = stride = 2.
     ConvTranspose2x2,
     /// Instance norm + affine + activation.
-    InstanceNormAct,
+    GroupNormAct,
     /// Activation in place.
     ActivateInplace,
     /// a += b.
@@ -75,7 +75,7 @@ impl Kernel {
         Kernel::Conv2dTf32,
         Kernel::Conv2dBf16,
         Kernel::ConvTranspose2x2,
-        Kernel::InstanceNormAct,
+        Kernel::GroupNormAct,
         Kernel::ActivateInplace,
         Kernel::AddInplace,
         Kernel::MaxPool2d,
@@ -108,7 +108,7 @@ impl Kernel {
             Kernel::Conv2dTf32 => "conv2d_tf32",
             Kernel::Conv2dBf16 => "conv2d_bf16",
             Kernel::ConvTranspose2x2 => "conv_transpose2x2",
-            Kernel::InstanceNormAct => "instance_norm_act",
+            Kernel::GroupNormAct => "group_norm_act",
             Kernel::ActivateInplace => "activate_inplace",
             Kernel::AddInplace => "add_inplace",
             Kernel::MaxPool2d => "max_pool2d",
@@ -168,7 +168,7 @@ impl Kernel {
             | Kernel::Conv2dTf32
             | Kernel::Conv2dBf16 => "conv2d_fused",
             Kernel::ConvTranspose2x2 => "conv_transpose2d",
-            Kernel::InstanceNormAct => "instance_norm",
+            Kernel::GroupNormAct => "group_norm",
             Kernel::ActivateInplace => "activate",
             Kernel::AddInplace => "add",
             Kernel::MaxPool2d => "max_pool2d",

@@ -124,8 +124,21 @@ pub trait Backend: Send + Sync {
         bias: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
 
-    /// Per (image, channel) normalisation over H*W (D*H*W for NCDHW) with biased variance, then optional affine, then
-    /// `act`: one fused pass over the activations instead of three.
+    /// Group normalisation: the channels split into `groups` runs of equal length, each (image, group)
+    /// normalised over its channels' H*W (D*H*W for NCDHW) with biased variance, then the optional
+    /// per-channel affine, then `act`: one fused pass over the activations instead of three.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm(
+        &self,
+        x: &mut Self::Tensor,
+        groups: usize,
+        gamma: Option<&Self::Tensor>,
+        beta: Option<&Self::Tensor>,
+        eps: f32,
+        act: Activation,
+    ) -> Result<()>;
+
+    /// Per (image, channel) normalisation: `group_norm` with one channel per group.
     fn instance_norm(
         &self,
         x: &mut Self::Tensor,
@@ -133,7 +146,10 @@ pub trait Backend: Send + Sync {
         beta: Option<&Self::Tensor>,
         eps: f32,
         act: Activation,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let channels = self.shape(x).get(1).copied().unwrap_or(1);
+        self.group_norm(x, channels, gamma, beta, eps, act)
+    }
 
     /// Applies `act` in place.
     fn activate(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;

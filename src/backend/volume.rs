@@ -151,6 +151,15 @@ impl ConvTranspose3d {
     }
 }
 
+/// Channels per group of a group norm of `channels` into `groups`.
+pub fn channels_per_group(channels: usize, groups: usize) -> Result<usize> {
+    ensure!(
+        groups >= 1 && channels % groups == 0,
+        "group_norm: {channels} channels do not split into {groups} groups of equal size"
+    );
+    Ok(channels / groups)
+}
+
 /// Max pooling with window = stride `k` per axis, floor mode: output D, H, W.
 pub fn max_pool3d(x: &[usize], k: [usize; 3]) -> Result<(usize, usize, [usize; 3], [usize; 3])> {
     let (n, c, input) = ncdhw(x, "max_pool3d")?;
