@@ -513,11 +513,26 @@ fn monai_bundles_that_cannot_be_used() {
     };
     let case = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| from("basicunet_2d", name, edit);
     let info = |dir: &Path, expect: &[&str]| fails(&["info", dir.to_str().unwrap()], expect);
-    let segresnet = case("segresnet", &|c| c["network_def"]["_target_"] = "monai.networks.nets.SegResNet".into());
+    let dynunet = case("dynunet", &|c| c["network_def"]["_target_"] = "monai.networks.nets.DynUNet".into());
     info(
-        &segresnet,
-        &["inference.json: network monai.networks.nets.SegResNet is not supported (BasicUNet and UNet are; SegResNet and DynUNet are not yet)"],
+        &dynunet,
+        &["inference.json: network monai.networks.nets.DynUNet is not supported (BasicUNet, UNet and SegResNet are; DynUNet is not yet)"],
     );
+    for (key, value, expect) in [
+        ("norm", serde_json::json!("batch"), "norm \"batch\" is not supported in SegResNet (group or instance; a batch norm before a conv cannot be folded into it)"),
+        ("upsample_mode", serde_json::json!("pixelshuffle"), "upsample_mode Some(\"pixelshuffle\") is not supported (nontrainable or deconv)"),
+        ("blocks_up", serde_json::json!([1]), "blocks_up has 1 entries for 3 encoder levels: only a decoder back to full resolution (one fewer) is supported"),
+        ("use_conv_final", serde_json::json!(false), "use_conv_final false gives features, not class logits"),
+    ] {
+        let dir = from("segresnet_3d", &format!("segresnet-{key}"), &|c: &mut serde_json::Value| {
+            c["network_def"][key] = value.clone()
+        });
+        info(&dir, &["inference.json: network_def", expect]);
+    }
+    let groups = from("segresnet_3d", "segresnet-groups", &|c: &mut serde_json::Value| {
+        c["network_def"]["norm"] = serde_json::json!(["group", {"num_groups": 3}])
+    });
+    info(&groups, &["num_groups 3 does not divide level 0's 8 channels"]);
     // UNet: BasicUNet's weights under a UNet network_def, arguments it cannot reproduce.
     let mismatch = case("mismatch", &|c| {
         c["network_def"] = serde_json::json!({"_target_": "UNet", "spatial_dims": 2, "in_channels": 1,

@@ -60,6 +60,18 @@ fn a_3d_unet_bundle_of_plain_convolutions_with_the_norm_after_prelu_matches() {
 }
 
 #[test]
+fn a_3d_segresnet_bundle_with_group_norm_matches() {
+    let model = check("segresnet_3d", 3);
+    assert_eq!((model.patch_size(), model.size_multiple()), (Some([32, 32, 16]), 4));
+}
+
+#[test]
+fn a_2d_segresnet_bundle_with_deconv_upsampling_and_the_old_norm_name_matches() {
+    let model = check("segresnet_2d", 2);
+    assert!(model.describe().contains("group norm (2 groups)"), "{}", model.describe());
+}
+
+#[test]
 fn a_unet_input_off_its_strides_is_refused_with_the_multiple() {
     let model = SegModel::load_dir(&CpuBackend, &fixture("unet_2d")).unwrap();
     let x = CpuBackend.upload(&xaiclip::tensor::Tensor::zeros(&[1, 1, 60, 64])).unwrap();

@@ -213,7 +213,7 @@ fn an_nnunet_model_on_the_emulator_segments_as_nnunet_predictor() {
 }
 
 #[test]
-fn monai_unet_bundles_on_the_emulator_match_the_cpu() {
+fn monai_unet_and_segresnet_bundles_on_the_emulator_match_the_cpu() {
     let Some(dir) = emulator("") else { return };
     let bundles = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monai_bundles");
     let case = dir.path().join("case");
@@ -234,32 +234,40 @@ fn monai_unet_bundles_on_the_emulator_match_the_cpu() {
     assert!(o.status.success());
     let ct = case.join("ct.nii.gz");
     let ct = ct.to_str().unwrap();
-    // 2-D (transposed conv 1x3x3, stride 1x2x2, padding and output padding; batch norm folded; PReLU).
-    let unet_2d = bundles.join("unet_2d");
-    for device in ["cpu", "cuda"] {
-        let out = dir.path().join(format!("seg-{device}.nii.gz"));
-        let args = ["segment", "--model", unet_2d.to_str().unwrap(), "--image", ct, "--slice", "7,8", "--size", "64"];
-        run(&[&args[..], &["--out", out.to_str().unwrap()]].concat(), device);
-    }
     let read = |p: &str| xaiclip::io::read_image(&dir.path().join(p)).unwrap().data;
-    let (cpu, cuda) = (read("seg-cpu.nii.gz"), read("seg-cuda.nii.gz"));
-    assert!(cpu.iter().any(|&v| v > 0.0), "the random model labels some pixels");
-    assert_eq!(cpu, cuda, "segmentations differ");
-    // 3-D whole-volume occlusion (overlapping 3x3x3 transposed taps, instance norm, residual units).
-    let unet_3d = bundles.join("unet_3d");
-    for device in ["cpu", "cuda"] {
-        let out = dir.path().join(format!("occ-{device}"));
-        let args = ["explain", "--model", unet_3d.to_str().unwrap(), "--image", ct, "--slice", "all"];
-        let rest = ["--organ", "spleen", "--method", "occlusion", "--roi", "none", "--occlusion-window", "32"];
-        run(&[&args[..], &rest, &["--out", out.to_str().unwrap()]].concat(), device);
+    // 2-D: UNet (transposed conv 1x3x3, stride 1x2x2, padding and output padding; batch norm folded;
+    // PReLU), SegResNet (group norm, kernel 2 transposed conv).
+    for name in ["unet_2d", "segresnet_2d"] {
+        let model = bundles.join(name);
+        for device in ["cpu", "cuda"] {
+            let out = dir.path().join(format!("{name}-{device}.nii.gz"));
+            let args = ["segment", "--model", model.to_str().unwrap(), "--image", ct, "--slice", "7,8", "--size", "64"];
+            run(&[&args[..], &["--out", out.to_str().unwrap()]].concat(), device);
+        }
+        let (cpu, cuda) = (read(&format!("{name}-cpu.nii.gz")), read(&format!("{name}-cuda.nii.gz")));
+        assert!(cpu.iter().any(|&v| v > 0.0), "{name}: the random model labels some pixels");
+        assert_eq!(cpu, cuda, "{name}: segmentations differ");
     }
-    let (cpu, cuda) = (read("occ-cpu/saliency.nii.gz"), read("occ-cuda/saliency.nii.gz"));
-    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err =
-        cpu.iter()
-            .zip(&cuda)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
-    println!("3-D occlusion saliency, emulated CUDA vs CPU: max diff {:.2e} of max", err / scale);
-    assert!(scale > 0.0 && err <= 1e-4 * scale, "max diff {err} of {scale}");
+    // 3-D whole-volume occlusion: UNet (overlapping 3x3x3 transposed taps, instance norm, residual units),
+    // SegResNet (group norm, trilinear upsampling).
+    for name in ["unet_3d", "segresnet_3d"] {
+        let model = bundles.join(name);
+        for device in ["cpu", "cuda"] {
+            let out = dir.path().join(format!("{name}-{device}"));
+            let args = ["explain", "--model", model.to_str().unwrap(), "--image", ct, "--slice", "all"];
+            let rest = ["--organ", "spleen", "--method", "occlusion", "--roi", "none", "--occlusion-window", "32"];
+            run(&[&args[..], &rest, &["--out", out.to_str().unwrap()]].concat(), device);
+        }
+        let (cpu, cuda) = (read(&format!("{name}-cpu/saliency.nii.gz")), read(&format!("{name}-cuda/saliency.nii.gz")));
+        let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = cpu.iter().zip(&cuda).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                m.max(d)
+            }
+        });
+        println!("{name}: 3-D occlusion saliency, emulated CUDA vs CPU: max diff {:.2e} of max", err / scale);
+        assert!(scale > 0.0 && err <= 1e-4 * scale, "{name}: max diff {err} of {scale}");
+    }
 }

@@ -124,6 +124,7 @@ fn bundle_info(path: &Path) -> Result<()> {
             format!("features {:?}, {}, {}", c.features, norm_words(c.norm, c.norm_eps), act_words(c.act))
         }
         Network::UNet(c) => c.summary(),
+        Network::SegResNet(c) => c.summary(),
     };
     println!(
         "model:      {} ({}-D), {} input channel(s) -> {} classes, {layers}",

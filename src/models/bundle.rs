@@ -7,6 +7,7 @@
 //! and are refused, keys starting with `_` (`_target_`, `_requires_`, ...) are not arguments.
 
 use super::monai_unet::MonaiUNetConfig;
+use super::segresnet::SegResNetConfig;
 use super::unet::UNetConfig;
 use crate::preprocess::{Intensity, Orientation};
 use anyhow::{bail, ensure, Context, Result};
@@ -20,6 +21,8 @@ pub enum Network {
     BasicUNet(UNetConfig),
     /// monai.networks.nets.UNet.
     UNet(MonaiUNetConfig),
+    /// monai.networks.nets.SegResNet.
+    SegResNet(SegResNetConfig),
 }
 
 impl Network {
@@ -28,6 +31,7 @@ impl Network {
         match self {
             Network::BasicUNet(c) => c.spatial_dims,
             Network::UNet(c) => c.spatial_dims,
+            Network::SegResNet(c) => c.spatial_dims,
         }
     }
 
@@ -36,6 +40,7 @@ impl Network {
         match self {
             Network::BasicUNet(c) => c.in_channels,
             Network::UNet(c) => c.in_channels,
+            Network::SegResNet(c) => c.in_channels,
         }
     }
 
@@ -44,6 +49,7 @@ impl Network {
         match self {
             Network::BasicUNet(c) => c.out_channels,
             Network::UNet(c) => c.out_channels,
+            Network::SegResNet(c) => c.out_channels,
         }
     }
 }
@@ -149,11 +155,10 @@ pub fn read(dir: &Path) -> Result<Bundle> {
             )
         }
         "UNet" => Network::UNet(MonaiUNetConfig::from_args(&args).with_context(|| at("network_def"))?),
+        "SegResNet" => Network::SegResNet(SegResNetConfig::from_args(&args).with_context(|| at("network_def"))?),
         _ => bail!(
             "{}",
-            at(&format!(
-                "network {network} is not supported (BasicUNet and UNet are; SegResNet and DynUNet are not yet)"
-            ))
+            at(&format!("network {network} is not supported (BasicUNet, UNet and SegResNet are; DynUNet is not yet)"))
         ),
     };
     let (intensity, input_size) = preprocessing(&root).with_context(|| at("preprocessing"))?;

@@ -4,11 +4,13 @@ pub mod bundle;
 pub mod clip;
 pub mod monai_unet;
 pub mod nnunet;
+pub mod segresnet;
 pub mod sliding;
 pub mod unet;
 
 pub use monai_unet::MonaiUNet;
 pub use nnunet::NnUNet;
+pub use segresnet::SegResNet;
 pub use unet::{BasicUNet, UNetConfig};
 
 use crate::backend::Backend;
@@ -50,6 +52,9 @@ impl<B: Backend> SegModel<B> {
                         BundleNet::BasicUNet(BasicUNet::load(backend, c.clone(), &weights)?)
                     }
                     bundle::Network::UNet(c) => BundleNet::UNet(MonaiUNet::load(backend, c.clone(), &weights)?),
+                    bundle::Network::SegResNet(c) => {
+                        BundleNet::SegResNet(SegResNet::load(backend, c.clone(), &weights)?)
+                    }
                 };
                 anyhow::Ok(SegModel::Bundle { model, bundle: Box::new(b) })
             };
@@ -142,6 +147,7 @@ impl<B: Backend> SegModel<B> {
                 let [_, h, w] = m.config().total_stride();
                 lcm(h, w)
             }
+            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.config().total_stride(),
             SegModel::NnUNet { model, .. } => model.grid_multiple(),
         }
     }
@@ -235,6 +241,7 @@ impl<B: Backend> SegModel<B> {
                 match &bundle.net {
                     bundle::Network::BasicUNet(c) => format!("features {:?}", c.features),
                     bundle::Network::UNet(c) => c.summary(),
+                    bundle::Network::SegResNet(c) => c.summary(),
                 }
             ),
             SegModel::NnUNet { model, .. } => format!(
@@ -252,6 +259,7 @@ impl<B: Backend> SegModel<B> {
         match self {
             SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.forward_logits(b, x),
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.forward_logits(b, x),
+            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.forward_logits(b, x),
             SegModel::NnUNet { model, input_map: (scale, shift) } => {
                 // A 1x1x1 conv on the batch seen as volumes (slices as one-slice volumes).
                 let shape = b.shape(x).to_vec();
@@ -277,6 +285,7 @@ impl<B: Backend> SegModel<B> {
         match self {
             SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.flops(dims),
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.flops(dims),
+            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.flops(dims),
             SegModel::NnUNet { model, .. } => model.flops(dims),
         }
     }
@@ -290,6 +299,8 @@ impl<B: Backend> SegModel<B> {
             }
             // Its first layer is strided: full-resolution tensors are few, the first level's widest.
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.config().channels[0],
+            // Full resolution holds the first level: a block's input, its two convs and the skip.
+            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => 2 * m.config().init_filters,
             SegModel::NnUNet { model, .. } => 2 * model.config().features[0],
         };
         (3 * widest + self.out_channels()) * 4 / 3
@@ -335,6 +346,8 @@ pub enum BundleNet<B: Backend> {
     BasicUNet(BasicUNet<B>),
     #[allow(missing_docs)]
     UNet(MonaiUNet<B>),
+    #[allow(missing_docs)]
+    SegResNet(SegResNet<B>),
 }
 
 /// Where programs that ship the bundled weights themselves (the Python package) put them; looked in first.

@@ -8,7 +8,7 @@
 //! returns `cat([x, sub(x)])`. A 2-D network runs as one-slice volumes (kernels 1 x k x k), so one
 //! code path serves both, as for nnU-Net.
 
-use super::unet::{fold_batch_norm, layer_spec, InstanceNorm, NormKind};
+use super::unet::{activation, fold_batch_norm, layer_spec, InstanceNorm, NormKind};
 use crate::backend::volume::{ConvTranspose3d, Transposed};
 use crate::backend::{Activation, Backend};
 use crate::tensor::Tensor;
@@ -57,7 +57,7 @@ pub struct MonaiUNetConfig {
     pub norm_first: bool,
 }
 
-fn positive(v: &Value, what: &str) -> Result<usize> {
+pub(crate) fn positive(v: &Value, what: &str) -> Result<usize> {
     v.as_u64()
         .filter(|&n| n > 0)
         .map(|n| n as usize)
@@ -136,12 +136,10 @@ impl MonaiUNetConfig {
                 ensure!(n == 1, "act PReLU with num_parameters {n} (a slope per channel) is not supported, only one");
                 UNetAct::PRelu
             }
-            "relu" => UNetAct::Fixed(Activation::Relu),
-            "leakyrelu" => UNetAct::Fixed(Activation::LeakyRelu(
-                act_args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01) as f32,
-            )),
-            "gelu" => UNetAct::Fixed(Activation::Gelu),
-            other => bail!("act {other:?} is not supported (prelu, relu, leakyrelu or gelu)"),
+            other => UNetAct::Fixed(
+                activation(other, &act_args)
+                    .with_context(|| format!("act {other:?} is not supported (prelu, relu, leakyrelu or gelu)"))?,
+            ),
         };
         let (norm_name, norm_args) = layer_spec(args.get("norm").unwrap_or(&Value::from("instance")), "norm")?;
         let norm = match norm_name.as_str() {

@@ -85,6 +85,18 @@ pub(crate) fn layer_spec(v: &Value, what: &str) -> Result<(String, serde_json::M
     }
 }
 
+/// A MONAI act spec without learned parameters: relu, leakyrelu (torch's own default slope 0.01) or gelu.
+pub(crate) fn activation(name: &str, args: &serde_json::Map<String, Value>) -> Option<Activation> {
+    match name {
+        "relu" => Some(Activation::Relu),
+        "leakyrelu" => {
+            Some(Activation::LeakyRelu(args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01) as f32))
+        }
+        "gelu" => Some(Activation::Gelu),
+        _ => None,
+    }
+}
+
 impl UNetConfig {
     /// Parses the JSON form of `BasicUNet(spatial_dims=..., ...)` keyword arguments; absent keys take
     /// MONAI's defaults.
@@ -120,15 +132,8 @@ impl UNetConfig {
         };
         let (act_name, act_args) =
             layer_spec(v.get("act").unwrap_or(&serde_json::json!(["leakyrelu", {"negative_slope": 0.1}])), "act")?;
-        let act = match act_name.as_str() {
-            "relu" => Activation::Relu,
-            // torch.nn.LeakyReLU's own default slope is 0.01 (BasicUNet's default spec passes 0.1).
-            "leakyrelu" => {
-                Activation::LeakyRelu(act_args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01) as f32)
-            }
-            "gelu" => Activation::Gelu,
-            other => bail!("act {other:?} is not supported (use relu, leakyrelu or gelu)"),
-        };
+        let act = activation(&act_name, &act_args)
+            .with_context(|| format!("act {act_name:?} is not supported (use relu, leakyrelu or gelu)"))?;
         let (norm_name, norm_args) =
             layer_spec(v.get("norm").unwrap_or(&serde_json::json!(["instance", {"affine": true}])), "norm")?;
         let norm = match norm_name.as_str() {
