@@ -154,7 +154,7 @@ impl ConvTranspose3d {
 /// Channels per group of a group norm of `channels` into `groups`.
 pub fn channels_per_group(channels: usize, groups: usize) -> Result<usize> {
     ensure!(
-        groups >= 1 && channels % groups == 0,
+        groups >= 1 && channels.is_multiple_of(groups),
         "group_norm: {channels} channels do not split into {groups} groups of equal size"
     );
     Ok(channels / groups)

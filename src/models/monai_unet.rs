@@ -261,7 +261,7 @@ struct Level<B: Backend> {
 /// MONAI UNet on a backend.
 pub struct MonaiUNet<B: Backend> {
     config: MonaiUNetConfig,
-    top: Level<B>,
+    top: Box<Level<B>>,
 }
 
 struct Loader<'a, 'b, B: Backend> {
@@ -440,7 +440,7 @@ impl<B: Backend> MonaiUNet<B> {
 
     fn build(backend: &B, config: MonaiUNetConfig, params: ParamReader) -> Result<Self> {
         let mut l = Loader { backend, params, config: &config };
-        let top = l.level("model", (config.in_channels, config.out_channels), 0, true)?;
+        let top = Box::new(l.level("model", (config.in_channels, config.out_channels), 0, true)?);
         l.params.finish(&["num_batches_tracked"])?;
         Ok(Self { config, top })
     }

@@ -137,7 +137,7 @@ impl SegResNetConfig {
         for level in 0..config.blocks_down.len() {
             let c = config.width(level);
             if let Some(g) = config.groups {
-                ensure!(c % g == 0, "num_groups {g} does not divide level {level}'s {c} channels");
+                ensure!(c.is_multiple_of(g), "num_groups {g} does not divide level {level}'s {c} channels");
             }
         }
         Ok(config)
@@ -175,6 +175,9 @@ struct ResBlock<B: Backend> {
     convs: [B::Tensor; 2],
 }
 
+/// An encoder level: the strided conv into it (none at level 0) and its blocks.
+type Down<B> = (Option<<B as Backend>::Tensor>, Vec<ResBlock<B>>);
+
 struct Up<B: Backend> {
     reduce: B::Tensor,
     deconv: Option<(B::Tensor, B::Tensor)>,
@@ -185,8 +188,7 @@ struct Up<B: Backend> {
 pub struct SegResNet<B: Backend> {
     config: SegResNetConfig,
     init: B::Tensor,
-    /// Per level: the strided conv into it (none at level 0) and its blocks.
-    down: Vec<(Option<B::Tensor>, Vec<ResBlock<B>>)>,
+    down: Vec<Down<B>>,
     up: Vec<Up<B>>,
     final_norm: Affine<B::Tensor>,
     final_weight: B::Tensor,
