@@ -492,6 +492,26 @@ fn nnunet_result_folders_that_cannot_be_used() {
         ],
         &["the model normalises its input itself", "drop --window/--modality"],
     );
+    // A 3-D nnU-Net model over the whole volume: its axis order is not wired into the volume path yet.
+    let model3 = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    let volume = tmp.path().join("volume");
+    fails(
+        &[
+            "explain",
+            "--image",
+            ct.to_str().unwrap(),
+            "--model",
+            model3.to_str().unwrap(),
+            "--slice",
+            "all",
+            "--method",
+            "occlusion",
+            "--out",
+            volume.to_str().unwrap(),
+        ],
+        &["whole-volume explanations of 3-D nnU-Net models are not available yet"],
+    );
+    assert!(!volume.exists());
 }
 
 #[test]
