@@ -533,11 +533,23 @@ fn monai_bundles_that_cannot_be_used() {
     };
     let case = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| from("basicunet_2d", name, edit);
     let info = |dir: &Path, expect: &[&str]| fails(&["info", dir.to_str().unwrap()], expect);
-    let dynunet = case("dynunet", &|c| c["network_def"]["_target_"] = "monai.networks.nets.DynUNet".into());
+    let swin = case("swin", &|c| c["network_def"]["_target_"] = "monai.networks.nets.SwinUNETR".into());
     info(
-        &dynunet,
-        &["inference.json: network monai.networks.nets.DynUNet is not supported (BasicUNet, UNet and SegResNet are; DynUNet is not yet)"],
+        &swin,
+        &["inference.json: network monai.networks.nets.SwinUNETR is not supported (BasicUNet, UNet, SegResNet and DynUNet are)"],
     );
+    for (key, value, expect) in [
+        ("strides", serde_json::json!([1, 2]), "kernel_size has 3 entries and strides 2: they must match, 3 or more"),
+        ("upsample_kernel_size", serde_json::json!([2]), "upsample_kernel_size has 1 entries; 3 levels need 2"),
+        ("norm_name", serde_json::json!("group"), "norm_name group needs num_groups"),
+        ("act_name", serde_json::json!("prelu"), "act_name \"prelu\" is not supported (leakyrelu, relu or gelu)"),
+        ("filters", serde_json::json!([4, 8]), "filters has 2 entries; 3 levels need as many"),
+    ] {
+        let dir = from("dynunet_3d", &format!("dynunet-{key}"), &|c: &mut serde_json::Value| {
+            c["network_def"][key] = value.clone()
+        });
+        info(&dir, &["inference.json: network_def", expect]);
+    }
     for (key, value, expect) in [
         ("norm", serde_json::json!("batch"), "norm \"batch\" is not supported in SegResNet (group or instance; a batch norm before a conv cannot be folded into it)"),
         ("upsample_mode", serde_json::json!("pixelshuffle"), "upsample_mode Some(\"pixelshuffle\") is not supported (nontrainable or deconv)"),

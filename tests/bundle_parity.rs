@@ -72,6 +72,18 @@ fn a_2d_segresnet_bundle_with_deconv_upsampling_and_the_old_norm_name_matches() 
 }
 
 #[test]
+fn a_3d_dynunet_bundle_with_residual_blocks_anisotropic_strides_and_supervision_heads_matches() {
+    let model = check("dynunet_3d", 3);
+    assert!(model.describe().contains("residual blocks"), "{}", model.describe());
+}
+
+#[test]
+fn a_2d_dynunet_bundle_with_batch_norm_matches() {
+    let model = check("dynunet_2d", 2);
+    assert_eq!(model.size_multiple(), 8);
+}
+
+#[test]
 fn a_unet_input_off_its_strides_is_refused_with_the_multiple() {
     let model = SegModel::load_dir(&CpuBackend, &fixture("unet_2d")).unwrap();
     let x = CpuBackend.upload(&xaiclip::tensor::Tensor::zeros(&[1, 1, 60, 64])).unwrap();

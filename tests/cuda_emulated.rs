@@ -213,7 +213,7 @@ fn an_nnunet_model_on_the_emulator_segments_as_nnunet_predictor() {
 }
 
 #[test]
-fn monai_unet_and_segresnet_bundles_on_the_emulator_match_the_cpu() {
+fn monai_unet_segresnet_and_dynunet_bundles_on_the_emulator_match_the_cpu() {
     let Some(dir) = emulator("") else { return };
     let bundles = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monai_bundles");
     let case = dir.path().join("case");
@@ -237,7 +237,7 @@ fn monai_unet_and_segresnet_bundles_on_the_emulator_match_the_cpu() {
     let read = |p: &str| xaiclip::io::read_image(&dir.path().join(p)).unwrap().data;
     // 2-D: UNet (transposed conv 1x3x3, stride 1x2x2, padding and output padding; batch norm folded;
     // PReLU), SegResNet (group norm, kernel 2 transposed conv).
-    for name in ["unet_2d", "segresnet_2d"] {
+    for name in ["unet_2d", "segresnet_2d", "dynunet_2d"] {
         let model = bundles.join(name);
         for device in ["cpu", "cuda"] {
             let out = dir.path().join(format!("{name}-{device}.nii.gz"));
@@ -250,7 +250,7 @@ fn monai_unet_and_segresnet_bundles_on_the_emulator_match_the_cpu() {
     }
     // 3-D whole-volume occlusion: UNet (overlapping 3x3x3 transposed taps, instance norm, residual units),
     // SegResNet (group norm, trilinear upsampling).
-    for name in ["unet_3d", "segresnet_3d"] {
+    for name in ["unet_3d", "segresnet_3d", "dynunet_3d"] {
         let model = bundles.join(name);
         for device in ["cpu", "cuda"] {
             let out = dir.path().join(format!("{name}-{device}"));

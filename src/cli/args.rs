@@ -56,9 +56,10 @@ pub struct MethodArgs {
     #[arg(long, visible_alias = "organs", default_value = "liver", help_heading = "Input")]
     pub organ: String,
     /// Model folder: a MONAI BasicUNet (config.json + model.safetensors or model.pt), a MONAI bundle
-    /// (configs/inference.json with a BasicUNet, UNet or SegResNet network_def, models/model.pt) or an nnU-Net v2
-    /// result folder (<trainer>__<plans>__<configuration> with plans.json, dataset.json and fold_K; all
-    /// folds found are ensembled, or give one fold_K); default: the bundled weights/unet.
+    /// (configs/inference.json with a BasicUNet, UNet, SegResNet or DynUNet network_def,
+    /// models/model.pt) or an nnU-Net v2 result folder (<trainer>__<plans>__<configuration> with
+    /// plans.json, dataset.json and fold_K; all folds found are ensembled, or give one fold_K);
+    /// default: the bundled weights/unet.
     #[arg(long, visible_alias = "model", help_heading = "Model")]
     pub unet: Option<PathBuf>,
     /// Perturbed images per forward pass: a number, or "auto" (activations within 2 GiB and at most 64

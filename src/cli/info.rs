@@ -125,6 +125,7 @@ fn bundle_info(path: &Path) -> Result<()> {
         }
         Network::UNet(c) => c.summary(),
         Network::SegResNet(c) => c.summary(),
+        Network::DynUNet(c) => c.summary(),
     };
     println!(
         "model:      {} ({}-D), {} input channel(s) -> {} classes, {layers}",

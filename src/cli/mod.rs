@@ -34,7 +34,7 @@ use xaiclip::{Device, Precision};
         a MONAI BasicUNet folder (model.safetensors or model.pt, the PyTorch state_dict with names unchanged, \
         and config.json, the BasicUNet keyword arguments; 2-D or 3-D), an nnU-Net v2 result folder \
         (<trainer>__<plans>__<configuration> with plans.json, dataset.json and fold_K/checkpoint_final.pth; \
-        PlainConvUNet or ResidualEncoderUNet), or a MONAI bundle with a BasicUNet, UNet or SegResNet network_def; \
+        PlainConvUNet or ResidualEncoderUNet), or a MONAI bundle with a BasicUNet, UNet, SegResNet or DynUNet network_def; \
         `xaiclip info --model DIR` shows what will be used.\n\n\
         Errors name the file and the problem and exit with status 2; outputs are written atomically, so a \
         failed run leaves no partial file."

@@ -6,6 +6,7 @@
 //! `"@id"` references (with `#` for nesting) are followed, `"$expression"` values cannot be evaluated
 //! and are refused, keys starting with `_` (`_target_`, `_requires_`, ...) are not arguments.
 
+use super::dynunet::DynUNetConfig;
 use super::monai_unet::MonaiUNetConfig;
 use super::segresnet::SegResNetConfig;
 use super::unet::UNetConfig;
@@ -23,6 +24,8 @@ pub enum Network {
     UNet(MonaiUNetConfig),
     /// monai.networks.nets.SegResNet.
     SegResNet(SegResNetConfig),
+    /// monai.networks.nets.DynUNet.
+    DynUNet(DynUNetConfig),
 }
 
 impl Network {
@@ -32,6 +35,7 @@ impl Network {
             Network::BasicUNet(c) => c.spatial_dims,
             Network::UNet(c) => c.spatial_dims,
             Network::SegResNet(c) => c.spatial_dims,
+            Network::DynUNet(c) => c.spatial_dims,
         }
     }
 
@@ -41,6 +45,7 @@ impl Network {
             Network::BasicUNet(c) => c.in_channels,
             Network::UNet(c) => c.in_channels,
             Network::SegResNet(c) => c.in_channels,
+            Network::DynUNet(c) => c.in_channels,
         }
     }
 
@@ -50,6 +55,7 @@ impl Network {
             Network::BasicUNet(c) => c.out_channels,
             Network::UNet(c) => c.out_channels,
             Network::SegResNet(c) => c.out_channels,
+            Network::DynUNet(c) => c.out_channels,
         }
     }
 }
@@ -156,10 +162,10 @@ pub fn read(dir: &Path) -> Result<Bundle> {
         }
         "UNet" => Network::UNet(MonaiUNetConfig::from_args(&args).with_context(|| at("network_def"))?),
         "SegResNet" => Network::SegResNet(SegResNetConfig::from_args(&args).with_context(|| at("network_def"))?),
-        _ => bail!(
-            "{}",
-            at(&format!("network {network} is not supported (BasicUNet, UNet and SegResNet are; DynUNet is not yet)"))
-        ),
+        "DynUNet" => Network::DynUNet(DynUNetConfig::from_args(&args).with_context(|| at("network_def"))?),
+        _ => {
+            bail!("{}", at(&format!("network {network} is not supported (BasicUNet, UNet, SegResNet and DynUNet are)")))
+        }
     };
     let (intensity, input_size) = preprocessing(&root).with_context(|| at("preprocessing"))?;
     let mut patch_size = None;

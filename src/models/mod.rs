@@ -2,12 +2,14 @@
 
 pub mod bundle;
 pub mod clip;
+pub mod dynunet;
 pub mod monai_unet;
 pub mod nnunet;
 pub mod segresnet;
 pub mod sliding;
 pub mod unet;
 
+pub use dynunet::DynUNet;
 pub use monai_unet::MonaiUNet;
 pub use nnunet::NnUNet;
 pub use segresnet::SegResNet;
@@ -55,6 +57,7 @@ impl<B: Backend> SegModel<B> {
                     bundle::Network::SegResNet(c) => {
                         BundleNet::SegResNet(SegResNet::load(backend, c.clone(), &weights)?)
                     }
+                    bundle::Network::DynUNet(c) => BundleNet::DynUNet(DynUNet::load(backend, c.clone(), &weights)?),
                 };
                 anyhow::Ok(SegModel::Bundle { model, bundle: Box::new(b) })
             };
@@ -148,6 +151,10 @@ impl<B: Backend> SegModel<B> {
                 lcm(h, w)
             }
             SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.config().total_stride(),
+            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => {
+                let [_, h, w] = m.config().total_stride();
+                lcm(h, w)
+            }
             SegModel::NnUNet { model, .. } => model.grid_multiple(),
         }
     }
@@ -242,6 +249,7 @@ impl<B: Backend> SegModel<B> {
                     bundle::Network::BasicUNet(c) => format!("features {:?}", c.features),
                     bundle::Network::UNet(c) => c.summary(),
                     bundle::Network::SegResNet(c) => c.summary(),
+                    bundle::Network::DynUNet(c) => c.summary(),
                 }
             ),
             SegModel::NnUNet { model, .. } => format!(
@@ -260,6 +268,7 @@ impl<B: Backend> SegModel<B> {
             SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.forward_logits(b, x),
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.forward_logits(b, x),
             SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.forward_logits(b, x),
+            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => m.forward_logits(b, x),
             SegModel::NnUNet { model, input_map: (scale, shift) } => {
                 // A 1x1x1 conv on the batch seen as volumes (slices as one-slice volumes).
                 let shape = b.shape(x).to_vec();
@@ -286,6 +295,7 @@ impl<B: Backend> SegModel<B> {
             SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.flops(dims),
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.flops(dims),
             SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.flops(dims),
+            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => m.flops(dims),
             SegModel::NnUNet { model, .. } => model.flops(dims),
         }
     }
@@ -301,6 +311,7 @@ impl<B: Backend> SegModel<B> {
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.config().channels[0],
             // Full resolution holds the first level: a block's input, its two convs and the skip.
             SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => 2 * m.config().init_filters,
+            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => 2 * m.config().filters[0],
             SegModel::NnUNet { model, .. } => 2 * model.config().features[0],
         };
         (3 * widest + self.out_channels()) * 4 / 3
@@ -348,6 +359,8 @@ pub enum BundleNet<B: Backend> {
     UNet(MonaiUNet<B>),
     #[allow(missing_docs)]
     SegResNet(SegResNet<B>),
+    #[allow(missing_docs)]
+    DynUNet(DynUNet<B>),
 }
 
 /// Where programs that ship the bundled weights themselves (the Python package) put them; looked in first.

@@ -65,7 +65,7 @@ pub(crate) fn positive(v: &Value, what: &str) -> Result<usize> {
 }
 
 /// An int or a list of `dims` ints, as (D, H, W) with D = 1 in 2-D.
-fn per_axis(v: &Value, dims: usize, what: &str) -> Result<[usize; 3]> {
+pub(crate) fn per_axis(v: &Value, dims: usize, what: &str) -> Result<[usize; 3]> {
     let list = match v {
         Value::Array(a) => a.iter().map(|x| positive(x, what)).collect::<Result<Vec<_>>>()?,
         one => vec![positive(one, what)?; dims],
