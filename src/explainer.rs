@@ -298,17 +298,16 @@ impl ExplainerBuilder {
         // The CPU computes in f32 whatever was asked (the precision option is the GPU's).
         let precision = if matches!(compute, Compute::Cpu(_)) { Precision::F32 } else { self.precision };
         let mut settings = self.settings;
-        // What the model says about itself, kept beside the engine (which holds it per backend type).
-        let (engine, size, (intensity, classes, orientation)) = match compute {
+        let (engine, size, intensity) = match compute {
             Compute::Cpu(b) => {
                 let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let own = loaded.describe(self.intensity, &unet_dir)?;
+                let own = loaded.intensity(self.intensity, &unet_dir)?;
                 let size = loaded.size;
                 (Engine::Cpu(Box::new(loaded)), size, own)
             }
             Compute::Cuda(b) => {
                 let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
-                let own = loaded.describe(self.intensity, &unet_dir)?;
+                let own = loaded.intensity(self.intensity, &unet_dir)?;
                 let size = loaded.size;
                 (Engine::Cuda(Box::new(loaded)), size, own)
             }
@@ -319,8 +318,6 @@ impl ExplainerBuilder {
             settings,
             size,
             intensity,
-            classes,
-            orientation,
             cancel: Cancel::default(),
             unet_dir,
             precision,
@@ -336,13 +333,10 @@ struct Loaded<B: Backend> {
     clip: OnceLock<ClipRoiFinder<B>>,
 }
 
-/// The model's window for `asked`, its class names and slice orientation.
-type Described = (Intensity, Option<Vec<String>>, Orientation);
-
 impl<B: Backend> Loaded<B> {
-    fn describe(&self, asked: Option<Intensity>, dir: &Path) -> Result<Described> {
-        let intensity = self.unet.input_intensity(asked).map_err(|e| crate::error::Error::input(dir, e))?;
-        Ok((intensity, self.unet.classes().map(<[_]>::to_vec), self.unet.orientation()))
+    /// The model's window for `asked` (its own where it fixes one).
+    fn intensity(&self, asked: Option<Intensity>, dir: &Path) -> Result<Intensity> {
+        Ok(self.unet.input_intensity(asked).map_err(|e| crate::error::Error::input(dir, e))?)
     }
 
     fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
@@ -521,10 +515,6 @@ pub struct Explainer {
     settings: Settings,
     size: usize,
     intensity: Intensity,
-    /// The model's class names by channel, where its format lists them.
-    classes: Option<Vec<String>>,
-    /// How the model's slices lie on a volume.
-    orientation: Orientation,
     cancel: Cancel,
     unet_dir: PathBuf,
     precision: Precision,
@@ -576,7 +566,7 @@ impl Explainer {
         let network = with_engine!(self, |e| e.unet.describe());
         if let Some(serde_json::Value::Object(unet)) = out.get_mut("unet") {
             unet.insert("network".into(), network.into());
-            unet.insert("slices".into(), self.orientation.describe().into());
+            unet.insert("slices".into(), self.orientation().describe().into());
             unet.insert("intensity".into(), format!("{:?}", self.intensity).into());
         }
         Ok(out.into())
@@ -671,7 +661,7 @@ impl Explainer {
     /// How the model's slices lie on a volume (radiological for the bundled models, voxel order for
     /// nnU-Net).
     pub fn orientation(&self) -> Orientation {
-        self.orientation
+        with_engine!(self, |e| e.unet.orientation())
     }
 
     /// Ground-truth labels at `path` (any grid, matched to `image`) as FLARE22 ids: [`read_labels`],
@@ -686,7 +676,8 @@ impl Explainer {
     /// A label volume in memory as FLARE22 ids: [`labels_from_volume`], and `LabelIds::Model` through
     /// this model's class names.
     pub fn labels_from_volume(&self, labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
-        match (ids, &self.classes) {
+        let classes = with_engine!(self, |e| e.unet.classes().map(<[_]>::to_vec));
+        match (ids, &classes) {
             (LabelIds::Model, Some(classes)) => Ok(crate::dataset::model_labels_of(labels, classes, image)
                 .map_err(|e| crate::error::Error::input(&labels.source, e))?),
             (LabelIds::Model, None) => fail!(
@@ -701,24 +692,24 @@ impl Explainer {
     /// The model's output channel of an organ name or number: from the model's own class list where
     /// its format has one (nnU-Net's dataset.json), else the FLARE22 ids of the bundled models.
     pub fn class_of(&self, organ: &str) -> Result<usize> {
-        Ok(crate::models::class_of(self.classes.as_deref(), organ)?)
+        Ok(with_engine!(self, |e| e.unet.class_of(organ))?)
     }
 
     /// The name of output channel `class`.
     pub fn class_name(&self, class: usize) -> String {
-        crate::organs::name_in(self.classes.as_deref(), class)
+        with_engine!(self, |e| e.unet.class_name(class))
     }
 
     /// The FLARE22 id of output channel `class`: what ground-truth labels (read as FLARE22) and the
     /// CLIP prompts name it by.
     pub fn label_id(&self, class: usize) -> Result<usize> {
-        Ok(crate::models::label_id(self.classes.as_deref(), class)?)
+        Ok(with_engine!(self, |e| e.unet.label_id(class))?)
     }
 
     /// The one slice `slices` names for `class` (organ-center needs `labels`).
     pub fn pick_slice(&self, volume: &Volume, labels: Option<&[u8]>, slices: &Slices, class: usize) -> Result<usize> {
         let label = if labels.is_some() { self.label_id(class)? } else { class };
-        let picked = slices.resolve(volume, labels, label, self.orientation)?;
+        let picked = slices.resolve(volume, labels, label, self.orientation())?;
         match picked[..] {
             [k] => Ok(k),
             _ => Err(crate::error::Error::new(
@@ -739,7 +730,7 @@ impl Explainer {
         intensity: Intensity,
     ) -> Result<SliceInput> {
         let label = if labels.is_some() { self.label_id(class)? } else { class };
-        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label, self.orientation)?;
+        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label, self.orientation())?;
         if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::OrganAbsent,
