@@ -91,152 +91,81 @@ fn a_unet_input_off_its_strides_is_refused_with_the_multiple() {
     assert!(err.contains("every side must be a multiple of the strides' product [8, 8]"), "{err}");
 }
 
+/// A phantom CT (64 x 64 x 16) in a temporary folder, and `xaiclip explain --model <fixture> --image
+/// it` with `args` after; the report when it succeeded.
+struct Cli {
+    tmp: tempfile::TempDir,
+    runs: std::cell::Cell<usize>,
+}
+
+impl Cli {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let case = tmp.path().join("case");
+        assert!(Self::run(&["phantom", "--size", "64", "--slices", "16", "--out", case.to_str().unwrap()])
+            .status
+            .success());
+        Self { tmp, runs: Default::default() }
+    }
+
+    fn run(args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xaiclip")).args(args).output().unwrap()
+    }
+
+    fn ct(&self) -> PathBuf {
+        self.tmp.path().join("case/ct.nii.gz")
+    }
+
+    /// explain with occlusion on `slice` of the organ; `extra` arguments after.
+    fn explain(&self, bundle: &str, slice: &str, organ: &str, extra: &[&str]) -> (std::process::Output, PathBuf) {
+        let (model, ct, out) =
+            (fixture(bundle), self.ct(), self.tmp.path().join(format!("{bundle}-{}", self.runs.get())));
+        self.runs.set(self.runs.get() + 1);
+        let args = ["explain", "--model", model.to_str().unwrap(), "--image", ct.to_str().unwrap()];
+        let rest = ["--slice", slice, "--organ", organ, "--method", "occlusion", "--out", out.to_str().unwrap()];
+        (Self::run(&[&args[..], &rest, extra].concat()), out)
+    }
+
+    fn report(&self, bundle: &str, slice: &str, organ: &str, extra: &[&str]) -> (serde_json::Value, PathBuf) {
+        let (o, out) = self.explain(bundle, slice, organ, extra);
+        assert!(o.status.success(), "{bundle}: {}", String::from_utf8_lossy(&o.stderr));
+        (serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap(), out)
+    }
+}
+
 #[test]
 fn explain_takes_a_bundle_as_model_with_its_classes_and_window() {
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_xaiclip");
-    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
-    let case = tmp.path().join("case");
-    assert!(run(&["phantom", "--size", "64", "--slices", "16", "--out", case.to_str().unwrap()]).status.success());
-    let ct = case.join("ct.nii.gz");
-    let out = tmp.path().join("2d");
-    let model = fixture("basicunet_2d");
-    let o = run(&[
-        "explain",
-        "--model",
-        model.to_str().unwrap(),
-        "--image",
-        ct.to_str().unwrap(),
-        "--slice",
-        "8",
-        "--organ",
-        "spleen",
-        "--method",
-        "occlusion",
-        "--roi",
-        "none",
-        "--size",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let cli = Cli::new();
+    let (report, _) = cli.report("basicunet_2d", "8", "spleen", &["--roi", "none", "--size", "64"]);
     assert_eq!((report["organ"].as_str(), report["class"].as_u64()), (Some("spleen"), Some(2)));
     let unet = &report["weights"]["unet"];
     assert!(unet["network"].as_str().unwrap().starts_with("MONAI bundle basicunet_2d (BasicUNet 2-D"), "{unet}");
     assert_eq!(unet["intensity"], "CtWindow { low: -57.0, high: 164.0 }");
     assert_eq!(unet["files"].as_array().unwrap().len(), 2);
     // The 3-D bundle explains the whole volume (its random weights predict only background here).
-    let out3 = tmp.path().join("3d");
-    let model3 = fixture("basicunet_3d");
-    let o = run(&[
-        "explain",
-        "--model",
-        model3.to_str().unwrap(),
-        "--image",
-        ct.to_str().unwrap(),
-        "--slice",
-        "all",
-        "--organ",
-        "background",
-        "--method",
-        "occlusion",
-        "--roi",
-        "none",
-        "--occlusion-window",
-        "16",
-        "--out",
-        out3.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, out3) = cli.report("basicunet_3d", "all", "background", &["--roi", "none", "--occlusion-window", "16"]);
     assert!(out3.join("saliency.nii.gz").is_file());
-    let o = run(&[
-        "explain",
-        "--model",
-        model3.to_str().unwrap(),
-        "--image",
-        ct.to_str().unwrap(),
-        "--slice",
-        "all",
-        "--organ",
-        "pancreas",
-        "--method",
-        "occlusion",
-        "--out",
-        out3.to_str().unwrap(),
-    ]);
+    let (o, _) = cli.explain("basicunet_3d", "all", "pancreas", &[]);
     assert!(String::from_utf8_lossy(&o.stderr)
         .contains("organ \"pancreas\" is not one of the model's classes (0 background, 1 liver, 2 spleen)"));
 }
 
 #[test]
 fn explain_takes_monai_unet_bundles_on_slices_and_whole_volumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_xaiclip");
-    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
-    let case = tmp.path().join("case");
-    assert!(run(&["phantom", "--size", "64", "--slices", "16", "--out", case.to_str().unwrap()]).status.success());
-    let ct = case.join("ct.nii.gz");
-    let report = |dir: &std::path::Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
-    };
-    let (out2, model2) = (tmp.path().join("2d"), fixture("unet_2d"));
-    let args2 = ["explain", "--model", model2.to_str().unwrap(), "--image", ct.to_str().unwrap(), "--slice", "8"];
-    let o = run(&[
-        &args2[..],
-        &[
-            "--organ",
-            "liver",
-            "--method",
-            "occlusion",
-            "--roi",
-            "none",
-            "--size",
-            "64",
-            "--out",
-            out2.to_str().unwrap(),
-        ],
-    ]
-    .concat());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r = report(&out2);
+    let cli = Cli::new();
+    let (r, _) = cli.report("unet_2d", "8", "liver", &["--roi", "none", "--size", "64"]);
     assert_eq!((r["organ"].as_str(), r["class"].as_u64()), (Some("liver"), Some(1)));
     assert!(r["weights"]["unet"]["network"].as_str().unwrap().contains("(UNet 2-D, channels [8, 16, 32, 64]"));
     // A model grid that is not a multiple of the strides' product is refused before any work.
-    let o =
-        run(&[&args2[..], &["--organ", "liver", "--method", "occlusion", "--size", "60", "--out", "/nonexistent"]]
-            .concat());
-    assert!(!o.status.success());
+    let (o, out) = cli.explain("unet_2d", "8", "liver", &["--size", "60"]);
+    assert!(!o.status.success() && !out.exists());
     assert!(String::from_utf8_lossy(&o.stderr).contains("multiple of 8"), "{}", String::from_utf8_lossy(&o.stderr));
-    let (out3, model3) = (tmp.path().join("3d"), fixture("unet_3d"));
-    let o = run(&[
-        "explain",
-        "--model",
-        model3.to_str().unwrap(),
-        "--image",
-        ct.to_str().unwrap(),
-        "--slice",
-        "all",
-        "--organ",
-        "spleen",
-        "--method",
-        "occlusion",
-        "--roi",
-        "none",
-        "--occlusion-window",
-        "16",
-        "--out",
-        out3.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r = report(&out3);
+    let (r, out3) = cli.report("unet_3d", "all", "spleen", &["--roi", "none", "--occlusion-window", "16"]);
     assert_eq!((r["organ"].as_str(), r["class"].as_u64()), (Some("spleen"), Some(2)));
     assert_eq!(r["weights"]["unet"]["intensity"], "CtWindow { low: -57.0, high: 164.0 }");
     assert_eq!(r["weights"]["unet"]["files"].as_array().unwrap().len(), 2);
     let saliency = xaiclip::io::read_image(&out3.join("saliency.nii.gz")).unwrap();
-    let image = xaiclip::io::read_image(&ct).unwrap();
+    let image = xaiclip::io::read_image(&cli.ct()).unwrap();
     assert_eq!((saliency.dims, saliency.affine), (image.dims, image.affine));
     assert!(saliency.data.iter().all(|v| v.is_finite()) && saliency.data.iter().any(|&v| v != 0.0));
 }

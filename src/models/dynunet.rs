@@ -395,24 +395,7 @@ impl<B: Backend> DynUNet<B> {
     /// (N, in_channels, D, H, W) for a 3-D one; every side must be a multiple of the strides' product.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let c = &self.config;
-        let shape = b.shape(x).to_vec();
-        ensure!(
-            shape.len() == 2 + c.spatial_dims && shape[1] == c.in_channels,
-            "this {}-D DynUNet expects input (N, {}, {}), got {shape:?}",
-            c.spatial_dims,
-            c.in_channels,
-            if c.spatial_dims == 3 { "D, H, W" } else { "H, W" }
-        );
-        let total = &c.total_stride()[3 - c.spatial_dims..];
-        ensure!(
-            shape[2..].iter().zip(total).all(|(&n, &t)| n % t == 0),
-            "DynUNet input {:?}: every side must be a multiple of the strides' product {total:?}",
-            &shape[2..]
-        );
-        let mut y = match shape[..] {
-            [n, ch, h, w] => b.reshape(x.clone(), &[n, ch, 1, h, w])?,
-            _ => x.clone(),
-        };
+        let (shape, mut y) = super::volume_input(b, x, "DynUNet", (c.spatial_dims, c.in_channels), c.total_stride())?;
         let mut skips = Vec::with_capacity(self.down.len());
         for block in &self.down {
             y = self.block(b, &y, block)?;
@@ -424,10 +407,7 @@ impl<B: Backend> DynUNet<B> {
             y = self.block(b, &b.concat_channels(&t, &skips.pop().expect("one skip per decoder level"))?, &u.block)?;
         }
         let logits = b.conv3d(&y, &self.out_weight, Some(&self.out_bias), [1; 3], [0; 3])?;
-        match shape[..] {
-            [n, _, h, w] => b.reshape(logits, &[n, c.out_channels, h, w]),
-            _ => Ok(logits),
-        }
+        super::logits_like_input(b, logits, &shape, c.out_channels)
     }
 
     /// Multiply-adds of one forward at the spatial size `dims` (H, W or D, H, W), times two.

@@ -342,6 +342,48 @@ pub fn label_id(classes: Option<&[String]>, class: usize) -> anyhow::Result<usiz
     }
 }
 
+/// A MONAI network's input checked and seen as volumes: (N, in_channels, H, W) in 2-D (returned as
+/// (N, C, 1, H, W)) or (N, in_channels, D, H, W) in 3-D, every side a multiple of `multiple` (D, H, W).
+/// Also returns the input's shape, for [`logits_like_input`].
+pub(crate) fn volume_input<B: Backend>(
+    b: &B,
+    x: &B::Tensor,
+    network: &str,
+    (dims, channels): (usize, usize),
+    multiple: [usize; 3],
+) -> anyhow::Result<(Vec<usize>, B::Tensor)> {
+    let shape = b.shape(x).to_vec();
+    anyhow::ensure!(
+        shape.len() == 2 + dims && shape[1] == channels,
+        "this {dims}-D {network} expects input (N, {channels}, {}), got {shape:?}",
+        if dims == 3 { "D, H, W" } else { "H, W" }
+    );
+    let multiple = &multiple[3 - dims..];
+    anyhow::ensure!(
+        shape[2..].iter().zip(multiple).all(|(&n, &m)| n % m == 0),
+        "{network} input {:?}: every side must be a multiple of the strides' product {multiple:?}",
+        &shape[2..]
+    );
+    let volume = match shape[..] {
+        [n, c, h, w] => b.reshape(x.clone(), &[n, c, 1, h, w])?,
+        _ => x.clone(),
+    };
+    Ok((shape, volume))
+}
+
+/// Volume logits back in the rank of the input whose `shape` [`volume_input`] returned.
+pub(crate) fn logits_like_input<B: Backend>(
+    b: &B,
+    logits: B::Tensor,
+    shape: &[usize],
+    classes: usize,
+) -> anyhow::Result<B::Tensor> {
+    match shape[..] {
+        [n, _, h, w] => b.reshape(logits, &[n, classes, h, w]),
+        _ => Ok(logits),
+    }
+}
+
 /// The least common multiple (a square grid's side that suits two per-axis strides).
 pub(crate) fn lcm(a: usize, b: usize) -> usize {
     let (mut x, mut y) = (a, b);

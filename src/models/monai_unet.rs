@@ -323,17 +323,31 @@ impl<B: Backend> Loader<'_, '_, B> {
                 UNetAct::Fixed(a) => a,
             };
         }
-        let transposed = transposed.then_some(Transposed { stride, pad, output_pad: stride.map(|s| s - 1) });
+        let mut unit = self.conv(weight, bias, (kernel, stride), (cin, cout))?;
+        if transposed {
+            unit.transposed = Some(Transposed { stride, pad, output_pad: stride.map(|s| s - 1) });
+        }
+        Ok(Unit { instance_norm, act, ..unit })
+    }
+
+    /// A plain convolution with MONAI's same padding (no norm, no activation) on the device.
+    fn conv(
+        &self,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        (kernel, stride): ([usize; 3], [usize; 3]),
+        channels: (usize, usize),
+    ) -> Result<Unit<B>> {
         Ok(Unit {
             weight: self.backend.upload(&weight)?,
             bias: bias.map(|b| self.backend.upload(&b)).transpose()?,
             kernel,
             stride,
-            pad,
-            transposed,
-            instance_norm,
-            act,
-            channels: (cin, cout),
+            pad: kernel.map(|k| (k - 1) / 2),
+            transposed: None,
+            instance_norm: None,
+            act: Activation::Identity,
+            channels,
         })
     }
 
@@ -365,17 +379,7 @@ impl<B: Backend> Loader<'_, '_, B> {
             let kernel = if strided { self.config.kernel } else { [1; 3] };
             let weight = self.weight(&format!("{prefix}.residual.weight"), cout, cin, kernel)?;
             let bias = self.config.bias.then(|| self.params.take(&format!("{prefix}.residual.bias"), &[cout]));
-            Some(Unit {
-                weight: self.backend.upload(&weight)?,
-                bias: bias.map(|b| self.backend.upload(&b)).transpose()?,
-                kernel,
-                stride,
-                pad: kernel.map(|k| (k - 1) / 2),
-                transposed: None,
-                instance_norm: None,
-                act: Activation::Identity,
-                channels: (cin, cout),
-            })
+            Some(self.conv(weight, bias, (kernel, stride), (cin, cout))?)
         } else {
             None
         };
@@ -506,26 +510,9 @@ impl<B: Backend> MonaiUNet<B> {
     /// (N, in_channels, D, H, W) for a 3-D one; every side must be a multiple of the strides' product.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let c = &self.config;
-        let shape = b.shape(x).to_vec();
-        ensure!(
-            shape.len() == 2 + c.spatial_dims && shape[1] == c.in_channels,
-            "this {}-D UNet expects input (N, {}, {}), got {shape:?}",
-            c.spatial_dims,
-            c.in_channels,
-            if c.spatial_dims == 3 { "D, H, W" } else { "H, W" }
-        );
-        let total = &c.total_stride()[3 - c.spatial_dims..];
-        ensure!(
-            shape[2..].iter().zip(total).all(|(&n, &t)| n % t == 0),
-            "UNet input {:?}: every side must be a multiple of the strides' product {total:?}",
-            &shape[2..]
-        );
-        if c.spatial_dims == 3 {
-            return self.level(b, x, &self.top);
-        }
-        let volume = b.reshape(x.clone(), &[shape[0], shape[1], 1, shape[2], shape[3]])?;
+        let (shape, volume) = super::volume_input(b, x, "UNet", (c.spatial_dims, c.in_channels), c.total_stride())?;
         let logits = self.level(b, &volume, &self.top)?;
-        b.reshape(logits, &[shape[0], c.out_channels, shape[2], shape[3]])
+        super::logits_like_input(b, logits, &shape, c.out_channels)
     }
 
     /// Multiply-adds of one forward at the spatial size `dims` (H, W or D, H, W), times two.

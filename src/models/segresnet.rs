@@ -312,24 +312,9 @@ impl<B: Backend> SegResNet<B> {
     /// (N, in_channels, D, H, W) for a 3-D one; every side must be a multiple of 2 per downsampling.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let c = &self.config;
-        let shape = b.shape(x).to_vec();
-        ensure!(
-            shape.len() == 2 + c.spatial_dims && shape[1] == c.in_channels,
-            "this {}-D SegResNet expects input (N, {}, {}), got {shape:?}",
-            c.spatial_dims,
-            c.in_channels,
-            if c.spatial_dims == 3 { "D, H, W" } else { "H, W" }
-        );
         let t = c.total_stride();
-        ensure!(
-            shape[2..].iter().all(|&n| n % t == 0),
-            "SegResNet input {:?}: every side must be a multiple of {t} (2 per downsampling level)",
-            &shape[2..]
-        );
-        let volume = match shape[..] {
-            [n, ch, h, w] => b.reshape(x.clone(), &[n, ch, 1, h, w])?,
-            _ => x.clone(),
-        };
+        let multiple = [if c.spatial_dims == 3 { t } else { 1 }, t, t];
+        let (shape, volume) = super::volume_input(b, x, "SegResNet", (c.spatial_dims, c.in_channels), multiple)?;
         let stride = if c.spatial_dims == 3 { [2; 3] } else { [1, 2, 2] };
         let mut y = b.conv3d(&volume, &self.init, None, [1; 3], self.pad3())?;
         let mut skips = Vec::with_capacity(self.down.len());
@@ -360,10 +345,7 @@ impl<B: Backend> SegResNet<B> {
         }
         let y = self.norm_act(b, &y, &self.final_norm)?;
         let logits = b.conv3d(&y, &self.final_weight, Some(&self.final_bias), [1; 3], [0; 3])?;
-        match shape[..] {
-            [n, _, h, w] => b.reshape(logits, &[n, c.out_channels, h, w]),
-            _ => Ok(logits),
-        }
+        super::logits_like_input(b, logits, &shape, c.out_channels)
     }
 
     /// Multiply-adds of one forward at the spatial size `dims` (H, W or D, H, W), times two.
@@ -410,6 +392,6 @@ mod tests {
         let y = net.forward_logits(&CpuBackend, &Tensor::zeros(&[2, 1, 8, 6])).unwrap();
         assert_eq!(y.shape(), &[2, 3, 8, 6]);
         let err = net.forward_logits(&CpuBackend, &Tensor::zeros(&[1, 1, 7, 6])).unwrap_err().to_string();
-        assert!(err.contains("multiple of 2"), "{err}");
+        assert!(err.contains("multiple of the strides' product [2, 2]"), "{err}");
     }
 }
