@@ -8,8 +8,9 @@ use xaiclip::backend::CpuBackend;
 use xaiclip::explain::rise::Rise;
 use xaiclip::models::clip::ClipModel;
 use xaiclip::models::{BasicUNet, SegModel};
-use xaiclip::pipeline::{run_method, ClipRoi, Method, Settings, SliceInput};
+use xaiclip::pipeline::{run_method, Method, Settings, SliceInput};
 use xaiclip::preprocess::Intensity;
+use xaiclip::roi::clip::ClipRoi;
 use xaiclip::roi::RoiMode;
 use xaiclip::tensor::Tensor;
 

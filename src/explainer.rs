@@ -17,10 +17,11 @@ use crate::fail;
 use crate::io::Volume;
 use crate::models::{bundled, SegModel};
 use crate::pipeline::{
-    model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, ClipOptions, ClipRoi, ClipRoiFinder, Method,
-    MethodRun, Settings, SliceInput, Slices,
+    model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, Method, MethodRun, Settings, SliceInput,
+    Slices,
 };
 use crate::preprocess::{Intensity, Orientation};
+use crate::roi::clip::{ClipOptions, ClipRoi, ClipRoiFinder};
 use crate::roi::RoiMode;
 use crate::segment::{segment_slices, SegmentOptions};
 use std::path::{Path, PathBuf};
@@ -553,7 +554,7 @@ impl Explainer {
     pub fn weights_json(&self) -> Result<serde_json::Value> {
         let mut folders = vec![("unet", self.unet_dir.clone())];
         folders.push(("clip", self.clip.clip.clone().map_or_else(|| bundled("clip"), Ok)?));
-        if self.clip.prompts == crate::pipeline::Prompts::Coop {
+        if self.clip.prompts == crate::roi::clip::Prompts::Coop {
             folders.push(("coop", self.clip.coop.clone().map_or_else(|| bundled("coop"), Ok)?));
         }
         let mut out = serde_json::Map::new();
@@ -747,7 +748,7 @@ impl Explainer {
     /// The CLIP ROI of a prepared slice (thresholded map, before the margin) and its seconds.
     pub fn clip_roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
         let prompt = self.label_id(class)?;
-        with_engine!(self, |e| Ok(e.clip(&self.clip)?.roi(&e.backend, input, prompt)?))
+        with_engine!(self, |e| Ok(e.clip(&self.clip)?.roi(&e.backend, &input.image, input.size, prompt)?))
     }
 
     /// One method in one ROI mode on a prepared slice; `progress(done, total)` counts forward passes.

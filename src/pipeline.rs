@@ -2,7 +2,6 @@
 //! `explain`, `bench` and `demo` commands are loops over this.
 
 use crate::backend::Backend;
-use crate::error::Error;
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::occlusion::Occlusion;
 use crate::explain::rise::Rise;
@@ -11,16 +10,14 @@ use crate::explain::{baseline_image, BaselineKind, Cancel, Convergence, Problem,
 use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
-use crate::models::clip::ClipModel;
-use crate::models::{bundled, SegModel};
-use crate::organs::{organ_name, FLARE22_ORGANS};
+use crate::models::SegModel;
+use crate::organs::organ_name;
 use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout, Orientation};
 use crate::render::{Colouring, Panel, Sign};
-use crate::roi::clip::{binarise, keep_large_components, ClipLocaliser, CoopContexts, Threshold};
+use crate::roi::clip::ClipRoi;
 use crate::roi::{area_fraction, region, RoiMode};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -214,7 +211,7 @@ impl Settings {
             batch: 16,
             faithfulness_steps: 32,
             scale_roi_budget: true,
-            roi_min_coverage: 0.9,
+            roi_min_coverage: crate::roi::MIN_COVERAGE,
             roi_fallback: None,
         }
     }
@@ -529,18 +526,6 @@ fn superpixels(settings: &Settings, slice: &SliceInput, roi: &[bool], full: bool
     }
 }
 
-/// The CLIP ROI of a slice (thresholded, before the margin) and the seconds it took: computed once per
-/// slice and charged to every method run that uses it.
-#[derive(Clone, Debug, Default)]
-pub struct ClipRoi {
-    /// The thresholded map with small components dropped (before the margin).
-    pub mask: Option<Vec<bool>>,
-    /// The organ probability map on the model grid.
-    pub probability: Option<Vec<f32>>,
-    /// Seconds the map took (text features, image features, threshold).
-    pub seconds: f64,
-}
-
 /// ROI-mode settings with the full run's samples per perturbed feature: SLIC keeps its superpixel size
 /// (segments scale with the ROI's area) and LIME/SHAP samples scale with the superpixel count; RISE's
 /// masks scale with the fraction of its grid cells that touch the ROI. Occlusion needs no rule: it
@@ -853,83 +838,4 @@ impl BatchSize {
 /// The model grid side for `model`: the requested one, else its config's input_size, else 256.
 pub fn model_size<B: Backend>(requested: Option<usize>, model: &SegModel<B>) -> usize {
     requested.or(model.input_size()).unwrap_or(256)
-}
-
-/// How the CLIP text side describes organs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Prompts {
-    /// CoOp's learned context vectors (the folder's `config.json` + `model.safetensors`).
-    Coop,
-    /// The hand-written template "a CT image of the {organ}" for every class.
-    Template,
-    /// This prompt for the target organ (the other classes use the template).
-    Custom(String),
-}
-
-/// Where the CLIP ROI comes from: model folders (bundled ones when `None`), prompts and threshold.
-#[derive(Clone, Debug)]
-pub struct ClipOptions {
-    /// transformers CLIPModel folder; default: the bundled weights/clip.
-    pub clip: Option<PathBuf>,
-    /// CoOp contexts folder; default: the bundled weights/coop.
-    pub coop: Option<PathBuf>,
-    /// Learned CoOp contexts, the hand template, or a custom prompt for the organ.
-    pub prompts: Prompts,
-    /// Threshold on the organ probability map.
-    pub threshold: Threshold,
-}
-
-impl Default for ClipOptions {
-    fn default() -> Self {
-        Self { clip: None, coop: None, prompts: Prompts::Coop, threshold: Threshold::Otsu }
-    }
-}
-
-/// CLIP weights and CoOp contexts, loaded once and used for many slices.
-pub struct ClipRoiFinder<B: Backend> {
-    clip: ClipModel<B>,
-    coop: Option<CoopContexts>,
-    classes: Vec<String>,
-    prompt: Option<String>,
-    threshold: Threshold,
-}
-
-impl<B: Backend> ClipRoiFinder<B> {
-    /// Loads CLIP (and CoOp) onto `backend` from `options` (bundled folders when none are given).
-    pub fn load(backend: &B, options: &ClipOptions) -> Result<Self> {
-        let clip_dir = match &options.clip {
-            Some(d) => d.clone(),
-            None => bundled("clip")?,
-        };
-        let clip = ClipModel::load_dir(backend, &clip_dir)?;
-        let classes = std::iter::once("background".to_string())
-            .chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string()))
-            .collect();
-        let coop = match &options.prompts {
-            Prompts::Coop => {
-                let dir = match &options.coop {
-                    Some(d) => d.clone(),
-                    None => bundled("coop")?,
-                };
-                Some(CoopContexts::load_dir(&dir).map_err(|e| Error::input(&dir, e))?)
-            }
-            Prompts::Template | Prompts::Custom(_) => None,
-        };
-        let prompt = match &options.prompts {
-            Prompts::Custom(p) => Some(p.clone()),
-            _ => None,
-        };
-        Ok(Self { clip, coop, classes, prompt, threshold: options.threshold })
-    }
-
-    /// The CLIP ROI of a prepared slice: organ probability map, thresholded, small components dropped.
-    /// Seconds count the text features, map and threshold (not the weights' loading).
-    pub fn roi(&self, backend: &B, input: &SliceInput, class: usize) -> Result<ClipRoi> {
-        let started = Instant::now();
-        let prompt = self.prompt.as_deref().map(|p| (class, p));
-        let localiser = ClipLocaliser::new(backend, &self.clip, &self.classes, self.coop.as_ref(), prompt)?;
-        let probability = localiser.probability_map(backend, &input.image, input.size, class)?;
-        let mask = keep_large_components(&binarise(&probability, self.threshold), input.size, 0.2);
-        Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
-    }
 }

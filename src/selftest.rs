@@ -852,7 +852,8 @@ pub fn check_explainers<B: Backend>(
     batch: usize,
     mut progress: impl FnMut(&ExplainRow),
 ) -> Result<Vec<ExplainRow>> {
-    use crate::pipeline::{run_method, ClipRoi, Method, Settings, SliceInput};
+    use crate::pipeline::{run_method, Method, Settings, SliceInput};
+    use crate::roi::clip::ClipRoi;
     let size = if quick { 32 } else { 256 };
     let model = explained_unet(device, quick)?;
     // The CPU's model: the reference, and (quick) what picks the class; not loaded for nothing.

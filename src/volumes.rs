@@ -14,7 +14,9 @@ use crate::metrics::{agreement, Agreement};
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
 use crate::preprocess::{normalise_values, Intensity};
-use crate::roi::RoiMode;
+use crate::roi::clip::{ClipOptions, ClipRoiFinder};
+use crate::roi::volume::{bounding_box, clip_volume, dilate, ClipVolume};
+use crate::roi::{RoiMode, MIN_COVERAGE};
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 
@@ -28,8 +30,14 @@ pub struct VolumeSettings {
     pub window: SlidingWindow,
     /// The occlusion window and stride (voxels per axis of the model's view).
     pub occlusion: Occlusion3d,
-    /// The region perturbations may touch: none (the whole volume), seg or bbox.
+    /// The region perturbations may touch: none (the whole volume), seg, bbox, clip or clip+seg.
     pub roi: RoiMode,
+    /// CLIP and CoOp folders, prompts and threshold of the CLIP ROI.
+    pub clip: ClipOptions,
+    /// Least share of M0 an ROI must cover; below it the run stops, or uses `fallback`.
+    pub min_coverage: f64,
+    /// The ROI mode used instead of one that covers too little of M0 (None: the run stops).
+    pub fallback: Option<RoiMode>,
     /// ROI margin around the predicted organ, in millimetres.
     pub margin_mm: f64,
     /// Intensity normalisation to [0, 1]; None: the model's own window where it fixes one, else the
@@ -41,8 +49,9 @@ pub struct VolumeSettings {
 
 impl VolumeSettings {
     /// Tiles of `patch` voxels at MONAI's default overlap (0.25) with Gaussian blending, occlusion
-    /// windows of 16 voxels at stride 16 (MONAI OcclusionSensitivity's mask size), the whole volume,
-    /// the abdomen CT window, tile reuse on.
+    /// windows of 16 voxels at stride 16 (MONAI OcclusionSensitivity's mask size), the whole volume
+    /// (the bundled CLIP with CoOp for CLIP modes, M0 covered as slices require it, no fallback), the
+    /// model's window, tile reuse on.
     pub fn new(patch: [usize; 3]) -> Self {
         Self {
             window: SlidingWindow {
@@ -52,6 +61,9 @@ impl VolumeSettings {
             },
             occlusion: Occlusion3d { window: [16; 3], stride: [16; 3] },
             roi: RoiMode::Full,
+            clip: ClipOptions::default(),
+            min_coverage: MIN_COVERAGE,
+            fallback: None,
             margin_mm: 15.0,
             intensity: None,
             reuse: true,
@@ -84,8 +96,12 @@ pub struct VolumeRun {
     pub forward_passes: usize,
     /// Wall time of the explanation.
     pub seconds: f64,
-    /// Share of M0 inside the ROI.
+    /// Share of M0 inside the ROI asked for (before any fallback).
     pub roi_coverage: f64,
+    /// The mode used instead, when the ROI asked for covered too little of M0.
+    pub roi_fallback: Option<RoiMode>,
+    /// The CLIP ROI over the volume, when a CLIP mode was asked for or fallen back to.
+    pub clip: Option<ClipVolume>,
     /// The map against the labels of the organ (when given): Dice/IoU, AUROC, pointing game over voxels.
     pub agreement: Option<Agreement>,
 }
@@ -111,60 +127,32 @@ fn to_file<T: Copy + Default>(data: &[T], [nx, ny, nz]: [usize; 3]) -> Vec<T> {
     out
 }
 
-/// `mask` (model order, dims) dilated by an ellipsoid of `radius` mm given the spacing per axis.
-fn dilate(mask: &[bool], dims: [usize; 3], spacing: [f64; 3], radius: f64) -> Vec<bool> {
-    let reach: [isize; 3] = std::array::from_fn(|a| (radius / spacing[a]).floor() as isize);
-    let offsets: Vec<[isize; 3]> = (-reach[0]..=reach[0])
-        .flat_map(|a| (-reach[1]..=reach[1]).flat_map(move |b| (-reach[2]..=reach[2]).map(move |c| [a, b, c])))
-        .filter(|o| (0..3).map(|a| (o[a] as f64 * spacing[a]).powi(2)).sum::<f64>() <= radius * radius)
-        .collect();
-    let index = |p: [isize; 3]| ((p[0] as usize * dims[1]) + p[1] as usize) * dims[2] + p[2] as usize;
-    let inside = |p: [isize; 3]| (0..3).all(|a| p[a] >= 0 && p[a] < dims[a] as isize);
-    let mut out = mask.to_vec();
-    for (v, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
-        let p = [(v / (dims[1] * dims[2])) as isize, ((v / dims[2]) % dims[1]) as isize, (v % dims[2]) as isize];
-        // Only the surface grows the mask: an interior voxel's ball lies inside its neighbours' balls.
-        let interior =
-            [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]].iter().all(|d: &[isize; 3]| {
-                let q = [p[0] + d[0], p[1] + d[1], p[2] + d[2]];
-                inside(q) && mask[index(q)]
-            });
-        if interior {
-            continue;
+/// The ROI of `mode` in the model's order: M0 or the CLIP mask (model order) grown by `margin_mm`.
+fn region(
+    mode: RoiMode,
+    m0: &[bool],
+    clip: Option<&[bool]>,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    margin_mm: f64,
+) -> Result<Vec<bool>> {
+    let clip = || clip.ok_or_else(|| anyhow::anyhow!("--roi {} needs the CLIP ROI of the volume", mode.name()));
+    Ok(match mode {
+        RoiMode::Full => vec![true; m0.len()],
+        RoiMode::Seg => dilate(m0, dims, spacing, margin_mm),
+        RoiMode::Bbox => bounding_box(m0, dims, std::array::from_fn(|a| (margin_mm / spacing[a]).round() as usize)),
+        RoiMode::Clip => dilate(clip()?, dims, spacing, margin_mm),
+        RoiMode::ClipSeg => {
+            let union: Vec<bool> = clip()?.iter().zip(m0).map(|(c, m)| *c || *m).collect();
+            dilate(&union, dims, spacing, margin_mm)
         }
-        for o in &offsets {
-            let q = [p[0] + o[0], p[1] + o[1], p[2] + o[2]];
-            if inside(q) {
-                out[index(q)] = true;
-            }
-        }
-    }
-    out
-}
-
-/// The bounding box of `mask` grown by `margin` voxels per axis, as a mask.
-fn bounding_box(mask: &[bool], dims: [usize; 3], margin: [usize; 3]) -> Vec<bool> {
-    let (mut lo, mut hi) = (dims, [0usize; 3]);
-    for (v, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
-        let p = [v / (dims[1] * dims[2]), (v / dims[2]) % dims[1], v % dims[2]];
-        for a in 0..3 {
-            lo[a] = lo[a].min(p[a]);
-            hi[a] = hi[a].max(p[a] + 1);
-        }
-    }
-    let lo: [usize; 3] = std::array::from_fn(|a| lo[a].saturating_sub(margin[a]));
-    let hi: [usize; 3] = std::array::from_fn(|a| (hi[a] + margin[a]).min(dims[a]));
-    (0..mask.len())
-        .map(|v| {
-            let p = [v / (dims[1] * dims[2]), (v / dims[2]) % dims[1], v % dims[2]];
-            (0..3).all(|a| lo[a] <= p[a] && p[a] < hi[a])
-        })
-        .collect()
+    })
 }
 
 /// Occlusion of `class` over the whole `volume` with the 3-D `model`, in `settings.roi`; `labels` (on
-/// the volume's grid, the model's class ids) give the agreement metrics. `progress(done, total)` counts
-/// occlusion windows.
+/// the volume's grid, the model's class ids) give the agreement metrics; `clip` (file order) is the CLIP
+/// ROI, needed when the mode or its fallback uses CLIP. `progress(done, total)` counts occlusion windows.
+#[allow(clippy::too_many_arguments)]
 pub fn explain_volume<B: Backend>(
     backend: &B,
     model: &SegModel<B>,
@@ -172,17 +160,11 @@ pub fn explain_volume<B: Backend>(
     truth: Option<&[bool]>,
     class: usize,
     settings: &VolumeSettings,
+    clip: Option<ClipVolume>,
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
     ensure!(model.spatial_dims() == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
     ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
-    if matches!(settings.roi, RoiMode::Clip | RoiMode::ClipSeg) {
-        fail!(
-            InvalidInput,
-            "--roi {}: the CLIP ROI of whole volumes is not available yet; use --roi seg, bbox or none",
-            settings.roi.name()
-        );
-    }
     let started = std::time::Instant::now();
     let dims = volume.dims;
     let intensity = model.input_intensity(settings.intensity)?;
@@ -194,18 +176,39 @@ pub fn explain_volume<B: Backend>(
     let mut m0 = vec![false; voxels];
     scorer.m0().iter().for_each(|&v| m0[v] = true);
     let spacing = volume.spacing();
-    let roi = match settings.roi {
-        RoiMode::Seg => dilate(&m0, dims, spacing, settings.margin_mm),
-        RoiMode::Bbox => {
-            bounding_box(&m0, dims, std::array::from_fn(|a| (settings.margin_mm / spacing[a]).round() as usize))
-        }
-        _ => vec![true; voxels],
+    let clip_mask = clip.as_ref().map(|c| to_model(&c.mask, dims));
+    let organ = model.class_name(class);
+    let roi = region(settings.roi, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?;
+    if !roi.contains(&true) {
+        fail!(
+            OrganAbsent,
+            "the {} ROI is empty in this volume (the CLIP map has no {organ} above its threshold): nothing to perturb; try --roi seg, --roi none or another --roi-threshold",
+            settings.roi.name()
+        );
+    }
+    // The ROI must contain the organ the model sees, or the explanation is of the wrong place.
+    let covered = |roi: &[bool]| scorer.m0().iter().filter(|&&v| roi[v]).count() as f64 / scorer.m0().len() as f64;
+    let roi_coverage = covered(&roi);
+    let mut roi_fallback = None;
+    let roi = if settings.roi != RoiMode::Full && roi_coverage < settings.min_coverage {
+        let Some(fallback) = settings.fallback else {
+            fail!(
+                RoiMiss,
+                "the {} ROI covers {:.1}% of the model's own {organ} prediction in this volume (at least {:.0}% needed): it would explain the wrong place; use --roi seg or --roi clip+seg, or --roi-fallback seg",
+                settings.roi.name(),
+                100.0 * roi_coverage,
+                100.0 * settings.min_coverage
+            );
+        };
+        roi_fallback = Some(fallback);
+        region(fallback, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?
+    } else {
+        roi
     };
-    let roi_coverage = m0.iter().zip(&roi).filter(|(m, r)| **m && **r).count() as f64 / scorer.m0().len() as f64;
     scorer.set_roi(roi.clone())?;
     let base_score = scorer.base_score;
     let result = settings.occlusion.explain(&mut scorer, progress)?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64() + clip.as_ref().map_or(0.0, |c| c.seconds);
     let saliency = to_file(&result.saliency, dims);
     let agreement = truth.map(|t| agreement(&saliency, t));
     Ok(VolumeRun {
@@ -220,6 +223,8 @@ pub fn explain_volume<B: Backend>(
         forward_passes: result.forward_passes,
         seconds,
         roi_coverage,
+        roi_fallback,
+        clip,
         agreement,
         intensity,
     })
@@ -246,7 +251,8 @@ pub struct VolumeExplained {
 
 /// [`explain_volume`] on `device` with the 3-D model in `dir` (a BasicUNet folder or a MONAI bundle):
 /// `organ` is one of the model's classes (its own names where it lists them, else FLARE22's), `labels`
-/// are FLARE22 ids on the volume's grid.
+/// are FLARE22 ids on the volume's grid. `progress(stage, done, total)` counts CLIP's slices (stage
+/// "clip") and then occlusion windows ("occlusion").
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume_on(
     device: Device,
@@ -256,7 +262,7 @@ pub fn explain_volume_on(
     labels: Option<&[u8]>,
     organ: &str,
     settings: &VolumeSettings,
-    progress: impl FnMut(usize, usize),
+    progress: impl FnMut(&str, usize, usize),
 ) -> Result<VolumeExplained> {
     fn on<B: Backend>(
         b: &B,
@@ -265,7 +271,7 @@ pub fn explain_volume_on(
         labels: Option<&[u8]>,
         organ: &str,
         settings: &VolumeSettings,
-        progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(&str, usize, usize),
     ) -> Result<VolumeExplained> {
         let model = SegModel::load_dir(b, dir)?;
         if matches!(model, SegModel::NnUNet { .. }) {
@@ -283,7 +289,16 @@ pub fn explain_volume_on(
             }
             None => None,
         };
-        let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, progress)?;
+        let clip = if settings.roi.uses_clip() || settings.fallback.is_some_and(|f| f.uses_clip()) {
+            let finder = ClipRoiFinder::load(b, &settings.clip)?;
+            let range = model.input_intensity(settings.intensity)?.range(volume);
+            Some(clip_volume(b, &finder, volume, range, model.label_id(class)?, |d, t| progress("clip", d, t))?)
+        } else {
+            None
+        };
+        let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, clip, |d, t| {
+            progress("occlusion", d, t)
+        })?;
         Ok(VolumeExplained {
             run,
             backend: b.name(),
@@ -312,20 +327,5 @@ mod tests {
         // File voxel (i, j, k) = i + 3 (j + 4 k); in the model's order k runs fastest.
         assert_eq!(&model[..3], &[0, 12, 24]);
         assert_eq!(to_file(&model, dims), data);
-    }
-
-    #[test]
-    fn dilation_is_an_ellipsoid_in_millimetres() {
-        let dims = [9, 9, 9];
-        let mut mask = vec![false; 729];
-        mask[(4 * 9 + 4) * 9 + 4] = true;
-        // 2 mm voxels along the first axis, 1 mm along the others: a 2 mm ball reaches 1 voxel / 2 voxels.
-        let grown = dilate(&mask, dims, [2.0, 1.0, 1.0], 2.0);
-        let at = |a: usize, b: usize, c: usize| grown[(a * 9 + b) * 9 + c];
-        assert!(at(5, 4, 4) && !at(6, 4, 4) && at(4, 6, 4) && !at(4, 7, 4) && at(4, 4, 2));
-        // 13 offsets in the middle plane (b² + c² <= 4), one on each side along the coarse axis.
-        assert_eq!(grown.iter().filter(|&&b| b).count(), 13 + 2);
-        let boxed = bounding_box(&mask, dims, [1, 0, 2]);
-        assert_eq!(boxed.iter().filter(|&&b| b).count(), 3 * 5);
     }
 }

@@ -8,8 +8,8 @@ use xaiclip::dataset::{load_labels, LabelIds};
 use xaiclip::io::{self, Volume};
 use xaiclip::models::{BasicUNet, SegModel};
 use xaiclip::pipeline::SliceInput;
-use xaiclip::pipeline::{ClipOptions, ClipRoiFinder};
 use xaiclip::preprocess::Intensity;
+use xaiclip::roi::clip::{ClipOptions, ClipRoiFinder};
 use xaiclip::roi::{region, RoiMode};
 use xaiclip::segment::{segment_slices, SegmentOptions};
 
@@ -107,7 +107,7 @@ fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
                 if !truth.contains(&true) {
                     continue;
                 }
-                let clip = finder.roi(&CpuBackend, &input, organ as usize).unwrap();
+                let clip = finder.roi(&CpuBackend, &input.image, input.size, organ as usize).unwrap();
                 let roi = region(
                     RoiMode::Clip,
                     &vec![false; size * size],

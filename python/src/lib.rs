@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use xaiclip::dataset::LabelIds;
 use xaiclip::explainer::Options;
 use xaiclip::io::Volume;
-use xaiclip::pipeline::{BatchSize, ClipOptions, Prompts};
+use xaiclip::pipeline::BatchSize;
+use xaiclip::roi::clip::{ClipOptions, Prompts};
 use xaiclip::preprocess::Intensity;
 use xaiclip::{Device, ErrorKind, Method, Precision, Request, RoiMode, Slices};
 

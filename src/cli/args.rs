@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use xaiclip::explainer::Options;
-use xaiclip::pipeline::{BatchSize, ClipOptions, Prompts, Settings};
+use xaiclip::pipeline::{BatchSize, Settings};
+use xaiclip::roi::clip::{ClipOptions, Prompts};
 use xaiclip::{Explainer, ExplainerBuilder};
 
 /// The CLIP ROI's models, prompts and threshold (explain, bench, demo, eval, roi).

@@ -5,8 +5,9 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use xaiclip::io::{self, stage_text, Staging, Volume};
-use xaiclip::pipeline::{ClipRoi, Method, MethodRun, Settings, SliceInput, Slices};
+use xaiclip::pipeline::{Method, MethodRun, Settings, SliceInput, Slices};
 use xaiclip::report::{runs_report, FigureOptions, ReportContext};
+use xaiclip::roi::clip::ClipRoi;
 use xaiclip::roi::RoiMode;
 use xaiclip::{render, Explainer, Request};
 

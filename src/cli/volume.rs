@@ -79,11 +79,15 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
     let stride = options.occlusion_stride.unwrap_or(window);
     settings.occlusion = Occlusion3d { window: [window; 3], stride: [stride; 3] };
     settings.roi = cmd.roi;
+    settings.clip = cmd.method_args.clip.clip_options()?;
+    settings.min_coverage = options.roi_min_coverage.unwrap_or(settings.min_coverage);
+    settings.fallback = options.roi_fallback;
     settings.margin_mm = options.margin_mm.unwrap_or(settings.margin_mm);
     settings.intensity = cmd.method_args.intensity.intensity()?;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
-    let bar = Progress::new(0, &format!("occlusion 3-D ({})", cmd.roi.name()));
+    // One bar per stage: CLIP's axial slices, then the occlusion windows.
+    let mut bar: Option<(String, Progress)> = None;
     let result = explain_volume_on(
         device.device,
         device.precision,
@@ -92,12 +96,22 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         labels.as_deref(),
         &cmd.method_args.organ,
         &settings,
-        |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+        |stage, done, total| {
+            if bar.as_ref().is_none_or(|(s, _)| s != stage) {
+                bar.take().inspect(|(_, b)| b.finish_and_clear());
+                let what = match stage {
+                    "clip" => "CLIP ROI, axial slices".to_string(),
+                    _ => format!("occlusion 3-D ({})", cmd.roi.name()),
+                };
+                bar = Some((stage.to_string(), Progress::new(total as u64, &what)));
+            }
+            if let Some((_, b)) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
         },
     );
-    bar.finish_and_clear();
+    bar.inspect(|(_, b)| b.finish_and_clear());
     let explained = result?;
     let run = &explained.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
@@ -127,6 +141,8 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         "backend": explained.backend,
         "settings": {
             "method": "occlusion", "roi": cmd.roi.name(), "margin_mm": settings.margin_mm,
+            "roi_min_coverage": settings.min_coverage, "roi_fallback": settings.fallback.map(|m| m.name()),
+            "roi_threshold": settings.clip.threshold.to_string(),
             "occlusion": settings.occlusion,
             "sliding_window": {"patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "sigma_scale": w.sigma_scale, "tiles_per_forward": w.batch},
             "tile_reuse": settings.reuse, "baseline": 0.0, "score": "mean-prob",
@@ -137,6 +153,8 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
             "seconds": run.seconds, "samples": run.samples, "tiles": run.tiles, "tiles_evaluated": run.tiles_evaluated,
             "tiles_naive": run.tiles_naive, "forward_passes": run.forward_passes, "unperturbed_score": run.base_score,
             "roi_fraction": roi_fraction, "roi_coverage": run.roi_coverage, "m0_voxels": run.m0.iter().filter(|&&m| m).count(),
+            "roi_fallback": run.roi_fallback.map(|m| m.name()),
+            "clip": run.clip.as_ref().map(|c| json!({"slices": c.slices, "seconds": c.seconds, "voxels": c.mask.iter().filter(|&&m| m).count()})),
             "agreement": run.agreement,
         },
     });

@@ -2,13 +2,17 @@
 //! hand-written prompt), turned into a per-pixel probability map and then into an ROI mask.
 
 use crate::backend::Backend;
+use crate::error::Error;
+use crate::models::bundled;
 use crate::models::clip::{ClassPosition, ClipModel, ClipTokenizer, IMAGE_MEAN, IMAGE_STD};
+use crate::organs::FLARE22_ORGANS;
 use crate::preprocess::resize_bilinear;
 use crate::tensor::Tensor;
 use crate::weights::WeightsFile;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The classes the bundled CLIP/CoOp know: index = FLARE22 id, 0 = background.
 pub const HAND_TEMPLATE: &str = "a CT image of the {}";
@@ -182,8 +186,10 @@ pub fn binarise(map: &[f32], threshold: Threshold) -> Vec<bool> {
     }
 }
 
-/// 4-connected components of a mask, largest first: (pixels of each component).
-pub fn components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
+/// Face-connected components of a mask on a [D, H, W] grid (row-major; [1, size, size] for a slice,
+/// where they are 4-connected), largest first: (indices of each component).
+pub fn components(mask: &[bool], [d, h, w]: [usize; 3]) -> Vec<Vec<usize>> {
+    debug_assert_eq!(mask.len(), d * h * w);
     let mut seen = vec![false; mask.len()];
     let mut out = Vec::new();
     for start in 0..mask.len() {
@@ -194,12 +200,14 @@ pub fn components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
         seen[start] = true;
         while let Some(q) = stack.pop() {
             comp.push(q);
-            let (y, x) = (q / size, q % size);
+            let (z, y, x) = (q / (h * w), (q / w) % h, q % w);
             let nbs = [
-                (y > 0).then(|| q - size),
-                (y + 1 < size).then(|| q + size),
+                (z > 0).then(|| q - h * w),
+                (z + 1 < d).then(|| q + h * w),
+                (y > 0).then(|| q - w),
+                (y + 1 < h).then(|| q + w),
                 (x > 0).then(|| q - 1),
-                (x + 1 < size).then(|| q + 1),
+                (x + 1 < w).then(|| q + 1),
             ];
             for nb in nbs.into_iter().flatten() {
                 if mask[nb] && !seen[nb] {
@@ -214,9 +222,9 @@ pub fn components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// Keeps the largest component and any other at least `min_ratio` of its size.
-pub fn keep_large_components(mask: &[bool], size: usize, min_ratio: f64) -> Vec<bool> {
-    let comps = components(mask, size);
+/// Keeps the largest component (on a [D, H, W] grid) and any other at least `min_ratio` of its size.
+pub fn keep_large_components(mask: &[bool], dims: [usize; 3], min_ratio: f64) -> Vec<bool> {
+    let comps = components(mask, dims);
     let mut out = vec![false; mask.len()];
     if let Some(largest) = comps.first().map(Vec::len) {
         for c in comps.iter().filter(|c| c.len() as f64 >= min_ratio * largest as f64) {
@@ -224,4 +232,106 @@ pub fn keep_large_components(mask: &[bool], size: usize, min_ratio: f64) -> Vec<
         }
     }
     out
+}
+
+/// The CLIP ROI of a slice (thresholded, before the margin) and the seconds it took: computed once per
+/// slice and charged to every method run that uses it.
+#[derive(Clone, Debug, Default)]
+pub struct ClipRoi {
+    /// The thresholded map with small components dropped (before the margin).
+    pub mask: Option<Vec<bool>>,
+    /// The organ probability map on the model grid.
+    pub probability: Option<Vec<f32>>,
+    /// Seconds the map took (text features, image features, threshold).
+    pub seconds: f64,
+}
+
+/// How the CLIP text side describes organs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompts {
+    /// CoOp's learned context vectors (the folder's `config.json` + `model.safetensors`).
+    Coop,
+    /// The hand-written template "a CT image of the {organ}" for every class.
+    Template,
+    /// This prompt for the target organ (the other classes use the template).
+    Custom(String),
+}
+
+/// Where the CLIP ROI comes from: model folders (bundled ones when `None`), prompts and threshold.
+#[derive(Clone, Debug)]
+pub struct ClipOptions {
+    /// transformers CLIPModel folder; default: the bundled weights/clip.
+    pub clip: Option<PathBuf>,
+    /// CoOp contexts folder; default: the bundled weights/coop.
+    pub coop: Option<PathBuf>,
+    /// Learned CoOp contexts, the hand template, or a custom prompt for the organ.
+    pub prompts: Prompts,
+    /// Threshold on the organ probability map.
+    pub threshold: Threshold,
+}
+
+impl Default for ClipOptions {
+    fn default() -> Self {
+        Self { clip: None, coop: None, prompts: Prompts::Coop, threshold: Threshold::Otsu }
+    }
+}
+
+/// CLIP weights and CoOp contexts, loaded once and used for many slices.
+pub struct ClipRoiFinder<B: Backend> {
+    clip: ClipModel<B>,
+    coop: Option<CoopContexts>,
+    classes: Vec<String>,
+    prompt: Option<String>,
+    threshold: Threshold,
+}
+
+impl<B: Backend> ClipRoiFinder<B> {
+    /// Loads CLIP (and CoOp) onto `backend` from `options` (bundled folders when none are given).
+    pub fn load(backend: &B, options: &ClipOptions) -> Result<Self> {
+        let clip_dir = match &options.clip {
+            Some(d) => d.clone(),
+            None => bundled("clip")?,
+        };
+        let clip = ClipModel::load_dir(backend, &clip_dir)?;
+        let classes = std::iter::once("background".to_string())
+            .chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string()))
+            .collect();
+        let coop = match &options.prompts {
+            Prompts::Coop => {
+                let dir = match &options.coop {
+                    Some(d) => d.clone(),
+                    None => bundled("coop")?,
+                };
+                Some(CoopContexts::load_dir(&dir).map_err(|e| Error::input(&dir, e))?)
+            }
+            Prompts::Template | Prompts::Custom(_) => None,
+        };
+        let prompt = match &options.prompts {
+            Prompts::Custom(p) => Some(p.clone()),
+            _ => None,
+        };
+        Ok(Self { clip, coop, classes, prompt, threshold: options.threshold })
+    }
+
+    /// Normalised text features of every class for prompts of `class` (a FLARE22 id): built once per
+    /// organ, then used for any number of slices.
+    pub fn localiser(&self, backend: &B, class: usize) -> Result<ClipLocaliser<'_, B>> {
+        let prompt = self.prompt.as_deref().map(|p| (class, p));
+        ClipLocaliser::new(backend, &self.clip, &self.classes, self.coop.as_ref(), prompt)
+    }
+
+    /// The threshold that turns probability maps into masks.
+    pub fn threshold(&self) -> Threshold {
+        self.threshold
+    }
+
+    /// The CLIP ROI of a `size` x `size` slice windowed to [0, 1]: organ probability map of `class` (a
+    /// FLARE22 id), thresholded, small components dropped. Seconds count the text features, map and
+    /// threshold (not the weights' loading).
+    pub fn roi(&self, backend: &B, image: &[f32], size: usize, class: usize) -> Result<ClipRoi> {
+        let started = Instant::now();
+        let probability = self.localiser(backend, class)?.probability_map(backend, image, size, class)?;
+        let mask = keep_large_components(&binarise(&probability, self.threshold), [1, size, size], 0.2);
+        Ok(ClipRoi { mask: Some(mask), probability: Some(probability), seconds: started.elapsed().as_secs_f64() })
+    }
 }

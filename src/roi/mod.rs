@@ -5,6 +5,7 @@
 //! sees the organ's border and immediate context.
 
 pub mod clip;
+pub mod volume;
 
 use anyhow::Result;
 
@@ -47,6 +48,10 @@ impl RoiMode {
         }
     }
 }
+
+/// Least share of the model's own prediction of the organ that an ROI must cover by default (slices
+/// and volumes): below it the explanation would be of the wrong place.
+pub const MIN_COVERAGE: f64 = 0.9;
 
 /// Pixels within `radius` (pixels, Euclidean) of a set pixel.
 pub fn dilate(mask: &[bool], size: usize, radius: f64) -> Vec<bool> {
