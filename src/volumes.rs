@@ -1,5 +1,6 @@
 //! Whole volumes through 3-D U-Nets: the intensity window, the model's view of the voxels, sliding-window
-//! inference, the ROI in 3-D, occlusion with tile reuse (`explain::volume`), and the metrics over voxels.
+//! inference, the ROI in 3-D, occlusion and RISE with tile reuse (`explain::volume`), and the metrics
+//! over voxels.
 //!
 //! The model sees the volume as MONAI's `LoadImage` + `EnsureChannelFirst` give it: (1, 1, nx, ny, nz),
 //! the file's voxel axes in order, z fastest in memory, no reorientation and no resampling (the volume
@@ -7,6 +8,7 @@
 
 use crate::backend::device::Compute;
 use crate::backend::{Backend, Device, Precision};
+use crate::explain::rise::Rise;
 use crate::explain::volume::{Occlusion3d, VolumeScorer};
 use crate::fail;
 use crate::io::Volume;
@@ -23,13 +25,39 @@ use anyhow::{ensure, Result};
 /// The sliding window's tile where neither the model nor the user states one (MONAI's zoo bundles' 96³).
 pub const DEFAULT_PATCH: [usize; 3] = [96; 3];
 
-/// What a whole-volume occlusion run does.
+/// The perturbation method of a whole-volume run.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeMethod {
+    /// Boxes of the ROI set to the baseline, one sample per window position.
+    Occlusion(Occlusion3d),
+    /// RISE keep-masks over the ROI (a grid of s³ cells per mask; `tol` is not available in 3-D).
+    Rise(Rise),
+}
+
+impl VolumeMethod {
+    /// The method's name in the CLI and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VolumeMethod::Occlusion(_) => "occlusion",
+            VolumeMethod::Rise(_) => "rise",
+        }
+    }
+}
+
+/// The occlusion window's side in voxels where none is given (MONAI OcclusionSensitivity's mask size).
+pub const OCCLUSION_WINDOW: usize = 16;
+
+/// What a whole-volume run does.
 #[derive(Clone, Debug)]
 pub struct VolumeSettings {
     /// Tiles of the sliding-window inference.
     pub window: SlidingWindow,
-    /// The occlusion window and stride (voxels per axis of the model's view).
-    pub occlusion: Occlusion3d,
+    /// Occlusion (window and stride in voxels per axis of the model's view) or RISE.
+    pub method: VolumeMethod,
+    /// In ROI mode, RISE scores the masks in proportion to the share of its grid cells that hold ROI
+    /// voxels (the full run's masks per cell, as on slices); false keeps every mask.
+    pub scale_roi_budget: bool,
     /// The region perturbations may touch: none (the whole volume), seg, bbox, clip or clip+seg.
     pub roi: RoiMode,
     /// CLIP and CoOp folders, prompts and threshold of the CLIP ROI.
@@ -59,7 +87,11 @@ impl VolumeSettings {
                 batch: 4,
                 ..SlidingWindow::new(patch)
             },
-            occlusion: Occlusion3d { window: [16; 3], stride: [16; 3] },
+            method: VolumeMethod::Occlusion(Occlusion3d {
+                window: [OCCLUSION_WINDOW; 3],
+                stride: [OCCLUSION_WINDOW; 3],
+            }),
+            scale_roi_budget: true,
             roi: RoiMode::Full,
             clip: ClipOptions::default(),
             min_coverage: MIN_COVERAGE,
@@ -151,7 +183,8 @@ fn region(
 
 /// Occlusion of `class` over the whole `volume` with the 3-D `model`, in `settings.roi`; `labels` (on
 /// the volume's grid, the model's class ids) give the agreement metrics; `clip` (file order) is the CLIP
-/// ROI, needed when the mode or its fallback uses CLIP. `progress(done, total)` counts occlusion windows.
+/// ROI, needed when the mode or its fallback uses CLIP. `progress(done, total)` counts scored samples
+/// (occlusion windows or RISE masks).
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume<B: Backend>(
     backend: &B,
@@ -207,7 +240,14 @@ pub fn explain_volume<B: Backend>(
     };
     scorer.set_roi(roi.clone())?;
     let base_score = scorer.base_score;
-    let result = settings.occlusion.explain(&mut scorer, progress)?;
+    let result = match settings.method {
+        VolumeMethod::Occlusion(occlusion) => occlusion.explain(&mut scorer, progress)?,
+        VolumeMethod::Rise(rise) => {
+            let full = roi_fallback.unwrap_or(settings.roi) == RoiMode::Full;
+            let masks = if full || !settings.scale_roi_budget { rise.masks } else { rise.volume_budget(&roi, dims) };
+            Rise { masks, ..rise }.explain_volume(&mut scorer, progress)?
+        }
+    };
     let seconds = started.elapsed().as_secs_f64() + clip.as_ref().map_or(0.0, |c| c.seconds);
     let saliency = to_file(&result.saliency, dims);
     let agreement = truth.map(|t| agreement(&saliency, t));
@@ -252,7 +292,7 @@ pub struct VolumeExplained {
 /// [`explain_volume`] on `device` with the 3-D model in `dir` (a BasicUNet folder or a MONAI bundle):
 /// `organ` is one of the model's classes (its own names where it lists them, else FLARE22's), `labels`
 /// are FLARE22 ids on the volume's grid. `progress(stage, done, total)` counts CLIP's slices (stage
-/// "clip") and then occlusion windows ("occlusion").
+/// "clip") and then the method's samples ("occlusion" windows or "rise" masks).
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume_on(
     device: Device,
@@ -297,7 +337,7 @@ pub fn explain_volume_on(
             None
         };
         let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, clip, |d, t| {
-            progress("occlusion", d, t)
+            progress(settings.method.name(), d, t)
         })?;
         Ok(VolumeExplained {
             run,

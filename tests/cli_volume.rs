@@ -85,13 +85,33 @@ fn a_3d_unet_explains_the_whole_volume_with_tile_reuse() {
     assert_eq!(r["roi_fallback"].as_str(), Some("seg"), "{r}");
     assert!(r["roi_coverage"].as_f64().unwrap() < 0.9, "{r}");
     assert_eq!((&r["roi_fraction"], &r["samples"]), (&seg["roi_fraction"], &seg["samples"]), "{r}");
+    // RISE over the volume: masks on the seg ROI only, the same map with and without tile reuse.
+    let rise = ["--method", "rise", "--masks", "16", "--grid", "4", "--roi", "seg", "--margin-mm", "6"];
+    let o = explain(dir.path(), "rise", &rise);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = explain(dir.path(), "rise_no_reuse", &[&rise[..], &["--no-tile-reuse"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rise_map = std::fs::read(dir.path().join("rise/saliency.nii.gz")).unwrap();
+    assert_eq!(rise_map, std::fs::read(dir.path().join("rise_no_reuse/saliency.nii.gz")).unwrap());
+    let report_rise = report("rise");
+    let (settings, r) = (&report_rise["settings"], &report_rise["result"]);
+    assert_eq!((settings["method"].as_str(), settings["rise"]["grid"].as_u64()), (Some("rise"), Some(4)), "{settings}");
+    assert!((1..=16).contains(&r["samples"].as_u64().unwrap()), "{r}");
+    let map = xaiclip::io::read_image(&dir.path().join("rise/saliency.nii.gz")).unwrap();
+    let roi_voxels = (r["roi_fraction"].as_f64().unwrap() * map.data.len() as f64).round() as usize;
+    let nonzero = map.data.iter().filter(|&&v| v != 0.0).count();
+    assert!(nonzero > 0 && nonzero <= roi_voxels, "{nonzero} attributed voxels, ROI {roi_voxels}");
     // clip+seg holds M0 by construction.
     let o = explain(dir.path(), "clipseg", &["--roi", "clip+seg", "--margin-mm", "6"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(report("clipseg")["result"]["roi_coverage"].as_f64(), Some(1.0));
     // What a 3-D model cannot do yet is refused before any work, naming the option.
     for (extra, expect) in [
-        (&["--method", "rise"][..], "--method rise: whole volumes (a 3-D U-Net) are explained by occlusion so far"),
+        (
+            &["--method", "lime"][..],
+            "--method lime: whole volumes (a 3-D U-Net) are explained by occlusion and RISE so far",
+        ),
+        (&["--method", "rise", "--rise-tol", "0.1"][..], "--rise-tol: the adaptive RISE stop is for slices"),
         (&["--slice", "5"][..], "--slice 5: a 3-D U-Net explains the whole volume; pass --slice all"),
         // The fixture's random weights predict "liver" in scattered places the CLIP ROI does not hold.
         (&["--roi", "clip"][..], "of the model's own liver prediction in this volume (at least 90% needed)"),

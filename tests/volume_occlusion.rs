@@ -1,9 +1,11 @@
-//! 3-D occlusion under sliding-window inference: tile reuse gives the same map, bit for bit, as
-//! recomputing every tile, with fewer tiles; the ROI bounds what is perturbed and attributed.
+//! 3-D occlusion and RISE under sliding-window inference: tile reuse gives the same map, bit for bit,
+//! as recomputing every tile, with fewer tiles; the ROI bounds what is perturbed and attributed.
 
 use std::path::PathBuf;
+use xaiclip::backend::perturb::RiseMask3d;
 use xaiclip::backend::CpuBackend;
-use xaiclip::explain::volume::{Occlusion3d, VolumeScorer};
+use xaiclip::explain::rise::Rise;
+use xaiclip::explain::volume::{Occlusion3d, VolumeExplanation, VolumeScorer};
 use xaiclip::models::sliding::{Blend, SlidingWindow};
 use xaiclip::models::{BasicUNet, SegModel};
 use xaiclip::tensor::Tensor;
@@ -22,7 +24,16 @@ fn case() -> (SegModel<CpuBackend>, Tensor, SlidingWindow) {
     (model, x, window)
 }
 
-fn run(reuse: bool, roi: Option<Vec<bool>>) -> (xaiclip::explain::volume::VolumeExplanation, usize) {
+fn run(reuse: bool, roi: Option<Vec<bool>>) -> (VolumeExplanation, usize) {
+    let occlusion = Occlusion3d { window: [6, 10, 12], stride: [6, 10, 12] };
+    run_with(reuse, roi, |scorer| occlusion.explain(scorer, |_, _| {}).unwrap())
+}
+
+fn run_with(
+    reuse: bool,
+    roi: Option<Vec<bool>>,
+    method: impl FnOnce(&mut VolumeScorer<CpuBackend>) -> VolumeExplanation,
+) -> (VolumeExplanation, usize) {
     let (model, x, window) = case();
     let mut scorer = VolumeScorer::new(&CpuBackend, &model, &x, &window, 1, 0.0).unwrap();
     if let Some(roi) = roi {
@@ -30,8 +41,7 @@ fn run(reuse: bool, roi: Option<Vec<bool>>) -> (xaiclip::explain::volume::Volume
     }
     scorer.reuse = reuse;
     let m0 = scorer.m0().len();
-    let occlusion = Occlusion3d { window: [6, 10, 12], stride: [6, 10, 12] };
-    (occlusion.explain(&mut scorer, |_, _| {}).unwrap(), m0)
+    (method(&mut scorer), m0)
 }
 
 #[test]
@@ -59,9 +69,8 @@ fn tile_reuse_gives_the_recomputed_map_bit_for_bit_with_fewer_tiles() {
 
 #[test]
 fn roi_mode_perturbs_and_attributes_inside_the_roi_only() {
-    let (d, h, w) = (18, 40, 36);
     // A box ROI in one corner of the volume: windows outside it are not scored.
-    let roi: Vec<bool> = (0..d * h * w).map(|v| v / (h * w) < 8 && (v / w) % h < 18 && v % w < 16).collect();
+    let roi = corner_roi();
     let (reused, _) = run(true, Some(roi.clone()));
     let (full, _) = run(false, Some(roi.clone()));
     assert_eq!(reused.saliency, full.saliency);
@@ -70,4 +79,71 @@ fn roi_mode_perturbs_and_attributes_inside_the_roi_only() {
     // Windows touching the box: 2 along D (0, 6), 2 along H (0, 10), 2 along W (0, 12).
     assert_eq!(reused.samples, 8);
     assert!(reused.tiles_evaluated < full.tiles_evaluated);
+}
+
+/// A box ROI in one corner of the 18 x 40 x 36 volume.
+fn corner_roi() -> Vec<bool> {
+    let (d, h, w) = (18, 40, 36);
+    (0..d * h * w).map(|v| v / (h * w) < 8 && (v / w) % h < 18 && v % w < 16).collect()
+}
+
+#[test]
+fn rise_masks_are_trilinear_keep_masks_with_the_keep_rate() {
+    let masks = Rise { masks: 64, grid: 4, p1: 0.3, seed: 9, tol: None }.mask_set();
+    let dims = [18, 40, 36];
+    let (mut total, mut count) = (0f64, 0usize);
+    for i in 0..64 {
+        let m = RiseMask3d::new(&masks, i, dims);
+        for z in 0..dims[0] {
+            for y in 0..dims[1] {
+                for x in 0..dims[2] {
+                    let v = m.value(z, y, x);
+                    assert!((0.0..=1.0).contains(&v), "mask {i} at ({z}, {y}, {x}): {v}");
+                    total += v as f64;
+                    count += 1;
+                }
+            }
+        }
+        // The same (seed, i) gives the same mask; another i another one.
+        assert_eq!(m.value(5, 7, 9), RiseMask3d::new(&masks, i, dims).value(5, 7, 9));
+    }
+    let mean = total / count as f64;
+    assert!((mean - 0.3).abs() < 0.05, "mean keep {mean}");
+    let (a, b) = (RiseMask3d::new(&masks, 0, dims), RiseMask3d::new(&masks, 1, dims));
+    assert!((0..dims[1]).any(|y| a.value(3, y, 4) != b.value(3, y, 4)));
+}
+
+#[test]
+fn rise_with_tile_reuse_gives_the_recomputed_map_bit_for_bit_inside_the_roi() {
+    let rise = Rise { masks: 20, grid: 3, p1: 0.5, seed: 4, tol: None };
+    let roi = corner_roi();
+    let (reused, _) = run_with(true, Some(roi.clone()), |s| rise.explain_volume(s, |_, _| {}).unwrap());
+    let (full, _) = run_with(false, Some(roi.clone()), |s| rise.explain_volume(s, |_, _| {}).unwrap());
+    assert_eq!(reused.saliency, full.saliency, "maps differ");
+    assert!(reused.saliency.iter().zip(&roi).all(|(&s, &r)| r || s == 0.0), "attribution outside the ROI");
+    assert!(reused.saliency.iter().zip(&roi).filter(|(_, &r)| r).all(|(&s, _)| s.is_finite() && s > 0.0));
+    assert_eq!((reused.samples, full.tiles_evaluated), (20, full.tiles_naive));
+    // The corner box (8 x 18 x 16 voxels) lies in the first tiles along each axis only.
+    println!("RISE tiles: {} with reuse, {} without", reused.tiles_evaluated, full.tiles_evaluated);
+    assert!(
+        reused.tiles_evaluated * 2 < full.tiles_evaluated,
+        "{} vs {}",
+        reused.tiles_evaluated,
+        full.tiles_evaluated
+    );
+    // Another seed, another map; the same seed, the same map.
+    let other = Rise { seed: 5, ..rise };
+    let (again, _) = run_with(true, Some(roi.clone()), |s| rise.explain_volume(s, |_, _| {}).unwrap());
+    let (moved, _) = run_with(true, Some(roi), |s| other.explain_volume(s, |_, _| {}).unwrap());
+    assert_eq!(again.saliency, reused.saliency);
+    assert_ne!(moved.saliency, reused.saliency);
+}
+
+#[test]
+fn rise_in_a_roi_scores_masks_in_proportion_to_the_grid_cells_it_touches() {
+    let rise = Rise { masks: 100, grid: 3, p1: 0.5, seed: 0, tol: None };
+    let dims = [18, 40, 36];
+    // Cells of 6 x 14 x 12 voxels: the corner box touches 2 x 2 x 2 of the 27.
+    assert_eq!(rise.volume_budget(&corner_roi(), dims), (100.0f64 * 8.0 / 27.0).ceil() as usize);
+    assert_eq!(rise.volume_budget(&vec![true; 18 * 40 * 36], dims), 100);
 }

@@ -45,12 +45,7 @@ impl RiseMasks {
         let grid: Vec<f32> = (0..s * s).map(|c| if rng.uniform(c as u64) < self.p1 { 1.0 } else { 0.0 }).collect();
         let shift_y = (rng.uniform((s * s) as u64) * cell as f32) as usize;
         let shift_x = (rng.uniform((s * s + 1) as u64) * cell as f32) as usize;
-        // Grid coordinate of upsampled pixel u: (u + 0.5) * s / up - 0.5, clamped to [0, s - 1].
-        let tap = |u: usize| {
-            let pos = ((u as f32 + 0.5) * s as f32 / up as f32 - 0.5).clamp(0.0, (s - 1) as f32);
-            let g0 = pos.floor() as usize;
-            (g0, (g0 + 1).min(s - 1), pos - g0 as f32)
-        };
+        let tap = |u: usize| tap(u, s, up);
         let columns: Vec<(usize, usize, f32)> = (0..size).map(|x| tap(x + shift_x)).collect();
         for y in 0..size {
             let (y0, y1, fy) = tap(y + shift_y);
@@ -61,6 +56,55 @@ impl RiseMasks {
                 out[y * size + x] = top * (1.0 - fy) + bottom * fy;
             }
         }
+    }
+}
+
+/// The two grid cells and the weight of the second for upsampled position `u` of an `s`-cell axis
+/// upsampled to `up`: grid coordinate (u + 0.5) s / up - 0.5, clamped to [0, s - 1].
+fn tap(u: usize, s: usize, up: usize) -> (usize, usize, f32) {
+    let pos = ((u as f32 + 0.5) * s as f32 / up as f32 - 0.5).clamp(0.0, (s - 1) as f32);
+    let g0 = pos.floor() as usize;
+    (g0, (g0 + 1).min(s - 1), pos - g0 as f32)
+}
+
+/// RISE mask i over a (D, H, W) volume: an s x s x s Bernoulli(p1) grid (cells of ceil(n / s) voxels on
+/// each axis, so anisotropic on thin volumes), trilinearly upsampled to (s + 1) cells and cropped at a
+/// random shift in [0, cell) per axis, as [`RiseMasks::mask`] does in 2-D. Values are computed per
+/// voxel on demand, so a mask costs s³ floats whatever the volume's size.
+#[derive(Clone, Debug)]
+pub struct RiseMask3d {
+    s: usize,
+    grid: Vec<f32>,
+    /// Per axis and voxel coordinate: the two grid cells and the second's weight.
+    taps: [Vec<(usize, usize, f32)>; 3],
+}
+
+impl RiseMask3d {
+    /// Mask `i` of `masks` over a volume of `dims` voxels (Philox stream i: cells 0..s³, then one shift
+    /// per axis).
+    pub fn new(masks: &RiseMasks, i: usize, dims: [usize; 3]) -> Self {
+        let s = masks.grid;
+        let rng = Philox::new(masks.seed).stream(i as u64);
+        let cells = s * s * s;
+        let grid = (0..cells).map(|c| if rng.uniform(c as u64) < masks.p1 { 1.0 } else { 0.0 }).collect();
+        let taps = std::array::from_fn(|a| {
+            let cell = dims[a].div_ceil(s);
+            let shift = (rng.uniform((cells + a) as u64) * cell as f32) as usize;
+            (0..dims[a]).map(|u| tap(u + shift, s, (s + 1) * cell)).collect()
+        });
+        Self { s, grid, taps }
+    }
+
+    /// The mask's value at voxel (z, y, x), in [0, 1].
+    pub fn value(&self, z: usize, y: usize, x: usize) -> f32 {
+        let s = self.s;
+        let ((z0, z1, fz), (y0, y1, fy), (x0, x1, fx)) = (self.taps[0][z], self.taps[1][y], self.taps[2][x]);
+        let row = |zz: usize, yy: usize| {
+            let r = &self.grid[(zz * s + yy) * s..(zz * s + yy + 1) * s];
+            r[x0] * (1.0 - fx) + r[x1] * fx
+        };
+        let plane = |zz: usize| row(zz, y0) * (1.0 - fy) + row(zz, y1) * fy;
+        plane(z0) * (1.0 - fz) + plane(z1) * fz
     }
 }
 

@@ -1,5 +1,5 @@
-//! `xaiclip explain` with a 3-D U-Net: occlusion over the whole volume under sliding-window inference
-//! (`xaiclip::volumes`), written as saliency volume, the three-plane overlay and report.json.
+//! `xaiclip explain` with a 3-D U-Net: occlusion or RISE over the whole volume under sliding-window
+//! inference (`xaiclip::volumes`), written as saliency volume, the three-plane overlay and report.json.
 
 use super::explain::ExplainCmd;
 use super::{DeviceArgs, Progress};
@@ -10,7 +10,7 @@ use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
 use xaiclip::models::sliding::Blend;
 use xaiclip::pipeline::Method;
-use xaiclip::volumes::{explain_volume_on, VolumeSettings, DEFAULT_PATCH};
+use xaiclip::volumes::{explain_volume_on, VolumeMethod, VolumeSettings, DEFAULT_PATCH, OCCLUSION_WINDOW};
 use xaiclip::{read_labels, render};
 
 /// Options of whole-volume runs (3-D U-Nets).
@@ -52,11 +52,15 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
 
 /// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
 pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
-    if cmd.method != Method::Occlusion {
+    if !matches!(cmd.method, Method::Occlusion | Method::Rise) {
         bail!(
-            "--method {}: whole volumes (a 3-D U-Net) are explained by occlusion so far; RISE, LIME and Kernel SHAP in 3-D are not available yet",
+            "--method {}: whole volumes (a 3-D U-Net) are explained by occlusion and RISE so far; LIME and Kernel SHAP on supervoxels are not available yet",
             cmd.method.name()
         );
+    }
+    let options = &cmd.method_args.options;
+    if cmd.method == Method::Rise && options.rise_tol.is_some() {
+        bail!("--rise-tol: the adaptive RISE stop is for slices; whole volumes score every --masks");
     }
     if cmd.case.slice != "all" {
         bail!("--slice {}: a 3-D U-Net explains the whole volume; pass --slice all", cmd.case.slice);
@@ -74,10 +78,15 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         settings.window.blend = b;
     }
     settings.reuse = !v.no_tile_reuse;
-    let options = &cmd.method_args.options;
-    let window = options.occlusion_window.unwrap_or(settings.occlusion.window[0]);
-    let stride = options.occlusion_stride.unwrap_or(window);
-    settings.occlusion = Occlusion3d { window: [window; 3], stride: [stride; 3] };
+    settings.method = match cmd.method {
+        Method::Rise => VolumeMethod::Rise(options.settings(patch[1]).rise),
+        _ => {
+            let window = options.occlusion_window.unwrap_or(OCCLUSION_WINDOW);
+            let stride = options.occlusion_stride.unwrap_or(window);
+            VolumeMethod::Occlusion(Occlusion3d { window: [window; 3], stride: [stride; 3] })
+        }
+    };
+    settings.scale_roi_budget = !options.same_budget;
     settings.roi = cmd.roi;
     settings.clip = cmd.method_args.clip.clip_options()?;
     settings.min_coverage = options.roi_min_coverage.unwrap_or(settings.min_coverage);
@@ -101,7 +110,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
                 bar.take().inspect(|(_, b)| b.finish_and_clear());
                 let what = match stage {
                     "clip" => "CLIP ROI, axial slices".to_string(),
-                    _ => format!("occlusion 3-D ({})", cmd.roi.name()),
+                    method => format!("{method} 3-D ({})", cmd.roi.name()),
                 };
                 bar = Some((stage.to_string(), Progress::new(total as u64, &what)));
             }
@@ -118,8 +127,9 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
     let mut staging = Staging::new();
     io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &volume, &run.saliency)?;
     let (organ, class) = (&explained.organ, explained.class);
+    let method = settings.method.name();
     let title = format!(
-        "occlusion 3-D · {organ} · {:.1} s · {} tiles ({} without reuse)",
+        "{method} 3-D · {organ} · {:.1} s · {} tiles ({} without reuse)",
         run.seconds, run.tiles_evaluated, run.tiles_naive
     );
     let figure = xaiclip::report::volume_figure(
@@ -136,14 +146,13 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
     let mut unet = xaiclip::explainer::weights_entry(dir, &explained.files)?;
     unet["network"] = explained.network.clone().into();
     unet["intensity"] = format!("{:?}", run.intensity).into();
-    let report = json!({
+    let mut report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "organ": organ, "class": class, "mode": "volume",
         "backend": explained.backend,
         "settings": {
-            "method": "occlusion", "roi": cmd.roi.name(), "margin_mm": settings.margin_mm,
+            "method": method, "roi": cmd.roi.name(), "margin_mm": settings.margin_mm, "same_budget": !settings.scale_roi_budget,
             "roi_min_coverage": settings.min_coverage, "roi_fallback": settings.fallback.map(|m| m.name()),
             "roi_threshold": settings.clip.threshold.to_string(),
-            "occlusion": settings.occlusion,
             "sliding_window": {"patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "sigma_scale": w.sigma_scale, "tiles_per_forward": w.batch},
             "tile_reuse": settings.reuse, "baseline": 0.0, "score": "mean-prob",
         },
@@ -158,10 +167,14 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
             "agreement": run.agreement,
         },
     });
+    // The method's own parameters under its name: "occlusion": {window, stride} or "rise": {masks, ...}.
+    if let serde_json::Value::Object(parameters) = serde_json::to_value(settings.method)? {
+        report["settings"].as_object_mut().context("settings is an object")?.extend(parameters);
+    }
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     staging.commit()?;
     eprintln!(
-        "occlusion 3-D of the {organ} ({} ROI, {:.1}% of the volume): {:.2}s, {} windows, {} of {} tiles evaluated ({:.1}x fewer), {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
+        "{method} 3-D of the {organ} ({} ROI, {:.1}% of the volume): {:.2}s, {} samples, {} of {} tiles evaluated ({:.1}x fewer), {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
         cmd.roi.name(),
         100.0 * roi_fraction,
         run.seconds,

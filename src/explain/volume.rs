@@ -1,4 +1,4 @@
-//! Whole-volume occlusion of 3-D U-Nets under sliding-window inference, with tile reuse.
+//! Whole-volume occlusion and RISE of 3-D U-Nets under sliding-window inference, with tile reuse.
 //!
 //! Sliding-window inference predicts every tile independently (instance norm included: each tile is its
 //! own forward) and blends the tiles' logits with the importance map. A perturbation confined to a box
@@ -11,12 +11,14 @@
 //! The target is the mean probability of the organ over M0, its unperturbed predicted 3-D mask.
 
 use super::occlusion::window_origins;
+use super::rise::Rise;
+use crate::backend::perturb::RiseMask3d;
 use crate::backend::Backend;
 use crate::fail;
 use crate::models::sliding::{Plan, SlidingWindow};
 use crate::models::SegModel;
 use crate::tensor::Tensor;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 /// A box of the input grid, [lo, hi) per (D, H, W) axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +27,43 @@ pub struct Region {
     pub lo: [usize; 3],
     /// One past the last voxel per axis.
     pub hi: [usize; 3],
+}
+
+/// What one perturbed sample does to the volume, on ROI voxels of its box only: occlusion sets them to
+/// the baseline; a RISE mask keeps each in proportion m (baseline + m (x - baseline)).
+#[derive(Clone, Debug)]
+pub enum Perturbation {
+    /// The box's ROI voxels set to the baseline.
+    Occlude(Region),
+    /// A RISE keep-mask applied to the box's ROI voxels (the ROI's bounding box, or the whole volume).
+    Mask(Region, Box<RiseMask3d>),
+}
+
+impl Perturbation {
+    /// The box the perturbation may change.
+    pub fn region(&self) -> Region {
+        match self {
+            Perturbation::Occlude(r) | Perturbation::Mask(r, _) => *r,
+        }
+    }
+
+    /// The perturbed value of a voxel at (z, y, x) inside the box whose value was `v`.
+    fn apply(&self, [z, y, x]: [usize; 3], v: f32, baseline: f32) -> f32 {
+        match self {
+            Perturbation::Occlude(_) => baseline,
+            Perturbation::Mask(_, m) => baseline + m.value(z, y, x) * (v - baseline),
+        }
+    }
+}
+
+impl Region {
+    /// The box's voxels as ((z, y, x), row-major index on an image of `dims`), z slowest.
+    pub fn voxels(self, [_, h, w]: [usize; 3]) -> impl Iterator<Item = ([usize; 3], usize)> {
+        (self.lo[0]..self.hi[0]).flat_map(move |z| {
+            (self.lo[1]..self.hi[1])
+                .flat_map(move |y| (self.lo[2]..self.hi[2]).map(move |x| ([z, y, x], (z * h + y) * w + x)))
+        })
+    }
 }
 
 /// Softmax probability of `class` among the logits of one voxel.
@@ -107,7 +146,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
             forward_passes: 0,
             plan,
         };
-        let all: Vec<(usize, Option<Region>)> = (0..scorer.plan.tiles.len()).map(|t| (t, None)).collect();
+        let all: Vec<(usize, Option<&Perturbation>)> = (0..scorer.plan.tiles.len()).map(|t| (t, None)).collect();
         scorer.tile_logits = scorer.run_tiles(volume.data(), &all)?;
         let logits = scorer.plan.blend(&scorer.tile_logits, classes)?;
         let mut at_voxel = vec![0f32; classes];
@@ -161,16 +200,16 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
     }
 
     /// Logits (K, roi) of each (tile, perturbation) pair of `source`, `window.batch` tiles per forward.
-    fn run_tiles(&mut self, source: &[f32], jobs: &[(usize, Option<Region>)]) -> Result<Vec<Vec<f32>>> {
+    fn run_tiles(&mut self, source: &[f32], jobs: &[(usize, Option<&Perturbation>)]) -> Result<Vec<Vec<f32>>> {
         let roi = self.plan.window.roi_size;
         let tile_len: usize = roi.iter().product();
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(self.plan.window.batch) {
             let mut data = Vec::with_capacity(chunk.len() * self.channels * tile_len);
-            for &(t, region) in chunk {
+            for &(t, perturbation) in chunk {
                 let mut tile = self.plan.extract(source, self.channels, t);
-                if let Some(r) = region {
-                    self.occlude_tile(&mut tile, t, r);
+                if let Some(p) = perturbation {
+                    self.perturb_tile(&mut tile, t, p);
                 }
                 data.extend(tile);
             }
@@ -183,8 +222,10 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         Ok(out)
     }
 
-    /// Sets the voxels of tile `t` that fall in `r` and the ROI to the baseline (every input channel).
-    fn occlude_tile(&self, tile: &mut [f32], t: usize, r: Region) {
+    /// Perturbs the voxels of tile `t` that fall in the perturbation's box and the ROI (every input
+    /// channel).
+    fn perturb_tile(&self, tile: &mut [f32], t: usize, p: &Perturbation) {
+        let r = p.region();
         let ([rd, rh, rw], [_, h, w]) = (self.plan.window.roi_size, self.plan.image);
         let start = self.plan.tiles[t];
         // Tile coordinate -> input coordinate on each axis, when inside the input.
@@ -198,7 +239,8 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
                     let Some(ix) = input(2, x).filter(|&v| (r.lo[2]..r.hi[2]).contains(&v)) else { continue };
                     if self.roi[(iz * h + iy) * w + ix] {
                         for c in 0..self.channels {
-                            tile[((c * rd + z) * rh + y) * rw + x] = self.baseline;
+                            let v = &mut tile[((c * rd + z) * rh + y) * rw + x];
+                            *v = p.apply([iz, iy, ix], *v, self.baseline);
                         }
                     }
                 }
@@ -218,27 +260,27 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         })
     }
 
-    /// The score of the volume with each region (within the ROI) set to the baseline.
-    pub fn score_regions(&mut self, regions: &[Region]) -> Result<Vec<f32>> {
+    /// The score of the volume under each perturbation (which touches ROI voxels only).
+    pub fn score(&mut self, perturbations: &[Perturbation]) -> Result<Vec<f32>> {
         if !self.reuse {
-            return regions.iter().map(|&r| self.score_recomputing_every_tile(r)).collect();
+            return perturbations.iter().map(|p| self.score_recomputing_every_tile(p)).collect();
         }
-        // Every affected (tile, region) pair of the call, in one stream of batched forwards.
-        let affected: Vec<(Vec<usize>, [std::ops::Range<usize>; 3])> = regions
+        // Every affected (tile, perturbation) pair of the call, in one stream of batched forwards.
+        let affected: Vec<(Vec<usize>, [std::ops::Range<usize>; 3])> = perturbations
             .iter()
-            .map(|&r| {
-                let ranges = self.affected(r);
+            .map(|p| {
+                let ranges = self.affected(p.region());
                 (self.tiles_in(&ranges), ranges)
             })
             .collect();
-        let jobs: Vec<(usize, Option<Region>)> = affected
+        let jobs: Vec<(usize, Option<&Perturbation>)> = affected
             .iter()
-            .zip(regions)
-            .flat_map(|((tiles, _), &r)| tiles.iter().map(move |&t| (t, Some(r))))
+            .zip(perturbations)
+            .flat_map(|((tiles, _), p)| tiles.iter().map(move |&t| (t, Some(p))))
             .collect();
         let fresh = self.run_tiles(self.volume, &jobs)?;
         let mut offset = 0;
-        let mut scores = Vec::with_capacity(regions.len());
+        let mut scores = Vec::with_capacity(perturbations.len());
         for (tiles, ranges) in affected {
             let changed: std::collections::HashMap<usize, &Vec<f32>> =
                 tiles.iter().copied().zip(&fresh[offset..offset + tiles.len()]).collect();
@@ -261,22 +303,16 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
     }
 
     /// The reference: the perturbed volume through every tile and the full blend.
-    fn score_recomputing_every_tile(&mut self, r: Region) -> Result<f32> {
+    fn score_recomputing_every_tile(&mut self, p: &Perturbation) -> Result<f32> {
         let [d, h, w] = self.plan.image;
         let mut perturbed = self.volume.to_vec();
-        for z in r.lo[0]..r.hi[0] {
-            for y in r.lo[1]..r.hi[1] {
-                for x in r.lo[2]..r.hi[2] {
-                    let v = (z * h + y) * w + x;
-                    if self.roi[v] {
-                        for c in 0..self.channels {
-                            perturbed[c * d * h * w + v] = self.baseline;
-                        }
-                    }
-                }
+        for (at, v) in p.region().voxels(self.plan.image).filter(|&(_, v)| self.roi[v]) {
+            for c in 0..self.channels {
+                let value = &mut perturbed[c * d * h * w + v];
+                *value = p.apply(at, *value, self.baseline);
             }
         }
-        let all: Vec<(usize, Option<Region>)> = (0..self.plan.tiles.len()).map(|t| (t, None)).collect();
+        let all: Vec<(usize, Option<&Perturbation>)> = (0..self.plan.tiles.len()).map(|t| (t, None)).collect();
         let outputs = self.run_tiles(&perturbed, &all)?;
         let logits = self.plan.blend(&outputs, self.classes)?;
         let voxels = d * h * w;
@@ -416,25 +452,18 @@ impl Occlusion3d {
             "occlusion window and stride must be >= 1 on every axis"
         );
         let image = scorer.plan.image;
-        let [_, h, w] = image;
         let regions = self.regions(image, &scorer.roi);
         let voxels: usize = image.iter().product();
         let (mut sum, mut count) = (vec![0f64; voxels], vec![0u32; voxels]);
         let base = scorer.base_score;
         for (done, chunk) in regions.chunks(SAMPLES_PER_CALL).enumerate() {
-            let scores = scorer.score_regions(chunk)?;
+            let perturbations: Vec<Perturbation> = chunk.iter().map(|&r| Perturbation::Occlude(r)).collect();
+            let scores = scorer.score(&perturbations)?;
             for (r, score) in chunk.iter().zip(scores) {
                 let drop = (base - score) as f64;
-                for z in r.lo[0]..r.hi[0] {
-                    for y in r.lo[1]..r.hi[1] {
-                        for x in r.lo[2]..r.hi[2] {
-                            let v = (z * h + y) * w + x;
-                            if scorer.roi[v] {
-                                sum[v] += drop;
-                                count[v] += 1;
-                            }
-                        }
-                    }
+                for (_, v) in r.voxels(image).filter(|&(_, v)| scorer.roi[v]) {
+                    sum[v] += drop;
+                    count[v] += 1;
                 }
             }
             progress((done * SAMPLES_PER_CALL + chunk.len()).min(regions.len()), regions.len());
@@ -448,4 +477,75 @@ impl Occlusion3d {
             forward_passes: scorer.forward_passes,
         })
     }
+}
+
+impl Rise {
+    /// RISE over a volume: mask i keeps each ROI voxel of the ROI's bounding box in proportion m_i, and
+    /// the map is sum_i score_i m_i / (N p1) on ROI voxels (0 elsewhere), as in 2-D. Masks come from
+    /// (seed, i) alone, so tile reuse, batch and thread count do not change them. `progress(done,
+    /// total)` counts scored masks. The adaptive stop (`tol`) is for slices only.
+    pub fn explain_volume<B: Backend>(
+        &self,
+        scorer: &mut VolumeScorer<B>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<VolumeExplanation> {
+        ensure!(
+            self.masks >= 1 && self.grid >= 1 && self.p1 > 0.0 && self.p1 <= 1.0,
+            "RISE needs masks >= 1, grid >= 1, 0 < p1 <= 1"
+        );
+        ensure!(self.tol.is_none(), "the adaptive RISE stop (--rise-tol) is for slices; volumes score every mask");
+        let image = scorer.plan.image;
+        let region = roi_box(&scorer.roi, image).context("the ROI is empty: nothing to perturb")?;
+        let (mut sum, masks) = (vec![0f64; image.iter().product()], self.mask_set());
+        for first in (0..self.masks).step_by(SAMPLES_PER_CALL) {
+            let batch: Vec<Perturbation> = (first..(first + SAMPLES_PER_CALL).min(self.masks))
+                .map(|i| Perturbation::Mask(region, Box::new(RiseMask3d::new(&masks, i, image))))
+                .collect();
+            let scores = scorer.score(&batch)?;
+            for (p, score) in batch.iter().zip(scores) {
+                let Perturbation::Mask(_, m) = p else { unreachable!("RISE scores masks") };
+                for ([z, y, x], v) in region.voxels(image).filter(|&(_, v)| scorer.roi[v]) {
+                    sum[v] += score as f64 * m.value(z, y, x) as f64;
+                }
+            }
+            progress(first + batch.len(), self.masks);
+        }
+        let scale = 1.0 / (self.masks as f64 * self.p1 as f64);
+        Ok(VolumeExplanation {
+            saliency: sum.iter().map(|&v| (v * scale) as f32).collect(),
+            samples: self.masks,
+            tiles_evaluated: scorer.tiles_evaluated,
+            tiles_naive: (self.masks + 1) * scorer.plan.tiles.len(),
+            forward_passes: scorer.forward_passes,
+        })
+    }
+
+    /// The masks for a volume ROI at the full run's budget per grid cell: the share of the s³ cells
+    /// (ceil(n / s) voxels per axis) that hold ROI voxels, as the pipeline's `roi_budget` does on
+    /// slices; at least one mask.
+    pub fn volume_budget(&self, roi: &[bool], image: [usize; 3]) -> usize {
+        let s = self.grid;
+        let cell: [usize; 3] = std::array::from_fn(|a| image[a].div_ceil(s));
+        let [_, h, w] = image;
+        let mut touched = vec![false; s * s * s];
+        for (v, _) in roi.iter().enumerate().filter(|(_, &r)| r) {
+            let p = [v / (h * w), (v / w) % h, v % w];
+            touched[((p[0] / cell[0]) * s + p[1] / cell[1]) * s + p[2] / cell[2]] = true;
+        }
+        let fraction = touched.iter().filter(|&&t| t).count() as f64 / touched.len() as f64;
+        ((self.masks as f64 * fraction).ceil() as usize).clamp(1, self.masks)
+    }
+}
+
+/// The bounding box of the ROI's voxels; None when it has none.
+fn roi_box(roi: &[bool], [_, h, w]: [usize; 3]) -> Option<Region> {
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0; 3]);
+    for (v, _) in roi.iter().enumerate().filter(|(_, &r)| r) {
+        let p = [v / (h * w), (v / w) % h, v % w];
+        for a in 0..3 {
+            lo[a] = lo[a].min(p[a]);
+            hi[a] = hi[a].max(p[a] + 1);
+        }
+    }
+    (hi[0] > 0).then_some(Region { lo, hi })
 }
