@@ -131,6 +131,68 @@ pub enum Orientation {
     /// NIfTI as arrays (k, j, i) and slices along the first axis after `transpose_forward`; a model
     /// trained on raw voxel arrays sees slices this way too.
     Voxel([usize; 3]),
+    /// The volume reoriented to an axis code such as RAS (MONAI's `Orientationd(axcodes=...)`, nibabel's
+    /// `as_closest_canonical` for RAS): axis t of the model's view runs along the file axis closest to
+    /// letter t, flipped where that axis points the other way. A 2-D model slices along the third axis,
+    /// rows along the first, columns along the second; a 3-D model sees (D, H, W) = the three axes.
+    Axes(AxisCode),
+}
+
+/// Three orientation letters, one of each pair R/L, A/P, S/I (RAS, LPS, PLI, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AxisCode(pub [u8; 3]);
+
+impl std::str::FromStr for AxisCode {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> Result<Self> {
+        let code = text.to_ascii_uppercase();
+        let letters: Vec<u8> = code.bytes().collect();
+        let pair = |c: u8| ["RL", "AP", "SI"].iter().position(|p| p.as_bytes().contains(&c));
+        let mut seen = [false; 3];
+        let valid = letters.len() == 3
+            && letters.iter().all(|&c| pair(c).is_some_and(|p| !std::mem::replace(&mut seen[p], true)));
+        if !valid {
+            bail!("axis code {text:?}: expected three letters, one of each pair R/L, A/P, S/I (such as RAS or LPS)");
+        }
+        Ok(AxisCode([letters[0], letters[1], letters[2]]))
+    }
+}
+
+impl std::fmt::Display for AxisCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl AxisCode {
+    /// Per axis of the code: the file's voxel axis along it, and whether it runs the other way.
+    pub fn axes_in(&self, volume: &Volume) -> Result<[(usize, bool); 3]> {
+        let file = volume.orientation();
+        let file = file.as_bytes();
+        let opposite = |c: u8| match c {
+            b'R' => b'L',
+            b'L' => b'R',
+            b'A' => b'P',
+            b'P' => b'A',
+            b'S' => b'I',
+            _ => b'S',
+        };
+        let mut out = [(0, false); 3];
+        for (t, &letter) in self.0.iter().enumerate() {
+            let Some(axis) = file.iter().position(|&c| c == letter || c == opposite(letter)) else {
+                bail!(
+                    "{}: its voxel axes ({}) are too oblique to reorient to {self}",
+                    volume.source.display(),
+                    String::from_utf8_lossy(file)
+                );
+            };
+            out[t] = (axis, file[axis] != letter);
+        }
+        if out.iter().map(|a| a.0).collect::<std::collections::BTreeSet<_>>().len() < 3 {
+            bail!("{}: two voxel axes point the same way; cannot reorient to {self}", volume.source.display());
+        }
+        Ok(out)
+    }
 }
 
 impl Orientation {
@@ -141,6 +203,21 @@ impl Orientation {
             Orientation::Voxel([slice_axis, row_axis, col_axis]) => {
                 Ok(AxialLayout { slice_axis, row_axis, col_axis, flip_rows: false, flip_cols: false })
             }
+            Orientation::Axes(code) => {
+                let [(row_axis, flip_rows), (col_axis, flip_cols), (slice_axis, _)] = code.axes_in(volume)?;
+                Ok(AxialLayout { slice_axis, row_axis, col_axis, flip_rows, flip_cols })
+            }
+        }
+    }
+
+    /// How a 3-D model sees a volume, in words: an axis code reorients it, anything else keeps the
+    /// file's voxel order (MONAI's LoadImage).
+    pub fn describe_volume(self) -> String {
+        match self {
+            Orientation::Axes(code) => {
+                format!("reoriented to {code} (as MONAI's Orientationd): (D, H, W) along {code}")
+            }
+            _ => "the file's voxel order, no reorientation (as MONAI's LoadImage)".into(),
         }
     }
 
@@ -155,6 +232,7 @@ impl Orientation {
                     "voxel order (slices along file axis {s}, rows along axis {r}, columns along axis {c}, no flips)"
                 )
             }
+            Orientation::Axes(code) => format!("reoriented to {code} (as MONAI's Orientationd), then in that order"),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::io::Volume;
 use crate::metrics::{agreement, Agreement};
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
-use crate::preprocess::{normalise_values, Intensity};
+use crate::preprocess::{normalise_values, Intensity, Orientation};
 use crate::roi::clip::{ClipOptions, ClipRoiFinder};
 use crate::roi::volume::{bounding_box, clip_volume, dilate, ClipVolume};
 use crate::roi::{RoiMode, MIN_COVERAGE};
@@ -138,25 +138,59 @@ pub struct VolumeRun {
     pub agreement: Option<Agreement>,
 }
 
-/// File order (x fastest) -> the model's order (z fastest): index (i ny + j) nz + k.
-fn to_model<T: Copy>(data: &[T], [nx, ny, nz]: [usize; 3]) -> Vec<T> {
-    let mut out = Vec::with_capacity(data.len());
-    for i in 0..nx {
-        for j in 0..ny {
-            out.extend((0..nz).map(|k| data[i + nx * (j + ny * k)]));
-        }
-    }
-    out
+/// How the model sees the volume's voxels: axis t of its (D, H, W) view runs along file axis
+/// `axes[t].0`, reversed where `axes[t].1`; the file's order unless the model declares an axis code.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    axes: [(usize, bool); 3],
+    file: [usize; 3],
 }
 
-/// The model's order back to file order.
-fn to_file<T: Copy + Default>(data: &[T], [nx, ny, nz]: [usize; 3]) -> Vec<T> {
-    let mut out = vec![T::default(); data.len()];
-    for (m, &v) in data.iter().enumerate() {
-        let (i, j, k) = (m / (ny * nz), (m / nz) % ny, m % nz);
-        out[i + nx * (j + ny * k)] = v;
+impl View {
+    fn of(orientation: Orientation, volume: &Volume) -> Result<Self> {
+        let axes = match orientation {
+            Orientation::Axes(code) => code.axes_in(volume)?,
+            _ => [(0, false), (1, false), (2, false)],
+        };
+        Ok(Self { axes, file: volume.dims })
     }
-    out
+
+    /// The view's (D, H, W).
+    fn dims(&self) -> [usize; 3] {
+        self.axes.map(|(a, _)| self.file[a])
+    }
+
+    /// Voxel spacing in mm along the view's axes.
+    fn spacing(&self, volume: &Volume) -> [f64; 3] {
+        let s = volume.spacing();
+        self.axes.map(|(a, _)| s[a])
+    }
+
+    /// File index (x fastest) of each view voxel, in the view's row-major order.
+    fn file_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        let dims = self.dims();
+        let [nx, ny, _] = self.file;
+        (0..dims.iter().product()).map(move |m: usize| {
+            let at = [m / (dims[1] * dims[2]), (m / dims[2]) % dims[1], m % dims[2]];
+            let mut ijk = [0; 3];
+            for (t, &(axis, flip)) in self.axes.iter().enumerate() {
+                ijk[axis] = if flip { dims[t] - 1 - at[t] } else { at[t] };
+            }
+            ijk[0] + nx * (ijk[1] + ny * ijk[2])
+        })
+    }
+
+    /// File order -> the view's order.
+    fn model_order<T: Copy>(&self, data: &[T]) -> Vec<T> {
+        self.file_indices().map(|f| data[f]).collect()
+    }
+
+    /// The view's order back to file order.
+    fn file_order<T: Copy + Default>(&self, data: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); data.len()];
+        self.file_indices().zip(data).for_each(|(f, &v)| out[f] = v);
+        out
+    }
 }
 
 /// The ROI of `mode` in the model's order: M0 or the CLIP mask (model order) grown by `margin_mm`.
@@ -199,17 +233,18 @@ pub fn explain_volume<B: Backend>(
     ensure!(model.spatial_dims() == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
     ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     let started = std::time::Instant::now();
-    let dims = volume.dims;
+    let view = View::of(model.orientation(), volume)?;
+    let dims = view.dims();
     let intensity = model.input_intensity(settings.intensity)?;
-    let input = normalise_values(&to_model(&volume.data, dims), intensity.range(volume));
+    let input = normalise_values(&view.model_order(&volume.data), intensity.range(volume));
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
     let mut scorer = VolumeScorer::new(backend, model, &x, &settings.window, class, 0.0)?;
     scorer.reuse = settings.reuse;
     let voxels = volume.voxel_count();
     let mut m0 = vec![false; voxels];
     scorer.m0().iter().for_each(|&v| m0[v] = true);
-    let spacing = volume.spacing();
-    let clip_mask = clip.as_ref().map(|c| to_model(&c.mask, dims));
+    let spacing = view.spacing(volume);
+    let clip_mask = clip.as_ref().map(|c| view.model_order(&c.mask));
     let organ = model.class_name(class);
     let roi = region(settings.roi, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?;
     if !roi.contains(&true) {
@@ -249,12 +284,12 @@ pub fn explain_volume<B: Backend>(
         }
     };
     let seconds = started.elapsed().as_secs_f64() + clip.as_ref().map_or(0.0, |c| c.seconds);
-    let saliency = to_file(&result.saliency, dims);
+    let saliency = view.file_order(&result.saliency);
     let agreement = truth.map(|t| agreement(&saliency, t));
     Ok(VolumeRun {
         saliency,
-        m0: to_file(&m0, dims),
-        roi: to_file(&roi, dims),
+        m0: view.file_order(&m0),
+        roi: view.file_order(&roi),
         base_score,
         samples: result.samples,
         tiles: scorer.plan().tiles.len(),
@@ -287,6 +322,8 @@ pub struct VolumeExplained {
     pub network: String,
     /// The files that define the model.
     pub files: Vec<std::path::PathBuf>,
+    /// How the model sees the volume's voxels, in words.
+    pub orientation: String,
 }
 
 /// [`explain_volume`] on `device` with the 3-D model in `dir` (a BasicUNet folder or a MONAI bundle):
@@ -346,6 +383,7 @@ pub fn explain_volume_on(
             organ: model.class_name(class),
             truth,
             network: model.describe(),
+            orientation: model.orientation().describe_volume(),
             files: model.files(dir),
         })
     }
@@ -361,11 +399,18 @@ mod tests {
 
     #[test]
     fn axis_orders_round_trip_and_put_z_fastest() {
-        let dims = [3, 4, 5];
+        let view = View { axes: [(0, false), (1, false), (2, false)], file: [3, 4, 5] };
         let data: Vec<usize> = (0..60).collect();
-        let model = to_model(&data, dims);
+        let model = view.model_order(&data);
         // File voxel (i, j, k) = i + 3 (j + 4 k); in the model's order k runs fastest.
         assert_eq!(&model[..3], &[0, 12, 24]);
-        assert_eq!(to_file(&model, dims), data);
+        assert_eq!(view.file_order(&model), data);
+        // Reoriented: the view's axes are file axes (2, 0, 1), the first of them reversed.
+        let view = View { axes: [(2, true), (0, false), (1, false)], file: [3, 4, 5] };
+        assert_eq!(view.dims(), [5, 3, 4]);
+        let model = view.model_order(&data);
+        // View voxel (0, 0, 0) is file (0, 0, 4); (0, 0, 1) moves along file axis 1; (1, 0, 0) to k = 3.
+        assert_eq!((model[0], model[1], model[12]), (48, 51, 36));
+        assert_eq!(view.file_order(&model), data);
     }
 }

@@ -607,6 +607,31 @@ fn monai_bundles_that_cannot_be_used() {
         &spacing,
         &["preprocessing", "Spacingd is not applied yet: xaiclip feeds the model the file's own voxel grid"],
     );
+    // Orientationd: an axis code is applied (info says so); a code without one of each pair is not.
+    for (code, expect) in [
+        (serde_json::json!("LPI"), None),
+        (serde_json::json!("RRS"), Some("axis code \"RRS\": expected three letters, one of each pair R/L, A/P, S/I")),
+        (serde_json::Value::Null, Some("Orientationd without axcodes")),
+    ] {
+        let name = format!("orientation-{}", code.as_str().unwrap_or("none"));
+        let dir = from("basicunet_3d", &name, &|c: &mut serde_json::Value| {
+            c["preprocessing"]["transforms"]
+                .as_array_mut()
+                .unwrap()
+                .insert(2, serde_json::json!({"_target_": "Orientationd", "keys": "image", "axcodes": code.clone()}))
+        });
+        match expect {
+            Some(expect) => {
+                info(&dir, &["preprocessing", expect]);
+            }
+            None => {
+                let o = xaiclip(&["info", dir.to_str().unwrap()]);
+                assert!(o.status.success(), "{}", stderr(&o));
+                let out = String::from_utf8_lossy(&o.stdout);
+                assert!(out.contains("voxels:     reoriented to LPI (as MONAI's Orientationd)"), "{out}");
+            }
+        }
+    }
     let other = case("other", &|c| {
         c["preprocessing"]["transforms"]
             .as_array_mut()

@@ -98,13 +98,23 @@ fn weights_info(path: &Path) -> Result<()> {
             Upsample::Deconv => "deconv",
             Upsample::NonTrainable => "nontrainable",
         };
-        let orientation = config.orientation.describe();
+        let orientation = match config.spatial_dims {
+            3 => config.orientation.describe_volume(),
+            _ => config.orientation.describe(),
+        };
         println!("config:     {}", config_path.display());
         println!(
             "model:      MONAI BasicUNet, {}-D, {} input channel(s) -> {} classes, features {:?}, {norm}, {act}, upsample {upsample}, {size}",
             config.spatial_dims, config.in_channels, config.out_channels, config.features
         );
-        println!("slices:     {orientation}");
+        println!(
+            "{}",
+            if config.spatial_dims == 3 {
+                format!("voxels:     {orientation}")
+            } else {
+                format!("slices:     {orientation}")
+            }
+        );
         let dims = config.spatial_dims;
         BasicUNet::load(&CpuBackend, config, &weights)?;
         println!("check:      every weight has the shape this {dims}-D model expects");
@@ -150,8 +160,9 @@ fn bundle_info(path: &Path) -> Result<()> {
         (_, _, Some(s)) => println!("geometry:   input {s}x{s} (Resized)"),
         _ => println!("geometry:   not stated (2-D: 256x256 unless --size; 3-D: --patch, default 96x96x96)"),
     }
-    if net.spatial_dims() == 2 {
-        println!("slices:     {}", b.orientation().describe());
+    match net.spatial_dims() {
+        3 => println!("voxels:     {}", b.orientation().describe_volume()),
+        _ => println!("slices:     {}", b.orientation().describe()),
     }
     xaiclip::models::SegModel::load_dir(&CpuBackend, path)?;
     println!("check:      every weight has the shape the network_def expects");

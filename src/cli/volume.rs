@@ -146,6 +146,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
     let mut unet = xaiclip::explainer::weights_entry(dir, &explained.files)?;
     unet["network"] = explained.network.clone().into();
     unet["intensity"] = format!("{:?}", run.intensity).into();
+    unet["voxels"] = explained.orientation.clone().into();
     let mut report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "organ": organ, "class": class, "mode": "volume",
         "backend": explained.backend,

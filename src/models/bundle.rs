@@ -10,7 +10,7 @@ use super::dynunet::DynUNetConfig;
 use super::monai_unet::MonaiUNetConfig;
 use super::segresnet::SegResNetConfig;
 use super::unet::UNetConfig;
-use crate::preprocess::{Intensity, Orientation};
+use crate::preprocess::{AxisCode, Intensity, Orientation};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -79,12 +79,15 @@ pub struct Bundle {
     pub input_size: Option<usize>,
     /// A 3-D model's sliding-window patch (D, H, W), from `SlidingWindowInferer.roi_size`.
     pub patch_size: Option<[usize; 3]>,
+    /// The axis code of `Orientationd`, when the preprocessing reorients.
+    pub axcodes: Option<AxisCode>,
 }
 
 impl Bundle {
-    /// MONAI's LoadImage keeps the file's voxel order: a 2-D model sees rows along i, columns along j.
+    /// MONAI's LoadImage keeps the file's voxel order (a 2-D model sees rows along i, columns along j)
+    /// unless `Orientationd` reorients to its axis code first.
     pub fn orientation(&self) -> Orientation {
-        Orientation::Voxel([2, 0, 1])
+        self.axcodes.map_or(Orientation::Voxel([2, 0, 1]), Orientation::Axes)
     }
 }
 
@@ -167,7 +170,7 @@ pub fn read(dir: &Path) -> Result<Bundle> {
             bail!("{}", at(&format!("network {network} is not supported (BasicUNet, UNet, SegResNet and DynUNet are)")))
         }
     };
-    let (intensity, input_size) = preprocessing(&root).with_context(|| at("preprocessing"))?;
+    let Preprocessing { intensity, input_size, axcodes } = preprocessing(&root).with_context(|| at("preprocessing"))?;
     let mut patch_size = None;
     if let Some(inferer) = root.get("inferer") {
         let inferer = resolve(inferer, &root, 0).with_context(|| at("inferer"))?;
@@ -191,16 +194,25 @@ pub fn read(dir: &Path) -> Result<Bundle> {
         intensity,
         input_size,
         patch_size,
+        axcodes,
     })
 }
 
-/// The CT window and model input size the preprocessing implies; transforms xaiclip does not
-/// reproduce are refused by name.
-fn preprocessing(root: &Value) -> Result<(Option<Intensity>, Option<usize>)> {
-    let Some(pre) = root.get("preprocessing") else { return Ok((None, None)) };
+/// What a bundle's preprocessing does that xaiclip reproduces.
+#[derive(Default)]
+struct Preprocessing {
+    intensity: Option<Intensity>,
+    input_size: Option<usize>,
+    axcodes: Option<AxisCode>,
+}
+
+/// The CT window, model input size and orientation the preprocessing implies; transforms xaiclip does
+/// not reproduce are refused by name.
+fn preprocessing(root: &Value) -> Result<Preprocessing> {
+    let Some(pre) = root.get("preprocessing") else { return Ok(Preprocessing::default()) };
     let pre = resolve(pre, root, 0)?;
     let transforms = pre.get("transforms").and_then(Value::as_array).context("no transforms list")?;
-    let (mut intensity, mut size) = (None, None);
+    let (mut intensity, mut size, mut axcodes) = (None, None, None);
     for t in transforms {
         let name = t.get("_target_").and_then(Value::as_str).map(short).context("a transform without _target_")?;
         // The dictionary transforms (LoadImaged, ...) are the array ones by key.
@@ -224,13 +236,21 @@ fn preprocessing(root: &Value) -> Result<(Option<Intensity>, Option<usize>)> {
                 Some(s) if s.len() == 2 && s[0].is_some() && s[0] == s[1] => size = s[0].map(|n| n as usize),
                 _ => bail!("Resized: only a square spatial_size [n, n] is reproduced (the model grid)"),
             },
-            "Orientation" | "Spacing" => bail!(
-                "{name}d is not applied yet: xaiclip feeds the model the file's own voxel grid (pass images already in the model's orientation and spacing and remove it, or wait for support)"
+            "Orientation" => {
+                let code = t.get("axcodes").and_then(Value::as_str).context("Orientationd without axcodes")?;
+                ensure!(
+                    !t.get("as_closest_canonical").and_then(Value::as_bool).unwrap_or(false),
+                    "Orientationd with as_closest_canonical: give axcodes instead"
+                );
+                axcodes = Some(code.parse()?);
+            }
+            "Spacing" => bail!(
+                "Spacingd is not applied yet: xaiclip feeds the model the file's own voxel grid (pass images already at the model's spacing and remove it, or wait for support)"
             ),
             other => bail!("transform {other} is not supported"),
         }
     }
-    Ok((intensity, size))
+    Ok(Preprocessing { intensity, input_size: size, axcodes })
 }
 
 /// metadata.json's `network_data_format.outputs.pred.channel_def`, by channel.

@@ -166,7 +166,11 @@ impl UNetConfig {
             orientation: match v.get("layout").map(|l| l.as_str().unwrap_or_default()) {
                 None | Some("radiological") => Orientation::Radiological,
                 Some("voxel") => Orientation::Voxel([2, 1, 0]),
-                Some(other) => bail!("layout {other:?} is not supported (radiological or voxel)"),
+                Some(other) => Orientation::Axes(other.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "layout {other:?} is not supported (radiological, voxel, or an axis code such as RAS)"
+                    )
+                })?),
             },
         })
     }
