@@ -1,6 +1,7 @@
 """Data preparation shared by the training scripts: the same slice layout, windowing and resampling as
 xaiclip's Rust preprocessing (src/preprocess.rs), so that a model trained here sees at inference exactly
 what it saw in training."""
+import argparse
 import json
 import os
 import subprocess
@@ -16,6 +17,16 @@ ORGANS = ["background", "liver", "right kidney", "spleen", "pancreas", "aorta", 
           "right adrenal gland", "left adrenal gland", "gallbladder", "esophagus", "stomach", "duodenum",
           "left kidney"]
 WINDOW = (-160.0, 240.0)
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def parser(doc):
+    """A script's argument parser with the options every training script has: the shared data and the
+    xaiclip binary that makes phantoms and converts DICOM."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=os.path.join(REPO, "..", "shared", "data", "totalsegmentator"))
+    ap.add_argument("--xaiclip", default=os.path.join(REPO, "target", "release", "xaiclip"))
+    return ap
 
 
 def axial_slices(path):
@@ -76,6 +87,16 @@ def load_phantom(binary, workdir, seed, size, slices):
     x, _ = axial_slices(os.path.join(out, "ct.nii.gz"))
     y, _ = axial_slices(os.path.join(out, "labels.nii.gz"))
     return x, np.rint(y).astype(np.int64)
+
+
+def dice_per_organ(pred, truth, organs):
+    """Dice of each organ id in `organs` (NaN where neither has it)."""
+    out = {}
+    for o in organs:
+        p, t = pred == o, truth == o
+        denom = p.sum() + t.sum()
+        out[o] = float(2 * (p & t).sum() / denom) if denom > 0 else float("nan")
+    return out
 
 
 def load_split(path):

@@ -16,7 +16,6 @@ learned few-shot (16 slices per organ) with the same dense loss.
 Writes weights/clip/{config.json, model.safetensors (fp16)}, weights/coop/{config.json, model.safetensors},
 weights/clip/training.json.
 """
-import argparse
 import json
 import math
 import os
@@ -70,9 +69,7 @@ def dense_loss(model, pixels, occ, text_feats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=os.path.join(REPO, "..", "shared", "data", "totalsegmentator"))
-    ap.add_argument("--xaiclip", default=os.path.join(REPO, "target", "release", "xaiclip"))
+    ap = common.parser(__doc__)
     ap.add_argument("--phantoms", type=int, default=24)
     ap.add_argument("--clip-minutes", type=float, default=22.0)
     ap.add_argument("--coop-minutes", type=float, default=5.0)

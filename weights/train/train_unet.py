@@ -10,7 +10,6 @@ Writes weights/unet/{model.safetensors, config.json, training.json}.
 
 Seeded; CPU only (2 cores: about 45 minutes).
 """
-import argparse
 import json
 import math
 import os
@@ -57,15 +56,6 @@ def augment(x, y, rng):
     return x, y
 
 
-def dice_per_organ(pred, truth, organs):
-    out = {}
-    for o in organs:
-        p, t = pred == o, truth == o
-        denom = p.sum() + t.sum()
-        out[o] = float(2 * (p & t).sum() / denom) if denom > 0 else float("nan")
-    return out
-
-
 def predict_on_slice_grid(model, hu_slices, size):
     """xaiclip segment's path: window, resize to the model grid, softmax, bilinear back, argmax."""
     h, w = hu_slices.shape[1:]
@@ -77,9 +67,7 @@ def predict_on_slice_grid(model, hu_slices, size):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=os.path.join(REPO, "..", "shared", "data", "totalsegmentator"))
-    ap.add_argument("--xaiclip", default=os.path.join(REPO, "target", "release", "xaiclip"))
+    ap = common.parser(__doc__)
     ap.add_argument("--out", default=os.path.join(REPO, "weights", "unet"))
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--crop", type=int, default=192, help="training crop (the net is fully convolutional)")
@@ -127,10 +115,10 @@ def main():
         for name, (hu, labels) in real_val.items():
             preds.append(predict_on_slice_grid(model, hu, args.size).ravel())
             truths.append(labels.ravel())
-        real_dice = dice_per_organ(np.concatenate(preds), np.concatenate(truths), range(1, 14))
+        real_dice = common.dice_per_organ(np.concatenate(preds), np.concatenate(truths), range(1, 14))
         ph_pred = np.concatenate([predict_on_slice_grid(model, hu, args.size).ravel() for hu, _ in val_phantoms])
         ph_true = np.concatenate([labels.ravel() for _, labels in val_phantoms])
-        ph_dice = dice_per_organ(ph_pred, ph_true, range(1, 14))
+        ph_dice = common.dice_per_organ(ph_pred, ph_true, range(1, 14))
         model.train()
         return real_dice, ph_dice
 

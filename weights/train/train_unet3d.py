@@ -10,11 +10,10 @@ Loss: Dice + CE on random 64x64x32 patches, half of them centred on an organ vox
 augmentation. Writes weights/unet3d/{model.safetensors, config.json, training.json}.
 
     cargo build --release
-    python weights/train/train_unet3d.py --minutes 12
+    python weights/train/train_unet3d.py --minutes 25
 
 Seeded; CPU only.
 """
-import argparse
 import json
 import math
 import os
@@ -76,23 +75,12 @@ def pad_to(x, y, patch):
     return x, y
 
 
-def dice(pred, truth, organs):
-    out = {}
-    for o in organs:
-        p, t = pred == o, truth == o
-        denom = p.sum() + t.sum()
-        out[o] = float(2 * (p & t).sum() / denom) if denom > 0 else float("nan")
-    return out
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=os.path.join(REPO, "..", "shared", "data", "totalsegmentator"))
-    ap.add_argument("--xaiclip", default=os.path.join(REPO, "target", "release", "xaiclip"))
+    ap = common.parser(__doc__)
     ap.add_argument("--out", default=os.path.join(REPO, "weights", "unet3d"))
     ap.add_argument("--phantoms", type=int, default=12)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--minutes", type=float, default=12.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=25.0, help="training time budget")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--validate-every", type=int, default=150, help="steps between validations")
     args = ap.parse_args()
@@ -125,7 +113,7 @@ def main():
             for name, (x, y) in val.items():
                 logits = sliding_window_inference(torch.from_numpy(x)[None, None], PATCH, 4, model, overlap=0.25,
                                                   mode="gaussian", sigma_scale=0.125)
-                out[name] = dice(logits.argmax(1)[0].numpy(), y, TRACKED)
+                out[name] = common.dice_per_organ(logits.argmax(1)[0].numpy(), y, TRACKED)
         model.train()
         return out
 
@@ -173,7 +161,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     save_file(best_state, os.path.join(args.out, "model.safetensors"))
     with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({**CONFIG, "patch_size": list(PATCH)}, f, indent=2)
+        json.dump({**CONFIG, "patch_size": list(PATCH), "layout": "RAS"}, f, indent=2)
     report = {
         "command": "python weights/train/train_unet3d.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("minutes", "seed", "phantoms", "batch")),
         "seed": args.seed, "steps": step, "minutes": round((time.time() - start) / 60, 1),
