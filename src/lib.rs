@@ -26,7 +26,7 @@
 //! 3. [`selftest`] (kernels against their twins), [`bench`](mod@bench) (tables of runs), [`report`]
 //!    (figures of runs, report.html)
 //! 4. [`pipeline`]: one slice, one organ, one method; settings, slice choice, the CLIP ROI finder;
-//!    [`volumes`]: whole volumes through 3-D U-Nets (sliding window, 3-D ROI, occlusion with tile reuse)
+//!    [`volumes`]: whole volumes through 3-D U-Nets (sliding window, 3-D ROI, every method with tile reuse)
 //! 5. [`dataset`] (data set layouts), [`metrics`] (agreement, faithfulness)
 //! 6. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]
 //! 7. [`models`] (U-Net, CLIP on any backend)

@@ -1,14 +1,17 @@
 //! Whole volumes through 3-D U-Nets: the intensity window, the model's view of the voxels, sliding-window
-//! inference, the ROI in 3-D, occlusion and RISE with tile reuse (`explain::volume`), and the metrics
-//! over voxels.
+//! inference, the ROI in 3-D, occlusion, RISE, LIME and Kernel SHAP with tile reuse (`explain::volume`),
+//! and the metrics over voxels.
 //!
 //! The model sees the volume as MONAI's `LoadImage` + `EnsureChannelFirst` give it: (1, 1, nx, ny, nz),
-//! the file's voxel axes in order, z fastest in memory, no reorientation and no resampling (the volume
-//! should already be at the spacing the model was trained on). Maps come back on the input's grid.
+//! the file's voxel axes in order, z fastest in memory, or reoriented to the axis code it declares
+//! (`Orientationd`); no resampling (the volume should already be at the spacing the model was trained
+//! on). Maps come back on the input's grid.
 
 use crate::backend::device::Compute;
 use crate::backend::{Backend, Device, Precision};
+use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::rise::Rise;
+use crate::explain::superpixels::{Segmenter, Segments};
 use crate::explain::volume::{Occlusion3d, VolumeScorer};
 use crate::fail;
 use crate::io::Volume;
@@ -28,11 +31,28 @@ pub const DEFAULT_PATCH: [usize; 3] = [96; 3];
 /// The perturbation method of a whole-volume run.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // one per run
 pub enum VolumeMethod {
     /// Boxes of the ROI set to the baseline, one sample per window position.
     Occlusion(Occlusion3d),
     /// RISE keep-masks over the ROI (a grid of s³ cells per mask; `tol` is not available in 3-D).
     Rise(Rise),
+    /// LIME over SLIC supervoxels of the ROI.
+    Lime {
+        /// Samples, kernel width, ridge penalty, seed.
+        #[serde(flatten)]
+        settings: Lime,
+        /// The supervoxels (SLIC; `segments` over the whole volume, scaled to the ROI).
+        segmenter: Segmenter,
+    },
+    /// Kernel SHAP over SLIC supervoxels of the ROI.
+    KernelShap {
+        /// Coalitions and seed.
+        #[serde(flatten)]
+        settings: KernelShap,
+        /// The supervoxels (SLIC; `segments` over the whole volume, scaled to the ROI).
+        segmenter: Segmenter,
+    },
 }
 
 impl VolumeMethod {
@@ -41,6 +61,8 @@ impl VolumeMethod {
         match self {
             VolumeMethod::Occlusion(_) => "occlusion",
             VolumeMethod::Rise(_) => "rise",
+            VolumeMethod::Lime { .. } => "lime",
+            VolumeMethod::KernelShap { .. } => "kernelshap",
         }
     }
 }
@@ -56,7 +78,8 @@ pub struct VolumeSettings {
     /// Occlusion (window and stride in voxels per axis of the model's view) or RISE.
     pub method: VolumeMethod,
     /// In ROI mode, RISE scores the masks in proportion to the share of its grid cells that hold ROI
-    /// voxels (the full run's masks per cell, as on slices); false keeps every mask.
+    /// voxels, and LIME/SHAP keep the supervoxels' size (segments in proportion to the ROI's share of
+    /// the volume, samples to the segments), as on slices; false keeps every mask, segment and sample.
     pub scale_roi_budget: bool,
     /// The region perturbations may touch: none (the whole volume), seg, bbox, clip or clip+seg.
     pub roi: RoiMode,
@@ -193,6 +216,30 @@ impl View {
     }
 }
 
+/// SLIC supervoxels of the model's input inside the ROI, and the samples to score: with `scaled`, the
+/// segments wanted shrink with the ROI's share of the volume (at least 4) and the samples with them (at
+/// least 16), so supervoxels and samples per supervoxel stay those of the whole-volume run.
+fn supervoxels(
+    segmenter: Segmenter,
+    samples: usize,
+    x: &Tensor,
+    dims: [usize; 3],
+    roi: &[bool],
+    scaled: bool,
+) -> Result<(Segments, usize)> {
+    let (segmenter, samples) = match segmenter {
+        Segmenter::Slic { segments, compactness } if scaled => {
+            let share = roi.iter().filter(|&&r| r).count() as f64 / roi.len() as f64;
+            let kept = ((segments as f64 * share).ceil() as usize).max(4);
+            let samples =
+                ((samples as f64 * kept as f64 / segments as f64).ceil() as usize).clamp(16.min(samples), samples);
+            (Segmenter::Slic { segments: kept, compactness }, samples)
+        }
+        other => (other, samples),
+    };
+    Ok((segmenter.segment_volume(x.data(), dims, roi)?, samples))
+}
+
 /// The ROI of `mode` in the model's order: M0 or the CLIP mask (model order) grown by `margin_mm`.
 fn region(
     mode: RoiMode,
@@ -275,12 +322,20 @@ pub fn explain_volume<B: Backend>(
     };
     scorer.set_roi(roi.clone())?;
     let base_score = scorer.base_score;
+    let scaled = roi_fallback.unwrap_or(settings.roi) != RoiMode::Full && settings.scale_roi_budget;
     let result = match settings.method {
         VolumeMethod::Occlusion(occlusion) => occlusion.explain(&mut scorer, progress)?,
         VolumeMethod::Rise(rise) => {
-            let full = roi_fallback.unwrap_or(settings.roi) == RoiMode::Full;
-            let masks = if full || !settings.scale_roi_budget { rise.masks } else { rise.volume_budget(&roi, dims) };
+            let masks = if scaled { rise.volume_budget(&roi, dims) } else { rise.masks };
             Rise { masks, ..rise }.explain_volume(&mut scorer, progress)?
+        }
+        VolumeMethod::Lime { settings: lime, segmenter } => {
+            let (segments, samples) = supervoxels(segmenter, lime.samples, &x, dims, &roi, scaled)?;
+            Lime { samples, ..lime }.explain_volume(&mut scorer, &segments, progress)?
+        }
+        VolumeMethod::KernelShap { settings: shap, segmenter } => {
+            let (segments, samples) = supervoxels(segmenter, shap.samples, &x, dims, &roi, scaled)?;
+            KernelShap { samples, ..shap }.explain_volume(&mut scorer, &segments, progress)?
         }
     };
     let seconds = started.elapsed().as_secs_f64() + clip.as_ref().map_or(0.0, |c| c.seconds);

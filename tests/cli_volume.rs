@@ -101,16 +101,21 @@ fn a_3d_unet_explains_the_whole_volume_with_tile_reuse() {
     let roi_voxels = (r["roi_fraction"].as_f64().unwrap() * map.data.len() as f64).round() as usize;
     let nonzero = map.data.iter().filter(|&&v| v != 0.0).count();
     assert!(nonzero > 0 && nonzero <= roi_voxels, "{nonzero} attributed voxels, ROI {roi_voxels}");
+    // Kernel SHAP on SLIC supervoxels of the seg ROI: samples scale with the supervoxels kept.
+    let shap = ["--method", "kernelshap", "--samples", "64", "--segments", "32", "--roi", "seg", "--margin-mm", "6"];
+    let o = explain(dir.path(), "shap", &shap);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report_shap = report("shap");
+    let (settings, r) = (&report_shap["settings"], &report_shap["result"]);
+    assert_eq!(settings["kernelshap"]["segmenter"]["segments"].as_u64(), Some(32), "{settings}");
+    assert!((16..64).contains(&r["samples"].as_u64().unwrap()), "{r}");
     // clip+seg holds M0 by construction.
     let o = explain(dir.path(), "clipseg", &["--roi", "clip+seg", "--margin-mm", "6"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(report("clipseg")["result"]["roi_coverage"].as_f64(), Some(1.0));
     // What a 3-D model cannot do yet is refused before any work, naming the option.
     for (extra, expect) in [
-        (
-            &["--method", "lime"][..],
-            "--method lime: whole volumes (a 3-D U-Net) are explained by occlusion and RISE so far",
-        ),
+        (&["--method", "lime", "--segmenter", "felzenszwalb"][..], "--segmenter felzenszwalb is for slices"),
         (&["--method", "rise", "--rise-tol", "0.1"][..], "--rise-tol: the adaptive RISE stop is for slices"),
         (&["--slice", "5"][..], "--slice 5: a 3-D U-Net explains the whole volume; pass --slice all"),
         // The fixture's random weights predict "liver" in scattered places the CLIP ROI does not hold.

@@ -1,11 +1,14 @@
-//! 3-D occlusion and RISE under sliding-window inference: tile reuse gives the same map, bit for bit,
-//! as recomputing every tile, with fewer tiles; the ROI bounds what is perturbed and attributed.
+//! 3-D occlusion, RISE, LIME and Kernel SHAP under sliding-window inference: tile reuse gives the same
+//! map, bit for bit, as recomputing every tile, with fewer tiles; the ROI bounds what is perturbed and
+//! attributed.
 
 use std::path::PathBuf;
 use xaiclip::backend::perturb::RiseMask3d;
 use xaiclip::backend::CpuBackend;
+use xaiclip::explain::lime::{KernelShap, Lime};
 use xaiclip::explain::rise::Rise;
-use xaiclip::explain::volume::{Occlusion3d, VolumeExplanation, VolumeScorer};
+use xaiclip::explain::superpixels::Segmenter;
+use xaiclip::explain::volume::{Occlusion3d, Perturbation, Region, VolumeExplanation, VolumeScorer};
 use xaiclip::models::sliding::{Blend, SlidingWindow};
 use xaiclip::models::{BasicUNet, SegModel};
 use xaiclip::tensor::Tensor;
@@ -146,4 +149,48 @@ fn rise_in_a_roi_scores_masks_in_proportion_to_the_grid_cells_it_touches() {
     // Cells of 6 x 14 x 12 voxels: the corner box touches 2 x 2 x 2 of the 27.
     assert_eq!(rise.volume_budget(&corner_roi(), dims), (100.0f64 * 8.0 / 27.0).ceil() as usize);
     assert_eq!(rise.volume_budget(&vec![true; 18 * 40 * 36], dims), 100);
+}
+
+#[test]
+fn lime_and_kernel_shap_over_supervoxels_reuse_tiles_exactly_and_shap_adds_up() {
+    let roi = corner_roi();
+    let (_, x, _) = case();
+    let segments = Segmenter::slic(12).segment_volume(&x.data()[..18 * 40 * 36], [18, 40, 36], &roi).unwrap();
+    assert!(segments.count >= 2 && segments.labels.iter().zip(&roi).all(|(&l, &r)| (l >= 0) == r));
+    let lime = Lime { samples: 24, kernel_width: 0.25, alpha: 1.0, seed: 3 };
+    let shap = KernelShap { samples: 24, seed: 3 };
+    for reuse in [true, false] {
+        let (a, _) = run_with(reuse, Some(roi.clone()), |s| lime.explain_volume(s, &segments, |_, _| {}).unwrap());
+        let (b, _) = run_with(!reuse, Some(roi.clone()), |s| lime.explain_volume(s, &segments, |_, _| {}).unwrap());
+        assert_eq!(a.saliency, b.saliency, "LIME maps differ with and without reuse");
+    }
+    let (reused, _) = run_with(true, Some(roi.clone()), |s| shap.explain_volume(s, &segments, |_, _| {}).unwrap());
+    let (full, _) = run_with(false, Some(roi.clone()), |s| shap.explain_volume(s, &segments, |_, _| {}).unwrap());
+    assert_eq!(reused.saliency, full.saliency, "SHAP maps differ with and without reuse");
+    assert!(reused.tiles_evaluated < full.tiles_evaluated, "{} vs {}", reused.tiles_evaluated, full.tiles_evaluated);
+    // One value per supervoxel, none outside the ROI.
+    let mut phi = vec![None; segments.count];
+    for (&l, &v) in segments.labels.iter().zip(&reused.saliency) {
+        match usize::try_from(l) {
+            Ok(l) => assert_eq!(*phi[l].get_or_insert(v), v, "supervoxel {l} is not constant"),
+            Err(_) => assert_eq!(v, 0.0),
+        }
+    }
+    // Efficiency: the Shapley values add up to the unperturbed score less the score with every
+    // supervoxel switched off, scored here on its own.
+    let (model, x, window) = case();
+    let mut scorer = VolumeScorer::new(&CpuBackend, &model, &x, &window, 1, 0.0).unwrap();
+    scorer.set_roi(roi).unwrap();
+    let off = Perturbation::Coalition(
+        Region { lo: [0; 3], hi: [8, 18, 16] },
+        segments.labels.clone().into(),
+        vec![false; segments.count],
+    );
+    let f0 = scorer.score(&[off]).unwrap()[0] as f64;
+    let total: f64 = phi.iter().map(|v| v.unwrap() as f64).sum();
+    assert!(
+        (total - (scorer.base_score as f64 - f0)).abs() < 1e-5,
+        "sum {total}, f1 - f0 {}",
+        scorer.base_score as f64 - f0
+    );
 }

@@ -1,11 +1,13 @@
-//! `xaiclip explain` with a 3-D U-Net: occlusion or RISE over the whole volume under sliding-window
-//! inference (`xaiclip::volumes`), written as saliency volume, the three-plane overlay and report.json.
+//! `xaiclip explain` with a 3-D U-Net: occlusion, RISE, LIME or Kernel SHAP over the whole volume under
+//! sliding-window inference (`xaiclip::volumes`), written as saliency volume, the three-plane overlay
+//! and report.json.
 
 use super::explain::ExplainCmd;
 use super::{DeviceArgs, Progress};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
+use xaiclip::explain::superpixels::Segmenter;
 use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
 use xaiclip::models::sliding::Blend;
@@ -52,12 +54,6 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
 
 /// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
 pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
-    if !matches!(cmd.method, Method::Occlusion | Method::Rise) {
-        bail!(
-            "--method {}: whole volumes (a 3-D U-Net) are explained by occlusion and RISE so far; LIME and Kernel SHAP on supervoxels are not available yet",
-            cmd.method.name()
-        );
-    }
     let options = &cmd.method_args.options;
     if cmd.method == Method::Rise && options.rise_tol.is_some() {
         bail!("--rise-tol: the adaptive RISE stop is for slices; whole volumes score every --masks");
@@ -78,9 +74,19 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         settings.window.blend = b;
     }
     settings.reuse = !v.no_tile_reuse;
+    let method_settings = options.settings(patch[1]);
+    if matches!(cmd.method, Method::Lime | Method::KernelShap)
+        && matches!(method_settings.segmenter, Segmenter::Felzenszwalb { .. })
+    {
+        bail!("--segmenter felzenszwalb is for slices; volumes use SLIC supervoxels (--segmenter slic, --segments N)");
+    }
     settings.method = match cmd.method {
-        Method::Rise => VolumeMethod::Rise(options.settings(patch[1]).rise),
-        _ => {
+        Method::Rise => VolumeMethod::Rise(method_settings.rise),
+        Method::Lime => VolumeMethod::Lime { settings: method_settings.lime, segmenter: method_settings.segmenter },
+        Method::KernelShap => {
+            VolumeMethod::KernelShap { settings: method_settings.shap, segmenter: method_settings.segmenter }
+        }
+        Method::Occlusion => {
             let window = options.occlusion_window.unwrap_or(OCCLUSION_WINDOW);
             let stride = options.occlusion_stride.unwrap_or(window);
             VolumeMethod::Occlusion(Occlusion3d { window: [window; 3], stride: [stride; 3] })

@@ -29,7 +29,8 @@ pub struct KernelShap {
     pub seed: u64,
 }
 
-fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
+/// Each superpixel's (supervoxel's) value over its pixels, 0 where none.
+pub(crate) fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
     segments.labels.iter().map(|&l| if l < 0 { 0.0 } else { coefficients[l as usize] as f32 }).collect()
 }
 
@@ -62,6 +63,13 @@ impl Lime {
         (-(d * d) / (self.kernel_width * self.kernel_width)).exp().sqrt()
     }
 
+    /// The superpixels' coefficients: the weighted ridge of the scores `y` on the coalitions `rows`.
+    pub fn fit(&self, rows: &[Vec<bool>], y: &[f64]) -> Result<Vec<f64>> {
+        let x: Vec<Vec<f64>> = rows.iter().map(|r| r.iter().map(|&b| b as u8 as f64).collect()).collect();
+        let w: Vec<f64> = rows.iter().map(|r| self.weight(r)).collect();
+        Ok(weighted_ridge(&x, y, &w, self.alpha)?.0)
+    }
+
     /// The map: each superpixel's coefficient spread over its pixels.
     pub fn explain(&self, runner: &mut Runner, segments: &Segments) -> Result<Explanation> {
         ensure!(self.samples >= 2, "LIME needs at least 2 samples");
@@ -70,9 +78,7 @@ impl Lime {
         }
         let rows = self.coalitions(segments.count);
         let y = score_coalitions(runner, segments, &rows)?;
-        let x: Vec<Vec<f64>> = rows.iter().map(|r| r.iter().map(|&b| b as u8 as f64).collect()).collect();
-        let w: Vec<f64> = rows.iter().map(|r| self.weight(r)).collect();
-        let (coefficients, _) = weighted_ridge(&x, &y, &w, self.alpha)?;
+        let coefficients = self.fit(&rows, &y)?;
         Ok(Explanation {
             saliency: paint(segments, &coefficients),
             forward_passes: runner.forward_passes,

@@ -47,10 +47,25 @@ impl Segmenter {
         Segmenter::Slic { segments, compactness: Self::SLIC_COMPACTNESS }
     }
 
+    /// Supervoxels of a (D, H, W) `image` inside `mask`: SLIC in 3-D (`segments` wanted over the mask);
+    /// Felzenszwalb is for slices only.
+    pub fn segment_volume(&self, image: &[f32], dims: [usize; 3], mask: &[bool]) -> anyhow::Result<Segments> {
+        match *self {
+            Segmenter::Slic { segments, compactness } => {
+                Ok(relabel(slic(image, dims, mask, segments.max(1), compactness)))
+            }
+            Segmenter::Felzenszwalb { .. } => {
+                anyhow::bail!("--segmenter felzenszwalb is for slices; volumes use SLIC supervoxels (--segmenter slic)")
+            }
+        }
+    }
+
     /// Superpixels of `image` (size x size) inside `mask`.
     pub fn segment(&self, image: &[f32], size: usize, mask: &[bool]) -> Segments {
         let labels = match *self {
-            Segmenter::Slic { segments, compactness } => slic(image, size, mask, segments.max(1), compactness),
+            Segmenter::Slic { segments, compactness } => {
+                slic(image, [1, size, size], mask, segments.max(1), compactness)
+            }
             Segmenter::Felzenszwalb { scale, sigma, min_size } => {
                 felzenszwalb(image, size, mask, scale / 255.0, sigma, min_size)
             }
@@ -75,88 +90,99 @@ fn relabel(labels: Vec<i32>) -> Segments {
     Segments { labels, count: map.len() }
 }
 
-fn slic(image: &[f32], size: usize, mask: &[bool], k: usize, compactness: f32) -> Vec<i32> {
+/// SLIC on a (D, H, W) grid (a slice is [1, size, size]): centres on a regular grid of `step` voxels,
+/// step = (mask voxels / k)^(1 / axes longer than one), then k-means in (position, intensity) within
+/// 2 steps of each centre. An axis of one voxel adds exact zeros, so a slice segments as in 2-D.
+fn slic(image: &[f32], dims: [usize; 3], mask: &[bool], k: usize, compactness: f32) -> Vec<i32> {
     let inside = mask.iter().filter(|&&m| m).count();
     if inside == 0 {
         return vec![-1; image.len()];
     }
-    let step = ((inside as f32 / k as f32).sqrt()).max(1.0);
-    // Centres (y, x, intensity) on a regular grid, kept where the grid point lies in the mask.
-    let mut centres: Vec<[f32; 3]> = Vec::new();
-    let mut y = step / 2.0;
-    while y < size as f32 {
-        let mut x = step / 2.0;
-        while x < size as f32 {
-            let q = y as usize * size + x as usize;
-            if mask[q] {
-                centres.push([y, x, image[q]]);
-            }
-            x += step;
+    let [d, h, w] = dims;
+    let volumetric = d > 1;
+    let per_centre = inside as f32 / k as f32;
+    let step = (if volumetric { per_centre.cbrt() } else { per_centre.sqrt() }).max(1.0);
+    // Centres (z, y, x, intensity) on a regular grid, kept where the grid point lies in the mask.
+    let positions = |n: usize| -> Vec<f32> {
+        if n == 1 {
+            return vec![0.0];
         }
-        y += step;
+        (0..).map(|i| step / 2.0 + i as f32 * step).take_while(|&p| p < n as f32).collect()
+    };
+    let index = |z: usize, y: usize, x: usize| (z * h + y) * w + x;
+    let mut centres: Vec<[f32; 4]> = Vec::new();
+    for &z in &positions(d) {
+        for &y in &positions(h) {
+            for &x in &positions(w) {
+                let q = index(z as usize, y as usize, x as usize);
+                if mask[q] {
+                    centres.push([z, y, x, image[q]]);
+                }
+            }
+        }
     }
     if centres.is_empty() {
         return mask.iter().map(|&m| if m { 0 } else { -1 }).collect();
     }
     let spatial = (compactness / step).powi(2);
+    let distance2 = |c: &[f32; 4], q: usize| {
+        let (z, y, x) = ((q / (h * w)) as f32, ((q / w) % h) as f32, (q % w) as f32);
+        (z - c[0]).powi(2) + (y - c[1]).powi(2) + (x - c[2]).powi(2)
+    };
+    let reach = |c: f32, n: usize| (c - 2.0 * step).max(0.0) as usize..((c + 2.0 * step) as usize + 1).min(n);
     let mut labels = vec![-1i32; image.len()];
     let mut dist = vec![f32::INFINITY; image.len()];
     for _ in 0..10 {
         dist.fill(f32::INFINITY);
         for (c, centre) in centres.iter().enumerate() {
-            let (cy, cx) = (centre[0], centre[1]);
-            let (y0, y1) = ((cy - 2.0 * step).max(0.0) as usize, ((cy + 2.0 * step) as usize + 1).min(size));
-            let (x0, x1) = ((cx - 2.0 * step).max(0.0) as usize, ((cx + 2.0 * step) as usize + 1).min(size));
-            for yy in y0..y1 {
-                for xx in x0..x1 {
-                    let q = yy * size + xx;
-                    if !mask[q] {
-                        continue;
-                    }
-                    let dc = image[q] - centre[2];
-                    let ds = (yy as f32 - cy).powi(2) + (xx as f32 - cx).powi(2);
-                    let d = dc * dc + ds * spatial;
-                    if d < dist[q] {
-                        dist[q] = d;
-                        labels[q] = c as i32;
+            for zz in reach(centre[0], d) {
+                for yy in reach(centre[1], h) {
+                    for xx in reach(centre[2], w) {
+                        let q = index(zz, yy, xx);
+                        if !mask[q] {
+                            continue;
+                        }
+                        let dc = image[q] - centre[3];
+                        let d = dc * dc + distance2(centre, q) * spatial;
+                        if d < dist[q] {
+                            dist[q] = d;
+                            labels[q] = c as i32;
+                        }
                     }
                 }
             }
         }
-        let mut acc = vec![[0f64; 4]; centres.len()];
+        let mut acc = vec![[0f64; 5]; centres.len()];
         for (q, &l) in labels.iter().enumerate() {
             if l >= 0 {
                 let a = &mut acc[l as usize];
-                a[0] += (q / size) as f64;
-                a[1] += (q % size) as f64;
-                a[2] += image[q] as f64;
-                a[3] += 1.0;
+                a[0] += (q / (h * w)) as f64;
+                a[1] += ((q / w) % h) as f64;
+                a[2] += (q % w) as f64;
+                a[3] += image[q] as f64;
+                a[4] += 1.0;
             }
         }
         for (centre, a) in centres.iter_mut().zip(&acc) {
-            if a[3] > 0.0 {
-                *centre = [(a[0] / a[3]) as f32, (a[1] / a[3]) as f32, (a[2] / a[3]) as f32];
+            if a[4] > 0.0 {
+                *centre = std::array::from_fn(|i| (a[i] / a[4]) as f32);
             }
         }
     }
-    // Mask pixels no centre reached (beyond 2 steps of every centre) join the nearest centre.
+    // Mask voxels no centre reached (beyond 2 steps of every centre) join the nearest centre.
     for q in 0..image.len() {
         if mask[q] && labels[q] < 0 {
-            let (yy, xx) = ((q / size) as f32, (q % size) as f32);
-            let nearest = centres.iter().enumerate().min_by(|a, b| {
-                let da = (a.1[0] - yy).powi(2) + (a.1[1] - xx).powi(2);
-                let db = (b.1[0] - yy).powi(2) + (b.1[1] - xx).powi(2);
-                da.total_cmp(&db)
-            });
+            let nearest = centres.iter().enumerate().min_by(|a, b| distance2(a.1, q).total_cmp(&distance2(b.1, q)));
             labels[q] = nearest.map_or(0, |(c, _)| c as i32);
         }
     }
-    enforce_connectivity(labels, size, (step * step / 4.0) as usize)
+    let min_size = if volumetric { step * step * step / 8.0 } else { step * step / 4.0 };
+    enforce_connectivity(labels, dims, min_size as usize)
 }
 
-/// Splits every label into its 4-connected components, then merges components smaller than
+/// Splits every label into its face-connected components, then merges components smaller than
 /// `min_size` into the component of an earlier neighbour (SLIC's connectivity step).
-fn enforce_connectivity(labels: Vec<i32>, size: usize, min_size: usize) -> Vec<i32> {
+fn enforce_connectivity(labels: Vec<i32>, dims: [usize; 3], min_size: usize) -> Vec<i32> {
     let n = labels.len();
     let mut comp = vec![-1i32; n];
     let mut sizes = Vec::new();
@@ -171,7 +197,7 @@ fn enforce_connectivity(labels: Vec<i32>, size: usize, min_size: usize) -> Vec<i
         stack.push(start);
         while let Some(q) = stack.pop() {
             count += 1;
-            for nb in neighbours4(q, size) {
+            for nb in neighbours(q, dims) {
                 if comp[nb] < 0 && labels[nb] == labels[start] {
                     comp[nb] = id;
                     stack.push(nb);
@@ -185,7 +211,7 @@ fn enforce_connectivity(labels: Vec<i32>, size: usize, min_size: usize) -> Vec<i
     for q in 0..n {
         let c = comp[q];
         if c >= 0 && sizes[c as usize] < min_size && target[c as usize] == c {
-            if let Some(nb) = neighbours4(q, size).find(|&nb| comp[nb] >= 0 && comp[nb] != c) {
+            if let Some(nb) = neighbours(q, dims).find(|&nb| comp[nb] >= 0 && comp[nb] != c) {
                 target[c as usize] = comp[nb];
             }
         }
@@ -203,11 +229,20 @@ fn enforce_connectivity(labels: Vec<i32>, size: usize, min_size: usize) -> Vec<i
     comp.iter().map(|&c| if c < 0 { -1 } else { resolve(c) }).collect()
 }
 
-fn neighbours4(q: usize, size: usize) -> impl Iterator<Item = usize> {
-    let (y, x) = (q / size, q % size);
-    [(y > 0).then(|| q - size), (y + 1 < size).then(|| q + size), (x > 0).then(|| q - 1), (x + 1 < size).then(|| q + 1)]
-        .into_iter()
-        .flatten()
+/// The face neighbours of voxel `q` on a (D, H, W) grid: rows, then columns, then slices (a slice's
+/// order does not depend on its depth of one).
+fn neighbours(q: usize, [d, h, w]: [usize; 3]) -> impl Iterator<Item = usize> {
+    let (z, y, x) = (q / (h * w), (q / w) % h, q % w);
+    [
+        (y > 0).then(|| q - w),
+        (y + 1 < h).then(|| q + w),
+        (x > 0).then(|| q - 1),
+        (x + 1 < w).then(|| q + 1),
+        (z > 0).then(|| q - h * w),
+        (z + 1 < d).then(|| q + h * w),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 struct DisjointSets {
@@ -309,5 +344,37 @@ mod tests {
                 assert!(values.iter().all(|&v| v == values[0]), "{seg:?}: segment {l} mixes intensities");
             }
         }
+    }
+
+    /// Eight flat octants of distinct intensity in a 24³ volume, the first slab masked out: SLIC
+    /// supervoxels cover the mask exactly, do not mix octants, are connected, and number about as asked.
+    #[test]
+    fn supervoxels_respect_edges_and_mask() {
+        let n = 24;
+        let octant = |q: usize| 4 * (q / (n * n) / 12) + 2 * ((q / n) % n / 12) + q % n / 12;
+        let image: Vec<f32> = (0..n * n * n).map(|q| 0.05 + 0.12 * octant(q) as f32).collect();
+        let mask: Vec<bool> = (0..n * n * n).map(|q| q / (n * n) >= 2).collect();
+        let s = Segmenter::slic(48).segment_volume(&image, [n, n, n], &mask).unwrap();
+        assert!((24..=96).contains(&s.count), "{} supervoxels", s.count);
+        for (q, (&l, &m)) in s.labels.iter().zip(&mask).enumerate() {
+            assert_eq!(l < 0, !m, "mask at {q}");
+        }
+        for l in 0..s.count as i32 {
+            let members: Vec<usize> = (0..n * n * n).filter(|&q| s.labels[q] == l).collect();
+            assert!(members.iter().all(|&q| octant(q) == octant(members[0])), "supervoxel {l} mixes octants");
+            let (mut seen, mut stack) = (vec![false; n * n * n], vec![members[0]]);
+            seen[members[0]] = true;
+            while let Some(q) = stack.pop() {
+                for nb in neighbours(q, [n, n, n]) {
+                    if s.labels[nb] == l && !seen[nb] {
+                        seen[nb] = true;
+                        stack.push(nb);
+                    }
+                }
+            }
+            assert_eq!(seen.iter().filter(|&&b| b).count(), members.len(), "supervoxel {l} is split");
+        }
+        let felzenszwalb = Segmenter::FELZENSZWALB.segment_volume(&image, [n, n, n], &mask).unwrap_err();
+        assert!(felzenszwalb.to_string().contains("volumes use SLIC supervoxels"));
     }
 }

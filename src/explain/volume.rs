@@ -10,8 +10,10 @@
 //!
 //! The target is the mean probability of the organ over M0, its unperturbed predicted 3-D mask.
 
+use super::lime::{paint, shapley_regression, KernelShap, Lime};
 use super::occlusion::window_origins;
 use super::rise::Rise;
+use super::superpixels::Segments;
 use crate::backend::perturb::RiseMask3d;
 use crate::backend::Backend;
 use crate::fail;
@@ -30,28 +32,35 @@ pub struct Region {
 }
 
 /// What one perturbed sample does to the volume, on ROI voxels of its box only: occlusion sets them to
-/// the baseline; a RISE mask keeps each in proportion m (baseline + m (x - baseline)).
+/// the baseline; a RISE mask keeps each in proportion m (baseline + m (x - baseline)); a coalition of
+/// supervoxels sets the voxels of those switched off to the baseline.
 #[derive(Clone, Debug)]
 pub enum Perturbation {
     /// The box's ROI voxels set to the baseline.
     Occlude(Region),
     /// A RISE keep-mask applied to the box's ROI voxels (the ROI's bounding box, or the whole volume).
     Mask(Region, Box<RiseMask3d>),
+    /// Supervoxel labels per voxel (row-major, -1 outside the ROI) and which are on.
+    Coalition(Region, std::sync::Arc<[i32]>, Vec<bool>),
 }
 
 impl Perturbation {
     /// The box the perturbation may change.
     pub fn region(&self) -> Region {
         match self {
-            Perturbation::Occlude(r) | Perturbation::Mask(r, _) => *r,
+            Perturbation::Occlude(r) | Perturbation::Mask(r, _) | Perturbation::Coalition(r, ..) => *r,
         }
     }
 
-    /// The perturbed value of a voxel at (z, y, x) inside the box whose value was `v`.
-    fn apply(&self, [z, y, x]: [usize; 3], v: f32, baseline: f32) -> f32 {
+    /// The perturbed value of the voxel at (z, y, x) (row-major `index`) inside the box, whose value was `v`.
+    fn apply(&self, [z, y, x]: [usize; 3], index: usize, v: f32, baseline: f32) -> f32 {
         match self {
             Perturbation::Occlude(_) => baseline,
             Perturbation::Mask(_, m) => baseline + m.value(z, y, x) * (v - baseline),
+            Perturbation::Coalition(_, labels, on) => match usize::try_from(labels[index]) {
+                Ok(l) if !on[l] => baseline,
+                _ => v,
+            },
         }
     }
 }
@@ -237,10 +246,11 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
                 let Some(iy) = input(1, y).filter(|&v| (r.lo[1]..r.hi[1]).contains(&v)) else { continue };
                 for x in 0..rw {
                     let Some(ix) = input(2, x).filter(|&v| (r.lo[2]..r.hi[2]).contains(&v)) else { continue };
-                    if self.roi[(iz * h + iy) * w + ix] {
+                    let index = (iz * h + iy) * w + ix;
+                    if self.roi[index] {
                         for c in 0..self.channels {
                             let v = &mut tile[((c * rd + z) * rh + y) * rw + x];
-                            *v = p.apply([iz, iy, ix], *v, self.baseline);
+                            *v = p.apply([iz, iy, ix], index, *v, self.baseline);
                         }
                     }
                 }
@@ -309,7 +319,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         for (at, v) in p.region().voxels(self.plan.image).filter(|&(_, v)| self.roi[v]) {
             for c in 0..self.channels {
                 let value = &mut perturbed[c * d * h * w + v];
-                *value = p.apply(at, *value, self.baseline);
+                *value = p.apply(at, v, *value, self.baseline);
             }
         }
         let all: Vec<(usize, Option<&Perturbation>)> = (0..self.plan.tiles.len()).map(|t| (t, None)).collect();
@@ -548,4 +558,75 @@ fn roi_box(roi: &[bool], [_, h, w]: [usize; 3]) -> Option<Region> {
         }
     }
     (hi[0] > 0).then_some(Region { lo, hi })
+}
+
+/// The ROI's supervoxels and the scores of coalitions of them.
+fn score_coalitions<B: Backend>(
+    scorer: &mut VolumeScorer<B>,
+    segments: &Segments,
+    rows: &[Vec<bool>],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<f64>> {
+    let image = scorer.plan.image;
+    let region = roi_box(&scorer.roi, image).context("the ROI is empty: nothing to perturb")?;
+    ensure!(segments.labels.len() == scorer.roi.len(), "supervoxels and volume differ in size");
+    let labels: std::sync::Arc<[i32]> = segments.labels.clone().into();
+    let mut scores = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(SAMPLES_PER_CALL) {
+        let batch: Vec<Perturbation> =
+            chunk.iter().map(|on| Perturbation::Coalition(region, labels.clone(), on.clone())).collect();
+        scores.extend(scorer.score(&batch)?.into_iter().map(f64::from));
+        progress(scores.len(), rows.len());
+    }
+    Ok(scores)
+}
+
+/// A supervoxel map (each supervoxel's value over its voxels) and its cost.
+fn painted<B: Backend>(
+    scorer: &VolumeScorer<B>,
+    segments: &Segments,
+    values: &[f64],
+    samples: usize,
+) -> VolumeExplanation {
+    VolumeExplanation {
+        saliency: paint(segments, values),
+        samples,
+        tiles_evaluated: scorer.tiles_evaluated,
+        tiles_naive: (samples + 1) * scorer.plan.tiles.len(),
+        forward_passes: scorer.forward_passes,
+    }
+}
+
+impl Lime {
+    /// LIME over supervoxels of the ROI (`segments`, row-major on the volume): coalitions, sample
+    /// weights and the weighted ridge as on slices; `progress(done, total)` counts scored samples.
+    pub fn explain_volume<B: Backend>(
+        &self,
+        scorer: &mut VolumeScorer<B>,
+        segments: &Segments,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<VolumeExplanation> {
+        ensure!(self.samples >= 2, "LIME needs at least 2 samples");
+        ensure!(segments.count > 0, "no supervoxels to perturb (empty ROI)");
+        let rows = self.coalitions(segments.count);
+        let y = score_coalitions(scorer, segments, &rows, progress)?;
+        Ok(painted(scorer, segments, &self.fit(&rows, &y)?, rows.len()))
+    }
+}
+
+impl KernelShap {
+    /// Kernel SHAP over supervoxels of the ROI, as on slices; `progress(done, total)` counts scored
+    /// coalitions.
+    pub fn explain_volume<B: Backend>(
+        &self,
+        scorer: &mut VolumeScorer<B>,
+        segments: &Segments,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<VolumeExplanation> {
+        ensure!(segments.count > 0, "no supervoxels to perturb (empty ROI)");
+        let rows = self.coalitions(segments.count);
+        let y = score_coalitions(scorer, segments, &rows, progress)?;
+        let phi = shapley_regression(&rows, &y)?;
+        Ok(painted(scorer, segments, &phi, rows.len()))
+    }
 }
