@@ -1,5 +1,6 @@
-//! The bundled weights do their job: U-Net Dice on held-out real CT slices and on unseen phantoms, and
-//! the CLIP ROI's coverage and size on the held-out real slices (weights/unet/split.json).
+//! The bundled weights do their job: U-Net Dice on held-out real CT slices and on unseen phantoms, the
+//! CLIP ROI's coverage and size on the held-out real slices (weights/unet/split.json), and the 3-D
+//! U-Net's liver on unseen phantoms and the real CT it never saw (weights/unet3d).
 
 mod common;
 use common::*;
@@ -128,4 +129,62 @@ fn clip_roi_covers_the_organ_and_little_else_on_held_out_real_slices() {
         assert!(coverage >= 0.95, "{name}: ROI covers {:.1}% < 95% of the organ", 100.0 * coverage);
         assert!(mean_area <= 0.35, "{name}: ROI covers {:.1}% > 35% of the slice", 100.0 * mean_area);
     }
+}
+
+/// Dice of the 3-D model's liver prediction (M0) on a whole volume, by the volume path.
+fn liver_dice_3d(model_dir: &std::path::Path, volume: &Volume, labels: &[u8]) -> f64 {
+    use xaiclip::explain::volume::Occlusion3d;
+    use xaiclip::volumes::{explain_volume, VolumeMethod, VolumeSettings};
+    let model = SegModel::load_dir(&CpuBackend, model_dir).unwrap();
+    let mut settings = VolumeSettings::new(model.patch_size().unwrap());
+    // One occlusion window: the run is for M0, the model's own prediction.
+    settings.method = VolumeMethod::Occlusion(Occlusion3d { window: [256; 3], stride: [256; 3] });
+    settings.roi = RoiMode::Seg;
+    let run = explain_volume(&CpuBackend, &model, volume, None, 1, &settings, None, |_, _| {}).unwrap();
+    let (both, sum) = run
+        .m0
+        .iter()
+        .zip(labels)
+        .fold((0, 0), |(b, s), (&m, &l)| (b + 2 * (m && l == 1) as usize, s + m as usize + (l == 1) as usize));
+    both as f64 / sum as f64
+}
+
+#[test]
+fn the_3d_unet_segments_the_liver_of_unseen_phantoms_and_the_real_ct_in_any_file_order() {
+    let dir = repo().join("weights/unet3d");
+    // The training script's validation Dice, by MONAI's sliding_window_inference on the same volumes:
+    // xaiclip's tiles, blend and reorientation give the same prediction.
+    let training: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("training.json")).unwrap()).unwrap();
+    let monai = |case: &str| training["validation_dice"][case]["liver"].as_f64().unwrap();
+    // Phantoms at 3 mm (128 px over 384 mm, 53 slices over 160 mm) of the validation seeds, stored LPS:
+    // the model's "layout": "RAS" reorients them as it was trained.
+    for seed in [9001, 9002] {
+        let p = xaiclip::phantom::generate(seed, 128, 53);
+        assert_eq!(p.ct.orientation(), "LPS");
+        let d = liver_dice_3d(&dir, &p.ct, &p.labels);
+        println!("3-D U-Net, phantom {seed} (LPS file): liver Dice {d:.4}");
+        assert!(d >= 0.95, "phantom {seed}: liver Dice {d:.4} < 0.95");
+        let reference = monai(&format!("phantom {seed}"));
+        assert!((d - reference).abs() < 1e-3, "phantom {seed}: Dice {d:.4}, MONAI's {reference:.4}");
+    }
+    // The same model without its layout sees the LPS voxels flipped from what it learnt.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("layout");
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let p = xaiclip::phantom::generate(9001, 128, 53);
+    let unoriented = liver_dice_3d(tmp.path(), &p.ct, &p.labels);
+    println!("3-D U-Net without its layout, phantom 9001 (LPS file): liver Dice {unoriented:.4}");
+    assert!(unoriented < monai("phantom 9001") - 0.03, "without the layout: Dice {unoriented:.4}");
+    // The real CT (RAS, 3 mm) was never trained on.
+    let Some(shared) = shared_data() else { return };
+    let ct = io::read_image(&shared.join("ct_small.nii.gz")).unwrap();
+    let labels = load_labels(&shared.join("ct_small_seg.nii.gz"), LabelIds::Totalseg, &ct).unwrap();
+    let d = liver_dice_3d(&dir, &ct, &labels);
+    println!("3-D U-Net, ct_small (held out): liver Dice {d:.4}");
+    assert!(d >= 0.75, "ct_small: liver Dice {d:.4} < 0.75");
+    assert!((d - monai("ct_small")).abs() < 1e-3, "ct_small: Dice {d:.4}, MONAI's {:.4}", monai("ct_small"));
 }
