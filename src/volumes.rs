@@ -421,7 +421,9 @@ pub fn explain_volume_on(
             }
             None => None,
         };
-        let clip = if settings.roi.uses_clip() || settings.fallback.is_some_and(|f| f.uses_clip()) {
+        // A fallback applies only to an ROI, so the whole volume never needs CLIP.
+        let fallback_clip = settings.roi != RoiMode::Full && settings.fallback.is_some_and(|f| f.uses_clip());
+        let clip = if settings.roi.uses_clip() || fallback_clip {
             let finder = ClipRoiFinder::load(b, &settings.clip)?;
             let range = model.input_intensity(settings.intensity)?.range(volume);
             Some(clip_volume(b, &finder, volume, range, model.label_id(class)?, |d, t| progress("clip", d, t))?)
