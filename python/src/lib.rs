@@ -16,8 +16,8 @@ use xaiclip::dataset::LabelIds;
 use xaiclip::explainer::Options;
 use xaiclip::io::Volume;
 use xaiclip::pipeline::BatchSize;
-use xaiclip::roi::clip::{ClipOptions, Prompts};
 use xaiclip::preprocess::Intensity;
+use xaiclip::roi::clip::{ClipOptions, Prompts};
 use xaiclip::{Device, ErrorKind, Method, Precision, Request, RoiMode, Slices};
 
 /// The engine's error as the Python exception of its kind, with the same message the CLI prints. The
