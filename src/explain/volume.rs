@@ -199,6 +199,18 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         Ok(())
     }
 
+    /// A map of `samples` scored samples with what they cost so far; without reuse every sample and
+    /// the unperturbed volume need every tile.
+    pub fn explanation(&self, saliency: Vec<f32>, samples: usize) -> VolumeExplanation {
+        VolumeExplanation {
+            saliency,
+            samples,
+            tiles_evaluated: self.tiles_evaluated,
+            tiles_naive: (samples + 1) * self.plan.tiles.len(),
+            forward_passes: self.forward_passes,
+        }
+    }
+
     /// The unperturbed probability of the class per voxel.
     pub fn probability(&self) -> &[f32] {
         &self.prob
@@ -479,13 +491,7 @@ impl Occlusion3d {
             progress((done * SAMPLES_PER_CALL + chunk.len()).min(regions.len()), regions.len());
         }
         let saliency = sum.iter().zip(&count).map(|(&s, &c)| if c > 0 { (s / c as f64) as f32 } else { 0.0 }).collect();
-        Ok(VolumeExplanation {
-            saliency,
-            samples: regions.len(),
-            tiles_evaluated: scorer.tiles_evaluated,
-            tiles_naive: (regions.len() + 1) * scorer.plan.tiles.len(),
-            forward_passes: scorer.forward_passes,
-        })
+        Ok(scorer.explanation(saliency, regions.len()))
     }
 }
 
@@ -521,13 +527,7 @@ impl Rise {
             progress(first + batch.len(), self.masks);
         }
         let scale = 1.0 / (self.masks as f64 * self.p1 as f64);
-        Ok(VolumeExplanation {
-            saliency: sum.iter().map(|&v| (v * scale) as f32).collect(),
-            samples: self.masks,
-            tiles_evaluated: scorer.tiles_evaluated,
-            tiles_naive: (self.masks + 1) * scorer.plan.tiles.len(),
-            forward_passes: scorer.forward_passes,
-        })
+        Ok(scorer.explanation(sum.iter().map(|&v| (v * scale) as f32).collect(), self.masks))
     }
 
     /// The masks for a volume ROI at the full run's budget per grid cell: the share of the s³ cells
@@ -581,22 +581,6 @@ fn score_coalitions<B: Backend>(
     Ok(scores)
 }
 
-/// A supervoxel map (each supervoxel's value over its voxels) and its cost.
-fn painted<B: Backend>(
-    scorer: &VolumeScorer<B>,
-    segments: &Segments,
-    values: &[f64],
-    samples: usize,
-) -> VolumeExplanation {
-    VolumeExplanation {
-        saliency: paint(segments, values),
-        samples,
-        tiles_evaluated: scorer.tiles_evaluated,
-        tiles_naive: (samples + 1) * scorer.plan.tiles.len(),
-        forward_passes: scorer.forward_passes,
-    }
-}
-
 impl Lime {
     /// LIME over supervoxels of the ROI (`segments`, row-major on the volume): coalitions, sample
     /// weights and the weighted ridge as on slices; `progress(done, total)` counts scored samples.
@@ -610,7 +594,7 @@ impl Lime {
         ensure!(segments.count > 0, "no supervoxels to perturb (empty ROI)");
         let rows = self.coalitions(segments.count);
         let y = score_coalitions(scorer, segments, &rows, progress)?;
-        Ok(painted(scorer, segments, &self.fit(&rows, &y)?, rows.len()))
+        Ok(scorer.explanation(paint(segments, &self.fit(&rows, &y)?), rows.len()))
     }
 }
 
@@ -627,6 +611,6 @@ impl KernelShap {
         let rows = self.coalitions(segments.count);
         let y = score_coalitions(scorer, segments, &rows, progress)?;
         let phi = shapley_regression(&rows, &y)?;
-        Ok(painted(scorer, segments, &phi, rows.len()))
+        Ok(scorer.explanation(paint(segments, &phi), rows.len()))
     }
 }
