@@ -142,15 +142,19 @@ pub enum Orientation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AxisCode(pub [u8; 3]);
 
+/// Which pair (0 R/L, 1 A/P, 2 S/I) an orientation letter belongs to.
+fn pair_of(letter: u8) -> Option<usize> {
+    ["RL", "AP", "SI"].iter().position(|p| p.as_bytes().contains(&letter))
+}
+
 impl std::str::FromStr for AxisCode {
     type Err = anyhow::Error;
     fn from_str(text: &str) -> Result<Self> {
         let code = text.to_ascii_uppercase();
         let letters: Vec<u8> = code.bytes().collect();
-        let pair = |c: u8| ["RL", "AP", "SI"].iter().position(|p| p.as_bytes().contains(&c));
         let mut seen = [false; 3];
         let valid = letters.len() == 3
-            && letters.iter().all(|&c| pair(c).is_some_and(|p| !std::mem::replace(&mut seen[p], true)));
+            && letters.iter().all(|&c| pair_of(c).is_some_and(|p| !std::mem::replace(&mut seen[p], true)));
         if !valid {
             bail!("axis code {text:?}: expected three letters, one of each pair R/L, A/P, S/I (such as RAS or LPS)");
         }
@@ -169,17 +173,9 @@ impl AxisCode {
     pub fn axes_in(&self, volume: &Volume) -> Result<[(usize, bool); 3]> {
         let file = volume.orientation();
         let file = file.as_bytes();
-        let opposite = |c: u8| match c {
-            b'R' => b'L',
-            b'L' => b'R',
-            b'A' => b'P',
-            b'P' => b'A',
-            b'S' => b'I',
-            _ => b'S',
-        };
         let mut out = [(0, false); 3];
         for (t, &letter) in self.0.iter().enumerate() {
-            let Some(axis) = file.iter().position(|&c| c == letter || c == opposite(letter)) else {
+            let Some(axis) = file.iter().position(|&c| pair_of(c) == pair_of(letter)) else {
                 bail!(
                     "{}: its voxel axes ({}) are too oblique to reorient to {self}",
                     volume.source.display(),
