@@ -1,10 +1,12 @@
 //! The bench table: each method in full-image and ROI mode side by side, with the paper's comparison
 //! rows (runtime reduction, faithfulness and Dice/IoU, full against ROI), as Markdown for people and
-//! JSON for programs.
+//! JSON for programs; the same for whole volumes with 3-D models (tiles, and how much of the full-volume
+//! map the ROI run keeps).
 
-use crate::metrics::Agreement;
-use crate::pipeline::MethodRun;
-use serde_json::json;
+use crate::metrics::{pearson, Agreement};
+use crate::pipeline::{MethodRun, RunFigures};
+use crate::volumes::{VolumeRun, VolumeSettings};
+use serde_json::{json, Value};
 
 fn pct(new: f64, old: f64) -> f64 {
     if old.abs() < 1e-12 {
@@ -88,5 +90,124 @@ pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, 
         }
     }
     md += LEGEND;
+    (md, json!({"context": context, "rows": json_rows, "comparison": comparisons}))
+}
+
+/// The figures of a whole-volume run as result lines and summaries record them (shares of voxels).
+pub fn volume_figures(run: &VolumeRun) -> RunFigures {
+    let a = run.agreement.as_ref();
+    let f = run.faithfulness.as_ref();
+    let (lo, hi) = run.saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    RunFigures {
+        seconds: run.seconds,
+        forward_passes: run.forward_passes,
+        forward_fraction: None,
+        samples: run.samples,
+        roi_fraction: run.roi.iter().filter(|&&r| r).count() as f64 / run.roi.len() as f64,
+        saliency_range: Some([lo, hi]),
+        dice: a.map(|a| a.half.dice),
+        iou: a.map(|a| a.half.iou),
+        dice_topk: a.map(|a| a.top_k.dice),
+        iou_topk: a.map(|a| a.top_k.iou),
+        dice_otsu: a.map(|a| a.otsu.dice),
+        iou_otsu: a.map(|a| a.otsu.iou),
+        auroc: a.map(|a| a.auroc),
+        pointing_game: a.map(|a| a.pointing_game),
+        deletion_auc: f.map(|f| f.deletion_auc),
+        insertion_auc: f.map(|f| f.insertion_auc),
+        roi_coverage: Some(run.roi_coverage),
+        roi_fallback: run.roi_fallback,
+    }
+}
+
+/// How far the ROI run's map is from the full-volume run's inside the ROI: max |difference| over the
+/// ROI's voxels as a share of the full map's max |value|, and Pearson r over the ROI's voxels.
+pub fn in_roi_agreement(full: &VolumeRun, roi: &VolumeRun) -> (f64, f64) {
+    let inside: Vec<usize> = (0..roi.roi.len()).filter(|&v| roi.roi[v]).collect();
+    let scale = full.saliency.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let diff = inside.iter().fold(0f32, |m, &v| m.max((full.saliency[v] - roi.saliency[v]).abs())) as f64;
+    let pick = |s: &[f32]| inside.iter().map(|&v| s[v]).collect::<Vec<_>>();
+    (diff / scale, pearson(&pick(&full.saliency), &pick(&roi.saliency)))
+}
+
+const VOLUME_LEGEND: &str = "
+seconds: wall time of the explanation (the CLIP ROI included; the curves, metrics and loading not). \
+tiles: sliding-window tiles run through the model, the unperturbed pass included; without reuse: what \
+recomputing every tile for every sample would need. ROI volume: share of the voxels that may be \
+perturbed; M0 covered: share of the model's own prediction of the organ inside the ROI. Dice, IoU: the \
+map above half its maximum against the ground truth; AUROC: the map as a classifier of ground-truth \
+voxels. Deletion / insertion AUC: the target score as the most salient voxels go to the baseline or are \
+restored into it, over the whole volume in every mode.
+
+In the second table, reductions are 100 x (1 - ROI / full); in-ROI max diff is the largest difference \
+of the two maps inside the ROI as a share of the full map's maximum, r their Pearson correlation there \
+(what the ROI run keeps of the full-volume map).
+";
+
+/// The whole-volume bench table (pairs of full-volume and ROI runs of each method) as Markdown and JSON.
+pub fn volume_bench_tables(rows: &[(&VolumeSettings, &VolumeRun)], context: Value) -> (String, Value) {
+    let mut md = String::from("| method | roi | seconds | samples | tiles | without reuse | forward passes | ROI volume | M0 covered | Dice | IoU | AUROC | deletion AUC | insertion AUC |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut json_rows = Vec::new();
+    let or_nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    for &(settings, run) in rows {
+        let f = volume_figures(run);
+        let roi = match run.roi_fallback {
+            Some(used) => format!("{} (fell back to {})", settings.roi.name(), used.name()),
+            None => settings.roi.name().to_string(),
+        };
+        md += &format!(
+            "| {} | {roi} | {:.2} | {} | {} | {} | {} | {:.1}% | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            settings.method.name(),
+            f.seconds,
+            f.samples,
+            run.tiles_evaluated,
+            run.tiles_naive,
+            f.forward_passes,
+            100.0 * f.roi_fraction,
+            100.0 * run.roi_coverage,
+            or_nan(f.dice),
+            or_nan(f.iou),
+            or_nan(f.auroc),
+            or_nan(f.deletion_auc),
+            or_nan(f.insertion_auc),
+        );
+        let mut row = json!({"method": settings.method.name(), "roi": settings.roi.name(), "tiles_evaluated": run.tiles_evaluated, "tiles_naive": run.tiles_naive, "tiles_per_pass": run.tiles});
+        if let (Value::Object(row), Value::Object(figures)) = (&mut row, serde_json::to_value(&f).unwrap_or_default()) {
+            row.extend(figures);
+        }
+        json_rows.push(row);
+    }
+    md += "\n| method | runtime reduction | tile reduction | in-ROI max diff / max | in-ROI r | Dice, full -> ROI | deletion AUC, full -> ROI | insertion AUC, full -> ROI |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    let mut comparisons = Vec::new();
+    for pair in rows.chunks(2) {
+        if let [(settings, full), (_, roi)] = pair {
+            let (ff, fr) = (volume_figures(full), volume_figures(roi));
+            let (diff, r) = in_roi_agreement(full, roi);
+            let change = |a: Option<f64>, b: Option<f64>| {
+                let (a, b) = (or_nan(a), or_nan(b));
+                format!("{a:.3} -> {b:.3} ({:+.3})", b - a)
+            };
+            md += &format!(
+                "| {} | {:.1}% | {:.1}% | {diff:.1e} | {r:.6} | {} | {} | {} |\n",
+                settings.method.name(),
+                -pct(fr.seconds, ff.seconds),
+                -pct(roi.tiles_evaluated as f64, full.tiles_evaluated as f64),
+                change(ff.dice, fr.dice),
+                change(ff.deletion_auc, fr.deletion_auc),
+                change(ff.insertion_auc, fr.insertion_auc),
+            );
+            comparisons.push(json!({
+                "method": settings.method.name(), "roi": pair[1].0.roi.name(),
+                "runtime_reduction_pct": -pct(fr.seconds, ff.seconds),
+                "tile_reduction_pct": -pct(roi.tiles_evaluated as f64, full.tiles_evaluated as f64),
+                "speedup": ff.seconds / fr.seconds,
+                "in_roi_max_diff_of_max": diff, "in_roi_pearson_r": r,
+                "dice_change": or_nan(fr.dice) - or_nan(ff.dice),
+                "deletion_auc_change": or_nan(fr.deletion_auc) - or_nan(ff.deletion_auc),
+                "insertion_auc_change": or_nan(fr.insertion_auc) - or_nan(ff.insertion_auc),
+            }));
+        }
+    }
+    md += VOLUME_LEGEND;
     (md, json!({"context": context, "rows": json_rows, "comparison": comparisons}))
 }

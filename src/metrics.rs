@@ -1,6 +1,8 @@
 //! How good an explanation is: agreement of the saliency map with the ground-truth organ (Dice, IoU,
 //! AUROC, pointing game) and faithfulness to the model (deletion and insertion AUC, Petsiuk et al. 2018).
 
+use crate::backend::Backend;
+use crate::explain::volume::{Perturbation, Region, VolumeScorer};
 use crate::explain::Runner;
 use crate::threshold::{min_max, otsu, top_k};
 use anyhow::Result;
@@ -88,6 +90,21 @@ pub fn agreement(saliency: &[f32], truth: &[bool]) -> Agreement {
     }
 }
 
+/// Pearson correlation of two maps (NaN when either is constant).
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    let mean = |x: &[f32]| x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
 #[derive(Clone, Debug, Serialize)]
 /// Deletion and insertion curves of a map and their areas.
 pub struct Faithfulness {
@@ -101,18 +118,36 @@ pub struct Faithfulness {
     pub insertion_curve: Vec<f64>,
 }
 
-/// Deletion: pixels go to the baseline in order of decreasing saliency, `steps` equal chunks; insertion
-/// starts from the baseline and restores them in the same order. AUC is the trapezoid area over the
-/// fraction of pixels changed (0 to 1). Lower deletion and higher insertion mean a more faithful map.
-/// Costs 2 (steps + 1) forward passes through `runner`.
-pub fn faithfulness(runner: &mut Runner, saliency: &[f32], steps: usize) -> Result<Faithfulness> {
+/// Rank of each pixel by decreasing saliency (ties in index order), and the pixels changed after each of
+/// `steps` equal chunks.
+fn ranking(saliency: &[f32], steps: usize) -> (Vec<usize>, impl Fn(usize) -> usize) {
     let n = saliency.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| saliency[b].total_cmp(&saliency[a]).then(a.cmp(&b)));
     let mut rank = vec![0usize; n];
     order.iter().enumerate().for_each(|(r, &q)| rank[q] = r);
+    (rank, move |step: usize| (step * n).div_ceil(steps))
+}
+
+impl Faithfulness {
+    fn of([deletion_curve, insertion_curve]: [Vec<f64>; 2], steps: usize) -> Self {
+        let auc = |c: &[f64]| c.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / steps as f64;
+        Self {
+            deletion_auc: auc(&deletion_curve),
+            insertion_auc: auc(&insertion_curve),
+            deletion_curve,
+            insertion_curve,
+        }
+    }
+}
+
+/// Deletion: pixels go to the baseline in order of decreasing saliency, `steps` equal chunks; insertion
+/// starts from the baseline and restores them in the same order. AUC is the trapezoid area over the
+/// fraction of pixels changed (0 to 1). Lower deletion and higher insertion mean a more faithful map.
+/// Costs 2 (steps + 1) forward passes through `runner`.
+pub fn faithfulness(runner: &mut Runner, saliency: &[f32], steps: usize) -> Result<Faithfulness> {
     let steps = steps.max(1);
-    let changed = |step: usize| (step * n).div_ceil(steps);
+    let (rank, changed) = ranking(saliency, steps);
     let mut curves = [vec![0.0; steps + 1], vec![0.0; steps + 1]];
     runner.run(
         2 * (steps + 1),
@@ -126,19 +161,49 @@ pub fn faithfulness(runner: &mut Runner, saliency: &[f32], steps: usize) -> Resu
         },
         |i, score, _| curves[(i > steps) as usize][i % (steps + 1)] = score as f64,
     )?;
-    let auc = |c: &[f64]| c.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / steps as f64;
-    let [deletion_curve, insertion_curve] = curves;
-    Ok(Faithfulness {
-        deletion_auc: auc(&deletion_curve),
-        insertion_auc: auc(&insertion_curve),
-        deletion_curve,
-        insertion_curve,
-    })
+    Ok(Faithfulness::of(curves, steps))
+}
+
+/// [`faithfulness`] over the voxels of a whole volume (`saliency` in the scorer's D, H, W order), the
+/// whole volume perturbed whatever the ROI was. Each step is one pass over every tile the changed voxels
+/// touch; the unchanged volume's score is the scorer's own.
+pub fn volume_faithfulness<B: Backend>(
+    scorer: &mut VolumeScorer<B>,
+    saliency: &[f32],
+    steps: usize,
+) -> Result<Faithfulness> {
+    let steps = steps.max(1);
+    let (rank, changed) = ranking(saliency, steps);
+    // A voxel's label is its chunk: chunk c changes at step c + 1.
+    let labels: std::sync::Arc<[i32]> =
+        rank.iter().map(|&r| (1..=steps).position(|s| r < changed(s)).unwrap_or(steps - 1) as i32).collect();
+    scorer.set_roi(vec![true; saliency.len()])?;
+    let whole = Region { lo: [0; 3], hi: scorer.plan().image };
+    let mut curves = [vec![0.0; steps + 1], vec![0.0; steps + 1]];
+    for (insertion, curve) in curves.iter_mut().enumerate() {
+        for (step, score) in curve.iter_mut().enumerate() {
+            let on: Vec<bool> = (0..steps).map(|chunk| (chunk < step) == (insertion == 1)).collect();
+            *score = if on.iter().all(|&o| o) {
+                scorer.base_score as f64
+            } else {
+                // One sample per call: the tiles' logits of a whole pass are held until it is scored.
+                scorer.score(&[Perturbation::Coalition(whole, labels.clone(), on)])?[0] as f64
+            };
+        }
+    }
+    Ok(Faithfulness::of(curves, steps))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pearson_of_known_maps() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.5]) - 0.997949).abs() < 1e-6);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!(pearson(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+    }
 
     #[test]
     fn overlap_of_known_masks() {

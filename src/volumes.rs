@@ -15,7 +15,7 @@ use crate::explain::superpixels::{Segmenter, Segments};
 use crate::explain::volume::{Occlusion3d, VolumeScorer};
 use crate::fail;
 use crate::io::Volume;
-use crate::metrics::{agreement, Agreement};
+use crate::metrics::{agreement, volume_faithfulness, Agreement, Faithfulness};
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
 use crate::preprocess::{normalise_values, Intensity, Orientation};
@@ -96,13 +96,16 @@ pub struct VolumeSettings {
     pub intensity: Option<Intensity>,
     /// Recompute only the tiles each perturbation touches (false: every tile; same map, for timing).
     pub reuse: bool,
+    /// Deletion/insertion steps over the voxels after the explanation (each step a pass over the tiles
+    /// the changed voxels touch, usually all); 0 skips the faithfulness metrics.
+    pub faithfulness_steps: usize,
 }
 
 impl VolumeSettings {
     /// Tiles of `patch` voxels at MONAI's default overlap (0.25) with Gaussian blending, occlusion
     /// windows of 16 voxels at stride 16 (MONAI OcclusionSensitivity's mask size), the whole volume
     /// (the bundled CLIP with CoOp for CLIP modes, M0 covered as slices require it, no fallback), the
-    /// model's window, tile reuse on.
+    /// model's window, tile reuse on, deletion/insertion curves of 10 steps.
     pub fn new(patch: [usize; 3]) -> Self {
         Self {
             window: SlidingWindow {
@@ -122,6 +125,7 @@ impl VolumeSettings {
             margin_mm: 15.0,
             intensity: None,
             reuse: true,
+            faithfulness_steps: 10,
         }
     }
 }
@@ -159,6 +163,8 @@ pub struct VolumeRun {
     pub clip: Option<ClipVolume>,
     /// The map against the labels of the organ (when given): Dice/IoU, AUROC, pointing game over voxels.
     pub agreement: Option<Agreement>,
+    /// Deletion and insertion curves over the voxels (when `faithfulness_steps` > 0).
+    pub faithfulness: Option<Faithfulness>,
 }
 
 /// How the model sees the volume's voxels: axis t of its (D, H, W) view runs along file axis
@@ -339,6 +345,10 @@ pub fn explain_volume<B: Backend>(
         }
     };
     let seconds = started.elapsed().as_secs_f64() + clip.as_ref().map_or(0.0, |c| c.seconds);
+    let faithfulness = match settings.faithfulness_steps {
+        0 => None,
+        steps => Some(volume_faithfulness(&mut scorer, &result.saliency, steps)?),
+    };
     let saliency = view.file_order(&result.saliency);
     let agreement = truth.map(|t| agreement(&saliency, t));
     Ok(VolumeRun {
@@ -356,6 +366,7 @@ pub fn explain_volume<B: Backend>(
         roi_fallback,
         clip,
         agreement,
+        faithfulness,
         intensity,
     })
 }
@@ -384,7 +395,7 @@ pub struct VolumeExplained {
 /// [`explain_volume`] on `device` with the 3-D model in `dir` (a BasicUNet folder or a MONAI bundle):
 /// `organ` is one of the model's classes (its own names where it lists them, else FLARE22's), `labels`
 /// are FLARE22 ids on the volume's grid. `progress(stage, done, total)` counts CLIP's slices (stage
-/// "clip") and then the method's samples ("occlusion" windows or "rise" masks).
+/// "clip") and then the method's samples (stage "<method> 3-D (<roi>)").
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume_on(
     device: Device,
@@ -396,15 +407,34 @@ pub fn explain_volume_on(
     settings: &VolumeSettings,
     progress: impl FnMut(&str, usize, usize),
 ) -> Result<VolumeExplained> {
+    let runs =
+        explain_volumes_on(device, precision, dir, volume, labels, organ, std::slice::from_ref(settings), progress)?;
+    runs.into_iter().next().ok_or_else(|| anyhow::anyhow!("one run asked for, none made"))
+}
+
+/// [`explain_volume_on`] for several runs on the same volume and organ (a bench: each method in full and
+/// ROI mode), loading the model once and finding the CLIP ROI once (every run's CLIP options must be the
+/// same); each run's seconds include the CLIP ROI where it uses it.
+#[allow(clippy::too_many_arguments)]
+pub fn explain_volumes_on(
+    device: Device,
+    precision: Precision,
+    dir: &std::path::Path,
+    volume: &Volume,
+    labels: Option<&[u8]>,
+    organ: &str,
+    runs: &[VolumeSettings],
+    progress: impl FnMut(&str, usize, usize),
+) -> Result<Vec<VolumeExplained>> {
     fn on<B: Backend>(
         b: &B,
         dir: &std::path::Path,
         volume: &Volume,
         labels: Option<&[u8]>,
         organ: &str,
-        settings: &VolumeSettings,
+        runs: &[VolumeSettings],
         mut progress: impl FnMut(&str, usize, usize),
-    ) -> Result<VolumeExplained> {
+    ) -> Result<Vec<VolumeExplained>> {
         let model = SegModel::load_dir(b, dir)?;
         if matches!(model, SegModel::NnUNet { .. }) {
             fail!(
@@ -422,31 +452,45 @@ pub fn explain_volume_on(
             None => None,
         };
         // A fallback applies only to an ROI, so the whole volume never needs CLIP.
-        let fallback_clip = settings.roi != RoiMode::Full && settings.fallback.is_some_and(|f| f.uses_clip());
-        let clip = if settings.roi.uses_clip() || fallback_clip {
-            let finder = ClipRoiFinder::load(b, &settings.clip)?;
-            let range = model.input_intensity(settings.intensity)?.range(volume);
-            Some(clip_volume(b, &finder, volume, range, model.label_id(class)?, |d, t| progress("clip", d, t))?)
-        } else {
-            None
+        let needs_clip = |s: &VolumeSettings| {
+            s.roi.uses_clip() || (s.roi != RoiMode::Full && s.fallback.is_some_and(|f| f.uses_clip()))
         };
-        let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, clip, |d, t| {
-            progress(settings.method.name(), d, t)
-        })?;
-        Ok(VolumeExplained {
-            run,
-            backend: b.name(),
-            class,
-            organ: model.class_name(class),
-            truth,
-            network: model.describe(),
-            orientation: model.orientation().describe_volume(),
-            files: model.files(dir),
-        })
+        let clipped: Vec<&VolumeSettings> = runs.iter().filter(|s| needs_clip(s)).collect();
+        ensure!(
+            clipped.windows(2).all(|w| w[0].clip == w[1].clip && w[0].intensity == w[1].intensity),
+            "runs sharing one CLIP ROI need the same CLIP options and intensity window"
+        );
+        let clip = match clipped.first() {
+            Some(s) => {
+                let finder = ClipRoiFinder::load(b, &s.clip)?;
+                let range = model.input_intensity(s.intensity)?.range(volume);
+                Some(clip_volume(b, &finder, volume, range, model.label_id(class)?, |d, t| progress("clip", d, t))?)
+            }
+            None => None,
+        };
+        let mut out = Vec::with_capacity(runs.len());
+        for settings in runs {
+            let stage = format!("{} 3-D ({})", settings.method.name(), settings.roi.name());
+            let clip = clip.clone().filter(|_| needs_clip(settings));
+            let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, clip, |d, t| {
+                progress(&stage, d, t)
+            })?;
+            out.push(VolumeExplained {
+                run,
+                backend: b.name(),
+                class,
+                organ: model.class_name(class),
+                truth: truth.clone(),
+                network: model.describe(),
+                orientation: model.orientation().describe_volume(),
+                files: model.files(dir),
+            });
+        }
+        Ok(out)
     }
     match device.select(precision)? {
-        Compute::Cpu(b) => on(&b, dir, volume, labels, organ, settings, progress),
-        Compute::Cuda(b) => on(b.as_ref(), dir, volume, labels, organ, settings, progress),
+        Compute::Cpu(b) => on(&b, dir, volume, labels, organ, runs, progress),
+        Compute::Cuda(b) => on(b.as_ref(), dir, volume, labels, organ, runs, progress),
     }
 }
 

@@ -52,6 +52,9 @@ fn a_3d_unet_explains_the_whole_volume_with_tile_reuse() {
     assert!(r["tiles_evaluated"].as_u64().unwrap() < 33 * 9 / 2, "{r}");
     let full_tiles = r["tiles_evaluated"].as_u64();
     assert!((0.0..=1.0).contains(&r["agreement"]["auroc"].as_f64().unwrap()), "{r}");
+    // Deletion/insertion over the voxels, 10 steps by default, from the unperturbed score.
+    let deletion = r["faithfulness"]["deletion_curve"].as_array().unwrap();
+    assert_eq!((deletion.len(), &deletion[0]), (11, &r["unperturbed_score"]), "{r}");
     assert!(image::open(dir.path().join("full/overlay.png")).unwrap().width() >= 3 * 512);
     // Recomputing every tile gives the same map, byte for byte.
     let o = explain(dir.path(), "no_reuse", &["--roi", "none", "--no-tile-reuse"]);
@@ -127,6 +130,66 @@ fn a_3d_unet_explains_the_whole_volume_with_tile_reuse() {
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains(expect) && !err.contains("panicked"), "{err}");
         assert!(!dir.path().join("bad").exists());
+    }
+}
+
+#[test]
+fn bench_with_a_3d_unet_compares_each_method_over_the_volume_and_in_the_roi() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("case");
+    let o = xaiclip(&["phantom", "--seed", "3", "--size", "64", "--slices", "32", "--out", case.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (ct, labels) = (case.join("ct.nii.gz"), case.join("labels.nii.gz"));
+    let unet = repo().join("tests/fixtures/unet_volume_instance_deconv");
+    let (md, json) = (dir.path().join("bench.md"), dir.path().join("bench.json"));
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--image", ct.to_str().unwrap(), "--label", labels.to_str().unwrap()];
+        args.extend(["--unet", unet.to_str().unwrap(), "--patch", "32,32,32", "--occlusion-window", "16"]);
+        args.extend(["--masks", "16", "--grid", "4", "--roi", "seg", "--margin-mm", "6", "--faithfulness-steps", "4"]);
+        args.extend(["--md", md.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        xaiclip(&args)
+    };
+    let o = bench(&["--methods", "occlusion,rise"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    let names: Vec<_> = rows.iter().map(|r| (r["method"].as_str().unwrap(), r["roi"].as_str().unwrap())).collect();
+    assert_eq!(names, [("occlusion", "none"), ("occlusion", "seg"), ("rise", "none"), ("rise", "seg")]);
+    for pair in rows.chunks(2) {
+        let (full, roi) = (&pair[0], &pair[1]);
+        assert_eq!(full["roi_fraction"].as_f64(), Some(1.0), "{full}");
+        assert!(roi["roi_fraction"].as_f64().unwrap() < 1.0 && roi["roi_coverage"].as_f64() == Some(1.0), "{roi}");
+        assert!(roi["tiles_evaluated"].as_u64() < full["tiles_evaluated"].as_u64(), "{full} {roi}");
+        for r in pair {
+            assert!(r["deletion_auc"].as_f64().is_some() && r["dice"].as_f64().is_some(), "{r}");
+            assert!(r["tiles_evaluated"].as_u64() <= r["tiles_naive"].as_u64(), "{r}");
+        }
+    }
+    // The occlusion rows are the explain runs' maps: the same tiles as `explain` counts.
+    let o = explain(dir.path(), "full", &["--roi", "none", "--faithfulness-steps", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("full/report.json")).unwrap()).unwrap();
+    assert_eq!(report["result"]["tiles_evaluated"], rows[0]["tiles_evaluated"]);
+    assert!(report["result"]["faithfulness"].is_null());
+    let comparison = &table["comparison"].as_array().unwrap()[0];
+    let r = comparison["in_roi_pearson_r"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&r) && comparison["tile_reduction_pct"].as_f64().unwrap() > 0.0, "{comparison}");
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| occlusion | seg |"));
+    // Slice-only outputs are refused before any work, naming the option.
+    for (extra, expect) in [
+        (&["--html", "x.html"][..], "--html is for slices"),
+        (&["--repeat", "3"][..], "--repeat 3: a 3-D bench runs each row once"),
+        (&["--slice", "12"][..], "a 3-D U-Net benches a whole volume"),
+    ] {
+        std::fs::remove_file(&json).unwrap();
+        let o = bench(extra);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(expect) && !err.contains("panicked"), "{err}");
+        assert!(!json.exists());
+        std::fs::write(&json, "").unwrap();
     }
 }
 

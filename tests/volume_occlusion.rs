@@ -194,3 +194,28 @@ fn lime_and_kernel_shap_over_supervoxels_reuse_tiles_exactly_and_shap_adds_up() 
         scorer.base_score as f64 - f0
     );
 }
+
+#[test]
+fn deletion_and_insertion_over_voxels_reuse_tiles_exactly_and_meet_at_the_baseline() {
+    let mut curves = Vec::new();
+    for reuse in [true, false] {
+        let (model, x, window) = case();
+        let mut scorer = VolumeScorer::new(&CpuBackend, &model, &x, &window, 1, 0.0).unwrap();
+        scorer.reuse = reuse;
+        let map = Occlusion3d { window: [6, 10, 12], stride: [6, 10, 12] }.explain(&mut scorer, |_, _| {}).unwrap();
+        curves.push((xaiclip::metrics::volume_faithfulness(&mut scorer, &map.saliency, 5).unwrap(), scorer.base_score));
+    }
+    let [(reused, base), (recomputed, _)] = &curves[..] else { unreachable!() };
+    assert_eq!(reused.deletion_curve, recomputed.deletion_curve);
+    assert_eq!(reused.insertion_curve, recomputed.insertion_curve);
+    let (del, ins) = (&reused.deletion_curve, &reused.insertion_curve);
+    assert_eq!(del.len(), 6);
+    // Nothing deleted is the unperturbed volume; everything deleted is the baseline volume, which the
+    // insertion curve starts from (scored independently).
+    assert_eq!((del[0], ins[5]), (*base as f64, *base as f64));
+    assert_eq!(del[5], ins[0]);
+    assert!(del.iter().chain(ins).all(|v| (0.0..=1.0).contains(v)), "{del:?} {ins:?}");
+    assert!(del[1..5].iter().any(|&v| v != del[0]) && ins[1..5].iter().any(|&v| v != ins[0]), "{del:?} {ins:?}");
+    let auc = |c: &[f64]| c.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / 5.0;
+    assert_eq!((reused.deletion_auc, reused.insertion_auc), (auc(del), auc(ins)));
+}

@@ -60,6 +60,8 @@ pub struct BenchCmd {
     #[arg(long)]
     pub export: Option<PathBuf>,
     #[command(flatten)]
+    pub volume: super::volume::VolumeArgs,
+    #[command(flatten)]
     pub method_args: MethodArgs,
     #[command(flatten)]
     pub device: super::DeviceOptions,
@@ -69,6 +71,12 @@ pub struct BenchCmd {
 pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     for p in [&cmd.md, &cmd.json, &cmd.html].into_iter().flatten() {
         check_output_file(p)?;
+    }
+    // A 3-D U-Net benches the whole volume.
+    if let Some(dir) = &cmd.method_args.unet {
+        if let Some(patch) = super::volume::volumetric_patch(dir) {
+            return super::volume::bench(device, &cmd, dir, patch);
+        }
     }
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let case = if cmd.demo {

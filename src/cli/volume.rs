@@ -2,8 +2,9 @@
 //! sliding-window inference (`xaiclip::volumes`), written as saliency volume, the three-plane overlay
 //! and report.json.
 
+use super::bench::BenchCmd;
 use super::explain::ExplainCmd;
-use super::{DeviceArgs, Progress};
+use super::{DeviceArgs, MethodArgs, Progress};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -12,7 +13,9 @@ use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
 use xaiclip::models::sliding::Blend;
 use xaiclip::pipeline::Method;
-use xaiclip::volumes::{explain_volume_on, VolumeMethod, VolumeSettings, DEFAULT_PATCH, OCCLUSION_WINDOW};
+use xaiclip::volumes::{
+    explain_volume_on, explain_volumes_on, VolumeMethod, VolumeSettings, DEFAULT_PATCH, OCCLUSION_WINDOW,
+};
 use xaiclip::{read_labels, render};
 
 /// Options of whole-volume runs (3-D U-Nets).
@@ -32,6 +35,10 @@ pub struct VolumeArgs {
     /// perturbation touches (the same map, more tiles: for timing the reuse).
     #[arg(long, help_heading = "Volume (3-D U-Nets)")]
     pub no_tile_reuse: bool,
+    /// 3-D U-Nets: deletion/insertion steps over the voxels after the explanation, each a pass over the
+    /// volume's tiles (0 skips the curves); default: 10.
+    #[arg(long, help_heading = "Volume (3-D U-Nets)")]
+    pub faithfulness_steps: Option<usize>,
 }
 
 /// The sliding-window patch of the model in `dir` when it is 3-D (its own, else the default); None for
@@ -52,16 +59,13 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
     }
 }
 
-/// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
-pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
-    let options = &cmd.method_args.options;
-    if cmd.method == Method::Rise && options.rise_tol.is_some() {
+/// The whole-volume settings of `method` with the tiles of `model_patch` unless --patch; the ROI mode
+/// stays the whole volume.
+fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model_patch: [usize; 3]) -> Result<VolumeSettings> {
+    let options = &args.options;
+    if method == Method::Rise && options.rise_tol.is_some() {
         bail!("--rise-tol: the adaptive RISE stop is for slices; whole volumes score every --masks");
     }
-    if cmd.case.slice != "all" {
-        bail!("--slice {}: a 3-D U-Net explains the whole volume; pass --slice all", cmd.case.slice);
-    }
-    let v = &cmd.volume;
     let patch = match &v.patch {
         Some(p) => parse_patch(p)?,
         None => model_patch,
@@ -74,13 +78,14 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         settings.window.blend = b;
     }
     settings.reuse = !v.no_tile_reuse;
+    settings.faithfulness_steps = v.faithfulness_steps.unwrap_or(settings.faithfulness_steps);
     let method_settings = options.settings(patch[1]);
-    if matches!(cmd.method, Method::Lime | Method::KernelShap)
+    if matches!(method, Method::Lime | Method::KernelShap)
         && matches!(method_settings.segmenter, Segmenter::Felzenszwalb { .. })
     {
         bail!("--segmenter felzenszwalb is for slices; volumes use SLIC supervoxels (--segmenter slic, --segments N)");
     }
-    settings.method = match cmd.method {
+    settings.method = match method {
         Method::Rise => VolumeMethod::Rise(method_settings.rise),
         Method::Lime => VolumeMethod::Lime { settings: method_settings.lime, segmenter: method_settings.segmenter },
         Method::KernelShap => {
@@ -93,16 +98,46 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         }
     };
     settings.scale_roi_budget = !options.same_budget;
-    settings.roi = cmd.roi;
-    settings.clip = cmd.method_args.clip.clip_options()?;
+    settings.clip = args.clip.clip_options()?;
     settings.min_coverage = options.roi_min_coverage.unwrap_or(settings.min_coverage);
     settings.fallback = options.roi_fallback;
     settings.margin_mm = options.margin_mm.unwrap_or(settings.margin_mm);
-    settings.intensity = cmd.method_args.intensity.intensity()?;
+    settings.intensity = args.intensity.intensity()?;
+    Ok(settings)
+}
+
+/// One progress bar per stage of a whole-volume run: CLIP's axial slices, then each run's samples.
+#[derive(Default)]
+struct Bars(Option<(String, Progress)>);
+
+impl Bars {
+    fn update(&mut self, stage: &str, done: usize, total: usize) {
+        if self.0.as_ref().is_none_or(|(s, _)| s != stage) {
+            self.finish();
+            let what = if stage == "clip" { "CLIP ROI, axial slices" } else { stage };
+            self.0 = Some((stage.to_string(), Progress::new(total as u64, what)));
+        }
+        if let Some((_, b)) = &self.0 {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.0.take().inspect(|(_, b)| b.finish_and_clear());
+    }
+}
+
+/// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
+pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
+    if cmd.case.slice != "all" {
+        bail!("--slice {}: a 3-D U-Net explains the whole volume; pass --slice all", cmd.case.slice);
+    }
+    let mut settings = settings(&cmd.volume, &cmd.method_args, cmd.method, model_patch)?;
+    settings.roi = cmd.roi;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
-    // One bar per stage: CLIP's axial slices, then the occlusion windows.
-    let mut bar: Option<(String, Progress)> = None;
+    let mut bars = Bars::default();
     let result = explain_volume_on(
         device.device,
         device.precision,
@@ -111,22 +146,9 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         labels.as_deref(),
         &cmd.method_args.organ,
         &settings,
-        |stage, done, total| {
-            if bar.as_ref().is_none_or(|(s, _)| s != stage) {
-                bar.take().inspect(|(_, b)| b.finish_and_clear());
-                let what = match stage {
-                    "clip" => "CLIP ROI, axial slices".to_string(),
-                    method => format!("{method} 3-D ({})", cmd.roi.name()),
-                };
-                bar = Some((stage.to_string(), Progress::new(total as u64, &what)));
-            }
-            if let Some((_, b)) = &bar {
-                b.set_length(total as u64);
-                b.set_position(done as u64);
-            }
-        },
+        |stage, done, total| bars.update(stage, done, total),
     );
-    bar.inspect(|(_, b)| b.finish_and_clear());
+    bars.finish();
     let explained = result?;
     let run = &explained.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
@@ -161,7 +183,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
             "roi_min_coverage": settings.min_coverage, "roi_fallback": settings.fallback.map(|m| m.name()),
             "roi_threshold": settings.clip.threshold.to_string(),
             "sliding_window": {"patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "sigma_scale": w.sigma_scale, "tiles_per_forward": w.batch},
-            "tile_reuse": settings.reuse, "baseline": 0.0, "score": "mean-prob",
+            "tile_reuse": settings.reuse, "faithfulness_steps": settings.faithfulness_steps, "baseline": 0.0, "score": "mean-prob",
         },
         "provenance": super::provenance(),
         "weights": {"unet": unet},
@@ -172,6 +194,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
             "roi_fallback": run.roi_fallback.map(|m| m.name()),
             "clip": run.clip.as_ref().map(|c| json!({"slices": c.slices, "seconds": c.seconds, "voxels": c.mask.iter().filter(|&&m| m).count()})),
             "agreement": run.agreement,
+            "faithfulness": run.faithfulness,
         },
     });
     // The method's own parameters under its name: "occlusion": {window, stride} or "rise": {masks, ...}.
@@ -193,4 +216,68 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
         cmd.out.display()
     );
     Ok(())
+}
+
+/// `xaiclip bench` with a 3-D U-Net: each method over the whole volume and in `cmd.roi`, the model
+/// loaded and the CLIP ROI found once; prints the table and writes --md/--json.
+pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
+    if cmd.demo || cmd.slice != "organ-center" && cmd.slice != "all" {
+        bail!("a 3-D U-Net benches a whole volume: pass --image (and --label), without --demo or --slice");
+    }
+    for (given, flag) in
+        [(cmd.html.is_some(), "--html"), (cmd.export.is_some(), "--export"), (cmd.size.is_some(), "--size")]
+    {
+        if given {
+            bail!("{flag} is for slices; with a 3-D U-Net bench writes --md and --json (explain writes each run's map and overlay)");
+        }
+    }
+    if cmd.repeat != 1 {
+        bail!(
+            "--repeat {}: a 3-D bench runs each row once (minutes per row); compare runs side by side instead",
+            cmd.repeat
+        );
+    }
+    let image = cmd.image.as_deref().context("--image is required")?;
+    let mut runs = Vec::new();
+    for &method in &cmd.methods {
+        let full = settings(&cmd.volume, &cmd.method_args, method, model_patch)?;
+        let roi = VolumeSettings { roi: cmd.roi, ..full.clone() };
+        runs.extend([full, roi]);
+    }
+    let volume = io::read_image(image)?;
+    let labels = cmd.label.as_ref().map(|l| read_labels(l, cmd.label_ids, &volume)).transpose()?;
+    let mut bars = Bars::default();
+    let result = explain_volumes_on(
+        device.device,
+        device.precision,
+        dir,
+        &volume,
+        labels.as_deref(),
+        &cmd.method_args.organ,
+        &runs,
+        |stage, done, total| bars.update(stage, done, total),
+    );
+    bars.finish();
+    let explained = result?;
+    let first = explained.first().context("no method to bench")?;
+    let w = &runs[0].window;
+    let context = json!({
+        "image": image, "label": cmd.label, "organ": first.organ, "class": first.class, "mode": "volume",
+        "backend": first.backend, "network": first.network, "voxels": first.orientation,
+        "sliding_window": {"patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "tiles_per_forward": w.batch},
+        "tile_reuse": runs[0].reuse, "faithfulness_steps": runs[0].faithfulness_steps, "margin_mm": runs[0].margin_mm,
+        "provenance": super::provenance(),
+        "weights": {"unet": xaiclip::explainer::weights_entry(dir, &first.files)?},
+    });
+    let rows: Vec<_> = runs.iter().zip(&explained).map(|(s, e)| (s, &e.run)).collect();
+    let (md, table) = xaiclip::bench::volume_bench_tables(&rows, context);
+    println!("{md}");
+    let mut staging = Staging::new();
+    if let Some(p) = &cmd.md {
+        stage_text(&mut staging, p, &md)?;
+    }
+    if let Some(p) = &cmd.json {
+        stage_text(&mut staging, p, serde_json::to_string_pretty(&table)?)?;
+    }
+    staging.commit()
 }

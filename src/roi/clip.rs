@@ -258,7 +258,7 @@ pub enum Prompts {
 }
 
 /// Where the CLIP ROI comes from: model folders (bundled ones when `None`), prompts and threshold.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClipOptions {
     /// transformers CLIPModel folder; default: the bundled weights/clip.
     pub clip: Option<PathBuf>,
