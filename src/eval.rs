@@ -5,8 +5,11 @@
 //! and a case is listed in `cases_done.txt` only after its last line; `resume` drops a torn last
 //! line, skips listed cases and every item already present, so a kill loses at most the item in flight.
 
+use crate::backend::{Device, Precision};
+use crate::bench::volume_figures;
 use crate::dataset::{self, natural_cmp, CaseEntry, DatasetKind, LabelIds};
 use crate::error::{kind_of, ErrorKind};
+use crate::explain::Cancel;
 use crate::explainer::Explainer;
 use crate::io::{write_text, Volume};
 use crate::organs::organ_name;
@@ -15,7 +18,8 @@ use crate::preprocess::Intensity;
 use crate::render::Sign;
 use crate::roi::clip::{ClipOptions, ClipRoi, Prompts};
 use crate::roi::RoiMode;
-use anyhow::{bail, Context, Result};
+use crate::volumes::{explain_volume_on, VolumeSettings};
+use anyhow::{bail, ensure, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -67,6 +71,32 @@ pub struct EvalPlan {
     pub save_maps: bool,
 }
 
+/// A 3-D model explaining whole volumes: one result line per (case, organ, method, ROI mode), with a
+/// null slice.
+#[derive(Clone, Debug)]
+pub struct VolumeModel {
+    /// Where it runs.
+    pub device: Device,
+    /// The precision convolutions run at on a GPU.
+    pub precision: Precision,
+    /// The model folder (a 3-D BasicUNet folder or MONAI bundle).
+    pub dir: PathBuf,
+    /// The whole-volume settings of each of the plan's methods, in its order (the ROI mode is set per
+    /// item; MR cases use the percentile rule).
+    pub runs: Vec<VolumeSettings>,
+    /// Stops the evaluation at the next batch of tiles (`ErrorKind::Cancelled`; --resume redoes the item).
+    pub cancel: Cancel,
+}
+
+/// What explains the items of an evaluation.
+#[derive(Clone, Copy)]
+pub enum EvalModel<'a> {
+    /// A 2-D model through the facade, slice by slice (its settings, model and device).
+    Slices(&'a Explainer),
+    /// A 3-D model over whole volumes.
+    Volumes(&'a VolumeModel),
+}
+
 /// What an item's line says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -88,7 +118,7 @@ pub struct EvalRecord {
     pub case: String,
     /// Organ name.
     pub organ: String,
-    /// Slice index; None when the organ is absent from the case.
+    /// Slice index; None when the organ is absent from the case, and for whole volumes (3-D models).
     pub slice: Option<usize>,
     /// The method.
     pub method: Method,
@@ -166,10 +196,11 @@ const MAPS: &str = "maps";
 
 /// File name stem of an item's overlay (DIR/overlays, .png) and map (DIR/maps, .nii.gz), from the names
 /// results.jsonl records.
-fn item_stem(case: &str, organ: &str, slice: usize, method: &str, roi: &str) -> String {
+fn item_stem(case: &str, organ: &str, slice: Option<usize>, method: &str, roi: &str) -> String {
     let safe: String =
         case.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    format!("{safe}_{organ}_s{slice}_{method}_{}", roi.replace('+', "-"))
+    let at = slice.map_or("volume".to_string(), |k| format!("s{k}"));
+    format!("{safe}_{organ}_{at}_{method}_{}", roi.replace('+', "-"))
 }
 const CONFIG: &str = "eval.json";
 const DONE: &str = "cases_done.txt";
@@ -289,27 +320,45 @@ fn append_text(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Everything that decides the results, compared on resume and merge.
-fn config_json(plan: &EvalPlan, explainer: &Explainer) -> Value {
+fn config_json(plan: &EvalPlan, model: EvalModel) -> Result<Value> {
     let window = match plan.window {
         Intensity::CtWindow { low, high } => format!("{low},{high}"),
         Intensity::MrPercentile => "mr".to_string(),
     };
-    json!({
+    let (size, settings, precision) = match model {
+        EvalModel::Slices(e) => (json!(e.model_size()), e.settings().results_json(), e.precision()),
+        EvalModel::Volumes(v) => {
+            let runs = v.runs.iter().map(volume_settings_json).collect::<Result<Vec<_>>>()?;
+            (json!(v.runs.first().map(|r| r.window.roi_size)), json!(runs), v.precision)
+        }
+    };
+    Ok(json!({
         "dataset": cli_name(plan.dataset),
         "root": plan.root, "images": plan.images, "labels": plan.labels, "unlabeled": plan.unlabeled,
         "label_ids": cli_name(plan.label_ids),
         "organs": plan.organs.iter().map(|&o| organ_name(o)).collect::<Vec<_>>(),
         "methods": plan.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "roi": plan.rois.iter().map(|r| r.name()).collect::<Vec<_>>(),
-        "slices": plan.slices.to_string(), "size": explainer.model_size(), "seed": plan.seed,
+        "slices": plan.slices.to_string(), "size": size, "seed": plan.seed,
         "unet": plan.unet, "clip": plan.clip.clip, "coop": plan.clip.coop,
         "prompt": match &plan.clip.prompts { Prompts::Custom(p) => Some(p.clone()), _ => None },
         "no_coop": plan.clip.prompts != Prompts::Coop, "roi_threshold": plan.clip.threshold.to_string(),
         "modality": if plan.mr { "mr" } else { "ct" }, "window": window,
-        "settings": explainer.settings().results_json(),
-        "precision": cli_name(explainer.precision()),
+        "settings": settings,
+        "precision": cli_name(precision),
         "shard": plan.shard,
-    })
+    }))
+}
+
+/// What decides a whole-volume item's result (tile reuse does not: same map).
+fn volume_settings_json(s: &VolumeSettings) -> Result<Value> {
+    let w = &s.window;
+    Ok(json!({
+        "method": s.method, "patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "sigma_scale": w.sigma_scale,
+        "scale_roi_budget": s.scale_roi_budget, "roi_min_coverage": s.min_coverage,
+        "roi_fallback": s.fallback.map(|m| m.name()), "margin_mm": s.margin_mm,
+        "faithfulness_steps": s.faithfulness_steps,
+    }))
 }
 
 /// An option value as the command line spells it.
@@ -352,11 +401,15 @@ fn read_config(dir: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid JSON ({e})", path.display()))
 }
 
-/// Runs `plan` with `explainer` (its settings, model and device); `events` sees the progress. Cases that
+/// Runs `plan` with `model` (a 2-D explainer's settings, model and device, or a 3-D model's whole-volume
+/// settings); `events` sees the progress. Cases that
 /// fail are listed in errors.jsonl and the others continue; the run then ends with an error naming them.
-pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)) -> Result<EvalOutcome> {
+pub fn run(model: EvalModel, plan: &EvalPlan, mut events: impl FnMut(Event)) -> Result<EvalOutcome> {
     if plan.methods.is_empty() || plan.rois.is_empty() || plan.organs.is_empty() {
         bail!("--organs, --methods and --roi need at least one value each");
+    }
+    if let EvalModel::Volumes(v) = model {
+        ensure!(v.runs.len() == plan.methods.len(), "one whole-volume setting per method");
     }
     if matches!(plan.slices, Slices::All | Slices::List(_)) && plan.unlabeled {
         bail!("--slices {}: unlabeled cases take organ-center or every-K", plan.slices);
@@ -374,7 +427,7 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
     if let Some(spec) = &plan.shard {
         cases = dataset::shard(cases, dataset::parse_shard(spec)?);
     }
-    let config = config_json(plan, explainer);
+    let config = config_json(plan, model)?;
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let _lock = lock_output(out)?;
@@ -419,7 +472,11 @@ pub fn run(explainer: &Explainer, plan: &EvalPlan, mut events: impl FnMut(Event)
             continue;
         }
         events(Event::CaseStart { id: &case.id });
-        match evaluate_case(explainer, plan, case, &mut done, &results_path, &mut events) {
+        let evaluated = match model {
+            EvalModel::Slices(explainer) => evaluate_case(explainer, plan, case, &mut done, &results_path, &mut events),
+            EvalModel::Volumes(v) => evaluate_volumes(v, plan, case, &mut done, &results_path, &mut events),
+        };
+        match evaluated {
             Ok(()) => {
                 append_text(&out.join(DONE), &format!("{}\n", case.id))?;
                 events(Event::CaseEnd { id: &case.id, error: None });
@@ -547,7 +604,7 @@ fn evaluate_case(
                         panel.long_side = input.size;
                         panel.title.insert(0, format!("{} · {} · slice {k}", case.id, organ_name(class)));
                         let img = crate::render::figure(&[panel.render()?], 1, &[], &[])?;
-                        let stem = item_stem(&case.id, &organ_name(class), k, method.name(), roi.name());
+                        let stem = item_stem(&case.id, &organ_name(class), Some(k), method.name(), roi.name());
                         crate::render::save_png(&plan.out.join(OVERLAYS).join(format!("{stem}.png")), &img)?;
                         if plan.save_maps {
                             let map = crate::pipeline::saliency_volume(&input, &volume, k, &run.saliency);
@@ -565,6 +622,82 @@ fn evaluate_case(
                 };
                 emit(line, done, events)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// One case with a 3-D model: each organ, method and ROI mode over the whole volume (slice null), with
+/// the three-plane overlay in DIR/overlays and, with `save_maps`, the map in DIR/maps.
+fn evaluate_volumes(
+    model: &VolumeModel,
+    plan: &EvalPlan,
+    case: &CaseEntry,
+    done: &mut HashSet<String>,
+    results: &Path,
+    events: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let (volume, labels) = dataset::load(case)?;
+    let items = || plan.methods.iter().zip(&model.runs).flat_map(|(&m, s)| plan.rois.iter().map(move |&r| (m, s, r)));
+    for &class in &plan.organs {
+        let organ = organ_name(class);
+        let record = |method, roi, status| EvalRecord::new(&case.id, class, None, method, roi, status);
+        let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| -> Result<()> {
+            if done.insert(line.key()) {
+                append_line(results, &serde_json::to_value(&line)?)?;
+            }
+            events(Event::ItemDone(1));
+            Ok(())
+        };
+        events(Event::Planned(plan.methods.len() * plan.rois.len()));
+        if labels.as_ref().is_some_and(|l| !l.contains(&(class as u8))) {
+            for (method, _, roi) in items() {
+                emit(record(method, roi, Status::OrganAbsent), done, events)?;
+            }
+            continue;
+        }
+        for (method, settings, roi) in items() {
+            if done.contains(&record(method, roi, Status::Ok).key()) {
+                events(Event::ItemDone(1));
+                continue;
+            }
+            model.cancel.check()?;
+            events(Event::Item(format!("{} {organ} whole volume {} ({})", case.id, method.name(), roi.name())));
+            let mut settings = VolumeSettings { roi, ..settings.clone() };
+            if case.mr {
+                settings.intensity = Some(Intensity::MrPercentile);
+            }
+            settings.cancel = model.cancel.clone();
+            let explained = explain_volume_on(
+                model.device,
+                model.precision,
+                &model.dir,
+                &volume,
+                labels.as_deref(),
+                &organ,
+                &settings,
+                |_, _, _| {},
+            );
+            let line = match explained {
+                Ok(e) => {
+                    let run = &e.run;
+                    let title = format!("{} · {organ} · {} 3-D ({})", case.id, method.name(), roi.name());
+                    let range = run.intensity.range(&volume);
+                    let img = crate::report::volume_figure(&volume, run, e.truth.as_deref(), range, roi, &title)?;
+                    let stem = item_stem(&case.id, &organ, None, method.name(), roi.name());
+                    crate::render::save_png(&plan.out.join(OVERLAYS).join(format!("{stem}.png")), &img)?;
+                    if plan.save_maps {
+                        let path = plan.out.join(MAPS).join(format!("{stem}.nii.gz"));
+                        crate::io::nifti::write_like(&path, &volume, &run.saliency)?;
+                    }
+                    EvalRecord { figures: Some(volume_figures(run)), ..record(method, roi, Status::Ok) }
+                }
+                // Not predicted by the model, or missed by the ROI: recorded, not a failure.
+                Err(e) if kind_of(&e) == ErrorKind::OrganAbsent => record(method, roi, Status::OrganAbsent),
+                Err(e) if kind_of(&e) == ErrorKind::RoiMiss => record(method, roi, Status::RoiMiss),
+                Err(e) => return Err(e),
+            };
+            emit(line, done, events)?;
         }
     }
     Ok(())
@@ -774,7 +907,8 @@ fn report_html(out: &Path, lines: &[&Value], config: &Value, summary_md: &str) -
         let number = |k: &str| l[k].as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
         let stem = (|| {
             let name = |k: &str| l[k].as_str();
-            Some(item_stem(name("case")?, name("organ")?, l["slice"].as_u64()? as usize, name("method")?, name("roi")?))
+            let slice = l["slice"].as_u64().map(|k| k as usize);
+            Some(item_stem(name("case")?, name("organ")?, slice, name("method")?, name("roi")?))
         })();
         let link = |folder: &str, ext: &str, text: &str| {
             let name = format!("{}.{ext}", stem.as_deref()?);

@@ -106,7 +106,8 @@ pub struct Options {
     /// ROI margin around the CLIP (or predicted) organ region, in millimetres [default: 15].
     #[arg(long, help_heading = "ROI")]
     pub margin_mm: Option<f64>,
-    /// Deletion/insertion curve steps; 0 skips those metrics [default: 32].
+    /// Deletion/insertion curve steps; 0 skips those metrics [default: 32; whole volumes: 10, each step a
+    /// pass over the volume's tiles].
     #[arg(long, help_heading = "Method")]
     pub faithfulness_steps: Option<usize>,
     /// In ROI mode, keep the full run's sample counts (RISE masks, LIME/SHAP samples) instead of scaling
@@ -346,7 +347,7 @@ impl<B: Backend> Loaded<B> {
         if unet.spatial_dims() != 2 {
             fail!(
                 InvalidInput,
-                "{}: a 3-D U-Net (spatial_dims {}): segment, explain, bench, roi and eval run 2-D U-Nets on axial slices; explaining whole volumes with 3-D models is not available yet",
+                "{}: a 3-D U-Net (spatial_dims {}): this explainer and the segment and roi commands run 2-D U-Nets on axial slices; explain, bench and eval take a 3-D U-Net over the whole volume (in the library: xaiclip::volumes)",
                 dir.display(),
                 unet.spatial_dims()
             );

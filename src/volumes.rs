@@ -13,6 +13,7 @@ use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::rise::Rise;
 use crate::explain::superpixels::{Segmenter, Segments};
 use crate::explain::volume::{Occlusion3d, VolumeScorer};
+use crate::explain::Cancel;
 use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, volume_faithfulness, Agreement, Faithfulness};
@@ -99,6 +100,8 @@ pub struct VolumeSettings {
     /// Deletion/insertion steps over the voxels after the explanation (each step a pass over the tiles
     /// the changed voxels touch, usually all); 0 skips the faithfulness metrics.
     pub faithfulness_steps: usize,
+    /// Stops the run at its next batch of tiles (`ErrorKind::Cancelled`); clones share the flag.
+    pub cancel: Cancel,
 }
 
 impl VolumeSettings {
@@ -126,6 +129,7 @@ impl VolumeSettings {
             intensity: None,
             reuse: true,
             faithfulness_steps: 10,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -293,6 +297,7 @@ pub fn explain_volume<B: Backend>(
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
     let mut scorer = VolumeScorer::new(backend, model, &x, &settings.window, class, 0.0)?;
     scorer.reuse = settings.reuse;
+    scorer.cancel = settings.cancel.clone();
     let voxels = volume.voxel_count();
     let mut m0 = vec![false; voxels];
     scorer.m0().iter().for_each(|&v| m0[v] = true);
@@ -369,6 +374,12 @@ pub fn explain_volume<B: Backend>(
         faithfulness,
         intensity,
     })
+}
+
+/// The intensity window the 3-D model in `dir` gets its input with: `asked`, else its own, else the
+/// abdomen CT window (a window other than the model's own is refused).
+pub fn model_intensity(dir: &std::path::Path, asked: Option<Intensity>) -> Result<Intensity> {
+    SegModel::load_dir(&crate::backend::CpuBackend, dir)?.input_intensity(asked)
 }
 
 /// What [`explain_volume_on`] ran and on what.

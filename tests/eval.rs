@@ -486,3 +486,49 @@ fn ctrl_c_stops_at_the_next_batch_and_says_how_to_resume() {
     assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 1);
     assert!(!out.join("errors.jsonl").exists());
 }
+
+/// A 3-D U-Net explains each case's whole volume: one line per case, organ, method and ROI mode (slice
+/// null) with its three-plane overlay; a resume finds every item done.
+#[test]
+fn a_3d_unet_evaluates_whole_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pairs");
+    make_tree(&data, "pairs", 2, 32);
+    let unet = common::repo().join("tests/fixtures/unet_volume_instance_deconv");
+    let (out, images, labels) = (tmp.path().join("out"), data.join("images"), data.join("labels"));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--dataset", "pairs", "--images", images.to_str().unwrap()];
+        args.extend(["--labels", labels.to_str().unwrap(), "--unet", unet.to_str().unwrap()]);
+        args.extend(["--patch", "32,32,32", "--methods", "occlusion,rise", "--roi", "none,seg", "--margin-mm", "6"]);
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        eval(&args)
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let results = lines(&out.join("results.jsonl"));
+    assert_eq!(results.len(), 2 * 2 * 2, "{results:?}");
+    for l in &results {
+        assert!(l["slice"].is_null() && l["status"] == "ok", "{l}");
+        assert!(l["dice"].as_f64().is_some() && l["deletion_auc"].as_f64().is_some(), "{l}");
+        let roi = l["roi_fraction"].as_f64().unwrap();
+        assert!(if l["roi"] == "none" { roi == 1.0 } else { roi < 1.0 && l["roi_coverage"] == 1.0 }, "{l}");
+        let stem = format!(
+            "{}_liver_volume_{}_{}",
+            l["case"].as_str().unwrap(),
+            l["method"].as_str().unwrap(),
+            l["roi"].as_str().unwrap()
+        );
+        assert!(out.join("overlays").join(format!("{stem}.png")).is_file(), "{stem}");
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(config["settings"][1]["method"]["rise"]["masks"], 12, "{config}");
+    assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("rise"));
+    let o = run(&["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(without_time(&lines(&out.join("results.jsonl"))), without_time(&results));
+    // Slice choices do not apply to whole volumes.
+    let o = run(&["--slices", "every-2", "--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a 3-D U-Net explains each case's whole volume"), "{}", stderr(&o));
+}

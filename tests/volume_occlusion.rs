@@ -219,3 +219,14 @@ fn deletion_and_insertion_over_voxels_reuse_tiles_exactly_and_meet_at_the_baseli
     let auc = |c: &[f64]| c.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / 5.0;
     assert_eq!((reused.deletion_auc, reused.insertion_auc), (auc(del), auc(ins)));
 }
+
+#[test]
+fn a_cancelled_scorer_stops_at_its_next_batch_of_tiles() {
+    let (model, x, window) = case();
+    let mut scorer = VolumeScorer::new(&CpuBackend, &model, &x, &window, 1, 0.0).unwrap();
+    let before = scorer.tiles_evaluated;
+    scorer.cancel.cancel();
+    let err = Occlusion3d { window: [6, 10, 12], stride: [6, 10, 12] }.explain(&mut scorer, |_, _| {}).unwrap_err();
+    assert_eq!(xaiclip::error::kind_of(&err), xaiclip::ErrorKind::Cancelled, "{err:#}");
+    assert_eq!(scorer.tiles_evaluated, before);
+}

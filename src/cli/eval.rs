@@ -7,7 +7,7 @@ use indicatif::MultiProgress;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use xaiclip::dataset::{DatasetKind, LabelIds};
-use xaiclip::eval::{self, EvalPlan, Event};
+use xaiclip::eval::{self, EvalModel, EvalPlan, Event};
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::pipeline::{Method, Slices};
 use xaiclip::roi::RoiMode;
@@ -67,6 +67,8 @@ pub struct EvalCmd {
     #[arg(long)]
     pub size: Option<usize>,
     #[command(flatten)]
+    pub volume: super::volume::VolumeArgs,
+    #[command(flatten)]
     pub method_args: MethodArgs,
     #[command(flatten)]
     pub device: super::DeviceOptions,
@@ -93,7 +95,38 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
     if let Some(spec) = &cmd.shard {
         xaiclip::dataset::parse_shard(spec)?;
     }
-    let explainer = cmd.method_args.explainer(device, cmd.size)?;
+    // A 3-D U-Net explains whole volumes: one line per case, organ, method and ROI mode.
+    let volumetric = cmd.method_args.unet.as_deref().and_then(|d| super::volume::volumetric_patch(d).map(|p| (d, p)));
+    let (explainer, volumes) = match volumetric {
+        Some((dir, patch)) => {
+            if cmd.size.is_some() || cmd.slices != "organ-center" {
+                anyhow::bail!("--size and --slices are for slices; a 3-D U-Net explains each case's whole volume");
+            }
+            let runs = cmd
+                .methods
+                .iter()
+                .map(|&m| super::volume::settings(&cmd.volume, &cmd.method_args, m, patch))
+                .collect::<Result<Vec<_>>>()?;
+            let model = eval::VolumeModel {
+                device: device.device,
+                precision: device.precision,
+                dir: dir.to_path_buf(),
+                runs,
+                cancel: Default::default(),
+            };
+            (None, Some(model))
+        }
+        None => (Some(cmd.method_args.explainer(device, cmd.size)?), None),
+    };
+    let model = match (&explainer, &volumes) {
+        (Some(e), _) => EvalModel::Slices(e),
+        (None, Some(v)) => EvalModel::Volumes(v),
+        (None, None) => unreachable!("one of the two is built above"),
+    };
+    let window = match model {
+        EvalModel::Slices(e) => e.intensity(),
+        EvalModel::Volumes(v) => xaiclip::volumes::model_intensity(&v.dir, v.runs[0].intensity)?,
+    };
     let plan = EvalPlan {
         dataset,
         root: cmd.root.clone(),
@@ -112,13 +145,16 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         seed: cmd.method_args.options.seed,
         unet: cmd.method_args.unet.clone(),
         clip: cmd.method_args.clip.clip_options()?,
-        // --window, else the model's own, else the abdomen window (the explainer resolved it).
-        window: explainer.intensity(),
+        // --window, else the model's own, else the abdomen window.
+        window,
         save_maps: cmd.save_maps,
     };
     // Ctrl-C or SIGTERM (scancel) stops at the next batch, keeping every finished line; a second one
     // exits at once.
-    let cancel = explainer.cancel_token();
+    let cancel = match model {
+        EvalModel::Slices(e) => e.cancel_token(),
+        EvalModel::Volumes(v) => v.cancel.clone(),
+    };
     ctrlc::set_handler(move || {
         if cancel.is_cancelled() {
             std::process::exit(130);
@@ -132,7 +168,7 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
     // Progress bars draw only on a terminal; a Slurm or nohup log gets one line per case instead.
     let log_lines = !std::io::stderr().is_terminal();
     let (started, mut ended, mut total_cases) = (std::time::Instant::now(), 0usize, 0usize);
-    let outcome = eval::run(&explainer, &plan, |event| match event {
+    let outcome = eval::run(model, &plan, |event| match event {
         Event::Start { cases, total } => {
             eprintln!(
                 "eval: {cases} of {total} cases{}, organs {}, {} methods x {} ROI modes -> {}",

@@ -388,3 +388,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Phantom(cmd) => phantom::run(cmd),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (no flag defined twice across flattened groups, valid defaults):
+    /// release builds skip them at run time, where a duplicate would silently shadow an option.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

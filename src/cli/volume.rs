@@ -35,10 +35,6 @@ pub struct VolumeArgs {
     /// perturbation touches (the same map, more tiles: for timing the reuse).
     #[arg(long, help_heading = "Volume (3-D U-Nets)")]
     pub no_tile_reuse: bool,
-    /// 3-D U-Nets: deletion/insertion steps over the voxels after the explanation, each a pass over the
-    /// volume's tiles (0 skips the curves); default: 10.
-    #[arg(long, help_heading = "Volume (3-D U-Nets)")]
-    pub faithfulness_steps: Option<usize>,
 }
 
 /// The sliding-window patch of the model in `dir` when it is 3-D (its own, else the default); None for
@@ -61,7 +57,7 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
 
 /// The whole-volume settings of `method` with the tiles of `model_patch` unless --patch; the ROI mode
 /// stays the whole volume.
-fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model_patch: [usize; 3]) -> Result<VolumeSettings> {
+pub fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model_patch: [usize; 3]) -> Result<VolumeSettings> {
     let options = &args.options;
     if method == Method::Rise && options.rise_tol.is_some() {
         bail!("--rise-tol: the adaptive RISE stop is for slices; whole volumes score every --masks");
@@ -78,7 +74,7 @@ fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model_patch: [usi
         settings.window.blend = b;
     }
     settings.reuse = !v.no_tile_reuse;
-    settings.faithfulness_steps = v.faithfulness_steps.unwrap_or(settings.faithfulness_steps);
+    settings.faithfulness_steps = options.faithfulness_steps.unwrap_or(settings.faithfulness_steps);
     let method_settings = options.settings(patch[1]);
     if matches!(method, Method::Lime | Method::KernelShap)
         && matches!(method_settings.segmenter, Segmenter::Felzenszwalb { .. })

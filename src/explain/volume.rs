@@ -14,6 +14,7 @@ use super::lime::{paint, shapley_regression, KernelShap, Lime};
 use super::occlusion::window_origins;
 use super::rise::Rise;
 use super::superpixels::Segments;
+use super::Cancel;
 use crate::backend::perturb::RiseMask3d;
 use crate::backend::Backend;
 use crate::fail;
@@ -107,6 +108,8 @@ pub struct VolumeScorer<'a, B: Backend> {
     pub tiles_evaluated: usize,
     /// Model forwards so far (each up to `SlidingWindow::batch` tiles).
     pub forward_passes: usize,
+    /// Stops scoring at the next batch of tiles (`ErrorKind::Cancelled`).
+    pub cancel: Cancel,
 }
 
 impl<'a, B: Backend> VolumeScorer<'a, B> {
@@ -153,6 +156,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
             reuse: true,
             tiles_evaluated: 0,
             forward_passes: 0,
+            cancel: Cancel::default(),
             plan,
         };
         let all: Vec<(usize, Option<&Perturbation>)> = (0..scorer.plan.tiles.len()).map(|t| (t, None)).collect();
@@ -226,6 +230,7 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         let tile_len: usize = roi.iter().product();
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(self.plan.window.batch) {
+            self.cancel.check()?;
             let mut data = Vec::with_capacity(chunk.len() * self.channels * tile_len);
             for &(t, perturbation) in chunk {
                 let mut tile = self.plan.extract(source, self.channels, t);
