@@ -134,7 +134,8 @@ const VOLUME_LEGEND: &str = "
 seconds: wall time of the explanation (the CLIP ROI included; the curves, metrics and loading not). \
 tiles: sliding-window tiles run through the model, the unperturbed pass included; without reuse: what \
 recomputing every tile for every sample would need. ROI volume: share of the voxels that may be \
-perturbed; M0 covered: share of the model's own prediction of the organ inside the ROI. Dice, IoU: the \
+perturbed; M0 covered: share of the model's own prediction of the organ inside the ROI asked for (a \
+fallback, named in the roi column, then covers it). Dice, IoU: the \
 map above half its maximum against the ground truth; AUROC: the map as a classifier of ground-truth \
 voxels. Deletion / insertion AUC: the target score as the most salient voxels go to the baseline or are \
 restored into it, over the whole volume in every mode.

@@ -180,9 +180,11 @@ struct View {
 }
 
 impl View {
-    fn of(orientation: Orientation, volume: &Volume) -> Result<Self> {
-        let axes = match orientation {
-            Orientation::Axes(code) => code.axes_in(volume)?,
+    fn of<B: Backend>(model: &SegModel<B>, volume: &Volume) -> Result<Self> {
+        let axes = match (model, model.orientation()) {
+            (_, Orientation::Axes(code)) => code.axes_in(volume)?,
+            // nnU-Net's arrays are the file's (k, j, i) transposed by transpose_forward.
+            (SegModel::NnUNet { .. }, Orientation::Voxel(axes)) => axes.map(|a| (a, false)),
             _ => [(0, false), (1, false), (2, false)],
         };
         Ok(Self { axes, file: volume.dims })
@@ -224,6 +226,45 @@ impl View {
         self.file_indices().zip(data).for_each(|(f, &v)| out[f] = v);
         out
     }
+}
+
+/// What nnU-Net's preprocessing would change before its predictor sees `volume` (`spacing` in the
+/// model's axis order), refused rather than explained wrongly: resampling to the plans' spacing, and
+/// cropping to the bounding box of the nonzero voxels.
+fn nnunet_input_check<B: Backend>(
+    model: &crate::models::NnUNet<B>,
+    volume: &Volume,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+) -> Result<()> {
+    let source = volume.source.display();
+    // compute_new_shape: round(old spacing / new spacing * old shape).
+    let resampled: Vec<usize> =
+        (0..3).map(|a| (spacing[a] / model.spacing[a] * dims[a] as f64).round_ties_even() as usize).collect();
+    if resampled != dims[..] {
+        fail!(
+            Unsupported,
+            "{source}: nnU-Net would resample this volume from {spacing:.3?} mm to the plans' {:.3?} mm (axes as the model sees them; grid {dims:?} -> {resampled:?}) before predicting, and xaiclip does not resample yet: resample it to that spacing first",
+            model.spacing
+        );
+    }
+    let [nx, ny, nz] = volume.dims;
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+    for (v, _) in volume.data.iter().enumerate().filter(|(_, &x)| x != 0.0) {
+        let at = [v % nx, (v / nx) % ny, v / (nx * ny)];
+        for a in 0..3 {
+            lo[a] = lo[a].min(at[a]);
+            hi[a] = hi[a].max(at[a] + 1);
+        }
+    }
+    if lo != [0; 3] || hi != [nx, ny, nz] {
+        fail!(
+            Unsupported,
+            "{source}: nnU-Net would crop this volume to its nonzero voxels (i, j, k from {lo:?} to {hi:?} of {:?}) before predicting, and xaiclip does not crop yet: crop it, or fill the zero border with the background intensity",
+            volume.dims
+        );
+    }
+    Ok(())
 }
 
 /// SLIC supervoxels of the model's input inside the ROI, and the samples to score: with `scaled`, the
@@ -272,6 +313,51 @@ fn region(
     })
 }
 
+/// The volume as the model takes it.
+struct ModelInput {
+    view: View,
+    /// (1, 1, D, H, W) in the view's order, windowed to [0, 1].
+    x: Tensor,
+    /// The sliding window with the model's padding value.
+    window: SlidingWindow,
+    intensity: Intensity,
+}
+
+fn model_input<B: Backend>(
+    model: &SegModel<B>,
+    volume: &Volume,
+    window: &SlidingWindow,
+    intensity: Option<Intensity>,
+) -> Result<ModelInput> {
+    ensure!(model.spatial_dims() == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
+    ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
+    let view = View::of(model, volume)?;
+    let dims = view.dims();
+    if let SegModel::NnUNet { model: nnunet, .. } = model {
+        nnunet_input_check(nnunet, volume, dims, view.spacing(volume))?;
+    }
+    let intensity = model.input_intensity(intensity)?;
+    let input = normalise_values(&view.model_order(&volume.data), intensity.range(volume));
+    let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
+    Ok(ModelInput { view, x, window: SlidingWindow { cval: model.input_padding(), ..*window }, intensity })
+}
+
+/// The 3-D `model`'s prediction of the whole `volume` by sliding-window inference: logits (K, voxels),
+/// each class on the input's grid (x fastest), as its framework's inferer gives them (nnU-Net's
+/// predictor without mirroring, in f32 where it sums in f16). `intensity`: as in [`VolumeSettings`].
+pub fn predict_volume<B: Backend>(
+    backend: &B,
+    model: &SegModel<B>,
+    volume: &Volume,
+    window: &SlidingWindow,
+    intensity: Option<Intensity>,
+) -> Result<Vec<f32>> {
+    let ModelInput { view, x, window, .. } = model_input(model, volume, window, intensity)?;
+    let y =
+        crate::models::sliding::sliding_window_inference(backend, &x, &window, |t| model.forward_logits(backend, t))?;
+    Ok(y.data().chunks_exact(volume.voxel_count()).flat_map(|class| view.file_order(class)).collect())
+}
+
 /// Occlusion of `class` over the whole `volume` with the 3-D `model`, in `settings.roi`; `labels` (on
 /// the volume's grid, the model's class ids) give the agreement metrics; `clip` (file order) is the CLIP
 /// ROI, needed when the mode or its fallback uses CLIP. `progress(done, total)` counts scored samples
@@ -287,15 +373,10 @@ pub fn explain_volume<B: Backend>(
     clip: Option<ClipVolume>,
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
-    ensure!(model.spatial_dims() == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
-    ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     let started = std::time::Instant::now();
-    let view = View::of(model.orientation(), volume)?;
+    let ModelInput { view, x, window, intensity } = model_input(model, volume, &settings.window, settings.intensity)?;
     let dims = view.dims();
-    let intensity = model.input_intensity(settings.intensity)?;
-    let input = normalise_values(&view.model_order(&volume.data), intensity.range(volume));
-    let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
-    let mut scorer = VolumeScorer::new(backend, model, &x, &settings.window, class, 0.0)?;
+    let mut scorer = VolumeScorer::new(backend, model, &x, &window, class, 0.0)?;
     scorer.reuse = settings.reuse;
     scorer.cancel = settings.cancel.clone();
     let voxels = volume.voxel_count();
@@ -376,10 +457,64 @@ pub fn explain_volume<B: Backend>(
     })
 }
 
+/// The sliding window the 3-D model in `dir` runs with in its own framework: nnU-Net's predictor for a
+/// result folder (its patch, step 0.5, its Gaussian and tile positions), else MONAI's inferer with the
+/// model's patch (or [`DEFAULT_PATCH`]) and Gaussian blending; 4 tiles per forward. None for a 2-D model
+/// or one whose description cannot be read (loading it says why).
+pub fn model_window(dir: &std::path::Path) -> Option<SlidingWindow> {
+    let (3, patch) = SegModel::<crate::backend::CpuBackend>::describe_dir(dir)? else { return None };
+    let patch = patch.unwrap_or(DEFAULT_PATCH);
+    let window = if crate::models::nnunet::is_result_folder(dir) {
+        SlidingWindow::nnunet(patch)
+    } else {
+        SlidingWindow { blend: crate::models::sliding::Blend::Gaussian, ..SlidingWindow::new(patch) }
+    };
+    Some(SlidingWindow { batch: 4, ..window })
+}
+
 /// The intensity window the 3-D model in `dir` gets its input with: `asked`, else its own, else the
 /// abdomen CT window (a window other than the model's own is refused).
 pub fn model_intensity(dir: &std::path::Path, asked: Option<Intensity>) -> Result<Intensity> {
     SegModel::load_dir(&crate::backend::CpuBackend, dir)?.input_intensity(asked)
+}
+
+/// The labels (the model's class channels, argmax of the logits; first on ties) of the 3-D model in
+/// `dir` over the whole `volume` on `device`, with its own sliding window ([`model_window`]) unless
+/// `window` is given; `intensity` as in [`VolumeSettings`].
+pub fn segment_volume_on(
+    device: Device,
+    precision: Precision,
+    dir: &std::path::Path,
+    volume: &Volume,
+    window: Option<SlidingWindow>,
+    intensity: Option<Intensity>,
+) -> Result<Vec<u8>> {
+    fn on<B: Backend>(
+        b: &B,
+        dir: &std::path::Path,
+        volume: &Volume,
+        window: Option<SlidingWindow>,
+        intensity: Option<Intensity>,
+    ) -> Result<Vec<u8>> {
+        let model = SegModel::load_dir(b, dir)?;
+        let window = window.or_else(|| model_window(dir)).ok_or_else(|| {
+            anyhow::anyhow!("{}: a 2-D model segments slices; whole volumes need a 3-D one", dir.display())
+        })?;
+        let logits = predict_volume(b, &model, volume, &window, intensity)?;
+        let n = volume.voxel_count();
+        ensure!(model.out_channels() <= 256, "{} classes do not fit 8-bit labels", model.out_channels());
+        Ok((0..n)
+            .map(|v| {
+                (0..model.out_channels())
+                    .fold(0, |best, k| if logits[k * n + v] > logits[best * n + v] { k } else { best })
+                    as u8
+            })
+            .collect())
+    }
+    match device.select(precision)? {
+        Compute::Cpu(b) => on(&b, dir, volume, window, intensity),
+        Compute::Cuda(b) => on(b.as_ref(), dir, volume, window, intensity),
+    }
 }
 
 /// What [`explain_volume_on`] ran and on what.
@@ -447,13 +582,6 @@ pub fn explain_volumes_on(
         mut progress: impl FnMut(&str, usize, usize),
     ) -> Result<Vec<VolumeExplained>> {
         let model = SegModel::load_dir(b, dir)?;
-        if matches!(model, SegModel::NnUNet { .. }) {
-            fail!(
-                InvalidInput,
-                "{}: whole-volume explanations of 3-D nnU-Net models are not available yet (their (k, j, i) axis order and tile plan are not wired into the volume path); explain slices with a 2d configuration",
-                dir.display()
-            );
-        }
         let class = model.class_of(organ)?;
         let truth = match labels {
             Some(l) => {
@@ -493,7 +621,7 @@ pub fn explain_volumes_on(
                 organ: model.class_name(class),
                 truth: truth.clone(),
                 network: model.describe(),
-                orientation: model.orientation().describe_volume(),
+                orientation: model.describe_volume(),
                 files: model.files(dir),
             });
         }

@@ -30,8 +30,8 @@ fn matches_monai_sliding_window_inference() {
             roi_size: [roi[0], roi[1], roi[2]],
             overlap: case["overlap"].as_f64().unwrap(),
             blend: if case["mode"] == "gaussian" { Blend::Gaussian } else { Blend::Constant },
-            sigma_scale: 0.125,
             batch: case["sw_batch_size"].as_u64().unwrap() as usize,
+            ..SlidingWindow::new([roi[0], roi[1], roi[2]])
         };
         let x = io.get(&format!("{name}.input")).unwrap();
         let mut forwards = 0;

@@ -74,8 +74,8 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     }
     // A 3-D U-Net benches the whole volume.
     if let Some(dir) = &cmd.method_args.unet {
-        if let Some(patch) = super::volume::volumetric_patch(dir) {
-            return super::volume::bench(device, &cmd, dir, patch);
+        if let Some(window) = xaiclip::volumes::model_window(dir) {
+            return super::volume::bench(device, &cmd, dir, window);
         }
     }
     let explainer = cmd.method_args.explainer(device, cmd.size)?;

@@ -96,16 +96,16 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
         xaiclip::dataset::parse_shard(spec)?;
     }
     // A 3-D U-Net explains whole volumes: one line per case, organ, method and ROI mode.
-    let volumetric = cmd.method_args.unet.as_deref().and_then(|d| super::volume::volumetric_patch(d).map(|p| (d, p)));
+    let volumetric = cmd.method_args.unet.as_deref().and_then(|d| xaiclip::volumes::model_window(d).map(|w| (d, w)));
     let (explainer, volumes) = match volumetric {
-        Some((dir, patch)) => {
+        Some((dir, window)) => {
             if cmd.size.is_some() || cmd.slices != "organ-center" {
                 anyhow::bail!("--size and --slices are for slices; a 3-D U-Net explains each case's whole volume");
             }
             let runs = cmd
                 .methods
                 .iter()
-                .map(|&m| super::volume::settings(&cmd.volume, &cmd.method_args, m, patch))
+                .map(|&m| super::volume::settings(&cmd.volume, &cmd.method_args, m, window))
                 .collect::<Result<Vec<_>>>()?;
             let model = eval::VolumeModel {
                 device: device.device,

@@ -44,8 +44,8 @@ pub struct ExplainCmd {
 pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     // A 3-D U-Net explains the whole volume instead of a slice.
     if let Some(dir) = &cmd.method_args.unet {
-        if let Some(patch) = super::volume::volumetric_patch(dir) {
-            return super::volume::run(device, &cmd, dir, patch);
+        if let Some(window) = xaiclip::volumes::model_window(dir) {
+            return super::volume::run(device, &cmd, dir, window);
         }
     }
     let started = std::time::Instant::now();

@@ -237,7 +237,12 @@ fn nnunet_info(path: &Path) -> Result<()> {
         ),
         Normalization::Other(name) => println!("intensity:  {name} (not supported by explain/segment yet)"),
     }
-    println!("slices:     {}", model.orientation.describe());
+    if c.spatial_dims == 3 {
+        println!("voxels:     {}", model.describe_volume());
+        println!("inference:  nnUNetPredictor's sliding window: tiles of the patch at step 0.5, its Gaussian weighting, 0 padding after normalisation; no mirroring");
+    } else {
+        println!("slices:     {}", model.orientation.describe());
+    }
     if c.spatial_dims == 2 {
         println!(
             "model grid: {0}x{0} by default (the longer patch side, a multiple of the total stride {1}); --size must be a multiple of {1}",

@@ -1,4 +1,5 @@
-//! `xaiclip segment`: U-Net labels of whole slices, on the input's grid.
+//! `xaiclip segment`: U-Net labels of whole slices (or, with a 3-D model, of the whole volume), on the
+//! input's grid.
 
 use super::{DeviceArgs, IntensityArgs, Progress};
 use anyhow::Result;
@@ -39,6 +40,29 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     // Refused before any work: the name decides the format.
     io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;
+    // A 3-D model segments the whole volume with its own sliding window.
+    if let Some((dir, window)) = cmd.unet.as_deref().and_then(|d| Some((d, xaiclip::volumes::model_window(d)?))) {
+        if cmd.slice != "all" || cmd.size.is_some() {
+            anyhow::bail!("--slice and --size are for slices; a 3-D model segments the whole volume (--slice all)");
+        }
+        let started = Instant::now();
+        let labels = xaiclip::volumes::segment_volume_on(
+            device.device,
+            device.precision,
+            dir,
+            &volume,
+            Some(window),
+            cmd.intensity.intensity()?,
+        )?;
+        io::nifti::write_like(&cmd.out, &volume, &labels)?;
+        eprintln!(
+            "segmented the whole volume in {:.2}s; wrote {} (labels present: {:?})",
+            started.elapsed().as_secs_f64(),
+            cmd.out.display(),
+            label_counts(&labels).iter().map(|(l, _)| *l).collect::<Vec<_>>()
+        );
+        return Ok(());
+    }
     let spec = super::parse_slices("--slice", &cmd.slice)?;
     let mut builder = Explainer::builder().device(device.device).precision(device.precision).size(cmd.size);
     if let Some(intensity) = cmd.intensity.intensity()? {

@@ -11,11 +11,9 @@ use std::path::Path;
 use xaiclip::explain::superpixels::Segmenter;
 use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
-use xaiclip::models::sliding::Blend;
+use xaiclip::models::sliding::{Blend, SlidingWindow};
 use xaiclip::pipeline::Method;
-use xaiclip::volumes::{
-    explain_volume_on, explain_volumes_on, VolumeMethod, VolumeSettings, DEFAULT_PATCH, OCCLUSION_WINDOW,
-};
+use xaiclip::volumes::{explain_volume_on, explain_volumes_on, VolumeMethod, VolumeSettings, OCCLUSION_WINDOW};
 use xaiclip::{read_labels, render};
 
 /// Options of whole-volume runs (3-D U-Nets).
@@ -37,15 +35,6 @@ pub struct VolumeArgs {
     pub no_tile_reuse: bool,
 }
 
-/// The sliding-window patch of the model in `dir` when it is 3-D (its own, else the default); None for
-/// a 2-D model or one whose description cannot be read (the loader reports why).
-pub fn volumetric_patch(dir: &Path) -> Option<[usize; 3]> {
-    match xaiclip::models::SegModel::<xaiclip::backend::CpuBackend>::describe_dir(dir)? {
-        (3, patch) => Some(patch.unwrap_or(DEFAULT_PATCH)),
-        _ => None,
-    }
-}
-
 fn parse_patch(text: &str) -> Result<[usize; 3]> {
     let sides: Vec<usize> =
         text.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<_, _>>().ok().unwrap_or_default();
@@ -57,16 +46,17 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
 
 /// The whole-volume settings of `method` with the tiles of `model_patch` unless --patch; the ROI mode
 /// stays the whole volume.
-pub fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model_patch: [usize; 3]) -> Result<VolumeSettings> {
+pub fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model: SlidingWindow) -> Result<VolumeSettings> {
     let options = &args.options;
     if method == Method::Rise && options.rise_tol.is_some() {
         bail!("--rise-tol: the adaptive RISE stop is for slices; whole volumes score every --masks");
     }
     let patch = match &v.patch {
         Some(p) => parse_patch(p)?,
-        None => model_patch,
+        None => model.roi_size,
     };
     let mut settings = VolumeSettings::new(patch);
+    settings.window = SlidingWindow { roi_size: patch, ..model };
     if let Some(o) = v.overlap {
         settings.window.overlap = o;
     }
@@ -125,11 +115,11 @@ impl Bars {
 }
 
 /// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
-pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
+pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: SlidingWindow) -> Result<()> {
     if cmd.case.slice != "all" {
         bail!("--slice {}: a 3-D U-Net explains the whole volume; pass --slice all", cmd.case.slice);
     }
-    let mut settings = settings(&cmd.volume, &cmd.method_args, cmd.method, model_patch)?;
+    let mut settings = settings(&cmd.volume, &cmd.method_args, cmd.method, model_window)?;
     settings.roi = cmd.roi;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
@@ -216,7 +206,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_patch: [usiz
 
 /// `xaiclip bench` with a 3-D U-Net: each method over the whole volume and in `cmd.roi`, the model
 /// loaded and the CLIP ROI found once; prints the table and writes --md/--json.
-pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_patch: [usize; 3]) -> Result<()> {
+pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_window: SlidingWindow) -> Result<()> {
     if cmd.demo || cmd.slice != "organ-center" && cmd.slice != "all" {
         bail!("a 3-D U-Net benches a whole volume: pass --image (and --label), without --demo or --slice");
     }
@@ -236,7 +226,7 @@ pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_patch: [usiz
     let image = cmd.image.as_deref().context("--image is required")?;
     let mut runs = Vec::new();
     for &method in &cmd.methods {
-        let full = settings(&cmd.volume, &cmd.method_args, method, model_patch)?;
+        let full = settings(&cmd.volume, &cmd.method_args, method, model_window)?;
         let roi = VolumeSettings { roi: cmd.roi, ..full.clone() };
         runs.extend([full, roi]);
     }

@@ -89,7 +89,10 @@ impl<B: Backend> SegModel<B> {
             return bundle::read(dir).ok().map(|b| (b.net.spatial_dims(), b.patch_size));
         }
         if nnunet::is_result_folder(dir) {
-            return nnunet::spatial_dims_of(dir).map(|d| (d, None));
+            return nnunet::patch_of(dir).map(|p| match p[..] {
+                [d, h, w] => (3, Some([d, h, w])),
+                _ => (p.len(), None),
+            });
         }
         let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
         UNetConfig::from_json(&text).ok().map(|c| (c.spatial_dims, c.patch_size))
@@ -219,6 +222,14 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
+    /// How a 3-D model sees a volume's voxels, in words (for `info` and reports).
+    pub fn describe_volume(&self) -> String {
+        match self {
+            SegModel::NnUNet { model, .. } => model.describe_volume(),
+            _ => self.orientation().describe_volume(),
+        }
+    }
+
     /// The files that define the model loaded from `dir`, for provenance: the weights file, or an
     /// nnU-Net folder's plans.json, dataset.json and every fold's checkpoint.
     pub fn files(&self, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -279,6 +290,18 @@ impl<B: Backend> SegModel<B> {
                 let mapped = b.conv3d(&volume, scale, Some(shift), [1; 3], [0; 3])?;
                 model.forward_logits(b, &b.reshape(mapped, &shape)?)
             }
+        }
+    }
+
+    /// The windowed input value the network sees as 0: what padding around a volume smaller than a tile
+    /// holds (nnU-Net pads with 0 after its normalisation; MONAI pads the windowed input with 0).
+    pub fn input_padding(&self) -> f32 {
+        match self {
+            SegModel::NnUNet { model, .. } => match model.intensity() {
+                Ok((_, [scale, shift])) => -shift / scale,
+                Err(_) => 0.0,
+            },
+            _ => 0.0,
         }
     }
 

@@ -707,9 +707,10 @@ fn describe(dir: &Path) -> Result<Described> {
     Ok(Described { name: name.to_string(), root, only_fold, plans, config })
 }
 
-/// 2 or 3: the rank of the configuration's patch, read from plans.json alone.
-pub fn spatial_dims_of(dir: &Path) -> Option<usize> {
-    describe(dir).ok()?.config.get("patch_size")?.as_array().map(Vec::len)
+/// The configuration's patch (its length is the rank: 2 or 3), read from plans.json alone.
+pub fn patch_of(dir: &Path) -> Option<Vec<usize>> {
+    let config = describe(dir).ok()?.config;
+    config.get("patch_size")?.as_array()?.iter().map(|v| v.as_f64().map(|n| n as usize)).collect()
 }
 
 impl<B: Backend> NnUNet<B> {
@@ -809,6 +810,16 @@ impl<B: Backend> NnUNet<B> {
     pub fn default_grid(&self) -> usize {
         let multiple = self.grid_multiple();
         self.patch_size.iter().max().map_or(multiple, |&p| p.div_ceil(multiple) * multiple)
+    }
+
+    /// How a 3-D configuration sees a volume's voxels, in words.
+    pub fn describe_volume(&self) -> String {
+        match self.orientation {
+            Orientation::Voxel([d, h, w]) => format!(
+                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; no resampling or cropping (the volume must be at the plans' spacing)"
+            ),
+            other => other.describe_volume(),
+        }
     }
 
     /// The network configuration (every fold has the same).

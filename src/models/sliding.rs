@@ -5,6 +5,13 @@
 //! `sigma_scale` x patch side, clamped below at max(its minimum, 1e-3)), and the weighted sum is divided by
 //! the summed weights, then cropped back to the input.
 //!
+//! nnU-Net's predictor (nnunetv2/inference/sliding_window_prediction.py) tiles the same way with two
+//! differences, [`Tiling::NnUNet`]: tiles are spread evenly between the first and the last position
+//! (`compute_steps_for_sliding_window`, numpy's round half to even), and the Gaussian is scipy's
+//! `gaussian_filter` of a unit impulse at the tile's centre voxel (n // 2), truncated at 4 sigma, with its
+//! zeros raised to its least positive value (`compute_gaussian`). nnU-Net pads with 0 after its own
+//! normalisation, which [`SlidingWindow::cval`] states in the windowed input the models here take.
+//!
 //! Every tile is an independent forward, so a [`Plan`] also lets a caller keep the tiles' outputs and
 //! recompute only some of them (the tile reuse of the 3-D explainers) before blending again.
 
@@ -22,6 +29,19 @@ pub enum Blend {
     Gaussian,
 }
 
+/// Whose rule places the tiles and samples the Gaussian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tiling {
+    /// MONAI's `sliding_window_inference`: a tile every int(patch (1 - overlap)) voxels, the last flush
+    /// with the end; Gaussian centred at (n - 1) / 2, clamped below at 1e-3.
+    Monai,
+    /// nnU-Net's predictor: tiles spread evenly (step at most patch x (1 - overlap)); scipy's Gaussian
+    /// centred at voxel n // 2, truncated at 4 sigma.
+    #[serde(rename = "nnunet")]
+    NnUNet,
+}
+
 /// Sliding-window settings, MONAI's `SlidingWindowInferer` arguments.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct SlidingWindow {
@@ -35,13 +55,31 @@ pub struct SlidingWindow {
     pub sigma_scale: f64,
     /// Tiles per forward.
     pub batch: usize,
+    /// Where tiles start and how the Gaussian is sampled.
+    pub tiling: Tiling,
+    /// Value of the padding around a volume smaller than a tile, in the model's windowed input (MONAI's
+    /// `cval`, 0; an nnU-Net model's is the value its normalisation maps to 0).
+    pub cval: f32,
 }
 
 impl SlidingWindow {
     /// MONAI's defaults for `roi_size`: overlap 0.25, constant blending, sigma scale 0.125, one tile per
     /// forward.
     pub fn new(roi_size: [usize; 3]) -> Self {
-        Self { roi_size, overlap: 0.25, blend: Blend::Constant, sigma_scale: 0.125, batch: 1 }
+        Self {
+            roi_size,
+            overlap: 0.25,
+            blend: Blend::Constant,
+            sigma_scale: 0.125,
+            batch: 1,
+            tiling: Tiling::Monai,
+            cval: 0.0,
+        }
+    }
+
+    /// nnU-Net's predictor for `patch`: tile step 0.5, Gaussian weighting, its tile positions.
+    pub fn nnunet(patch: [usize; 3]) -> Self {
+        Self { overlap: 0.5, blend: Blend::Gaussian, tiling: Tiling::NnUNet, ..Self::new(patch) }
     }
 
     /// The tiles of a volume of `image` (D, H, W) voxels.
@@ -64,18 +102,21 @@ impl SlidingWindow {
             (diff / 2, diff - diff / 2)
         });
         let padded: [usize; 3] = std::array::from_fn(|a| image[a].max(roi[a]));
-        let interval: [usize; 3] = std::array::from_fn(|a| {
-            if roi[a] == padded[a] {
-                roi[a]
-            } else {
-                ((roi[a] as f64 * (1.0 - self.overlap)) as usize).max(1)
+        let starts: [Vec<usize>; 3] = std::array::from_fn(|a| match self.tiling {
+            Tiling::Monai => {
+                let interval =
+                    if roi[a] == padded[a] { roi[a] } else { ((roi[a] as f64 * (1.0 - self.overlap)) as usize).max(1) };
+                let count = (0..padded[a].div_ceil(interval))
+                    .find(|&d| d * interval + roi[a] >= padded[a])
+                    .map_or(1, |d| d + 1);
+                (0..count).map(|i| (i * interval).min(padded[a] - roi[a])).collect()
             }
-        });
-        let starts: [Vec<usize>; 3] = std::array::from_fn(|a| {
-            let count = (0..padded[a].div_ceil(interval[a]))
-                .find(|&d| d * interval[a] + roi[a] >= padded[a])
-                .map_or(1, |d| d + 1);
-            (0..count).map(|i| (i * interval[a]).min(padded[a] - roi[a])).collect()
+            Tiling::NnUNet => {
+                let target = roi[a] as f64 * (1.0 - self.overlap);
+                let count = ((padded[a] - roi[a]) as f64 / target).ceil() as usize + 1;
+                let step = if count > 1 { (padded[a] - roi[a]) as f64 / (count - 1) as f64 } else { 0.0 };
+                (0..count).map(|i| (step * i as f64).round_ties_even() as usize).collect()
+            }
         });
         let mut tiles = Vec::new();
         for &z in &starts[0] {
@@ -105,9 +146,9 @@ impl SlidingWindow {
     pub fn importance_map(&self) -> Vec<f32> {
         let roi = self.roi_size;
         let axis = |a: usize| -> Vec<f32> {
-            match self.blend {
-                Blend::Constant => vec![1.0; roi[a]],
-                Blend::Gaussian => {
+            match (self.blend, self.tiling) {
+                (Blend::Constant, _) => vec![1.0; roi[a]],
+                (Blend::Gaussian, Tiling::Monai) => {
                     // In f32 as torch computes it: x from -(n-1)/2 in steps of 1, exp(x^2 / (-2 sigma^2)).
                     let sigma = (roi[a] as f64 * self.sigma_scale) as f32;
                     (0..roi[a])
@@ -115,6 +156,18 @@ impl SlidingWindow {
                             let x = -((roi[a] - 1) as f32) / 2.0 + i as f32;
                             (x * x / (-2.0 * sigma * sigma)).exp()
                         })
+                        .collect()
+                }
+                (Blend::Gaussian, Tiling::NnUNet) => {
+                    // scipy's gaussian_filter1d kernel (radius int(4 sigma + 0.5), normalised to sum 1)
+                    // placed at voxel n // 2; 0 beyond the radius.
+                    let sigma = roi[a] as f64 * self.sigma_scale;
+                    let radius = (4.0 * sigma + 0.5) as i64;
+                    let phi = |x: i64| (-0.5 / (sigma * sigma) * (x * x) as f64).exp();
+                    let sum: f64 = (-radius..=radius).map(phi).sum();
+                    let centre = (roi[a] / 2) as i64;
+                    (0..roi[a] as i64)
+                        .map(|i| if (i - centre).abs() <= radius { (phi(i - centre) / sum) as f32 } else { 0.0 })
                         .collect()
                 }
             }
@@ -126,9 +179,20 @@ impl SlidingWindow {
                 map.extend(wx.iter().map(|&x| z * y * x));
             }
         }
-        // No zero weights: MONAI clamps at max(minimum, 1e-3) so that no voxel divides by 0.
-        let floor = map.iter().copied().fold(f32::INFINITY, f32::min).max(1e-3);
-        map.iter_mut().for_each(|v| *v = v.max(floor));
+        match self.tiling {
+            Tiling::Monai => {
+                // No zero weights: MONAI clamps at max(minimum, 1e-3) so that no voxel divides by 0.
+                let floor = map.iter().copied().fold(f32::INFINITY, f32::min).max(1e-3);
+                map.iter_mut().for_each(|v| *v = v.max(floor));
+            }
+            Tiling::NnUNet => {
+                // nnU-Net scales the peak to 10 and raises zeros to the least positive weight.
+                let peak = map.iter().copied().fold(0f32, f32::max);
+                map.iter_mut().for_each(|v| *v *= 10.0 / peak);
+                let least = map.iter().copied().filter(|&v| v > 0.0).fold(f32::INFINITY, f32::min);
+                map.iter_mut().filter(|v| **v == 0.0).for_each(|v| *v = least);
+            }
+        }
         map
     }
 }
@@ -156,14 +220,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Tile `t` of `volume` (C, D, H, W of the input grid) as (C, roi), zero where it covers the padding.
+    /// Tile `t` of `volume` (C, D, H, W of the input grid) as (C, roi), `cval` where it covers the padding.
     pub fn extract(&self, volume: &[f32], channels: usize, t: usize) -> Vec<f32> {
         let ([d, h, w], [rd, rh, rw]) = (self.image, self.window.roi_size);
         let start = self.tiles[t];
-        let mut out = vec![0f32; channels * rd * rh * rw];
+        let mut out = vec![self.window.cval; channels * rd * rh * rw];
         for c in 0..channels {
             for z in 0..rd {
-                // Padded coordinate -> input coordinate; outside the input stays 0 (MONAI's cval).
+                // Padded coordinate -> input coordinate; outside the input stays cval.
                 let Some(iz) = (start[0] + z).checked_sub(self.pad[0].0).filter(|&v| v < d) else { continue };
                 for y in 0..rh {
                     let Some(iy) = (start[1] + y).checked_sub(self.pad[1].0).filter(|&v| v < h) else { continue };
@@ -271,6 +335,24 @@ mod tests {
         let plan = SlidingWindow::new([16, 32, 32]).plan([11, 32, 32]).unwrap();
         assert_eq!((plan.pad[0], plan.padded, plan.tiles.len()), ((2, 3), [16, 32, 32], 1));
         assert!(SlidingWindow { overlap: 1.0, ..SlidingWindow::new([4; 3]) }.plan([8; 3]).is_err());
+    }
+
+    #[test]
+    fn tiles_follow_nnunet() {
+        // nnU-Net's own example: 110 voxels, tiles of 64 at step 0.5 start at 0, 23, 46; 45 in tiles of
+        // 32: two steps, 0 and 13.
+        let plan = SlidingWindow::nnunet([16, 64, 32]).plan([16, 110, 45]).unwrap();
+        assert_eq!(plan.starts, [vec![0], vec![0, 23, 46], vec![0, 13]]);
+        let plan = SlidingWindow::nnunet([8, 8, 8]).plan([33, 8, 33]).unwrap();
+        assert_eq!(plan.starts[0], vec![0, 4, 7, 11, 14, 18, 21, 25]);
+        // A step of 2.5: numpy rounds half to even.
+        let plan = SlidingWindow::nnunet([6, 6, 6]).plan([11, 6, 6]).unwrap();
+        assert_eq!(plan.starts[0], vec![0, 2, 5]);
+        // The Gaussian peaks at n // 2 with 10 and has no zeros.
+        let map = SlidingWindow::nnunet([4, 6, 8]).importance_map();
+        let peak = (2 * 6 + 3) * 8 + 4;
+        assert_eq!(map[peak], 10.0);
+        assert!(map.iter().all(|&v| v > 0.0 && v <= 10.0));
     }
 
     #[test]

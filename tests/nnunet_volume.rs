@@ -1,0 +1,138 @@
+//! A 3-D nnU-Net result folder over whole volumes: xaiclip's sliding window (nnU-Net's tile positions,
+//! Gaussian and padding) against nnunetv2's own pieces in float32, and its labels against
+//! nnUNetPredictor's end-to-end segmentation (tests/fixtures/make_nnunet_volume_fixture.py).
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use xaiclip::backend::CpuBackend;
+use xaiclip::models::sliding::Tiling;
+use xaiclip::models::SegModel;
+use xaiclip::volumes::{model_window, predict_volume, segment_volume_on};
+use xaiclip::weights::WeightsFile;
+use xaiclip::{Device, Precision};
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+fn folder() -> PathBuf {
+    fixture("nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres")
+}
+
+#[test]
+fn whole_volume_logits_match_nnunet_and_labels_differ_from_its_predictor_only_where_float16_moved_them() {
+    let dir = folder();
+    let model = SegModel::load_dir(&CpuBackend, &dir).unwrap();
+    let window = model_window(&dir).unwrap();
+    assert_eq!((window.roi_size, window.overlap, window.tiling), ([20, 40, 48], 0.5, Tiling::NnUNet));
+    let reference = WeightsFile::open(&fixture("nnunet_volume/reference.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture("nnunet_volume/reference.safetensors")).unwrap();
+    let raw = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for case in ["big", "small"] {
+        let volume = xaiclip::io::read_image(&fixture(&format!("nnunet_volume/{case}.nii.gz"))).unwrap();
+        let logits = predict_volume(&CpuBackend, &model, &volume, &window, None).unwrap();
+        // (3, k, j, i) row-major: i fastest, as xaiclip's file order.
+        let expected = reference.get(&format!("{case}.logits")).unwrap();
+        let scale = expected.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = logits.iter().zip(expected.data()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!("{case}: logits max |diff| {err:.2e} of max |logit| {scale:.2}");
+        assert!(err <= 1e-4 * scale, "{case}: logits off by {err} (max {scale})");
+        let n = volume.voxel_count();
+        let argmax = |l: &[f32], v: usize| (0..3).fold(0, |b, k| if l[k * n + v] > l[b * n + v] { k } else { b }) as u8;
+        let labels = segment_volume_on(Device::Cpu, Precision::F32, &dir, &volume, None, None).unwrap();
+        let predictor = raw.tensor(&format!("{case}.labels")).unwrap().data().to_vec();
+        let (mut ties, mut moved) = (0, 0);
+        for v in 0..n {
+            let exact = argmax(expected.data(), v);
+            if labels[v] != exact {
+                // Only where two classes tie to within float32 noise.
+                let mut top: Vec<f32> = (0..3).map(|k| expected.data()[k * n + v]).collect();
+                top.sort_by(|a, b| b.total_cmp(a));
+                assert!(top[0] - top[1] <= 2.0 * err, "{case}: voxel {v} labelled {} instead of {exact}", labels[v]);
+                ties += 1;
+            }
+            if labels[v] != predictor[v] {
+                // nnUNetPredictor sums tiles in float16; its label must then differ from the float32 argmax.
+                assert_ne!(predictor[v], exact, "{case}: voxel {v}: {} vs the predictor's {}", labels[v], predictor[v]);
+                moved += 1;
+            }
+        }
+        println!(
+            "{case}: {n} voxels, {moved} labelled otherwise by nnUNetPredictor (its float16 sums), {ties} float32 ties"
+        );
+        // `xaiclip segment` writes the same labels on the input's grid.
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("labels.nii.gz");
+        let image = fixture(&format!("nnunet_volume/{case}.nii.gz"));
+        let o = xaiclip(&[
+            "segment",
+            "--image",
+            image.to_str().unwrap(),
+            "--model",
+            dir.to_str().unwrap(),
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let written = xaiclip::io::read_image(&path).unwrap();
+        assert_eq!(written.affine, volume.affine);
+        assert!(written.data.iter().zip(&labels).all(|(&w, &l)| w == l as f32), "{case}: segment wrote other labels");
+        assert!(ties * 1000 <= n && moved * 50 <= n, "{case}: {ties} ties, {moved} moved");
+    }
+}
+
+#[test]
+fn explain_takes_a_3d_nnunet_result_folder_and_refuses_what_its_preprocessing_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = fixture("nnunet_volume/big.nii.gz");
+    let (out, model) = (dir.path().join("out"), folder());
+    let explain = |image: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["explain", "--image", image.to_str().unwrap(), "--model", model.to_str().unwrap()];
+        args.extend(["--organ", "liver", "--slice", "all", "--method", "occlusion", "--occlusion-window", "12"]);
+        args.extend(["--faithfulness-steps", "2", "--out", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        xaiclip(&args)
+    };
+    let o = explain(&image, &["--roi", "clip", "--roi-fallback", "seg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r = &report["result"];
+    assert_eq!(r["tiles"].as_u64(), Some(8), "{r}");
+    assert!(r["tiles_evaluated"].as_u64() < r["tiles_naive"].as_u64(), "{r}");
+    assert_eq!(report["settings"]["sliding_window"]["overlap"].as_f64(), Some(0.5));
+    let voxels = report["weights"]["unet"]["voxels"].as_str().unwrap();
+    assert!(
+        voxels.contains("(k, j, i) transposed by transpose_forward, (D, H, W) along file axes 2, 1, 0"),
+        "{voxels}"
+    );
+    let saliency = xaiclip::io::read_image(&out.join("saliency.nii.gz")).unwrap();
+    let volume = xaiclip::io::read_image(&image).unwrap();
+    assert_eq!((saliency.dims, saliency.affine), (volume.dims, volume.affine));
+    assert!(saliency.data.iter().any(|&v| v != 0.0));
+    // At another spacing nnU-Net would resample; with a zero border it would crop: both refused.
+    let mut other = volume.clone();
+    other.affine[0][0] = 1.6;
+    other.nifti_header = None;
+    let resampled = dir.path().join("coarse.nii.gz");
+    xaiclip::io::nifti::write_like(&resampled, &other, &volume.data).unwrap();
+    let mut zeros = volume.clone();
+    zeros.data.iter_mut().take(volume.dims[0] * volume.dims[1]).for_each(|v| *v = 0.0);
+    let cropped = dir.path().join("border.nii.gz");
+    xaiclip::io::nifti::write_like(&cropped, &volume, &zeros.data).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    for (path, expect) in [
+        (
+            &resampled,
+            "nnU-Net would resample this volume from [2.500, 0.800, 1.600] mm to the plans' [2.500, 0.800, 0.800] mm",
+        ),
+        (&cropped, "nnU-Net would crop this volume to its nonzero voxels (i, j, k from [0, 0, 1] to [50, 44, 24]"),
+    ] {
+        let o = explain(path, &["--roi", "seg"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(expect) && !err.contains("panicked"), "{err}");
+        assert!(!out.exists());
+    }
+}
