@@ -49,14 +49,25 @@ pub(super) fn conv3d(
 ) -> Result<Tensor> {
     let g = Conv3d::new(x.shape(), weight.shape(), stride, pad)?;
     let bias = vector_arg(bias, g.cout, "conv3d bias")?;
+    let mut out = Tensor::zeros(&g.output_shape());
+    #[cfg(target_arch = "x86_64")]
+    if super::direct::applies(&g) {
+        super::direct::conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
+        return Ok(out);
+    }
+    im2col_conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
+    Ok(out)
+}
+
+/// The reference path: im2col over tiles of output rows, then GEMM.
+pub(super) fn im2col_conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, out: &mut [f32]) {
     let [od, oh, ow] = g.output;
     let (plane, kdim, in_len) = (od * oh * ow, g.kdim(), g.cin * g.input.iter().product::<usize>());
-    let mut out = Tensor::zeros(&g.output_shape());
     // Tasks own (image, run of output rows) pairs whose column buffer stays near TILE_COLUMNS voxels.
     let rows = od * oh;
     let rows_per_tile = (TILE_COLUMNS / ow).clamp(1, rows);
     let tiles = rows.div_ceil(rows_per_tile);
-    let out_ptr = SharedMut(out.data_mut().as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     (0..g.n * tiles).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(col, tile_out): &mut (Vec<f32>, Vec<f32>), task| {
@@ -64,13 +75,13 @@ pub(super) fn conv3d(
             let (r0, r1) = (tile * rows_per_tile, ((tile + 1) * rows_per_tile).min(rows));
             let ncols = (r1 - r0) * ow;
             col.resize(kdim * ncols, 0.0);
-            im2col3d(&x.data()[img * in_len..(img + 1) * in_len], &g, (r0, r1), col);
+            im2col3d(&x[img * in_len..(img + 1) * in_len], g, (r0, r1), col);
             // SAFETY: this task writes voxels [r0 ow, r1 ow) of every output channel of image `img` only;
             // col holds kdim x ncols.
             unsafe {
                 gemm_into_planes(
                     (g.cout, kdim, ncols),
-                    weight.data(),
+                    weight,
                     (col.as_ptr(), ncols as isize),
                     out_ptr.ptr().add(img * g.cout * plane + r0 * ow),
                     plane,
@@ -80,7 +91,6 @@ pub(super) fn conv3d(
             };
         },
     );
-    Ok(out)
 }
 
 pub(super) fn conv_transpose3d(
