@@ -106,8 +106,8 @@ pub struct Options {
     /// ROI margin around the CLIP (or predicted) organ region, in millimetres [default: 15].
     #[arg(long, help_heading = "ROI")]
     pub margin_mm: Option<f64>,
-    /// Deletion/insertion curve steps; 0 skips those metrics [default: 32; whole volumes: 10, each step a
-    /// pass over the volume's tiles].
+    /// Deletion/insertion curve steps; 0 skips those metrics [default: 32] (whole volumes: 10, each step a
+    /// pass over the volume's tiles).
     #[arg(long, help_heading = "Method")]
     pub faithfulness_steps: Option<usize>,
     /// In ROI mode, keep the full run's sample counts (RISE masks, LIME/SHAP samples) instead of scaling

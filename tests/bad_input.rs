@@ -492,7 +492,7 @@ fn nnunet_result_folders_that_cannot_be_used() {
         ],
         &["the model normalises its input itself", "drop --window/--modality"],
     );
-    // A 3-D nnU-Net model over the whole volume: its axis order is not wired into the volume path yet.
+    // A 3-D nnU-Net model over a volume nnU-Net would resample to its plans' spacing first.
     let model3 = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
     let volume = tmp.path().join("volume");
     fails(
@@ -509,7 +509,10 @@ fn nnunet_result_folders_that_cannot_be_used() {
             "--out",
             volume.to_str().unwrap(),
         ],
-        &["whole-volume explanations of 3-D nnU-Net models are not available yet"],
+        &[
+            "nnU-Net would resample this volume from [2.500, 1.500, 1.500] mm to the plans' [2.500, 0.800, 0.800] mm",
+            "resample it to that spacing first",
+        ],
     );
     assert!(!volume.exists());
 }

@@ -327,16 +327,15 @@ impl Backend for CpuBackend {
         let hout = (h + 2 * pad - kh) / stride + 1;
         let wout = (w + 2 * pad - kw) / stride + 1;
         let kdim = cin * kh * kw;
-        let mut out = Tensor::zeros(&[n, cout, hout, wout]);
-        // Stride 1 on AVX-512: the direct kernel, on the image as one slice.
+        // Stride 1 on AVX2 or AVX-512: the direct kernel, on the image as one slice.
         #[cfg(target_arch = "x86_64")]
         if stride == 1 {
             let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, cin, 1, kh, kw], [1; 3], [0, pad, pad])?;
             if direct::applies(&g) {
-                direct::conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
-                return Ok(out);
+                return Tensor::new(&[n, cout, hout, wout], direct::conv3d(x.data(), weight.data(), bias, &g));
             }
         }
+        let mut out = Tensor::zeros(&[n, cout, hout, wout]);
         let rows_per_tile = (TILE_COLUMNS / wout).clamp(1, hout);
         let tiles = hout.div_ceil(rows_per_tile);
         let out_ptr = SharedMut(out.data_mut().as_mut_ptr());

@@ -133,39 +133,53 @@ fn padded(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<f32>, usize) {
     let ([d, h, w], [pd, ph, pw]) = (g.input, g.pad);
     let (dp, hp) = (d + 2 * pd, h + 2 * ph);
     let row = g.output[2].div_ceil(chunk) * chunk + g.kernel[2] - 1;
-    let mut out = vec![0f32; g.cin * dp * hp * row];
-    // One task per padded (channel, z) plane; planes in the z padding stay zero.
-    out.par_chunks_mut(hp * row).enumerate().for_each(|(p, plane)| {
+    let len = g.cin * dp * hp * row;
+    let mut out = Vec::with_capacity(len);
+    // Every value is written once, one task per padded (channel, z) plane (no zeroing pass first: it
+    // cost as much as the copy).
+    out.spare_capacity_mut()[..len].par_chunks_mut(hp * row).enumerate().for_each(|(p, plane)| {
         let (ci, zp) = (p / dp, p % dp);
-        let Some(z) = zp.checked_sub(pd).filter(|&z| z < d) else { return };
-        for y in 0..h {
-            let src = &x[((ci * d + z) * h + y) * w..][..w];
-            plane[(y + ph) * row + pw..][..w].copy_from_slice(src);
+        for (yp, dst) in plane.chunks_exact_mut(row).enumerate() {
+            let source = zp.checked_sub(pd).filter(|&z| z < d).zip(yp.checked_sub(ph).filter(|&y| y < h));
+            match source {
+                Some((z, y)) => {
+                    let src = &x[((ci * d + z) * h + y) * w..][..w];
+                    dst[..pw].fill(std::mem::MaybeUninit::new(0.0));
+                    dst[pw..pw + w].iter_mut().zip(src).for_each(|(o, &v)| *o = std::mem::MaybeUninit::new(v));
+                    dst[pw + w..].fill(std::mem::MaybeUninit::new(0.0));
+                }
+                None => dst.fill(std::mem::MaybeUninit::new(0.0)),
+            }
         }
     });
+    // SAFETY: the planes cover the first `len` values and each was written above.
+    unsafe { out.set_len(len) };
     (out, row)
 }
 
-/// The convolution of `x` (N images) into `out` (N, cout, od, oh, ow), bias added, with the CPU's
-/// capability (`applies` must hold).
-pub(super) fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, out: &mut [f32]) {
-    conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g, out)
+/// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added, with the CPU's capability
+/// (`applies` must hold).
+pub(super) fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+    conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g)
 }
 
-fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, out: &mut [f32]) {
+fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
     let (block, chunk) = shape(cap);
     let packed = pack(weight, g, block);
     let [od, oh, ow] = g.output;
     let plane = od * oh * ow;
     let in_len = g.cin * g.input.iter().product::<usize>();
-    for (img, out) in out.chunks_exact_mut(g.cout * plane).enumerate() {
+    let len = g.n * g.cout * plane;
+    // Every output value is stored once below, so the buffer is not zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    for img in 0..g.n {
         let (input, row) = padded(&x[img * in_len..(img + 1) * in_len], g, chunk);
-        let out_ptr = super::SharedMut(out.as_mut_ptr());
+        let out_ptr = super::SharedMut(out.spare_capacity_mut()[img * g.cout * plane..].as_mut_ptr().cast());
         let job = Row { input: &input, row, packed: &packed, bias, g };
         // A task is one output row (z, y) of every channel.
         (0..od * oh).into_par_iter().for_each(|r| {
             // SAFETY: the CPU has the capability (`capability` detected it); the task writes row r of
-            // each output channel only.
+            // each output channel of this image only, inside the buffer's capacity.
             unsafe {
                 match cap {
                     Capability::Avx512 => row_avx512(&job, r, out_ptr.ptr()),
@@ -174,6 +188,9 @@ fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>,
             }
         });
     }
+    // SAFETY: the tasks stored every (image, channel, row, voxel) value.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// What every output row of one image reads.
@@ -297,8 +314,8 @@ mod tests {
             let mut reference = vec![f32::NAN; len];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
             for &cap in &capabilities {
-                let mut direct = vec![f32::NAN; len];
-                conv3d_with(cap, &x, &w, Some(&b), &g, &mut direct);
+                let direct = conv3d_with(cap, &x, &w, Some(&b), &g);
+                assert_eq!(direct.len(), len);
                 // Sums of up to a few hundred O(1) products in another order: ~1e-6 absolute.
                 let err = direct.iter().zip(&reference).fold(0f32, |m, (a, b)| {
                     let d = (a - b).abs();

@@ -49,12 +49,11 @@ pub(super) fn conv3d(
 ) -> Result<Tensor> {
     let g = Conv3d::new(x.shape(), weight.shape(), stride, pad)?;
     let bias = vector_arg(bias, g.cout, "conv3d bias")?;
-    let mut out = Tensor::zeros(&g.output_shape());
     #[cfg(target_arch = "x86_64")]
     if super::direct::applies(&g) {
-        super::direct::conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
-        return Ok(out);
+        return Tensor::new(&g.output_shape(), super::direct::conv3d(x.data(), weight.data(), bias, &g));
     }
+    let mut out = Tensor::zeros(&g.output_shape());
     im2col_conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
     Ok(out)
 }
