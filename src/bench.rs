@@ -95,28 +95,15 @@ pub fn bench_tables(rows: &[MethodRun], context: serde_json::Value) -> (String, 
 
 /// The figures of a whole-volume run as result lines and summaries record them (shares of voxels).
 pub fn volume_figures(run: &VolumeRun) -> RunFigures {
-    let a = run.agreement.as_ref();
-    let f = run.faithfulness.as_ref();
-    let (lo, hi) = run.saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     RunFigures {
         seconds: run.seconds,
         forward_passes: run.forward_passes,
         forward_fraction: None,
         samples: run.samples,
         roi_fraction: run.roi.iter().filter(|&&r| r).count() as f64 / run.roi.len() as f64,
-        saliency_range: Some([lo, hi]),
-        dice: a.map(|a| a.half.dice),
-        iou: a.map(|a| a.half.iou),
-        dice_topk: a.map(|a| a.top_k.dice),
-        iou_topk: a.map(|a| a.top_k.iou),
-        dice_otsu: a.map(|a| a.otsu.dice),
-        iou_otsu: a.map(|a| a.otsu.iou),
-        auroc: a.map(|a| a.auroc),
-        pointing_game: a.map(|a| a.pointing_game),
-        deletion_auc: f.map(|f| f.deletion_auc),
-        insertion_auc: f.map(|f| f.insertion_auc),
         roi_coverage: Some(run.roi_coverage),
         roi_fallback: run.roi_fallback,
+        ..RunFigures::of_map(&run.saliency, run.agreement.as_ref(), run.faithfulness.as_ref())
     }
 }
 

@@ -519,6 +519,20 @@ fn pick_slices(
     }
 }
 
+/// Appends `line` to results.jsonl unless an item with its key is there already, and counts it done.
+fn emit_line(
+    line: EvalRecord,
+    done: &mut HashSet<String>,
+    results: &Path,
+    events: &mut dyn FnMut(Event),
+) -> Result<()> {
+    if done.insert(line.key()) {
+        append_line(results, &serde_json::to_value(&line)?)?;
+    }
+    events(Event::ItemDone(1));
+    Ok(())
+}
+
 fn evaluate_case(
     explainer: &Explainer,
     plan: &EvalPlan,
@@ -543,12 +557,8 @@ fn evaluate_case(
         (l, _) => l.as_deref(),
     };
     let per_slice = plan.methods.len() * plan.rois.len();
-    let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| -> Result<()> {
-        if done.insert(line.key()) {
-            append_line(results, &serde_json::to_value(&line)?)?;
-        }
-        events(Event::ItemDone(1));
-        Ok(())
+    let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| {
+        emit_line(line, done, results, events)
     };
     let items =
         |slice: Option<usize>| plan.methods.iter().flat_map(move |&m| plan.rois.iter().map(move |&r| (slice, m, r)));
@@ -642,12 +652,8 @@ fn evaluate_volumes(
     for &class in &plan.organs {
         let organ = organ_name(class);
         let record = |method, roi, status| EvalRecord::new(&case.id, class, None, method, roi, status);
-        let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| -> Result<()> {
-            if done.insert(line.key()) {
-                append_line(results, &serde_json::to_value(&line)?)?;
-            }
-            events(Event::ItemDone(1));
-            Ok(())
+        let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| {
+            emit_line(line, done, results, events)
         };
         events(Event::Planned(plan.methods.len() * plan.rois.len()));
         if labels.as_ref().is_some_and(|l| !l.contains(&(class as u8))) {

@@ -346,9 +346,6 @@ impl MethodRun {
 
     /// The run's figures as every output file records them (report.json, bench.json, results.jsonl).
     pub fn summary(&self) -> RunSummary {
-        let a = self.agreement.as_ref();
-        let f = self.faithfulness.as_ref();
-        let (lo, hi) = self.saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         RunSummary {
             method: self.method,
             roi: self.roi_mode,
@@ -358,19 +355,9 @@ impl MethodRun {
                 forward_fraction: Some(self.forward_fraction),
                 samples: self.samples,
                 roi_fraction: self.roi_fraction(),
-                saliency_range: Some([lo, hi]),
-                dice: a.map(|a| a.half.dice),
-                iou: a.map(|a| a.half.iou),
-                dice_topk: a.map(|a| a.top_k.dice),
-                iou_topk: a.map(|a| a.top_k.iou),
-                dice_otsu: a.map(|a| a.otsu.dice),
-                iou_otsu: a.map(|a| a.otsu.iou),
-                auroc: a.map(|a| a.auroc),
-                pointing_game: a.map(|a| a.pointing_game),
-                deletion_auc: f.map(|f| f.deletion_auc),
-                insertion_auc: f.map(|f| f.insertion_auc),
                 roi_coverage: Some(self.roi_coverage),
                 roi_fallback: self.roi_fallback,
+                ..RunFigures::of_map(&self.saliency, self.agreement.as_ref(), self.faithfulness.as_ref())
             },
         }
     }
@@ -456,7 +443,7 @@ pub struct RunSummary {
 
 /// One run's figures: the one field list that report.json, bench.json and eval's results.jsonl (each
 /// `ok` line) serialise. Metrics are absent (null) without labels or faithfulness curves.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunFigures {
     /// Wall time of the explanation, CLIP map included in the CLIP modes.
     pub seconds: f64,
@@ -503,6 +490,28 @@ pub struct RunFigures {
     /// The mode that replaced an ROI covering too little of that prediction.
     #[serde(default)]
     pub roi_fallback: Option<RoiMode>,
+}
+
+impl RunFigures {
+    /// The figures of a map alone: its range, its agreement with the labels and its faithfulness; what
+    /// the run cost and where it perturbed are left at zero for the caller to fill in.
+    pub fn of_map(saliency: &[f32], a: Option<&Agreement>, f: Option<&Faithfulness>) -> Self {
+        let (lo, hi) = saliency.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        Self {
+            saliency_range: Some([lo, hi]),
+            dice: a.map(|a| a.half.dice),
+            iou: a.map(|a| a.half.iou),
+            dice_topk: a.map(|a| a.top_k.dice),
+            iou_topk: a.map(|a| a.top_k.iou),
+            dice_otsu: a.map(|a| a.otsu.dice),
+            iou_otsu: a.map(|a| a.otsu.iou),
+            auroc: a.map(|a| a.auroc),
+            pointing_game: a.map(|a| a.pointing_game),
+            deletion_auc: f.map(|f| f.deletion_auc),
+            insertion_auc: f.map(|f| f.insertion_auc),
+            ..Self::default()
+        }
+    }
 }
 
 /// Superpixels for LIME/SHAP in the given ROI, and the ROI they effectively perturb.

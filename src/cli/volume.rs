@@ -13,7 +13,7 @@ use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
 use xaiclip::models::sliding::{Blend, SlidingWindow};
 use xaiclip::pipeline::Method;
-use xaiclip::volumes::{explain_volume_on, explain_volumes_on, VolumeMethod, VolumeSettings, OCCLUSION_WINDOW};
+use xaiclip::volumes::{explain_volumes_on, VolumeMethod, VolumeSettings, OCCLUSION_WINDOW};
 use xaiclip::{read_labels, render};
 
 /// Options of whole-volume runs (3-D U-Nets).
@@ -114,6 +114,24 @@ impl Bars {
     }
 }
 
+/// `runs` on the volume with one progress bar per stage.
+fn explain_with_bars(
+    device: &DeviceArgs,
+    dir: &Path,
+    volume: &xaiclip::io::Volume,
+    labels: Option<&[u8]>,
+    organ: &str,
+    runs: &[VolumeSettings],
+) -> Result<Vec<xaiclip::volumes::VolumeExplained>> {
+    let mut bars = Bars::default();
+    let result =
+        explain_volumes_on(device.device, device.precision, dir, volume, labels, organ, runs, |stage, d, t| {
+            bars.update(stage, d, t)
+        });
+    bars.finish();
+    result
+}
+
 /// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
 pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: SlidingWindow) -> Result<()> {
     if cmd.case.slice != "all" {
@@ -123,19 +141,9 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
     settings.roi = cmd.roi;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
-    let mut bars = Bars::default();
-    let result = explain_volume_on(
-        device.device,
-        device.precision,
-        dir,
-        &volume,
-        labels.as_deref(),
-        &cmd.method_args.organ,
-        &settings,
-        |stage, done, total| bars.update(stage, done, total),
-    );
-    bars.finish();
-    let explained = result?;
+    let explained =
+        explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, &[settings.clone()])?
+            .remove(0);
     let run = &explained.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     let mut staging = Staging::new();
@@ -232,19 +240,7 @@ pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_window: Slid
     }
     let volume = io::read_image(image)?;
     let labels = cmd.label.as_ref().map(|l| read_labels(l, cmd.label_ids, &volume)).transpose()?;
-    let mut bars = Bars::default();
-    let result = explain_volumes_on(
-        device.device,
-        device.precision,
-        dir,
-        &volume,
-        labels.as_deref(),
-        &cmd.method_args.organ,
-        &runs,
-        |stage, done, total| bars.update(stage, done, total),
-    );
-    bars.finish();
-    let explained = result?;
+    let explained = explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, &runs)?;
     let first = explained.first().context("no method to bench")?;
     let w = &runs[0].window;
     let context = json!({
