@@ -35,9 +35,10 @@ pub(super) fn capability() -> Option<Capability> {
     })
 }
 
-/// Whether the direct kernel applies: stride 1 on a CPU with AVX2 + FMA or AVX-512F.
+/// Whether the direct kernel applies: stride 1 on a CPU with AVX2 + FMA or AVX-512F, and not a wide
+/// layer on short rows (256->256 on 16² planes wastes half of each 32-voxel run; GEMM keeps its peak).
 pub(super) fn applies(g: &Conv3d) -> bool {
-    g.stride == [1; 3] && capability().is_some()
+    g.stride == [1; 3] && (g.cout <= 64 || g.output[2] >= 32) && capability().is_some()
 }
 
 /// One instruction set's vectors.
