@@ -541,7 +541,7 @@ pub struct VolumeExplained {
 /// [`explain_volume`] on `device` with the 3-D model in `dir` (a BasicUNet folder or a MONAI bundle):
 /// `organ` is one of the model's classes (its own names where it lists them, else FLARE22's), `labels`
 /// are FLARE22 ids on the volume's grid. `progress(stage, done, total)` counts CLIP's slices (stage
-/// "clip") and then the method's samples (stage "<method> 3-D (<roi>)").
+/// "clip") and then the method's samples (stage `"<method> 3-D (<roi>)"`).
 #[allow(clippy::too_many_arguments)]
 pub fn explain_volume_on(
     device: Device,
