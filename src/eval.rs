@@ -320,7 +320,7 @@ fn append_text(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Everything that decides the results, compared on resume and merge.
-fn config_json(plan: &EvalPlan, model: EvalModel) -> Result<Value> {
+fn config_json(plan: &EvalPlan, model: EvalModel) -> Value {
     let window = match plan.window {
         Intensity::CtWindow { low, high } => format!("{low},{high}"),
         Intensity::MrPercentile => "mr".to_string(),
@@ -328,11 +328,11 @@ fn config_json(plan: &EvalPlan, model: EvalModel) -> Result<Value> {
     let (size, settings, precision) = match model {
         EvalModel::Slices(e) => (json!(e.model_size()), e.settings().results_json(), e.precision()),
         EvalModel::Volumes(v) => {
-            let runs = v.runs.iter().map(volume_settings_json).collect::<Result<Vec<_>>>()?;
+            let runs: Vec<Value> = v.runs.iter().map(volume_settings_json).collect();
             (json!(v.runs.first().map(|r| r.window.roi_size)), json!(runs), v.precision)
         }
     };
-    Ok(json!({
+    json!({
         "dataset": cli_name(plan.dataset),
         "root": plan.root, "images": plan.images, "labels": plan.labels, "unlabeled": plan.unlabeled,
         "label_ids": cli_name(plan.label_ids),
@@ -347,18 +347,18 @@ fn config_json(plan: &EvalPlan, model: EvalModel) -> Result<Value> {
         "settings": settings,
         "precision": cli_name(precision),
         "shard": plan.shard,
-    }))
+    })
 }
 
 /// What decides a whole-volume item's result (tile reuse does not: same map).
-fn volume_settings_json(s: &VolumeSettings) -> Result<Value> {
+fn volume_settings_json(s: &VolumeSettings) -> Value {
     let w = &s.window;
-    Ok(json!({
+    json!({
         "method": s.method, "patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "sigma_scale": w.sigma_scale,
         "scale_roi_budget": s.scale_roi_budget, "roi_min_coverage": s.min_coverage,
         "roi_fallback": s.fallback.map(|m| m.name()), "margin_mm": s.margin_mm,
         "faithfulness_steps": s.faithfulness_steps,
-    }))
+    })
 }
 
 /// An option value as the command line spells it.
@@ -427,7 +427,7 @@ pub fn run(model: EvalModel, plan: &EvalPlan, mut events: impl FnMut(Event)) -> 
     if let Some(spec) = &plan.shard {
         cases = dataset::shard(cases, dataset::parse_shard(spec)?);
     }
-    let config = config_json(plan, model)?;
+    let config = config_json(plan, model);
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let _lock = lock_output(out)?;
@@ -557,9 +557,6 @@ fn evaluate_case(
         (l, _) => l.as_deref(),
     };
     let per_slice = plan.methods.len() * plan.rois.len();
-    let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| {
-        emit_line(line, done, results, events)
-    };
     let items =
         |slice: Option<usize>| plan.methods.iter().flat_map(move |&m| plan.rois.iter().map(move |&r| (slice, m, r)));
     for &class in &plan.organs {
@@ -569,7 +566,12 @@ fn evaluate_case(
         let pick = if labels.is_some() { class } else { channel };
         let Some(slices) = pick_slices(&plan.slices, &volume, slice_labels, pick, explainer.orientation())? else {
             for (_, method, roi) in items(None) {
-                emit(EvalRecord::new(&case.id, class, None, method, roi, Status::OrganAbsent), done, events)?;
+                emit_line(
+                    EvalRecord::new(&case.id, class, None, method, roi, Status::OrganAbsent),
+                    done,
+                    results,
+                    events,
+                )?;
             }
             continue;
         };
@@ -588,7 +590,12 @@ fn evaluate_case(
             let input = SliceInput::new(&volume, k, range, size, labels.as_deref(), class, explainer.orientation())?;
             if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
                 for (method, roi) in todo {
-                    emit(EvalRecord::new(&case.id, class, Some(k), method, roi, Status::EmptyOrgan), done, events)?;
+                    emit_line(
+                        EvalRecord::new(&case.id, class, Some(k), method, roi, Status::EmptyOrgan),
+                        done,
+                        results,
+                        events,
+                    )?;
                 }
                 continue;
             }
@@ -630,7 +637,7 @@ fn evaluate_case(
                     Err(e) if e.kind() == ErrorKind::RoiMiss => EvalRecord { status: Status::RoiMiss, ..record },
                     Err(e) => return Err(e.into()),
                 };
-                emit(line, done, events)?;
+                emit_line(line, done, results, events)?;
             }
         }
     }
@@ -652,13 +659,10 @@ fn evaluate_volumes(
     for &class in &plan.organs {
         let organ = organ_name(class);
         let record = |method, roi, status| EvalRecord::new(&case.id, class, None, method, roi, status);
-        let emit = |line: EvalRecord, done: &mut HashSet<String>, events: &mut dyn FnMut(Event)| {
-            emit_line(line, done, results, events)
-        };
         events(Event::Planned(plan.methods.len() * plan.rois.len()));
         if labels.as_ref().is_some_and(|l| !l.contains(&(class as u8))) {
             for (method, _, roi) in items() {
-                emit(record(method, roi, Status::OrganAbsent), done, events)?;
+                emit_line(record(method, roi, Status::OrganAbsent), done, results, events)?;
             }
             continue;
         }
@@ -674,6 +678,8 @@ fn evaluate_volumes(
                 settings.intensity = Some(Intensity::MrPercentile);
             }
             settings.cancel = model.cancel.clone();
+            // One item per call (the model and CLIP ROI loaded again, under a second each): its line is
+            // durable before the next starts, and a RoiMiss stays that item's.
             let explained = explain_volume_on(
                 model.device,
                 model.precision,
@@ -703,7 +709,7 @@ fn evaluate_volumes(
                 Err(e) if kind_of(&e) == ErrorKind::RoiMiss => record(method, roi, Status::RoiMiss),
                 Err(e) => return Err(e),
             };
-            emit(line, done, events)?;
+            emit_line(line, done, results, events)?;
         }
     }
     Ok(())

@@ -173,10 +173,11 @@ pub fn volume_faithfulness<B: Backend>(
     steps: usize,
 ) -> Result<Faithfulness> {
     let steps = steps.max(1);
-    let (rank, changed) = ranking(saliency, steps);
-    // A voxel's label is its chunk: chunk c changes at step c + 1.
-    let labels: std::sync::Arc<[i32]> =
-        rank.iter().map(|&r| (1..=steps).position(|s| r < changed(s)).unwrap_or(steps - 1) as i32).collect();
+    let (rank, _) = ranking(saliency, steps);
+    // A voxel's label is its chunk, c = floor(rank steps / n): it changes at step c + 1, the first step
+    // whose ceil(step n / steps) changed pixels exceed its rank.
+    let n = saliency.len();
+    let labels: std::sync::Arc<[i32]> = rank.iter().map(|&r| (r * steps / n) as i32).collect();
     scorer.set_roi(vec![true; saliency.len()])?;
     let whole = Region { lo: [0; 3], hi: scorer.plan().image };
     let mut curves = [vec![0.0; steps + 1], vec![0.0; steps + 1]];

@@ -74,6 +74,12 @@ pub struct EvalCmd {
     pub device: super::DeviceOptions,
 }
 
+/// What explains the items: the slice explainer, or a 3-D model's whole-volume settings.
+enum Engine {
+    Slices(Box<xaiclip::Explainer>),
+    Volumes(eval::VolumeModel),
+}
+
 /// Runs (or merges) the evaluation.
 pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
     if !cmd.merge.is_empty() {
@@ -97,7 +103,7 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
     }
     // A 3-D U-Net explains whole volumes: one line per case, organ, method and ROI mode.
     let volumetric = cmd.method_args.unet.as_deref().and_then(|d| xaiclip::volumes::model_window(d).map(|w| (d, w)));
-    let (explainer, volumes) = match volumetric {
+    let engine = match volumetric {
         Some((dir, window)) => {
             if cmd.size.is_some() || cmd.slices != "organ-center" {
                 anyhow::bail!("--size and --slices are for slices; a 3-D U-Net explains each case's whole volume");
@@ -107,21 +113,19 @@ pub fn run(device: &DeviceArgs, cmd: EvalCmd) -> Result<()> {
                 .iter()
                 .map(|&m| super::volume::settings(&cmd.volume, &cmd.method_args, m, window))
                 .collect::<Result<Vec<_>>>()?;
-            let model = eval::VolumeModel {
+            Engine::Volumes(eval::VolumeModel {
                 device: device.device,
                 precision: device.precision,
                 dir: dir.to_path_buf(),
                 runs,
                 cancel: Default::default(),
-            };
-            (None, Some(model))
+            })
         }
-        None => (Some(cmd.method_args.explainer(device, cmd.size)?), None),
+        None => Engine::Slices(Box::new(cmd.method_args.explainer(device, cmd.size)?)),
     };
-    let model = match (&explainer, &volumes) {
-        (Some(e), _) => EvalModel::Slices(e),
-        (None, Some(v)) => EvalModel::Volumes(v),
-        (None, None) => unreachable!("one of the two is built above"),
+    let model = match &engine {
+        Engine::Slices(e) => EvalModel::Slices(e.as_ref()),
+        Engine::Volumes(v) => EvalModel::Volumes(v),
     };
     let window = match model {
         EvalModel::Slices(e) => e.intensity(),

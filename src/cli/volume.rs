@@ -44,8 +44,8 @@ fn parse_patch(text: &str) -> Result<[usize; 3]> {
     }
 }
 
-/// The whole-volume settings of `method` with the tiles of `model_patch` unless --patch; the ROI mode
-/// stays the whole volume.
+/// The whole-volume settings of `method` with the model's own sliding window (`model`; --patch,
+/// --overlap and --blend override it); the ROI mode stays the whole volume.
 pub fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model: SlidingWindow) -> Result<VolumeSettings> {
     let options = &args.options;
     if method == Method::Rise && options.rise_tol.is_some() {
@@ -141,9 +141,8 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
     settings.roi = cmd.roi;
     let volume = io::read_image(&cmd.case.image)?;
     let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
-    let explained =
-        explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, &[settings.clone()])?
-            .remove(0);
+    let runs = std::slice::from_ref(&settings);
+    let explained = explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, runs)?.remove(0);
     let run = &explained.run;
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     let mut staging = Staging::new();
