@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::io::{self, dicom, Volume};
+use crate::phantom::Sequence;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use std::path::{Path, PathBuf};
@@ -468,8 +469,8 @@ fn write_series_with_masks(
 
 /// A synthetic data set of `cases` phantoms (seeds seed, seed+1, ...) in `kind`'s layout under `out`:
 /// FLARE22 NIfTI, CHAOS CT/MR DICOM series (written by dicom-rs) with PNG masks, or images/ + labels/
-/// pairs. MR intensities are the CT values shifted positive (and rescaled per sequence): a stand-in
-/// that exercises the layout and the MR normalisation, not MR contrast.
+/// pairs. CHAOS-MR cases hold the MR phantoms of the same seed: T1 in phase and opposed phase (T1DUAL)
+/// and T2-SPIR, on one grid.
 pub fn write_synthetic(
     kind: DatasetKind,
     out: &Path,
@@ -481,7 +482,7 @@ pub fn write_synthetic(
     for i in 0..cases {
         let s = seed + i as u64;
         let p = crate::phantom::generate(s, size, slices);
-        let hu: Vec<i16> = p.ct.data.iter().map(|&v| v as i16).collect();
+        let hu: Vec<i16> = p.image.data.iter().map(|&v| v as i16).collect();
         match kind {
             DatasetKind::Flare22 | DatasetKind::Pairs => {
                 let (images, labels) =
@@ -491,13 +492,13 @@ pub fn write_synthetic(
                 for d in [&image_dir, &label_dir] {
                     std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create folder", d.display()))?;
                 }
-                io::nifti::write_like(&image_dir.join(format!("{id}_0000.nii.gz")), &p.ct, &hu)?;
-                io::nifti::write_like(&label_dir.join(format!("{id}.nii.gz")), &p.ct, &p.labels)?;
+                io::nifti::write_like(&image_dir.join(format!("{id}_0000.nii.gz")), &p.image, &hu)?;
+                io::nifti::write_like(&label_dir.join(format!("{id}.nii.gz")), &p.image, &p.labels)?;
             }
             DatasetKind::ChaosCt => {
                 let case = out.join("CT").join(format!("{}", i + 1));
                 write_series_with_masks(
-                    &p.ct,
+                    &p.image,
                     &p.labels,
                     &case,
                     &case.join("DICOM_anon"),
@@ -508,13 +509,10 @@ pub fn write_synthetic(
             }
             DatasetKind::ChaosMr => {
                 let case = out.join("MR").join(format!("{}", i + 1));
-                let mr = |gain: f32| Volume {
-                    data: p.ct.data.iter().map(|&v| ((v + 1024.0).max(0.0) * gain).round()).collect(),
-                    ..p.ct.clone()
-                };
+                let mr = |sequence| crate::phantom::generate_mr(s, size, slices, sequence).image;
                 let (t1, t2) = (case.join("T1DUAL"), case.join("T2SPIR"));
                 write_series_with_masks(
-                    &mr(1.0),
+                    &mr(Sequence::T1InPhase),
                     &p.labels,
                     &t1,
                     &t1.join("DICOM_anon").join("InPhase"),
@@ -522,9 +520,10 @@ pub fn write_synthetic(
                     PngEncoding::ChaosMr,
                     3 * s,
                 )?;
-                dicom::write_series(&mr(0.7), &t1.join("DICOM_anon").join("OutPhase"), "IMG-0002-", "MR", 3 * s + 1)?;
+                let opposed = mr(Sequence::T1OpposedPhase);
+                dicom::write_series(&opposed, &t1.join("DICOM_anon").join("OutPhase"), "IMG-0002-", "MR", 3 * s + 1)?;
                 write_series_with_masks(
-                    &mr(0.5),
+                    &mr(Sequence::T2Spir),
                     &p.labels,
                     &t2,
                     &t2.join("DICOM_anon"),

@@ -11,7 +11,7 @@
 //! let phantom = xaiclip::phantom::generate(7, 256, 32); // a synthetic abdominal CT with labels
 //! let explainer = Explainer::builder().device(xaiclip::Device::Cpu).build()?;
 //! let request = Request::new("liver", Method::Occlusion).roi(RoiMode::Clip).labels(phantom.labels);
-//! let explanation = explainer.explain(&phantom.ct, &request)?;
+//! let explanation = explainer.explain(&phantom.image, &request)?;
 //! assert!(explanation.run.forward_passes > 1 && explanation.run.roi_fraction() < 0.5);
 //! println!("{} forward passes, ROI {:.1}% of the slice", explanation.run.forward_passes, 100.0 * explanation.run.roi_fraction());
 //! # Ok(())

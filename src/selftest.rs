@@ -859,11 +859,11 @@ pub fn check_explainers<B: Backend>(
     // The CPU's model: the reference, and (quick) what picks the class; not loaded for nothing.
     let cpu_model = (compare_with_cpu || quick).then(|| explained_unet(&CpuBackend, quick)).transpose()?;
     let p = crate::phantom::generate(7, 256, 32);
-    let k = crate::pipeline::organ_center_slice(&p.ct, &p.labels, 1, Default::default())?;
+    let k = crate::pipeline::organ_center_slice(&p.image, &p.labels, 1, Default::default())?;
     let slice = SliceInput::new(
-        &p.ct,
+        &p.image,
         k,
-        crate::preprocess::Intensity::ABDOMEN.range(&p.ct),
+        crate::preprocess::Intensity::ABDOMEN.range(&p.image),
         size,
         Some(&p.labels),
         1,

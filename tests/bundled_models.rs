@@ -83,7 +83,7 @@ fn unet_segments_the_liver_of_unseen_phantoms() {
     for seed in [9001, 9002] {
         let p = xaiclip::phantom::generate(seed, 256, 24);
         let slices: Vec<usize> = (0..24).collect();
-        let pred = segment_slices(&CpuBackend, &model, &p.ct, &slices, &SegmentOptions::default(), |_| {}).unwrap();
+        let pred = segment_slices(&CpuBackend, &model, &p.image, &slices, &SegmentOptions::default(), |_| {}).unwrap();
         let mut acc = (0, 0);
         dice(&pred, &p.labels, 1, &mut acc);
         let d = acc.0 as f64 / acc.1 as f64;
@@ -161,8 +161,8 @@ fn the_3d_unet_segments_the_liver_of_unseen_phantoms_and_the_real_ct_in_any_file
     // the model's "layout": "RAS" reorients them as it was trained.
     for seed in [9001, 9002] {
         let p = xaiclip::phantom::generate(seed, 128, 53);
-        assert_eq!(p.ct.orientation(), "LPS");
-        let d = liver_dice_3d(&dir, &p.ct, &p.labels);
+        assert_eq!(p.image.orientation(), "LPS");
+        let d = liver_dice_3d(&dir, &p.image, &p.labels);
         println!("3-D U-Net, phantom {seed} (LPS file): liver Dice {d:.4}");
         assert!(d >= 0.95, "phantom {seed}: liver Dice {d:.4} < 0.95");
         let reference = monai(&format!("phantom {seed}"));
@@ -176,7 +176,7 @@ fn the_3d_unet_segments_the_liver_of_unseen_phantoms_and_the_real_ct_in_any_file
     config.as_object_mut().unwrap().remove("layout");
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
     let p = xaiclip::phantom::generate(9001, 128, 53);
-    let unoriented = liver_dice_3d(tmp.path(), &p.ct, &p.labels);
+    let unoriented = liver_dice_3d(tmp.path(), &p.image, &p.labels);
     println!("3-D U-Net without its layout, phantom 9001 (LPS file): liver Dice {unoriented:.4}");
     assert!(unoriented < monai("phantom 9001") - 0.03, "without the layout: Dice {unoriented:.4}");
     // The real CT (RAS, 3 mm) was never trained on.

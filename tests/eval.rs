@@ -153,7 +153,7 @@ fn chaos_trees_load_labels_slice_for_slice() {
             let (volume, labels) = dataset::load(case).unwrap();
             let seed = 11 + case.id.split('/').nth(1).unwrap().parse::<u64>().unwrap() - 1;
             let phantom = xaiclip::phantom::generate(seed, 64, 5);
-            assert_eq!(volume.dims, phantom.ct.dims);
+            assert_eq!(volume.dims, phantom.image.dims);
             let expected: Vec<u8> = phantom
                 .labels
                 .iter()
@@ -165,7 +165,7 @@ fn chaos_trees_load_labels_slice_for_slice() {
                 .collect();
             // The reader may order slices differently from the files; compare on the world grid.
             let phantom_on_grid =
-                xaiclip::io::Volume { data: expected.iter().map(|&l| l as f32).collect(), ..phantom.ct.clone() }
+                xaiclip::io::Volume { data: expected.iter().map(|&l| l as f32).collect(), ..phantom.image.clone() }
                     .labels_on_grid_of(&volume)
                     .0;
             assert_eq!(labels.unwrap(), phantom_on_grid, "{}", case.id);

@@ -41,7 +41,7 @@ fn the_volume_clip_roi_holds_the_organs_of_held_out_phantoms() {
     // Seeds 9001 and 9002 are weights/unet/split.json's phantom validation seeds (never trained on).
     for seed in [9001, 9002] {
         let p = xaiclip::phantom::generate(seed, 256, 40);
-        for (row, (_, organ)) in coverage(&format!("phantom {seed}"), &p.ct, &p.labels, &ORGANS).iter().zip(ORGANS) {
+        for (row, (_, organ)) in coverage(&format!("phantom {seed}"), &p.image, &p.labels, &ORGANS).iter().zip(ORGANS) {
             assert!(row[2] >= 0.95 && row[3] <= 0.35, "phantom {seed} {organ}: {row:?}");
         }
     }

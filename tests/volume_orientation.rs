@@ -36,7 +36,7 @@ fn flip_xy<T: Copy>(data: &[T], [nx, ny, nz]: [usize; 3]) -> Vec<T> {
 #[test]
 fn a_model_with_an_axis_code_sees_every_file_in_that_order() {
     let dir = tempfile::tempdir().unwrap();
-    let lps = xaiclip::phantom::generate(3, 64, 32).ct;
+    let lps = xaiclip::phantom::generate(3, 64, 32).image;
     assert_eq!(lps.orientation(), "LPS");
     // The same voxels stored in RAS order: x and y reversed, the affine's columns negated and moved.
     let mut affine = lps.affine;

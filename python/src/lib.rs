@@ -214,10 +214,10 @@ fn phantom<'py>(
         return Err(value_err(format!("phantom: size {size} must be 16-1024 and slices {slices} 1-512")));
     }
     let p = py.detach(|| xaiclip::phantom::generate(seed, size, slices));
-    let dims = p.ct.dims;
+    let dims = p.image.dims;
     let labels = Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), p.labels).expect("dims").into_pyarray(py);
-    let affine = affine_array(py, &p.ct.affine);
-    Ok((volume_array(py, dims, p.ct.data), labels, affine))
+    let affine = affine_array(py, &p.image.affine);
+    Ok((volume_array(py, dims, p.image.data), labels, affine))
 }
 
 /// Runs `work` without the GIL; `progress(done, total)` (a Python callable or None) is called after

@@ -83,7 +83,7 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
         let p = phantom::generate(7, 256, 32);
         let class = explainer.class_of(&cmd.method_args.organ)?;
         let slices = super::parse_slices("--slice", &cmd.slice)?;
-        Case::new(&explainer, p.ct, Some(p.labels), &slices, class)?
+        Case::new(&explainer, p.image, Some(p.labels), &slices, class)?
     } else {
         let image = cmd.image.as_deref().context("--image or --demo is required")?;
         let args = CaseArgs {

@@ -47,11 +47,11 @@ pub fn run(device: &DeviceArgs, cmd: DemoCmd) -> Result<()> {
         .with_context(|| format!("{}: cannot create folder", phantom_dir.display()))?;
     io::nifti::write_like(
         &phantom_dir.join("ct.nii.gz"),
-        &p.ct,
-        &p.ct.data.iter().map(|&v| v as i16).collect::<Vec<_>>(),
+        &p.image,
+        &p.image.data.iter().map(|&v| v as i16).collect::<Vec<_>>(),
     )?;
-    io::nifti::write_like(&phantom_dir.join("labels.nii.gz"), &p.ct, &p.labels)?;
-    let case = Case::new(&explainer, p.ct, Some(p.labels), &Slices::OrganCenter, 1)?;
+    io::nifti::write_like(&phantom_dir.join("labels.nii.gz"), &p.image, &p.labels)?;
+    let case = Case::new(&explainer, p.image, Some(p.labels), &Slices::OrganCenter, 1)?;
     let clip = case.clip(&explainer, true)?;
     let labels = explainer.segment(&case.volume, &[case.slice], explainer.intensity(), 1, |_| {})?;
     io::nifti::write_like(&out.join("segmentation.nii.gz"), &case.volume, &labels)?;

@@ -1,4 +1,4 @@
-//! `xaiclip phantom`: a synthetic CT with labels, or a synthetic data set tree.
+//! `xaiclip phantom`: a synthetic CT or MR with labels, or a synthetic data set tree.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -24,11 +24,15 @@ pub struct PhantomCmd {
     /// Cases in the data set tree (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 3, requires = "layout")]
     pub cases: usize,
+    /// MR instead of CT: the same anatomy (same labels) in this CHAOS sequence's contrast, written as
+    /// mr_<sequence>.nii.gz (t1-in-phase, t1-opposed-phase, t2-spir; `--slices 20` gives CHAOS's 8 mm).
+    #[arg(long, value_enum, conflicts_with = "layout")]
+    pub mr: Option<phantom::Sequence>,
 }
 
 /// Writes the phantom (or the data set tree).
 pub fn run(cmd: PhantomCmd) -> Result<()> {
-    let PhantomCmd { seed, out, size, slices, layout, cases } = cmd;
+    let PhantomCmd { seed, out, size, slices, layout, cases, mr } = cmd;
     if !(32..=1024).contains(&size) || !(1..=512).contains(&slices) {
         bail!("phantom size must be 32 to 1024 pixels and slices 1 to 512 (got {size} and {slices})");
     }
@@ -38,10 +42,13 @@ pub fn run(cmd: PhantomCmd) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create folder", out.display()))?;
-    let p = phantom::generate(seed, size, slices);
-    let hu: Vec<i16> = p.ct.data.iter().map(|&v| v as i16).collect();
-    io::nifti::write_like(&out.join("ct.nii.gz"), &p.ct, &hu)?;
-    io::nifti::write_like(&out.join("labels.nii.gz"), &p.ct, &p.labels)?;
-    eprintln!("wrote {} and {}", out.join("ct.nii.gz").display(), out.join("labels.nii.gz").display());
+    let (p, name) = match mr {
+        Some(sequence) => (phantom::generate_mr(seed, size, slices, sequence), format!("mr_{}.nii.gz", sequence.name())),
+        None => (phantom::generate(seed, size, slices), "ct.nii.gz".to_string()),
+    };
+    let values: Vec<i16> = p.image.data.iter().map(|&v| v as i16).collect();
+    io::nifti::write_like(&out.join(&name), &p.image, &values)?;
+    io::nifti::write_like(&out.join("labels.nii.gz"), &p.image, &p.labels)?;
+    eprintln!("wrote {} and {}", out.join(&name).display(), out.join("labels.nii.gz").display());
     Ok(())
 }
