@@ -39,8 +39,8 @@ fn clip_tower(c: &mut Criterion) {
 fn explainers(c: &mut Criterion) {
     let model = SegModel::Basic(BasicUNet::load_dir(&CpuBackend, &weights("unet")).unwrap());
     let p = xaiclip::phantom::generate(7, 256, 32);
-    let range = Intensity::ABDOMEN.range(&p.ct);
-    let input = SliceInput::new(&p.ct, 20, range, 256, Some(&p.labels), 1, Default::default()).unwrap();
+    let range = Intensity::ABDOMEN.range(&p.image);
+    let input = SliceInput::new(&p.image, 20, range, 256, Some(&p.labels), 1, Default::default()).unwrap();
     let mut settings = Settings::defaults(0);
     settings.faithfulness_steps = 0;
     settings.rise.masks = 200;

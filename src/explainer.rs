@@ -20,7 +20,7 @@ use crate::pipeline::{
     model_size, run_method, saliency_on_slice, saliency_volume, BatchSize, Method, MethodRun, Settings, SliceInput,
     Slices,
 };
-use crate::preprocess::{Intensity, Orientation};
+use crate::preprocess::{Intensity, Modality, Orientation};
 use crate::roi::clip::{ClipOptions, ClipRoi, ClipRoiFinder};
 use crate::roi::RoiMode;
 use crate::segment::{segment_slices, SegmentOptions};
@@ -368,11 +368,11 @@ impl<B: Backend> Loaded<B> {
         Ok(Self { backend, unet, size, clip: OnceLock::new() })
     }
 
-    fn clip(&self, options: &ClipOptions) -> anyhow::Result<&ClipRoiFinder<B>> {
+    fn clip(&self, options: &ClipOptions, modality: Modality) -> anyhow::Result<&ClipRoiFinder<B>> {
         if let Some(f) = self.clip.get() {
             return Ok(f);
         }
-        let finder = ClipRoiFinder::load(&self.backend, options)?;
+        let finder = ClipRoiFinder::load(&self.backend, options, modality)?;
         Ok(self.clip.get_or_init(|| finder))
     }
 }
@@ -571,6 +571,17 @@ impl Explainer {
             unet.insert("slices".into(), self.orientation().describe().into());
             unet.insert("intensity".into(), format!("{:?}", self.intensity).into());
         }
+        // The CLIP side describes the organ with the prompts of the images' modality.
+        let prompts = match &self.clip.prompts {
+            crate::roi::clip::Prompts::Coop => format!("CoOp contexts ({})", self.intensity.modality().name()),
+            crate::roi::clip::Prompts::Template => {
+                format!("\"{}\"", crate::roi::clip::hand_template(self.intensity.modality()))
+            }
+            crate::roi::clip::Prompts::Custom(p) => format!("\"{p}\" for the organ"),
+        };
+        if let Some(serde_json::Value::Object(clip)) = out.get_mut("clip") {
+            clip.insert("prompts".into(), prompts.into());
+        }
         Ok(out.into())
     }
 
@@ -749,7 +760,12 @@ impl Explainer {
     /// The CLIP ROI of a prepared slice (thresholded map, before the margin) and its seconds.
     pub fn clip_roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
         let prompt = self.label_id(class)?;
-        with_engine!(self, |e| Ok(e.clip(&self.clip)?.roi(&e.backend, &input.image, input.size, prompt)?))
+        with_engine!(self, |e| Ok(e.clip(&self.clip, self.intensity.modality())?.roi(
+            &e.backend,
+            &input.image,
+            input.size,
+            prompt
+        )?))
     }
 
     /// One method in one ROI mode on a prepared slice; `progress(done, total)` counts forward passes.

@@ -202,7 +202,13 @@ fn volume(seed: u64, size: usize, slices: usize, data: Vec<f32>) -> Volume {
     let (sp, dz) = (FOV_MM / size as f64, HEIGHT_MM / slices as f64);
     let origin = (FOV_MM / 2.0, FOV_MM / 2.0, -HEIGHT_MM / 2.0);
     let affine = [[-sp, 0.0, 0.0, origin.0], [0.0, -sp, 0.0, origin.1], [0.0, 0.0, dz, origin.2], [0.0, 0.0, 0.0, 1.0]];
-    Volume { dims: [size, size, slices], data, affine, source: PathBuf::from(format!("phantom-seed{seed}")), nifti_header: None }
+    Volume {
+        dims: [size, size, slices],
+        data,
+        affine,
+        source: PathBuf::from(format!("phantom-seed{seed}")),
+        nifti_header: None,
+    }
 }
 
 /// A CT phantom of `slices` axial slices of `size` x `size` pixels (field of view 384 mm, 160 mm tall),
@@ -256,7 +262,8 @@ pub fn generate_mr(seed: u64, size: usize, slices: usize, sequence: Sequence) ->
                     Sequence::T1InPhase => water[i] + fat[i],
                     Sequence::T2Spir => water[i] + FAT_SUPPRESSION * fat[i],
                 } as f64;
-                let b = (bias[0] * x + bias[1] * y + bias[2] * z + bias[3] * x * y + bias[4] * x * x + bias[5] * y * y).exp();
+                let b = (bias[0] * x + bias[1] * y + bias[2] * z + bias[3] * x * y + bias[4] * x * x + bias[5] * y * y)
+                    .exp();
                 let (re, im) = (s * b + sigma * d.gauss(), sigma * d.gauss());
                 data.push(((re * re + im * im).sqrt() * gain).round().clamp(0.0, 4095.0) as f32);
             }
@@ -297,15 +304,15 @@ fn relaxation(t: Tissue) -> Relaxation {
         Tissue::Marrow => r(0.8, 0.5, 549.0, 49.0),
         Tissue::Csf => r(1.0, 0.0, 4000.0, 2000.0),
         Tissue::Organ(label) => match label {
-            1 => r(0.7, 0.03, 586.0, 46.0),            // liver
-            3 => r(0.8, 0.0, 1057.0, 79.0),            // spleen
-            4 => r(0.7, 0.0, 584.0, 46.0),             // pancreas
-            2 | 13 => r(0.8, 0.0, 966.0, 87.0),        // kidneys (cortex)
+            1 => r(0.7, 0.03, 586.0, 46.0),                                    // liver
+            3 => r(0.8, 0.0, 1057.0, 79.0),                                    // spleen
+            4 => r(0.7, 0.0, 584.0, 46.0),                                     // pancreas
+            2 | 13 => r(0.8, 0.0, 966.0, 87.0),                                // kidneys (cortex)
             5 | 6 => Relaxation { flows: true, ..r(0.9, 0.0, 1441.0, 290.0) }, // aorta, IVC: blood
-            9 => r(0.95, 0.0, 3000.0, 700.0),          // gallbladder: bile
-            11 => r(0.9, 0.0, 2000.0, 300.0),          // stomach: contents and wall
-            7 | 8 => r(0.75, 0.0, 750.0, 60.0),        // adrenal glands
-            _ => r(0.75, 0.0, 900.0, 50.0),            // duodenum, esophagus: bowel wall
+            9 => r(0.95, 0.0, 3000.0, 700.0),                                  // gallbladder: bile
+            11 => r(0.9, 0.0, 2000.0, 300.0),                                  // stomach: contents and wall
+            7 | 8 => r(0.75, 0.0, 750.0, 60.0),                                // adrenal glands
+            _ => r(0.75, 0.0, 900.0, 50.0),                                    // duodenum, esophagus: bowel wall
         },
     }
 }

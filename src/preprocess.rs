@@ -233,6 +233,25 @@ impl Orientation {
     }
 }
 
+/// Image modality: decides how intensities are normalised and which prompts describe the organs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Modality {
+    /// CT: fixed HU window (--window).
+    Ct,
+    /// MR: the volume's 0.5th-99.5th percentiles map to [0, 1].
+    Mr,
+}
+
+impl Modality {
+    /// "ct" or "mr", as in reports and CoOp folders.
+    pub fn name(self) -> &'static str {
+        match self {
+            Modality::Ct => "ct",
+            Modality::Mr => "mr",
+        }
+    }
+}
+
 /// Intensity normalisation to [0, 1] before the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Intensity {
@@ -246,6 +265,14 @@ pub enum Intensity {
 impl Intensity {
     /// The abdomen window used by default: [-160, 240] HU (level 40, width 400).
     pub const ABDOMEN: Intensity = Intensity::CtWindow { low: -160.0, high: 240.0 };
+
+    /// The modality this normalisation is for.
+    pub fn modality(&self) -> Modality {
+        match self {
+            Intensity::CtWindow { .. } => Modality::Ct,
+            Intensity::MrPercentile => Modality::Mr,
+        }
+    }
 
     /// Resolves to a concrete (low, high) for this volume.
     pub fn range(&self, volume: &Volume) -> (f32, f32) {

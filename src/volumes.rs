@@ -601,8 +601,9 @@ pub fn explain_volumes_on(
         );
         let clip = match clipped.first() {
             Some(s) => {
-                let finder = ClipRoiFinder::load(b, &s.clip)?;
-                let range = model.input_intensity(s.intensity)?.range(volume);
+                let intensity = model.input_intensity(s.intensity)?;
+                let finder = ClipRoiFinder::load(b, &s.clip, intensity.modality())?;
+                let range = intensity.range(volume);
                 Some(clip_volume(b, &finder, volume, range, model.label_id(class)?, |d, t| progress("clip", d, t))?)
             }
             None => None,

@@ -75,9 +75,10 @@ fn mr_phantoms_have_the_contrast_of_their_sequence() {
     use xaiclip::phantom::{generate, generate_mr, Sequence};
     let (n, slices, seed) = (128, 20, 11);
     let ct = generate(seed, n, slices);
-    let [t1, opposed, t2] = [Sequence::T1InPhase, Sequence::T1OpposedPhase, Sequence::T2Spir]
-        .map(|s| generate_mr(seed, n, slices, s));
-    let (m1, mo, m2) = (interior_means(&t1, n, slices), interior_means(&opposed, n, slices), interior_means(&t2, n, slices));
+    let [t1, opposed, t2] =
+        [Sequence::T1InPhase, Sequence::T1OpposedPhase, Sequence::T2Spir].map(|s| generate_mr(seed, n, slices, s));
+    let (m1, mo, m2) =
+        (interior_means(&t1, n, slices), interior_means(&opposed, n, slices), interior_means(&t2, n, slices));
     for p in [&t1, &opposed, &t2] {
         assert_eq!(p.labels, ct.labels, "an MR phantom must have the anatomy of the CT of its seed");
         assert_eq!(p.image.affine, ct.image.affine);
@@ -90,9 +91,8 @@ fn mr_phantoms_have_the_contrast_of_their_sequence() {
     assert!(m2[spleen] > 1.5 * m2[liver] && m2[kidney] > 1.5 * m2[liver], "T2 {m2:?}");
     assert!(m2[gallbladder] > m2[spleen], "T2 bile {:.0} vs spleen {:.0}", m2[gallbladder], m2[spleen]);
     // Fat (found on the CT of the same seed): brightest on T1, suppressed on T2-SPIR.
-    let fat: Vec<usize> = (0..ct.labels.len())
-        .filter(|&i| ct.labels[i] == 0 && (-130.0..-70.0).contains(&ct.image.data[i]))
-        .collect();
+    let fat: Vec<usize> =
+        (0..ct.labels.len()).filter(|&i| ct.labels[i] == 0 && (-130.0..-70.0).contains(&ct.image.data[i])).collect();
     let mean_at = |p: &xaiclip::phantom::Phantom, idx: &[usize]| {
         idx.iter().map(|&i| p.image.data[i] as f64).sum::<f64>() / idx.len() as f64
     };

@@ -11,13 +11,13 @@ use xaiclip::roi::volume::{clip_volume, dilate};
 
 /// (coverage of the organ, share of the volume) of the CLIP mask and of the ROI grown by 15 mm, per
 /// FLARE22 organ id; printed for the record.
-fn coverage(name: &str, ct: &Volume, labels: &[u8], organs: &[(usize, &str)]) -> Vec<[f64; 4]> {
-    let finder = ClipRoiFinder::load(&CpuBackend, &ClipOptions::default()).unwrap();
+fn coverage(name: &str, ct: &Volume, labels: &[u8], organs: &[(usize, &str)], intensity: Intensity) -> Vec<[f64; 4]> {
+    let finder = ClipRoiFinder::load(&CpuBackend, &ClipOptions::default(), intensity.modality()).unwrap();
     let [nx, ny, nz] = ct.dims;
     let spacing = ct.spacing();
     let mut out = Vec::new();
     for &(id, organ) in organs {
-        let clip = clip_volume(&CpuBackend, &finder, ct, Intensity::ABDOMEN.range(ct), id, |_, _| {}).unwrap();
+        let clip = clip_volume(&CpuBackend, &finder, ct, intensity.range(ct), id, |_, _| {}).unwrap();
         assert_eq!(clip.slices, nz);
         assert!(clip.probability.iter().all(|p| (0.0..=1.0).contains(p)));
         let roi = dilate(&clip.mask, [nz, ny, nx], [spacing[2], spacing[1], spacing[0]], 15.0);
@@ -41,7 +41,9 @@ fn the_volume_clip_roi_holds_the_organs_of_held_out_phantoms() {
     // Seeds 9001 and 9002 are weights/unet/split.json's phantom validation seeds (never trained on).
     for seed in [9001, 9002] {
         let p = xaiclip::phantom::generate(seed, 256, 40);
-        for (row, (_, organ)) in coverage(&format!("phantom {seed}"), &p.image, &p.labels, &ORGANS).iter().zip(ORGANS) {
+        for (row, (_, organ)) in
+            coverage(&format!("phantom {seed}"), &p.image, &p.labels, &ORGANS, Intensity::ABDOMEN).iter().zip(ORGANS)
+        {
             assert!(row[2] >= 0.95 && row[3] <= 0.35, "phantom {seed} {organ}: {row:?}");
         }
     }
@@ -52,7 +54,23 @@ fn the_volume_clip_roi_holds_the_organs_of_the_real_ct() {
     let Some(dir) = common::shared_data() else { return };
     let ct = xaiclip::read_volume(dir.join("ct_small.nii.gz")).unwrap();
     let labels = xaiclip::read_labels(dir.join("ct_small_seg.nii.gz"), LabelIds::Totalseg, &ct).unwrap();
-    for (row, (_, organ)) in coverage("ct_small", &ct, &labels, &ORGANS).iter().zip(ORGANS) {
+    for (row, (_, organ)) in coverage("ct_small", &ct, &labels, &ORGANS, Intensity::ABDOMEN).iter().zip(ORGANS) {
         assert!(row[2] >= 0.95 && row[3] <= 0.35, "ct_small {organ}: {row:?}");
+    }
+}
+
+#[test]
+fn the_volume_clip_roi_holds_the_organs_of_held_out_mr_phantoms() {
+    use xaiclip::phantom::Sequence;
+    for seed in [9001, 9002] {
+        for sequence in [Sequence::T1InPhase, Sequence::T1OpposedPhase, Sequence::T2Spir] {
+            let p = xaiclip::phantom::generate_mr(seed, 256, 20, sequence);
+            let name = format!("MR phantom {seed} {}", sequence.name());
+            for (row, (_, organ)) in
+                coverage(&name, &p.image, &p.labels, &ORGANS, Intensity::MrPercentile).iter().zip(ORGANS)
+            {
+                assert!(row[2] >= 0.95 && row[3] <= 0.35, "{name} {organ}: {row:?}");
+            }
+        }
     }
 }

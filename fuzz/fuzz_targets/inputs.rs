@@ -46,7 +46,10 @@ pub fn run(target: &str, data: &[u8], scratch: &Path) -> Result<(), String> {
             if selector & 1 == 0 {
                 xaiclip::models::BasicUNet::load_dir(&CpuBackend, &dir).map(|_| ())
             } else {
-                xaiclip::roi::clip::CoopContexts::load_dir(&dir).map(|_| ())
+                // Both modalities: MR reads prefixed contexts, or refuses a CT-only folder.
+                use xaiclip::preprocess::Modality;
+                let modality = if selector & 2 == 0 { Modality::Ct } else { Modality::Mr };
+                xaiclip::roi::clip::CoopContexts::load_dir(&dir, modality).map(|_| ())
             }
         }
         // CHAOS CT grey levels, or (odd first byte) MR ones.

@@ -1,6 +1,6 @@
 //! `xaiclip eval`: the data set evaluation of `xaiclip::eval`, with progress bars.
 
-use super::{progress_bar, DeviceArgs, MethodArgs, Modality};
+use super::{progress_bar, DeviceArgs, MethodArgs};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use indicatif::MultiProgress;
@@ -10,6 +10,7 @@ use xaiclip::dataset::{DatasetKind, LabelIds};
 use xaiclip::eval::{self, EvalModel, EvalPlan, Event};
 use xaiclip::organs::{organ_class, organ_name};
 use xaiclip::pipeline::{Method, Slices};
+use xaiclip::preprocess::Modality;
 use xaiclip::roi::RoiMode;
 
 #[derive(Args, Debug)]

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use xaiclip::dataset::LabelIds;
-use xaiclip::preprocess::Intensity;
+use xaiclip::preprocess::{Intensity, Modality};
 use xaiclip::{Device, Precision};
 
 #[derive(Parser, Debug)]
@@ -209,17 +209,10 @@ pub enum Scale {
     Shared,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-pub enum Modality {
-    /// CT: fixed HU window (--window).
-    Ct,
-    /// MR: the volume's 0.5th-99.5th percentiles map to [0, 1].
-    Mr,
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct IntensityArgs {
-    /// Image modality; decides how intensities are normalised [default: ct].
+    /// Image modality; decides how intensities are normalised and which CLIP prompts (CoOp contexts or
+    /// the hand template) describe the organ [default: ct].
     #[arg(long, value_enum, help_heading = "Input")]
     pub modality: Option<Modality>,
     /// CT window LOW,HIGH in HU mapped to [0, 1] [default: -160,240 (abdomen, level 40 width 400); an

@@ -43,7 +43,9 @@ pub fn run(cmd: PhantomCmd) -> Result<()> {
     }
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let (p, name) = match mr {
-        Some(sequence) => (phantom::generate_mr(seed, size, slices, sequence), format!("mr_{}.nii.gz", sequence.name())),
+        Some(sequence) => {
+            (phantom::generate_mr(seed, size, slices, sequence), format!("mr_{}.nii.gz", sequence.name()))
+        }
         None => (phantom::generate(seed, size, slices), "ct.nii.gz".to_string()),
     };
     let values: Vec<i16> = p.image.data.iter().map(|&v| v as i16).collect();

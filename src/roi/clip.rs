@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::models::bundled;
 use crate::models::clip::{ClassPosition, ClipModel, ClipTokenizer, IMAGE_MEAN, IMAGE_STD};
 use crate::organs::FLARE22_ORGANS;
-use crate::preprocess::resize_bilinear;
+use crate::preprocess::{resize_bilinear, Modality};
 use crate::tensor::Tensor;
 use crate::weights::WeightsFile;
 use anyhow::{bail, ensure, Context, Result};
@@ -14,10 +14,16 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The classes the bundled CLIP/CoOp know: index = FLARE22 id, 0 = background.
-pub const HAND_TEMPLATE: &str = "a CT image of the {}";
+/// The hand-written prompt of a class in `modality` ("a CT image of the {}", "an MR image of the {}"):
+/// the prompts the bundled CLIP was trained with, and the CoOp-free fallback.
+pub fn hand_template(modality: Modality) -> &'static str {
+    match modality {
+        Modality::Ct => "a CT image of the {}",
+        Modality::Mr => "an MR image of the {}",
+    }
+}
 
-/// CoOp's learned context vectors, one set per class (class-specific context).
+/// CoOp's learned context vectors, one set per class (class-specific context), for one modality.
 pub struct CoopContexts {
     /// Class names, in the order of the contexts.
     pub classes: Vec<String>,
@@ -28,8 +34,10 @@ pub struct CoopContexts {
 }
 
 impl CoopContexts {
-    /// Loads `dir/config.json` (classes, position) and `dir/model.safetensors` (contexts).
-    pub fn load_dir(dir: &Path) -> Result<Self> {
+    /// Loads `dir/config.json` (classes, position) and `dir/model.safetensors`: the contexts of
+    /// `modality`, named "{modality}/{class}" when the config lists `modalities`; a folder without that
+    /// list holds CT contexts named by class, as CoOp writes them.
+    pub fn load_dir(dir: &Path, modality: Modality) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("{}: cannot read CoOp config", config_path.display()))?;
@@ -46,8 +54,23 @@ impl CoopContexts {
             "front" => ClassPosition::Front,
             other => bail!("{}: class_position {other:?} (use end, middle or front)", config_path.display()),
         };
+        let prefix = match v.get("modalities").and_then(Value::as_object) {
+            Some(m) if m.contains_key(modality.name()) => format!("{}/", modality.name()),
+            Some(m) => bail!(
+                "{}: CoOp contexts for {} only, not {}; use a CoOp folder trained on {} images, or --no-coop for the hand prompt",
+                config_path.display(),
+                m.keys().cloned().collect::<Vec<_>>().join(", "),
+                modality.name(),
+                modality.name()
+            ),
+            None if modality == Modality::Ct => String::new(),
+            None => bail!(
+                "{}: CoOp contexts without a \"modalities\" list are CT contexts; for MR use a CoOp folder trained on MR (the bundled one is), or --no-coop for the hand prompt",
+                config_path.display()
+            ),
+        };
         let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
-        let contexts = classes.iter().map(|c| weights.get(c)).collect::<Result<Vec<_>>>()?;
+        let contexts = classes.iter().map(|c| weights.get(&format!("{prefix}{c}"))).collect::<Result<Vec<_>>>()?;
         Ok(Self { classes, position, contexts })
     }
 }
@@ -68,13 +91,14 @@ fn normalised(v: &[f32]) -> Vec<f32> {
 
 impl<'a, B: Backend> ClipLocaliser<'a, B> {
     /// Class text features from CoOp contexts; `prompt` replaces the target class's prompt by a
-    /// hand-written one (then every class uses the hand template, so the softmax compares like with like).
+    /// hand-written one (then every class uses `template`, so the softmax compares like with like).
     pub fn new(
         backend: &B,
         model: &'a ClipModel<B>,
         classes: &[String],
         coop: Option<&CoopContexts>,
         prompt: Option<(usize, &str)>,
+        template: &str,
     ) -> Result<Self> {
         let tok = ClipTokenizer::default();
         let text = match (coop, prompt) {
@@ -100,7 +124,7 @@ impl<'a, B: Backend> ClipLocaliser<'a, B> {
                     .enumerate()
                     .map(|(c, name)| match prompt {
                         Some((target, text)) if target == c => tok.tokenize(text),
-                        _ => tok.tokenize(&HAND_TEMPLATE.replace("{}", name)),
+                        _ => tok.tokenize(&template.replace("{}", name)),
                     })
                     .collect();
                 let t = model.encode_text_ids(backend, &ids)?;
@@ -251,7 +275,8 @@ pub struct ClipRoi {
 pub enum Prompts {
     /// CoOp's learned context vectors (the folder's `config.json` + `model.safetensors`).
     Coop,
-    /// The hand-written template "a CT image of the {organ}" for every class.
+    /// The hand-written template of the modality ("a CT image of the {organ}", "an MR image of the
+    /// {organ}") for every class.
     Template,
     /// This prompt for the target organ (the other classes use the template).
     Custom(String),
@@ -276,18 +301,20 @@ impl Default for ClipOptions {
     }
 }
 
-/// CLIP weights and CoOp contexts, loaded once and used for many slices.
+/// CLIP weights and CoOp contexts of one modality, loaded once and used for many slices.
 pub struct ClipRoiFinder<B: Backend> {
     clip: ClipModel<B>,
     coop: Option<CoopContexts>,
     classes: Vec<String>,
     prompt: Option<String>,
     threshold: Threshold,
+    modality: Modality,
 }
 
 impl<B: Backend> ClipRoiFinder<B> {
-    /// Loads CLIP (and CoOp) onto `backend` from `options` (bundled folders when none are given).
-    pub fn load(backend: &B, options: &ClipOptions) -> Result<Self> {
+    /// Loads CLIP (and CoOp) onto `backend` from `options` (bundled folders when none are given), with
+    /// the prompts of `modality` (the images' modality: `Intensity::modality`).
+    pub fn load(backend: &B, options: &ClipOptions, modality: Modality) -> Result<Self> {
         let clip_dir = match &options.clip {
             Some(d) => d.clone(),
             None => bundled("clip")?,
@@ -302,7 +329,7 @@ impl<B: Backend> ClipRoiFinder<B> {
                     Some(d) => d.clone(),
                     None => bundled("coop")?,
                 };
-                Some(CoopContexts::load_dir(&dir).map_err(|e| Error::input(&dir, e))?)
+                Some(CoopContexts::load_dir(&dir, modality).map_err(|e| Error::input(&dir, e))?)
             }
             Prompts::Template | Prompts::Custom(_) => None,
         };
@@ -310,14 +337,14 @@ impl<B: Backend> ClipRoiFinder<B> {
             Prompts::Custom(p) => Some(p.clone()),
             _ => None,
         };
-        Ok(Self { clip, coop, classes, prompt, threshold: options.threshold })
+        Ok(Self { clip, coop, classes, prompt, threshold: options.threshold, modality })
     }
 
     /// Normalised text features of every class for prompts of `class` (a FLARE22 id): built once per
     /// organ, then used for any number of slices.
     pub fn localiser(&self, backend: &B, class: usize) -> Result<ClipLocaliser<'_, B>> {
         let prompt = self.prompt.as_deref().map(|p| (class, p));
-        ClipLocaliser::new(backend, &self.clip, &self.classes, self.coop.as_ref(), prompt)
+        ClipLocaliser::new(backend, &self.clip, &self.classes, self.coop.as_ref(), prompt, hand_template(self.modality))
     }
 
     /// The threshold that turns probability maps into masks.

@@ -39,6 +39,28 @@ def axial_slices(path):
     return np.ascontiguousarray(arr[::-1, ::-1, :].transpose(2, 1, 0)), img.affine
 
 
+def mr_normalise(slices):
+    """xaiclip's MR rule (Intensity::MrPercentile): the volume's 0.5th and 99.5th percentiles (sorted
+    values at index round((n - 1) q), halves away from zero) become 0 and 1, clamped outside."""
+    flat = np.sort(slices.ravel())
+    at = lambda q: flat[int(np.floor((flat.size - 1) * q + 0.5))]
+    lo, hi = at(0.005), at(0.995)
+    hi = hi if hi > lo else lo + 1.0
+    return np.clip((slices - lo) / (hi - lo), 0.0, 1.0)
+
+
+SEQUENCES = ["t1-in-phase", "t1-opposed-phase", "t2-spir"]
+
+
+def load_mr_phantom(binary, workdir, seed, size, slices, sequence):
+    """An MR phantom (`xaiclip phantom --mr SEQUENCE`) normalised as xaiclip normalises MR, and its labels."""
+    out = os.path.join(workdir, f"mr{seed}")
+    xaiclip(binary, "phantom", "--seed", str(seed), "--out", out, "--size", str(size), "--slices", str(slices), "--mr", sequence)
+    x, _ = axial_slices(os.path.join(out, f"mr_{sequence.replace('-', '_')}.nii.gz"))
+    y, _ = axial_slices(os.path.join(out, "labels.nii.gz"))
+    return mr_normalise(x).astype(np.float32), np.rint(y).astype(np.int64)
+
+
 def window(slices):
     lo, hi = WINDOW
     return np.clip((slices - lo) / (hi - lo), 0.0, 1.0)
