@@ -73,3 +73,33 @@ fn vit_b16_shaped_model_builds_and_runs() {
     assert_eq!(text.shape(), &[1, 512]);
     assert!(text.data().iter().all(|v| v.is_finite()));
 }
+
+/// The published CLIP layouts (tests/fixtures/make_clip_layout_fixtures.py): OpenAI ViT-B/32 (PubMedCLIP)
+/// and ViT-L/14 geometry, float16 weights, against transformers.
+#[test]
+fn vit_b32_and_l14_layouts_match_transformers() {
+    for (name, grid) in [("clip_vit_b32_layout", 7), ("clip_vit_l14_layout", 16)] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let model = ClipModel::load_dir(&CpuBackend, &dir).unwrap();
+        let io = WeightsFile::open(&dir.join("io.safetensors")).unwrap();
+        let image = model.encode_image(&CpuBackend, &io.get("images").unwrap()).unwrap();
+        let e = err(&image, &io.get("image_embeds").unwrap());
+        println!("{name} image features: {e:.2e}");
+        assert!(e < 1e-4, "{name} image features: {e}");
+        let text = model.encode_text_ids(&CpuBackend, &[vec![998, 5, 17, 300, 42, 999, 0, 0]]).unwrap();
+        let e = err(&text, &io.get("text_embeds").unwrap());
+        println!("{name} text features: {e:.2e}");
+        assert!(e < 1e-4, "{name} text features: {e}");
+        let (dense, gh, gw) = model.dense_image_features(&CpuBackend, &io.get("images").unwrap()).unwrap();
+        assert_eq!((gh, gw), (grid, grid), "{name}: patch grid");
+        let e = err(&dense, &io.get("dense").unwrap());
+        println!("{name} dense features ({gh}x{gw}): {e:.2e}");
+        assert!(e < 1e-4, "{name} dense features: {e}");
+        if let Ok(large) = io.get("large") {
+            let (dense, gh, gw) = model.dense_image_features(&CpuBackend, &large).unwrap();
+            let e = err(&dense, &io.get("dense_large").unwrap());
+            println!("{name} dense features at {} px ({gh}x{gw}, interpolated positions): {e:.2e}", large.shape()[2]);
+            assert!(e < 1e-4, "{name} dense_large: {e}");
+        }
+    }
+}
