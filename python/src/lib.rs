@@ -199,21 +199,33 @@ fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<VolumeArrays<'py>
     Ok((volume_array(py, v.dims, v.data), affine))
 }
 
-/// The synthetic abdominal CT of the demo (`xaiclip demo`, `bench --demo`: seed 7, 256², 32 slices):
-/// `(ct int16 HU as float32, FLARE22 labels uint8, affine)`, indexed [i, j, k].
+/// The synthetic abdominal CT of the demo (`xaiclip demo`, `bench --demo`: seed 7, 256², 32 slices), or
+/// with `mr` (t1-in-phase, t1-opposed-phase, t2-spir) the MR of the same anatomy:
+/// `(image as float32, FLARE22 labels uint8, affine)`, indexed [i, j, k].
 #[pyfunction]
-#[pyo3(signature = (seed=7, size=256, slices=32))]
+#[pyo3(signature = (seed=7, size=256, slices=32, mr=None))]
 #[allow(clippy::type_complexity)]
 fn phantom<'py>(
     py: Python<'py>,
     seed: u64,
     size: usize,
     slices: usize,
+    mr: Option<&str>,
 ) -> PyResult<(Bound<'py, PyArray3<f32>>, Bound<'py, PyArray3<u8>>, Bound<'py, PyArray2<f64>>)> {
     if !(16..=1024).contains(&size) || !(1..=512).contains(&slices) {
         return Err(value_err(format!("phantom: size {size} must be 16-1024 and slices {slices} 1-512")));
     }
-    let p = py.detach(|| xaiclip::phantom::generate(seed, size, slices));
+    let sequence = mr
+        .map(|m| {
+            <xaiclip::phantom::Sequence as clap::ValueEnum>::from_str(m, false).map_err(|_| {
+                value_err(format!("mr={m:?}: expected \"t1-in-phase\", \"t1-opposed-phase\" or \"t2-spir\""))
+            })
+        })
+        .transpose()?;
+    let p = py.detach(|| match sequence {
+        Some(q) => xaiclip::phantom::generate_mr(seed, size, slices, q),
+        None => xaiclip::phantom::generate(seed, size, slices),
+    });
     let dims = p.image.dims;
     let labels = Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), p.labels).expect("dims").into_pyarray(py);
     let affine = affine_array(py, &p.image.affine);

@@ -89,6 +89,16 @@ def test_phantom_is_the_cli_phantom(demo_dir):
     assert np.array_equal(read_affine, affine)
 
 
+def test_mr_phantom_is_the_cli_mr_phantom(tmp_path):
+    run_cli("phantom", "--seed", 9, "--size", 64, "--slices", 6, "--mr", "t2-spir", "--out", tmp_path)
+    mr, labels, affine = xaiclip.phantom(9, 64, 6, mr="t2-spir")
+    img = nib.load(tmp_path / "mr_t2_spir.nii.gz")
+    assert np.array_equal(mr, img.get_fdata()) and np.allclose(affine, img.affine)
+    assert np.array_equal(labels, xaiclip.phantom(9, 64, 6)[1]), "MR and CT of one seed share the anatomy"
+    with pytest.raises(ValueError, match="t2-spir"):
+        xaiclip.phantom(mr="t2")
+
+
 def test_bench_rows_match_the_cli_bench(tmp_path, explainer):
     run_cli("bench", "--demo", "--methods", "occlusion", "--json", tmp_path / "b.json")
     cli_rows = json.loads((tmp_path / "b.json").read_text())["rows"]

@@ -61,14 +61,17 @@ def read_image(path: Union[str, os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
     return _native.read_image(os.fspath(path))
 
 
-def phantom(seed: int = 7, size: int = 256, slices: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def phantom(
+    seed: int = 7, size: int = 256, slices: int = 32, mr: Optional[str] = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The synthetic abdominal CT phantom: ``(ct, labels, affine)``, indexed ``[i, j, k]``.
 
     The defaults are the bundled demo case of ``xaiclip demo`` and ``xaiclip bench --demo``; ``xaiclip
     phantom --seed S --out DIR`` writes the same volume as NIfTI. Labels are FLARE22 ids (1 liver, 2 right
-    kidney, 3 spleen, ...).
+    kidney, 3 spleen, ...). ``mr="t1-in-phase"``, ``"t1-opposed-phase"`` or ``"t2-spir"`` gives the same
+    anatomy as MR of that CHAOS sequence (``xaiclip phantom --mr``); explain it with ``modality="mr"``.
     """
-    return _native.phantom(seed, size, slices)
+    return _native.phantom(seed, size, slices, mr)
 
 
 def _path_or_array(value: Any) -> Any:
