@@ -600,7 +600,7 @@ fn evaluate_case(
                 continue;
             }
             let clip_roi = if todo.iter().any(|(_, r)| r.uses_clip()) {
-                explainer.clip_roi(&input, channel)?
+                explainer.clip_roi(&input, channel, intensity.modality())?
             } else {
                 ClipRoi::default()
             };

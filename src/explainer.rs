@@ -332,7 +332,8 @@ struct Loaded<B: Backend> {
     backend: B,
     unet: SegModel<B>,
     size: usize,
-    clip: OnceLock<ClipRoiFinder<B>>,
+    /// CLIP with the prompts of each modality (CT, MR), loaded when first needed.
+    clip: [OnceLock<ClipRoiFinder<B>>; 2],
 }
 
 impl<B: Backend> Loaded<B> {
@@ -365,15 +366,16 @@ impl<B: Backend> Loaded<B> {
             );
         }
         settings.batch = batch.resolve(&backend, size, &unet)?;
-        Ok(Self { backend, unet, size, clip: OnceLock::new() })
+        Ok(Self { backend, unet, size, clip: Default::default() })
     }
 
     fn clip(&self, options: &ClipOptions, modality: Modality) -> anyhow::Result<&ClipRoiFinder<B>> {
-        if let Some(f) = self.clip.get() {
+        let cell = &self.clip[modality as usize];
+        if let Some(f) = cell.get() {
             return Ok(f);
         }
         let finder = ClipRoiFinder::load(&self.backend, options, modality)?;
-        Ok(self.clip.get_or_init(|| finder))
+        Ok(cell.get_or_init(|| finder))
     }
 }
 
@@ -655,7 +657,11 @@ impl Explainer {
         let class = self.class_of(&request.organ)?;
         let k = self.pick_slice(volume, request.labels.as_deref(), &request.slices, class)?;
         let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
-        let clip = if request.roi.uses_clip() { self.clip_roi(&input, class)? } else { ClipRoi::default() };
+        let clip = if request.roi.uses_clip() {
+            self.clip_roi(&input, class, self.intensity.modality())?
+        } else {
+            ClipRoi::default()
+        };
         let run = self.run(&input, &clip, class, request.method, request.roi, &settings, progress)?;
         let (slice_saliency, slice_shape) = saliency_on_slice(&input, volume, &run.saliency);
         Ok(Explanation {
@@ -757,15 +763,11 @@ impl Explainer {
         Ok(input)
     }
 
-    /// The CLIP ROI of a prepared slice (thresholded map, before the margin) and its seconds.
-    pub fn clip_roi(&self, input: &SliceInput, class: usize) -> Result<ClipRoi> {
+    /// The CLIP ROI of a prepared slice (thresholded map, before the margin) and its seconds, with the
+    /// prompts of `modality` (the slice's: `Intensity::modality` of how it was normalised).
+    pub fn clip_roi(&self, input: &SliceInput, class: usize, modality: Modality) -> Result<ClipRoi> {
         let prompt = self.label_id(class)?;
-        with_engine!(self, |e| Ok(e.clip(&self.clip, self.intensity.modality())?.roi(
-            &e.backend,
-            &input.image,
-            input.size,
-            prompt
-        )?))
+        with_engine!(self, |e| Ok(e.clip(&self.clip, modality)?.roi(&e.backend, &input.image, input.size, prompt)?))
     }
 
     /// One method in one ROI mode on a prepared slice; `progress(done, total)` counts forward passes.

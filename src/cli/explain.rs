@@ -187,7 +187,11 @@ impl Case {
 
     /// The CLIP ROI when `needed`, else none.
     pub fn clip(&self, explainer: &Explainer, needed: bool) -> Result<ClipRoi> {
-        Ok(if needed { explainer.clip_roi(&self.input, self.class)? } else { ClipRoi::default() })
+        Ok(if needed {
+            explainer.clip_roi(&self.input, self.class, explainer.intensity().modality())?
+        } else {
+            ClipRoi::default()
+        })
     }
 }
 
