@@ -209,26 +209,35 @@ fn broken_coop_contexts() {
     let coop = dir.path().join("coop");
     std::fs::create_dir(&coop).unwrap();
     std::fs::copy(repo().join("weights/coop/model.safetensors"), coop.join("model.safetensors")).unwrap();
-    let run = |expect: &[&str]| {
-        fails(
-            &[
-                "roi",
-                "--image",
-                img.join("ct.nii.gz").to_str().unwrap(),
-                "--slice",
-                "2",
-                "--coop",
-                coop.to_str().unwrap(),
-                "--out",
-                dir.path().join("roi.png").to_str().unwrap(),
-            ],
-            expect,
-        )
+    let run = |extra: &[&str], expect: &[&str]| {
+        let mut args = vec![
+            "roi",
+            "--image",
+            img.join("ct.nii.gz").to_str().unwrap(),
+            "--slice",
+            "2",
+            "--coop",
+            coop.to_str().unwrap(),
+            "--out",
+            dir.path().join("roi.png").to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expect)
     };
-    std::fs::write(coop.join("config.json"), "{\"classes\": [\"background\", \"liver\", \"kidney of mars\"]}").unwrap();
-    run(&["coop/model.safetensors", "kidney of mars"]);
+    let config = |classes: &str, modalities: &str| {
+        std::fs::write(coop.join("config.json"), format!("{{\"classes\": [{classes}]{modalities}}}")).unwrap()
+    };
+    config("\"background\", \"liver\", \"kidney of mars\"", ", \"modalities\": {\"ct\": \"a CT image of the {}\"}");
+    run(&[], &["coop/model.safetensors", "ct/kidney of mars"]);
+    // Contexts for CT only: MR images are refused, not described with CT prompts.
+    run(&["--modality", "mr"], &["coop/config.json: CoOp contexts for ct only, not mr", "--no-coop"]);
+    config("\"background\", \"liver\"", "");
+    run(&["--modality", "mr"], &["coop/config.json: CoOp contexts without a \"modalities\" list are CT contexts"]);
     std::fs::write(coop.join("config.json"), "[1, 2").unwrap();
-    run(&["coop/config.json: invalid JSON"]);
+    run(&[], &["coop/config.json: invalid JSON"]);
     assert!(!dir.path().join("roi.png").exists());
 }
 
