@@ -91,7 +91,8 @@ fn conv3d_layers(c: &mut Criterion) {
 }
 
 /// The bundled U-Net (features 16,16,32,64,128,16: what the explainers run) at batch 1, 16 and 64, and
-/// the wider paper-sized BasicUNet (32,32,64,128,256,32) at batch 1 and 16.
+/// the wider paper-sized BasicUNet (32,32,64,128,256,32) at batch 1 and 16; both at batch 16 with bf16
+/// convolutions where the CPU has AVX512-BF16.
 fn unet_forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("unet_forward_256");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -106,6 +107,15 @@ fn unet_forward(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(format!("{name}_batch{batch}")), |bench| {
                 bench.iter(|| model.forward(&CpuBackend, &x).unwrap())
             });
+            match CpuBackend::bf16() {
+                Some(bf16) if batch == 16 => {
+                    group.bench_function(BenchmarkId::from_parameter(format!("{name}_batch{batch}_bf16")), |bench| {
+                        bench.iter(|| model.forward(&bf16, &x).unwrap())
+                    });
+                }
+                None if batch == 16 => println!("SKIP: {name} bf16: this CPU has no AVX512-BF16"),
+                _ => {}
+            }
         }
     }
     group.finish();

@@ -297,8 +297,12 @@ impl ExplainerBuilder {
             None => bundled("unet")?,
         };
         let compute = self.device.select(self.precision)?;
-        // The CPU computes in f32 whatever was asked (the precision option is the GPU's).
-        let precision = if matches!(compute, Compute::Cpu(_)) { Precision::F32 } else { self.precision };
+        // The CPU has no tf32: it computes in f32 unless it runs bf16.
+        let precision = match &compute {
+            Compute::Cpu(b) if b.is_bf16() => Precision::Bf16,
+            Compute::Cpu(_) => Precision::F32,
+            Compute::Cuda(_) => self.precision,
+        };
         let mut settings = self.settings;
         let (engine, size, intensity) = match compute {
             Compute::Cpu(b) => {

@@ -16,9 +16,34 @@ use anyhow::{bail, ensure, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-#[derive(Clone, Debug, Default)]
-/// The reference backend: rayon over images and tiles, the `gemm` crate for the products.
-pub struct CpuBackend;
+/// The reference backend: rayon over images and tiles, the direct kernel or the `gemm` crate for the
+/// convolutions. The constant `CpuBackend` computes in f32; `CpuBackend::bf16()` runs the stride-1
+/// convolutions on bf16 operands with f32 accumulation (`--precision bf16` on a CPU with AVX512-BF16).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuBackend {
+    bf16: bool,
+}
+
+/// The f32 CPU backend, the reference: a constant named as its type, so that `CpuBackend` reads as the
+/// unit struct it was before the bf16 variant existed.
+#[allow(non_upper_case_globals)]
+pub const CpuBackend: CpuBackend = CpuBackend { bf16: false };
+
+impl CpuBackend {
+    /// The bf16 variant, where the CPU has AVX512-BF16 (`vdpbf16ps`); None elsewhere.
+    pub fn bf16() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if direct::bf16_available() {
+            return Some(CpuBackend { bf16: true });
+        }
+        None
+    }
+
+    /// Whether convolutions run on bf16 operands.
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
+    }
+}
 
 /// Target number of output pixels per conv tile (columns of the im2col buffer).
 const TILE_COLUMNS: usize = 2048;
@@ -298,7 +323,8 @@ impl Backend for CpuBackend {
     type Tensor = Tensor;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let bf16 = if self.bf16 { ", bf16 convolutions" } else { "" };
+        format!("cpu ({} threads{bf16})", rayon::current_num_threads())
     }
 
     fn upload(&self, t: &Tensor) -> Result<Tensor> {
@@ -332,7 +358,8 @@ impl Backend for CpuBackend {
         if stride == 1 {
             let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, cin, 1, kh, kw], [1; 3], [0, pad, pad])?;
             if direct::applies(&g) {
-                return Tensor::new(&[n, cout, hout, wout], direct::conv3d(x.data(), weight.data(), bias, &g));
+                let conv = if self.bf16 { direct::conv3d_bf16 } else { direct::conv3d };
+                return Tensor::new(&[n, cout, hout, wout], conv(x.data(), weight.data(), bias, &g));
             }
         }
         let mut out = Tensor::zeros(&[n, cout, hout, wout]);
@@ -538,7 +565,7 @@ impl Backend for CpuBackend {
         stride: [usize; 3],
         pad: [usize; 3],
     ) -> Result<Tensor> {
-        volume::conv3d(x, weight, bias, stride, pad)
+        volume::conv3d(x, weight, bias, stride, pad, self.bf16)
     }
 
     fn conv_transpose3d(

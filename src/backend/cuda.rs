@@ -33,7 +33,7 @@ pub enum Precision {
     F32,
     /// TensorFloat-32 operands on the tensor cores (~1e-3 relative).
     Tf32,
-    /// bfloat16 operands on the tensor cores (~1e-2 relative).
+    /// bfloat16 operands on the tensor cores (~1e-2 relative), or on a CPU with AVX512-BF16.
     Bf16,
 }
 

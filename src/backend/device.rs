@@ -48,7 +48,7 @@ impl Device {
     /// Opens the chosen backend; `Auto` falls back to the CPU (saying why where it matters).
     pub fn select(self, precision: Precision) -> Result<Compute> {
         match self {
-            Device::Cpu => Ok(Compute::Cpu(CpuBackend)),
+            Device::Cpu => Ok(Compute::Cpu(cpu(precision)?)),
             Device::Cuda(n) => match CudaBackend::new(n, precision) {
                 Ok(b) => Ok(Compute::Cuda(Box::new(b))),
                 Err(e) => fail!(DeviceUnavailable, "--device cuda: {e:#}"),
@@ -67,10 +67,25 @@ impl Device {
                     } else if unsafe { cudarc::driver::sys::is_culib_present() } {
                         eprintln!("warning: using the CPU: {e:#}");
                     }
-                    Ok(Compute::Cpu(CpuBackend))
+                    Ok(Compute::Cpu(cpu(precision)?))
                 }
             },
         }
+    }
+}
+
+/// The CPU backend for `precision`: bf16 where the CPU has AVX512-BF16 (refused elsewhere rather than
+/// silently run in f32); f32 and tf32 run in f32 (the CPU has no tf32).
+fn cpu(precision: Precision) -> Result<CpuBackend> {
+    match precision {
+        Precision::Bf16 => match CpuBackend::bf16() {
+            Some(b) => Ok(b),
+            None => fail!(
+                Unsupported,
+                "--precision bf16 on the CPU needs AVX512-BF16 (vdpbf16ps), which this CPU lacks (or XAICLIP_CPU_CAPABILITY caps); use --precision f32"
+            ),
+        },
+        Precision::F32 | Precision::Tf32 => Ok(CpuBackend),
     }
 }
 

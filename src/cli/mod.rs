@@ -244,8 +244,10 @@ pub struct DeviceOptions {
     /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N [default: auto].
     #[arg(long, help_heading = "Device")]
     pub device: Option<Device>,
-    /// Operand precision of GPU convolutions (accumulation is f32): f32 matches the CPU to ~1e-6;
-    /// tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative) [default: f32].
+    /// Operand precision of the convolutions (accumulation is f32): f32 matches the CPU to ~1e-6; on a
+    /// GPU tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative); on a CPU with AVX512-BF16,
+    /// bf16 runs the stride-1 convolutions on bf16 operands (refused on other CPUs; tf32 runs as f32)
+    /// [default: f32].
     #[arg(long, value_enum, help_heading = "Device")]
     pub precision: Option<Precision>,
 }
@@ -267,7 +269,7 @@ pub struct LeadingDeviceOptions {
 pub struct DeviceArgs {
     /// Where to compute.
     pub device: Device,
-    /// Operand precision of GPU convolutions.
+    /// Operand precision of the convolutions.
     pub precision: Precision,
 }
 

@@ -6,6 +6,10 @@
 //! through them, from an input zero-padded once (so no tap needs a bounds check). The instruction set is
 //! chosen at run time; `XAICLIP_CPU_CAPABILITY=avx2|default` (as PyTorch's `ATEN_CPU_CAPABILITY`) caps it,
 //! `default` meaning the im2col path. `volume::im2col_conv3d` is the reference both are tested against.
+//!
+//! With `--precision bf16` on a CPU with AVX512-BF16 the same kernel runs on bfloat16 operands with f32
+//! accumulation (`vdpbf16ps`: each lane adds the products of two input channels), inputs and weights
+//! rounded to bf16 once, two channels interleaved per 32-bit element: half the instructions and bytes.
 
 use crate::backend::volume::Conv3d;
 use rayon::prelude::*;
@@ -41,19 +45,58 @@ pub(super) fn applies(g: &Conv3d) -> bool {
     g.stride == [1; 3] && (g.cout <= 64 || g.output[2] >= 32) && capability().is_some()
 }
 
-/// One instruction set's vectors.
+/// Whether the bf16 kernel can run: AVX512-BF16 (and AVX-512F), not capped by `XAICLIP_CPU_CAPABILITY`.
+pub(super) fn bf16_available() -> bool {
+    capability() == Some(Capability::Avx512) && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// One stored input or weight value: an f32, or two input channels' values as bf16.
+trait Element: Copy + Send + Sync {
+    /// Input channels per element.
+    const GROUP: usize;
+    /// The element of index i of the group's channel rows (fewer rows past the last channel).
+    fn gather(rows: &[&[f32]], i: usize) -> Self;
+}
+
+impl Element for f32 {
+    const GROUP: usize = 1;
+    #[inline(always)]
+    fn gather(rows: &[&[f32]], i: usize) -> Self {
+        rows[0][i]
+    }
+}
+
+/// Channels 2c (low half) and 2c + 1 (high half) of one voxel, rounded to bf16 (to nearest, ties even).
+#[derive(Clone, Copy)]
+struct Bf16Pair(u32);
+
+impl Element for Bf16Pair {
+    const GROUP: usize = 2;
+    #[inline(always)]
+    fn gather(rows: &[&[f32]], i: usize) -> Self {
+        let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+        Bf16Pair(bits(rows[0][i]) | rows.get(1).map_or(0, |r| bits(r[i]) << 16))
+    }
+}
+
+/// One instruction set's accumulators and how elements multiply into them.
 trait Vector: Copy {
+    type Elem: Element;
+    /// A register of elements (voxels), or of one weight element broadcast.
+    type Operand: Copy;
     const LANES: usize;
     unsafe fn zero() -> Self;
-    unsafe fn load(p: *const f32) -> Self;
-    unsafe fn splat(v: f32) -> Self;
-    /// a * b + c.
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn load(p: *const Self::Elem) -> Self::Operand;
+    unsafe fn splat(v: Self::Elem) -> Self::Operand;
+    /// acc + x * w per lane (bf16: the sum of the lane's two products).
+    unsafe fn mac(acc: Self, x: Self::Operand, w: Self::Operand) -> Self;
     /// Stores the first `n` lanes of `v + bias` at `p`.
     unsafe fn store(p: *mut f32, v: Self, bias: f32, n: usize);
 }
 
 impl Vector for __m512 {
+    type Elem = f32;
+    type Operand = __m512;
     const LANES: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -68,8 +111,8 @@ impl Vector for __m512 {
         _mm512_set1_ps(v)
     }
     #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        _mm512_fmadd_ps(a, b, c)
+    unsafe fn mac(acc: Self, x: Self, w: Self) -> Self {
+        _mm512_fmadd_ps(x, w, acc)
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self, bias: f32, n: usize) {
@@ -78,6 +121,8 @@ impl Vector for __m512 {
 }
 
 impl Vector for __m256 {
+    type Elem = f32;
+    type Operand = __m256;
     const LANES: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -92,8 +137,8 @@ impl Vector for __m256 {
         _mm256_set1_ps(v)
     }
     #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        _mm256_fmadd_ps(a, b, c)
+    unsafe fn mac(acc: Self, x: Self, w: Self) -> Self {
+        _mm256_fmadd_ps(x, w, acc)
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self, bias: f32, n: usize) {
@@ -108,48 +153,86 @@ impl Vector for __m256 {
     }
 }
 
-/// Output channels per register block and voxels per block of one row, per capability.
-fn shape(cap: Capability) -> (usize, usize) {
-    match cap {
-        Capability::Avx512 => (8, 2 * 16),
-        Capability::Avx2 => (4, 3 * 8),
+/// f32 accumulators fed by bf16 pairs.
+#[derive(Clone, Copy)]
+struct Bf16Acc(__m512);
+
+impl Vector for Bf16Acc {
+    type Elem = Bf16Pair;
+    type Operand = __m512bh;
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Bf16Acc(_mm512_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const Bf16Pair) -> __m512bh {
+        std::mem::transmute(_mm512_loadu_si512(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: Bf16Pair) -> __m512bh {
+        std::mem::transmute(_mm512_set1_epi32(v.0 as i32))
+    }
+    #[inline(always)]
+    unsafe fn mac(acc: Self, x: __m512bh, w: __m512bh) -> Self {
+        Bf16Acc(_mm512_dpbf16_ps(acc.0, x, w))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self, bias: f32, n: usize) {
+        <__m512 as Vector>::store(p, v.0, bias, n)
     }
 }
 
-/// The weights as [block][ci][kz][ky][kx][block output channels], zero beyond `cout`.
-fn pack(weight: &[f32], g: &Conv3d, block: usize) -> Vec<f32> {
+/// Input channels of `g` in elements of `E`.
+fn groups<E: Element>(g: &Conv3d) -> usize {
+    g.cin.div_ceil(E::GROUP)
+}
+
+/// The weights as [block][channel group][kz][ky][kx][block output channels], zero beyond `cout`.
+fn pack<E: Element>(weight: &[f32], g: &Conv3d, block: usize) -> Vec<E> {
     let taps: usize = g.kernel.iter().product();
-    let mut packed = vec![0f32; g.cout.div_ceil(block) * g.cin * taps * block];
+    let groups = groups::<E>(g);
+    let zero = E::gather(&[&[0.0]], 0);
+    let mut packed = vec![zero; g.cout.div_ceil(block) * groups * taps * block];
     for co in 0..g.cout {
-        for k in 0..g.cin * taps {
-            packed[((co / block) * g.cin * taps + k) * block + co % block] = weight[co * g.cin * taps + k];
+        for gi in 0..groups {
+            let channels = gi * E::GROUP..((gi + 1) * E::GROUP).min(g.cin);
+            let rows: Vec<&[f32]> = channels.map(|ci| &weight[(co * g.cin + ci) * taps..][..taps]).collect();
+            for t in 0..taps {
+                packed[((co / block) * groups * taps + gi * taps + t) * block + co % block] = E::gather(&rows, t);
+            }
         }
     }
     packed
 }
 
-/// `x` (one image, cin x D x H x W) zero-padded by `pad` on every side, rows widened so that a run of
-/// `chunk` voxels at any tap stays inside its row: (cin, D + 2pd, H + 2ph, row) and the row length.
-fn padded(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<f32>, usize) {
+/// `x` (one image, cin x D x H x W) as elements of `E`, zero-padded by `pad` on every side, rows widened
+/// so that a run of `chunk` voxels at any tap stays inside its row: (groups, D + 2pd, H + 2ph, row) and
+/// the row length.
+fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
     let ([d, h, w], [pd, ph, pw]) = (g.input, g.pad);
     let (dp, hp) = (d + 2 * pd, h + 2 * ph);
     let row = g.output[2].div_ceil(chunk) * chunk + g.kernel[2] - 1;
-    let len = g.cin * dp * hp * row;
+    let len = groups::<E>(g) * dp * hp * row;
+    let zero = std::mem::MaybeUninit::new(E::gather(&[&[0.0]], 0));
     let mut out = Vec::with_capacity(len);
-    // Every value is written once, one task per padded (channel, z) plane (no zeroing pass first: it
-    // cost as much as the copy).
+    // Every value is written once, one task per padded (channel group, z) plane (no zeroing pass first:
+    // it cost as much as the copy).
     out.spare_capacity_mut()[..len].par_chunks_mut(hp * row).enumerate().for_each(|(p, plane)| {
-        let (ci, zp) = (p / dp, p % dp);
+        let (gi, zp) = (p / dp, p % dp);
+        let channels = gi * E::GROUP..((gi + 1) * E::GROUP).min(g.cin);
         for (yp, dst) in plane.chunks_exact_mut(row).enumerate() {
             let source = zp.checked_sub(pd).filter(|&z| z < d).zip(yp.checked_sub(ph).filter(|&y| y < h));
             match source {
                 Some((z, y)) => {
-                    let src = &x[((ci * d + z) * h + y) * w..][..w];
-                    dst[..pw].fill(std::mem::MaybeUninit::new(0.0));
-                    dst[pw..pw + w].iter_mut().zip(src).for_each(|(o, &v)| *o = std::mem::MaybeUninit::new(v));
-                    dst[pw + w..].fill(std::mem::MaybeUninit::new(0.0));
+                    let rows: Vec<&[f32]> = channels.clone().map(|ci| &x[((ci * d + z) * h + y) * w..][..w]).collect();
+                    dst[..pw].fill(zero);
+                    for (i, o) in dst[pw..pw + w].iter_mut().enumerate() {
+                        *o = std::mem::MaybeUninit::new(E::gather(&rows, i));
+                    }
+                    dst[pw + w..].fill(zero);
                 }
-                None => dst.fill(std::mem::MaybeUninit::new(0.0)),
+                None => dst.fill(zero),
             }
         }
     });
@@ -161,12 +244,32 @@ fn padded(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<f32>, usize) {
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added, with the CPU's capability
 /// (`applies` must hold).
 pub(super) fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
-    conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g)
+    match capability().expect("direct::applies was checked") {
+        Capability::Avx512 => convolve::<__m512, 8, 2>(x, weight, bias, g, row_avx512),
+        Capability::Avx2 => convolve::<__m256, 4, 3>(x, weight, bias, g, row_avx2),
+    }
 }
 
-fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
-    let (block, chunk) = shape(cap);
-    let packed = pack(weight, g, block);
+/// The same with bf16 operands and f32 accumulation (`applies` and `bf16_available` must hold).
+pub(super) fn conv3d_bf16(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+    assert!(bf16_available(), "direct::bf16_available was checked");
+    convolve::<Bf16Acc, 8, 2>(x, weight, bias, g, row_bf16)
+}
+
+/// One output row of every channel: `output_row::<V, BLOCK, CHUNKS>` compiled for its instructions.
+type RowKernel<E> = unsafe fn(&Row<E>, usize, *mut f32);
+
+/// The convolution with the kernel of `V` in tiles of BLOCK channels x CHUNKS vectors of voxels
+/// (`kernel` must be `output_row::<V, BLOCK, CHUNKS>`).
+fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv3d,
+    kernel: RowKernel<V::Elem>,
+) -> Vec<f32> {
+    let (block, chunk) = (BLOCK, CHUNKS * V::LANES);
+    let packed = pack::<V::Elem>(weight, g, block);
     let [od, oh, ow] = g.output;
     let plane = od * oh * ow;
     let in_len = g.cin * g.input.iter().product::<usize>();
@@ -174,19 +277,14 @@ fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>,
     // Every output value is stored once below, so the buffer is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(len);
     for img in 0..g.n {
-        let (input, row) = padded(&x[img * in_len..(img + 1) * in_len], g, chunk);
+        let (input, row) = padded::<V::Elem>(&x[img * in_len..(img + 1) * in_len], g, chunk);
         let out_ptr = super::SharedMut(out.spare_capacity_mut()[img * g.cout * plane..].as_mut_ptr().cast());
-        let job = Row { input: &input, row, packed: &packed, bias, g };
+        let job = Row { input: &input, row, packed: &packed, groups: groups::<V::Elem>(g), bias, g };
         // A task is one output row (z, y) of every channel.
         (0..od * oh).into_par_iter().for_each(|r| {
-            // SAFETY: the CPU has the capability (`capability` detected it); the task writes row r of
-            // each output channel of this image only, inside the buffer's capacity.
-            unsafe {
-                match cap {
-                    Capability::Avx512 => row_avx512(&job, r, out_ptr.ptr()),
-                    Capability::Avx2 => row_avx2(&job, r, out_ptr.ptr()),
-                }
-            }
+            // SAFETY: the CPU has the kernel's instructions (the callers checked); the task writes row r
+            // of each output channel of this image only, inside the buffer's capacity.
+            unsafe { kernel(&job, r, out_ptr.ptr()) }
         });
     }
     // SAFETY: the tasks stored every (image, channel, row, voxel) value.
@@ -195,28 +293,35 @@ fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>,
 }
 
 /// What every output row of one image reads.
-struct Row<'a> {
-    input: &'a [f32],
+struct Row<'a, E> {
+    input: &'a [E],
     row: usize,
-    packed: &'a [f32],
+    packed: &'a [E],
+    /// Input channels in elements (cin, or cin / 2 rounded up for bf16 pairs).
+    groups: usize,
     bias: Option<&'a [f32]>,
     g: &'a Conv3d,
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn row_avx512(job: &Row, r: usize, out: *mut f32) {
+unsafe fn row_avx512(job: &Row<f32>, r: usize, out: *mut f32) {
     output_row::<__m512, 8, 2>(job, r, out)
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(job: &Row, r: usize, out: *mut f32) {
+unsafe fn row_avx2(job: &Row<f32>, r: usize, out: *mut f32) {
     output_row::<__m256, 4, 3>(job, r, out)
 }
 
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn row_bf16(job: &Row<Bf16Pair>, r: usize, out: *mut f32) {
+    output_row::<Bf16Acc, 8, 2>(job, r, out)
+}
+
 /// Output row r = z * oh + y of every output channel: BLOCK channels x CHUNKS vectors of voxels at a
-/// time, accumulated in registers over every input channel and tap.
+/// time, accumulated in registers over every input channel group and tap.
 #[inline(always)]
-unsafe fn output_row<V: Vector, const BLOCK: usize, const CHUNKS: usize>(job: &Row, r: usize, out: *mut f32) {
+unsafe fn output_row<V: Vector, const BLOCK: usize, const CHUNKS: usize>(job: &Row<V::Elem>, r: usize, out: *mut f32) {
     let g = job.g;
     let [kd, kh, kw] = g.kernel;
     let [od, oh, ow] = g.output;
@@ -225,23 +330,20 @@ unsafe fn output_row<V: Vector, const BLOCK: usize, const CHUNKS: usize>(job: &R
     let taps = kd * kh * kw;
     let span = CHUNKS * V::LANES;
     for block in 0..g.cout.div_ceil(BLOCK) {
-        let weights = &job.packed[block * g.cin * taps * BLOCK..][..g.cin * taps * BLOCK];
+        let weights = &job.packed[block * job.groups * taps * BLOCK..][..job.groups * taps * BLOCK];
         for x0 in (0..ow).step_by(span) {
             let mut acc = [[V::zero(); CHUNKS]; BLOCK];
-            for ci in 0..g.cin {
+            for ci in 0..job.groups {
                 for kz in 0..kd {
                     for ky in 0..kh {
                         let line = job.input.as_ptr().add(((ci * dp + z + kz) * hp + y + ky) * job.row + x0);
                         let w = weights.as_ptr().add(((ci * kd + kz) * kh + ky) * kw * BLOCK);
                         for kx in 0..kw {
-                            let mut v = [V::zero(); CHUNKS];
-                            for (c, v) in v.iter_mut().enumerate() {
-                                *v = V::load(line.add(kx + c * V::LANES));
-                            }
+                            let v: [V::Operand; CHUNKS] = std::array::from_fn(|c| V::load(line.add(kx + c * V::LANES)));
                             for (j, acc) in acc.iter_mut().enumerate() {
                                 let wv = V::splat(*w.add(kx * BLOCK + j));
                                 for (a, &v) in acc.iter_mut().zip(&v) {
-                                    *a = V::fma(v, wv, *a);
+                                    *a = V::mac(*a, v, wv);
                                 }
                             }
                         }
@@ -315,19 +417,44 @@ mod tests {
             let mut reference = vec![f32::NAN; len];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
             for &cap in &capabilities {
-                let direct = conv3d_with(cap, &x, &w, Some(&b), &g);
+                let direct = match cap {
+                    Capability::Avx512 => convolve::<__m512, 8, 2>(&x, &w, Some(&b), &g, row_avx512),
+                    Capability::Avx2 => convolve::<__m256, 4, 3>(&x, &w, Some(&b), &g, row_avx2),
+                };
                 assert_eq!(direct.len(), len);
                 // Sums of up to a few hundred O(1) products in another order: ~1e-6 absolute.
-                let err = direct.iter().zip(&reference).fold(0f32, |m, (a, b)| {
-                    let d = (a - b).abs();
-                    if d.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        m.max(d)
-                    }
-                });
+                let err = max_abs_diff(&direct, &reference);
                 assert!(err < 1e-4, "case {seed}, {cap:?}: max |diff| {err}");
             }
+            // bf16: the same convolution of the bf16-rounded inputs and weights, so only the order of
+            // the f32 sums differs (odd cin leaves half of the last pair zero).
+            if bf16_available() {
+                let round = |v: &[f32]| v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect::<Vec<_>>();
+                let mut rounded = vec![f32::NAN; len];
+                im2col_conv3d(&round(&x), &round(&w), Some(&b), &g, &mut rounded);
+                let direct = conv3d_bf16(&x, &w, Some(&b), &g);
+                assert_eq!(direct.len(), len);
+                let err = max_abs_diff(&direct, &rounded);
+                assert!(err < 1e-4, "case {seed}, bf16: max |diff| {err} against the rounded operands");
+                // And against f32: bf16 keeps 8 bits of mantissa (relative 2^-9 per operand).
+                let err = max_abs_diff(&direct, &reference);
+                assert!(err < 0.05, "case {seed}, bf16 vs f32: max |diff| {err}");
+            }
         }
+        if !bf16_available() {
+            println!("SKIP: this CPU has no AVX512-BF16; the bf16 kernel never runs here");
+        }
+    }
+
+    /// Largest |a - b|; a NaN on either side is infinite.
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).fold(0f32, |m, (a, b)| {
+            let d = (a - b).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                m.max(d)
+            }
+        })
     }
 }
