@@ -173,15 +173,14 @@ fn unet_segments_the_organs_of_unseen_mr_phantoms() {
             dice(&pred, &p.labels, *organ, &mut acc[i]);
         }
     }
+    // The model card's bounds: liver 0.90, spleen and kidneys 0.80.
     for (i, (_, name, _)) in TRACKED.iter().enumerate() {
         let d = acc[i].0 as f64 / acc[i].1.max(1) as f64;
-        println!("unseen MR phantoms (3 sequences), {name}: Dice {d:.4} (bound {MR_DICE})");
-        assert!(d >= MR_DICE, "{name}: Dice {d:.4} < {MR_DICE} on MR phantoms");
+        let bound = if i == 0 { 0.90 } else { 0.80 };
+        println!("unseen MR phantoms (3 sequences), {name}: Dice {d:.4} (bound {bound})");
+        assert!(d >= bound, "{name}: Dice {d:.4} < {bound} on MR phantoms");
     }
 }
-
-/// The model card's bound for the tracked organs on unseen MR phantoms.
-const MR_DICE: f64 = 0.85;
 
 fn liver_dice_3d(model_dir: &std::path::Path, volume: &Volume, labels: &[u8]) -> f64 {
     use xaiclip::explain::volume::Occlusion3d;
