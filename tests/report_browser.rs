@@ -116,8 +116,9 @@ fn reports_render_in_headless_chromium() {
     let d = demo.to_str().unwrap();
     xaiclip(&["--device", "cpu", "demo", "--out", d, "--masks", "50", "--samples", "30"]);
     let sections = ["case", "overlays", "curves", "tables", "metadata"];
-    // Case, overlays, curves.
+    // Case, overlays, curves; the demo's CT case and its MR case.
     check_report(&chromium, &demo.join("report.html"), &sections, 3);
+    check_report(&chromium, &demo.join("mr/report.html"), &sections, 3);
     let explain = dir.path().join("explain");
     let ct = demo.join("phantom/ct.nii.gz");
     let labels = demo.join("phantom/labels.nii.gz");
