@@ -59,6 +59,11 @@ fn conv_layers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(format!("{cin}to{cout}@{side}")), |bench| {
             bench.iter(|| CpuBackend.conv2d(&x, &w, Some(&b), 1, 1).unwrap())
         });
+        if let Some(bf16) = CpuBackend::bf16().filter(|_| side == 256) {
+            group.bench_function(BenchmarkId::from_parameter(format!("{cin}to{cout}@{side}_bf16")), |bench| {
+                bench.iter(|| bf16.conv2d(&x, &w, Some(&b), 1, 1).unwrap())
+            });
+        }
     }
     group.finish();
 }

@@ -54,15 +54,18 @@ pub(super) fn bf16_available() -> bool {
 trait Element: Copy + Send + Sync {
     /// Input channels per element.
     const GROUP: usize;
-    /// The element of index i of the group's channel rows (fewer rows past the last channel).
-    fn gather(rows: &[&[f32]], i: usize) -> Self;
+    const ZERO: Self;
+    /// `dst[i]` from index i of the group's channel rows (fewer rows past the last channel), in one
+    /// pass the compiler vectorises.
+    fn gather(dst: &mut [std::mem::MaybeUninit<Self>], rows: &[&[f32]]);
 }
 
 impl Element for f32 {
     const GROUP: usize = 1;
+    const ZERO: Self = 0.0;
     #[inline(always)]
-    fn gather(rows: &[&[f32]], i: usize) -> Self {
-        rows[0][i]
+    fn gather(dst: &mut [std::mem::MaybeUninit<Self>], rows: &[&[f32]]) {
+        dst.iter_mut().zip(rows[0]).for_each(|(o, &v)| *o = std::mem::MaybeUninit::new(v));
     }
 }
 
@@ -70,12 +73,27 @@ impl Element for f32 {
 #[derive(Clone, Copy)]
 struct Bf16Pair(u32);
 
+/// The bf16 bits of `v` rounded to nearest, ties to even, in integer arithmetic (vectorises; finite
+/// values and infinities exact, as `half::bf16::from_f32`).
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+}
+
 impl Element for Bf16Pair {
     const GROUP: usize = 2;
+    const ZERO: Self = Bf16Pair(0);
     #[inline(always)]
-    fn gather(rows: &[&[f32]], i: usize) -> Self {
-        let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
-        Bf16Pair(bits(rows[0][i]) | rows.get(1).map_or(0, |r| bits(r[i]) << 16))
+    fn gather(dst: &mut [std::mem::MaybeUninit<Self>], rows: &[&[f32]]) {
+        match rows {
+            [a, b] => dst
+                .iter_mut()
+                .zip(a.iter().zip(*b))
+                .for_each(|(o, (&a, &b))| *o = std::mem::MaybeUninit::new(Bf16Pair(bf16_bits(a) | bf16_bits(b) << 16))),
+            [a] => dst.iter_mut().zip(*a).for_each(|(o, &a)| *o = std::mem::MaybeUninit::new(Bf16Pair(bf16_bits(a)))),
+            _ => unreachable!("a bf16 pair holds one or two channels"),
+        }
     }
 }
 
@@ -192,14 +210,17 @@ fn groups<E: Element>(g: &Conv3d) -> usize {
 fn pack<E: Element>(weight: &[f32], g: &Conv3d, block: usize) -> Vec<E> {
     let taps: usize = g.kernel.iter().product();
     let groups = groups::<E>(g);
-    let zero = E::gather(&[&[0.0]], 0);
-    let mut packed = vec![zero; g.cout.div_ceil(block) * groups * taps * block];
+    let mut packed = vec![E::ZERO; g.cout.div_ceil(block) * groups * taps * block];
+    let mut taps_of = vec![std::mem::MaybeUninit::new(E::ZERO); taps];
     for co in 0..g.cout {
         for gi in 0..groups {
             let channels = gi * E::GROUP..((gi + 1) * E::GROUP).min(g.cin);
             let rows: Vec<&[f32]> = channels.map(|ci| &weight[(co * g.cin + ci) * taps..][..taps]).collect();
-            for t in 0..taps {
-                packed[((co / block) * groups * taps + gi * taps + t) * block + co % block] = E::gather(&rows, t);
+            E::gather(&mut taps_of, &rows);
+            for (t, v) in taps_of.iter().enumerate() {
+                // SAFETY: gather wrote every tap.
+                packed[((co / block) * groups * taps + gi * taps + t) * block + co % block] =
+                    unsafe { v.assume_init() };
             }
         }
     }
@@ -214,7 +235,7 @@ fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
     let (dp, hp) = (d + 2 * pd, h + 2 * ph);
     let row = g.output[2].div_ceil(chunk) * chunk + g.kernel[2] - 1;
     let len = groups::<E>(g) * dp * hp * row;
-    let zero = std::mem::MaybeUninit::new(E::gather(&[&[0.0]], 0));
+    let zero = std::mem::MaybeUninit::new(E::ZERO);
     let mut out = Vec::with_capacity(len);
     // Every value is written once, one task per padded (channel group, z) plane (no zeroing pass first:
     // it cost as much as the copy).
@@ -227,9 +248,7 @@ fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
                 Some((z, y)) => {
                     let rows: Vec<&[f32]> = channels.clone().map(|ci| &x[((ci * d + z) * h + y) * w..][..w]).collect();
                     dst[..pw].fill(zero);
-                    for (i, o) in dst[pw..pw + w].iter_mut().enumerate() {
-                        *o = std::mem::MaybeUninit::new(E::gather(&rows, i));
-                    }
+                    E::gather(&mut dst[pw..pw + w], &rows);
                     dst[pw + w..].fill(zero);
                 }
                 None => dst.fill(zero),
