@@ -396,7 +396,11 @@ impl Explainer {
         let rows = detached(py, inner, progress, move |report| {
             let k = inner.pick_slice(&volume, labels.as_deref(), &slices, class)?;
             let input = inner.prepare(&volume, labels.as_deref(), k, class, inner.intensity())?;
-            let clip = if roi.uses_clip() { inner.clip_roi(&input, class, inner.intensity().modality())? } else { Default::default() };
+            let clip = if roi.uses_clip() {
+                inner.clip_roi(&input, class, inner.intensity().modality())?
+            } else {
+                Default::default()
+            };
             let rows = inner.bench(
                 &input,
                 &clip,
