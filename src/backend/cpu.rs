@@ -17,8 +17,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// The reference backend: rayon over images and tiles, the direct kernel or the `gemm` crate for the
-/// convolutions. The constant `CpuBackend` computes in f32; `CpuBackend::bf16()` runs the stride-1
-/// convolutions on bf16 operands with f32 accumulation (`--precision bf16` on a CPU with AVX512-BF16).
+/// convolutions. The constant `CpuBackend` computes in f32; `CpuBackend::bf16()` runs the stride-1 2-D
+/// convolutions on bf16 operands with f32 accumulation (`--precision bf16` on a CPU with AVX512-BF16;
+/// 3-D convolutions stay f32, as on the GPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuBackend {
     bf16: bool,
@@ -565,7 +566,8 @@ impl Backend for CpuBackend {
         stride: [usize; 3],
         pad: [usize; 3],
     ) -> Result<Tensor> {
-        volume::conv3d(x, weight, bias, stride, pad, self.bf16)
+        // f32 whatever the precision, as on the GPU (whose 3-D path has no reduced-precision variant).
+        volume::conv3d(x, weight, bias, stride, pad)
     }
 
     fn conv_transpose3d(

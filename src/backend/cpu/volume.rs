@@ -46,14 +46,12 @@ pub(super) fn conv3d(
     bias: Option<&Tensor>,
     stride: [usize; 3],
     pad: [usize; 3],
-    bf16: bool,
 ) -> Result<Tensor> {
     let g = Conv3d::new(x.shape(), weight.shape(), stride, pad)?;
     let bias = vector_arg(bias, g.cout, "conv3d bias")?;
     #[cfg(target_arch = "x86_64")]
     if super::direct::applies(&g) {
-        let conv = if bf16 { super::direct::conv3d_bf16 } else { super::direct::conv3d };
-        return Tensor::new(&g.output_shape(), conv(x.data(), weight.data(), bias, &g));
+        return Tensor::new(&g.output_shape(), super::direct::conv3d(x.data(), weight.data(), bias, &g));
     }
     let mut out = Tensor::zeros(&g.output_shape());
     im2col_conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
