@@ -206,6 +206,18 @@ fn groups<E: Element>(g: &Conv3d) -> usize {
     g.cin.div_ceil(E::GROUP)
 }
 
+/// `row(ci)` for each input channel of element group `gi` (`E::GROUP` of them, fewer past the last),
+/// as the rows `E::gather` reads; no allocation, as this runs for every padded input row.
+fn group_rows<'a, E: Element>(g: &Conv3d, gi: usize, row: impl Fn(usize) -> &'a [f32]) -> ([&'a [f32]; 2], usize) {
+    let mut rows: [&[f32]; 2] = [&[]; 2];
+    let channels = gi * E::GROUP..((gi + 1) * E::GROUP).min(g.cin);
+    let n = channels.len();
+    for (slot, ci) in rows.iter_mut().zip(channels) {
+        *slot = row(ci);
+    }
+    (rows, n)
+}
+
 /// The weights as [block][channel group][kz][ky][kx][block output channels], zero beyond `cout`.
 fn pack<E: Element>(weight: &[f32], g: &Conv3d, block: usize) -> Vec<E> {
     let taps: usize = g.kernel.iter().product();
@@ -214,9 +226,8 @@ fn pack<E: Element>(weight: &[f32], g: &Conv3d, block: usize) -> Vec<E> {
     let mut taps_of = vec![std::mem::MaybeUninit::new(E::ZERO); taps];
     for co in 0..g.cout {
         for gi in 0..groups {
-            let channels = gi * E::GROUP..((gi + 1) * E::GROUP).min(g.cin);
-            let rows: Vec<&[f32]> = channels.map(|ci| &weight[(co * g.cin + ci) * taps..][..taps]).collect();
-            E::gather(&mut taps_of, &rows);
+            let (rows, n) = group_rows::<E>(g, gi, |ci| &weight[(co * g.cin + ci) * taps..][..taps]);
+            E::gather(&mut taps_of, &rows[..n]);
             for (t, v) in taps_of.iter().enumerate() {
                 // SAFETY: gather wrote every tap.
                 packed[((co / block) * groups * taps + gi * taps + t) * block + co % block] =
@@ -241,14 +252,13 @@ fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
     // it cost as much as the copy).
     out.spare_capacity_mut()[..len].par_chunks_mut(hp * row).enumerate().for_each(|(p, plane)| {
         let (gi, zp) = (p / dp, p % dp);
-        let channels = gi * E::GROUP..((gi + 1) * E::GROUP).min(g.cin);
         for (yp, dst) in plane.chunks_exact_mut(row).enumerate() {
             let source = zp.checked_sub(pd).filter(|&z| z < d).zip(yp.checked_sub(ph).filter(|&y| y < h));
             match source {
                 Some((z, y)) => {
-                    let rows: Vec<&[f32]> = channels.clone().map(|ci| &x[((ci * d + z) * h + y) * w..][..w]).collect();
+                    let (rows, n) = group_rows::<E>(g, gi, |ci| &x[((ci * d + z) * h + y) * w..][..w]);
                     dst[..pw].fill(zero);
-                    E::gather(&mut dst[pw..pw + w], &rows);
+                    E::gather(&mut dst[pw..pw + w], &rows[..n]);
                     dst[pw + w..].fill(zero);
                 }
                 None => dst.fill(zero),
@@ -263,7 +273,12 @@ fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added, with the CPU's capability
 /// (`applies` must hold).
 pub(super) fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
-    match capability().expect("direct::applies was checked") {
+    conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g)
+}
+
+/// The f32 convolution with `cap`'s kernel (the tests run each capability the CPU has).
+fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+    match cap {
         Capability::Avx512 => convolve::<__m512, 8, 2>(x, weight, bias, g, row_avx512),
         Capability::Avx2 => convolve::<__m256, 4, 3>(x, weight, bias, g, row_avx2),
     }
@@ -436,10 +451,7 @@ mod tests {
             let mut reference = vec![f32::NAN; len];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
             for &cap in &capabilities {
-                let direct = match cap {
-                    Capability::Avx512 => convolve::<__m512, 8, 2>(&x, &w, Some(&b), &g, row_avx512),
-                    Capability::Avx2 => convolve::<__m256, 4, 3>(&x, &w, Some(&b), &g, row_avx2),
-                };
+                let direct = conv3d_with(cap, &x, &w, Some(&b), &g);
                 assert_eq!(direct.len(), len);
                 // Sums of up to a few hundred O(1) products in another order: ~1e-6 absolute.
                 let err = max_abs_diff(&direct, &reference);
