@@ -204,28 +204,25 @@ fn weights_holding_nan() {
 #[test]
 fn broken_coop_contexts() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("p");
-    assert!(xaiclip(&["phantom", "--size", "64", "--slices", "4", "--out", img.to_str().unwrap()]).status.success());
+    let ct = small_phantom(dir.path());
     let coop = dir.path().join("coop");
     std::fs::create_dir(&coop).unwrap();
     std::fs::copy(repo().join("weights/coop/model.safetensors"), coop.join("model.safetensors")).unwrap();
+    let png = dir.path().join("roi.png");
     let run = |extra: &[&str], expect: &[&str]| {
         let mut args = vec![
             "roi",
             "--image",
-            img.join("ct.nii.gz").to_str().unwrap(),
+            ct.to_str().unwrap(),
             "--slice",
             "2",
             "--coop",
             coop.to_str().unwrap(),
             "--out",
-            dir.path().join("roi.png").to_str().unwrap(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expect)
+            png.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, expect)
     };
     let config = |classes: &str, modalities: &str| {
         std::fs::write(coop.join("config.json"), format!("{{\"classes\": [{classes}]{modalities}}}")).unwrap()
@@ -238,7 +235,7 @@ fn broken_coop_contexts() {
     run(&["--modality", "mr"], &["coop/config.json: CoOp contexts without a \"modalities\" list are CT contexts"]);
     std::fs::write(coop.join("config.json"), "[1, 2").unwrap();
     run(&[], &["coop/config.json: invalid JSON"]);
-    assert!(!dir.path().join("roi.png").exists());
+    assert!(!png.exists());
 }
 
 #[test]

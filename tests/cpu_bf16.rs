@@ -50,14 +50,13 @@ fn bf16_maps_agree_with_f32_on_the_demo_slice() {
 #[test]
 fn bf16_is_refused_on_a_cpu_without_it() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("p");
-    assert!(xaiclip(&["phantom", "--size", "64", "--slices", "4", "--out", img.to_str().unwrap()]).status.success());
+    let ct = small_phantom(dir.path());
     let out = dir.path().join("labels.nii.gz");
     // XAICLIP_CPU_CAPABILITY=avx2 hides AVX-512 (and so AVX512-BF16) on any CPU.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_xaiclip"))
         .env("XAICLIP_CPU_CAPABILITY", "avx2")
         .args(["segment", "--device", "cpu", "--precision", "bf16", "--image"])
-        .arg(img.join("ct.nii.gz"))
+        .arg(&ct)
         .arg("--out")
         .arg(&out)
         .output()

@@ -51,6 +51,14 @@ pub fn phantom_tree(layout: &str, dir: &Path, cases: usize) {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `xaiclip phantom` (seed 7, 64 x 64 x 4) written to `dir/p`; returns its `ct.nii.gz`.
+pub fn small_phantom(dir: &Path) -> PathBuf {
+    let out = dir.join("p");
+    let o = xaiclip(&["phantom", "--size", "64", "--slices", "4", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.join("ct.nii.gz")
+}
+
 /// Runs xaiclip, expects exit 2 with an error line holding every `expect` fragment; returns it.
 pub fn fails(args: &[&str], expect: &[&str]) -> String {
     let o = xaiclip(args);

@@ -18,6 +18,15 @@ def to_clip_input(gray, size):
     return (x.expand(-1, 3, -1, -1) - MEAN) / STD
 
 
+def perturb_layer_norms(model, scale=0.1):
+    """Default init leaves LayerNorms at identity: perturb them (in place, with torch's global RNG) so that
+    parity fixtures cover their arithmetic."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "layrnorm" in name:
+                p.add_(torch.randn_like(p) * scale)
+
+
 def dense_features(model, pixel_values):
     """MaskCLIP: the last block's value path (no query-key mixing), post-LayerNorm, projection."""
     vm = model.vision_model
