@@ -481,10 +481,10 @@ pub fn write_synthetic(
 ) -> Result<()> {
     for i in 0..cases {
         let s = seed + i as u64;
-        let p = crate::phantom::generate(s, size, slices);
-        let hu: Vec<i16> = p.image.data.iter().map(|&v| v as i16).collect();
         match kind {
             DatasetKind::Flare22 | DatasetKind::Pairs => {
+                let p = crate::phantom::generate(s, size, slices);
+                let hu: Vec<i16> = p.image.data.iter().map(|&v| v as i16).collect();
                 let (images, labels) =
                     if kind == DatasetKind::Flare22 { ("imagesTr", "labelsTr") } else { ("images", "labels") };
                 let id = format!("case_{:04}", i + 1);
@@ -496,6 +496,7 @@ pub fn write_synthetic(
                 io::nifti::write_like(&label_dir.join(format!("{id}.nii.gz")), &p.image, &p.labels)?;
             }
             DatasetKind::ChaosCt => {
+                let p = crate::phantom::generate(s, size, slices);
                 let case = out.join("CT").join(format!("{}", i + 1));
                 write_series_with_masks(
                     &p.image,
@@ -509,22 +510,23 @@ pub fn write_synthetic(
             }
             DatasetKind::ChaosMr => {
                 let case = out.join("MR").join(format!("{}", i + 1));
-                let mr = |sequence| crate::phantom::generate_mr(s, size, slices, sequence).image;
+                let sequences = [Sequence::T1InPhase, Sequence::T1OpposedPhase, Sequence::T2Spir];
+                let (images, labels) = crate::phantom::generate_mr_series(s, size, slices, &sequences);
+                let [in_phase, opposed, t2spir] = &images[..] else { unreachable!("one image per sequence") };
                 let (t1, t2) = (case.join("T1DUAL"), case.join("T2SPIR"));
                 write_series_with_masks(
-                    &mr(Sequence::T1InPhase),
-                    &p.labels,
+                    in_phase,
+                    &labels,
                     &t1,
                     &t1.join("DICOM_anon").join("InPhase"),
                     "IMG-0001-",
                     PngEncoding::ChaosMr,
                     3 * s,
                 )?;
-                let opposed = mr(Sequence::T1OpposedPhase);
-                dicom::write_series(&opposed, &t1.join("DICOM_anon").join("OutPhase"), "IMG-0002-", "MR", 3 * s + 1)?;
+                dicom::write_series(opposed, &t1.join("DICOM_anon").join("OutPhase"), "IMG-0002-", "MR", 3 * s + 1)?;
                 write_series_with_masks(
-                    &mr(Sequence::T2Spir),
-                    &p.labels,
+                    t2spir,
+                    &labels,
                     &t2,
                     &t2.join("DICOM_anon"),
                     "IMG-0003-",

@@ -230,8 +230,22 @@ pub fn generate(seed: u64, size: usize, slices: usize) -> Phantom {
 /// CHAOS's MR series are about 256 x 256 pixels of 1.4-1.9 mm and 5.5-9 mm slices: `size` 256 and
 /// `slices` 20 (8 mm) resemble them.
 pub fn generate_mr(seed: u64, size: usize, slices: usize, sequence: Sequence) -> Phantom {
+    let (mut images, labels) = generate_mr_series(seed, size, slices, &[sequence]);
+    Phantom { image: images.remove(0), labels }
+}
+
+/// The MR phantoms of several sequences of one seed (as `generate_mr` gives each), the anatomy painted
+/// once: one image per sequence, and the labels they share.
+pub fn generate_mr_series(seed: u64, size: usize, slices: usize, sequences: &[Sequence]) -> (Vec<Volume>, Vec<u8>) {
     let root = Philox::new(seed);
     let Painted { tissue, labels, .. } = paint_volume(root, size, slices);
+    let images =
+        sequences.iter().map(|&q| volume(seed, size, slices, mr_signal(root, &tissue, size, slices, q))).collect();
+    (images, labels)
+}
+
+/// One sequence's stored values of a painted anatomy: signal, blur, bias field, Rician noise.
+fn mr_signal(root: Philox, tissue: &[Tissue], size: usize, slices: usize, sequence: Sequence) -> Vec<f32> {
     let (mut water, mut fat): (Vec<f32>, Vec<f32>) = tissue
         .iter()
         .map(|&t| {
@@ -269,7 +283,7 @@ pub fn generate_mr(seed: u64, size: usize, slices: usize, sequence: Sequence) ->
             }
         }
     }
-    Phantom { image: volume(seed, size, slices, data), labels }
+    data
 }
 
 /// SPIR leaves a few per cent of the fat signal (spectral saturation is never complete).
