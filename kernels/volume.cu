@@ -1,5 +1,5 @@
 // 3-D (NCDHW) layers of volumetric U-Nets. Twins: src/backend/cpu/volume.rs (conv3d, conv_transpose3d,
-// max_pool3d, upsample_trilinear, pad_replicate_end3d); shapes are checked in src/backend/volume.rs
+// max_pool3d, upsample_trilinear, pad_replicate_end3d, flip3d); shapes are checked in src/backend/volume.rs
 // before any launch. Instance norm, concatenation and channel softmax of volumes run on layers.cu's
 // kernels, which see a volume as one long plane.
 #include "common.cuh"
@@ -204,5 +204,17 @@ extern "C" __global__ void pad_replicate_end3d(const float* __restrict__ x, floa
         int ox = (int)(o % ow), oy = (int)((o / ow) % oh), oz = (int)((o / ((long long)ow * oh)) % od);
         long long v = o / ((long long)od * oh * ow);
         y[o] = x[v * d * h * w + ((long long)min(oz, d - 1) * h + min(oy, h - 1)) * w + min(ox, w - 1)];
+    }
+}
+
+// Reversal of each (image, channel) volume along the flagged axes: nnU-Net's test-time mirroring. CPU twin:
+// flip3d in src/backend/cpu/volume.rs.
+extern "C" __global__ void flip3d(const float* __restrict__ x, float* __restrict__ y, long long volumes, int d, int h, int w,
+                                  int fd, int fh, int fw) {
+    GRID_STRIDE3(o, volumes * d * h * w) {
+        int ox = (int)(o % w), oy = (int)((o / w) % h), oz = (int)((o / ((long long)w * h)) % d);
+        long long v = o / ((long long)d * h * w);
+        int ix = fw ? w - 1 - ox : ox, iy = fh ? h - 1 - oy : oy, iz = fd ? d - 1 - oz : oz;
+        y[o] = x[v * d * h * w + ((long long)iz * h + iy) * w + ix];
     }
 }

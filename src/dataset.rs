@@ -31,8 +31,11 @@ pub enum DatasetKind {
 pub enum LabelIds {
     /// FLARE22 ids (1 liver, 2 right kidney, 3 spleen, ..., 13 left kidney).
     Flare22,
-    /// TotalSegmentator "total" ids, mapped to FLARE22.
+    /// TotalSegmentator's CT task ("total", ids 1-117), mapped to FLARE22.
     Totalseg,
+    /// TotalSegmentator's MR task ("total_mr", ids 1-50: other numbers than the CT task's), mapped to
+    /// FLARE22.
+    TotalsegMr,
     /// The model's own class ids (an nnU-Net model's dataset.json labels), mapped to FLARE22 by name
     /// (`Explainer::read_labels`; the model must list its classes).
     Model,
@@ -347,7 +350,19 @@ pub fn labels_of(labels: &Volume, ids: LabelIds, image: &Volume) -> Result<Vec<u
     let path = &labels.source;
     let mut on_grid = ids_on_grid_of(labels, image)?;
     match ids {
-        LabelIds::Totalseg => on_grid.iter_mut().for_each(|l| *l = crate::organs::totalseg_to_flare22(*l)),
+        LabelIds::Totalseg | LabelIds::TotalsegMr => {
+            let (table, last, map): (_, u8, fn(u8) -> u8) = match ids {
+                LabelIds::Totalseg => ("CT task's (total", 117, crate::organs::totalseg_to_flare22),
+                _ => ("MR task's (total_mr", 50, crate::organs::totalseg_mr_to_flare22),
+            };
+            if let Some(bad) = on_grid.iter().find(|&&l| l > last) {
+                bail!(
+                    "{}: label {bad} is not in TotalSegmentator's {table}, 1-{last}); --label-ids totalseg is the CT task, totalseg-mr the MR task",
+                    path.display()
+                );
+            }
+            on_grid.iter_mut().for_each(|l| *l = map(*l));
+        }
         LabelIds::Model => {
             bail!(
                 "{}: --label-ids model needs the model's class list (explain and bench read it from the model)",

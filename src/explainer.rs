@@ -24,6 +24,7 @@ use crate::preprocess::{Intensity, Modality, Orientation};
 use crate::roi::clip::{ClipOptions, ClipRoi, ClipRoiFinder};
 use crate::roi::RoiMode;
 use crate::segment::{segment_slices, SegmentOptions};
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -212,6 +213,7 @@ pub struct ExplainerBuilder {
     batch: BatchSize,
     size: Option<usize>,
     intensity: Option<Intensity>,
+    mirror: bool,
 }
 
 impl Default for ExplainerBuilder {
@@ -225,6 +227,7 @@ impl Default for ExplainerBuilder {
             batch: BatchSize::Auto,
             size: None,
             intensity: None,
+            mirror: false,
         }
     }
 }
@@ -277,7 +280,7 @@ impl ExplainerBuilder {
         self
     }
 
-    /// Side of the square model grid; default: the U-Net config's input_size, else 256.
+    /// Side of the square model grid; default: the U-Net config's input_size (required when it has none).
     pub fn size(mut self, size: Option<usize>) -> Self {
         self.size = size;
         self
@@ -287,6 +290,14 @@ impl ExplainerBuilder {
     /// nnU-Net CTNormalization), else the abdomen CT window [-160, 240] HU.
     pub fn intensity(mut self, intensity: Intensity) -> Self {
         self.intensity = Some(intensity);
+        self
+    }
+
+    /// nnU-Net's test-time mirroring: every forward averages the flips along the axes the checkpoint
+    /// allows, as `nnUNetPredictor` does by default (4x the work in 2-D, 8x in 3-D); off by default, and
+    /// refused for models that state no mirroring axes.
+    pub fn mirror(mut self, on: bool) -> Self {
+        self.mirror = on;
         self
     }
 
@@ -306,13 +317,13 @@ impl ExplainerBuilder {
         let mut settings = self.settings;
         let (engine, size, intensity) = match compute {
             Compute::Cpu(b) => {
-                let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, &mut settings)?;
+                let loaded = Loaded::new(b, &unet_dir, self.size, self.batch, self.mirror, &mut settings)?;
                 let own = loaded.intensity(self.intensity, &unet_dir)?;
                 let size = loaded.size;
                 (Engine::Cpu(Box::new(loaded)), size, own)
             }
             Compute::Cuda(b) => {
-                let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, &mut settings)?;
+                let loaded = Loaded::new(*b, &unet_dir, self.size, self.batch, self.mirror, &mut settings)?;
                 let own = loaded.intensity(self.intensity, &unet_dir)?;
                 let size = loaded.size;
                 (Engine::Cuda(Box::new(loaded)), size, own)
@@ -343,12 +354,22 @@ struct Loaded<B: Backend> {
 impl<B: Backend> Loaded<B> {
     /// The model's window for `asked` (its own where it fixes one).
     fn intensity(&self, asked: Option<Intensity>, dir: &Path) -> Result<Intensity> {
-        Ok(self.unet.input_intensity(asked).map_err(|e| crate::error::Error::input(dir, e))?)
+        Ok(self.unet.input_intensity(asked).with_context(|| dir.display().to_string())?)
     }
 
-    fn new(backend: B, unet: &Path, size: Option<usize>, batch: BatchSize, settings: &mut Settings) -> Result<Self> {
+    fn new(
+        backend: B,
+        unet: &Path,
+        size: Option<usize>,
+        batch: BatchSize,
+        mirror: bool,
+        settings: &mut Settings,
+    ) -> Result<Self> {
         let dir = unet;
-        let unet = SegModel::load_dir(&backend, dir)?;
+        let mut unet = SegModel::load_dir(&backend, dir)?;
+        if mirror {
+            unet.enable_mirroring(&backend).with_context(|| dir.display().to_string())?;
+        }
         if unet.spatial_dims() != 2 {
             fail!(
                 InvalidInput,
@@ -357,7 +378,7 @@ impl<B: Backend> Loaded<B> {
                 unet.spatial_dims()
             );
         }
-        let size = model_size(size, &unet);
+        let size = model_size(size, &unet).with_context(|| dir.display().to_string())?;
         if !(16..=MAX_GRID).contains(&size) {
             fail!(InvalidInput, "--size {size}: the model grid must be 16 to {MAX_GRID} pixels");
         }
@@ -485,6 +506,8 @@ pub struct Explanation {
     pub input: SliceInput,
     /// The settings it ran with.
     pub settings: Settings,
+    /// What looked wrong about the image for this model ([`Explainer::check_image`]).
+    pub warnings: Vec<String>,
 }
 
 impl Explanation {
@@ -659,6 +682,7 @@ impl Explainer {
             None => self.settings.clone(),
         };
         let class = self.class_of(&request.organ)?;
+        let warnings = self.check_image(volume)?.into_iter().collect();
         let k = self.pick_slice(volume, request.labels.as_deref(), &request.slices, class)?;
         let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
         let clip = if request.roi.uses_clip() {
@@ -678,7 +702,15 @@ impl Explainer {
             clip_probability: clip.probability,
             input,
             settings,
+            warnings,
         })
+    }
+
+    /// Whether `volume` fits the modality this explainer makes inputs for
+    /// ([`crate::preprocess::check_modality`]): an error where the file states another modality, else
+    /// a warning where its values cannot be that modality's.
+    pub fn check_image(&self, volume: &Volume) -> Result<Option<String>> {
+        Ok(crate::preprocess::check_modality(volume, self.intensity.modality())?)
     }
 
     /// How the model's slices lie on a volume (radiological for the bundled models, voxel order for
@@ -847,6 +879,8 @@ impl Explainer {
         batch: usize,
         progress: impl FnMut(usize),
     ) -> Result<Vec<u8>> {
+        // A file that states another modality is refused here too (the warning is the caller's).
+        crate::preprocess::check_modality(volume, intensity.modality())?;
         let options = SegmentOptions { intensity, input_size: self.size, batch };
         with_engine!(self, |e| Ok(segment_slices(&e.backend, &e.unet, volume, slices, &options, progress)?))
     }

@@ -67,6 +67,26 @@ pub fn totalseg_to_flare22(id: u8) -> u8 {
     }
 }
 
+/// TotalSegmentator "total_mr" id (its MR task's table, 1-50) to FLARE22 id (0 for the rest).
+pub fn totalseg_mr_to_flare22(id: u8) -> u8 {
+    match id {
+        5 => 1,
+        2 => 2,
+        1 => 3,
+        7 => 4,
+        23 => 5,
+        24 => 6,
+        8 => 7,
+        9 => 8,
+        4 => 9,
+        12 => 10,
+        6 => 11,
+        14 => 12,
+        3 => 13,
+        _ => 0,
+    }
+}
+
 /// The FLARE22 name of a class id ("class N" for ids it does not name).
 pub fn organ_name(class: usize) -> String {
     FLARE22_ORGANS.iter().find(|(id, _)| *id as usize == class).map_or(format!("class {class}"), |(_, n)| n.to_string())

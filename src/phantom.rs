@@ -208,6 +208,7 @@ fn volume(seed: u64, size: usize, slices: usize, data: Vec<f32>) -> Volume {
         affine,
         source: PathBuf::from(format!("phantom-seed{seed}")),
         nifti_header: None,
+        modality: None,
     }
 }
 

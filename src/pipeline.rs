@@ -844,7 +844,14 @@ impl BatchSize {
     }
 }
 
-/// The model grid side for `model`: the requested one, else its config's input_size, else 256.
-pub fn model_size<B: Backend>(requested: Option<usize>, model: &SegModel<B>) -> usize {
-    requested.or(model.input_size()).unwrap_or(256)
+/// The model grid side for `model`: the requested one, else the input size the model states. Refused
+/// when neither is known: a model run at a size other than its training one segments badly, unseen.
+pub fn model_size<B: Backend>(requested: Option<usize>, model: &SegModel<B>) -> anyhow::Result<usize> {
+    match requested.or(model.input_size()) {
+        Some(size) => Ok(size),
+        None => crate::fail!(
+            InvalidInput,
+            "the model states no input size (config.json's \"input_size\", a bundle's Resized): pass --size N, the side of the slices it was trained on"
+        ),
+    }
 }

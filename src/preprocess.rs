@@ -252,6 +252,45 @@ impl Modality {
     }
 }
 
+/// The lowest value a CT volume in Hounsfield units is expected to reach: air is about -1000 HU.
+const CT_AIR_HU: f32 = -200.0;
+
+/// Why `volume` is not `modality`, if it is not: an error where the file states another modality (a
+/// DICOM series' Modality), a warning where its values cannot be that modality's (CT in Hounsfield
+/// units reaches air near -1000; MR magnitudes are not negative). Feeding a model an MR image through a
+/// CT window, or the reverse, gives a near-flat input and a wrong segmentation without any other sign.
+pub fn check_modality(volume: &Volume, modality: Modality) -> Result<Option<String>> {
+    let src = volume.source.display();
+    if let Some(stated) = volume.modality.as_deref() {
+        let stated_as = [Modality::Ct, Modality::Mr].into_iter().find(|m| m.name().eq_ignore_ascii_case(stated));
+        return match stated_as {
+            Some(m) if m == modality => Ok(None),
+            Some(m) => crate::fail!(
+                InvalidInput,
+                "{src}: the series is {stated} (DICOM Modality) but the model's inputs would be made for {}; pass --modality {}",
+                modality.name().to_uppercase(),
+                m.name()
+            ),
+            None => Ok(Some(format!(
+                "{src}: the series is {stated} (DICOM Modality); the model's inputs are made for {}",
+                modality.name().to_uppercase()
+            ))),
+        };
+    }
+    let min = volume.data.iter().copied().fold(f32::INFINITY, f32::min);
+    let air = volume.data.iter().filter(|&&v| v <= -500.0).count() as f64 / volume.data.len().max(1) as f64;
+    Ok(match modality {
+        Modality::Ct if min > CT_AIR_HU => Some(format!(
+            "{src}: no value below {min}, so not CT in Hounsfield units (air is about -1000): an MR image? The CT window makes it a near-flat input; pass --modality mr"
+        )),
+        Modality::Mr if air >= 0.01 => Some(format!(
+            "{src}: {:.0}% of its values are -500 or below, as air in Hounsfield units: a CT image? MR normalisation would be wrong for it; pass --modality ct",
+            air * 100.0
+        )),
+        _ => None,
+    })
+}
+
 /// Intensity normalisation to [0, 1] before the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Intensity {
@@ -394,6 +433,7 @@ mod tests {
             affine,
             source: PathBuf::from("t.nii"),
             nifti_header: None,
+            modality: None,
         }
     }
 

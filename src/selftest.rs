@@ -60,6 +60,7 @@ enum Op {
     MaxPool3d { n: usize, c: usize, dhw: [usize; 3], k: [usize; 3] },
     Trilinear { n: usize, c: usize, dhw: [usize; 3], out: [usize; 3], align: bool },
     Pad3d { n: usize, c: usize, dhw: [usize; 3] },
+    Flip3d { n: usize, c: usize, dhw: [usize; 3], axes: [bool; 3] },
     Concat3d { n: usize, ca: usize, cb: usize, dhw: [usize; 3] },
 }
 
@@ -142,6 +143,9 @@ fn ops(quick: bool) -> Vec<Op> {
         Op::Trilinear { n: 2, c: 16, dhw: [8, 20, 20], out: [16, 40, 40], align: true },
         Op::Trilinear { n: 1, c: 8, dhw: [7, 10, 9], out: [14, 20, 18], align: false },
         Op::Pad3d { n: 2, c: 16, dhw: [7, 19, 20] },
+        // nnU-Net's mirroring: a 2-D network's slices as one-slice volumes, and all three axes.
+        Op::Flip3d { n: 3, c: 1, dhw: [1, 33, 31], axes: [false, true, true] },
+        Op::Flip3d { n: 2, c: 14, dhw: [7, 19, 20], axes: [true, false, true] },
         Op::Concat3d { n: 2, ca: 16, cb: 16, dhw: [12, 20, 20] },
     ];
     if !quick {
@@ -185,6 +189,7 @@ fn ops(quick: bool) -> Vec<Op> {
                 Op::Trilinear { n: few(n), c, dhw: vol(dhw), out: vol(dhw).map(|v| 2 * v), align }
             }
             Op::Pad3d { n, c, dhw } => Op::Pad3d { n: few(n), c, dhw: vol(dhw) },
+            Op::Flip3d { n, c, dhw, axes } => Op::Flip3d { n: few(n), c, dhw: vol(dhw), axes },
             Op::Concat3d { n, ca, cb, dhw } => Op::Concat3d { n: few(n), ca, cb, dhw: vol(dhw) },
         })
         .collect()
@@ -229,6 +234,7 @@ impl Op {
             Op::MaxPool3d { .. } => "max_pool3d",
             Op::Trilinear { .. } => "upsample_trilinear",
             Op::Pad3d { .. } => "pad_replicate_end3d",
+            Op::Flip3d { .. } => "flip3d",
             Op::Concat3d { .. } => "concat_channels 3-D",
         }
     }
@@ -269,6 +275,7 @@ impl Op {
             }
             Op::InstanceNorm3d { n, c, dhw } | Op::Pad3d { n, c, dhw } => format!("{n}x{c} @{dhw:?}"),
             Op::GroupNorm3d { n, c, groups, dhw } => format!("{n}x{c} in {groups} groups @{dhw:?}"),
+            Op::Flip3d { n, c, dhw, axes } => format!("{n}x{c} @{dhw:?} along {axes:?}"),
             Op::MaxPool3d { n, c, dhw, k } => format!("{n}x{c} @{dhw:?} k {k:?}"),
             Op::Trilinear { n, c, dhw, out, align } => format!("{n}x{c} @{dhw:?} -> {out:?} align_corners {align}"),
             Op::Concat3d { n, ca, cb, dhw } => format!("{n}x({ca}+{cb}) @{dhw:?}"),
@@ -343,7 +350,8 @@ impl Op {
             }
             Op::MaxPool3d { n, c, dhw: [d, h, w], .. }
             | Op::Trilinear { n, c, dhw: [d, h, w], .. }
-            | Op::Pad3d { n, c, dhw: [d, h, w] } => vec![random(&rng, 0, &[n, c, d, h, w], -4.0, 4.0)],
+            | Op::Pad3d { n, c, dhw: [d, h, w] }
+            | Op::Flip3d { n, c, dhw: [d, h, w], .. } => vec![random(&rng, 0, &[n, c, d, h, w], -4.0, 4.0)],
             Op::Concat3d { n, ca, cb, dhw: [d, h, w] } => vec![r(0, &[n, ca, d, h, w]), r(1, &[n, cb, d, h, w])],
         }
     }
@@ -425,6 +433,7 @@ impl Op {
             Op::MaxPool3d { k, .. } => b.max_pool3d(&t[0], k),
             Op::Trilinear { out, align, .. } => b.upsample_trilinear(&t[0], out, align),
             Op::Pad3d { dhw: [d, h, w], .. } => b.pad_replicate_end3d(&t[0], [d + 1, h + 1, w + 2]),
+            Op::Flip3d { axes, .. } => b.flip3d(&t[0], axes),
             Op::Concat3d { .. } => b.concat_channels(&t[0], &t[1]),
         }
     }
@@ -473,6 +482,7 @@ impl Op {
             Op::MaxPool3d { n, c, dhw, .. } => (0.0, 5.0 * f(n * c * dhw.iter().product::<usize>())),
             Op::Trilinear { n, c, out, .. } => (0.0, 36.0 * f(n * c * out.iter().product::<usize>())),
             Op::Pad3d { n, c, dhw: [d, h, w] } => (0.0, 8.0 * f(n * c * (d + 1) * (h + 1) * (w + 2))),
+            Op::Flip3d { n, c, dhw, .. } => (0.0, 8.0 * f(n * c * dhw.iter().product::<usize>())),
             Op::Concat3d { n, ca, cb, dhw } => (0.0, 8.0 * f(n * (ca + cb) * dhw.iter().product::<usize>())),
         }
     }

@@ -24,7 +24,7 @@ use crate::roi::clip::{ClipOptions, ClipRoiFinder};
 use crate::roi::volume::{bounding_box, clip_volume, dilate, ClipVolume};
 use crate::roi::{RoiMode, MIN_COVERAGE};
 use crate::tensor::Tensor;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 /// The sliding window's tile where neither the model nor the user states one (MONAI's zoo bundles' 96³).
 pub const DEFAULT_PATCH: [usize; 3] = [96; 3];
@@ -102,6 +102,9 @@ pub struct VolumeSettings {
     pub faithfulness_steps: usize,
     /// Stops the run at its next batch of tiles (`ErrorKind::Cancelled`); clones share the flag.
     pub cancel: Cancel,
+    /// nnU-Net's test-time mirroring ([`crate::models::nnunet::NnUNet::enable_mirroring`]); runs that
+    /// share a model must agree.
+    pub mirror: bool,
 }
 
 impl VolumeSettings {
@@ -130,6 +133,7 @@ impl VolumeSettings {
             reuse: true,
             faithfulness_steps: 10,
             cancel: Cancel::default(),
+            mirror: false,
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct VolumeRun {
     pub roi: Vec<bool>,
     /// The intensity window the model's input was made with.
     pub intensity: Intensity,
+    /// What looked wrong about the volume for that window ([`crate::preprocess::check_modality`]).
+    pub warnings: Vec<String>,
     /// Mean organ probability over M0 of the unperturbed volume.
     pub base_score: f32,
     /// Occlusion windows scored.
@@ -321,6 +327,8 @@ struct ModelInput {
     /// The sliding window with the model's padding value.
     window: SlidingWindow,
     intensity: Intensity,
+    /// [`crate::preprocess::check_modality`]'s warning.
+    warning: Option<String>,
 }
 
 fn model_input<B: Backend>(
@@ -337,9 +345,10 @@ fn model_input<B: Backend>(
         nnunet_input_check(nnunet, volume, dims, view.spacing(volume))?;
     }
     let intensity = model.input_intensity(intensity)?;
+    let warning = crate::preprocess::check_modality(volume, intensity.modality())?;
     let input = normalise_values(&view.model_order(&volume.data), intensity.range(volume));
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
-    Ok(ModelInput { view, x, window: SlidingWindow { cval: model.input_padding(), ..*window }, intensity })
+    Ok(ModelInput { view, x, window: SlidingWindow { cval: model.input_padding(), ..*window }, intensity, warning })
 }
 
 /// The 3-D `model`'s prediction of the whole `volume` by sliding-window inference: logits (K, voxels),
@@ -374,7 +383,8 @@ pub fn explain_volume<B: Backend>(
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
     let started = std::time::Instant::now();
-    let ModelInput { view, x, window, intensity } = model_input(model, volume, &settings.window, settings.intensity)?;
+    let ModelInput { view, x, window, intensity, warning } =
+        model_input(model, volume, &settings.window, settings.intensity)?;
     let dims = view.dims();
     let mut scorer = VolumeScorer::new(backend, model, &x, &window, class, 0.0)?;
     scorer.reuse = settings.reuse;
@@ -454,6 +464,7 @@ pub fn explain_volume<B: Backend>(
         agreement,
         faithfulness,
         intensity,
+        warnings: warning.into_iter().collect(),
     })
 }
 
@@ -480,7 +491,8 @@ pub fn model_intensity(dir: &std::path::Path, asked: Option<Intensity>) -> Resul
 
 /// The labels (the model's class channels, argmax of the logits; first on ties) of the 3-D model in
 /// `dir` over the whole `volume` on `device`, with its own sliding window ([`model_window`]) unless
-/// `window` is given; `intensity` as in [`VolumeSettings`].
+/// `window` is given; `intensity` and `mirror` as in [`VolumeSettings`].
+#[allow(clippy::too_many_arguments)]
 pub fn segment_volume_on(
     device: Device,
     precision: Precision,
@@ -488,6 +500,7 @@ pub fn segment_volume_on(
     volume: &Volume,
     window: Option<SlidingWindow>,
     intensity: Option<Intensity>,
+    mirror: bool,
 ) -> Result<Vec<u8>> {
     fn on<B: Backend>(
         b: &B,
@@ -495,8 +508,13 @@ pub fn segment_volume_on(
         volume: &Volume,
         window: Option<SlidingWindow>,
         intensity: Option<Intensity>,
+        mirror: bool,
     ) -> Result<Vec<u8>> {
-        let model = SegModel::load_dir(b, dir)?;
+        let mut model = SegModel::load_dir(b, dir)?;
+        model.input_intensity(intensity).with_context(|| dir.display().to_string())?;
+        if mirror {
+            model.enable_mirroring(b).with_context(|| dir.display().to_string())?;
+        }
         let window = window.or_else(|| model_window(dir)).ok_or_else(|| {
             anyhow::anyhow!("{}: a 2-D model segments slices; whole volumes need a 3-D one", dir.display())
         })?;
@@ -512,8 +530,8 @@ pub fn segment_volume_on(
             .collect())
     }
     match device.select(precision)? {
-        Compute::Cpu(b) => on(&b, dir, volume, window, intensity),
-        Compute::Cuda(b) => on(b.as_ref(), dir, volume, window, intensity),
+        Compute::Cpu(b) => on(&b, dir, volume, window, intensity, mirror),
+        Compute::Cuda(b) => on(b.as_ref(), dir, volume, window, intensity, mirror),
     }
 }
 
@@ -581,7 +599,14 @@ pub fn explain_volumes_on(
         runs: &[VolumeSettings],
         mut progress: impl FnMut(&str, usize, usize),
     ) -> Result<Vec<VolumeExplained>> {
-        let model = SegModel::load_dir(b, dir)?;
+        let mut model = SegModel::load_dir(b, dir)?;
+        for run in runs {
+            model.input_intensity(run.intensity).with_context(|| dir.display().to_string())?;
+        }
+        ensure!(runs.windows(2).all(|w| w[0].mirror == w[1].mirror), "runs sharing one model need the same mirroring");
+        if runs.first().is_some_and(|r| r.mirror) {
+            model.enable_mirroring(b).with_context(|| dir.display().to_string())?;
+        }
         let class = model.class_of(organ)?;
         let truth = match labels {
             Some(l) => {

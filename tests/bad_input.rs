@@ -8,7 +8,7 @@ use xaiclip::io::{nifti, Volume};
 
 fn volume(dims: [usize; 3], data: Vec<f32>) -> Volume {
     let affine = [[1.5, 0.0, 0.0, -10.0], [0.0, 1.5, 0.0, 5.0], [0.0, 0.0, 2.5, 0.0], [0.0, 0.0, 0.0, 1.0]];
-    Volume { dims, data, affine, source: PathBuf::from("test"), nifti_header: None }
+    Volume { dims, data, affine, source: PathBuf::from("test"), nifti_header: None, modality: None }
 }
 
 /// A 24^3 CT-like volume with noise, so a gzip of it does not compress to nothing.

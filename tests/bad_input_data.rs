@@ -348,7 +348,7 @@ fn bad_input_table_lists_every_case() {
     let rows: Vec<&str> =
         table.lines().filter(|l| l.starts_with("| `")).map(|l| l.split('`').nth(1).unwrap()).collect();
     let mut tests = Vec::new();
-    for file in ["tests/bad_input.rs", "tests/bad_input_data.rs", "tests/reliability.rs"] {
+    for file in ["tests/bad_input.rs", "tests/bad_input_data.rs", "tests/reliability.rs", "tests/model_modality.rs"] {
         let src = std::fs::read_to_string(repo().join(file)).unwrap();
         let mut lines = src.lines().peekable();
         while let Some(l) = lines.next() {

@@ -47,7 +47,7 @@ fn whole_volume_logits_match_nnunet_and_labels_differ_from_its_predictor_only_wh
         assert!(err <= 1e-4 * scale, "{case}: logits off by {err} (max {scale})");
         let n = volume.voxel_count();
         let argmax = |l: &[f32], v: usize| (0..3).fold(0, |b, k| if l[k * n + v] > l[b * n + v] { k } else { b }) as u8;
-        let labels = segment_volume_on(Device::Cpu, Precision::F32, &dir, &volume, None, None).unwrap();
+        let labels = segment_volume_on(Device::Cpu, Precision::F32, &dir, &volume, None, None, false).unwrap();
         let predictor = raw.tensor(&format!("{case}.labels")).unwrap().data().to_vec();
         let (mut ties, mut moved) = (0, 0);
         for v in 0..n {

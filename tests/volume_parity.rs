@@ -37,9 +37,15 @@ fn every_3d_op_matches_pytorch() {
     let io = WeightsFile::open(&path).unwrap();
     let b = CpuBackend;
     let ops: Vec<&str> = cases.values().map(|c| c["op"].as_str().unwrap()).collect();
-    for op in
-        ["conv3d", "conv_transpose3d", "instance_norm_leaky", "group_norm_relu", "max_pool3d", "upsample_trilinear"]
-    {
+    for op in [
+        "conv3d",
+        "conv_transpose3d",
+        "instance_norm_leaky",
+        "group_norm_relu",
+        "max_pool3d",
+        "upsample_trilinear",
+        "flip3d",
+    ] {
         assert!(ops.contains(&op), "the fixture has no {op} case");
     }
     for (name, case) in &cases {
@@ -75,6 +81,10 @@ fn every_3d_op_matches_pytorch() {
             }
             "pad_replicate_end3d" => b.pad_replicate_end3d(&t("x"), dims(&case["size"])).unwrap(),
             "concat_channels" => b.concat_channels(&t("a"), &t("b")).unwrap(),
+            "flip3d" => {
+                let axes: Vec<bool> = case["axes"].as_array().unwrap().iter().map(|a| a.as_bool().unwrap()).collect();
+                b.flip3d(&t("x"), [axes[0], axes[1], axes[2]]).unwrap()
+            }
             other => panic!("{name}: unknown op {other}"),
         };
         let err = normalised_error(&out, &t("y"));

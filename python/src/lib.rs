@@ -121,7 +121,14 @@ fn finish(
             m
         }
     };
-    let volume = Volume { dims, data, affine, source: PathBuf::from(format!("<{what} array>")), nifti_header: None };
+    let volume = Volume {
+        dims,
+        data,
+        affine,
+        source: PathBuf::from(format!("<{what} array>")),
+        nifti_header: None,
+        modality: None,
+    };
     volume.check_finite().map_err(|e| value_err(format!("{e:#}")))?;
     Ok(volume)
 }
@@ -586,6 +593,12 @@ impl Explanation {
     #[getter]
     fn slice_axis(&self) -> PyResult<usize> {
         Ok(xaiclip::preprocess::AxialLayout::of(&self.volume).map_err(|e| py_err(e.into()))?.slice_axis)
+    }
+
+    /// What looked wrong about the image for the model (e.g. values that cannot be CT under a CT window).
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.inner.warnings.clone()
     }
 
     /// The organ's name.

@@ -111,3 +111,12 @@ def test_maps_come_back_on_their_grids(explainer, case, reference):
     assert reference.roi_probability is None
     assert reference.model_input.min() >= 0 and reference.model_input.max() <= 1
     assert reference.metrics["roi"] == "none" and reference.metrics["forward_passes"] == reference.forward_passes
+
+
+def test_an_image_that_cannot_be_ct_is_warned_about(explainer, case, reference):
+    # The MR phantom under the CT window: no value is Hounsfield units, so the explanation says so.
+    _, labels, affine = case
+    mr = xaiclip.phantom(mr="t2-spir")[0]
+    e = explainer.explain(mr, label=labels, affine=affine, **QUICK)
+    assert len(e.warnings) == 1 and "not CT in Hounsfield units" in e.warnings[0], e.warnings
+    assert reference.warnings == []

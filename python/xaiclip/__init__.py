@@ -196,6 +196,12 @@ class Explanation:
         Dice/IoU/AUROC/pointing game, deletion/insertion AUC, the agreement and faithfulness blocks."""
         return json.loads(self._native.result_json)
 
+    @property
+    def warnings(self) -> list:
+        """What looked wrong about the image for the model: e.g. values that cannot be CT under a CT
+        window (an MR image? pass ``modality="mr"``). Empty when nothing did."""
+        return self._native.warnings
+
     slice = property(lambda self: self._native.slice, doc="The slice explained (index along slice_axis).")
     slice_axis = property(lambda self: self._native.slice_axis, doc="The voxel axis slices stack along.")
     organ = property(lambda self: self._native.organ, doc="The organ's name.")
@@ -236,7 +242,7 @@ class Explainer:
     - ``clip``, ``coop``: CLIP (transformers CLIPModel) and CoOp folders; None: the bundled ones.
     - ``device``: "auto" (a GPU when usable), "cpu", "cuda" or "cuda:N". ``precision``: "f32", "tf32",
       "bf16" (GPU convolutions). ``batch``: perturbed images per forward pass, a number or "auto".
-    - ``size``: side of the square model grid (None: the model's own, else 256).
+    - ``size``: side of the square model grid (None: the model's own; required when it states none).
     - ``modality``: "ct" (HU ``window``, default "-160,240") or "mr" (0.5-99.5th percentiles); neither
       given: the model's own normalisation where it has one (an nnU-Net's CTNormalization).
     - ``prompt`` / ``no_coop``: a hand-written prompt, or the template prompts, instead of CoOp.
@@ -311,7 +317,7 @@ class Explainer:
         - ``method``: occlusion, rise, lime or kernelshap. ``roi``: none, clip (default), seg, bbox,
           clip+seg.
         - ``label``: ground truth (array on the image's grid, or a path; ``label_ids`` "flare22",
-          "totalseg", or "model" for the model's own ids, e.g. an nnU-Net dataset.json's): enables Dice/IoU/AUROC, ROI coverage and ``slice="organ-center"``.
+          "totalseg" (TotalSegmentator's CT task), "totalseg-mr" (its MR task), or "model" for the model's own ids, e.g. an nnU-Net dataset.json's): enables Dice/IoU/AUROC, ROI coverage and ``slice="organ-center"``.
         - ``slice``: an index along k, or "organ-center" (default for volumes; needs ``label``).
         - ``progress``: True for a progress bar on stderr, or a callable ``(done, total)`` called after
           each batch of forward passes (an exception it raises stops the run and propagates).

@@ -592,6 +592,10 @@ impl Backend for CpuBackend {
         volume::pad_replicate_end3d(x, size)
     }
 
+    fn flip3d(&self, x: &Tensor, axes: [bool; 3]) -> Result<Tensor> {
+        volume::flip3d(x, axes)
+    }
+
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let [out_f, in_f] = weight.shape()[..] else {
             bail!("linear: weight must be (out, in), got {:?}", weight.shape())

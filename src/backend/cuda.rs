@@ -633,6 +633,11 @@ impl Backend for CudaBackend {
         self.volume_op(Kernel::PadReplicateEnd3d, x, &[n, c, size[0], size[1], size[2]], &extra)
     }
 
+    fn flip3d(&self, x: &CudaTensor, axes: [bool; 3]) -> Result<CudaTensor> {
+        let extra = axes.map(i32::from);
+        self.volume_op(Kernel::Flip3d, x, &x.shape, &extra)
+    }
+
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
         let [out_f, in_f] = weight.shape[..] else { bail!("linear: weight must be (out, in), got {:?}", weight.shape) };
         let last = *x.shape.last().unwrap_or(&0);

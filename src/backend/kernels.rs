@@ -63,11 +63,13 @@ pub enum Kernel {
     UpsampleTrilinear,
     /// Replicate padding at the end of D, H and W.
     PadReplicateEnd3d,
+    /// Reversal along marked D, H, W axes (test-time mirroring).
+    Flip3d,
 }
 
 impl Kernel {
     /// Every kernel, in the order of the files.
-    pub const ALL: [Kernel; 29] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::AttentionF32,
         Kernel::Conv2dF32M16,
         Kernel::Conv2dF32M32,
@@ -97,6 +99,7 @@ impl Kernel {
         Kernel::MaxPool3d,
         Kernel::UpsampleTrilinear,
         Kernel::PadReplicateEnd3d,
+        Kernel::Flip3d,
     ];
 
     /// The `extern "C"` function name in the .cu file.
@@ -131,6 +134,7 @@ impl Kernel {
             Kernel::MaxPool3d => "max_pool3d",
             Kernel::UpsampleTrilinear => "upsample_trilinear",
             Kernel::PadReplicateEnd3d => "pad_replicate_end3d",
+            Kernel::Flip3d => "flip3d",
         }
     }
 
@@ -154,7 +158,8 @@ impl Kernel {
             | Kernel::ConvTranspose3d
             | Kernel::MaxPool3d
             | Kernel::UpsampleTrilinear
-            | Kernel::PadReplicateEnd3d => "volume",
+            | Kernel::PadReplicateEnd3d
+            | Kernel::Flip3d => "volume",
             _ => "layers",
         }
     }
@@ -188,6 +193,7 @@ impl Kernel {
             Kernel::MaxPool3d => "max_pool3d",
             Kernel::UpsampleTrilinear => "upsample_trilinear",
             Kernel::PadReplicateEnd3d => "pad_replicate_end3d",
+            Kernel::Flip3d => "flip3d",
         }
     }
 }

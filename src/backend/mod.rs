@@ -225,6 +225,10 @@ pub trait Backend: Send + Sync {
     /// Grow D, H, W to `size` by repeating the last slice/row/column (MONAI UpCat's replicate pad in 3-D).
     fn pad_replicate_end3d(&self, x: &Self::Tensor, size: [usize; 3]) -> Result<Self::Tensor>;
 
+    /// An NCDHW tensor reversed along the spatial axes marked in `axes` (D, H, W): nnU-Net's test-time
+    /// mirroring (`torch.flip`).
+    fn flip3d(&self, x: &Self::Tensor, axes: [bool; 3]) -> Result<Self::Tensor>;
+
     /// y = x W^T + b over the last axis; weight (out, in) as in torch.nn.Linear.
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
 

@@ -100,6 +100,7 @@ impl MethodArgs {
             .precision(device.precision)
             .clip(self.clip.clip_options()?)
             .batch(self.batch.parse::<BatchSize>()?)
+            .mirror(self.intensity.mirror)
             .size(size);
         if let Some(intensity) = self.intensity.intensity()? {
             b = b.intensity(intensity);

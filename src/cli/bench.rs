@@ -40,7 +40,7 @@ pub struct BenchCmd {
     /// Runs per row; seconds are the median.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Model input size (square); default: the U-Net config's input_size, else 256.
+    /// Model input size (square); default: the U-Net config's input_size (required when it has none).
     #[arg(long)]
     pub size: Option<usize>,
     /// Write the table as JSON here.

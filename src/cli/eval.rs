@@ -64,7 +64,7 @@ pub struct EvalCmd {
     /// With --merge: join shards even when some are missing or did not finish (summary.md says which).
     #[arg(long, requires = "merge")]
     pub allow_partial: bool,
-    /// Model input size (square); default: config.json's input_size, else 256.
+    /// Model input size (square); default: config.json's input_size (required when it has none).
     #[arg(long)]
     pub size: Option<usize>,
     #[command(flatten)]

@@ -22,7 +22,7 @@ pub struct ExplainCmd {
     /// margin), bbox, clip+seg.
     #[arg(long, value_enum, default_value_t = RoiMode::default())]
     pub roi: RoiMode,
-    /// Model input size (square); default: the U-Net config's input_size, else 256.
+    /// Model input size (square); default: the U-Net config's input_size (required when it has none).
     #[arg(long)]
     pub size: Option<usize>,
     /// Output folder (created if missing).
@@ -51,6 +51,7 @@ pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;
+    super::warn_image(&explainer, &volume)?;
     let mut request = Request::new(&cmd.method_args.organ, cmd.method).roi(cmd.roi).slices(cmd.case.slices()?);
     if let Some(label) = &cmd.case.label {
         request = request.labels(explainer.read_labels(label, cmd.case.label_ids, &volume)?);
@@ -75,6 +76,7 @@ pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
         "image": cmd.case.image, "label": cmd.case.label, "slice": explanation.slice, "organ": explanation.organ,
         "class": explanation.class, "model_input_size": explainer.model_size(), "seed": cmd.method_args.options.seed,
         "backend": explainer.device_name(), "settings": settings.json_for(cmd.method), "provenance": super::provenance(), "weights": explainer.weights_json()?, "result": explanation.result_json(),
+        "warnings": explanation.warnings,
     });
     let mut md = String::from("| figure | value |\n|---|---:|\n");
     if let serde_json::Value::Object(fields) = serde_json::to_value(run.summary().figures)? {
@@ -159,6 +161,7 @@ fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
 /// Reads the image (and labels), converts the slice option, and picks the slice for the organ.
 pub fn load_case(explainer: &Explainer, case: &CaseArgs, organ: &str) -> Result<Case> {
     let volume = io::read_image(&case.image)?;
+    super::warn_image(explainer, &volume)?;
     let class = explainer.class_of(organ)?;
     let labels = case.label.as_deref().map(|l| explainer.read_labels(l, case.label_ids, &volume)).transpose()?;
     Case::new(explainer, volume, labels, &case.slices()?, class)

@@ -90,7 +90,7 @@ fn weights_info(path: &Path) -> Result<()> {
             (3, Some(p), _) => format!("patch {}x{}x{} (sliding window)", p[0], p[1], p[2]),
             (3, None, _) => "patch not given (explain --patch; default 96x96x96)".into(),
             (_, _, Some(s)) => format!("input {s}x{s}"),
-            _ => "input size not given (default 256x256)".into(),
+            _ => "input size not given (pass --size: the side it was trained on)".into(),
         };
         use xaiclip::models::unet::Upsample;
         let (norm, act) = (norm_words(config.norm, config.norm_eps), act_words(config.act));
@@ -115,6 +115,13 @@ fn weights_info(path: &Path) -> Result<()> {
                 format!("slices:     {orientation}")
             }
         );
+        match &config.modalities {
+            Some(m) => println!(
+                "modality:   {} (config.json modalities; others refused)",
+                m.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+            ),
+            None => println!("modality:   not stated (--modality; default CT with the abdomen window)"),
+        }
         let dims = config.spatial_dims;
         BasicUNet::load(&CpuBackend, config, &weights)?;
         println!("check:      every weight has the shape this {dims}-D model expects");
@@ -237,9 +244,17 @@ fn nnunet_info(path: &Path) -> Result<()> {
         ),
         Normalization::Other(name) => println!("intensity:  {name} (not supported by explain/segment yet)"),
     }
+    println!(
+        "mirroring:  off unless --mirror (nnUNetPredictor's default; {})",
+        match xaiclip::models::nnunet::mirroring_axes(&model.folds[0].1) {
+            Ok(axes) if axes.is_empty() => "this checkpoint allows none".to_string(),
+            Ok(axes) => format!("the checkpoint allows axes {axes:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    );
     if c.spatial_dims == 3 {
         println!("voxels:     {}", model.describe_volume());
-        println!("inference:  nnUNetPredictor's sliding window: tiles of the patch at step 0.5, its Gaussian weighting, 0 padding after normalisation; no mirroring");
+        println!("inference:  nnUNetPredictor's sliding window: tiles of the patch at step 0.5, its Gaussian weighting, 0 padding after normalisation; mirroring with --mirror");
     } else {
         println!("slices:     {}", model.orientation.describe());
     }

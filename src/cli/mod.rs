@@ -219,6 +219,11 @@ pub struct IntensityArgs {
     /// nnU-Net model's own CTNormalization window].
     #[arg(long, allow_hyphen_values = true, help_heading = "Input")]
     pub window: Option<String>,
+    /// nnU-Net test-time mirroring: average the model over flips along the axes its checkpoint allows,
+    /// as nnUNetPredictor does by default (nnUNetv2_predict without --disable_tta); 4x the forwards in
+    /// 2-D, 8x in 3-D. nnU-Net models only.
+    #[arg(long, help_heading = "Model")]
+    pub mirror: bool,
 }
 
 impl IntensityArgs {
@@ -281,6 +286,15 @@ impl DeviceArgs {
             precision: own.precision.or(leading.precision).unwrap_or(defaults.precision_choice()),
         }
     }
+}
+
+/// Prints what looks wrong about `volume` for the explainer's model, before any work; a file that
+/// states another modality is refused ([`xaiclip::Explainer::check_image`]).
+pub fn warn_image(explainer: &xaiclip::Explainer, volume: &xaiclip::io::Volume) -> Result<()> {
+    if let Some(warning) = explainer.check_image(volume)? {
+        eprintln!("warning: {warning}");
+    }
+    Ok(())
 }
 
 /// Who wrote a report and when: the version and git commit built from, the command line and the time

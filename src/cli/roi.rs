@@ -17,7 +17,7 @@ pub struct RoiCmd {
     /// Organ to localise (liver, spleen, right-kidney, left-kidney, pancreas, aorta, ...) or class id.
     #[arg(long, default_value = "liver", help_heading = "Input")]
     pub organ: String,
-    /// Model input size (square); default: the U-Net config's input_size, else 256.
+    /// Model input size (square); default: the U-Net config's input_size (required when it has none).
     #[arg(long)]
     pub size: Option<usize>,
     /// Output: .png (overlay) or .nii/.nii.gz (ROI mask on the input's grid).

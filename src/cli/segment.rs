@@ -25,7 +25,7 @@ pub struct SegmentCmd {
     pub out: PathBuf,
     #[command(flatten)]
     pub intensity: IntensityArgs,
-    /// Model input size (square); default: config.json's input_size, else 256.
+    /// Model input size (square); default: config.json's input_size (required when it has none).
     #[arg(long)]
     pub size: Option<usize>,
     /// Slices per forward pass.
@@ -53,6 +53,7 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
             &volume,
             Some(window),
             cmd.intensity.intensity()?,
+            cmd.intensity.mirror,
         )?;
         io::nifti::write_like(&cmd.out, &volume, &labels)?;
         eprintln!(
@@ -64,7 +65,11 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
         return Ok(());
     }
     let spec = super::parse_slices("--slice", &cmd.slice)?;
-    let mut builder = Explainer::builder().device(device.device).precision(device.precision).size(cmd.size);
+    let mut builder = Explainer::builder()
+        .device(device.device)
+        .precision(device.precision)
+        .size(cmd.size)
+        .mirror(cmd.intensity.mirror);
     if let Some(intensity) = cmd.intensity.intensity()? {
         builder = builder.intensity(intensity);
     }
@@ -72,6 +77,7 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
         builder = builder.unet(unet);
     }
     let explainer = builder.build()?;
+    super::warn_image(&explainer, &volume)?;
     let intensity = explainer.intensity();
     let slices = spec.resolve(&volume, None, 0, explainer.orientation())?;
     let started = Instant::now();

@@ -89,6 +89,7 @@ pub fn settings(v: &VolumeArgs, args: &MethodArgs, method: Method, model: Slidin
     settings.fallback = options.roi_fallback;
     settings.margin_mm = options.margin_mm.unwrap_or(settings.margin_mm);
     settings.intensity = args.intensity.intensity()?;
+    settings.mirror = args.intensity.mirror;
     Ok(settings)
 }
 
@@ -144,6 +145,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
     let runs = std::slice::from_ref(&settings);
     let explained = explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, runs)?.remove(0);
     let run = &explained.run;
+    run.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("{}: cannot create folder", cmd.out.display()))?;
     let mut staging = Staging::new();
     io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &volume, &run.saliency)?;
@@ -189,6 +191,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
             "agreement": run.agreement,
             "faithfulness": run.faithfulness,
         },
+        "warnings": run.warnings,
     });
     // The method's own parameters under its name: "occlusion": {window, stride} or "rise": {masks, ...}.
     if let serde_json::Value::Object(parameters) = serde_json::to_value(settings.method)? {

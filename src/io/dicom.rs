@@ -249,7 +249,14 @@ pub fn read_series_with_files(dir: &Path) -> Result<(Volume, Vec<PathBuf>)> {
         data.extend_from_slice(&s.pixels);
     }
     let files = slices.into_iter().map(|s| s.path).collect();
-    Ok((Volume { dims: [g.cols, g.rows, n], data, affine, source: dir.to_path_buf(), nifti_header: None }, files))
+    let modality = objects[0]
+        .element(tags::MODALITY)
+        .ok()
+        .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').trim().to_uppercase()))
+        .filter(|m| !m.is_empty());
+    let volume =
+        Volume { dims: [g.cols, g.rows, n], data, affine, source: dir.to_path_buf(), nifti_header: None, modality };
+    Ok((volume, files))
 }
 
 /// Refuses a file in which an element declares more bytes than the file holds, before dicom-rs reads

@@ -29,6 +29,8 @@ pub struct Volume {
     pub source: PathBuf,
     /// The NIfTI header, for outputs that keep the input's geometry fields.
     pub nifti_header: Option<NiftiHeader>,
+    /// The modality the file states (DICOM Modality (0008,0060): "CT", "MR", ...); NIfTI has none.
+    pub modality: Option<String>,
 }
 
 impl Volume {

@@ -160,7 +160,7 @@ pub fn read(path: &Path) -> Result<Volume> {
         data.iter_mut().for_each(|v| *v = *v * slope + inter);
     }
     let affine = header_affine(&header, dims).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-    Ok(Volume { dims, data, affine, source: path.to_path_buf(), nifti_header: Some(header) })
+    Ok(Volume { dims, data, affine, source: path.to_path_buf(), nifti_header: Some(header), modality: None })
 }
 
 /// Element types a NIfTI output can hold.

@@ -16,7 +16,7 @@ pub use segresnet::SegResNet;
 pub use unet::{BasicUNet, UNetConfig};
 
 use crate::backend::Backend;
-use crate::preprocess::{Intensity, Orientation};
+use crate::preprocess::{Intensity, Modality, Orientation};
 use crate::tensor::Tensor;
 
 /// The segmentation model every explainer, ROI mode and command runs: logits for a batch on the
@@ -79,6 +79,19 @@ impl<B: Backend> SegModel<B> {
             backend.upload(&Tensor::new(&[1], vec![shift])?)?,
         );
         Ok(SegModel::NnUNet { model, input_map: map })
+    }
+
+    /// Turns on nnU-Net's test-time mirroring ([`nnunet::NnUNet::enable_mirroring`]); other formats
+    /// state no mirroring axes, so it is refused for them.
+    pub fn enable_mirroring(&mut self, b: &B) -> anyhow::Result<()> {
+        match self {
+            SegModel::NnUNet { model, .. } => model.enable_mirroring(b),
+            _ => crate::fail!(
+                Unsupported,
+                "--mirror is nnU-Net's test-time mirroring (its checkpoints state the axes); {} states none",
+                self.describe()
+            ),
+        }
     }
 
     /// 2 (slices) or 3 (volumes) for the model in `dir`, and a 3-D model's sliding-window patch where it
@@ -183,16 +196,42 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
+    /// The modalities the model was trained on, where it states them (a BasicUNet config's
+    /// `modalities`; an nnU-Net model's CTNormalization means CT).
+    pub fn modalities(&self) -> Option<Vec<Modality>> {
+        match self {
+            SegModel::Basic(m) => m.config().modalities.clone(),
+            SegModel::Bundle { .. } => None,
+            SegModel::NnUNet { .. } => self.intensity().map(|i| vec![i.modality()]),
+        }
+    }
+
     /// The window the model's inputs are made with: `asked` (a --window/--modality), else the model's
-    /// own, else the abdomen CT window; a window other than the model's own is refused, as it would feed
-    /// the model inputs unlike its training data.
+    /// own, else its one modality's default (percentiles for an MR-only model), else the abdomen CT
+    /// window. A window other than the model's own, or for a modality it was not trained on, is refused:
+    /// it would feed the model inputs unlike its training data.
     pub fn input_intensity(&self, asked: Option<Intensity>) -> anyhow::Result<Intensity> {
+        let modalities = self.modalities();
+        if let (Some(asked), Some(trained)) = (asked, &modalities) {
+            if !trained.contains(&asked.modality()) {
+                let names: Vec<String> = trained.iter().map(|m| m.name().to_uppercase()).collect();
+                crate::fail!(
+                    InvalidInput,
+                    "the model was trained on {} only (its config's modalities); inputs made for {} would be unlike its training data",
+                    names.join(" and "),
+                    asked.modality().name().to_uppercase()
+                );
+            }
+        }
         match (asked, self.intensity()) {
             (Some(asked), Some(own)) if asked != own => crate::fail!(
                 InvalidInput,
                 "the model normalises its input itself ({own:?}); another window ({asked:?}) would feed it inputs unlike its training data, so drop --window/--modality"
             ),
-            (asked, own) => Ok(asked.or(own).unwrap_or(Intensity::ABDOMEN)),
+            (asked, own) => Ok(asked.or(own).unwrap_or(match modalities.as_deref() {
+                Some([Modality::Mr]) => Intensity::MrPercentile,
+                _ => Intensity::ABDOMEN,
+            })),
         }
     }
 
@@ -264,11 +303,15 @@ impl<B: Backend> SegModel<B> {
                 }
             ),
             SegModel::NnUNet { model, .. } => format!(
-                "nnU-Net {} {} ({} fold{})",
+                "nnU-Net {} {} ({} fold{}{})",
                 model.configuration,
                 model.config().architecture.name(),
                 model.folds.len(),
-                if model.folds.len() == 1 { "" } else { "s" }
+                if model.folds.len() == 1 { "" } else { "s" },
+                match model.mirror_axes() {
+                    [] => String::new(),
+                    axes => format!(", mirrored along axes {axes:?}"),
+                }
             ),
         }
     }

@@ -645,6 +645,9 @@ pub struct NnUNet<B: Backend> {
     /// NibabelIO alike), transposes them by `transpose_forward` and slices along the first axis.
     pub orientation: Orientation,
     networks: Vec<DynamicUNet<B>>,
+    /// Test-time mirroring: the spatial axes (the network's own order) whose flips are averaged in, as
+    /// `nnUNetPredictor(use_mirroring=True)` does with the checkpoint's allowed axes; empty when off.
+    mirror_axes: Vec<usize>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -795,7 +798,46 @@ impl<B: Backend> NnUNet<B> {
             normalization,
             orientation,
             networks,
+            mirror_axes: Vec::new(),
         })
+    }
+
+    /// Turns on test-time mirroring over the axes the checkpoints allow
+    /// (`inference_allowed_mirroring_axes`, which nnUNetTrainer saves; the first fold's, every fold must
+    /// agree): each forward then averages the network over every non-empty combination of flips, as
+    /// `nnUNetPredictor` does by default (2^axes forwards instead of one). Refused where a checkpoint
+    /// allows none.
+    pub fn enable_mirroring(&mut self, b: &B) -> Result<()> {
+        ensure!(self.mirror_axes.is_empty(), "mirroring is already on");
+        let mut allowed: Option<Vec<usize>> = None;
+        for (_, path) in &self.folds {
+            let axes = mirroring_axes(path)?;
+            if axes.is_empty() {
+                bail!(
+                    "{}: the checkpoint allows no mirroring (inference_allowed_mirroring_axes is None); run without it",
+                    path.display()
+                );
+            }
+            if let Some(first) = allowed.as_ref().filter(|first| **first != axes) {
+                bail!("{}: mirroring axes {axes:?} differ from the first fold's {first:?}", path.display());
+            }
+            allowed = Some(axes);
+        }
+        let axes = allowed.unwrap_or_default();
+        let dims = self.config().spatial_dims;
+        if let Some(bad) = axes.iter().find(|&&a| a >= dims) {
+            bail!("mirroring axis {bad} does not exist in a {dims}-D network");
+        }
+        // nnU-Net divides the sum of 2^axes forwards by their number; the output convs carry that share.
+        let share = 1.0 / (1u32 << axes.len()) as f32;
+        self.networks.iter_mut().try_for_each(|n| n.scale_logits(b, share))?;
+        self.mirror_axes = axes;
+        Ok(())
+    }
+
+    /// The axes test-time mirroring flips (empty when it is off).
+    pub fn mirror_axes(&self) -> &[usize] {
+        &self.mirror_axes
     }
 
     /// What square model-grid sides must be a multiple of: the least common multiple of the total
@@ -830,6 +872,21 @@ impl<B: Backend> NnUNet<B> {
     /// The folds' mean logits, as nnUNetPredictor ensembles them: each fold's output conv carries its
     /// 1/folds share (set at load), so the mean is a sum that stays on the device.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let mut y = self.forward_folds(b, x)?;
+        // Every non-empty subset of the mirror axes: flip the input, predict, flip the logits back.
+        let offset = 3 - self.config().spatial_dims;
+        for subset in 1..1usize << self.mirror_axes.len() {
+            let mut flags = [false; 3];
+            for (i, &axis) in self.mirror_axes.iter().enumerate() {
+                flags[offset + axis] = subset >> i & 1 == 1;
+            }
+            let flipped = flip(b, x, flags)?;
+            b.add(&mut y, &flip(b, &self.forward_folds(b, &flipped)?, flags)?)?;
+        }
+        Ok(y)
+    }
+
+    fn forward_folds(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let mut y = self.networks[0].forward_logits(b, x)?;
         for net in &self.networks[1..] {
             b.add(&mut y, &net.forward_logits(b, x)?)?;
@@ -856,6 +913,35 @@ impl<B: Backend> NnUNet<B> {
                 self.dir.display()
             ),
         }
+    }
+}
+
+/// `x` (NCHW seen as one-slice volumes, or NCDHW) reversed along the flagged (D, H, W) axes.
+fn flip<B: Backend>(b: &B, x: &B::Tensor, flags: [bool; 3]) -> Result<B::Tensor> {
+    let shape = b.shape(x).to_vec();
+    let volume = match shape[..] {
+        [n, c, h, w] => b.reshape(x.clone(), &[n, c, 1, h, w])?,
+        _ => x.clone(),
+    };
+    b.reshape(b.flip3d(&volume, flags)?, &shape)
+}
+
+/// A checkpoint's `inference_allowed_mirroring_axes` (a tuple of ints, or None: no axes), read without
+/// executing anything, like its weights.
+pub fn mirroring_axes(path: &Path) -> Result<Vec<usize>> {
+    use pytorch_reader::{PickleValue, PytorchReader};
+    let value = PytorchReader::read_pickle_data(path, Some("inference_allowed_mirroring_axes"))
+        .map_err(|e| anyhow::anyhow!("{}: no usable inference_allowed_mirroring_axes ({e})", path.display()))?;
+    match value {
+        PickleValue::None => Ok(Vec::new()),
+        PickleValue::List(items) => items
+            .iter()
+            .map(|v| match v {
+                PickleValue::Int(a) if (0..3).contains(a) => Ok(*a as usize),
+                other => bail!("{}: inference_allowed_mirroring_axes holds {other:?}", path.display()),
+            })
+            .collect(),
+        other => bail!("{}: inference_allowed_mirroring_axes is {other:?}, not a tuple of axes", path.display()),
     }
 }
 

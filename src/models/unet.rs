@@ -9,7 +9,7 @@
 use crate::backend::volume::Transposed;
 use crate::backend::{Activation, Backend};
 use crate::error::Error;
-use crate::preprocess::Orientation;
+use crate::preprocess::{Modality, Orientation};
 use crate::tensor::Tensor;
 use crate::weights::{open_model_dir, ParamReader, WeightsFile};
 use anyhow::{bail, ensure, Context, Result};
@@ -66,6 +66,9 @@ pub struct UNetConfig {
     /// "voxel" (the file's axes as stored: slices along axis 2, rows axis 1, columns axis 0, as a
     /// model trained on raw `nibabel`/SimpleITK arrays sees them).
     pub orientation: Orientation,
+    /// The modalities the model was trained on (xaiclip's key `modalities`, e.g. `["ct", "mr"]`): an
+    /// input made for another is refused, and a model of one modality picks its normalisation by itself.
+    pub modalities: Option<Vec<Modality>>,
 }
 
 /// MONAI accepts a layer spec as "name" or ["name", {args}]; returns (lower-case name, args).
@@ -172,8 +175,24 @@ impl UNetConfig {
                     )
                 })?),
             },
+            modalities: v.get("modalities").map(modalities).transpose()?,
         })
     }
+}
+
+/// `modalities`: a non-empty list of "ct" and "mr" (any case; "mri" too).
+fn modalities(v: &Value) -> Result<Vec<Modality>> {
+    let names = v.as_array().filter(|a| !a.is_empty());
+    let list: Option<Vec<Modality>> = names.and_then(|a| {
+        a.iter()
+            .map(|m| match m.as_str()?.to_lowercase().as_str() {
+                "ct" => Some(Modality::Ct),
+                "mr" | "mri" => Some(Modality::Mr),
+                _ => None,
+            })
+            .collect()
+    });
+    list.with_context(|| format!("modalities must be a non-empty list of \"ct\" and \"mr\", got {v}"))
 }
 
 impl UNetConfig {

@@ -184,7 +184,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     save_file(best_state, os.path.join(args.out, "model.safetensors"))
     with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({**CONFIG, "input_size": args.size}, f, indent=2)
+        json.dump({**CONFIG, "input_size": args.size, "modalities": ["ct", "mr"] if args.mr_phantoms else ["ct"]}, f, indent=2)
     report = {
         "command": "python weights/train/train_unet.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("minutes", "seed", "phantoms", "batch", "crop", "size", "mr_phantoms", "mr_weight", "real_weight", "init", "lr") and v is not None),
         "seed": args.seed, "steps": step, "minutes": round((time.time() - start) / 60, 1),

@@ -161,7 +161,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     save_file(best_state, os.path.join(args.out, "model.safetensors"))
     with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({**CONFIG, "patch_size": list(PATCH), "layout": "RAS"}, f, indent=2)
+        json.dump({**CONFIG, "patch_size": list(PATCH), "layout": "RAS", "modalities": ["ct"]}, f, indent=2)
     report = {
         "command": "python weights/train/train_unet3d.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("minutes", "seed", "phantoms", "batch")),
         "seed": args.seed, "steps": step, "minutes": round((time.time() - start) / 60, 1),

@@ -230,3 +230,25 @@ pub(super) fn pad_replicate_end3d(x: &Tensor, size: [usize; 3]) -> Result<Tensor
     });
     Ok(out)
 }
+
+/// Twin of the `flip3d` kernel: each (image, channel) volume reversed along the marked axes.
+pub(super) fn flip3d(x: &Tensor, [fd, fh, fw]: [bool; 3]) -> Result<Tensor> {
+    let (n, c, [d, h, w]) = volume::ncdhw(x.shape(), "flip3d")?;
+    let mut out = Tensor::zeros(&[n, c, d, h, w]);
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let at = |i: usize, len: usize, flip: bool| if flip { len - 1 - i } else { i };
+    out.data_mut().par_chunks_mut(d * h * w).enumerate().for_each(|(v, dst)| {
+        let src = &x.data()[v * d * h * w..(v + 1) * d * h * w];
+        for (r, row) in dst.chunks_exact_mut(w).enumerate() {
+            let (z, y) = (at(r / h, d, fd), at(r % h, h, fh));
+            let line = &src[(z * h + y) * w..][..w];
+            row.copy_from_slice(line);
+            if fw {
+                row.reverse();
+            }
+        }
+    });
+    Ok(out)
+}
