@@ -199,3 +199,96 @@ pub fn volume_bench_tables(rows: &[(&VolumeSettings, &VolumeRun)], context: Valu
     md += VOLUME_LEGEND;
     (md, json!({"context": context, "rows": json_rows, "comparison": comparisons}))
 }
+
+/// One forward configuration of `xaiclip profile`: the model on `batch` random inputs of `size`².
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ForwardProfile {
+    /// Side of the square input.
+    pub size: usize,
+    /// Images per forward.
+    pub batch: usize,
+    /// Wall seconds of each timed forward (after one untimed warm-up).
+    pub seconds: Vec<f64>,
+    /// Their median.
+    pub median_seconds: f64,
+    /// Floating-point operations of one forward (convolutions and linear layers).
+    pub flops: f64,
+    /// Per operation and shapes, averaged over the timed forwards.
+    pub ops: Vec<crate::backend::profile::OpTime>,
+}
+
+/// Times the 2-D model in `dir` (`None`: the bundled U-Net) on `device`, layer by layer
+/// ([`crate::backend::profile::Profiled`]): for every size and batch, one warm-up forward and `repeat`
+/// timed ones on seeded random inputs in [0, 1]. `progress(done, total)` counts forwards.
+pub fn profile_forward(
+    device: crate::backend::Device,
+    precision: crate::backend::Precision,
+    dir: Option<&std::path::Path>,
+    sizes: &[usize],
+    batches: &[usize],
+    repeat: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<(String, Vec<ForwardProfile>)> {
+    use crate::backend::profile::Profiled;
+    use crate::backend::{Backend, Compute};
+    fn on<B: Backend>(
+        b: B,
+        dir: &std::path::Path,
+        configs: &[(usize, usize)],
+        repeat: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<(String, Vec<ForwardProfile>)> {
+        let b = Profiled::new(b);
+        let model = crate::models::SegModel::load_dir(&b, dir)?;
+        if model.spatial_dims() != 2 {
+            crate::fail!(InvalidInput, "{}: profile times 2-D models (slices); this one is 3-D", dir.display());
+        }
+        let rng = crate::rng::Philox::new(0);
+        let (total, mut done) = (configs.len() * (repeat + 1), 0);
+        let mut out = Vec::new();
+        for &(size, batch) in configs {
+            let shape = [batch, model.in_channels(), size, size];
+            let values = (0..shape.iter().product::<usize>() as u64).map(|i| rng.uniform(i)).collect();
+            let x = b.upload(&crate::tensor::Tensor::new(&shape, values)?)?;
+            let mut seconds = Vec::with_capacity(repeat);
+            for timed in std::iter::once(false).chain(std::iter::repeat_n(true, repeat)) {
+                let started = std::time::Instant::now();
+                b.download(&model.forward_logits(&b, &x)?)?;
+                if timed {
+                    seconds.push(started.elapsed().as_secs_f64());
+                } else {
+                    b.take();
+                }
+                done += 1;
+                progress(done, total);
+            }
+            let mut ops = b.take();
+            for op in &mut ops {
+                op.calls /= repeat;
+                op.seconds /= repeat as f64;
+                op.flops /= repeat as f64;
+            }
+            let mut sorted = seconds.clone();
+            sorted.sort_by(f64::total_cmp);
+            out.push(ForwardProfile {
+                size,
+                batch,
+                median_seconds: sorted[sorted.len() / 2],
+                seconds,
+                flops: ops.iter().map(|o| o.flops).sum(),
+                ops,
+            });
+        }
+        Ok((model.describe(), out))
+    }
+    anyhow::ensure!(repeat >= 1, "--repeat must be at least 1");
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => crate::models::bundled("unet")?,
+    };
+    let configs: Vec<(usize, usize)> = sizes.iter().flat_map(|&s| batches.iter().map(move |&n| (s, n))).collect();
+    match device.select(precision)? {
+        Compute::Cpu(b) => on(b, &dir, &configs, repeat, &mut progress),
+        Compute::Cuda(b) => on(*b, &dir, &configs, repeat, &mut progress),
+    }
+}

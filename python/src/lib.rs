@@ -279,7 +279,7 @@ struct Explainer {
 impl Explainer {
     #[new]
     #[pyo3(signature = (model=None, clip=None, coop=None, *, device="auto", precision="f32", batch="auto",
-        size=None, modality=None, window=None, prompt=None, no_coop=false, roi_threshold="otsu"))]
+        size=None, modality=None, window=None, prompt=None, no_coop=false, roi_threshold="otsu", mirror=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -295,6 +295,7 @@ impl Explainer {
         prompt: Option<String>,
         no_coop: bool,
         roi_threshold: &str,
+        mirror: bool,
     ) -> PyResult<Self> {
         let device: Device = device.parse().map_err(|e| value_err(format!("device={device:?}: {e:#}")))?;
         let precision: Precision = parse_enum("precision", precision)?;
@@ -320,6 +321,7 @@ impl Explainer {
             .precision(precision)
             .batch(batch)
             .size(size)
+            .mirror(mirror)
             .clip(ClipOptions { clip, coop, prompts, threshold });
         if let Some(intensity) = intensity {
             builder = builder.intensity(intensity);

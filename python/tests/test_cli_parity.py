@@ -133,3 +133,23 @@ def test_an_nnunet_result_folder_explains_its_own_classes_as_the_cli_does(tmp_pa
     # The model's own window: another one is refused, naming the reason.
     with pytest.raises(ValueError, match="the model normalises its input itself"):
         xaiclip.Explainer(model, device="cpu", window="-160,240")
+
+
+def test_nnunet_mirroring_is_the_cli_mirroring(tmp_path):
+    from conftest import REPO
+
+    trained = REPO / "tests" / "fixtures" / "nnunet_trained"
+    model = trained / "Dataset002_Phantom" / "nnUNetTrainer__nnUNetPlans__2d"
+    ct = trained / "case.nii.gz"
+    out = tmp_path / "cli"
+    run_cli("explain", "--model", model, "--image", ct, "--organ", "liver", "--slice", "4", "--method", "occlusion",
+            "--roi", "none", "--occlusion-window", "32", "--faithfulness-steps", "0", "--mirror", "--out", out)
+    mirrored = xaiclip.Explainer(model, device="cpu", mirror=True)
+    e = mirrored.explain(ct, "liver", "occlusion", "none", slice=4, occlusion_window=32, faithfulness_steps=0)
+    e.to_nifti(tmp_path / "py.nii.gz")
+    assert (tmp_path / "py.nii.gz").read_bytes() == (out / "saliency.nii.gz").read_bytes()
+    plain = xaiclip.Explainer(model, device="cpu").explain(
+        ct, "liver", "occlusion", "none", slice=4, occlusion_window=32, faithfulness_steps=0)
+    assert not np.array_equal(plain.saliency, e.saliency), "mirroring changed nothing"
+    with pytest.raises(xaiclip.errors.UnsupportedError, match="--mirror"):
+        xaiclip.Explainer(device="cpu", mirror=True)

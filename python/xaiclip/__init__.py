@@ -247,6 +247,8 @@ class Explainer:
       given: the model's own normalisation where it has one (an nnU-Net's CTNormalization).
     - ``prompt`` / ``no_coop``: a hand-written prompt, or the template prompts, instead of CoOp.
     - ``roi_threshold``: "otsu", "fixed:VALUE" or "top:FRACTION" on the CLIP organ map.
+    - ``mirror``: nnU-Net's test-time mirroring (``--mirror``), as nnUNetPredictor does by default; 4x
+      the forwards in 2-D. nnU-Net models only.
 
     The GIL is released while it works, so other Python threads run; Ctrl-C stops a run at its next
     batch with KeyboardInterrupt.
@@ -267,6 +269,7 @@ class Explainer:
         prompt: Optional[str] = None,
         no_coop: bool = False,
         roi_threshold: str = "otsu",
+        mirror: bool = False,
     ):
         fs = lambda p: None if p is None else os.fspath(p)  # noqa: E731
         if isinstance(window, tuple):
@@ -284,6 +287,7 @@ class Explainer:
             prompt=prompt,
             no_coop=no_coop,
             roi_threshold=roi_threshold,
+            mirror=mirror,
         )
 
     @property

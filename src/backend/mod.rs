@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod device;
 pub mod kernels;
 pub mod perturb;
+pub mod profile;
 pub mod volume;
 
 use crate::tensor::Tensor;
@@ -68,6 +69,30 @@ fn erf(x: f32) -> f32 {
                             + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let erfc = t * poly.exp();
     (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
+}
+
+/// `conv2d_fused` as separate calls: concatenate, convolve, activate (the trait's default, and what a
+/// backend's own version falls back to).
+pub fn conv2d_unfused<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::Tensor,
+    extra: Option<&B::Tensor>,
+    weight: &B::Tensor,
+    bias: Option<&B::Tensor>,
+    pad: usize,
+    act: Activation,
+) -> Result<B::Tensor> {
+    let joined;
+    let input = match extra {
+        Some(e) => {
+            joined = b.concat_channels(x, e)?;
+            &joined
+        }
+        None => x,
+    };
+    let mut y = b.conv2d(input, weight, bias, 1, pad)?;
+    b.activate(&mut y, act)?;
+    Ok(y)
 }
 
 /// The layer-level calls every model is written against; `CpuBackend` is the reference and
@@ -166,17 +191,7 @@ pub trait Backend: Send + Sync {
         pad: usize,
         act: Activation,
     ) -> Result<Self::Tensor> {
-        let joined;
-        let input = match extra {
-            Some(e) => {
-                joined = self.concat_channels(x, e)?;
-                &joined
-            }
-            None => x,
-        };
-        let mut y = self.conv2d(input, weight, bias, 1, pad)?;
-        self.activate(&mut y, act)?;
-        Ok(y)
+        conv2d_unfused(self, x, extra, weight, bias, pad, act)
     }
 
     /// k x k max pooling with stride k, floor mode (odd edges dropped, as in PyTorch).

@@ -9,6 +9,7 @@ mod eval;
 mod explain;
 mod info;
 mod phantom;
+mod profile;
 mod roi;
 mod segment;
 mod selftest;
@@ -131,6 +132,17 @@ pub enum Command {
     /// (f32 67 TFLOP/s and tf32 495 TFLOP/s as NVIDIA states them, bf16 788 TFLOP/s as measured on a
     /// random 8192³ product). Exits with status 2 when any check fails.
     Selftest(selftest::SelftestCmd),
+    /// Time a model's forward pass layer by layer at several input sizes and batches.
+    ///
+    /// Every backend call (convolution, norm, pooling, ...) is timed with its shapes, after one warm-up
+    /// forward; the table lists the slowest, with their share and FLOP rate, and the total against the
+    /// model's FLOP count. The CPU is named with its vector extensions and the kernels xaiclip chose, as
+    /// absolute times mean little across machines. benches/peers/forward.py sets these beside PyTorch's
+    /// torch.profiler on the same weights.
+    #[command(after_help = "Examples:
+  xaiclip profile --sizes 128,256,512 --batches 1,16
+  xaiclip profile --model my_unet --sizes 256 --batches 16 --repeat 5 --json forward.json")]
+    Profile(profile::ProfileCmd),
     /// Convert an image (NIfTI or DICOM series folder) to NIfTI, keeping its geometry.
     ///
     /// Integer-valued volumes within the int16 range are written as int16, others as float32. Useful to
@@ -393,6 +405,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Roi(cmd) => roi::run(&device(&cmd.device), cmd),
         Command::Eval(cmd) => eval::run(&device(&cmd.device), cmd),
         Command::Selftest(cmd) => selftest::run(&device(&cmd.device), cmd),
+        Command::Profile(cmd) => profile::run(&device(&cmd.device), cmd),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Phantom(cmd) => phantom::run(cmd),
     }

@@ -238,15 +238,20 @@ fn pack<E: Element>(weight: &[f32], g: &Conv3d, block: usize) -> Vec<E> {
     packed
 }
 
-/// `x` (one image, cin x D x H x W) as elements of `E`, zero-padded by `pad` on every side, rows widened
-/// so that a run of `chunk` voxels at any tap stays inside its row: (groups, D + 2pd, H + 2ph, row) and
-/// the row length.
-fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
+/// One image's input channels as `E`, zero-padded by `pad` on every side, rows widened so that a run of
+/// `chunk` voxels at any tap stays inside its row: (groups, D + 2pd, H + 2ph, row) and the row length.
+/// The channels are `x`'s then `skip`'s (each channels x D x H x W): a concatenation read in place.
+fn padded<E: Element>(x: &[f32], skip: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
     let ([d, h, w], [pd, ph, pw]) = (g.input, g.pad);
     let (dp, hp) = (d + 2 * pd, h + 2 * ph);
     let row = g.output[2].div_ceil(chunk) * chunk + g.kernel[2] - 1;
     let len = groups::<E>(g) * dp * hp * row;
     let zero = std::mem::MaybeUninit::new(E::ZERO);
+    let first = x.len() / (d * h * w);
+    let line = |ci: usize, z: usize, y: usize| match ci.checked_sub(first) {
+        None => &x[((ci * d + z) * h + y) * w..][..w],
+        Some(cs) => &skip[((cs * d + z) * h + y) * w..][..w],
+    };
     let mut out = Vec::with_capacity(len);
     // Every value is written once, one task per padded (channel group, z) plane (no zeroing pass first:
     // it cost as much as the copy).
@@ -256,7 +261,7 @@ fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
             let source = zp.checked_sub(pd).filter(|&z| z < d).zip(yp.checked_sub(ph).filter(|&y| y < h));
             match source {
                 Some((z, y)) => {
-                    let (rows, n) = group_rows::<E>(g, gi, |ci| &x[((ci * d + z) * h + y) * w..][..w]);
+                    let (rows, n) = group_rows::<E>(g, gi, |ci| line(ci, z, y));
                     dst[..pw].fill(zero);
                     E::gather(&mut dst[pw..pw + w], &rows[..n]);
                     dst[pw + w..].fill(zero);
@@ -270,14 +275,28 @@ fn padded<E: Element>(x: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
     (out, row)
 }
 
+/// The input of a direct convolution: N images of `x`'s channels followed by `skip`'s (a U-Net decoder's
+/// concatenation, read in place instead of copied first); `g.cin` counts both.
+#[derive(Clone, Copy)]
+pub(super) struct Input<'a> {
+    pub x: &'a [f32],
+    pub skip: &'a [f32],
+}
+
+impl<'a> From<&'a [f32]> for Input<'a> {
+    fn from(x: &'a [f32]) -> Self {
+        Self { x, skip: &[] }
+    }
+}
+
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added, with the CPU's capability
 /// (`applies` must hold).
-pub(super) fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
     conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g)
 }
 
 /// The f32 convolution with `cap`'s kernel (the tests run each capability the CPU has).
-fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+fn conv3d_with(cap: Capability, x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
     match cap {
         Capability::Avx512 => convolve::<__m512, 8, 2>(x, weight, bias, g, row_avx512),
         Capability::Avx2 => convolve::<__m256, 4, 3>(x, weight, bias, g, row_avx2),
@@ -285,7 +304,7 @@ fn conv3d_with(cap: Capability, x: &[f32], weight: &[f32], bias: Option<&[f32]>,
 }
 
 /// The same with bf16 operands and f32 accumulation (`applies` and `bf16_available` must hold).
-pub(super) fn conv3d_bf16(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+pub(super) fn conv3d_bf16(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
     assert!(bf16_available(), "direct::bf16_available was checked");
     convolve::<Bf16Acc, 8, 2>(x, weight, bias, g, row_bf16)
 }
@@ -296,7 +315,7 @@ type RowKernel<E> = unsafe fn(&Row<E>, usize, *mut f32);
 /// The convolution with the kernel of `V` in tiles of BLOCK channels x CHUNKS vectors of voxels
 /// (`kernel` must be `output_row::<V, BLOCK, CHUNKS>`).
 fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
-    x: &[f32],
+    x: Input,
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &Conv3d,
@@ -306,12 +325,14 @@ fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
     let packed = pack::<V::Elem>(weight, g, block);
     let [od, oh, ow] = g.output;
     let plane = od * oh * ow;
-    let in_len = g.cin * g.input.iter().product::<usize>();
+    let (x_len, skip_len) = (x.x.len() / g.n, x.skip.len() / g.n);
+    assert_eq!(x_len + skip_len, g.cin * g.input.iter().product::<usize>(), "input and skip make cin channels");
     let len = g.n * g.cout * plane;
     // Every output value is stored once below, so the buffer is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(len);
     for img in 0..g.n {
-        let (input, row) = padded::<V::Elem>(&x[img * in_len..(img + 1) * in_len], g, chunk);
+        let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
+        let (input, row) = padded::<V::Elem>(own, skip, g, chunk);
         let out_ptr = super::SharedMut(out.spare_capacity_mut()[img * g.cout * plane..].as_mut_ptr().cast());
         let job = Row { input: &input, row, packed: &packed, groups: groups::<V::Elem>(g), bias, g };
         // A task is one output row (z, y) of every channel.
@@ -451,7 +472,7 @@ mod tests {
             let mut reference = vec![f32::NAN; len];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
             for &cap in &capabilities {
-                let direct = conv3d_with(cap, &x, &w, Some(&b), &g);
+                let direct = conv3d_with(cap, x[..].into(), &w, Some(&b), &g);
                 assert_eq!(direct.len(), len);
                 // Sums of up to a few hundred O(1) products in another order: ~1e-6 absolute.
                 let err = max_abs_diff(&direct, &reference);
@@ -463,7 +484,7 @@ mod tests {
                 let round = |v: &[f32]| v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect::<Vec<_>>();
                 let mut rounded = vec![f32::NAN; len];
                 im2col_conv3d(&round(&x), &round(&w), Some(&b), &g, &mut rounded);
-                let direct = conv3d_bf16(&x, &w, Some(&b), &g);
+                let direct = conv3d_bf16(x[..].into(), &w, Some(&b), &g);
                 assert_eq!(direct.len(), len);
                 let err = max_abs_diff(&direct, &rounded);
                 assert!(err < 1e-4, "case {seed}, bf16: max |diff| {err} against the rounded operands");
@@ -474,6 +495,29 @@ mod tests {
         }
         if !bf16_available() {
             println!("SKIP: this CPU has no AVX512-BF16; the bf16 kernel never runs here");
+        }
+    }
+
+    #[test]
+    fn a_skip_read_in_place_equals_the_concatenated_input() {
+        // Two images of 3 + 5 channels (an odd split, and an odd total for the bf16 pairs), 9 x 13 pixels.
+        let (n, (c1, c2), (h, w), cout) = (2, (3, 5), (9, 13), 6);
+        let g = Conv3d::new(&[n, c1 + c2, 1, h, w], &[cout, c1 + c2, 1, 3, 3], [1; 3], [0, 1, 1]).unwrap();
+        let (x, skip) = (random(n * c1 * h * w, 1), random(n * c2 * h * w, 2));
+        let (weight, bias) = (random(cout * (c1 + c2) * 9, 3), random(cout, 4));
+        let joined: Vec<f32> = (0..n)
+            .flat_map(|i| [&x[i * c1 * h * w..][..c1 * h * w], &skip[i * c2 * h * w..][..c2 * h * w]].concat())
+            .collect();
+        let Some(cap) = capability() else {
+            println!("SKIP: this CPU has neither AVX2+FMA nor AVX-512F; the direct kernel never runs here");
+            return;
+        };
+        let whole = conv3d_with(cap, joined[..].into(), &weight, Some(&bias), &g);
+        let split = conv3d_with(cap, Input { x: &x, skip: &skip }, &weight, Some(&bias), &g);
+        assert_eq!(split, whole, "same values in the same order: bit for bit");
+        if bf16_available() {
+            let whole = conv3d_bf16(joined[..].into(), &weight, Some(&bias), &g);
+            assert_eq!(conv3d_bf16(Input { x: &x, skip: &skip }, &weight, Some(&bias), &g), whole);
         }
     }
 

@@ -51,7 +51,7 @@ pub(super) fn conv3d(
     let bias = vector_arg(bias, g.cout, "conv3d bias")?;
     #[cfg(target_arch = "x86_64")]
     if super::direct::applies(&g) {
-        return Tensor::new(&g.output_shape(), super::direct::conv3d(x.data(), weight.data(), bias, &g));
+        return Tensor::new(&g.output_shape(), super::direct::conv3d(x.data().into(), weight.data(), bias, &g));
     }
     let mut out = Tensor::zeros(&g.output_shape());
     im2col_conv3d(x.data(), weight.data(), bias, &g, out.data_mut());
@@ -143,9 +143,26 @@ pub(super) fn conv_transpose(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g:
                     Parallelism::None,
                 );
             }
+            // Kernel = stride, no padding (the U-Nets' 2x upsampling): every output voxel has exactly one
+            // tap, so each is written once, in order, instead of zero-filled then scattered with strides.
+            let disjoint = g.at.pad == [0; 3] && g.at.stride == g.kernel && [od, oh, ow] == [d * kd, h * kh, w * kw];
             for co in 0..cout {
                 let plane = &mut dst[co * od * oh * ow..(co + 1) * od * oh * ow];
-                plane.fill(bias.map_or(0.0, |b| b[co]));
+                let b = bias.map_or(0.0, |b| b[co]);
+                if disjoint {
+                    let src = &buf[co * taps * vox..(co + 1) * taps * vox];
+                    for (r, row) in plane.chunks_exact_mut(ow).enumerate() {
+                        let (oz, oy) = (r / oh, r % oh);
+                        let (line, tap_row) = ((oz / kd * h + oy / kh) * w, (oz % kd * kh + oy % kh) * kw);
+                        for (x, out) in row.chunks_exact_mut(kw).enumerate() {
+                            for (tx, v) in out.iter_mut().enumerate() {
+                                *v = b + src[(tap_row + tx) * vox + line + x];
+                            }
+                        }
+                    }
+                    continue;
+                }
+                plane.fill(b);
                 // Taps in order, so overlapping ones add up in the same order everywhere.
                 for (tap, src) in buf[co * taps * vox..(co + 1) * taps * vox].chunks_exact(vox).enumerate() {
                     let (tz, ty, tx) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
