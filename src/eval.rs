@@ -324,6 +324,7 @@ fn config_json(plan: &EvalPlan, model: EvalModel) -> Value {
     let window = match plan.window {
         Intensity::CtWindow { low, high } => format!("{low},{high}"),
         Intensity::MrPercentile => "mr".to_string(),
+        Intensity::ZScore => "zscore".to_string(),
     };
     let (size, settings, precision) = match model {
         EvalModel::Slices(e) => (json!(e.model_size()), e.settings().results_json(), e.precision()),

@@ -785,7 +785,9 @@ impl Explainer {
         intensity: Intensity,
     ) -> Result<SliceInput> {
         let label = if labels.is_some() { self.label_id(class)? } else { class };
-        let input = SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label, self.orientation())?;
+        let mut input =
+            SliceInput::new(volume, k, intensity.range(volume), self.size, labels, label, self.orientation())?;
+        input.input_map = with_engine!(self, |e| e.unet.input_map_of(volume))?;
         if input.truth.as_ref().is_some_and(|t| !t.contains(&true)) {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::OrganAbsent,
@@ -821,7 +823,7 @@ impl Explainer {
     ) -> Result<MethodRun> {
         with_engine!(self, |e| Ok(run_method(
             &e.backend,
-            &e.unet,
+            e.unet.with_input_map(&e.backend, input.input_map)?.as_ref().unwrap_or(&e.unet),
             input,
             clip,
             class,

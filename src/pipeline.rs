@@ -259,6 +259,9 @@ pub struct SliceInput {
     pub native: [usize; 2],
     /// How the slice was taken from the volume (the model's orientation).
     pub layout: AxialLayout,
+    /// The model's input map for this volume where it depends on the volume (nnU-Net's
+    /// ZScoreNormalization: `SegModel::input_map_of`, which `Explainer::prepare` sets); None otherwise.
+    pub input_map: Option<[f32; 2]>,
 }
 
 impl SliceInput {
@@ -289,6 +292,7 @@ impl SliceInput {
             extent_mm: [sr * h as f64, sc * w as f64],
             native: [h, w],
             layout,
+            input_map: None,
         })
     }
 

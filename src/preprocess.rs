@@ -299,6 +299,10 @@ pub enum Intensity {
     CtWindow { low: f32, high: f32 },
     /// MR: the volume's 0.5th and 99.5th percentiles become 0 and 1.
     MrPercentile,
+    /// nnU-Net's ZScoreNormalization: the model sees (v - mean) / std with the volume's own mean and
+    /// standard deviation. Slices are made in the volume's [min, max], so nothing is clipped, and the
+    /// model's input map (which depends on the volume: `SegModel::view`) turns them into z-scores.
+    ZScore,
 }
 
 impl Intensity {
@@ -309,7 +313,8 @@ impl Intensity {
     pub fn modality(&self) -> Modality {
         match self {
             Intensity::CtWindow { .. } => Modality::Ct,
-            Intensity::MrPercentile => Modality::Mr,
+            // nnU-Net z-scores every modality but CT.
+            Intensity::MrPercentile | Intensity::ZScore => Modality::Mr,
         }
     }
 
@@ -322,6 +327,11 @@ impl Intensity {
                 sorted.sort_unstable_by(f32::total_cmp);
                 let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
                 let (lo, hi) = (at(0.005), at(0.995));
+                (lo, if hi > lo { hi } else { lo + 1.0 })
+            }
+            Intensity::ZScore => {
+                let (lo, hi) =
+                    volume.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
                 (lo, if hi > lo { hi } else { lo + 1.0 })
             }
         }

@@ -59,6 +59,8 @@ pub fn segment_slices<B: Backend>(
         layout.check_slice(volume, k)?;
     }
     let range = options.intensity.range(volume);
+    let view = model.view(backend, volume)?;
+    let model = view.as_ref().unwrap_or(model);
     let size = options.input_size;
     let slice_shape = layout.slice_shape(volume);
     let mut labels = vec![0u8; volume.voxel_count()];

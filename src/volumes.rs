@@ -361,6 +361,8 @@ pub fn predict_volume<B: Backend>(
     window: &SlidingWindow,
     intensity: Option<Intensity>,
 ) -> Result<Vec<f32>> {
+    let own = model.view(backend, volume)?;
+    let model = own.as_ref().unwrap_or(model);
     let ModelInput { view, x, window, .. } = model_input(model, volume, window, intensity)?;
     let y =
         crate::models::sliding::sliding_window_inference(backend, &x, &window, |t| model.forward_logits(backend, t))?;
@@ -383,6 +385,8 @@ pub fn explain_volume<B: Backend>(
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
     let started = std::time::Instant::now();
+    let own = model.view(backend, volume)?;
+    let model = own.as_ref().unwrap_or(model);
     let ModelInput { view, x, window, intensity, warning } =
         model_input(model, volume, &settings.window, settings.intensity)?;
     let dims = view.dims();

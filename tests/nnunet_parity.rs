@@ -81,7 +81,7 @@ fn a_result_folder_gives_classes_folds_geometry_and_ct_normalisation() {
         (fg["percentile_00_5"].as_f64().unwrap() as f32 as f64, fg["percentile_99_5"].as_f64().unwrap() as f32 as f64)
     );
     // The window + input map reproduce nnU-Net's clip-then-z-score for any HU value.
-    let (_, [scale, shift]) = model.intensity().unwrap();
+    let [scale, shift] = model.fixed_input_map().unwrap();
     for hu in [-500.0f32, low, 0.0, 60.0, high, 900.0] {
         let v = ((hu - low) / (high - low)).clamp(0.0, 1.0);
         let want = (hu.clamp(low, high) - mean) / std;

@@ -242,6 +242,9 @@ fn nnunet_info(path: &Path) -> Result<()> {
         Normalization::Ct { low, high, mean, std } => println!(
             "intensity:  CTNormalization: clip to [{low}, {high}] HU, then (HU - {mean}) / {std} (the window xaiclip uses)"
         ),
+        Normalization::ZScore { .. } => println!(
+            "intensity:  ZScoreNormalization: (v - mean) / std with each volume's own mean and std, nothing clipped (xaiclip windows the volume's [min, max] and maps it to that)"
+        ),
         Normalization::Other(name) => println!("intensity:  {name} (not supported by explain/segment yet)"),
     }
     println!(

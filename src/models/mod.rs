@@ -32,13 +32,33 @@ pub enum SegModel<B: Backend> {
         bundle: Box<bundle::Bundle>,
     },
     /// An nnU-Net v2 result folder; its input is the windowed image in [0, 1] mapped to the
-    /// network's normalisation by `input_map` (a 1x1 conv: scale, shift).
+    /// network's normalisation by `input_map` (a 1x1 conv: scale, shift, and their values). The map is
+    /// None for ZScoreNormalization until a volume gives it ([`SegModel::view`]); the network is shared
+    /// by every such view.
     NnUNet {
         #[allow(missing_docs)]
-        model: NnUNet<B>,
+        model: std::sync::Arc<NnUNet<B>>,
         #[allow(missing_docs)]
-        input_map: (B::Tensor, B::Tensor),
+        input_map: Option<InputMap<B>>,
     },
+}
+
+/// The 1x1 conv an nnU-Net model's windowed input goes through: (scale, shift) on the device, and
+/// their values.
+pub struct InputMap<B: Backend> {
+    scale: B::Tensor,
+    shift: B::Tensor,
+    values: [f32; 2],
+}
+
+impl<B: Backend> InputMap<B> {
+    fn new(b: &B, values @ [scale, shift]: [f32; 2]) -> anyhow::Result<Self> {
+        Ok(Self {
+            scale: b.upload(&Tensor::new(&[1, 1, 1, 1, 1], vec![scale])?)?,
+            shift: b.upload(&Tensor::new(&[1], vec![shift])?)?,
+            values,
+        })
+    }
 }
 
 impl<B: Backend> SegModel<B> {
@@ -67,25 +87,50 @@ impl<B: Backend> SegModel<B> {
             return Ok(SegModel::Basic(BasicUNet::load_dir(backend, dir)?));
         }
         let model = NnUNet::load_dir(backend, dir)?;
-        let (_, [scale, shift]) = model.intensity()?;
+        model.intensity()?;
         let c = model.config().in_channels;
         anyhow::ensure!(
             c == 1,
             "{}: the model has {c} input channels; xaiclip explains single-channel models",
             dir.display()
         );
-        let map = (
-            backend.upload(&Tensor::new(&[1, 1, 1, 1, 1], vec![scale])?)?,
-            backend.upload(&Tensor::new(&[1], vec![shift])?)?,
-        );
-        Ok(SegModel::NnUNet { model, input_map: map })
+        let input_map = model.fixed_input_map().map(|m| InputMap::new(backend, m)).transpose()?;
+        Ok(SegModel::NnUNet { model: std::sync::Arc::new(model), input_map })
+    }
+
+    /// The input map `volume` needs where the model's depends on the volume (nnU-Net's
+    /// ZScoreNormalization: its mean and standard deviation); None where the model is the same for every
+    /// volume. What [`crate::pipeline::SliceInput`] carries from the volume to the explainers.
+    pub fn input_map_of(&self, volume: &crate::io::Volume) -> anyhow::Result<Option<[f32; 2]>> {
+        match self {
+            SegModel::NnUNet { model, input_map: None } => Ok(Some(model.input_map_of(volume)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// This model with the input map `map` (from [`Self::input_map_of`]), sharing its weights; None
+    /// asked: the model itself serves.
+    pub fn with_input_map(&self, b: &B, map: Option<[f32; 2]>) -> anyhow::Result<Option<Self>> {
+        match (self, map) {
+            (SegModel::NnUNet { model, .. }, Some(m)) => {
+                Ok(Some(SegModel::NnUNet { model: model.clone(), input_map: Some(InputMap::new(b, m)?) }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The model as it sees `volume` ([`Self::input_map_of`], [`Self::with_input_map`]); None: itself.
+    pub fn view(&self, b: &B, volume: &crate::io::Volume) -> anyhow::Result<Option<Self>> {
+        self.with_input_map(b, self.input_map_of(volume)?)
     }
 
     /// Turns on nnU-Net's test-time mirroring ([`nnunet::NnUNet::enable_mirroring`]); other formats
     /// state no mirroring axes, so it is refused for them.
     pub fn enable_mirroring(&mut self, b: &B) -> anyhow::Result<()> {
         match self {
-            SegModel::NnUNet { model, .. } => model.enable_mirroring(b),
+            SegModel::NnUNet { model, .. } => std::sync::Arc::get_mut(model)
+                .ok_or_else(|| anyhow::anyhow!("mirroring is turned on when the model is loaded, before any view"))?
+                .enable_mirroring(b),
             _ => crate::fail!(
                 Unsupported,
                 "--mirror is nnU-Net's test-time mirroring (its checkpoints state the axes); {} states none",
@@ -192,7 +237,7 @@ impl<B: Backend> SegModel<B> {
         match self {
             SegModel::Basic(_) => None,
             SegModel::Bundle { bundle, .. } => bundle.intensity,
-            SegModel::NnUNet { model, .. } => model.intensity().ok().map(|(i, _)| i),
+            SegModel::NnUNet { model, .. } => model.intensity().ok(),
         }
     }
 
@@ -323,7 +368,12 @@ impl<B: Backend> SegModel<B> {
             SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.forward_logits(b, x),
             SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.forward_logits(b, x),
             SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => m.forward_logits(b, x),
-            SegModel::NnUNet { model, input_map: (scale, shift) } => {
+            SegModel::NnUNet { input_map: None, model } => crate::fail!(
+                InvalidInput,
+                "{}: the model z-scores each volume with its own statistics; take its view of the volume first (SegModel::view)",
+                model.dir.display()
+            ),
+            SegModel::NnUNet { model, input_map: Some(InputMap { scale, shift, .. }) } => {
                 // A 1x1x1 conv on the batch seen as volumes (slices as one-slice volumes).
                 let shape = b.shape(x).to_vec();
                 let volume = match shape[..] {
@@ -340,10 +390,7 @@ impl<B: Backend> SegModel<B> {
     /// holds (nnU-Net pads with 0 after its normalisation; MONAI pads the windowed input with 0).
     pub fn input_padding(&self) -> f32 {
         match self {
-            SegModel::NnUNet { model, .. } => match model.intensity() {
-                Ok((_, [scale, shift])) => -shift / scale,
-                Err(_) => 0.0,
-            },
+            SegModel::NnUNet { input_map: Some(m), .. } => -m.values[1] / m.values[0],
             _ => 0.0,
         }
     }

@@ -620,6 +620,13 @@ pub enum Normalization {
         #[allow(missing_docs)]
         std: f32,
     },
+    /// `ZScoreNormalization`: subtract the volume's own mean, divide by its own standard deviation
+    /// (nnU-Net's scheme for every modality but CT), nothing clipped. `use_mask`: the plans'
+    /// use_mask_for_norm (statistics over the nonzero region only).
+    ZScore {
+        #[allow(missing_docs)]
+        use_mask: bool,
+    },
     /// Another scheme, by name; refused where an input is prepared.
     Other(String),
 }
@@ -899,20 +906,55 @@ impl<B: Backend> NnUNet<B> {
         self.networks.iter().map(|n| n.flops(dims)).sum()
     }
 
-    /// The intensity window the model grid is made with, and the map of a windowed value v in [0, 1]
-    /// to the network's input (scale, shift): CTNormalization is exactly clip-to-window then
-    /// (HU - mean) / std, so v -> (low + v (high - low) - mean) / std.
-    pub fn intensity(&self) -> Result<(Intensity, [f32; 2])> {
+    /// The intensity window the model grid is made with: CTNormalization's foreground window, or the
+    /// volume's [min, max] for ZScoreNormalization.
+    pub fn intensity(&self) -> Result<Intensity> {
         match &self.normalization {
-            &Normalization::Ct { low, high, mean, std } => {
-                Ok((Intensity::CtWindow { low, high }, [(high - low) / std, (low - mean) / std]))
-            }
+            &Normalization::Ct { low, high, .. } => Ok(Intensity::CtWindow { low, high }),
+            Normalization::ZScore { .. } => Ok(Intensity::ZScore),
             Normalization::Other(name) => crate::fail!(
                 Unsupported,
-                "{}: the model normalises its input with {name}; only CTNormalization is supported so far",
+                "{}: the model normalises its input with {name}; CTNormalization and ZScoreNormalization are supported",
                 self.dir.display()
             ),
         }
+    }
+
+    /// The map (scale, shift) of a windowed value v in [0, 1] to the network's input, the same for every
+    /// volume (CTNormalization is exactly clip-to-window then (HU - mean) / std, so v -> (low + v (high -
+    /// low) - mean) / std); None where it depends on the volume ([`Self::input_map_of`]).
+    pub fn fixed_input_map(&self) -> Option<[f32; 2]> {
+        match self.normalization {
+            Normalization::Ct { low, high, mean, std } => Some([(high - low) / std, (low - mean) / std]),
+            _ => None,
+        }
+    }
+
+    /// The input map for `volume`: ZScoreNormalization's (v in [min, max] -> (v - mean) / max(std,
+    /// 1e-8), the volume's own statistics as nnU-Net's preprocessor takes them over the whole
+    /// uncropped case), else the fixed one.
+    pub fn input_map_of(&self, volume: &crate::io::Volume) -> Result<[f32; 2]> {
+        if let Some(map) = self.fixed_input_map() {
+            return Ok(map);
+        }
+        self.intensity()?;
+        let data = &volume.data;
+        ensure!(!data.is_empty(), "{}: an empty volume has no statistics", volume.source.display());
+        // With use_mask_for_norm nnU-Net takes the statistics over the nonzero region it crops to; a
+        // volume without zeros is that region whole.
+        if self.normalization == (Normalization::ZScore { use_mask: true }) && data.contains(&0.0) {
+            crate::fail!(
+                Unsupported,
+                "{}: the plans z-score only the nonzero region (use_mask_for_norm), which nnU-Net crops to, and this volume has zero voxels; xaiclip does not crop yet: crop it to its nonzero voxels first",
+                volume.source.display()
+            );
+        }
+        // Two passes in f64 (nnU-Net's numpy runs pairwise float32 sums; the two agree to ~1e-7).
+        let n = data.len() as f64;
+        let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-8);
+        let (low, high) = Intensity::ZScore.range(volume);
+        Ok([((high - low) as f64 / std) as f32, ((low as f64 - mean) / std) as f32])
     }
 }
 
@@ -979,8 +1021,13 @@ fn normalization(plans: &Value, config: &Value) -> Result<Normalization> {
         .and_then(|s| s.get(0))
         .and_then(Value::as_str)
         .context("plans.json: the configuration has no normalization_schemes")?;
-    if scheme != "CTNormalization" {
-        return Ok(Normalization::Other(scheme.to_string()));
+    match scheme {
+        "CTNormalization" => {}
+        "ZScoreNormalization" => {
+            let use_mask = config.get("use_mask_for_norm").and_then(|m| m.get(0)).and_then(Value::as_bool);
+            return Ok(Normalization::ZScore { use_mask: use_mask.unwrap_or(false) });
+        }
+        other => return Ok(Normalization::Other(other.to_string())),
     }
     let props = plans
         .get("foreground_intensity_properties_per_channel")
