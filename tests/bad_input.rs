@@ -432,12 +432,14 @@ fn nnunet_result_folders_that_cannot_be_used() {
         p["configurations"].as_object_mut().unwrap().remove("2d");
     });
     info(&missing, &["plans.json has no configuration \"2d\" (it has 3d_fullres)"]);
-    // A normalisation other than CTNormalization: info describes it, explain refuses it.
-    let zscore = case("zscore", |p, _| {
-        p["configurations"]["2d"]["normalization_schemes"] = serde_json::json!(["ZScoreNormalization"])
+    // A normalisation other than CT's and z-scores: info describes it, explain refuses it.
+    let rescale = case("rescale", |p, _| {
+        p["configurations"]["2d"]["normalization_schemes"] = serde_json::json!(["RescaleTo01Normalization"])
     });
-    let o = xaiclip(&["info", zscore.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("ZScoreNormalization (not supported by explain/segment yet)"));
+    let o = xaiclip(&["info", rescale.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("RescaleTo01Normalization (not supported by explain/segment yet)")
+    );
     let ct = tmp.path().join("ct.nii.gz");
     write_ct(&ct);
     let out = tmp.path().join("seg.nii.gz");
@@ -447,11 +449,11 @@ fn nnunet_result_folders_that_cannot_be_used() {
             "--image",
             ct.to_str().unwrap(),
             "--model",
-            zscore.to_str().unwrap(),
+            rescale.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
         ],
-        &["the model normalises its input with ZScoreNormalization; only CTNormalization is supported so far"],
+        &["the model normalises its input with RescaleTo01Normalization; CTNormalization and ZScoreNormalization are supported"],
     );
     assert!(!out.exists());
     // An organ the model has no class for, named with the model's own classes.

@@ -854,6 +854,20 @@ mod tests {
         Tensor::new(shape, (0..n as u64).map(|i| rng.uniform(i) * 2.0 - 1.0).collect()).unwrap()
     }
 
+    #[test]
+    fn transposed_convolution_of_one_image_is_the_same_alone_or_in_a_batch() {
+        // Alone it runs its GEMM and channels in parallel, in a batch one image per thread: the values
+        // must not depend on which (explanations are bit-identical whatever the batch).
+        let (x, w, b) = (random(&[3, 24, 20, 18], 1), random(&[24, 16, 2, 2], 2), random(&[16], 3));
+        let batch = CpuBackend.conv_transpose2d(&x, &w, Some(&b)).unwrap();
+        let plane = 16 * 40 * 36;
+        for i in 0..3 {
+            let one = Tensor::new(&[1, 24, 20, 18], x.data()[i * 24 * 360..(i + 1) * 24 * 360].to_vec()).unwrap();
+            let alone = CpuBackend.conv_transpose2d(&one, &w, Some(&b)).unwrap();
+            assert_eq!(alone.data(), &batch.data()[i * plane..(i + 1) * plane], "image {i}");
+        }
+    }
+
     /// Direct 7-loop convolution: slow and obviously right.
     fn naive_conv(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Tensor {
         let (n, cin, h, wd) = x.nchw().unwrap();

@@ -100,7 +100,7 @@ impl<B: Backend> SegModel<B> {
 
     /// The input map `volume` needs where the model's depends on the volume (nnU-Net's
     /// ZScoreNormalization: its mean and standard deviation); None where the model is the same for every
-    /// volume. What [`crate::pipeline::SliceInput`] carries from the volume to the explainers.
+    /// volume. What a prepared slice carries from its volume to the explainers.
     pub fn input_map_of(&self, volume: &crate::io::Volume) -> anyhow::Result<Option<[f32; 2]>> {
         match self {
             SegModel::NnUNet { model, input_map: None } => Ok(Some(model.input_map_of(volume)?)),

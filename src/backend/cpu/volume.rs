@@ -112,76 +112,97 @@ fn tap_range(t: usize, stride: usize, pad: usize, input: usize, out: usize) -> (
 
 /// The transposed convolution of checked geometry `g` (NCDHW data; the 2-D one runs here with D = 1):
 /// one GEMM per image, then each (channel, tap) plane added onto the output at its offset (col2im).
+/// Images run in parallel; with fewer images than threads (batch 1), each image's GEMM and channels do.
 pub(super) fn conv_transpose(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &volume::ConvTranspose3d) -> Tensor {
-    let (cin, cout, [d, h, w], [kd, kh, kw]) = (g.cin, g.cout, g.input, g.kernel);
-    let volume::Transposed { stride: [sd, sh, sw], pad: [pd, ph, pw], .. } = g.at;
-    let (vox, taps) = (d * h * w, kd * kh * kw);
+    let (cin, cout, [d, h, w], taps) = (g.cin, g.cout, g.input, g.kernel.iter().product::<usize>());
+    let vox = d * h * w;
     let [_, _, od, oh, ow] = g.output_shape();
     let rows = cout * taps;
     let mut out = Tensor::zeros(&g.output_shape());
-    out.data_mut().par_chunks_mut(cout * od * oh * ow).enumerate().for_each_init(
-        Vec::new,
-        |buf: &mut Vec<f32>, (i, dst)| {
-            // buf[(co, tap), voxel] = sum_ci w[ci, (co, tap)] x[ci, voxel].
-            buf.resize(rows * vox, 0.0);
-            let img = &x[i * cin * vox..(i + 1) * cin * vox];
-            // SAFETY: buf holds rows x vox, the weight cin x rows, img cin x vox, all contiguous.
-            unsafe {
-                matmul(
-                    rows,
-                    vox,
-                    cin,
-                    buf.as_mut_ptr(),
-                    vox as isize,
-                    1,
-                    weight.as_ptr(),
-                    1,
-                    rows as isize,
-                    img.as_ptr(),
-                    vox as isize,
-                    1,
-                    Parallelism::None,
-                );
-            }
-            // Kernel = stride, no padding (the U-Nets' 2x upsampling): every output voxel has exactly one
-            // tap, so each is written once, in order, instead of zero-filled then scattered with strides.
-            let disjoint = g.at.pad == [0; 3] && g.at.stride == g.kernel && [od, oh, ow] == [d * kd, h * kh, w * kw];
-            for co in 0..cout {
-                let plane = &mut dst[co * od * oh * ow..(co + 1) * od * oh * ow];
-                let b = bias.map_or(0.0, |b| b[co]);
-                if disjoint {
-                    let src = &buf[co * taps * vox..(co + 1) * taps * vox];
-                    for (r, row) in plane.chunks_exact_mut(ow).enumerate() {
-                        let (oz, oy) = (r / oh, r % oh);
-                        let (line, tap_row) = ((oz / kd * h + oy / kh) * w, (oz % kd * kh + oy % kh) * kw);
-                        for (x, out) in row.chunks_exact_mut(kw).enumerate() {
-                            for (tx, v) in out.iter_mut().enumerate() {
-                                *v = b + src[(tap_row + tx) * vox + line + x];
-                            }
-                        }
-                    }
-                    continue;
-                }
-                plane.fill(b);
-                // Taps in order, so overlapping ones add up in the same order everywhere.
-                for (tap, src) in buf[co * taps * vox..(co + 1) * taps * vox].chunks_exact(vox).enumerate() {
-                    let (tz, ty, tx) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-                    let (z0, z1) = tap_range(tz, sd, pd, d, od);
-                    let (y0, y1) = tap_range(ty, sh, ph, h, oh);
-                    let (x0, x1) = tap_range(tx, sw, pw, w, ow);
-                    for z in z0..z1 {
-                        for y in y0..y1 {
-                            let row = &mut plane[((z * sd + tz - pd) * oh + y * sh + ty - ph) * ow..][..ow];
-                            for (xx, &v) in src[(z * h + y) * w..][x0..x1].iter().enumerate() {
-                                row[(x0 + xx) * sw + tx - pw] += v;
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    );
+    let inner = g.n < rayon::current_num_threads();
+    let image = |buf: &mut Vec<f32>, i: usize, dst: &mut [f32]| {
+        // buf[(co, tap), voxel] = sum_ci w[ci, (co, tap)] x[ci, voxel].
+        buf.resize(rows * vox, 0.0);
+        let img = &x[i * cin * vox..(i + 1) * cin * vox];
+        let parallelism = if inner { super::threads() } else { Parallelism::None };
+        // SAFETY: buf holds rows x vox, the weight cin x rows, img cin x vox, all contiguous.
+        unsafe {
+            matmul(
+                rows,
+                vox,
+                cin,
+                buf.as_mut_ptr(),
+                vox as isize,
+                1,
+                weight.as_ptr(),
+                1,
+                rows as isize,
+                img.as_ptr(),
+                vox as isize,
+                1,
+                parallelism,
+            );
+        }
+        let buf = &buf[..];
+        let channel = |(co, plane): (usize, &mut [f32])| {
+            scatter_taps(&buf[co * taps * vox..(co + 1) * taps * vox], bias.map_or(0.0, |b| b[co]), g, plane)
+        };
+        if inner {
+            dst.par_chunks_mut(od * oh * ow).enumerate().for_each(channel);
+        } else {
+            dst.chunks_mut(od * oh * ow).enumerate().for_each(channel);
+        }
+    };
+    let per_image = cout * od * oh * ow;
+    if inner {
+        let mut buf = Vec::new();
+        out.data_mut().chunks_mut(per_image).enumerate().for_each(|(i, dst)| image(&mut buf, i, dst));
+    } else {
+        out.data_mut()
+            .par_chunks_mut(per_image)
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (i, dst)| image(buf, i, dst));
+    }
     out
+}
+
+/// One output channel of a transposed convolution: its bias plus every tap's plane `src` (taps x input
+/// voxels) at the tap's offset.
+fn scatter_taps(src: &[f32], bias: f32, g: &volume::ConvTranspose3d, plane: &mut [f32]) {
+    let ([d, h, w], [kd, kh, kw]) = (g.input, g.kernel);
+    let volume::Transposed { stride: [sd, sh, sw], pad: [pd, ph, pw], .. } = g.at;
+    let [_, _, od, oh, ow] = g.output_shape();
+    let vox = d * h * w;
+    // Kernel = stride, no padding (the U-Nets' 2x upsampling): every output voxel has exactly one tap,
+    // so each is written once, in order, instead of zero-filled then scattered with strides.
+    if g.at.pad == [0; 3] && g.at.stride == g.kernel && [od, oh, ow] == [d * kd, h * kh, w * kw] {
+        for (r, row) in plane.chunks_exact_mut(ow).enumerate() {
+            let (oz, oy) = (r / oh, r % oh);
+            let (line, tap_row) = ((oz / kd * h + oy / kh) * w, (oz % kd * kh + oy % kh) * kw);
+            for (x, out) in row.chunks_exact_mut(kw).enumerate() {
+                for (tx, v) in out.iter_mut().enumerate() {
+                    *v = bias + src[(tap_row + tx) * vox + line + x];
+                }
+            }
+        }
+        return;
+    }
+    plane.fill(bias);
+    // Taps in order, so overlapping ones add up in the same order everywhere.
+    for (tap, src) in src.chunks_exact(vox).enumerate() {
+        let (tz, ty, tx) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+        let (z0, z1) = tap_range(tz, sd, pd, d, od);
+        let (y0, y1) = tap_range(ty, sh, ph, h, oh);
+        let (x0, x1) = tap_range(tx, sw, pw, w, ow);
+        for z in z0..z1 {
+            for y in y0..y1 {
+                let row = &mut plane[((z * sd + tz - pd) * oh + y * sh + ty - ph) * ow..][..ow];
+                for (xx, &v) in src[(z * h + y) * w..][x0..x1].iter().enumerate() {
+                    row[(x0 + xx) * sw + tx - pw] += v;
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn max_pool3d(x: &Tensor, k: [usize; 3]) -> Result<Tensor> {
