@@ -41,7 +41,8 @@ fn the_volumes_own_zscore_reaches_the_network_as_nnunet_computes_it() {
     let volume = xaiclip::io::read_image(&fixture("case.nii.gz")).unwrap();
     assert_eq!(model.input_intensity(None).unwrap(), Intensity::ZScore);
     // Another window is refused: the model normalises its input itself.
-    assert!(model.input_intensity(Some(Intensity::MrPercentile)).is_err());
+    let err = model.input_intensity(Some(Intensity::MrPercentile)).unwrap_err();
+    assert!(format!("{err:#}").contains("normalises its input itself"), "{err:#}");
     let [scale, shift] = model.input_map_of(&volume).unwrap().unwrap();
     // The volume's [min, max] holds every value, so windowing clips nothing, and the map gives nnU-Net's
     // z-scores; (k, j, i) order is the file's (i fastest).

@@ -242,7 +242,7 @@ impl<B: Backend> SegModel<B> {
     }
 
     /// The modalities the model was trained on, where it states them (a BasicUNet config's
-    /// `modalities`; an nnU-Net model's CTNormalization means CT).
+    /// `modalities`; an nnU-Net model's normalisation: CT for CTNormalization, MR for ZScoreNormalization).
     pub fn modalities(&self) -> Option<Vec<Modality>> {
         match self {
             SegModel::Basic(m) => m.config().modalities.clone(),
@@ -256,6 +256,15 @@ impl<B: Backend> SegModel<B> {
     /// window. A window other than the model's own, or for a modality it was not trained on, is refused:
     /// it would feed the model inputs unlike its training data.
     pub fn input_intensity(&self, asked: Option<Intensity>) -> anyhow::Result<Intensity> {
+        let own = self.intensity();
+        if let (Some(asked), Some(own)) = (asked, own) {
+            if asked != own {
+                crate::fail!(
+                    InvalidInput,
+                    "the model normalises its input itself ({own:?}); another window ({asked:?}) would feed it inputs unlike its training data, so drop --window/--modality"
+                );
+            }
+        }
         let modalities = self.modalities();
         if let (Some(asked), Some(trained)) = (asked, &modalities) {
             if !trained.contains(&asked.modality()) {
@@ -268,16 +277,10 @@ impl<B: Backend> SegModel<B> {
                 );
             }
         }
-        match (asked, self.intensity()) {
-            (Some(asked), Some(own)) if asked != own => crate::fail!(
-                InvalidInput,
-                "the model normalises its input itself ({own:?}); another window ({asked:?}) would feed it inputs unlike its training data, so drop --window/--modality"
-            ),
-            (asked, own) => Ok(asked.or(own).unwrap_or(match modalities.as_deref() {
-                Some([Modality::Mr]) => Intensity::MrPercentile,
-                _ => Intensity::ABDOMEN,
-            })),
-        }
+        Ok(asked.or(own).unwrap_or(match modalities.as_deref() {
+            Some([Modality::Mr]) => Intensity::MrPercentile,
+            _ => Intensity::ABDOMEN,
+        }))
     }
 
     /// The output channel of an organ name or number: from the model's own class list where its format
