@@ -22,7 +22,7 @@ pub struct BenchCmd {
     /// Ground-truth labels (needed for Dice/IoU and for --slice organ-center).
     #[arg(long)]
     pub label: Option<PathBuf>,
-    /// Id scheme of --label (totalseg: TotalSegmentator "total" ids).
+    /// Id scheme of --label (totalseg: TotalSegmentator's CT ids, totalseg-mr: its MR ids).
     #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
     pub label_ids: LabelIds,
     /// Use the bundled phantom (seed 7) and its labels.

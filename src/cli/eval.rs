@@ -26,7 +26,7 @@ pub struct EvalCmd {
     /// --dataset pairs: folder of label maps named like the images.
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// --dataset pairs: id scheme of the label maps (totalseg: TotalSegmentator "total" ids).
+    /// --dataset pairs: id scheme of the label maps (totalseg: TotalSegmentator's CT ids, totalseg-mr: its MR ids).
     #[arg(long, value_enum, default_value_t = LabelIds::Flare22)]
     pub label_ids: LabelIds,
     /// FLARE22: also explain the unlabeled imagesTs cases (slices from the U-Net's own prediction).
