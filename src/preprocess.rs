@@ -277,8 +277,10 @@ pub fn check_modality(volume: &Volume, modality: Modality) -> Result<Option<Stri
             ))),
         };
     }
-    let min = volume.data.iter().copied().fold(f32::INFINITY, f32::min);
-    let air = volume.data.iter().filter(|&&v| v <= -500.0).count() as f64 / volume.data.len().max(1) as f64;
+    // One pass: the lowest value and how many values are air in HU.
+    let (min, air) =
+        volume.data.iter().fold((f32::INFINITY, 0usize), |(m, a), &v| (m.min(v), a + usize::from(v <= -500.0)));
+    let air = air as f64 / volume.data.len().max(1) as f64;
     Ok(match modality {
         Modality::Ct if min > CT_AIR_HU => Some(format!(
             "{src}: no value below {min}, so not CT in Hounsfield units (air is about -1000): an MR image? The CT window makes it a near-flat input; pass --modality mr"

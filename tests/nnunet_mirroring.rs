@@ -27,17 +27,6 @@ fn reference() -> WeightsFile {
     WeightsFile::open(&fixture("nnunet_mirroring/reference.safetensors")).unwrap()
 }
 
-/// max |a - b| (a NaN is infinite) and max |b|.
-fn error(a: &[f32], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len());
-    let err = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
-    (err, b.iter().fold(0f32, |m, v| m.max(v.abs())))
-}
-
 fn mirrored(dir: &Path) -> SegModel<CpuBackend> {
     let mut model = SegModel::load_dir(&CpuBackend, dir).unwrap();
     model.enable_mirroring(&CpuBackend).unwrap();
@@ -50,13 +39,13 @@ fn whole_volume_logits_match_nnunets_mirrored_sliding_window() {
     assert!(model.describe().contains("mirrored along axes [0, 1, 2]"), "{}", model.describe());
     let volume = xaiclip::io::read_image(&fixture("nnunet_volume/big.nii.gz")).unwrap();
     let logits = predict_volume(&CpuBackend, &model, &volume, &model_window(&folder_3d()).unwrap(), None).unwrap();
-    let (err, scale) = error(&logits, reference().get("big.logits").unwrap().data());
+    let (err, scale) = max_error(&logits, reference().get("big.logits").unwrap().data());
     println!("3d_fullres mirrored over 3 axes: logits max |diff| {err:.2e} of max |logit| {scale:.2}");
     assert!(err <= 1e-4 * scale, "logits off by {err} (max {scale})");
     // Mirroring changes the prediction (random weights are not symmetric): the check above is not vacuous.
     let plain = SegModel::load_dir(&CpuBackend, &folder_3d()).unwrap();
     let unmirrored = predict_volume(&CpuBackend, &plain, &volume, &model_window(&folder_3d()).unwrap(), None).unwrap();
-    assert!(error(&unmirrored, &logits).0 > 100.0 * err.max(1e-6));
+    assert!(max_error(&unmirrored, &logits).0 > 100.0 * err.max(1e-6));
 }
 
 #[test]
@@ -69,7 +58,7 @@ fn slice_logits_and_labels_match_nnunet_predictor_with_mirroring() {
     let input = SliceInput::new(&volume, 4, intensity.range(&volume), 128, None, 1, model.orientation()).unwrap();
     let x = Tensor::new(&[1, 1, 128, 128], input.image).unwrap();
     let logits = CpuBackend.download(&model.forward_logits(&CpuBackend, &x).unwrap()).unwrap();
-    let (err, scale) = error(logits.data(), reference().get("case2d.slice4").unwrap().data());
+    let (err, scale) = max_error(logits.data(), reference().get("case2d.slice4").unwrap().data());
     println!("2d mirrored over 2 axes, slice 4: logits max |diff| {err:.2e} of max |logit| {scale:.2}");
     assert!(err <= 1e-4 * scale, "logits off by {err} (max {scale})");
 

@@ -34,15 +34,7 @@ fn whole_volume_logits_match_nnunet_and_labels_differ_from_its_predictor_only_wh
         let logits = predict_volume(&CpuBackend, &model, &volume, &window, None).unwrap();
         // (3, k, j, i) row-major: i fastest, as xaiclip's file order.
         let expected = reference.get(&format!("{case}.logits")).unwrap();
-        let scale = expected.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-        // A NaN counts as an infinite error (f32::max alone would skip it).
-        let err = logits.iter().zip(expected.data()).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| {
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                m.max(d)
-            }
-        });
+        let (err, scale) = max_error(&logits, expected.data());
         println!("{case}: logits max |diff| {err:.2e} of max |logit| {scale:.2}");
         assert!(err <= 1e-4 * scale, "{case}: logits off by {err} (max {scale})");
         let n = volume.voxel_count();

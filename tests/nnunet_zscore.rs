@@ -26,13 +26,8 @@ fn reference(name: &str) -> Tensor {
 
 /// max |a - b| over max |b| (a NaN is infinite).
 fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let err = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
-    err / b.iter().fold(0f32, |m, v| m.max(v.abs()))
+    let (err, scale) = max_error(a, b);
+    err / scale
 }
 
 #[test]

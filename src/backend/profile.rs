@@ -46,6 +46,11 @@ impl<B: Backend> Profiled<B> {
         self.inner.shape(t).iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
     }
 
+    /// "input w weight" shapes of a layer with weights.
+    fn with_weight(&self, x: &B::Tensor, weight: &B::Tensor) -> String {
+        format!("{} w {}", self.dims(x), self.dims(weight))
+    }
+
     fn timed<T>(&self, op: &'static str, shapes: String, call: impl FnOnce() -> Result<T>) -> Result<T> {
         self.measured(op, shapes, call, |_| 0.0)
     }
@@ -133,7 +138,7 @@ impl<B: Backend> Backend for Profiled<B> {
         stride: usize,
         pad: usize,
     ) -> Result<Self::Tensor> {
-        let shapes = format!("{} w {}", self.dims(x), self.dims(weight));
+        let shapes = self.with_weight(x, weight);
         self.measured(
             "conv2d",
             shapes,
@@ -148,7 +153,7 @@ impl<B: Backend> Backend for Profiled<B> {
         weight: &Self::Tensor,
         bias: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor> {
-        let shapes = format!("{} w {}", self.dims(x), self.dims(weight));
+        let shapes = self.with_weight(x, weight);
         self.measured(
             "conv_transpose2d",
             shapes,
@@ -236,7 +241,7 @@ impl<B: Backend> Backend for Profiled<B> {
         stride: [usize; 3],
         pad: [usize; 3],
     ) -> Result<Self::Tensor> {
-        let shapes = format!("{} w {}", self.dims(x), self.dims(weight));
+        let shapes = self.with_weight(x, weight);
         self.measured(
             "conv3d",
             shapes,
@@ -252,7 +257,7 @@ impl<B: Backend> Backend for Profiled<B> {
         bias: Option<&Self::Tensor>,
         at: volume::Transposed,
     ) -> Result<Self::Tensor> {
-        let shapes = format!("{} w {}", self.dims(x), self.dims(weight));
+        let shapes = self.with_weight(x, weight);
         self.measured(
             "conv_transpose3d",
             shapes,
@@ -278,7 +283,7 @@ impl<B: Backend> Backend for Profiled<B> {
     }
 
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor> {
-        let shapes = format!("{} w {}", self.dims(x), self.dims(weight));
+        let shapes = self.with_weight(x, weight);
         self.measured("linear", shapes, || self.inner.linear(x, weight, bias), |y| self.conv_flops(y, weight))
     }
 

@@ -95,3 +95,15 @@ pub fn quick_eval<'a>(kind: &'a str, root: &'a Path, out: &'a Path) -> Vec<&'a s
         out.to_str().unwrap(),
     ]
 }
+
+/// (max |a - b|, max |b|): the largest difference from a reference and the reference's scale. A NaN
+/// counts as an infinite difference (f32::max alone would skip it).
+pub fn max_error(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let err = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+    (err, b.iter().fold(0f32, |m, v| m.max(v.abs())))
+}
