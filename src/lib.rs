@@ -31,7 +31,7 @@
 //! 6. [`explain`] (the explainers and the scorer), [`roi`] (regions, the CLIP localiser), [`segment`]
 //! 7. [`models`] (U-Net, CLIP on any backend)
 //! 8. [`backend`]: the `Backend` trait, CPU reference, CUDA kernels, perturbation twins, device choice
-//! 9. [`preprocess`], [`phantom`], [`render`]
+//! 9. [`preprocess`], [`resample`] (nnU-Net's), [`phantom`], [`render`]
 //! 10. [`io`] (NIfTI, DICOM, atomic writes), [`weights`]
 //! 11. [`tensor`], [`rng`], [`organs`], [`threshold`], [`error`]
 //!
@@ -51,6 +51,7 @@ pub mod weights;
 pub mod phantom;
 pub mod preprocess;
 pub mod render;
+pub mod resample;
 
 pub mod backend;
 

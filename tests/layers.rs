@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["explain", "roi", "segment"],
     &["models"],
     &["backend"],
-    &["preprocess", "phantom", "render"],
+    &["preprocess", "resample", "phantom", "render"],
     &["io", "weights"],
     &["tensor", "rng", "organs", "threshold", "error"],
 ];
