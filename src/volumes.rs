@@ -20,6 +20,7 @@ use crate::metrics::{agreement, volume_faithfulness, Agreement, Faithfulness};
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
 use crate::preprocess::{normalise_values, Intensity, Orientation};
+use crate::resample::{self, Orders, Resampling};
 use crate::roi::clip::{ClipOptions, ClipRoiFinder};
 use crate::roi::volume::{bounding_box, clip_volume, dilate, ClipVolume};
 use crate::roi::{RoiMode, MIN_COVERAGE};
@@ -179,10 +180,22 @@ pub struct VolumeRun {
 
 /// How the model sees the volume's voxels: axis t of its (D, H, W) view runs along file axis
 /// `axes[t].0`, reversed where `axes[t].1`; the file's order unless the model declares an axis code.
-#[derive(Clone, Copy, Debug)]
+/// An nnU-Net model then resamples that array to its plans' spacing as its preprocessing does.
+#[derive(Clone, Debug)]
 struct View {
     axes: [(usize, bool); 3],
     file: [usize; 3],
+    /// The file's voxel spacing along the view's axes.
+    spacing: [f64; 3],
+    resampled: Option<Resampled>,
+}
+
+/// nnU-Net's resampling of the view to its plans' spacing.
+#[derive(Clone, Debug)]
+struct Resampled {
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    how: Resampling,
 }
 
 impl View {
@@ -193,23 +206,51 @@ impl View {
             (SegModel::NnUNet { .. }, Orientation::Voxel(axes)) => axes.map(|a| (a, false)),
             _ => [(0, false), (1, false), (2, false)],
         };
-        Ok(Self { axes, file: volume.dims })
+        let s = volume.spacing();
+        let mut view = Self { axes, file: volume.dims, spacing: axes.map(|(a, _)| s[a]), resampled: None };
+        if let SegModel::NnUNet { model, .. } = model {
+            let target: [f64; 3] =
+                model.spacing[..].try_into().context("a 3-D nnU-Net configuration has 3 spacings")?;
+            let dims = resample::new_shape(view.permuted_dims(), view.spacing, target);
+            if dims != view.permuted_dims() {
+                let how = match &model.resampling {
+                    Ok(how) => *how,
+                    Err(why) => fail!(
+                        Unsupported,
+                        "{}: nnU-Net would resample this volume from {:.3?} mm to the plans' {target:.3?} mm with {why}",
+                        volume.source.display(),
+                        view.spacing
+                    ),
+                };
+                ensure!(
+                    dims.iter().all(|&n| n > 0),
+                    "{}: resampled to the plans' spacing it has no voxels ({dims:?})",
+                    volume.source.display()
+                );
+                view.resampled = Some(Resampled { dims, spacing: target, how });
+            }
+        }
+        Ok(view)
     }
 
-    /// The view's (D, H, W).
-    fn dims(&self) -> [usize; 3] {
+    /// The file's (D, H, W) along the view's axes.
+    fn permuted_dims(&self) -> [usize; 3] {
         self.axes.map(|(a, _)| self.file[a])
     }
 
-    /// Voxel spacing in mm along the view's axes.
-    fn spacing(&self, volume: &Volume) -> [f64; 3] {
-        let s = volume.spacing();
-        self.axes.map(|(a, _)| s[a])
+    /// The model's (D, H, W).
+    fn dims(&self) -> [usize; 3] {
+        self.resampled.as_ref().map_or(self.permuted_dims(), |r| r.dims)
+    }
+
+    /// Voxel spacing in mm of the model's grid.
+    fn spacing(&self) -> [f64; 3] {
+        self.resampled.as_ref().map_or(self.spacing, |r| r.spacing)
     }
 
     /// File index (x fastest) of each view voxel, in the view's row-major order.
     fn file_indices(&self) -> impl Iterator<Item = usize> + '_ {
-        let dims = self.dims();
+        let dims = self.permuted_dims();
         let [nx, ny, _] = self.file;
         (0..dims.iter().product()).map(move |m: usize| {
             let at = [m / (dims[1] * dims[2]), (m / dims[2]) % dims[1], m % dims[2]];
@@ -222,38 +263,70 @@ impl View {
     }
 
     /// File order -> the view's order.
-    fn model_order<T: Copy>(&self, data: &[T]) -> Vec<T> {
+    fn permute<T: Copy>(&self, data: &[T]) -> Vec<T> {
         self.file_indices().map(|f| data[f]).collect()
     }
 
     /// The view's order back to file order.
-    fn file_order<T: Copy + Default>(&self, data: &[T]) -> Vec<T> {
+    fn unpermute<T: Copy + Default>(&self, data: &[T]) -> Vec<T> {
         let mut out = vec![T::default(); data.len()];
         self.file_indices().zip(data).for_each(|(f, &v)| out[f] = v);
         out
     }
+
+    /// Values on the file's grid -> the model's grid (resampled as nnU-Net resamples its input).
+    fn to_model(&self, data: &[f32]) -> Vec<f32> {
+        let view = self.permute(data);
+        match &self.resampled {
+            None => view,
+            Some(r) => resample::resample(&view, self.permuted_dims(), r.dims, self.spacing, r.spacing, r.how.data),
+        }
+    }
+
+    /// Values on the model's grid (logits, maps) -> the file's grid (as nnU-Net resamples its logits).
+    fn to_file(&self, data: &[f32]) -> Vec<f32> {
+        match &self.resampled {
+            None => self.unpermute(data),
+            Some(r) => self.unpermute(&resample::resample(
+                data,
+                r.dims,
+                self.permuted_dims(),
+                r.spacing,
+                self.spacing,
+                r.how.probabilities,
+            )),
+        }
+    }
+
+    /// A mask on the file's grid -> the model's grid (linearly, kept where at least one half, as nnU-Net
+    /// resamples segmentations).
+    fn mask_to_model(&self, mask: &[bool]) -> Vec<bool> {
+        let view = self.permute(mask);
+        match &self.resampled {
+            None => view,
+            Some(r) => Self::mask(&view, self.permuted_dims(), r.dims, self.spacing, r.spacing),
+        }
+    }
+
+    /// A mask on the model's grid -> the file's grid.
+    fn mask_to_file(&self, mask: &[bool]) -> Vec<bool> {
+        match &self.resampled {
+            None => self.unpermute(mask),
+            Some(r) => self.unpermute(&Self::mask(mask, r.dims, self.permuted_dims(), r.spacing, self.spacing)),
+        }
+    }
+
+    fn mask(mask: &[bool], from: [usize; 3], to: [usize; 3], current: [f64; 3], new: [f64; 3]) -> Vec<bool> {
+        let values: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+        let linear = Orders { order: 1, order_z: 0 };
+        resample::resample(&values, from, to, current, new, linear).iter().map(|&v| v >= 0.5).collect()
+    }
 }
 
-/// What nnU-Net's preprocessing would change before its predictor sees `volume` (`spacing` in the
-/// model's axis order), refused rather than explained wrongly: resampling to the plans' spacing, and
-/// cropping to the bounding box of the nonzero voxels.
-fn nnunet_input_check<B: Backend>(
-    model: &crate::models::NnUNet<B>,
-    volume: &Volume,
-    dims: [usize; 3],
-    spacing: [f64; 3],
-) -> Result<()> {
+/// What nnU-Net's preprocessing would crop before its predictor sees `volume`, refused rather than
+/// explained wrongly: the bounding box of the nonzero voxels.
+fn nnunet_crop_check(volume: &Volume) -> Result<()> {
     let source = volume.source.display();
-    // compute_new_shape: round(old spacing / new spacing * old shape).
-    let resampled: Vec<usize> =
-        (0..3).map(|a| (spacing[a] / model.spacing[a] * dims[a] as f64).round_ties_even() as usize).collect();
-    if resampled != dims[..] {
-        fail!(
-            Unsupported,
-            "{source}: nnU-Net would resample this volume from {spacing:.3?} mm to the plans' {:.3?} mm (axes as the model sees them; grid {dims:?} -> {resampled:?}) before predicting, and xaiclip does not resample yet: resample it to that spacing first",
-            model.spacing
-        );
-    }
     let [nx, ny, nz] = volume.dims;
     let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
     for (v, _) in volume.data.iter().enumerate().filter(|(_, &x)| x != 0.0) {
@@ -341,12 +414,13 @@ fn model_input<B: Backend>(
     ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     let view = View::of(model, volume)?;
     let dims = view.dims();
-    if let SegModel::NnUNet { model: nnunet, .. } = model {
-        nnunet_input_check(nnunet, volume, dims, view.spacing(volume))?;
+    if let SegModel::NnUNet { .. } = model {
+        nnunet_crop_check(volume)?;
     }
     let intensity = model.input_intensity(intensity)?;
     let warning = crate::preprocess::check_modality(volume, intensity.modality())?;
-    let input = normalise_values(&view.model_order(&volume.data), intensity.range(volume));
+    // nnU-Net normalises before it resamples (clipping to the window first, so the order matters).
+    let input = view.to_model(&normalise_values(&volume.data, intensity.range(volume)));
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
     Ok(ModelInput { view, x, window: SlidingWindow { cval: model.input_padding(), ..*window }, intensity, warning })
 }
@@ -366,7 +440,7 @@ pub fn predict_volume<B: Backend>(
     let ModelInput { view, x, window, .. } = model_input(model, volume, window, intensity)?;
     let y =
         crate::models::sliding::sliding_window_inference(backend, &x, &window, |t| model.forward_logits(backend, t))?;
-    Ok(y.data().chunks_exact(volume.voxel_count()).flat_map(|class| view.file_order(class)).collect())
+    Ok(y.data().chunks_exact(view.dims().iter().product()).flat_map(|class| view.to_file(class)).collect())
 }
 
 /// Occlusion of `class` over the whole `volume` with the 3-D `model`, in `settings.roi`; `labels` (on
@@ -393,11 +467,10 @@ pub fn explain_volume<B: Backend>(
     let mut scorer = VolumeScorer::new(backend, model, &x, &window, class, 0.0)?;
     scorer.reuse = settings.reuse;
     scorer.cancel = settings.cancel.clone();
-    let voxels = volume.voxel_count();
-    let mut m0 = vec![false; voxels];
+    let mut m0 = vec![false; dims.iter().product()];
     scorer.m0().iter().for_each(|&v| m0[v] = true);
-    let spacing = view.spacing(volume);
-    let clip_mask = clip.as_ref().map(|c| view.model_order(&c.mask));
+    let spacing = view.spacing();
+    let clip_mask = clip.as_ref().map(|c| view.mask_to_model(&c.mask));
     let organ = model.class_name(class);
     let roi = region(settings.roi, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?;
     if !roi.contains(&true) {
@@ -449,12 +522,12 @@ pub fn explain_volume<B: Backend>(
         0 => None,
         steps => Some(volume_faithfulness(&mut scorer, &result.saliency, steps)?),
     };
-    let saliency = view.file_order(&result.saliency);
+    let saliency = view.to_file(&result.saliency);
     let agreement = truth.map(|t| agreement(&saliency, t));
     Ok(VolumeRun {
         saliency,
-        m0: view.file_order(&m0),
-        roi: view.file_order(&roi),
+        m0: view.mask_to_file(&m0),
+        roi: view.mask_to_file(&roi),
         base_score,
         samples: result.samples,
         tiles: scorer.plan().tiles.len(),
@@ -669,18 +742,20 @@ mod tests {
 
     #[test]
     fn axis_orders_round_trip_and_put_z_fastest() {
-        let view = View { axes: [(0, false), (1, false), (2, false)], file: [3, 4, 5] };
+        let view =
+            View { axes: [(0, false), (1, false), (2, false)], file: [3, 4, 5], spacing: [1.0; 3], resampled: None };
         let data: Vec<usize> = (0..60).collect();
-        let model = view.model_order(&data);
+        let model = view.permute(&data);
         // File voxel (i, j, k) = i + 3 (j + 4 k); in the model's order k runs fastest.
         assert_eq!(&model[..3], &[0, 12, 24]);
-        assert_eq!(view.file_order(&model), data);
+        assert_eq!(view.unpermute(&model), data);
         // Reoriented: the view's axes are file axes (2, 0, 1), the first of them reversed.
-        let view = View { axes: [(2, true), (0, false), (1, false)], file: [3, 4, 5] };
+        let view =
+            View { axes: [(2, true), (0, false), (1, false)], file: [3, 4, 5], spacing: [1.0; 3], resampled: None };
         assert_eq!(view.dims(), [5, 3, 4]);
-        let model = view.model_order(&data);
+        let model = view.permute(&data);
         // View voxel (0, 0, 0) is file (0, 0, 4); (0, 0, 1) moves along file axis 1; (1, 0, 0) to k = 3.
         assert_eq!((model[0], model[1], model[12]), (48, 51, 36));
-        assert_eq!(view.file_order(&model), data);
+        assert_eq!(view.unpermute(&model), data);
     }
 }

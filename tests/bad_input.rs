@@ -367,10 +367,16 @@ fn nifti_roundtrip_keeps_values_and_geometry() {
     }
 }
 
-/// A copy of the tiny PlainConvUNet 2d result folder whose plans/dataset JSON `edit` may change.
-fn nnunet_copy(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value)) -> PathBuf {
-    let src = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
-    let dst = dir.join("nnUNetTrainer__nnUNetPlans__2d");
+/// A copy of the tiny PlainConvUNet result folder of `configuration` whose plans/dataset JSON `edit` may
+/// change.
+fn nnunet_copy(
+    dir: &Path,
+    configuration: &str,
+    edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) -> PathBuf {
+    let name = format!("nnUNetTrainer__nnUNetPlans__{configuration}");
+    let src = repo().join("tests/fixtures/nnunet/Dataset001_Tiny").join(&name);
+    let dst = dir.join(name);
     std::fs::create_dir_all(dst.join("fold_0")).unwrap();
     std::fs::copy(src.join("fold_0/checkpoint_final.pth"), dst.join("fold_0/checkpoint_final.pth")).unwrap();
     let read =
@@ -387,7 +393,7 @@ fn nnunet_result_folders_that_cannot_be_used() {
     let tmp = tempfile::tempdir().unwrap();
     let case = |name: &str, edit: fn(&mut serde_json::Value, &mut serde_json::Value)| {
         let dir = tmp.path().join(name);
-        nnunet_copy(&dir, edit)
+        nnunet_copy(&dir, "2d", edit)
     };
     let info = |dir: &Path, expect: &[&str]| fails(&["info", dir.to_str().unwrap()], expect);
     // Corrupt plans: not JSON.
@@ -494,8 +500,11 @@ fn nnunet_result_folders_that_cannot_be_used() {
         ],
         &["the model normalises its input itself", "drop --window/--modality"],
     );
-    // A 3-D nnU-Net model over a volume nnU-Net would resample to its plans' spacing first.
-    let model3 = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    // A 3-D nnU-Net model whose plans resample with a function xaiclip lacks, over a volume at another
+    // spacing (at the plans' spacing it would run: the resampling is refused only where it is needed).
+    let torch = nnunet_copy(&tmp.path().join("torchres"), "3d_fullres", |p, _| {
+        p["configurations"]["3d_fullres"]["resampling_fn_data"] = "resample_torch_fornnunet".into()
+    });
     let volume = tmp.path().join("volume");
     fails(
         &[
@@ -503,7 +512,7 @@ fn nnunet_result_folders_that_cannot_be_used() {
             "--image",
             ct.to_str().unwrap(),
             "--model",
-            model3.to_str().unwrap(),
+            torch.to_str().unwrap(),
             "--slice",
             "all",
             "--method",
@@ -513,7 +522,7 @@ fn nnunet_result_folders_that_cannot_be_used() {
         ],
         &[
             "nnU-Net would resample this volume from [2.500, 1.500, 1.500] mm to the plans' [2.500, 0.800, 0.800] mm",
-            "resample it to that spacing first",
+            "with resampling_fn_data resample_torch_fornnunet (xaiclip has resample_data_or_seg_to_shape)",
         ],
     );
     assert!(!volume.exists());

@@ -5,8 +5,12 @@
 mod common;
 use common::*;
 use std::path::PathBuf;
+use xaiclip::backend::CpuBackend;
+use xaiclip::models::SegModel;
 use xaiclip::resample::{new_shape, resample, Orders};
+use xaiclip::volumes::{model_window, predict_volume, segment_volume_on};
 use xaiclip::weights::WeightsFile;
+use xaiclip::{Device, Precision};
 
 fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures/nnunet_resampling").join(name)
@@ -34,4 +38,77 @@ fn resampling_matches_nnunet_on_every_path() {
         println!("{name}: {shape:?} -> {target:?}, {orders:?}: max |diff| {err:.2e} of max {scale:.2}");
         assert!(err <= 1e-5 * scale, "{name}: off by {err} (max {scale})");
     }
+}
+
+#[test]
+fn volumes_at_other_spacings_are_resampled_as_nnunet_predicts_them() {
+    let dir = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    let model = SegModel::load_dir(&CpuBackend, &dir).unwrap();
+    let window = model_window(&dir).unwrap();
+    let reference = WeightsFile::open(&fixture("reference.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture("reference.safetensors")).unwrap();
+    let raw = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for case in ["coarse", "fine"] {
+        let image = fixture(&format!("{case}.nii.gz"));
+        let volume = xaiclip::io::read_image(&image).unwrap();
+        let logits = predict_volume(&CpuBackend, &model, &volume, &window, None).unwrap();
+        let expected = reference.get(&format!("{case}.logits")).unwrap();
+        let (err, scale) = max_error(&logits, expected.data());
+        println!(
+            "{case}: {:?} voxels at {:.2?} mm: logits max |diff| {err:.2e} of max |logit| {scale:.2}",
+            volume.dims,
+            volume.spacing()
+        );
+        assert!(err <= 1e-4 * scale, "{case}: logits off by {err} (max {scale})");
+        let labels = segment_volume_on(Device::Cpu, Precision::F32, &dir, &volume, None, None, false).unwrap();
+        let predictor = raw.tensor(&format!("{case}.labels")).unwrap().data().to_vec();
+        let (ties, moved) = predictor_label_differences(case, &labels, expected.data(), &predictor, err);
+        let n = volume.voxel_count();
+        println!(
+            "{case}: {n} voxels, {moved} labelled otherwise by nnUNetPredictor (its float16 sums), {ties} float32 ties"
+        );
+        assert!(ties * 1000 <= n && moved * 50 <= n, "{case}: {ties} ties, {moved} moved");
+    }
+}
+
+#[test]
+fn explain_resamples_and_maps_come_back_on_the_input_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, out) = (fixture("coarse.nii.gz"), dir.path().join("out"));
+    let model = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    let o = xaiclip(&[
+        "explain",
+        "--image",
+        image.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--organ",
+        "liver",
+        "--slice",
+        "all",
+        "--method",
+        "occlusion",
+        "--occlusion-window",
+        "12",
+        "--roi",
+        "seg",
+        "--faithfulness-steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let voxels = report["weights"]["unet"]["voxels"].as_str().unwrap();
+    assert!(
+        voxels.contains("resampled to the plans' spacing [2.5, 0.800000011920929, 0.800000011920929] mm"),
+        "{voxels}"
+    );
+    // The model's grid is (20, 47, 49): 4 tiles of (20, 40, 48).
+    assert_eq!(report["result"]["tiles"].as_u64(), Some(4), "{}", report["result"]);
+    let saliency = xaiclip::io::read_image(&out.join("saliency.nii.gz")).unwrap();
+    let volume = xaiclip::io::read_image(&image).unwrap();
+    assert_eq!((saliency.dims, saliency.affine), (volume.dims, volume.affine));
+    assert!(saliency.data.iter().any(|&v| v > 0.0));
 }

@@ -19,6 +19,7 @@ use crate::backend::volume::Transposed;
 use crate::backend::{Activation, Backend};
 use crate::error::Error;
 use crate::preprocess::{Intensity, Orientation};
+use crate::resample::{Orders, Resampling};
 use crate::tensor::Tensor;
 use crate::weights::{ParamReader, WeightsFile};
 use anyhow::{bail, ensure, Context, Result};
@@ -648,6 +649,9 @@ pub struct NnUNet<B: Backend> {
     pub spacing: Vec<f64>,
     /// Normalisation of the input channel.
     pub normalization: Normalization,
+    /// How a case is resampled to `spacing` and its logits back, or why xaiclip cannot (refused only
+    /// where a case needs resampling).
+    pub resampling: std::result::Result<Resampling, String>,
     /// How 2d slices lie on a file's voxels: nnU-Net reads NIfTI as arrays (k, j, i) (SimpleITKIO and
     /// NibabelIO alike), transposes them by `transpose_forward` and slices along the first axis.
     pub orientation: Orientation,
@@ -655,6 +659,36 @@ pub struct NnUNet<B: Backend> {
     /// Test-time mirroring: the spatial axes (the network's own order) whose flips are averaged in, as
     /// `nnUNetPredictor(use_mirroring=True)` does with the checkpoint's allowed axes; empty when off.
     mirror_axes: Vec<usize>,
+}
+
+/// The configuration's `resampling_fn_data` and `resampling_fn_probabilities` with their kwargs, where
+/// they are nnU-Net's default function (`resample_data_or_seg_to_shape`) with orders xaiclip has.
+fn resampling(config: &Value) -> std::result::Result<Resampling, String> {
+    let orders = |what: &str| -> std::result::Result<Orders, String> {
+        let key = format!("resampling_fn_{what}");
+        match config.get(&key).and_then(Value::as_str) {
+            None | Some("resample_data_or_seg_to_shape") => {}
+            Some(other) => return Err(format!("{key} {other} (xaiclip has resample_data_or_seg_to_shape)")),
+        }
+        let kwargs = config.get(format!("{key}_kwargs")).cloned().unwrap_or_default();
+        let default = if what == "data" { Resampling::default().data } else { Resampling::default().probabilities };
+        let order = |k: &str, d: u8, allowed: &[u8]| match kwargs.get(k) {
+            None => Ok(d),
+            Some(v) => v
+                .as_u64()
+                .and_then(|o| u8::try_from(o).ok())
+                .filter(|o| allowed.contains(o))
+                .ok_or_else(|| format!("{key}_kwargs {k} {v} (xaiclip has {allowed:?})")),
+        };
+        if !kwargs.get("force_separate_z").is_none_or(Value::is_null) {
+            return Err(format!("{key}_kwargs force_separate_z {} (xaiclip has null)", kwargs["force_separate_z"]));
+        }
+        Ok(Orders {
+            order: order("order", default.order, &[0, 1, 3])?,
+            order_z: order("order_z", default.order_z, &[0, 1])?,
+        })
+    };
+    Ok(Resampling { data: orders("data")?, probabilities: orders("probabilities")? })
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -803,6 +837,7 @@ impl<B: Backend> NnUNet<B> {
             patch_size,
             spacing: floats("spacing")?,
             normalization,
+            resampling: resampling(&config),
             orientation,
             networks,
             mirror_axes: Vec::new(),
@@ -865,7 +900,15 @@ impl<B: Backend> NnUNet<B> {
     pub fn describe_volume(&self) -> String {
         match self.orientation {
             Orientation::Voxel([d, h, w]) => format!(
-                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; no resampling or cropping (the volume must be at the plans' spacing)"
+                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; resampled to the plans' spacing {:?} mm as nnU-Net does ({}); no cropping (a zero border is refused)",
+                self.spacing,
+                match &self.resampling {
+                    Ok(r) => format!(
+                        "input: spline order {}, logits back: {}; along the coarse axis of an anisotropic case {} and {}",
+                        r.data.order, r.probabilities.order, r.data.order_z, r.probabilities.order_z
+                    ),
+                    Err(why) => format!("not possible here: {why}"),
+                }
             ),
             other => other.describe_volume(),
         }

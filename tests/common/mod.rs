@@ -107,3 +107,35 @@ pub fn max_error(a: &[f32], b: &[f32]) -> (f32, f32) {
         .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
     (err, b.iter().fold(0f32, |m, v| m.max(v.abs())))
 }
+
+/// Labels of an nnU-Net model against the float32 reference `logits` (K, voxels) and nnUNetPredictor's
+/// `predictor` labels: a label off the float32 argmax must be a tie within `err`, and one off the
+/// predictor's must be where the predictor's own float16 sums moved it from the float32 argmax.
+/// Returns (ties, moved).
+pub fn predictor_label_differences(
+    case: &str,
+    labels: &[u8],
+    logits: &[f32],
+    predictor: &[u8],
+    err: f32,
+) -> (usize, usize) {
+    let n = labels.len();
+    let classes = logits.len() / n;
+    let argmax =
+        |v: usize| (0..classes).fold(0, |b, k| if logits[k * n + v] > logits[b * n + v] { k } else { b }) as u8;
+    let (mut ties, mut moved) = (0, 0);
+    for v in 0..n {
+        let exact = argmax(v);
+        if labels[v] != exact {
+            let mut top: Vec<f32> = (0..classes).map(|k| logits[k * n + v]).collect();
+            top.sort_by(|a, b| b.total_cmp(a));
+            assert!(top[0] - top[1] <= 2.0 * err, "{case}: voxel {v} labelled {} instead of {exact}", labels[v]);
+            ties += 1;
+        }
+        if labels[v] != predictor[v] {
+            assert_ne!(predictor[v], exact, "{case}: voxel {v}: {} vs the predictor's {}", labels[v], predictor[v]);
+            moved += 1;
+        }
+    }
+    (ties, moved)
+}
