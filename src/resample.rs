@@ -1,5 +1,6 @@
-//! nnU-Net's resampling of a case to the plans' spacing and of its logits back
-//! (`nnunetv2/preprocessing/resampling/default_resampling.py`, `resample_data_or_seg_to_shape`).
+//! Resampling to a model's spacing as its framework does: nnU-Net's of a case to the plans' spacing and
+//! of its logits back (`nnunetv2/preprocessing/resampling/default_resampling.py`,
+//! `resample_data_or_seg_to_shape`), and MONAI's `Spacing` ([`monai_shape`], [`monai_linear`]).
 //!
 //! Its `resize` is scikit-image's: scipy's `zoom` in grid mode (output voxel o samples input coordinate
 //! (o + 0.5) n_in / n_out - 0.5), edge extension, no anti-aliasing, the result clipped to the input's
@@ -104,6 +105,59 @@ pub fn resample(
     out.iter().map(|&v| v as f32).collect()
 }
 
+/// MONAI's `AFFINE_TOL`: a spacing within it of the target is kept.
+const AFFINE_TOL: f64 = 1e-3;
+
+/// The grid MONAI's `Spacing` (diagonal False, scale_extent False) makes of `shape` at `spacing` for
+/// `pixdim` (None: keep the axis): `compute_shape_offset`'s round((n - 1) spacing / pixdim + 1), half to
+/// even; an axis within `AFFINE_TOL` of its target keeps its spacing and size. Returns the grid and its
+/// spacing.
+pub fn monai_shape(shape: [usize; 3], spacing: [f64; 3], pixdim: [Option<f64>; 3]) -> ([usize; 3], [f64; 3]) {
+    let target: [f64; 3] = std::array::from_fn(|a| match pixdim[a] {
+        Some(p) if (spacing[a] - p).abs() > AFFINE_TOL => p,
+        _ => spacing[a],
+    });
+    let dims = std::array::from_fn(|a| {
+        if target[a] == spacing[a] {
+            shape[a]
+        } else {
+            ((shape[a] as f64 - 1.0) * spacing[a] / target[a] + 1.0).round_ties_even() as usize
+        }
+    });
+    (dims, target)
+}
+
+/// MONAI's `Spacing` resampling with its defaults (bilinear, border padding, align_corners False, in
+/// float64): output voxel o of each axis samples input voxel o * `to` / `from` (the grids share voxel
+/// 0's centre), linearly, clamped at the border. Its inverse (`Invertd`) is the same call with the
+/// spacings swapped.
+pub fn monai_linear(
+    data: &[f32],
+    shape: [usize; 3],
+    target_shape: [usize; 3],
+    from: [f64; 3],
+    to: [f64; 3],
+) -> Vec<f32> {
+    assert_eq!(data.len(), shape.iter().product::<usize>(), "resample: data and shape disagree");
+    let data: Vec<f64> = data.iter().map(|&v| v as f64).collect();
+    let (out, _) = (0..3).fold((data, shape), |(d, s), a| {
+        let ratio = to[a] / from[a];
+        along_axis(&d, s, a, target_shape[a], |line, out| {
+            out.iter_mut().enumerate().for_each(|(o, v)| *v = linear(line, o as f64 * ratio));
+        })
+    });
+    out.iter().map(|&v| v as f32).collect()
+}
+
+/// `line` at coordinate `c`, linearly, clamped to its ends.
+fn linear(line: &[f64], c: f64) -> f64 {
+    let n = line.len() as isize;
+    let f = c.floor();
+    let t = c - f;
+    let at = |i: isize| line[i.clamp(0, n - 1) as usize];
+    (1.0 - t) * at(f as isize) + t * at(f as isize + 1)
+}
+
 fn range(data: &[f64]) -> (f64, f64) {
     data.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
@@ -120,6 +174,18 @@ fn slice(data: &[f64], shape: [usize; 3], axis: usize, s: usize) -> Vec<f64> {
 
 /// Zooms `axis` of a row-major array to `n_out` samples with a spline of `order`.
 fn zoom_axis(data: &[f64], shape: [usize; 3], axis: usize, n_out: usize, order: u8) -> (Vec<f64>, [usize; 3]) {
+    along_axis(data, shape, axis, n_out, |line, out| zoom_line(line, out, order))
+}
+
+/// Maps every line along `axis` of a row-major array to `n_out` samples with `f(line, out)`; an axis that
+/// keeps its size is left as it is.
+fn along_axis(
+    data: &[f64],
+    shape: [usize; 3],
+    axis: usize,
+    n_out: usize,
+    f: impl Fn(&[f64], &mut [f64]) + Sync,
+) -> (Vec<f64>, [usize; 3]) {
     let n_in = shape[axis];
     let mut out_shape = shape;
     out_shape[axis] = n_out;
@@ -136,7 +202,7 @@ fn zoom_axis(data: &[f64], shape: [usize; 3], axis: usize, n_out: usize, order: 
         let mut zoomed = vec![0.0; n_out];
         for r in 0..inner {
             line.iter_mut().enumerate().for_each(|(i, v)| *v = d[i * inner + r]);
-            zoom_line(&line, &mut zoomed, order);
+            f(&line, &mut zoomed);
             zoomed.iter().enumerate().for_each(|(j, &v)| o[j * inner + r] = v);
         }
     });
@@ -154,11 +220,7 @@ fn zoom_line(line: &[f64], out: &mut [f64], order: u8) {
     let clamped = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
     match order {
         0 => out.iter_mut().enumerate().for_each(|(o, v)| *v = line[clamped((at(o) + 0.5).floor() as isize, n_in)]),
-        1 => out.iter_mut().enumerate().for_each(|(o, v)| {
-            let c = at(o);
-            let (f, t) = (c.floor(), c - c.floor());
-            *v = (1.0 - t) * line[clamped(f as isize, n_in)] + t * line[clamped(f as isize + 1, n_in)];
-        }),
+        1 => out.iter_mut().enumerate().for_each(|(o, v)| *v = linear(line, at(o))),
         3 => {
             let coefficients = cubic_coefficients(line);
             let n = coefficients.len();
@@ -228,6 +290,18 @@ mod tests {
         assert_eq!(out, [0.5, 2.5, 4.5, 6.5]);
         zoom_line(&line, &mut out, 0);
         assert_eq!(out, [1.0, 3.0, 5.0, 7.0], "order 0 rounds halves up, as scipy's floor(c + 0.5)");
+    }
+
+    #[test]
+    fn monai_spacing_keeps_voxel_zero_and_axes_within_its_tolerance() {
+        let (dims, spacing) = monai_shape([40, 36, 12], [0.9, 1.5005, 3.0], [Some(1.5), Some(1.5), None]);
+        // round(39 x 0.9 / 1.5 + 1) = round(24.4); 1.5005 is within the tolerance of 1.5.
+        assert_eq!((dims, spacing), ([24, 36, 12], [1.5, 1.5005, 3.0]));
+        let data: Vec<f32> = (0..4).map(|i| i as f32).collect();
+        // Output voxel o samples input o x 2 / 3: 0, 2/3, 4/3, 2, 8/3 -> clamped at 3.
+        let out = monai_linear(&data, [1, 1, 4], [1, 1, 6], [1.0; 3], [1.0, 1.0, 2.0 / 3.0]);
+        let expect = [0.0, 2.0 / 3.0, 4.0 / 3.0, 2.0, 8.0 / 3.0, 3.0];
+        assert!(out.iter().zip(expect).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! The model sees the volume as MONAI's `LoadImage` + `EnsureChannelFirst` give it: (1, 1, nx, ny, nz),
 //! the file's voxel axes in order, z fastest in memory, or reoriented to the axis code it declares
-//! (`Orientationd`); no resampling (the volume should already be at the spacing the model was trained
-//! on). Maps come back on the input's grid.
+//! (`Orientationd`), then resampled where the model's framework resamples (an nnU-Net model's plans, a
+//! bundle's `Spacingd`; [`crate::resample`]); the explainers work on that grid, and logits, maps and
+//! masks come back on the input's grid.
 
 use crate::backend::device::Compute;
 use crate::backend::{Backend, Device, Precision};
@@ -190,12 +191,20 @@ struct View {
     resampled: Option<Resampled>,
 }
 
-/// nnU-Net's resampling of the view to its plans' spacing.
+/// The view resampled to the model's spacing.
 #[derive(Clone, Debug)]
 struct Resampled {
     dims: [usize; 3],
     spacing: [f64; 3],
-    how: Resampling,
+    how: How,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum How {
+    /// nnU-Net's preprocessing (after normalising) and its export of logits.
+    NnUNet(Resampling),
+    /// A MONAI bundle's `Spacingd` and its `Invertd`; `before_window`: raw values are interpolated.
+    Monai { before_window: bool },
 }
 
 impl View {
@@ -227,7 +236,16 @@ impl View {
                     "{}: resampled to the plans' spacing it has no voxels ({dims:?})",
                     volume.source.display()
                 );
-                view.resampled = Some(Resampled { dims, spacing: target, how });
+                view.resampled = Some(Resampled { dims, spacing: target, how: How::NnUNet(how) });
+            }
+        }
+        if let SegModel::Bundle { bundle, .. } = model {
+            if let Some(spacing) = bundle.spacing {
+                let (dims, target) = resample::monai_shape(view.permuted_dims(), view.spacing, spacing.pixdim);
+                if target != view.spacing {
+                    let how = How::Monai { before_window: spacing.before_window };
+                    view.resampled = Some(Resampled { dims, spacing: target, how });
+                }
             }
         }
         Ok(view)
@@ -274,37 +292,40 @@ impl View {
         out
     }
 
-    /// Values on the file's grid -> the model's grid (resampled as nnU-Net resamples its input).
+    /// The model's input from the file's raw values and the intensity window, in the order its framework
+    /// applies them.
+    fn input(&self, raw: &[f32], window: impl Fn(&[f32]) -> Vec<f32>) -> Vec<f32> {
+        match &self.resampled {
+            Some(Resampled { how: How::Monai { before_window: true }, .. }) => window(&self.to_model(raw)),
+            _ => self.to_model(&window(raw)),
+        }
+    }
+
+    /// Values on the file's grid -> the model's grid (resampled as the model's framework resamples its
+    /// input).
     fn to_model(&self, data: &[f32]) -> Vec<f32> {
         let view = self.permute(data);
         match &self.resampled {
             None => view,
-            Some(r) => resample::resample(&view, self.permuted_dims(), r.dims, self.spacing, r.spacing, r.how.data),
+            Some(r) => r.resample(&view, self.permuted_dims(), self.spacing, true),
         }
     }
 
-    /// Values on the model's grid (logits, maps) -> the file's grid (as nnU-Net resamples its logits).
+    /// Values on the model's grid (logits, maps) -> the file's grid (as the framework brings its
+    /// predictions back).
     fn to_file(&self, data: &[f32]) -> Vec<f32> {
         match &self.resampled {
             None => self.unpermute(data),
-            Some(r) => self.unpermute(&resample::resample(
-                data,
-                r.dims,
-                self.permuted_dims(),
-                r.spacing,
-                self.spacing,
-                r.how.probabilities,
-            )),
+            Some(r) => self.unpermute(&r.resample(data, self.permuted_dims(), self.spacing, false)),
         }
     }
 
-    /// A mask on the file's grid -> the model's grid (linearly, kept where at least one half, as nnU-Net
-    /// resamples segmentations).
+    /// A mask on the file's grid -> the model's grid (linearly, kept where at least one half).
     fn mask_to_model(&self, mask: &[bool]) -> Vec<bool> {
         let view = self.permute(mask);
         match &self.resampled {
             None => view,
-            Some(r) => Self::mask(&view, self.permuted_dims(), r.dims, self.spacing, r.spacing),
+            Some(r) => r.resample_mask(&view, self.permuted_dims(), self.spacing, true),
         }
     }
 
@@ -312,16 +333,39 @@ impl View {
     fn mask_to_file(&self, mask: &[bool]) -> Vec<bool> {
         match &self.resampled {
             None => self.unpermute(mask),
-            Some(r) => self.unpermute(&Self::mask(mask, r.dims, self.permuted_dims(), r.spacing, self.spacing)),
+            Some(r) => self.unpermute(&r.resample_mask(mask, self.permuted_dims(), self.spacing, false)),
+        }
+    }
+}
+
+impl Resampled {
+    /// `data` from the file's (permuted) grid `file` at `spacing` to the model's (`forward`) or back.
+    fn resample(&self, data: &[f32], file: [usize; 3], spacing: [f64; 3], forward: bool) -> Vec<f32> {
+        let ((from, to), (current, new)) = if forward {
+            ((file, self.dims), (spacing, self.spacing))
+        } else {
+            ((self.dims, file), (self.spacing, spacing))
+        };
+        match self.how {
+            How::NnUNet(r) => {
+                let orders = if forward { r.data } else { r.probabilities };
+                resample::resample(data, from, to, current, new, orders)
+            }
+            How::Monai { .. } => resample::monai_linear(data, from, to, current, new),
         }
     }
 
-    fn mask(mask: &[bool], from: [usize; 3], to: [usize; 3], current: [f64; 3], new: [f64; 3]) -> Vec<bool> {
+    /// A mask resampled linearly, kept where at least one half (as nnU-Net resamples segmentations).
+    fn resample_mask(&self, mask: &[bool], file: [usize; 3], spacing: [f64; 3], forward: bool) -> Vec<bool> {
         let values: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
-        let linear = Orders { order: 1, order_z: 0 };
-        resample::resample(&values, from, to, current, new, linear).iter().map(|&v| v >= 0.5).collect()
+        let linear = Self { how: How::NnUNet(Resampling { data: LINEAR, probabilities: LINEAR }), ..self.clone() };
+        let how = if matches!(self.how, How::Monai { .. }) { self } else { &linear };
+        how.resample(&values, file, spacing, forward).iter().map(|&v| v >= 0.5).collect()
     }
 }
+
+/// Linear in plane, nearest across a coarse axis.
+const LINEAR: Orders = Orders { order: 1, order_z: 0 };
 
 /// What nnU-Net's preprocessing would crop before its predictor sees `volume`, refused rather than
 /// explained wrongly: the bounding box of the nonzero voxels.
@@ -419,8 +463,10 @@ fn model_input<B: Backend>(
     }
     let intensity = model.input_intensity(intensity)?;
     let warning = crate::preprocess::check_modality(volume, intensity.modality())?;
-    // nnU-Net normalises before it resamples (clipping to the window first, so the order matters).
-    let input = view.to_model(&normalise_values(&volume.data, intensity.range(volume)));
+    // nnU-Net normalises before it resamples, MONAI in the order of its transforms: clipping to the
+    // window does not commute with interpolation.
+    let range = intensity.range(volume);
+    let input = view.input(&volume.data, |values| normalise_values(values, range));
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
     Ok(ModelInput { view, x, window: SlidingWindow { cval: model.input_padding(), ..*window }, intensity, warning })
 }

@@ -611,15 +611,35 @@ fn monai_bundles_that_cannot_be_used() {
         let dir = from("unet_2d", key, &|c: &mut serde_json::Value| c["network_def"][key] = value.clone());
         info(&dir, &["inference.json: network_def", expect]);
     }
-    let spacing = case("spacing", &|c| {
-        c["preprocessing"]["transforms"]
-            .as_array_mut()
-            .unwrap()
-            .insert(2, serde_json::json!({"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]}))
+    // Spacingd: in a 2-D bundle, with an argument xaiclip does not reproduce, before Orientationd.
+    let spacingd = |extra: serde_json::Value| {
+        let mut t = serde_json::json!({"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]});
+        t.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        t
+    };
+    let insert = |c: &mut serde_json::Value, at: usize, t: serde_json::Value| {
+        c["preprocessing"]["transforms"].as_array_mut().unwrap().insert(at, t)
+    };
+    let flat = case("spacing-2d", &|c| insert(c, 2, spacingd(serde_json::json!({}))));
+    info(&flat, &["preprocessing: Spacingd in a 2-D bundle is not applied (slices are resized to the model grid)"]);
+    for (name, extra, expect) in [
+        ("nearest", serde_json::json!({"mode": "nearest"}), "Spacingd mode \"nearest\" is not reproduced"),
+        ("zeros", serde_json::json!({"padding_mode": "zeros"}), "Spacingd padding_mode \"zeros\" is not reproduced"),
+        ("corners", serde_json::json!({"align_corners": true}), "Spacingd align_corners true is not reproduced"),
+        ("pixdim", serde_json::json!({"pixdim": "1.5"}), "Spacingd needs pixdim, a number or a list of numbers"),
+    ] {
+        let dir = from("basicunet_3d", &format!("spacing-{name}"), &|c: &mut serde_json::Value| {
+            insert(c, 2, spacingd(extra.clone()))
+        });
+        info(&dir, &["preprocessing", expect]);
+    }
+    let reoriented = from("basicunet_3d", "spacing-orientation", &|c: &mut serde_json::Value| {
+        insert(c, 2, spacingd(serde_json::json!({})));
+        insert(c, 3, serde_json::json!({"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}));
     });
     info(
-        &spacing,
-        &["preprocessing", "Spacingd is not applied yet: xaiclip feeds the model the file's own voxel grid"],
+        &reoriented,
+        &["preprocessing", "Orientationd after Spacingd is not reproduced (MONAI's zoo reorients first)"],
     );
     // Orientationd: an axis code is applied (info says so); a code without one of each pair is not.
     for (code, expect) in [

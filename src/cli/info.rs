@@ -168,7 +168,7 @@ fn bundle_info(path: &Path) -> Result<()> {
         _ => println!("geometry:   not stated (2-D: 256x256 unless --size; 3-D: --patch, default 96x96x96)"),
     }
     match net.spatial_dims() {
-        3 => println!("voxels:     {}", b.orientation().describe_volume()),
+        3 => println!("voxels:     {}", b.describe_volume()),
         _ => println!("slices:     {}", b.orientation().describe()),
     }
     xaiclip::models::SegModel::load_dir(&CpuBackend, path)?;

@@ -81,6 +81,18 @@ pub struct Bundle {
     pub patch_size: Option<[usize; 3]>,
     /// The axis code of `Orientationd`, when the preprocessing reorients.
     pub axcodes: Option<AxisCode>,
+    /// `Spacingd`, when the preprocessing resamples.
+    pub spacing: Option<BundleSpacing>,
+}
+
+/// A bundle's `Spacingd` (with MONAI's defaults: bilinear, border padding, align_corners False).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BundleSpacing {
+    /// The spacing in mm per axis of the array as MONAI holds it then (after any `Orientationd`); None
+    /// keeps the axis's own (a non-positive `pixdim` entry).
+    pub pixdim: [Option<f64>; 3],
+    /// Whether it comes before `ScaleIntensityRanged`, so that raw values are interpolated.
+    pub before_window: bool,
 }
 
 impl Bundle {
@@ -88,6 +100,22 @@ impl Bundle {
     /// unless `Orientationd` reorients to its axis code first.
     pub fn orientation(&self) -> Orientation {
         self.axcodes.map_or(Orientation::Voxel([2, 0, 1]), Orientation::Axes)
+    }
+
+    /// How a 3-D bundle sees a volume's voxels, in words: the orientation, then any `Spacingd`.
+    pub fn describe_volume(&self) -> String {
+        let orientation = self.orientation().describe_volume();
+        match self.spacing {
+            None => format!("{orientation}; no resampling (pass a volume at the spacing the model was trained on)"),
+            Some(s) => {
+                let pixdim: Vec<String> = s.pixdim.iter().map(|p| p.map_or("kept".into(), |p| p.to_string())).collect();
+                let when = if s.before_window { "before" } else { "after" };
+                format!(
+                    "{orientation}; resampled to [{}] mm as Spacingd (bilinear, {when} the intensity window), logits and maps back as Invertd",
+                    pixdim.join(", ")
+                )
+            }
+        }
     }
 }
 
@@ -170,7 +198,14 @@ pub fn read(dir: &Path) -> Result<Bundle> {
             bail!("{}", at(&format!("network {network} is not supported (BasicUNet, UNet, SegResNet and DynUNet are)")))
         }
     };
-    let Preprocessing { intensity, input_size, axcodes } = preprocessing(&root).with_context(|| at("preprocessing"))?;
+    let Preprocessing { intensity, input_size, axcodes, spacing } =
+        preprocessing(&root).with_context(|| at("preprocessing"))?;
+    if spacing.is_some() && net.spatial_dims() == 2 {
+        bail!(
+            "{}",
+            at("preprocessing: Spacingd in a 2-D bundle is not applied (slices are resized to the model grid)")
+        );
+    }
     let mut patch_size = None;
     if let Some(inferer) = root.get("inferer") {
         let inferer = resolve(inferer, &root, 0).with_context(|| at("inferer"))?;
@@ -195,6 +230,7 @@ pub fn read(dir: &Path) -> Result<Bundle> {
         input_size,
         patch_size,
         axcodes,
+        spacing,
     })
 }
 
@@ -204,6 +240,7 @@ struct Preprocessing {
     intensity: Option<Intensity>,
     input_size: Option<usize>,
     axcodes: Option<AxisCode>,
+    spacing: Option<BundleSpacing>,
 }
 
 /// The CT window, model input size and orientation the preprocessing implies; transforms xaiclip does
@@ -212,7 +249,7 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
     let Some(pre) = root.get("preprocessing") else { return Ok(Preprocessing::default()) };
     let pre = resolve(pre, root, 0)?;
     let transforms = pre.get("transforms").and_then(Value::as_array).context("no transforms list")?;
-    let (mut intensity, mut size, mut axcodes) = (None, None, None);
+    let (mut intensity, mut size, mut axcodes, mut spacing) = (None, None, None, None);
     for t in transforms {
         let name = t.get("_target_").and_then(Value::as_str).map(short).context("a transform without _target_")?;
         // The dictionary transforms (LoadImaged, ...) are the array ones by key.
@@ -232,7 +269,11 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
                 );
                 intensity = Some(Intensity::CtWindow { low: a_min as f32, high: a_max as f32 });
             }
-            "Resize" => match t.get("spatial_size").and_then(Value::as_array).map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>()) {
+            "Resize" => match t
+                .get("spatial_size")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>())
+            {
                 Some(s) if s.len() == 2 && s[0].is_some() && s[0] == s[1] => size = s[0].map(|n| n as usize),
                 _ => bail!("Resized: only a square spatial_size [n, n] is reproduced (the model grid)"),
             },
@@ -242,15 +283,70 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
                     !t.get("as_closest_canonical").and_then(Value::as_bool).unwrap_or(false),
                     "Orientationd with as_closest_canonical: give axcodes instead"
                 );
+                ensure!(
+                    spacing.is_none(),
+                    "Orientationd after Spacingd is not reproduced (MONAI's zoo reorients first)"
+                );
                 axcodes = Some(code.parse()?);
             }
-            "Spacing" => bail!(
-                "Spacingd is not applied yet: xaiclip feeds the model the file's own voxel grid (pass images already at the model's spacing and remove it, or wait for support)"
-            ),
+            "Spacing" => spacing = Some(BundleSpacing { pixdim: pixdim(t)?, before_window: intensity.is_none() }),
             other => bail!("transform {other} is not supported"),
         }
     }
-    Ok(Preprocessing { intensity, input_size: size, axcodes })
+    Ok(Preprocessing { intensity, input_size: size, axcodes, spacing })
+}
+
+/// `Spacingd`'s target spacing (a number or a list, padded with its last entry as MONAI pads it), with
+/// every argument xaiclip does not reproduce refused by name.
+fn pixdim(t: &Value) -> Result<[Option<f64>; 3]> {
+    let is = |k: &str, ok: &dyn Fn(&Value) -> bool| t.get(k).is_none_or(|v| v.is_null() || ok(v));
+    let bilinear = |v: &Value| match v {
+        Value::String(m) => m == "bilinear",
+        // One mode per key: the image's (the first key; inference bundles have only it).
+        Value::Array(m) => m.first().and_then(Value::as_str) == Some("bilinear"),
+        _ => false,
+    };
+    for (k, ok) in [
+        ("mode", &bilinear as &dyn Fn(&Value) -> bool),
+        ("padding_mode", &|v: &Value| v.as_str() == Some("border")),
+        ("align_corners", &|v: &Value| v.as_bool() == Some(false)),
+        ("diagonal", &|v: &Value| v.as_bool() == Some(false)),
+        ("scale_extent", &|v: &Value| v.as_bool() == Some(false)),
+        ("min_pixdim", &|_: &Value| false),
+        ("max_pixdim", &|_: &Value| false),
+    ] {
+        ensure!(
+            is(k, ok),
+            "Spacingd {k} {} is not reproduced (mode bilinear, padding_mode border, align_corners, diagonal and scale_extent false, no min_pixdim/max_pixdim)",
+            t[k]
+        );
+    }
+    const KNOWN: [&str; 13] = [
+        "_target_",
+        "keys",
+        "pixdim",
+        "mode",
+        "padding_mode",
+        "align_corners",
+        "diagonal",
+        "scale_extent",
+        "min_pixdim",
+        "max_pixdim",
+        "dtype",
+        "recompute_affine",
+        "allow_missing_keys",
+    ];
+    if let Some(k) = t.as_object().and_then(|o| o.keys().find(|k| !KNOWN.contains(&k.as_str()))) {
+        bail!("Spacingd argument {k} is not reproduced");
+    }
+    let values: Vec<f64> = match t.get("pixdim") {
+        Some(Value::Number(n)) => vec![n.as_f64().unwrap_or(f64::NAN)],
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect(),
+        _ => bail!("Spacingd needs pixdim, a number or a list of numbers"),
+    };
+    ensure!(!values.is_empty() && values.iter().all(|v| v.is_finite()), "Spacingd pixdim must be numbers");
+    let last = values[values.len() - 1];
+    Ok(std::array::from_fn(|a| Some(values.get(a).copied().unwrap_or(last)).filter(|&p| p > 0.0)))
 }
 
 /// metadata.json's `network_data_format.outputs.pred.channel_def`, by channel.

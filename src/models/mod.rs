@@ -313,7 +313,8 @@ impl<B: Backend> SegModel<B> {
     pub fn describe_volume(&self) -> String {
         match self {
             SegModel::NnUNet { model, .. } => model.describe_volume(),
-            _ => self.orientation().describe_volume(),
+            SegModel::Bundle { bundle, .. } => bundle.describe_volume(),
+            SegModel::Basic(_) => self.orientation().describe_volume(),
         }
     }
 
