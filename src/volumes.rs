@@ -188,6 +188,8 @@ struct View {
     file: [usize; 3],
     /// The file's voxel spacing along the view's axes.
     spacing: [f64; 3],
+    /// nnU-Net's crop to the nonzero voxels, along the view's axes (None: the whole volume).
+    crop: Option<[std::ops::Range<usize>; 3]>,
     resampled: Option<Resampled>,
 }
 
@@ -216,12 +218,18 @@ impl View {
             _ => [(0, false), (1, false), (2, false)],
         };
         let s = volume.spacing();
-        let mut view = Self { axes, file: volume.dims, spacing: axes.map(|(a, _)| s[a]), resampled: None };
+        let mut view = Self { axes, file: volume.dims, spacing: axes.map(|(a, _)| s[a]), crop: None, resampled: None };
         if let SegModel::NnUNet { model, .. } = model {
+            // crop_to_nonzero, then resampling of what is left.
+            let nonzero = crate::models::nnunet::nonzero_box(volume);
+            if nonzero.iter().zip(volume.dims).any(|(r, n)| r.len() != n) {
+                ensure!(axes.iter().all(|&(_, flip)| !flip), "nnU-Net's arrays are not flipped");
+                view.crop = Some(axes.map(|(a, _)| nonzero[a].clone()));
+            }
             let target: [f64; 3] =
                 model.spacing[..].try_into().context("a 3-D nnU-Net configuration has 3 spacings")?;
-            let dims = resample::new_shape(view.permuted_dims(), view.spacing, target);
-            if dims != view.permuted_dims() {
+            let dims = resample::new_shape(view.cropped_dims(), view.spacing, target);
+            if dims != view.cropped_dims() {
                 let how = match &model.resampling {
                     Ok(how) => *how,
                     Err(why) => fail!(
@@ -241,7 +249,7 @@ impl View {
         }
         if let SegModel::Bundle { bundle, .. } = model {
             if let Some(spacing) = bundle.spacing {
-                let (dims, target) = resample::monai_shape(view.permuted_dims(), view.spacing, spacing.pixdim);
+                let (dims, target) = resample::monai_shape(view.cropped_dims(), view.spacing, spacing.pixdim);
                 if target != view.spacing {
                     let how = How::Monai { before_window: spacing.before_window };
                     view.resampled = Some(Resampled { dims, spacing: target, how });
@@ -256,9 +264,14 @@ impl View {
         self.axes.map(|(a, _)| self.file[a])
     }
 
+    /// The view's (D, H, W) after any crop.
+    fn cropped_dims(&self) -> [usize; 3] {
+        self.crop.as_ref().map_or(self.permuted_dims(), |c| c.clone().map(|r| r.len()))
+    }
+
     /// The model's (D, H, W).
     fn dims(&self) -> [usize; 3] {
-        self.resampled.as_ref().map_or(self.permuted_dims(), |r| r.dims)
+        self.resampled.as_ref().map_or(self.cropped_dims(), |r| r.dims)
     }
 
     /// Voxel spacing in mm of the model's grid.
@@ -292,6 +305,27 @@ impl View {
         out
     }
 
+    /// File order -> the view's order, cropped.
+    fn to_view<T: Copy>(&self, data: &[T]) -> Vec<T> {
+        let view = self.permute(data);
+        let Some([d, h, w]) = &self.crop else { return view };
+        let [_, nh, nw] = self.permuted_dims();
+        let rows = d.clone().flat_map(|z| h.clone().map(move |y| (z * nh + y) * nw));
+        rows.flat_map(|row| view[row + w.start..row + w.end].iter().copied()).collect()
+    }
+
+    /// The cropped view back to file order, `T::default()` outside the crop.
+    fn from_view<T: Copy + Default>(&self, data: &[T]) -> Vec<T> {
+        let Some([d, h, w]) = &self.crop else { return self.unpermute(data) };
+        let [nd, nh, nw] = self.permuted_dims();
+        let mut view = vec![T::default(); nd * nh * nw];
+        let rows = d.clone().flat_map(|z| h.clone().map(move |y| (z * nh + y) * nw));
+        rows.zip(data.chunks_exact(w.len())).for_each(|(row, values)| {
+            view[row + w.start..row + w.end].copy_from_slice(values);
+        });
+        self.unpermute(&view)
+    }
+
     /// The model's input from the file's raw values and the intensity window, in the order its framework
     /// applies them.
     fn input(&self, raw: &[f32], window: impl Fn(&[f32]) -> Vec<f32>) -> Vec<f32> {
@@ -301,39 +335,39 @@ impl View {
         }
     }
 
-    /// Values on the file's grid -> the model's grid (resampled as the model's framework resamples its
-    /// input).
+    /// Values on the file's grid -> the model's grid (cropped and resampled as the model's framework
+    /// prepares its input).
     fn to_model(&self, data: &[f32]) -> Vec<f32> {
-        let view = self.permute(data);
+        let view = self.to_view(data);
         match &self.resampled {
             None => view,
-            Some(r) => r.resample(&view, self.permuted_dims(), self.spacing, true),
+            Some(r) => r.resample(&view, self.cropped_dims(), self.spacing, true),
         }
     }
 
     /// Values on the model's grid (logits, maps) -> the file's grid (as the framework brings its
-    /// predictions back).
+    /// predictions back; 0 where nnU-Net cropped, which it labels background).
     fn to_file(&self, data: &[f32]) -> Vec<f32> {
         match &self.resampled {
-            None => self.unpermute(data),
-            Some(r) => self.unpermute(&r.resample(data, self.permuted_dims(), self.spacing, false)),
+            None => self.from_view(data),
+            Some(r) => self.from_view(&r.resample(data, self.cropped_dims(), self.spacing, false)),
         }
     }
 
     /// A mask on the file's grid -> the model's grid (linearly, kept where at least one half).
     fn mask_to_model(&self, mask: &[bool]) -> Vec<bool> {
-        let view = self.permute(mask);
+        let view = self.to_view(mask);
         match &self.resampled {
             None => view,
-            Some(r) => r.resample_mask(&view, self.permuted_dims(), self.spacing, true),
+            Some(r) => r.resample_mask(&view, self.cropped_dims(), self.spacing, true),
         }
     }
 
     /// A mask on the model's grid -> the file's grid.
     fn mask_to_file(&self, mask: &[bool]) -> Vec<bool> {
         match &self.resampled {
-            None => self.unpermute(mask),
-            Some(r) => self.unpermute(&r.resample_mask(mask, self.permuted_dims(), self.spacing, false)),
+            None => self.from_view(mask),
+            Some(r) => self.from_view(&r.resample_mask(mask, self.cropped_dims(), self.spacing, false)),
         }
     }
 }
@@ -366,29 +400,6 @@ impl Resampled {
 
 /// Linear in plane, nearest across a coarse axis.
 const LINEAR: Orders = Orders { order: 1, order_z: 0 };
-
-/// What nnU-Net's preprocessing would crop before its predictor sees `volume`, refused rather than
-/// explained wrongly: the bounding box of the nonzero voxels.
-fn nnunet_crop_check(volume: &Volume) -> Result<()> {
-    let source = volume.source.display();
-    let [nx, ny, nz] = volume.dims;
-    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
-    for (v, _) in volume.data.iter().enumerate().filter(|(_, &x)| x != 0.0) {
-        let at = [v % nx, (v / nx) % ny, v / (nx * ny)];
-        for a in 0..3 {
-            lo[a] = lo[a].min(at[a]);
-            hi[a] = hi[a].max(at[a] + 1);
-        }
-    }
-    if lo != [0; 3] || hi != [nx, ny, nz] {
-        fail!(
-            Unsupported,
-            "{source}: nnU-Net would crop this volume to its nonzero voxels (i, j, k from {lo:?} to {hi:?} of {:?}) before predicting, and xaiclip does not crop yet: crop it, or fill the zero border with the background intensity",
-            volume.dims
-        );
-    }
-    Ok(())
-}
 
 /// SLIC supervoxels of the model's input inside the ROI, and the samples to score: with `scaled`, the
 /// segments wanted shrink with the ROI's share of the volume (at least 4) and the samples with them (at
@@ -458,9 +469,6 @@ fn model_input<B: Backend>(
     ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     let view = View::of(model, volume)?;
     let dims = view.dims();
-    if let SegModel::NnUNet { .. } = model {
-        nnunet_crop_check(volume)?;
-    }
     let intensity = model.input_intensity(intensity)?;
     let warning = crate::preprocess::check_modality(volume, intensity.modality())?;
     // nnU-Net normalises before it resamples, MONAI in the order of its transforms: clipping to the
@@ -788,16 +796,26 @@ mod tests {
 
     #[test]
     fn axis_orders_round_trip_and_put_z_fastest() {
-        let view =
-            View { axes: [(0, false), (1, false), (2, false)], file: [3, 4, 5], spacing: [1.0; 3], resampled: None };
+        let view = View {
+            axes: [(0, false), (1, false), (2, false)],
+            file: [3, 4, 5],
+            spacing: [1.0; 3],
+            crop: None,
+            resampled: None,
+        };
         let data: Vec<usize> = (0..60).collect();
         let model = view.permute(&data);
         // File voxel (i, j, k) = i + 3 (j + 4 k); in the model's order k runs fastest.
         assert_eq!(&model[..3], &[0, 12, 24]);
         assert_eq!(view.unpermute(&model), data);
         // Reoriented: the view's axes are file axes (2, 0, 1), the first of them reversed.
-        let view =
-            View { axes: [(2, true), (0, false), (1, false)], file: [3, 4, 5], spacing: [1.0; 3], resampled: None };
+        let view = View {
+            axes: [(2, true), (0, false), (1, false)],
+            file: [3, 4, 5],
+            spacing: [1.0; 3],
+            crop: None,
+            resampled: None,
+        };
         assert_eq!(view.dims(), [5, 3, 4]);
         let model = view.permute(&data);
         // View voxel (0, 0, 0) is file (0, 0, 4); (0, 0, 1) moves along file axis 1; (1, 0, 0) to k = 3.

@@ -41,14 +41,15 @@ fn resampling_matches_nnunet_on_every_path() {
 }
 
 #[test]
-fn volumes_at_other_spacings_are_resampled_as_nnunet_predicts_them() {
-    let dir = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
-    let model = SegModel::load_dir(&CpuBackend, &dir).unwrap();
-    let window = model_window(&dir).unwrap();
+fn volumes_at_other_spacings_or_with_zero_borders_are_cropped_and_resampled_as_nnunet_predicts_them() {
+    let ct = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    let mr = repo().join("tests/fixtures/nnunet_zscore/Dataset003_TinyMR/nnUNetTrainer__nnUNetPlans__3d_fullres");
     let reference = WeightsFile::open(&fixture("reference.safetensors")).unwrap();
     let bytes = std::fs::read(fixture("reference.safetensors")).unwrap();
     let raw = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    for case in ["coarse", "fine"] {
+    for (case, dir) in [("coarse", &ct), ("fine", &ct), ("cropped_mr", &mr)] {
+        let model = SegModel::load_dir(&CpuBackend, dir).unwrap();
+        let window = model_window(dir).unwrap();
         let image = fixture(&format!("{case}.nii.gz"));
         let volume = xaiclip::io::read_image(&image).unwrap();
         let logits = predict_volume(&CpuBackend, &model, &volume, &window, None).unwrap();
@@ -60,7 +61,7 @@ fn volumes_at_other_spacings_are_resampled_as_nnunet_predicts_them() {
             volume.spacing()
         );
         assert!(err <= 1e-4 * scale, "{case}: logits off by {err} (max {scale})");
-        let labels = segment_volume_on(Device::Cpu, Precision::F32, &dir, &volume, None, None, false).unwrap();
+        let labels = segment_volume_on(Device::Cpu, Precision::F32, dir, &volume, None, None, false).unwrap();
         let predictor = raw.tensor(&format!("{case}.labels")).unwrap().data().to_vec();
         let (ties, moved) = predictor_label_differences(case, &labels, expected.data(), &predictor, err);
         let n = volume.voxel_count();

@@ -137,9 +137,9 @@ fn an_mr_nnunet_model_explains_and_segments_from_the_command_line() {
 }
 
 #[test]
-fn statistics_over_a_region_nnunet_would_crop_to_are_refused() {
-    // Plans that z-score only the nonzero region (use_mask_for_norm), and a volume with zero voxels:
-    // nnU-Net would crop it first, which xaiclip does not do.
+fn statistics_are_those_of_the_box_nnunet_crops_to_and_a_masked_norm_with_zeros_inside_it_is_refused() {
+    // Plans that z-score only the nonzero region (use_mask_for_norm): its statistics are those of the
+    // box nnU-Net crops to; zero voxels inside the box would be left out of them, which xaiclip does not do.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("nnUNetTrainer__nnUNetPlans__2d");
     std::fs::create_dir_all(dir.join("fold_0")).unwrap();
@@ -156,6 +156,23 @@ fn statistics_over_a_region_nnunet_would_crop_to_are_refused() {
         model.input_map_of(&volume).unwrap(),
         SegModel::load_dir(&CpuBackend, &folder("2d")).unwrap().input_map_of(&volume).unwrap()
     );
+    // A zero border slice is cropped away: the statistics are those of the other slices.
+    let slice = volume.dims[0] * volume.dims[1];
+    let mut bordered = volume.clone();
+    bordered.data[..slice].iter_mut().for_each(|v| *v = 0.0);
+    let mut inner = volume.clone();
+    inner.data.drain(..slice);
+    inner.dims[2] -= 1;
+    // The windows differ (the bordered volume's starts at 0); the z-score of the maximum (v = 1) does not.
+    let top = |map: Option<[f32; 2]>| map.map(|[scale, shift]| scale + shift).unwrap();
+    let (cropped, inside) = (top(model.input_map_of(&bordered).unwrap()), top(model.input_map_of(&inner).unwrap()));
+    assert!((cropped - inside).abs() < 1e-5, "{cropped} vs {inside}");
+    // Over the whole bordered volume (zeros included) it would be another.
+    let n = bordered.data.len() as f64;
+    let mean = bordered.data.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let std = (bordered.data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let max = bordered.data.iter().copied().fold(f32::MIN, f32::max) as f64;
+    assert!(((max - mean) / std - cropped as f64).abs() > 0.01);
     volume.data[0] = 0.0;
     let err = model.input_map_of(&volume).unwrap_err();
     assert!(format!("{err:#}").contains("use_mask_for_norm") && format!("{err:#}").contains("case.nii.gz"), "{err:#}");

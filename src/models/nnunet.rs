@@ -900,7 +900,7 @@ impl<B: Backend> NnUNet<B> {
     pub fn describe_volume(&self) -> String {
         match self.orientation {
             Orientation::Voxel([d, h, w]) => format!(
-                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; resampled to the plans' spacing {:?} mm as nnU-Net does ({}); no cropping (a zero border is refused)",
+                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; cropped to the nonzero voxels' box (0 outside it, labelled background) and resampled to the plans' spacing {:?} mm as nnU-Net does ({})",
                 self.spacing,
                 match &self.resampling {
                     Ok(r) => format!(
@@ -974,21 +974,24 @@ impl<B: Backend> NnUNet<B> {
     }
 
     /// The input map for `volume`: ZScoreNormalization's (v in [min, max] -> (v - mean) / max(std,
-    /// 1e-8), the volume's own statistics as nnU-Net's preprocessor takes them over the whole
-    /// uncropped case), else the fixed one.
+    /// 1e-8), the statistics of the region nnU-Net's preprocessor crops the case to, [`nonzero_box`]),
+    /// else the fixed one.
     pub fn input_map_of(&self, volume: &crate::io::Volume) -> Result<[f32; 2]> {
         if let Some(map) = self.fixed_input_map() {
             return Ok(map);
         }
         self.intensity()?;
-        let data = &volume.data;
-        ensure!(!data.is_empty(), "{}: an empty volume has no statistics", volume.source.display());
-        // With use_mask_for_norm nnU-Net takes the statistics over the nonzero region it crops to; a
-        // volume without zeros is that region whole.
+        ensure!(!volume.data.is_empty(), "{}: an empty volume has no statistics", volume.source.display());
+        let [nx, ny, _] = volume.dims;
+        let [i, j, k] = nonzero_box(volume);
+        let rows = k.flat_map(|k| j.clone().map(move |j| nx * (j + ny * k)));
+        let data: Vec<f32> = rows.flat_map(|row| volume.data[row + i.start..row + i.end].iter().copied()).collect();
+        // With use_mask_for_norm nnU-Net z-scores only the nonzero region (holes filled) inside that box
+        // and leaves the rest 0: not a map of the windowed volume, so only a box without zeros is taken.
         if self.normalization == (Normalization::ZScore { use_mask: true }) && data.contains(&0.0) {
             crate::fail!(
                 Unsupported,
-                "{}: the plans z-score only the nonzero region (use_mask_for_norm), which nnU-Net crops to, and this volume has zero voxels; xaiclip does not crop yet: crop it to its nonzero voxels first",
+                "{}: the plans z-score only the nonzero region (use_mask_for_norm) and this volume has zero voxels inside the box nnU-Net crops it to; xaiclip z-scores whole boxes: set those voxels to the background intensity",
                 volume.source.display()
             );
         }
@@ -999,6 +1002,22 @@ impl<B: Backend> NnUNet<B> {
         let (low, high) = Intensity::ZScore.range(volume);
         Ok([((high - low) as f64 / std) as f32, ((low as f64 - mean) / std) as f32])
     }
+}
+
+/// The box (file axes i, j, k; half open) nnU-Net's `crop_to_nonzero` crops a case to: the bounding box
+/// of its nonzero voxels (filling holes, as it does, does not change it), the whole volume where every
+/// voxel is zero.
+pub fn nonzero_box(volume: &crate::io::Volume) -> [std::ops::Range<usize>; 3] {
+    let [nx, ny, _] = volume.dims;
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+    for (v, _) in volume.data.iter().enumerate().filter(|(_, &x)| x != 0.0) {
+        let at = [v % nx, (v / nx) % ny, v / (nx * ny)];
+        for a in 0..3 {
+            lo[a] = lo[a].min(at[a]);
+            hi[a] = hi[a].max(at[a] + 1);
+        }
+    }
+    std::array::from_fn(|a| if hi[a] == 0 { 0..volume.dims[a] } else { lo[a]..hi[a] })
 }
 
 /// `x` (NCHW seen as one-slice volumes, or NCDHW) reversed along the flagged (D, H, W) axes.
