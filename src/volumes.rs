@@ -306,7 +306,7 @@ impl View {
     }
 
     /// File order -> the view's order, cropped.
-    fn to_view<T: Copy>(&self, data: &[T]) -> Vec<T> {
+    fn file_to_view<T: Copy>(&self, data: &[T]) -> Vec<T> {
         let view = self.permute(data);
         let Some([d, h, w]) = &self.crop else { return view };
         let [_, nh, nw] = self.permuted_dims();
@@ -315,7 +315,7 @@ impl View {
     }
 
     /// The cropped view back to file order, `T::default()` outside the crop.
-    fn from_view<T: Copy + Default>(&self, data: &[T]) -> Vec<T> {
+    fn view_to_file<T: Copy + Default>(&self, data: &[T]) -> Vec<T> {
         let Some([d, h, w]) = &self.crop else { return self.unpermute(data) };
         let [nd, nh, nw] = self.permuted_dims();
         let mut view = vec![T::default(); nd * nh * nw];
@@ -338,7 +338,7 @@ impl View {
     /// Values on the file's grid -> the model's grid (cropped and resampled as the model's framework
     /// prepares its input).
     fn to_model(&self, data: &[f32]) -> Vec<f32> {
-        let view = self.to_view(data);
+        let view = self.file_to_view(data);
         match &self.resampled {
             None => view,
             Some(r) => r.resample(&view, self.cropped_dims(), self.spacing, true),
@@ -349,14 +349,14 @@ impl View {
     /// predictions back; 0 where nnU-Net cropped, which it labels background).
     fn to_file(&self, data: &[f32]) -> Vec<f32> {
         match &self.resampled {
-            None => self.from_view(data),
-            Some(r) => self.from_view(&r.resample(data, self.cropped_dims(), self.spacing, false)),
+            None => self.view_to_file(data),
+            Some(r) => self.view_to_file(&r.resample(data, self.cropped_dims(), self.spacing, false)),
         }
     }
 
     /// A mask on the file's grid -> the model's grid (linearly, kept where at least one half).
     fn mask_to_model(&self, mask: &[bool]) -> Vec<bool> {
-        let view = self.to_view(mask);
+        let view = self.file_to_view(mask);
         match &self.resampled {
             None => view,
             Some(r) => r.resample_mask(&view, self.cropped_dims(), self.spacing, true),
@@ -366,8 +366,8 @@ impl View {
     /// A mask on the model's grid -> the file's grid.
     fn mask_to_file(&self, mask: &[bool]) -> Vec<bool> {
         match &self.resampled {
-            None => self.from_view(mask),
-            Some(r) => self.from_view(&r.resample_mask(mask, self.cropped_dims(), self.spacing, false)),
+            None => self.view_to_file(mask),
+            Some(r) => self.view_to_file(&r.resample_mask(mask, self.cropped_dims(), self.spacing, false)),
         }
     }
 }
