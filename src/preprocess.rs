@@ -302,8 +302,9 @@ pub enum Intensity {
     /// MR: the volume's 0.5th and 99.5th percentiles become 0 and 1.
     MrPercentile,
     /// nnU-Net's ZScoreNormalization: the model sees (v - mean) / std with the volume's own mean and
-    /// standard deviation. Slices are made in the volume's [min, max], so nothing is clipped, and the
-    /// model's input map (which depends on the volume: `SegModel::view`) turns them into z-scores.
+    /// standard deviation (likewise a MONAI bundle's NormalizeIntensityd/ScaleIntensityd). Slices are
+    /// made in the volume's [min, max], so nothing is clipped, and the model's input map (which depends
+    /// on the volume: `SegModel::view`, `SegModel::with_input_map`) turns them into what it takes.
     ZScore,
 }
 

@@ -18,6 +18,7 @@ use crate::explain::Cancel;
 use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, volume_faithfulness, Agreement, Faithfulness};
+use crate::models::bundle::Stats;
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
 use crate::preprocess::{normalise_values, Intensity, Orientation};
@@ -457,6 +458,9 @@ struct ModelInput {
     intensity: Intensity,
     /// [`crate::preprocess::check_modality`]'s warning.
     warning: Option<String>,
+    /// The input map this volume gives the model, where it normalises each volume itself
+    /// ([`SegModel::with_input_map`]).
+    map: Option<[f32; 2]>,
 }
 
 fn model_input<B: Backend>(
@@ -475,8 +479,21 @@ fn model_input<B: Backend>(
     // window does not commute with interpolation.
     let range = intensity.range(volume);
     let input = view.input(&volume.data, |values| normalise_values(values, range));
+    let map = match model {
+        // A bundle's per-volume transforms read the statistics of the grid they run on.
+        SegModel::Bundle { bundle, input_map: None, .. } if !bundle.norms.is_empty() => {
+            let stats = match bundle.norms_before_spacing {
+                true => Stats::of(&normalise_values(&volume.data, range)),
+                false => Stats::of(&input),
+            };
+            bundle.input_map(stats)
+        }
+        _ => model.input_map_of(volume)?,
+    };
+    // Padding is 0 in the network's input (nnU-Net and MONAI pad after normalising).
+    let cval = map.map_or(model.input_padding(), |[scale, shift]| -shift / scale);
     let x = Tensor::new(&[1, 1, dims[0], dims[1], dims[2]], input)?;
-    Ok(ModelInput { view, x, window: SlidingWindow { cval: model.input_padding(), ..*window }, intensity, warning })
+    Ok(ModelInput { view, x, window: SlidingWindow { cval, ..*window }, intensity, warning, map })
 }
 
 /// The 3-D `model`'s prediction of the whole `volume` by sliding-window inference: logits (K, voxels),
@@ -489,9 +506,9 @@ pub fn predict_volume<B: Backend>(
     window: &SlidingWindow,
     intensity: Option<Intensity>,
 ) -> Result<Vec<f32>> {
-    let own = model.view(backend, volume)?;
+    let ModelInput { view, x, window, map, .. } = model_input(model, volume, window, intensity)?;
+    let own = model.with_input_map(backend, map)?;
     let model = own.as_ref().unwrap_or(model);
-    let ModelInput { view, x, window, .. } = model_input(model, volume, window, intensity)?;
     let y =
         crate::models::sliding::sliding_window_inference(backend, &x, &window, |t| model.forward_logits(backend, t))?;
     Ok(y.data().chunks_exact(view.dims().iter().product()).flat_map(|class| view.to_file(class)).collect())
@@ -513,10 +530,10 @@ pub fn explain_volume<B: Backend>(
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
     let started = std::time::Instant::now();
-    let own = model.view(backend, volume)?;
-    let model = own.as_ref().unwrap_or(model);
-    let ModelInput { view, x, window, intensity, warning } =
+    let ModelInput { view, x, window, intensity, warning, map } =
         model_input(model, volume, &settings.window, settings.intensity)?;
+    let own = model.with_input_map(backend, map)?;
+    let model = own.as_ref().unwrap_or(model);
     let dims = view.dims();
     let mut scorer = VolumeScorer::new(backend, model, &x, &window, class, 0.0)?;
     scorer.reuse = settings.reuse;

@@ -670,9 +670,46 @@ fn monai_bundles_that_cannot_be_used() {
         c["preprocessing"]["transforms"]
             .as_array_mut()
             .unwrap()
-            .push(serde_json::json!({"_target_": "NormalizeIntensityd", "keys": "image"}))
+            .push(serde_json::json!({"_target_": "ThresholdIntensityd", "keys": "image", "threshold": 0}))
     });
-    info(&other, &["transform NormalizeIntensity is not supported"]);
+    info(&other, &["transform ThresholdIntensity is not supported"]);
+    // Per-volume normalisation: in a 2-D bundle, on nonzero voxels only, with arguments xaiclip does not
+    // reproduce, or before the window.
+    let flat = case("normalize-2d", &|c| {
+        insert(c, 3, serde_json::json!({"_target_": "NormalizeIntensityd", "keys": "image"}))
+    });
+    info(&flat, &["NormalizeIntensityd/ScaleIntensityd in a 2-D bundle are not applied (they would take each slice's statistics)"]);
+    for (name, at, transform, expect) in [
+        (
+            "nonzero",
+            3,
+            serde_json::json!({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": true}),
+            "NormalizeIntensityd nonzero true is not reproduced",
+        ),
+        (
+            "factor",
+            3,
+            serde_json::json!({"_target_": "ScaleIntensityd", "keys": "image", "minv": null, "maxv": null, "factor": 0.5}),
+            "ScaleIntensityd factor is not reproduced",
+        ),
+        (
+            "divisor",
+            3,
+            serde_json::json!({"_target_": "NormalizeIntensityd", "keys": "image", "divisor": [2.0]}),
+            "NormalizeIntensityd divisor [2.0] is not a number",
+        ),
+        (
+            "before-window",
+            2,
+            serde_json::json!({"_target_": "NormalizeIntensityd", "keys": "image"}),
+            "ScaleIntensityRanged after NormalizeIntensityd/ScaleIntensityd is not reproduced",
+        ),
+    ] {
+        let dir = from("basicunet_3d", &format!("normalize-{name}"), &|c: &mut serde_json::Value| {
+            insert(c, at, transform.clone())
+        });
+        info(&dir, &["preprocessing", expect]);
+    }
     let expression = case("expression", &|c| c["num_classes"] = "$len(@labels)".into());
     info(&expression, &["network_def", "\"$len(@labels)\" is a Python expression, which xaiclip does not evaluate"]);
     let dangling = case("dangling", &|c| c["network_def"]["in_channels"] = "@channels".into());

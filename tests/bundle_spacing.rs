@@ -1,6 +1,7 @@
 //! MONAI bundles whose preprocessing resamples (`Spacingd`, after `Orientationd`, before or after the
-//! intensity window): xaiclip's whole-volume logits against the bundle's own preprocessing, sliding
-//! window and `Invertd` (tests/fixtures/make_monai_spacing_fixture.py).
+//! intensity window) and normalises each volume with its own statistics (`ScaleIntensityd`,
+//! `NormalizeIntensityd`): xaiclip's whole-volume logits against the bundle's own preprocessing,
+//! sliding window and `Invertd` (tests/fixtures/make_monai_spacing_fixture.py).
 
 mod common;
 use common::*;
@@ -15,9 +16,10 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 #[test]
-fn spacingd_bundles_predict_as_monai_and_invert_to_the_file_grid() {
+fn resampling_and_normalising_bundles_predict_as_monai_and_invert_to_the_file_grid() {
     let reference = WeightsFile::open(&fixture("reference.safetensors")).unwrap();
-    for bundle in ["spacing_first", "window_first"] {
+    for bundle in ["spacing_first", "window_first", "normalize_after_spacing", "normalize_before_spacing", "scale_only"]
+    {
         let dir = fixture(bundle);
         let model = SegModel::load_dir(&CpuBackend, &dir).unwrap();
         let window = model_window(&dir).unwrap();
@@ -82,4 +84,33 @@ fn explain_with_a_spacingd_bundle_writes_maps_on_the_input_grid_and_says_how_it_
     let volume = xaiclip::io::read_image(&image).unwrap();
     assert_eq!((saliency.dims, saliency.affine), (volume.dims, volume.affine));
     assert!(saliency.data.iter().any(|&v| v != 0.0));
+    // A bundle that z-scores each volume: its view of this volume runs every occlusion.
+    let (bundle, out) = (fixture("normalize_after_spacing"), dir.path().join("normalized"));
+    let o = xaiclip(&[
+        "explain",
+        "--image",
+        image.to_str().unwrap(),
+        "--model",
+        bundle.to_str().unwrap(),
+        "--organ",
+        "spleen",
+        "--slice",
+        "all",
+        "--method",
+        "occlusion",
+        "--occlusion-window",
+        "8",
+        "--roi",
+        "none",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["weights"]["unet"]["intensity"], "ZScore");
+    let normalized = xaiclip::io::read_image(&out.join("saliency.nii.gz")).unwrap();
+    assert!(normalized.data.iter().any(|&v| v != 0.0) && normalized.data != saliency.data);
 }

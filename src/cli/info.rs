@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use xaiclip::backend::CpuBackend;
 use xaiclip::io;
 use xaiclip::models::{BasicUNet, UNetConfig};
-use xaiclip::preprocess::AxialLayout;
+use xaiclip::preprocess::{AxialLayout, Intensity};
 use xaiclip::weights::WeightsFile;
 
 #[derive(clap::Args, Debug)]
@@ -159,8 +159,14 @@ fn bundle_info(path: &Path) -> Result<()> {
         None => println!("classes:    not named in metadata.json: organs are FLARE22 ids"),
     }
     match b.intensity {
+        Some(Intensity::ZScore) => println!("intensity:  the volume's own [min, max] to [0, 1], nothing clipped"),
         Some(i) => println!("intensity:  {i:?} (ScaleIntensityRanged, clipped, to [0, 1])"),
         None => println!("intensity:  not fixed by the bundle (--window/--modality, default the abdomen window)"),
+    }
+    if !b.norms.is_empty() {
+        let norms: Vec<String> = b.norms.iter().map(|n| n.describe()).collect();
+        let grid = if b.norms_before_spacing { "the file's grid" } else { "the resampled grid" };
+        println!("            then per volume, with its statistics on {grid}: {}", norms.join(", "));
     }
     match (net.spatial_dims(), b.patch_size, b.input_size) {
         (3, Some(p), _) => println!("geometry:   patch {}x{}x{} (SlidingWindowInferer roi_size)", p[0], p[1], p[2]),

@@ -83,6 +83,80 @@ pub struct Bundle {
     pub axcodes: Option<AxisCode>,
     /// `Spacingd`, when the preprocessing resamples.
     pub spacing: Option<BundleSpacing>,
+    /// Intensity transforms with each volume's own statistics, in order, after the window if there is
+    /// one (`ScaleIntensityd`, `NormalizeIntensityd`).
+    pub norms: Vec<VolumeNorm>,
+    /// Whether those come before `Spacingd` (statistics of the file's grid) or after it (of the
+    /// resampled one).
+    pub norms_before_spacing: bool,
+}
+
+/// An intensity transform with the volume's own statistics: affine in the values, so that a windowed
+/// volume's map to the network's input is one scale and shift ([`Bundle::input_map`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum VolumeNorm {
+    /// `ScaleIntensityd` (`rescale_array`): the volume's [min, max] to [minv, maxv], to [0, 1] where either
+    /// is None; a constant volume times minv.
+    Scale {
+        #[allow(missing_docs)]
+        minv: Option<f64>,
+        #[allow(missing_docs)]
+        maxv: Option<f64>,
+    },
+    /// `NormalizeIntensityd` (nonzero false): (v - subtrahend) / divisor, the volume's mean and standard
+    /// deviation where not given, a zero divisor taken as 1.
+    Normalize {
+        #[allow(missing_docs)]
+        subtrahend: Option<f64>,
+        #[allow(missing_docs)]
+        divisor: Option<f64>,
+    },
+}
+
+impl VolumeNorm {
+    /// In the bundle's words.
+    pub fn describe(&self) -> String {
+        let or = |v: Option<f64>, what: &str| v.map_or(what.to_string(), |v| v.to_string());
+        match *self {
+            VolumeNorm::Scale { minv: Some(lo), maxv: Some(hi) } => format!("ScaleIntensityd to [{lo}, {hi}]"),
+            VolumeNorm::Scale { .. } => "ScaleIntensityd to [0, 1]".into(),
+            VolumeNorm::Normalize { subtrahend, divisor } => {
+                format!("NormalizeIntensityd (v - {}) / {}", or(subtrahend, "mean"), or(divisor, "std"))
+            }
+        }
+    }
+}
+
+/// What the per-volume transforms read of a volume: its minimum, maximum, mean and (population)
+/// standard deviation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    #[allow(missing_docs)]
+    pub min: f64,
+    #[allow(missing_docs)]
+    pub max: f64,
+    #[allow(missing_docs)]
+    pub mean: f64,
+    #[allow(missing_docs)]
+    pub std: f64,
+}
+
+impl Stats {
+    /// Of `values` (in f64).
+    pub fn of(values: &[f32]) -> Self {
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (min, max) =
+            values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
+        Self { min, max, mean, std }
+    }
+
+    /// Of the values a v + b.
+    fn affine(self, a: f64, b: f64) -> Self {
+        let (lo, hi) = (a * self.min + b, a * self.max + b);
+        Self { min: lo.min(hi), max: lo.max(hi), mean: a * self.mean + b, std: a.abs() * self.std }
+    }
 }
 
 /// A bundle's `Spacingd` (with MONAI's defaults: bilinear, border padding, align_corners False).
@@ -100,6 +174,34 @@ impl Bundle {
     /// unless `Orientationd` reorients to its axis code first.
     pub fn orientation(&self) -> Orientation {
         self.axcodes.map_or(Orientation::Voxel([2, 0, 1]), Orientation::Axes)
+    }
+
+    /// The map (scale, shift) from the windowed values the model gets to what the network takes, given
+    /// their statistics: the per-volume transforms composed (None without any).
+    pub fn input_map(&self, stats: Stats) -> Option<[f32; 2]> {
+        if self.norms.is_empty() {
+            return None;
+        }
+        let (mut scale, mut shift, mut s) = (1.0, 0.0, stats);
+        for norm in &self.norms {
+            let (a, b) = match *norm {
+                VolumeNorm::Scale { minv, .. } if s.min == s.max => (minv.unwrap_or(1.0), 0.0),
+                VolumeNorm::Scale { minv, maxv } => {
+                    let (a, b) = (1.0 / (s.max - s.min), -s.min / (s.max - s.min));
+                    match (minv, maxv) {
+                        (Some(lo), Some(hi)) => (a * (hi - lo), b * (hi - lo) + lo),
+                        _ => (a, b),
+                    }
+                }
+                VolumeNorm::Normalize { subtrahend, divisor } => {
+                    let divisor = divisor.unwrap_or(s.std);
+                    let divisor = if divisor == 0.0 { 1.0 } else { divisor };
+                    (1.0 / divisor, -subtrahend.unwrap_or(s.mean) / divisor)
+                }
+            };
+            (scale, shift, s) = (a * scale, a * shift + b, s.affine(a, b));
+        }
+        Some([scale as f32, shift as f32])
     }
 
     /// How a 3-D bundle sees a volume's voxels, in words: the orientation, then any `Spacingd`.
@@ -198,8 +300,11 @@ pub fn read(dir: &Path) -> Result<Bundle> {
             bail!("{}", at(&format!("network {network} is not supported (BasicUNet, UNet, SegResNet and DynUNet are)")))
         }
     };
-    let Preprocessing { intensity, input_size, axcodes, spacing } =
+    let Preprocessing { intensity, input_size, axcodes, spacing, norms, norms_before_spacing } =
         preprocessing(&root).with_context(|| at("preprocessing"))?;
+    if !norms.is_empty() && net.spatial_dims() == 2 {
+        bail!("{}", at("preprocessing: NormalizeIntensityd/ScaleIntensityd in a 2-D bundle are not applied (they would take each slice's statistics)"));
+    }
     if spacing.is_some() && net.spatial_dims() == 2 {
         bail!(
             "{}",
@@ -231,6 +336,8 @@ pub fn read(dir: &Path) -> Result<Bundle> {
         patch_size,
         axcodes,
         spacing,
+        norms,
+        norms_before_spacing,
     })
 }
 
@@ -241,6 +348,8 @@ struct Preprocessing {
     input_size: Option<usize>,
     axcodes: Option<AxisCode>,
     spacing: Option<BundleSpacing>,
+    norms: Vec<VolumeNorm>,
+    norms_before_spacing: bool,
 }
 
 /// The CT window, model input size and orientation the preprocessing implies; transforms xaiclip does
@@ -250,6 +359,8 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
     let pre = resolve(pre, root, 0)?;
     let transforms = pre.get("transforms").and_then(Value::as_array).context("no transforms list")?;
     let (mut intensity, mut size, mut axcodes, mut spacing) = (None, None, None, None);
+    let mut norms = Vec::new();
+    let mut norms_before_spacing = false;
     for t in transforms {
         let name = t.get("_target_").and_then(Value::as_str).map(short).context("a transform without _target_")?;
         // The dictionary transforms (LoadImaged, ...) are the array ones by key.
@@ -266,6 +377,10 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
                 ensure!(
                     b_min == 0.0 && b_max == 1.0 && clip && a_max > a_min,
                     "ScaleIntensityRanged to [{b_min}, {b_max}] with clip {clip}: only a clipped window to [0, 1] is reproduced"
+                );
+                ensure!(
+                    norms.is_empty(),
+                    "ScaleIntensityRanged after NormalizeIntensityd/ScaleIntensityd is not reproduced (a window on normalised values)"
                 );
                 intensity = Some(Intensity::CtWindow { low: a_min as f32, high: a_max as f32 });
             }
@@ -289,11 +404,69 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
                 );
                 axcodes = Some(code.parse()?);
             }
-            "Spacing" => spacing = Some(BundleSpacing { pixdim: pixdim(t)?, before_window: intensity.is_none() }),
+            "Spacing" => {
+                ensure!(
+                    norms.is_empty() || intensity.is_none(),
+                    "Spacingd between ScaleIntensityRanged and NormalizeIntensityd/ScaleIntensityd is not reproduced"
+                );
+                spacing =
+                    Some(BundleSpacing { pixdim: pixdim(t)?, before_window: intensity.is_none() && norms.is_empty() })
+            }
+            "ScaleIntensity" | "NormalizeIntensity" => {
+                let norm = volume_norm(name, t)?;
+                if norms.is_empty() {
+                    norms_before_spacing = spacing.is_none();
+                } else {
+                    ensure!(
+                        norms_before_spacing == spacing.is_none(),
+                        "Spacingd between two of NormalizeIntensityd/ScaleIntensityd is not reproduced"
+                    );
+                }
+                norms.extend(norm);
+            }
             other => bail!("transform {other} is not supported"),
         }
     }
-    Ok(Preprocessing { intensity, input_size: size, axcodes, spacing })
+    if !norms.is_empty() && intensity.is_none() {
+        // The windowed input spans the volume's own range, unclipped; the input map does the rest.
+        intensity = Some(Intensity::ZScore);
+    }
+    Ok(Preprocessing { intensity, input_size: size, axcodes, spacing, norms, norms_before_spacing })
+}
+
+/// `ScaleIntensityd` or `NormalizeIntensityd` (`name` without the d), with every argument xaiclip does not
+/// reproduce refused by name; None: the transform leaves values as they are.
+fn volume_norm(name: &str, t: &Value) -> Result<Option<VolumeNorm>> {
+    let number = |k: &str, default: Option<f64>| -> Result<Option<f64>> {
+        match t.get(k) {
+            None => Ok(default),
+            Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).with_context(|| format!("{name}d {k} {v} is not a number")),
+        }
+    };
+    let known: &[&str] = match name {
+        "ScaleIntensity" => {
+            &["_target_", "keys", "minv", "maxv", "factor", "channel_wise", "dtype", "allow_missing_keys"]
+        }
+        _ => &["_target_", "keys", "subtrahend", "divisor", "nonzero", "channel_wise", "dtype", "allow_missing_keys"],
+    };
+    if let Some(k) = t.as_object().and_then(|o| o.keys().find(|k| !known.contains(&k.as_str()))) {
+        bail!("{name}d argument {k} is not reproduced");
+    }
+    if name == "ScaleIntensity" {
+        // MONAI's defaults: minv 0, maxv 1; factor only applies without both.
+        let (minv, maxv) = (number("minv", Some(0.0))?, number("maxv", Some(1.0))?);
+        if minv.is_none() && maxv.is_none() {
+            ensure!(number("factor", None)?.is_none(), "ScaleIntensityd factor is not reproduced");
+            return Ok(None);
+        }
+        return Ok(Some(VolumeNorm::Scale { minv, maxv }));
+    }
+    ensure!(
+        !t.get("nonzero").and_then(Value::as_bool).unwrap_or(false),
+        "NormalizeIntensityd nonzero true is not reproduced (zero voxels stay 0 while the rest is normalised: not one map of the volume)"
+    );
+    Ok(Some(VolumeNorm::Normalize { subtrahend: number("subtrahend", None)?, divisor: number("divisor", None)? }))
 }
 
 /// `Spacingd`'s target spacing (a number or a list, padded with its last entry as MONAI pads it), with

@@ -27,9 +27,12 @@ pub enum SegModel<B: Backend> {
     /// A MONAI bundle's network (BasicUNet or UNet), with what the bundle says about it.
     Bundle {
         #[allow(missing_docs)]
-        model: BundleNet<B>,
+        model: std::sync::Arc<BundleNet<B>>,
         #[allow(missing_docs)]
         bundle: Box<bundle::Bundle>,
+        /// The map of a bundle that normalises each volume with its own statistics
+        /// (`NormalizeIntensityd`, `ScaleIntensityd`): None until a volume gives it, as for nnU-Net.
+        input_map: Option<InputMap<B>>,
     },
     /// An nnU-Net v2 result folder; its input is the windowed image in [0, 1] mapped to the
     /// network's normalisation by `input_map` (a 1x1 conv: scale, shift, and their values). The map is
@@ -79,7 +82,7 @@ impl<B: Backend> SegModel<B> {
                     }
                     bundle::Network::DynUNet(c) => BundleNet::DynUNet(DynUNet::load(backend, c.clone(), &weights)?),
                 };
-                anyhow::Ok(SegModel::Bundle { model, bundle: Box::new(b) })
+                anyhow::Ok(SegModel::Bundle { model: std::sync::Arc::new(model), bundle: Box::new(b), input_map: None })
             };
             return load().map_err(|e| crate::error::Error::input(dir, e));
         }
@@ -111,11 +114,14 @@ impl<B: Backend> SegModel<B> {
     /// This model with the input map `map` (from [`Self::input_map_of`]), sharing its weights; None
     /// asked: the model itself serves.
     pub fn with_input_map(&self, b: &B, map: Option<[f32; 2]>) -> anyhow::Result<Option<Self>> {
-        match (self, map) {
-            (SegModel::NnUNet { model, .. }, Some(m)) => {
-                Ok(Some(SegModel::NnUNet { model: model.clone(), input_map: Some(InputMap::new(b, m)?) }))
+        let Some(map) = map else { return Ok(None) };
+        let input_map = Some(InputMap::new(b, map)?);
+        match self {
+            SegModel::NnUNet { model, .. } => Ok(Some(SegModel::NnUNet { model: model.clone(), input_map })),
+            SegModel::Bundle { model, bundle, .. } => {
+                Ok(Some(SegModel::Bundle { model: model.clone(), bundle: bundle.clone(), input_map }))
             }
-            _ => Ok(None),
+            SegModel::Basic(_) => Ok(None),
         }
     }
 
@@ -205,18 +211,18 @@ impl<B: Backend> SegModel<B> {
     /// Model grid sides must be multiples of this (an nnU-Net network's or MONAI UNet's total stride;
     /// 1 for BasicUNet, which pads odd sides).
     pub fn size_multiple(&self) -> usize {
-        match self {
-            SegModel::Basic(_) | SegModel::Bundle { model: BundleNet::BasicUNet(_), .. } => 1,
-            SegModel::Bundle { model: BundleNet::UNet(m), .. } => {
+        match self.net() {
+            Net::Basic(_) => 1,
+            Net::UNet(m) => {
                 let [_, h, w] = m.config().total_stride();
                 lcm(h, w)
             }
-            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.config().total_stride(),
-            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => {
+            Net::SegResNet(m) => m.config().total_stride(),
+            Net::DynUNet(m) => {
                 let [_, h, w] = m.config().total_stride();
                 lcm(h, w)
             }
-            SegModel::NnUNet { model, .. } => model.grid_multiple(),
+            Net::NnUNet(model) => model.grid_multiple(),
         }
     }
 
@@ -367,26 +373,64 @@ impl<B: Backend> SegModel<B> {
 
     /// Logits (N, classes, spatial...) for a batch of windowed inputs in [0, 1] on the model grid.
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
-        match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.forward_logits(b, x),
-            SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.forward_logits(b, x),
-            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.forward_logits(b, x),
-            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => m.forward_logits(b, x),
-            SegModel::NnUNet { input_map: None, model } => crate::fail!(
+        let map = match self {
+            SegModel::NnUNet { input_map, .. } | SegModel::Bundle { input_map, .. } => input_map.as_ref(),
+            SegModel::Basic(_) => None,
+        };
+        let mapped;
+        let x = match map {
+            None if self.per_volume_normalisation() => crate::fail!(
                 InvalidInput,
-                "{}: the model z-scores each volume with its own statistics; take its view of the volume first (SegModel::view)",
-                model.dir.display()
+                "{}: the model normalises each volume with its own statistics; take its view of the volume first (SegModel::view)",
+                match self {
+                    SegModel::NnUNet { model, .. } => model.dir.display(),
+                    SegModel::Bundle { bundle, .. } => bundle.dir.display(),
+                    SegModel::Basic(_) => std::path::Path::new("the model").display(),
+                }
             ),
-            SegModel::NnUNet { model, input_map: Some(InputMap { scale, shift, .. }) } => {
+            None => x,
+            Some(InputMap { scale, shift, .. }) => {
                 // A 1x1x1 conv on the batch seen as volumes (slices as one-slice volumes).
                 let shape = b.shape(x).to_vec();
                 let volume = match shape[..] {
                     [n, c, h, w] => b.reshape(x.clone(), &[n, c, 1, h, w])?,
                     _ => x.clone(),
                 };
-                let mapped = b.conv3d(&volume, scale, Some(shift), [1; 3], [0; 3])?;
-                model.forward_logits(b, &b.reshape(mapped, &shape)?)
+                mapped = b.reshape(b.conv3d(&volume, scale, Some(shift), [1; 3], [0; 3])?, &shape)?;
+                &mapped
             }
+        };
+        match self.net() {
+            Net::Basic(m) => m.forward_logits(b, x),
+            Net::UNet(m) => m.forward_logits(b, x),
+            Net::SegResNet(m) => m.forward_logits(b, x),
+            Net::DynUNet(m) => m.forward_logits(b, x),
+            Net::NnUNet(model) => model.forward_logits(b, x),
+        }
+    }
+
+    /// Whether the network's input depends on each volume's own statistics (nnU-Net's
+    /// ZScoreNormalization, a bundle's NormalizeIntensityd/ScaleIntensityd), so that it runs only as a
+    /// view of one volume.
+    pub fn per_volume_normalisation(&self) -> bool {
+        match self {
+            SegModel::NnUNet { model, .. } => model.fixed_input_map().is_none(),
+            SegModel::Bundle { bundle, .. } => !bundle.norms.is_empty(),
+            SegModel::Basic(_) => false,
+        }
+    }
+
+    /// The network, borrowed.
+    fn net(&self) -> Net<'_, B> {
+        match self {
+            SegModel::Basic(m) => Net::Basic(m),
+            SegModel::Bundle { model, .. } => match model.as_ref() {
+                BundleNet::BasicUNet(m) => Net::Basic(m),
+                BundleNet::UNet(m) => Net::UNet(m),
+                BundleNet::SegResNet(m) => Net::SegResNet(m),
+                BundleNet::DynUNet(m) => Net::DynUNet(m),
+            },
+            SegModel::NnUNet { model, .. } => Net::NnUNet(model),
         }
     }
 
@@ -394,7 +438,9 @@ impl<B: Backend> SegModel<B> {
     /// holds (nnU-Net pads with 0 after its normalisation; MONAI pads the windowed input with 0).
     pub fn input_padding(&self) -> f32 {
         match self {
-            SegModel::NnUNet { input_map: Some(m), .. } => -m.values[1] / m.values[0],
+            SegModel::NnUNet { input_map: Some(m), .. } | SegModel::Bundle { input_map: Some(m), .. } => {
+                -m.values[1] / m.values[0]
+            }
             _ => 0.0,
         }
     }
@@ -408,28 +454,26 @@ impl<B: Backend> SegModel<B> {
 
     /// Multiply-adds of one forward at `dims`, times two (benches).
     pub fn flops(&self, dims: &[usize]) -> f64 {
-        match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => m.flops(dims),
-            SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.flops(dims),
-            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => m.flops(dims),
-            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => m.flops(dims),
-            SegModel::NnUNet { model, .. } => model.flops(dims),
+        match self.net() {
+            Net::Basic(m) => m.flops(dims),
+            Net::UNet(m) => m.flops(dims),
+            Net::SegResNet(m) => m.flops(dims),
+            Net::DynUNet(m) => m.flops(dims),
+            Net::NnUNet(model) => model.flops(dims),
         }
     }
 
     /// Floats of activations one image keeps live per model-grid pixel (batch sizing): about three
     /// full-resolution tensors of the widest top-level width plus the skip pyramid (~1/3 more).
     pub fn live_floats_per_pixel(&self) -> usize {
-        let widest = match self {
-            SegModel::Basic(m) | SegModel::Bundle { model: BundleNet::BasicUNet(m), .. } => {
-                m.config().features[0].max(m.config().features[5])
-            }
+        let widest = match self.net() {
+            Net::Basic(m) => m.config().features[0].max(m.config().features[5]),
             // Its first layer is strided: full-resolution tensors are few, the first level's widest.
-            SegModel::Bundle { model: BundleNet::UNet(m), .. } => m.config().channels[0],
+            Net::UNet(m) => m.config().channels[0],
             // Full resolution holds the first level: a block's input, its two convs and the skip.
-            SegModel::Bundle { model: BundleNet::SegResNet(m), .. } => 2 * m.config().init_filters,
-            SegModel::Bundle { model: BundleNet::DynUNet(m), .. } => 2 * m.config().filters[0],
-            SegModel::NnUNet { model, .. } => 2 * model.config().features[0],
+            Net::SegResNet(m) => 2 * m.config().init_filters,
+            Net::DynUNet(m) => 2 * m.config().filters[0],
+            Net::NnUNet(model) => 2 * model.config().features[0],
         };
         (3 * widest + self.out_channels()) * 4 / 3
     }
@@ -508,6 +552,15 @@ pub(crate) fn lcm(a: usize, b: usize) -> usize {
         (x, y) = (y, x % y);
     }
     a / x * b
+}
+
+/// A model's network, borrowed.
+enum Net<'a, B: Backend> {
+    Basic(&'a BasicUNet<B>),
+    UNet(&'a MonaiUNet<B>),
+    SegResNet(&'a SegResNet<B>),
+    DynUNet(&'a DynUNet<B>),
+    NnUNet(&'a NnUNet<B>),
 }
 
 /// A MONAI bundle's network, built.
