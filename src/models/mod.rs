@@ -21,6 +21,7 @@ use crate::tensor::Tensor;
 
 /// The segmentation model every explainer, ROI mode and command runs: logits for a batch on the
 /// model grid, its classes and input geometry, whatever format it was read from.
+#[allow(clippy::large_enum_variant)] // a handful per run
 pub enum SegModel<B: Backend> {
     /// MONAI BasicUNet (config.json + model.safetensors or model.pt): the bundled models.
     Basic(BasicUNet<B>),
@@ -212,17 +213,17 @@ impl<B: Backend> SegModel<B> {
     /// 1 for BasicUNet, which pads odd sides).
     pub fn size_multiple(&self) -> usize {
         match self.net() {
-            Net::Basic(_) => 1,
-            Net::UNet(m) => {
+            Arch::Basic(_) => 1,
+            Arch::UNet(m) => {
                 let [_, h, w] = m.config().total_stride();
                 lcm(h, w)
             }
-            Net::SegResNet(m) => m.config().total_stride(),
-            Net::DynUNet(m) => {
+            Arch::SegResNet(m) => m.config().total_stride(),
+            Arch::DynUNet(m) => {
                 let [_, h, w] = m.config().total_stride();
                 lcm(h, w)
             }
-            Net::NnUNet(model) => model.grid_multiple(),
+            Arch::NnUNet(model) => model.grid_multiple(),
         }
     }
 
@@ -401,11 +402,11 @@ impl<B: Backend> SegModel<B> {
             }
         };
         match self.net() {
-            Net::Basic(m) => m.forward_logits(b, x),
-            Net::UNet(m) => m.forward_logits(b, x),
-            Net::SegResNet(m) => m.forward_logits(b, x),
-            Net::DynUNet(m) => m.forward_logits(b, x),
-            Net::NnUNet(model) => model.forward_logits(b, x),
+            Arch::Basic(m) => m.forward_logits(b, x),
+            Arch::UNet(m) => m.forward_logits(b, x),
+            Arch::SegResNet(m) => m.forward_logits(b, x),
+            Arch::DynUNet(m) => m.forward_logits(b, x),
+            Arch::NnUNet(model) => model.forward_logits(b, x),
         }
     }
 
@@ -421,16 +422,16 @@ impl<B: Backend> SegModel<B> {
     }
 
     /// The network, borrowed.
-    fn net(&self) -> Net<'_, B> {
+    fn net(&self) -> Arch<'_, B> {
         match self {
-            SegModel::Basic(m) => Net::Basic(m),
+            SegModel::Basic(m) => Arch::Basic(m),
             SegModel::Bundle { model, .. } => match model.as_ref() {
-                BundleNet::BasicUNet(m) => Net::Basic(m),
-                BundleNet::UNet(m) => Net::UNet(m),
-                BundleNet::SegResNet(m) => Net::SegResNet(m),
-                BundleNet::DynUNet(m) => Net::DynUNet(m),
+                BundleNet::BasicUNet(m) => Arch::Basic(m),
+                BundleNet::UNet(m) => Arch::UNet(m),
+                BundleNet::SegResNet(m) => Arch::SegResNet(m),
+                BundleNet::DynUNet(m) => Arch::DynUNet(m),
             },
-            SegModel::NnUNet { model, .. } => Net::NnUNet(model),
+            SegModel::NnUNet { model, .. } => Arch::NnUNet(model),
         }
     }
 
@@ -455,11 +456,11 @@ impl<B: Backend> SegModel<B> {
     /// Multiply-adds of one forward at `dims`, times two (benches).
     pub fn flops(&self, dims: &[usize]) -> f64 {
         match self.net() {
-            Net::Basic(m) => m.flops(dims),
-            Net::UNet(m) => m.flops(dims),
-            Net::SegResNet(m) => m.flops(dims),
-            Net::DynUNet(m) => m.flops(dims),
-            Net::NnUNet(model) => model.flops(dims),
+            Arch::Basic(m) => m.flops(dims),
+            Arch::UNet(m) => m.flops(dims),
+            Arch::SegResNet(m) => m.flops(dims),
+            Arch::DynUNet(m) => m.flops(dims),
+            Arch::NnUNet(model) => model.flops(dims),
         }
     }
 
@@ -467,13 +468,13 @@ impl<B: Backend> SegModel<B> {
     /// full-resolution tensors of the widest top-level width plus the skip pyramid (~1/3 more).
     pub fn live_floats_per_pixel(&self) -> usize {
         let widest = match self.net() {
-            Net::Basic(m) => m.config().features[0].max(m.config().features[5]),
+            Arch::Basic(m) => m.config().features[0].max(m.config().features[5]),
             // Its first layer is strided: full-resolution tensors are few, the first level's widest.
-            Net::UNet(m) => m.config().channels[0],
+            Arch::UNet(m) => m.config().channels[0],
             // Full resolution holds the first level: a block's input, its two convs and the skip.
-            Net::SegResNet(m) => 2 * m.config().init_filters,
-            Net::DynUNet(m) => 2 * m.config().filters[0],
-            Net::NnUNet(model) => 2 * model.config().features[0],
+            Arch::SegResNet(m) => 2 * m.config().init_filters,
+            Arch::DynUNet(m) => 2 * m.config().filters[0],
+            Arch::NnUNet(model) => 2 * model.config().features[0],
         };
         (3 * widest + self.out_channels()) * 4 / 3
     }
@@ -555,7 +556,7 @@ pub(crate) fn lcm(a: usize, b: usize) -> usize {
 }
 
 /// A model's network, borrowed.
-enum Net<'a, B: Backend> {
+enum Arch<'a, B: Backend> {
     Basic(&'a BasicUNet<B>),
     UNet(&'a MonaiUNet<B>),
     SegResNet(&'a SegResNet<B>),
