@@ -106,6 +106,17 @@ unsafe fn matmul(
     );
 }
 
+/// The parallelism of each GEMM when `tasks` of them run side by side: with fewer tasks than cores (one
+/// small plane: the wide layers deep in a U-Net at batch 1) each GEMM splits its output blocks over the
+/// cores instead of leaving them idle; the sums per output are the same either way.
+fn gemm_parallelism(tasks: usize) -> Parallelism {
+    if tasks < rayon::current_num_threads() {
+        threads()
+    } else {
+        Parallelism::None
+    }
+}
+
 fn threads() -> Parallelism {
     match rayon::current_num_threads() {
         1 => Parallelism::None,
@@ -267,6 +278,7 @@ unsafe fn gemm_into_planes(
     plane: usize,
     bias: Option<&[f32]>,
     tile_out: &mut Vec<f32>,
+    parallelism: Parallelism,
 ) {
     let row = |co: usize| unsafe { std::slice::from_raw_parts_mut(dst.add(co * plane), ncols) };
     if cout <= 64 && kdim >= 32 {
@@ -285,7 +297,7 @@ unsafe fn gemm_into_planes(
                 rhs,
                 rhs_rs,
                 1,
-                Parallelism::None,
+                parallelism,
             )
         };
         for co in 0..cout {
@@ -309,7 +321,7 @@ unsafe fn gemm_into_planes(
                 rhs,
                 rhs_rs,
                 1,
-                Parallelism::None,
+                parallelism,
             )
         };
         if let Some(b) = bias {
@@ -339,7 +351,8 @@ fn gather_line(dst: &mut [f32], src: &[f32], stride: usize, kx: usize, pad: usiz
     }
 }
 
-/// Fills `col` (rows = Cin*kh*kw, columns = output pixels of rows [oy0, oy1)) for one image.
+/// Fills `col` (rows = Cin*kh*kw, columns = output pixels of rows [oy0, oy1)) for one image, channels
+/// in parallel where `parallel` (a lone tile whose GEMM runs on every core too).
 #[allow(clippy::too_many_arguments)]
 fn im2col_rows(
     img: &[f32],
@@ -350,14 +363,14 @@ fn im2col_rows(
     wout: usize,
     (oy0, oy1): (usize, usize),
     col: &mut [f32],
+    parallel: bool,
 ) {
     let ncols = (oy1 - oy0) * wout;
-    for ci in 0..cin {
+    let fill = |ci: usize, rows: &mut [f32]| {
         let plane = &img[ci * h * w..(ci + 1) * h * w];
         for ky in 0..kh {
             for kx in 0..kw {
-                let row = (ci * kh + ky) * kw + kx;
-                let dst = &mut col[row * ncols..(row + 1) * ncols];
+                let dst = &mut rows[(ky * kw + kx) * ncols..][..ncols];
                 for (t, oy) in (oy0..oy1).enumerate() {
                     let out_row = &mut dst[t * wout..(t + 1) * wout];
                     let iy = (oy * stride + ky) as isize - pad as isize;
@@ -369,6 +382,12 @@ fn im2col_rows(
                 }
             }
         }
+    };
+    let (col, per_channel) = (&mut col[..cin * kh * kw * ncols], kh * kw * ncols);
+    if parallel {
+        col.par_chunks_mut(per_channel).enumerate().for_each(|(ci, rows)| fill(ci, rows));
+    } else {
+        col.chunks_mut(per_channel).enumerate().for_each(|(ci, rows)| fill(ci, rows));
     }
 }
 
@@ -417,6 +436,8 @@ impl Backend for CpuBackend {
         let tiles = hout.div_ceil(rows_per_tile);
         let out_ptr = SharedMut(out.data_mut().as_mut_ptr());
         let pointwise = kh == 1 && kw == 1 && stride == 1 && pad == 0;
+        let inner = gemm_parallelism(n * tiles);
+        let lone = n * tiles < rayon::current_num_threads();
         (0..n * tiles).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
             |(col, tile_out): &mut (Vec<f32>, Vec<f32>), task| {
@@ -429,7 +450,7 @@ impl Backend for CpuBackend {
                     (img[oy0 * w..].as_ptr(), (h * w) as isize)
                 } else {
                     col.resize(kdim * ncols, 0.0);
-                    im2col_rows(img, (cin, h, w), (kh, kw), stride, pad, wout, (oy0, oy1), col);
+                    im2col_rows(img, (cin, h, w), (kh, kw), stride, pad, wout, (oy0, oy1), col, lone);
                     (col.as_ptr(), ncols as isize)
                 };
                 let plane = hout * wout;
@@ -444,6 +465,7 @@ impl Backend for CpuBackend {
                         plane,
                         bias,
                         tile_out,
+                        inner,
                     )
                 };
             },
@@ -865,6 +887,23 @@ mod tests {
             let one = Tensor::new(&[1, 24, 20, 18], x.data()[i * 24 * 360..(i + 1) * 24 * 360].to_vec()).unwrap();
             let alone = CpuBackend.conv_transpose2d(&one, &w, Some(&b)).unwrap();
             assert_eq!(alone.data(), &batch.data()[i * plane..(i + 1) * plane], "image {i}");
+        }
+    }
+
+    #[test]
+    fn convolution_of_one_small_image_is_the_same_alone_or_in_a_batch() {
+        // Alone its one tile's GEMM runs on every core (gemm_parallelism), in a batch one tile per thread:
+        // wide layers on a small plane (the GEMM path) and a strided thin one (the channel-fastest tile).
+        for (cin, cout, side, stride) in [(64, 128, 8, 1), (16, 32, 12, 2)] {
+            let (x, w, b) = (random(&[3, cin, side, side], 4), random(&[cout, cin, 3, 3], 5), random(&[cout], 6));
+            let batch = CpuBackend.conv2d(&x, &w, Some(&b), stride, 1).unwrap();
+            let plane = batch.len() / 3;
+            for i in 0..3 {
+                let len = cin * side * side;
+                let one = Tensor::new(&[1, cin, side, side], x.data()[i * len..(i + 1) * len].to_vec()).unwrap();
+                let alone = CpuBackend.conv2d(&one, &w, Some(&b), stride, 1).unwrap();
+                assert_eq!(alone.data(), &batch.data()[i * plane..(i + 1) * plane], "{cin}->{cout}: image {i}");
+            }
         }
     }
 

@@ -67,6 +67,7 @@ pub(super) fn im2col_conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: 
     let rows_per_tile = (TILE_COLUMNS / ow).clamp(1, rows);
     let tiles = rows.div_ceil(rows_per_tile);
     let out_ptr = SharedMut(out.as_mut_ptr());
+    let inner = super::gemm_parallelism(g.n * tiles);
     (0..g.n * tiles).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(col, tile_out): &mut (Vec<f32>, Vec<f32>), task| {
@@ -86,6 +87,7 @@ pub(super) fn im2col_conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: 
                     plane,
                     bias,
                     tile_out,
+                    inner,
                 )
             };
         },
