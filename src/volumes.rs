@@ -617,16 +617,24 @@ pub fn explain_volume<B: Backend>(
 }
 
 /// The sliding window the 3-D model in `dir` runs with in its own framework: nnU-Net's predictor for a
-/// result folder (its patch, step 0.5, its Gaussian and tile positions), else MONAI's inferer with the
-/// model's patch (or [`DEFAULT_PATCH`]) and Gaussian blending; 4 tiles per forward. None for a 2-D model
-/// or one whose description cannot be read (loading it says why).
+/// result folder (its patch, step 0.5, its Gaussian and tile positions), a bundle's
+/// `SlidingWindowInferer` (its overlap, blending and sigma), else MONAI's inferer with the model's patch
+/// (or [`DEFAULT_PATCH`]) and Gaussian blending; 4 tiles per forward. None for a 2-D model or one whose
+/// description cannot be read (loading it says why).
 pub fn model_window(dir: &std::path::Path) -> Option<SlidingWindow> {
+    use crate::models::sliding::Blend;
     let (3, patch) = SegModel::<crate::backend::CpuBackend>::describe_dir(dir)? else { return None };
     let patch = patch.unwrap_or(DEFAULT_PATCH);
-    let window = if crate::models::nnunet::is_result_folder(dir) {
-        SlidingWindow::nnunet(patch)
-    } else {
-        SlidingWindow { blend: crate::models::sliding::Blend::Gaussian, ..SlidingWindow::new(patch) }
+    let bundle = crate::models::bundle::is_bundle(dir).then(|| crate::models::bundle::read(dir).ok()).flatten();
+    let window = match bundle.and_then(|b| b.window) {
+        _ if crate::models::nnunet::is_result_folder(dir) => SlidingWindow::nnunet(patch),
+        Some(w) => SlidingWindow {
+            overlap: w.overlap,
+            blend: if w.gaussian { Blend::Gaussian } else { Blend::Constant },
+            sigma_scale: w.sigma_scale,
+            ..SlidingWindow::new(patch)
+        },
+        None => SlidingWindow { blend: Blend::Gaussian, ..SlidingWindow::new(patch) },
     };
     Some(SlidingWindow { batch: 4, ..window })
 }

@@ -673,6 +673,29 @@ fn monai_bundles_that_cannot_be_used() {
             .push(serde_json::json!({"_target_": "ThresholdIntensityd", "keys": "image", "threshold": 0}))
     });
     info(&other, &["transform ThresholdIntensity is not supported"]);
+    // A SlidingWindowInferer whose blending xaiclip does not reproduce.
+    for (key, value, expect) in [
+        (
+            "mode",
+            serde_json::json!("bilinear"),
+            "SlidingWindowInferer mode \"bilinear\" is not reproduced (constant or gaussian)",
+        ),
+        (
+            "padding_mode",
+            serde_json::json!("replicate"),
+            "SlidingWindowInferer padding_mode \"replicate\" is not reproduced",
+        ),
+        (
+            "overlap",
+            serde_json::json!([0.5, 0.5, 0.25]),
+            "SlidingWindowInferer overlap [0.5,0.5,0.25]: only one number is reproduced",
+        ),
+    ] {
+        let dir = from("basicunet_3d", &format!("inferer-{key}"), &|c: &mut serde_json::Value| {
+            c["inferer"][key] = value.clone()
+        });
+        info(&dir, &["inference.json: inferer", expect]);
+    }
     // Per-volume normalisation: in a 2-D bundle, on nonzero voxels only, with arguments xaiclip does not
     // reproduce, or before the window.
     let flat = case("normalize-2d", &|c| {

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 use xaiclip::backend::CpuBackend;
+use xaiclip::models::sliding::Blend;
 use xaiclip::models::SegModel;
 use xaiclip::volumes::{model_window, predict_volume};
 use xaiclip::weights::WeightsFile;
@@ -18,11 +19,21 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn resampling_and_normalising_bundles_predict_as_monai_and_invert_to_the_file_grid() {
     let reference = WeightsFile::open(&fixture("reference.safetensors")).unwrap();
-    for bundle in ["spacing_first", "window_first", "normalize_after_spacing", "normalize_before_spacing", "scale_only"]
-    {
+    let bundles = [
+        "spacing_first",
+        "window_first",
+        "normalize_after_spacing",
+        "normalize_before_spacing",
+        "scale_only",
+        "spleen_inferer",
+    ];
+    for bundle in bundles {
         let dir = fixture(bundle);
         let model = SegModel::load_dir(&CpuBackend, &dir).unwrap();
         let window = model_window(&dir).unwrap();
+        let (overlap, blend) =
+            if bundle == "spleen_inferer" { (0.5, Blend::Constant) } else { (0.25, Blend::Gaussian) };
+        assert_eq!((window.overlap, window.blend), (overlap, blend), "{bundle}: the bundle's own inferer");
         for case in ["ras", "lps"] {
             let volume = xaiclip::io::read_image(&fixture(&format!("{case}.nii.gz"))).unwrap();
             let logits = predict_volume(&CpuBackend, &model, &volume, &window, None).unwrap();

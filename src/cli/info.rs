@@ -169,7 +169,13 @@ fn bundle_info(path: &Path) -> Result<()> {
         println!("            then per volume, with its statistics on {grid}: {}", norms.join(", "));
     }
     match (net.spatial_dims(), b.patch_size, b.input_size) {
-        (3, Some(p), _) => println!("geometry:   patch {}x{}x{} (SlidingWindowInferer roi_size)", p[0], p[1], p[2]),
+        (3, Some(p), _) => {
+            let blend = b.window.map_or(String::new(), |w| {
+                let mode = if w.gaussian { format!("gaussian, sigma {}", w.sigma_scale) } else { "constant".into() };
+                format!(", overlap {}, {mode} blending", w.overlap)
+            });
+            println!("geometry:   patch {}x{}x{} (SlidingWindowInferer roi_size{blend})", p[0], p[1], p[2])
+        }
         (_, _, Some(s)) => println!("geometry:   input {s}x{s} (Resized)"),
         _ => println!("geometry:   not stated (2-D: 256x256 unless --size; 3-D: --patch, default 96x96x96)"),
     }

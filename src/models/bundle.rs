@@ -89,6 +89,19 @@ pub struct Bundle {
     /// Whether those come before `Spacingd` (statistics of the file's grid) or after it (of the
     /// resampled one).
     pub norms_before_spacing: bool,
+    /// The `SlidingWindowInferer`'s blending, when the bundle infers with one.
+    pub window: Option<BundleWindow>,
+}
+
+/// How a bundle's `SlidingWindowInferer` blends its tiles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BundleWindow {
+    /// Overlap of neighbouring tiles.
+    pub overlap: f64,
+    /// Gaussian weighting (`mode: "gaussian"`) rather than constant.
+    pub gaussian: bool,
+    /// The Gaussian's sigma as a share of the tile.
+    pub sigma_scale: f64,
 }
 
 /// An intensity transform with the volume's own statistics: affine in the values, so that a windowed
@@ -311,13 +324,14 @@ pub fn read(dir: &Path) -> Result<Bundle> {
             at("preprocessing: Spacingd in a 2-D bundle is not applied (slices are resized to the model grid)")
         );
     }
-    let mut patch_size = None;
+    let (mut patch_size, mut window) = (None, None);
     if let Some(inferer) = root.get("inferer") {
         let inferer = resolve(inferer, &root, 0).with_context(|| at("inferer"))?;
         if inferer.get("_target_").and_then(Value::as_str).map(short) == Some("SlidingWindowInferer") {
             if let Some(roi) = inferer.get("roi_size") {
                 patch_size = Some(super::unet::patch_size(roi).with_context(|| at("inferer.roi_size"))?);
             }
+            window = Some(sliding_window(&inferer).with_context(|| at("inferer"))?);
         }
     }
     let weights =
@@ -338,7 +352,41 @@ pub fn read(dir: &Path) -> Result<Bundle> {
         spacing,
         norms,
         norms_before_spacing,
+        window,
     })
+}
+
+/// The blending, overlap and sigma of a `SlidingWindowInferer` (MONAI's defaults: constant, 0.25, 0.125);
+/// what changes its numbers beyond them is refused by name (`sw_batch_size` and devices do not).
+fn sliding_window(inferer: &Value) -> Result<BundleWindow> {
+    let number = |k: &str, default: f64| -> Result<f64> {
+        match inferer.get(k) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_f64().with_context(|| format!("SlidingWindowInferer {k} {v}: only one number is reproduced"))
+            }
+        }
+    };
+    let overlap = number("overlap", 0.25)?;
+    ensure!((0.0..1.0).contains(&overlap), "SlidingWindowInferer overlap {overlap} must be in [0, 1)");
+    let gaussian = match inferer.get("mode").and_then(Value::as_str).unwrap_or("constant") {
+        "constant" => false,
+        "gaussian" => true,
+        other => bail!("SlidingWindowInferer mode {other:?} is not reproduced (constant or gaussian)"),
+    };
+    let sigma_scale = number("sigma_scale", 0.125)?;
+    ensure!(sigma_scale > 0.0, "SlidingWindowInferer sigma_scale {sigma_scale} must be positive");
+    match inferer.get("padding_mode").and_then(Value::as_str).unwrap_or("constant") {
+        "constant" => ensure!(number("cval", 0.0)? == 0.0, "SlidingWindowInferer cval other than 0 is not reproduced"),
+        other => bail!("SlidingWindowInferer padding_mode {other:?} is not reproduced (constant, cval 0)"),
+    }
+    for k in ["roi_weight_map", "buffer_steps", "with_coord"] {
+        ensure!(
+            inferer.get(k).is_none_or(|v| v.is_null() || v == &Value::Bool(false)),
+            "SlidingWindowInferer {k} is not reproduced"
+        );
+    }
+    Ok(BundleWindow { overlap, gaussian, sigma_scale })
 }
 
 /// What a bundle's preprocessing does that xaiclip reproduces.
