@@ -682,7 +682,7 @@ impl Explainer {
             None => self.settings.clone(),
         };
         let class = self.class_of(&request.organ)?;
-        let warnings = self.check_image(volume)?.into_iter().collect();
+        let warnings = self.check_image(volume)?;
         let k = self.pick_slice(volume, request.labels.as_deref(), &request.slices, class)?;
         let input = self.prepare(volume, request.labels.as_deref(), k, class, self.intensity)?;
         let clip = if request.roi.uses_clip() {
@@ -706,11 +706,14 @@ impl Explainer {
         })
     }
 
-    /// Whether `volume` fits the modality this explainer makes inputs for
-    /// ([`crate::preprocess::check_modality`]): an error where the file states another modality, else
-    /// a warning where its values cannot be that modality's.
-    pub fn check_image(&self, volume: &Volume) -> Result<Option<String>> {
-        Ok(crate::preprocess::check_modality(volume, self.intensity.modality())?)
+    /// Whether `volume` fits this explainer's model: an error where the file states another modality
+    /// than the inputs are made for; warnings where its values cannot be that modality's
+    /// ([`crate::preprocess::check_modality`]) and where the model's own framework would prepare its
+    /// slices otherwise ([`crate::models::SegModel::slice_geometry_warning`]).
+    pub fn check_image(&self, volume: &Volume) -> Result<Vec<String>> {
+        let modality = crate::preprocess::check_modality(volume, self.intensity.modality())?;
+        let geometry = with_engine!(self, |e| e.unet.slice_geometry_warning(volume, self.size));
+        Ok(modality.into_iter().chain(geometry).collect())
     }
 
     /// How the model's slices lie on a volume (radiological for the bundled models, voxel order for

@@ -113,3 +113,27 @@ fn explain_resamples_and_maps_come_back_on_the_input_grid() {
     assert_eq!((saliency.dims, saliency.affine), (volume.dims, volume.affine));
     assert!(saliency.data.iter().any(|&v| v > 0.0));
 }
+
+#[test]
+fn slices_through_a_2d_model_warn_where_nnunet_would_prepare_them_otherwise() {
+    let dir = repo().join("tests/fixtures/nnunet_trained/Dataset002_Phantom/nnUNetTrainer__nnUNetPlans__2d");
+    let model = SegModel::load_dir(&CpuBackend, &dir).unwrap();
+    let SegModel::NnUNet { model: nnunet, .. } = &model else { panic!("an nnU-Net folder") };
+    let grid = nnunet.default_grid();
+    // The fixture's case is one patch at the plans' spacing: exactly what nnUNetPredictor runs.
+    let volume = xaiclip::io::read_image(&repo().join("tests/fixtures/nnunet_trained/case.nii.gz")).unwrap();
+    assert_eq!(model.slice_geometry_warning(&volume, grid), None);
+    // Another in-plane spacing: nnU-Net would resample; a zero border: it would crop.
+    let mut coarse = volume.clone();
+    coarse.affine[0][0] *= 1.5;
+    let warning = model.slice_geometry_warning(&coarse, grid).unwrap();
+    assert!(warning.contains("resample its") && warning.contains("predict them with its"), "{warning}");
+    let mut border = volume.clone();
+    let slice = border.dims[0] * border.dims[1];
+    border.data[..slice].iter_mut().for_each(|v| *v = 0.0);
+    let warning = model.slice_geometry_warning(&border, grid).unwrap();
+    assert!(warning.contains("crop it to its nonzero voxels") && !warning.contains("resample"), "{warning}");
+    // A 3-D configuration does all of it itself.
+    let ct = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    assert_eq!(SegModel::load_dir(&CpuBackend, &ct).unwrap().slice_geometry_warning(&coarse, grid), None);
+}

@@ -303,9 +303,7 @@ impl DeviceArgs {
 /// Prints what looks wrong about `volume` for the explainer's model, before any work; a file that
 /// states another modality is refused ([`xaiclip::Explainer::check_image`]).
 pub fn warn_image(explainer: &xaiclip::Explainer, volume: &xaiclip::io::Volume) -> Result<()> {
-    if let Some(warning) = explainer.check_image(volume)? {
-        eprintln!("warning: {warning}");
-    }
+    explainer.check_image(volume)?.iter().for_each(|warning| eprintln!("warning: {warning}"));
     Ok(())
 }
 

@@ -316,6 +316,15 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
+    /// What the model's own framework would do to `volume` before predicting its slices on a `grid` x
+    /// `grid` model grid that xaiclip does not ([`nnunet::NnUNet::slice_geometry_warning`]).
+    pub fn slice_geometry_warning(&self, volume: &crate::io::Volume, grid: usize) -> Option<String> {
+        match self {
+            SegModel::NnUNet { model, .. } if self.spatial_dims() == 2 => model.slice_geometry_warning(volume, grid),
+            _ => None,
+        }
+    }
+
     /// How a 3-D model sees a volume's voxels, in words (for `info` and reports).
     pub fn describe_volume(&self) -> String {
         match self {

@@ -896,6 +896,39 @@ impl<B: Backend> NnUNet<B> {
         self.patch_size.iter().max().map_or(multiple, |&p| p.div_ceil(multiple) * multiple)
     }
 
+    /// For a 2d configuration explaining slices on a `grid` x `grid` model grid: what nnUNetPredictor
+    /// would do to `volume` that resizing each slice to the grid does not (crop it to its nonzero box,
+    /// resample it to the plans' in-plane spacing, or tile slices that are not one patch), so that its
+    /// labels and logits can differ from xaiclip's; None where the slices are exactly one patch.
+    pub fn slice_geometry_warning(&self, volume: &crate::io::Volume, grid: usize) -> Option<String> {
+        let (Orientation::Voxel([_, h, w]), &[th, tw]) = (self.orientation, &self.spacing[..]) else { return None };
+        let s = volume.spacing();
+        let shape = [volume.dims[h], volume.dims[w]];
+        let resampled: [usize; 2] =
+            std::array::from_fn(|a| (s[[h, w][a]] / [th, tw][a] * shape[a] as f64).round_ties_even() as usize);
+        let boxed = nonzero_box(volume);
+        let mut what = Vec::new();
+        if boxed.iter().zip(volume.dims).any(|(r, n)| r.len() != n) {
+            what.push("crop it to its nonzero voxels".to_string());
+        }
+        if resampled != shape {
+            what.push(format!(
+                "resample its {}x{} slices from {:.3} x {:.3} mm to the plans' {th:.3} x {tw:.3} mm ({}x{})",
+                shape[0], shape[1], s[h], s[w], resampled[0], resampled[1]
+            ));
+        }
+        if self.patch_size[..] != [grid, grid] || resampled != [grid, grid] {
+            what.push(format!("predict them with its {:?} patch", self.patch_size));
+        }
+        (!what.is_empty()).then(|| {
+            format!(
+                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (3d configurations do all of this exactly)",
+                volume.source.display(),
+                what.join(", ")
+            )
+        })
+    }
+
     /// How a 3-D configuration sees a volume's voxels, in words.
     pub fn describe_volume(&self) -> String {
         match self.orientation {
