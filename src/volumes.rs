@@ -182,7 +182,8 @@ pub struct VolumeRun {
 
 /// How the model sees the volume's voxels: axis t of its (D, H, W) view runs along file axis
 /// `axes[t].0`, reversed where `axes[t].1`; the file's order unless the model declares an axis code.
-/// An nnU-Net model then resamples that array to its plans' spacing as its preprocessing does.
+/// An nnU-Net model then crops that array to its nonzero box and resamples it to the plans' spacing, as
+/// its preprocessing does; a bundle's `Spacingd` resamples it.
 #[derive(Clone, Debug)]
 struct View {
     axes: [(usize, bool); 3],

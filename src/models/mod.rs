@@ -25,7 +25,8 @@ use crate::tensor::Tensor;
 pub enum SegModel<B: Backend> {
     /// MONAI BasicUNet (config.json + model.safetensors or model.pt): the bundled models.
     Basic(BasicUNet<B>),
-    /// A MONAI bundle's network (BasicUNet or UNet), with what the bundle says about it.
+    /// A MONAI bundle's network (BasicUNet, UNet, SegResNet or DynUNet), with what the bundle says
+    /// about it.
     Bundle {
         #[allow(missing_docs)]
         model: std::sync::Arc<BundleNet<B>>,
