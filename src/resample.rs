@@ -86,16 +86,18 @@ pub fn resample(
         }
         Some(axis) => {
             // Slice by slice in plane, each clipped to its own input range, then along `axis`.
-            let plane: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
-            let mut inner = shape;
-            let mut d = data.clone();
-            for &a in &plane {
+            let at = |i: usize, shape: [usize; 3]| (i / strides(shape)[axis]) % shape[axis];
+            let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); shape[axis]];
+            data.iter().enumerate().for_each(|(i, &v)| {
+                let r = &mut ranges[at(i, shape)];
+                *r = (r.0.min(v), r.1.max(v));
+            });
+            let (mut d, mut inner) = (data, shape);
+            for a in (0..3).filter(|&a| a != axis) {
                 (d, inner) = zoom_axis(&d, inner, a, target_shape[a], orders.order);
             }
-            let ranges: Vec<(f64, f64)> = (0..shape[axis]).map(|s| range(&slice(&data, shape, axis, s))).collect();
-            let strides = strides(inner);
             d.iter_mut().enumerate().for_each(|(i, v)| {
-                let (lo, hi) = ranges[(i / strides[axis]) % inner[axis]];
+                let (lo, hi) = ranges[at(i, inner)];
                 *v = v.clamp(lo, hi);
             });
             // map_coordinates along the coarse axis, unclipped.
@@ -164,12 +166,6 @@ fn range(data: &[f64]) -> (f64, f64) {
 
 fn strides(shape: [usize; 3]) -> [usize; 3] {
     [shape[1] * shape[2], shape[2], 1]
-}
-
-/// The values at index `s` of `axis`.
-fn slice(data: &[f64], shape: [usize; 3], axis: usize, s: usize) -> Vec<f64> {
-    let st = strides(shape);
-    data.iter().enumerate().filter(|(i, _)| (i / st[axis]) % shape[axis] == s).map(|(_, &v)| v).collect()
 }
 
 /// Zooms `axis` of a row-major array to `n_out` samples with a spline of `order`.
