@@ -55,16 +55,16 @@ fn resampling_and_normalising_bundles_predict_as_monai_and_invert_to_the_file_gr
     }
 }
 
-#[test]
-fn explain_with_a_spacingd_bundle_writes_maps_on_the_input_grid_and_says_how_it_resampled() {
-    let dir = tempfile::tempdir().unwrap();
-    let (image, out, bundle) = (fixture("lps.nii.gz"), dir.path().join("out"), fixture("spacing_first"));
+/// `xaiclip explain` of the LPS volume with `bundle`, occlusion over the whole volume, into `out`; its
+/// report.
+fn explain(bundle: &str, out: &std::path::Path) -> serde_json::Value {
+    let image = fixture("lps.nii.gz");
     let o = xaiclip(&[
         "explain",
         "--image",
         image.to_str().unwrap(),
         "--model",
-        bundle.to_str().unwrap(),
+        fixture(bundle).to_str().unwrap(),
         "--organ",
         "spleen",
         "--slice",
@@ -81,8 +81,14 @@ fn explain_with_a_spacingd_bundle_writes_maps_on_the_input_grid_and_says_how_it_
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn explain_with_a_spacingd_bundle_writes_maps_on_the_input_grid_and_says_how_it_resampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, out) = (fixture("lps.nii.gz"), dir.path().join("out"));
+    let report = explain("spacing_first", &out);
     let voxels = report["weights"]["unet"]["voxels"].as_str().unwrap();
     assert!(
         voxels.contains("reoriented to RAS")
@@ -96,31 +102,8 @@ fn explain_with_a_spacingd_bundle_writes_maps_on_the_input_grid_and_says_how_it_
     assert_eq!((saliency.dims, saliency.affine), (volume.dims, volume.affine));
     assert!(saliency.data.iter().any(|&v| v != 0.0));
     // A bundle that z-scores each volume: its view of this volume runs every occlusion.
-    let (bundle, out) = (fixture("normalize_after_spacing"), dir.path().join("normalized"));
-    let o = xaiclip(&[
-        "explain",
-        "--image",
-        image.to_str().unwrap(),
-        "--model",
-        bundle.to_str().unwrap(),
-        "--organ",
-        "spleen",
-        "--slice",
-        "all",
-        "--method",
-        "occlusion",
-        "--occlusion-window",
-        "8",
-        "--roi",
-        "none",
-        "--faithfulness-steps",
-        "0",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let out = dir.path().join("normalized");
+    let report = explain("normalize_after_spacing", &out);
     assert_eq!(report["weights"]["unet"]["intensity"], "ZScore");
     let normalized = xaiclip::io::read_image(&out.join("saliency.nii.gz")).unwrap();
     assert!(normalized.data.iter().any(|&v| v != 0.0) && normalized.data != saliency.data);

@@ -1029,9 +1029,8 @@ impl<B: Backend> NnUNet<B> {
             );
         }
         // Two passes in f64 (nnU-Net's numpy runs pairwise float32 sums; the two agree to ~1e-7).
-        let n = data.len() as f64;
-        let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let std = (data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-8);
+        let super::bundle::Stats { mean, std, .. } = super::bundle::Stats::of(&data);
+        let std = std.max(1e-8);
         let (low, high) = Intensity::ZScore.range(volume);
         Ok([((high - low) as f64 / std) as f32, ((low as f64 - mean) / std) as f32])
     }
