@@ -5,6 +5,8 @@
 //! levels of parallelism do not fight.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod direct;
 mod volume;
 
@@ -18,8 +20,9 @@ use rayon::prelude::*;
 
 /// The reference backend: rayon over images and tiles, the direct kernel or the `gemm` crate for the
 /// convolutions. The constant `CpuBackend` computes in f32; `CpuBackend::bf16()` runs the stride-1 2-D
-/// convolutions on bf16 operands with f32 accumulation (`--precision bf16` on a CPU with AVX512-BF16;
-/// 3-D convolutions stay f32, as on the GPU).
+/// convolutions on bf16 operands with f32 accumulation (`--precision bf16` on a CPU with AVX512-BF16:
+/// AMX tiles where the CPU has them and 16+ input channels, else `vdpbf16ps`; 3-D convolutions stay
+/// f32, as on the GPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuBackend {
     bf16: bool,
@@ -156,10 +159,15 @@ impl CpuBackend {
     ) -> Result<Option<Tensor>> {
         let (cout, wcin, kh, kw) = weight.nchw()?;
         let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, wcin, 1, kh, kw], [1; 3], [0, pad, pad])?;
-        if !direct::applies(&g) {
+        let conv = if self.bf16 && amx::applies(&g) {
+            amx::conv3d
+        } else if !direct::applies(&g) {
             return Ok(None);
-        }
-        let conv = if self.bf16 { direct::conv3d_bf16 } else { direct::conv3d };
+        } else if self.bf16 {
+            direct::conv3d_bf16
+        } else {
+            direct::conv3d
+        };
         let [_, _, _, oh, ow] = g.output_shape();
         Ok(Some(Tensor::new(&[n, cout, oh, ow], conv(input, weight.data(), bias, &g))?))
     }
@@ -183,6 +191,8 @@ pub fn describe_cpu() -> String {
             .map(|(_, name)| name)
             .collect();
     let kernels = match direct::capability() {
+        Some(direct::Capability::Avx512) if amx::available() => "direct AVX-512 (bf16: AMX tiles)",
+        Some(direct::Capability::Avx512) if direct::bf16_available() => "direct AVX-512 (bf16: AVX512-BF16)",
         Some(direct::Capability::Avx512) => "direct AVX-512",
         Some(direct::Capability::Avx2) => "direct AVX2",
         None => "im2col GEMM",

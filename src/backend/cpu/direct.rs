@@ -51,7 +51,7 @@ pub(super) fn bf16_available() -> bool {
 }
 
 /// One stored input or weight value: an f32, or two input channels' values as bf16.
-trait Element: Copy + Send + Sync {
+pub(super) trait Element: Copy + Send + Sync {
     /// Input channels per element.
     const GROUP: usize;
     const ZERO: Self;
@@ -71,12 +71,12 @@ impl Element for f32 {
 
 /// Channels 2c (low half) and 2c + 1 (high half) of one voxel, rounded to bf16 (to nearest, ties even).
 #[derive(Clone, Copy)]
-struct Bf16Pair(u32);
+pub(super) struct Bf16Pair(pub(super) u32);
 
 /// The bf16 bits of `v` rounded to nearest, ties to even, in integer arithmetic (vectorises; finite
 /// values and infinities exact, as `half::bf16::from_f32`).
 #[inline(always)]
-fn bf16_bits(v: f32) -> u32 {
+pub(super) fn bf16_bits(v: f32) -> u32 {
     let b = v.to_bits();
     b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
 }
@@ -241,11 +241,12 @@ fn pack<E: Element>(weight: &[f32], g: &Conv3d, block: usize) -> Vec<E> {
 /// One image's input channels as `E`, zero-padded by `pad` on every side, rows widened so that a run of
 /// `chunk` voxels at any tap stays inside its row: (groups, D + 2pd, H + 2ph, row) and the row length.
 /// The channels are `x`'s then `skip`'s (each channels x D x H x W): a concatenation read in place.
-fn padded<E: Element>(x: &[f32], skip: &[f32], g: &Conv3d, chunk: usize) -> (Vec<E>, usize) {
+/// `groups` may exceed the channels' groups (the AMX tiles read whole blocks of them): those are zero.
+pub(super) fn padded<E: Element>(x: &[f32], skip: &[f32], g: &Conv3d, chunk: usize, groups: usize) -> (Vec<E>, usize) {
     let ([d, h, w], [pd, ph, pw]) = (g.input, g.pad);
     let (dp, hp) = (d + 2 * pd, h + 2 * ph);
     let row = g.output[2].div_ceil(chunk) * chunk + g.kernel[2] - 1;
-    let len = groups::<E>(g) * dp * hp * row;
+    let len = groups * dp * hp * row;
     let zero = std::mem::MaybeUninit::new(E::ZERO);
     let first = x.len() / (d * h * w);
     let line = |ci: usize, z: usize, y: usize| match ci.checked_sub(first) {
@@ -258,7 +259,8 @@ fn padded<E: Element>(x: &[f32], skip: &[f32], g: &Conv3d, chunk: usize) -> (Vec
     out.spare_capacity_mut()[..len].par_chunks_mut(hp * row).enumerate().for_each(|(p, plane)| {
         let (gi, zp) = (p / dp, p % dp);
         for (yp, dst) in plane.chunks_exact_mut(row).enumerate() {
-            let source = zp.checked_sub(pd).filter(|&z| z < d).zip(yp.checked_sub(ph).filter(|&y| y < h));
+            let inside = gi * E::GROUP < g.cin;
+            let source = zp.checked_sub(pd).filter(|&z| z < d && inside).zip(yp.checked_sub(ph).filter(|&y| y < h));
             match source {
                 Some((z, y)) => {
                     let (rows, n) = group_rows::<E>(g, gi, |ci| line(ci, z, y));
@@ -332,7 +334,7 @@ fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
     let mut out: Vec<f32> = Vec::with_capacity(len);
     for img in 0..g.n {
         let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
-        let (input, row) = padded::<V::Elem>(own, skip, g, chunk);
+        let (input, row) = padded::<V::Elem>(own, skip, g, chunk, groups::<V::Elem>(g));
         let out_ptr = super::SharedMut(out.spare_capacity_mut()[img * g.cout * plane..].as_mut_ptr().cast());
         let job = Row { input: &input, row, packed: &packed, groups: groups::<V::Elem>(g), bias, g };
         // A task is one output row (z, y) of every channel.
