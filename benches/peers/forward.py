@@ -8,6 +8,10 @@ written to OUT/paper_unet, so both sides load the same file), at every --sizes x
 - PyTorch: MONAI's BasicUNet with the same state dict, torch.no_grad(), every core, one warm-up and
   --repeat timed forwards, then one forward under torch.profiler for its per-operator times.
 
+With --precision bf16 xaiclip runs `--precision bf16` (AMX tiles where the CPU has them) and PyTorch its
+forward under `torch.autocast("cpu", dtype=torch.bfloat16)` (oneDNN's bf16 convolutions, AMX included):
+reduced precision on both sides.
+
 Prints and writes OUT/forward.md: the CPU (model name, vector extensions), PyTorch's build (its MKL and
 oneDNN lines) and threads, the median times and their ratio, and each side's slowest operators. Absolute
 times are this machine's; compare the ratio.
@@ -55,10 +59,10 @@ def paper_folder(out):
     return folder
 
 
-def torch_side(net, in_channels, size, batch, repeat):
+def torch_side(net, in_channels, size, batch, repeat, precision):
     x = torch.rand(batch, in_channels, size, size, generator=torch.Generator().manual_seed(0))
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         net(x)
         for _ in range(repeat):
             started = time.perf_counter()
@@ -89,6 +93,8 @@ def main():
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--top", type=int, default=5, help="slowest operators listed per side")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: xaiclip --precision bf16 against PyTorch under CPU bf16 autocast")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -99,19 +105,20 @@ def main():
                     if any(k in l for k in ("MKL", "oneDNN", "OpenMP")) and "Build settings" not in l]
     md = [f"# U-Net forward: xaiclip and PyTorch on the same weights\n",
           f"CPU: {cpu_words()}. PyTorch {torch.__version__}, {torch.get_num_threads()} threads; {'; '.join(config_lines)}.\n",
-          f"Command: `python benches/peers/forward.py --sizes {args.sizes} --batches {args.batches} --repeat {args.repeat}`; "
+          f"Command: `python benches/peers/forward.py --sizes {args.sizes} --batches {args.batches} --repeat {args.repeat} "
+          f"--precision {args.precision}`; "
           "medians of the timed forwards after one warm-up, random inputs in [0, 1]. Ratio > 1: xaiclip is faster.\n"]
     models = [("bundled", args.model)] + ([] if args.no_paper else [("paper-sized", paper_folder(args.out))])
     rows, details = [], []
     for name, folder in models:
-        report = os.path.join(args.out, f"profile_{name}.json")
+        report = os.path.join(args.out, f"profile_{name}_{args.precision}.json")
         subprocess.run([args.xaiclip, "profile", "--device", "cpu", "--model", folder, "--sizes", args.sizes, "--batches", args.batches,
-                        "--repeat", str(args.repeat), "--json", report], check=True, stdout=subprocess.DEVNULL)
+                        "--repeat", str(args.repeat), "--precision", args.precision, "--json", report], check=True, stdout=subprocess.DEVNULL)
         with open(report) as f:
             ours = json.load(f)
         net, config = network(folder)
         for p in ours["profiles"]:
-            theirs, ops = torch_side(net, config["in_channels"], p["size"], p["batch"], args.repeat)
+            theirs, ops = torch_side(net, config["in_channels"], p["size"], p["batch"], args.repeat, args.precision)
             mine = p["median_seconds"]
             rows.append(f"| {name} | {p['size']}² | {p['batch']} | {1e3 * mine:.1f} | {1e3 * theirs:.1f} | {theirs / mine:.2f} | "
                         f"{p['flops'] / mine / 1e9:.0f} | {p['flops'] / theirs / 1e9:.0f} |")
@@ -124,9 +131,10 @@ def main():
     md.extend(rows)
     md.append("\nSlowest operators per side (xaiclip: backend calls by shapes, summed per forward; PyTorch: torch.profiler self CPU time):")
     md.extend(details)
-    with open(os.path.join(args.out, "forward.md"), "w") as f:
+    name = "forward.md" if args.precision == "f32" else f"forward_{args.precision}.md"
+    with open(os.path.join(args.out, name), "w") as f:
         f.write("\n".join(md) + "\n")
-    print(f"wrote {os.path.join(args.out, 'forward.md')}")
+    print(f"wrote {os.path.join(args.out, name)}")
 
 
 if __name__ == "__main__":
