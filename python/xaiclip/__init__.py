@@ -241,7 +241,8 @@ class Explainer:
       None: the bundled one.
     - ``clip``, ``coop``: CLIP (transformers CLIPModel) and CoOp folders; None: the bundled ones.
     - ``device``: "auto" (a GPU when usable), "cpu", "cuda" or "cuda:N". ``precision``: "f32", "tf32",
-      "bf16" (GPU convolutions). ``batch``: perturbed images per forward pass, a number or "auto".
+      "bf16" (GPU convolutions; on a CPU with AVX512-BF16 too, on AMX tiles where it has them).
+      ``batch``: perturbed images per forward pass, a number or "auto".
     - ``size``: side of the square model grid (None: the model's own; required when it states none).
     - ``modality``: "ct" (HU ``window``, default "-160,240") or "mr" (0.5-99.5th percentiles); neither
       given: the model's own normalisation where it has one (an nnU-Net's CTNormalization).

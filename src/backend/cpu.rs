@@ -8,6 +8,8 @@
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+#[cfg(target_arch = "x86_64")]
+mod transposed;
 mod volume;
 
 use super::perturb::{MaskBatch, ScoreKind};
@@ -518,6 +520,11 @@ impl Backend for CpuBackend {
         ensure!(wcin == cin, "conv_transpose2d: input has {cin} channels, weight expects {wcin}");
         ensure!(k == k2, "conv_transpose2d: only square kernels (kernel = stride) are supported, got {k}x{k2}");
         let bias = vector_arg(bias, cout, "conv_transpose2d bias")?;
+        #[cfg(target_arch = "x86_64")]
+        if transposed::applies(k) {
+            let y = transposed::conv_transpose2x2(x.data(), weight.data(), bias, [n, cin, h, w], cout);
+            return Tensor::new(&[n, cout, h * k, w * k], y);
+        }
         // The 3-D code with one slice: the same GEMM and scatter.
         let at = super::volume::Transposed::kernel_stride([1, k, k]);
         let g = super::volume::ConvTranspose3d::checked(n, (cin, cin, cout), [1, h, w], [1, k, k], at)?;

@@ -47,7 +47,7 @@ fn tile_permission() -> bool {
 }
 
 /// Whether the tile kernel takes `g`: stride 1, and at least 16 input channels (fewer leave most of a
-/// tile's K empty; the `vdpbf16ps` kernel keeps those, such as a U-Net's 1-channel input conv).
+/// tile's K empty; the backend runs those, such as a U-Net's 1-channel input conv, in f32).
 pub(super) fn applies(g: &Conv3d) -> bool {
     g.stride == [1; 3] && g.cin >= 16 && available()
 }
