@@ -641,28 +641,41 @@ fn monai_bundles_that_cannot_be_used() {
         &reoriented,
         &["preprocessing", "Orientationd after Spacingd is not reproduced (MONAI's zoo reorients first)"],
     );
-    // Orientationd: an axis code is applied (info says so); a code without one of each pair is not.
-    for (code, expect) in [
-        (serde_json::json!("LPI"), None),
-        (serde_json::json!("RRS"), Some("axis code \"RRS\": expected three letters, one of each pair R/L, A/P, S/I")),
-        (serde_json::Value::Null, Some("Orientationd without axcodes")),
+    // Orientationd: an axis code is applied (info says so), as_closest_canonical as RAS (MONAI ignores
+    // axcodes then); a code without one of each pair, no code at all, or other labels are not.
+    let orientation = |code: serde_json::Value, extra: serde_json::Value| {
+        let mut t = serde_json::json!({"_target_": "Orientationd", "keys": "image", "axcodes": code});
+        t.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        t
+    };
+    let no = serde_json::json!({});
+    for (name, transform, expect) in [
+        ("lpi", orientation("LPI".into(), no.clone()), Ok("LPI")),
+        ("canonical", orientation("LPI".into(), serde_json::json!({"as_closest_canonical": true})), Ok("RAS")),
+        (
+            "rrs",
+            orientation("RRS".into(), no.clone()),
+            Err("axis code \"RRS\": expected three letters, one of each pair R/L, A/P, S/I"),
+        ),
+        ("none", orientation(serde_json::Value::Null, no.clone()), Err("Orientationd without axcodes")),
+        (
+            "labels",
+            orientation("RAS".into(), serde_json::json!({"labels": [["R", "L"], ["A", "P"], ["I", "S"]]})),
+            Err("Orientationd labels are not reproduced (MONAI's default pairs L/R, P/A, I/S are)"),
+        ),
     ] {
-        let name = format!("orientation-{}", code.as_str().unwrap_or("none"));
-        let dir = from("basicunet_3d", &name, &|c: &mut serde_json::Value| {
-            c["preprocessing"]["transforms"]
-                .as_array_mut()
-                .unwrap()
-                .insert(2, serde_json::json!({"_target_": "Orientationd", "keys": "image", "axcodes": code.clone()}))
+        let dir = from("basicunet_3d", &format!("orientation-{name}"), &|c: &mut serde_json::Value| {
+            c["preprocessing"]["transforms"].as_array_mut().unwrap().insert(2, transform.clone())
         });
         match expect {
-            Some(expect) => {
+            Err(expect) => {
                 info(&dir, &["preprocessing", expect]);
             }
-            None => {
+            Ok(code) => {
                 let o = xaiclip(&["info", dir.to_str().unwrap()]);
                 assert!(o.status.success(), "{}", stderr(&o));
                 let out = String::from_utf8_lossy(&o.stdout);
-                assert!(out.contains("voxels:     reoriented to LPI (as MONAI's Orientationd)"), "{out}");
+                assert!(out.contains(&format!("voxels:     reoriented to {code} (as MONAI's Orientationd)")), "{out}");
             }
         }
     }

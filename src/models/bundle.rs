@@ -441,11 +441,17 @@ fn preprocessing(root: &Value) -> Result<Preprocessing> {
                 _ => bail!("Resized: only a square spatial_size [n, n] is reproduced (the model grid)"),
             },
             "Orientation" => {
-                let code = t.get("axcodes").and_then(Value::as_str).context("Orientationd without axcodes")?;
                 ensure!(
-                    !t.get("as_closest_canonical").and_then(Value::as_bool).unwrap_or(false),
-                    "Orientationd with as_closest_canonical: give axcodes instead"
+                    t.get("labels").is_none_or(Value::is_null),
+                    "Orientationd labels are not reproduced (MONAI's default pairs L/R, P/A, I/S are)"
                 );
+                // as_closest_canonical is nibabel's closest canonical orientation, RAS (MONAI then ignores
+                // axcodes; with MONAI 1.6.1 the two give equal arrays and affines, permuted axes included).
+                let code = if t.get("as_closest_canonical").and_then(Value::as_bool).unwrap_or(false) {
+                    "RAS"
+                } else {
+                    t.get("axcodes").and_then(Value::as_str).context("Orientationd without axcodes")?
+                };
                 ensure!(
                     spacing.is_none(),
                     "Orientationd after Spacingd is not reproduced (MONAI's zoo reorients first)"
