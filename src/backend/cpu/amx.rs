@@ -209,11 +209,12 @@ impl Job<'_> {
         };
         asm!("ldtilecfg [{}]", in(reg) self.config.0.as_ptr(), options(nostack, readonly));
         for b0 in (0..blocks).step_by(CO) {
+            // Block b0 + i; a missing last block repeats b0 (computed, not stored).
+            let block = |i: usize| if b0 + i < blocks { b0 + i } else { b0 };
             for step in steps.clone() {
                 let run = run(step);
-                // C starts at the bias (rows of block b0 + i; a missing last block repeats b0).
-                let c0 =
-                    |i: usize| self.bias_tiles.as_ptr().add(if b0 + i < blocks { b0 + i } else { b0 } * TILE * TILE);
+                // C starts at the bias (rows of block i).
+                let c0 = |i: usize| self.bias_tiles.as_ptr().add(block(i) * TILE * TILE);
                 asm!(
                     "tileloadd tmm0, [{p0} + {s}*1]",
                     "tileloadd tmm1, [{p1} + {s}*1]",
@@ -227,10 +228,9 @@ impl Job<'_> {
                     for (kz, ky, kx) in (0..kd).flat_map(|z| (0..kh).flat_map(move |y| (0..kw).map(move |x| (z, y, x))))
                     {
                         let t = (kz * kh + ky) * kw + kx;
-                        // A: the weight tile of block b (a missing last block repeats b0, not stored).
+                        // A: the weight tile of block i.
                         let a = |i: usize| {
-                            let b = if b0 + i < blocks { b0 + i } else { b0 };
-                            self.packed.as_ptr().add(((b * self.k_steps + k) * taps + t) * TILE * self.pairs)
+                            self.packed.as_ptr().add(((block(i) * self.k_steps + k) * taps + t) * TILE * self.pairs)
                         };
                         // B: 16 voxels from the run's tap position in each of the step's pair planes.
                         let b = |j: usize| {
@@ -308,12 +308,7 @@ unsafe fn store(c: usize, p: *mut f32, stride: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::volume::im2col_conv3d;
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let rng = crate::rng::Philox::new(seed);
-        (0..n as u64).map(|i| rng.uniform(i) * 2.0 - 1.0).collect()
-    }
+    use crate::backend::cpu::direct::tests::{case, max_abs_diff, rounded_reference, SkipCase};
 
     #[test]
     fn tile_convolution_matches_im2col_on_the_rounded_operands() {
@@ -335,30 +330,12 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let g = Conv3d::new(
-                &[n, cin, input[0], input[1], input[2]],
-                &[cout, cin, kernel[0], kernel[1], kernel[2]],
-                [1; 3],
-                pad,
-            )
-            .unwrap();
-            let x = random(n * cin * input.iter().product::<usize>(), 5 * seed as u64);
-            let w = random(cout * cin * kernel.iter().product::<usize>(), 5 * seed as u64 + 1);
-            let b = random(cout, 5 * seed as u64 + 2);
-            let round = |v: &[f32]| v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect::<Vec<_>>();
-            let len = n * cout * g.output.iter().product::<usize>();
-            let mut rounded = vec![f32::NAN; len];
-            im2col_conv3d(&round(&x), &round(&w), Some(&b), &g, &mut rounded);
+            let (g, x, w, b) = case((n, cin, cout), input, kernel, pad, 5 * seed as u64);
+            let rounded = rounded_reference(&x, &w, &b, &g);
             let tiles = conv3d(x[..].into(), &w, Some(&b), &g);
-            assert_eq!(tiles.len(), len);
+            assert_eq!(tiles.len(), rounded.len());
             // Sums of up to ~1900 products of O(1) in another order: ~1e-5 absolute; a NaN fails.
-            let err = tiles.iter().zip(&rounded).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| {
-                if d.is_nan() {
-                    f32::INFINITY
-                } else {
-                    m.max(d)
-                }
-            });
+            let err = max_abs_diff(&tiles, &rounded);
             assert!(err < 1e-4, "case {seed} (cin {cin}, cout {cout}): max |diff| {err} against the rounded operands");
         }
     }
@@ -369,17 +346,13 @@ mod tests {
             println!("SKIP: this CPU or kernel has no AMX-BF16; the tile kernel never runs here");
             return;
         }
-        let (n, (c1, c2), (h, w), cout) = (2, (16, 16), (7, 21), 20);
-        let g = Conv3d::new(&[n, c1 + c2, 1, h, w], &[cout, c1 + c2, 1, 3, 3], [1; 3], [0, 1, 1]).unwrap();
-        let (x, skip) = (random(n * c1 * h * w, 1), random(n * c2 * h * w, 2));
-        let (weight, bias) = (random(cout * (c1 + c2) * 9, 3), random(cout, 4));
-        let joined: Vec<f32> = (0..n)
-            .flat_map(|i| [&x[i * c1 * h * w..][..c1 * h * w], &skip[i * c2 * h * w..][..c2 * h * w]].concat())
-            .collect();
-        let whole = conv3d(joined[..].into(), &weight, Some(&bias), &g);
-        assert_eq!(conv3d(Input { x: &x, skip: &skip }, &weight, Some(&bias), &g), whole);
-        let one = Conv3d { n: 1, ..g };
-        let first = conv3d(joined[..(c1 + c2) * h * w].into(), &weight, Some(&bias), &one);
+        let (c1, c2, h, w, cout) = (16, 16, 7, 21, 20);
+        let c = SkipCase::new(2, (c1, c2), (h, w), cout);
+        let (weight, bias) = (&c.weight, Some(&c.bias[..]));
+        let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
+        assert_eq!(conv3d(c.input(), weight, bias, &c.g), whole);
+        let one = Conv3d { n: 1, ..c.g };
+        let first = conv3d(c.joined[..(c1 + c2) * h * w].into(), weight, bias, &one);
         assert_eq!(first, whole[..cout * h * w], "an image alone: bit for bit");
     }
 }

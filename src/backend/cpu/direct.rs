@@ -424,14 +424,78 @@ unsafe fn output_row<V: Vector, const BLOCK: usize, const CHUNKS: usize>(job: &R
     }
 }
 
+/// Random cases and comparisons the CPU kernels' tests share (the AMX and transposed kernels' too).
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backend::cpu::volume::im2col_conv3d;
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
+    /// `n` values uniform in [-1, 1) from `seed`.
+    pub(in crate::backend::cpu) fn random(n: usize, seed: u64) -> Vec<f32> {
         let rng = crate::rng::Philox::new(seed);
         (0..n as u64).map(|i| rng.uniform(i) * 2.0 - 1.0).collect()
+    }
+
+    /// A stride-1 convolution case: its geometry and random input, weight and bias (seeds `seed`,
+    /// `seed + 1`, `seed + 2`).
+    pub(in crate::backend::cpu) fn case(
+        (n, cin, cout): (usize, usize, usize),
+        input: [usize; 3],
+        kernel: [usize; 3],
+        pad: [usize; 3],
+        seed: u64,
+    ) -> (Conv3d, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let g = Conv3d::new(
+            &[n, cin, input[0], input[1], input[2]],
+            &[cout, cin, kernel[0], kernel[1], kernel[2]],
+            [1; 3],
+            pad,
+        )
+        .unwrap();
+        let x = random(n * cin * input.iter().product::<usize>(), seed);
+        let w = random(cout * cin * kernel.iter().product::<usize>(), seed + 1);
+        (g, x, w, random(cout, seed + 2))
+    }
+
+    /// im2col + GEMM of the bf16-rounded input and weight (bias as is): a bf16 kernel's result up to
+    /// the order of its f32 sums.
+    pub(in crate::backend::cpu) fn rounded_reference(x: &[f32], w: &[f32], b: &[f32], g: &Conv3d) -> Vec<f32> {
+        let round = |v: &[f32]| v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect::<Vec<_>>();
+        let mut rounded = vec![f32::NAN; g.n * g.cout * g.output.iter().product::<usize>()];
+        im2col_conv3d(&round(x), &round(w), Some(b), g, &mut rounded);
+        rounded
+    }
+
+    /// A 3x3 convolution of `n` images of `c1` own + `c2` skip channels, h x w: its geometry, the two
+    /// inputs, their concatenation per image, weight and bias.
+    pub(in crate::backend::cpu) struct SkipCase {
+        pub g: Conv3d,
+        pub x: Vec<f32>,
+        pub skip: Vec<f32>,
+        pub joined: Vec<f32>,
+        pub weight: Vec<f32>,
+        pub bias: Vec<f32>,
+    }
+
+    impl SkipCase {
+        pub(in crate::backend::cpu) fn new(
+            n: usize,
+            (c1, c2): (usize, usize),
+            (h, w): (usize, usize),
+            cout: usize,
+        ) -> Self {
+            let g = Conv3d::new(&[n, c1 + c2, 1, h, w], &[cout, c1 + c2, 1, 3, 3], [1; 3], [0, 1, 1]).unwrap();
+            let (x, skip) = (random(n * c1 * h * w, 1), random(n * c2 * h * w, 2));
+            let (weight, bias) = (random(cout * (c1 + c2) * 9, 3), random(cout, 4));
+            let joined = (0..n)
+                .flat_map(|i| [&x[i * c1 * h * w..][..c1 * h * w], &skip[i * c2 * h * w..][..c2 * h * w]].concat())
+                .collect();
+            SkipCase { g, x, skip, joined, weight, bias }
+        }
+
+        pub(in crate::backend::cpu) fn input(&self) -> Input<'_> {
+            Input { x: &self.x, skip: &self.skip }
+        }
     }
 
     #[test]
@@ -460,16 +524,7 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let g = Conv3d::new(
-                &[n, cin, input[0], input[1], input[2]],
-                &[cout, cin, kernel[0], kernel[1], kernel[2]],
-                [1; 3],
-                pad,
-            )
-            .unwrap();
-            let x = random(n * cin * input.iter().product::<usize>(), 3 * seed as u64);
-            let w = random(cout * cin * kernel.iter().product::<usize>(), 3 * seed as u64 + 1);
-            let b = random(cout, 3 * seed as u64 + 2);
+            let (g, x, w, b) = case((n, cin, cout), input, kernel, pad, 3 * seed as u64);
             let len = n * cout * g.output.iter().product::<usize>();
             let mut reference = vec![f32::NAN; len];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
@@ -483,9 +538,7 @@ mod tests {
             // bf16: the same convolution of the bf16-rounded inputs and weights, so only the order of
             // the f32 sums differs (odd cin leaves half of the last pair zero).
             if bf16_available() {
-                let round = |v: &[f32]| v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect::<Vec<_>>();
-                let mut rounded = vec![f32::NAN; len];
-                im2col_conv3d(&round(&x), &round(&w), Some(&b), &g, &mut rounded);
+                let rounded = rounded_reference(&x, &w, &b, &g);
                 let direct = conv3d_bf16(x[..].into(), &w, Some(&b), &g);
                 assert_eq!(direct.len(), len);
                 let err = max_abs_diff(&direct, &rounded);
@@ -503,28 +556,23 @@ mod tests {
     #[test]
     fn a_skip_read_in_place_equals_the_concatenated_input() {
         // Two images of 3 + 5 channels (an odd split, and an odd total for the bf16 pairs), 9 x 13 pixels.
-        let (n, (c1, c2), (h, w), cout) = (2, (3, 5), (9, 13), 6);
-        let g = Conv3d::new(&[n, c1 + c2, 1, h, w], &[cout, c1 + c2, 1, 3, 3], [1; 3], [0, 1, 1]).unwrap();
-        let (x, skip) = (random(n * c1 * h * w, 1), random(n * c2 * h * w, 2));
-        let (weight, bias) = (random(cout * (c1 + c2) * 9, 3), random(cout, 4));
-        let joined: Vec<f32> = (0..n)
-            .flat_map(|i| [&x[i * c1 * h * w..][..c1 * h * w], &skip[i * c2 * h * w..][..c2 * h * w]].concat())
-            .collect();
+        let c = SkipCase::new(2, (3, 5), (9, 13), 6);
+        let (g, weight, bias) = (&c.g, &c.weight, Some(&c.bias[..]));
         let Some(cap) = capability() else {
             println!("SKIP: this CPU has neither AVX2+FMA nor AVX-512F; the direct kernel never runs here");
             return;
         };
-        let whole = conv3d_with(cap, joined[..].into(), &weight, Some(&bias), &g);
-        let split = conv3d_with(cap, Input { x: &x, skip: &skip }, &weight, Some(&bias), &g);
+        let whole = conv3d_with(cap, c.joined[..].into(), weight, bias, g);
+        let split = conv3d_with(cap, c.input(), weight, bias, g);
         assert_eq!(split, whole, "same values in the same order: bit for bit");
         if bf16_available() {
-            let whole = conv3d_bf16(joined[..].into(), &weight, Some(&bias), &g);
-            assert_eq!(conv3d_bf16(Input { x: &x, skip: &skip }, &weight, Some(&bias), &g), whole);
+            let whole = conv3d_bf16(c.joined[..].into(), weight, bias, g);
+            assert_eq!(conv3d_bf16(c.input(), weight, bias, g), whole);
         }
     }
 
     /// Largest |a - b|; a NaN on either side is infinite.
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    pub(in crate::backend::cpu) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).fold(0f32, |m, (a, b)| {
             let d = (a - b).abs();
             if d.is_nan() {

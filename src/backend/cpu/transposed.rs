@@ -116,12 +116,8 @@ impl Job<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::direct::tests::{max_abs_diff, random};
     use crate::backend::volume::{ConvTranspose3d, Transposed};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let rng = crate::rng::Philox::new(seed);
-        (0..n as u64).map(|i| rng.uniform(i) * 2.0 - 1.0).collect()
-    }
 
     #[test]
     fn the_2x2_kernel_matches_the_gemm_path() {
@@ -143,13 +139,7 @@ mod tests {
             let got = conv_transpose2x2(&x, &weight, Some(&bias), [n, cin, h, w], cout);
             assert_eq!(got.len(), reference.data().len());
             // Sums of cin O(1) products in another order; a NaN fails.
-            let err = got.iter().zip(reference.data()).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| {
-                if d.is_nan() {
-                    f32::INFINITY
-                } else {
-                    m.max(d)
-                }
-            });
+            let err = max_abs_diff(&got, reference.data());
             assert!(err < 1e-5, "case {seed} (cin {cin}, cout {cout}, w {w}): max |diff| {err}");
         }
     }
