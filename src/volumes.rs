@@ -228,8 +228,11 @@ impl View {
                 ensure!(axes.iter().all(|&(_, flip)| !flip), "nnU-Net's arrays are not flipped");
                 view.crop = Some(axes.map(|(a, _)| nonzero[a].clone()));
             }
-            let target: [f64; 3] =
-                model.spacing[..].try_into().context("a 3-D nnU-Net configuration has 3 spacings")?;
+            // A 2d configuration keeps the spacing between slices (nnU-Net's preprocessor and export).
+            let target: [f64; 3] = match model.spacing[..] {
+                [h, w] => [view.spacing[0], h, w],
+                _ => model.spacing[..].try_into().context("a 3-D nnU-Net configuration has 3 spacings")?,
+            };
             let dims = resample::new_shape(view.cropped_dims(), view.spacing, target);
             if dims != view.cropped_dims() {
                 let how = match &model.resampling {
@@ -470,7 +473,10 @@ fn model_input<B: Backend>(
     window: &SlidingWindow,
     intensity: Option<Intensity>,
 ) -> Result<ModelInput> {
-    ensure!(model.spatial_dims() == 3, "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3)");
+    ensure!(
+        model.spatial_dims() == 3 || matches!(model, SegModel::NnUNet { .. }),
+        "a 2-D U-Net explains slices; whole volumes need a 3-D one (spatial_dims 3) or an nnU-Net 2d configuration"
+    );
     ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     let view = View::of(model, volume)?;
     let dims = view.dims();
@@ -640,6 +646,19 @@ pub fn model_window(dir: &std::path::Path) -> Option<SlidingWindow> {
     Some(SlidingWindow { batch: 4, ..window })
 }
 
+/// The sliding window with which the model in `dir` predicts whole volumes: a 3-D model's own
+/// ([`model_window`]), or an nnU-Net 2d configuration's, which nnUNetPredictor runs over every slice of
+/// the cropped, resampled volume with its 2-D patch as a (1, H, W) tile; None for other 2-D models.
+pub fn volume_window(dir: &std::path::Path) -> Option<SlidingWindow> {
+    if let (2, true) =
+        (SegModel::<crate::backend::CpuBackend>::describe_dir(dir)?.0, crate::models::nnunet::is_result_folder(dir))
+    {
+        let [h, w] = crate::models::nnunet::patch_of(dir)?[..].try_into().ok()?;
+        return Some(SlidingWindow { batch: 4, ..SlidingWindow::nnunet([1, h, w]) });
+    }
+    model_window(dir)
+}
+
 /// The intensity window the 3-D model in `dir` gets its input with: `asked`, else its own, else the
 /// abdomen CT window (a window other than the model's own is refused).
 pub fn model_intensity(dir: &std::path::Path, asked: Option<Intensity>) -> Result<Intensity> {
@@ -672,8 +691,11 @@ pub fn segment_volume_on(
         if mirror {
             model.enable_mirroring(b).with_context(|| dir.display().to_string())?;
         }
-        let window = window.or_else(|| model_window(dir)).ok_or_else(|| {
-            anyhow::anyhow!("{}: a 2-D model segments slices; whole volumes need a 3-D one", dir.display())
+        let window = window.or_else(|| volume_window(dir)).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: a 2-D model segments slices; whole volumes need a 3-D one or an nnU-Net 2d configuration",
+                dir.display()
+            )
         })?;
         let logits = predict_volume(b, &model, volume, &window, intensity)?;
         let n = volume.voxel_count();

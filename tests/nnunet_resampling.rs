@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use xaiclip::backend::CpuBackend;
 use xaiclip::models::SegModel;
 use xaiclip::resample::{new_shape, resample, Orders};
-use xaiclip::volumes::{model_window, predict_volume, segment_volume_on};
+use xaiclip::volumes::{predict_volume, segment_volume_on, volume_window};
 use xaiclip::weights::WeightsFile;
 use xaiclip::{Device, Precision};
 
@@ -40,23 +40,26 @@ fn resampling_matches_nnunet_on_every_path() {
     }
 }
 
-#[test]
-fn volumes_at_other_spacings_or_with_zero_borders_are_cropped_and_resampled_as_nnunet_predicts_them() {
-    let ct = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
-    let mr = repo().join("tests/fixtures/nnunet_zscore/Dataset003_TinyMR/nnUNetTrainer__nnUNetPlans__3d_fullres");
-    let reference = WeightsFile::open(&fixture("reference.safetensors")).unwrap();
-    let bytes = std::fs::read(fixture("reference.safetensors")).unwrap();
+/// The three cases through `configuration`'s models of both data sets, against the predictor's logits
+/// and labels in `reference`.
+fn predicts_as_nnunet(configuration: &str, reference: &str) {
+    let ct = repo().join(format!("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__{configuration}"));
+    let mr = repo()
+        .join(format!("tests/fixtures/nnunet_zscore/Dataset003_TinyMR/nnUNetTrainer__nnUNetPlans__{configuration}"));
+    let reference_file = fixture(reference);
+    let reference = WeightsFile::open(&reference_file).unwrap();
+    let bytes = std::fs::read(&reference_file).unwrap();
     let raw = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for (case, dir) in [("coarse", &ct), ("fine", &ct), ("cropped_mr", &mr)] {
         let model = SegModel::load_dir(&CpuBackend, dir).unwrap();
-        let window = model_window(dir).unwrap();
+        let window = volume_window(dir).unwrap();
         let image = fixture(&format!("{case}.nii.gz"));
         let volume = xaiclip::io::read_image(&image).unwrap();
         let logits = predict_volume(&CpuBackend, &model, &volume, &window, None).unwrap();
         let expected = reference.get(&format!("{case}.logits")).unwrap();
         let (err, scale) = max_error(&logits, expected.data());
         println!(
-            "{case}: {:?} voxels at {:.2?} mm: logits max |diff| {err:.2e} of max |logit| {scale:.2}",
+            "{configuration} {case}: {:?} voxels at {:.2?} mm: logits max |diff| {err:.2e} of max |logit| {scale:.2}",
             volume.dims,
             volume.spacing()
         );
@@ -66,10 +69,21 @@ fn volumes_at_other_spacings_or_with_zero_borders_are_cropped_and_resampled_as_n
         let (ties, moved) = predictor_label_differences(case, &labels, expected.data(), &predictor, err);
         let n = volume.voxel_count();
         println!(
-            "{case}: {n} voxels, {moved} labelled otherwise by nnUNetPredictor (its float16 sums), {ties} float32 ties"
+            "{configuration} {case}: {n} voxels, {moved} labelled otherwise by nnUNetPredictor (its float16 sums), {ties} float32 ties"
         );
         assert!(ties * 1000 <= n && moved * 50 <= n, "{case}: {ties} ties, {moved} moved");
     }
+}
+
+#[test]
+fn volumes_at_other_spacings_or_with_zero_borders_are_cropped_and_resampled_as_nnunet_predicts_them() {
+    predicts_as_nnunet("3d_fullres", "reference.safetensors");
+}
+
+#[test]
+fn a_2d_configuration_predicts_volumes_slice_by_slice_as_nnunet_does() {
+    // Cropped, resampled in plane (the spacing between slices kept), each slice tiled with the 2-D patch.
+    predicts_as_nnunet("2d", "reference_2d.safetensors");
 }
 
 #[test]
@@ -136,4 +150,39 @@ fn slices_through_a_2d_model_warn_where_nnunet_would_prepare_them_otherwise() {
     // A 3-D configuration does all of it itself.
     let ct = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
     assert_eq!(SegModel::load_dir(&CpuBackend, &ct).unwrap().slice_geometry_warning(&coarse, grid), None);
+}
+
+#[test]
+fn segment_runs_a_2d_configuration_over_the_whole_volume_unless_slices_are_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
+    let image = fixture("coarse.nii.gz");
+    let (whole, some) = (dir.path().join("whole.nii.gz"), dir.path().join("some.nii.gz"));
+    let run = |out: &std::path::Path, slices: &str| {
+        let args = ["segment", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap()];
+        xaiclip(&[&args[..], &["--slice", slices, "--out", out.to_str().unwrap()]].concat())
+    };
+    let o = run(&whole, "all");
+    assert!(o.status.success() && stderr(&o).contains("segmented the whole volume"), "{}", stderr(&o));
+    let labels: Vec<u8> = xaiclip::io::read_image(&whole).unwrap().data.iter().map(|&v| v as u8).collect();
+    let bytes = std::fs::read(fixture("reference_2d.safetensors")).unwrap();
+    let raw = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let predictor = raw.tensor("coarse.labels").unwrap().data().to_vec();
+    let differ = labels.iter().zip(&predictor).filter(|(a, b)| a != b).count();
+    assert!(differ <= 2, "{differ} of {} labels differ from nnUNetPredictor's", labels.len());
+    // Asked slices go through the slice path, resized to the model grid, with the warning that says so.
+    let o = run(&some, "3,4");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nnUNetPredictor would resample") && stderr(&o).contains("segmented 2 slices"),
+        "{}",
+        stderr(&o)
+    );
+    // info says so.
+    let o = xaiclip(&["info", "--model", model.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("volumes:    segment --slice all") && out.contains("in plane, the spacing between slices kept"),
+        "{out}"
+    );
 }

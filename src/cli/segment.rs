@@ -40,8 +40,14 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     // Refused before any work: the name decides the format.
     io::nifti::output_suffix(&cmd.out)?;
     let volume = io::read_image(&cmd.image)?;
-    // A 3-D model segments the whole volume with its own sliding window.
-    if let Some((dir, window)) = cmd.unet.as_deref().and_then(|d| Some((d, xaiclip::volumes::model_window(d)?))) {
+    // A 3-D model segments the whole volume with its own sliding window; so does an nnU-Net 2d
+    // configuration asked for every slice, as nnUNetPredictor does (crop, resampling, its 2-D patch).
+    let whole = |d: &std::path::Path| match xaiclip::volumes::model_window(d) {
+        Some(window) => Some(window),
+        None if cmd.slice == "all" && cmd.size.is_none() => xaiclip::volumes::volume_window(d),
+        None => None,
+    };
+    if let Some((dir, window)) = cmd.unet.as_deref().and_then(|d| Some((d, whole(d)?))) {
         if cmd.slice != "all" || cmd.size.is_some() {
             anyhow::bail!("--slice and --size are for slices; a 3-D model segments the whole volume (--slice all)");
         }

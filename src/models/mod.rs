@@ -382,8 +382,15 @@ impl<B: Backend> SegModel<B> {
         }
     }
 
-    /// Logits (N, classes, spatial...) for a batch of windowed inputs in [0, 1] on the model grid.
+    /// Logits (N, classes, spatial...) for a batch of windowed inputs in [0, 1] on the model grid. A 2-D
+    /// model also takes one-slice volumes (N, C, 1, H, W), the tiles of an nnU-Net 2d configuration's
+    /// sliding window over a volume, and gives (N, classes, 1, H, W).
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
+        if let (2, &[n, c, 1, h, w]) = (self.spatial_dims(), b.shape(x)) {
+            let y = self.forward_logits(b, &b.reshape(x.clone(), &[n, c, h, w])?)?;
+            let classes = b.shape(&y)[1];
+            return b.reshape(y, &[n, classes, 1, h, w]);
+        }
         let map = match self {
             SegModel::NnUNet { input_map, .. } | SegModel::Bundle { input_map, .. } => input_map.as_ref(),
             SegModel::Basic(_) => None,

@@ -922,7 +922,7 @@ impl<B: Backend> NnUNet<B> {
         }
         (!what.is_empty()).then(|| {
             format!(
-                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (3d configurations do all of this exactly)",
+                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (3d configurations do all of this exactly, and so does `segment` of every slice)",
                 volume.source.display(),
                 what.join(", ")
             )
@@ -933,8 +933,9 @@ impl<B: Backend> NnUNet<B> {
     pub fn describe_volume(&self) -> String {
         match self.orientation {
             Orientation::Voxel([d, h, w]) => format!(
-                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; cropped to the nonzero voxels' box (0 outside it, labelled background) and resampled to the plans' spacing {:?} mm as nnU-Net does ({})",
+                "nnU-Net's array: the file's (k, j, i) transposed by transpose_forward, (D, H, W) along file axes {d}, {h}, {w}; cropped to the nonzero voxels' box (0 outside it, labelled background) and resampled to the plans' spacing {:?} mm{} as nnU-Net does ({})",
                 self.spacing,
+                if self.spacing.len() == 2 { " in plane, the spacing between slices kept," } else { "" },
                 match &self.resampling {
                     Ok(r) => format!(
                         "input: spline order {}, logits back: {}; along the coarse axis of an anisotropic case {} and {}",

@@ -111,6 +111,9 @@ impl SlidingWindow {
                     .map_or(1, |d| d + 1);
                 (0..count).map(|i| (i * interval).min(padded[a] - roi[a])).collect()
             }
+            // A 2d configuration's (1, H, W) tile: nnUNetPredictor visits each slice once (its step
+            // rule would place slices twice).
+            Tiling::NnUNet if roi[a] == 1 => (0..padded[a]).collect(),
             Tiling::NnUNet => {
                 let target = roi[a] as f64 * (1.0 - self.overlap);
                 let count = ((padded[a] - roi[a]) as f64 / target).ceil() as usize + 1;
@@ -348,6 +351,9 @@ mod tests {
         // A step of 2.5: numpy rounds half to even.
         let plan = SlidingWindow::nnunet([6, 6, 6]).plan([11, 6, 6]).unwrap();
         assert_eq!(plan.starts[0], vec![0, 2, 5]);
+        // A 2d configuration's (1, H, W) tile: every slice once.
+        let plan = SlidingWindow::nnunet([1, 6, 6]).plan([4, 6, 6]).unwrap();
+        assert_eq!(plan.starts[0], vec![0, 1, 2, 3]);
         // The Gaussian peaks at n // 2 with 10 and has no zeros.
         let map = SlidingWindow::nnunet([4, 6, 8]).importance_map();
         let peak = (2 * 6 + 3) * 8 + 4;
