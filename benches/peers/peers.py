@@ -9,6 +9,9 @@ PyTorch with the same weights loaded into MONAI's BasicUNet:
   with a NumPy port of its Philox4x32-10 stream and mask construction;
 - Captum Lime and KernelShap and the `lime` package over xaiclip's superpixels.
 
+--size runs both sides at another model input side (xaiclip resizes the slice to it; the peers take
+xaiclip's exported input, so both see the same image): issue #21's 128², 256² and 512².
+
 The score is xaiclip's default: mean softmax probability of the organ over M0, the unperturbed predicted
 organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
 the map's largest magnitude; LIME/SHAP draw different random coalitions, so only their correlation is
@@ -109,8 +112,11 @@ def load_unet(weights):
         return NnUNetOnWindow(weights).eval()
     from monai.networks.nets import BasicUNet
 
-    cfg = json.load(open(os.path.join(weights, "config.json")))
-    cfg.pop("input_size", None)
+    import inspect
+
+    # config.json also holds xaiclip's own keys (input_size, modalities, ...): keep BasicUNet's arguments.
+    params = inspect.signature(BasicUNet).parameters
+    cfg = {k: v for k, v in json.load(open(os.path.join(weights, "config.json"))).items() if k in params}
     for k in ("act", "norm"):
         if isinstance(cfg.get(k), list):
             cfg[k] = tuple(cfg[k])
@@ -173,6 +179,7 @@ def main():
     ap.add_argument("--label")
     ap.add_argument("--label-ids", default="flare22")
     ap.add_argument("--organ", default="liver")
+    ap.add_argument("--size", type=int, help="model input side (both sides run the slice resized to it); default: the model's own")
     a = ap.parse_args()
     case = ["--demo"] if a.image is None else [
         "--image", a.image, "--label", a.label, "--label-ids", a.label_ids, "--slice", "organ-center", "--organ", a.organ, "--unet", a.weights]
@@ -181,7 +188,8 @@ def main():
     export = os.path.join(a.out, "arrays")
     subprocess.run(
         [a.xaiclip, "bench", *case, "--roi", "clip", "--repeat", str(a.repeat), "--masks", str(a.rise_masks), "--samples", str(a.samples),
-         "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0", "--json", os.path.join(a.out, "xaiclip.json"), "--export", export],
+         "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0", "--json", os.path.join(a.out, "xaiclip.json"), "--export", export,
+         *(["--size", str(a.size)] if a.size else [])],
         check=True,
     )
     bench = json.load(open(os.path.join(a.out, "xaiclip.json")))
@@ -290,7 +298,7 @@ def main():
     by = {(r["method"], r["implementation"]): r for r in rows}
     lines = [
         f"Same slice ({'bundled phantom, seed 7' if a.image is None else a.image}, organ-center {a.organ}), {a.weights}, score mean-prob over M0, zero baseline; "
-        f"{os.cpu_count()} cores; seconds = median of {a.repeat}; RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
+        f"{os.cpu_count()} cores; model input {size}x{size}; seconds = median of {a.repeat}; RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
         "",
         "| method | implementation | seconds | forward passes | max abs diff / max abs | Pearson r | xaiclip full-image speed-up | xaiclip ROI speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -2,7 +2,7 @@
 # Side-by-side timing and agreement of xaiclip against Captum, MONAI, the RISE algorithm in PyTorch and
 # the lime package, on the same weights, slice, target and settings. Opt-in (not in CI): makes a venv in
 # benches/peers/.venv (or uses $PYTHON), builds xaiclip, and writes benches/peers/out/peers.md.
-#   benches/peers/run.sh [--repeat R] [--rise-masks N] [--samples N]
+#   benches/peers/run.sh [--repeat R] [--rise-masks N] [--samples N] [--size 128|256|512] [--only METHODS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)

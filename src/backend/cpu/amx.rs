@@ -145,10 +145,12 @@ fn convolve<const CO: usize, const RUNS: usize>(
     let len = g.n * g.cout * plane;
     // Every output value is stored once below, so the buffer is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    for img in 0..g.n {
+    let out_base = super::SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    direct::for_each_image(g.n, |img, tasks_in_parallel| {
         let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
         let (input, row) = direct::padded::<Bf16Pair>(own, skip, g, TILE, k_steps * pairs);
-        let out_ptr = super::SharedMut(out.spare_capacity_mut()[img * g.cout * plane..].as_mut_ptr().cast());
+        // SAFETY: image img's output lies inside the buffer's capacity.
+        let out_ptr = super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) });
         let job = Job {
             input: &input,
             row,
@@ -160,13 +162,19 @@ fn convolve<const CO: usize, const RUNS: usize>(
             g,
             config: &config,
         };
-        (0..steps_of_runs.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            let first = task * per_task;
-            // SAFETY: AMX is available (applies); the task stores the output runs of its steps only,
-            // inside the buffer's capacity, and every tile read stays inside `input` and `packed`.
-            unsafe { job.run::<CO, RUNS>(first..(first + per_task).min(steps_of_runs), out_ptr.ptr()) }
-        });
-    }
+        // SAFETY: AMX is available (applies); a call stores the output runs of its steps only, inside the
+        // buffer's capacity, and every tile read stays inside `input` and `packed`.
+        let steps = |steps| unsafe { job.run::<CO, RUNS>(steps, out_ptr.ptr()) };
+        if tasks_in_parallel {
+            (0..steps_of_runs.div_ceil(per_task)).into_par_iter().for_each(|task| {
+                let first = task * per_task;
+                steps(first..(first + per_task).min(steps_of_runs))
+            });
+        } else {
+            // The whole image in one task: one tile configuration.
+            steps(0..steps_of_runs);
+        }
+    });
     // SAFETY: the tasks stored every (image, channel, voxel) value.
     unsafe { out.set_len(len) };
     out
@@ -308,7 +316,7 @@ unsafe fn store(c: usize, p: *mut f32, stride: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::direct::tests::{case, max_abs_diff, rounded_reference, SkipCase};
+    use crate::backend::cpu::direct::tests::{alone, case, max_abs_diff, on_two_threads, rounded_reference, SkipCase};
 
     #[test]
     fn tile_convolution_matches_im2col_on_the_rounded_operands() {
@@ -346,13 +354,15 @@ mod tests {
             println!("SKIP: this CPU or kernel has no AMX-BF16; the tile kernel never runs here");
             return;
         }
-        let (c1, c2, h, w, cout) = (16, 16, 7, 21, 20);
-        let c = SkipCase::new(2, (c1, c2), (h, w), cout);
+        // Four images on two threads: the batch runs one task per image, each image alone its runs in
+        // parallel tasks.
+        let c = SkipCase::new(4, (16, 16), (7, 21), 20);
         let (weight, bias) = (&c.weight, Some(&c.bias[..]));
-        let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
-        assert_eq!(conv3d(c.input(), weight, bias, &c.g), whole);
-        let one = Conv3d { n: 1, ..c.g };
-        let first = conv3d(c.joined[..(c1 + c2) * h * w].into(), weight, bias, &one);
-        assert_eq!(first, whole[..cout * h * w], "an image alone: bit for bit");
+        let (whole, split, each) = on_two_threads(|| {
+            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
+            (whole, conv3d(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d(x, weight, bias, g)))
+        });
+        assert_eq!(split, whole);
+        assert_eq!(each, whole, "each image alone: bit for bit");
     }
 }
