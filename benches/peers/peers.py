@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--label-ids", default="flare22")
     ap.add_argument("--organ", default="liver")
     ap.add_argument("--size", type=int, help="model input side (both sides run the slice resized to it); default: the model's own")
+    ap.add_argument("--roi-fallback", help="xaiclip's ROI mode where the CLIP ROI covers too little of the organ (e.g. clip+seg)")
     a = ap.parse_args()
     case = ["--demo"] if a.image is None else [
         "--image", a.image, "--label", a.label, "--label-ids", a.label_ids, "--slice", "organ-center", "--organ", a.organ, "--unet", a.weights]
@@ -189,7 +190,7 @@ def main():
     subprocess.run(
         [a.xaiclip, "bench", *case, "--roi", "clip", "--repeat", str(a.repeat), "--masks", str(a.rise_masks), "--samples", str(a.samples),
          "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0", "--json", os.path.join(a.out, "xaiclip.json"), "--export", export,
-         *(["--size", str(a.size)] if a.size else [])],
+         *(["--size", str(a.size)] if a.size else []), *(["--roi-fallback", a.roi_fallback] if a.roi_fallback else [])],
         check=True,
     )
     bench = json.load(open(os.path.join(a.out, "xaiclip.json")))
