@@ -650,11 +650,11 @@ pub fn model_window(dir: &std::path::Path) -> Option<SlidingWindow> {
 /// ([`model_window`]), or an nnU-Net 2d configuration's, which nnUNetPredictor runs over every slice of
 /// the cropped, resampled volume with its 2-D patch as a (1, H, W) tile; None for other 2-D models.
 pub fn volume_window(dir: &std::path::Path) -> Option<SlidingWindow> {
-    if let (2, true) =
-        (SegModel::<crate::backend::CpuBackend>::describe_dir(dir)?.0, crate::models::nnunet::is_result_folder(dir))
-    {
-        let [h, w] = crate::models::nnunet::patch_of(dir)?[..].try_into().ok()?;
-        return Some(SlidingWindow { batch: 4, ..SlidingWindow::nnunet([1, h, w]) });
+    // A result folder's patch has two sides exactly for a 2d configuration.
+    if crate::models::nnunet::is_result_folder(dir) {
+        if let [h, w] = crate::models::nnunet::patch_of(dir)?[..] {
+            return Some(SlidingWindow { batch: 4, ..SlidingWindow::nnunet([1, h, w]) });
+        }
     }
     model_window(dir)
 }

@@ -42,10 +42,9 @@ pub fn run(device: &DeviceArgs, cmd: SegmentCmd) -> Result<()> {
     let volume = io::read_image(&cmd.image)?;
     // A 3-D model segments the whole volume with its own sliding window; so does an nnU-Net 2d
     // configuration asked for every slice, as nnUNetPredictor does (crop, resampling, its 2-D patch).
-    let whole = |d: &std::path::Path| match xaiclip::volumes::model_window(d) {
-        Some(window) => Some(window),
-        None if cmd.slice == "all" && cmd.size.is_none() => xaiclip::volumes::volume_window(d),
-        None => None,
+    let whole = |d: &std::path::Path| match cmd.slice == "all" && cmd.size.is_none() {
+        true => xaiclip::volumes::volume_window(d),
+        false => xaiclip::volumes::model_window(d),
     };
     if let Some((dir, window)) = cmd.unet.as_deref().and_then(|d| Some((d, whole(d)?))) {
         if cmd.slice != "all" || cmd.size.is_some() {
