@@ -712,8 +712,14 @@ impl Explainer {
     /// slices otherwise ([`crate::models::SegModel::slice_geometry_warning`]).
     pub fn check_image(&self, volume: &Volume) -> Result<Vec<String>> {
         let modality = crate::preprocess::check_modality(volume, self.intensity.modality())?;
-        let geometry = with_engine!(self, |e| e.unet.slice_geometry_warning(volume, self.size));
-        Ok(modality.into_iter().chain(geometry).collect())
+        Ok(modality.into_iter().chain(self.geometry_warning(volume)).collect())
+    }
+
+    /// What the model's own framework would do to `volume`'s slices that resizing them to the model
+    /// grid does not (an nnU-Net 2d configuration's crop, resampling and tiling; None where the slices
+    /// are exactly what it predicts: [`crate::models::SegModel::slice_geometry_warning`]).
+    pub fn geometry_warning(&self, volume: &Volume) -> Option<String> {
+        with_engine!(self, |e| e.unet.slice_geometry_warning(volume, self.size))
     }
 
     /// How the model's slices lie on a volume (radiological for the bundled models, voxel order for

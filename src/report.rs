@@ -361,11 +361,15 @@ pub fn volume_figure(
     let [nx, ny, nz] = volume.dims;
     let spacing = volume.spacing();
     let count = run.m0.iter().filter(|&&m| m).count().max(1);
-    let centre: [usize; 3] = std::array::from_fn(|a| {
+    let mut centre: [usize; 3] = std::array::from_fn(|a| {
         let sum: usize =
             run.m0.iter().enumerate().filter(|(_, &m)| m).map(|(v, _)| [v % nx, (v / nx) % ny, v / (nx * ny)][a]).sum();
         sum / count
     });
+    // One slice explained: its own plane alone (the other two would cut it in a line).
+    if let Some((axis, k)) = run.slice {
+        centre[axis] = k;
+    }
     let index = |i: usize, j: usize, k: usize| i + nx * (j + ny * k);
     // (rows, columns, voxel of (row, column), extent in mm, name): rows run down the figure.
     type Plane<'a> = (usize, usize, Box<dyn Fn(usize, usize) -> usize + 'a>, [f64; 2], String);
@@ -395,7 +399,9 @@ pub fn volume_figure(
     let region = (roi_mode != RoiMode::Full).then_some(&run.roi[..]);
     let colouring = Colouring::of(&run.saliency, region, Sign::All);
     let mut panels = Vec::new();
-    for (rows, cols, at, extent_mm, name) in planes {
+    // The planes fix file axes 2, 1 and 0 in turn.
+    let shown = planes.into_iter().zip([2, 1, 0]).filter(|(_, fixed)| run.slice.is_none_or(|(axis, _)| axis == *fixed));
+    for ((rows, cols, at, extent_mm, name), _) in shown {
         let grab = |values: &dyn Fn(usize) -> f32| -> Vec<f32> {
             (0..rows * cols).map(|p| values(at(p / cols, p % cols))).collect()
         };
@@ -422,7 +428,8 @@ pub fn volume_figure(
         };
         panels.push(panel.render()?);
     }
-    render::figure(&panels, 3, &[], &[])
+    let columns = panels.len();
+    render::figure(&panels, columns, &[], &[])
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 use crate::backend::device::Compute;
 use crate::backend::{Backend, Device, Precision};
+use crate::dataset::LabelIds;
 use crate::explain::lime::{KernelShap, Lime};
 use crate::explain::rise::Rise;
 use crate::explain::superpixels::{Segmenter, Segments};
@@ -21,6 +22,7 @@ use crate::metrics::{agreement, volume_faithfulness, Agreement, Faithfulness};
 use crate::models::bundle::Stats;
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
+use crate::pipeline::Slices;
 use crate::preprocess::{normalise_values, Intensity, Orientation};
 use crate::resample::{self, Orders, Resampling};
 use crate::roi::clip::{ClipOptions, ClipRoiFinder};
@@ -108,6 +110,10 @@ pub struct VolumeSettings {
     /// nnU-Net's test-time mirroring ([`crate::models::nnunet::NnUNet::enable_mirroring`]); runs that
     /// share a model must agree.
     pub mirror: bool,
+    /// One slice of an nnU-Net 2d configuration instead of the whole volume (one index, or organ-center
+    /// with labels; counted along its slicing axis): nnUNetPredictor's grid of the whole volume (cropped,
+    /// resampled in plane), of which only that slice is tiled, perturbed and scored. None: the volume.
+    pub slice: Option<Slices>,
 }
 
 impl VolumeSettings {
@@ -137,6 +143,7 @@ impl VolumeSettings {
             faithfulness_steps: 10,
             cancel: Cancel::default(),
             mirror: false,
+            slice: None,
         }
     }
 }
@@ -178,6 +185,12 @@ pub struct VolumeRun {
     pub agreement: Option<Agreement>,
     /// Deletion and insertion curves over the voxels (when `faithfulness_steps` > 0).
     pub faithfulness: Option<Faithfulness>,
+    /// M0 against the labels of the organ (when given): Dice over the voxels explained, how good the
+    /// segmentation being explained is.
+    pub unet_dice: Option<f64>,
+    /// The file axis and index of the one slice explained ([`VolumeSettings::slice`]); the maps and
+    /// masks are 0 off it, and the agreement is over its voxels.
+    pub slice: Option<(usize, usize)>,
 }
 
 /// How the model sees the volume's voxels: axis t of its (D, H, W) view runs along file axis
@@ -193,6 +206,9 @@ struct View {
     /// nnU-Net's crop to the nonzero voxels, along the view's axes (None: the whole volume).
     crop: Option<[std::ops::Range<usize>; 3]>,
     resampled: Option<Resampled>,
+    /// The one slice of the model's grid (along its first axis) the model sees, for a 2d
+    /// configuration explained slice by slice ([`VolumeSettings::slice`]); None: the whole grid.
+    slab: Option<usize>,
 }
 
 /// The view resampled to the model's spacing.
@@ -220,7 +236,8 @@ impl View {
             _ => [(0, false), (1, false), (2, false)],
         };
         let s = volume.spacing();
-        let mut view = Self { axes, file: volume.dims, spacing: axes.map(|(a, _)| s[a]), crop: None, resampled: None };
+        let mut view =
+            Self { axes, file: volume.dims, spacing: axes.map(|(a, _)| s[a]), crop: None, resampled: None, slab: None };
         if let SegModel::NnUNet { model, .. } = model {
             // crop_to_nonzero, then resampling of what is left.
             let nonzero = crate::models::nnunet::nonzero_box(volume);
@@ -264,6 +281,41 @@ impl View {
         Ok(view)
     }
 
+    /// The view of slice `k` (along the view's first axis) of an nnU-Net 2d configuration: nnU-Net
+    /// crops, normalises and resamples the whole volume, so the model's input is that grid's slice.
+    fn of_slice(mut self, volume: &Volume, k: usize) -> Result<Self> {
+        let n = self.permuted_dims()[0];
+        if k >= n {
+            fail!(InvalidInput, "{}: slice {k} is past the last slice ({})", volume.source.display(), n - 1);
+        }
+        let kept = self.crop.as_ref().map_or(0..n, |c| c[0].clone());
+        if !kept.contains(&k) {
+            fail!(
+                OrganAbsent,
+                "{}: slice {k} holds no nonzero voxel: nnU-Net crops it away ({kept:?} kept) and labels it background; pick another slice",
+                volume.source.display()
+            );
+        }
+        self.slab = Some(k - kept.start);
+        Ok(self)
+    }
+
+    /// The slab alone as a view of its own: the crop narrowed to its slice (a 2d configuration keeps the
+    /// spacing between slices, so slice k of the model's grid is slice k of the crop).
+    fn slab_view(&self) -> Option<Self> {
+        let k = self.slab?;
+        let [d, h, w] = self.crop.clone().unwrap_or_else(|| self.permuted_dims().map(|n| 0..n));
+        let resampled = self.resampled.as_ref().map(|r| Resampled { dims: [1, r.dims[1], r.dims[2]], ..r.clone() });
+        Some(Self { crop: Some([d.start + k..d.start + k + 1, h, w]), resampled, slab: None, ..self.clone() })
+    }
+
+    /// Slab `k` of values on the whole model grid, or all of them without a slab.
+    fn take_slab<T: Copy>(&self, data: Vec<T>) -> Vec<T> {
+        let Some(k) = self.slab else { return data };
+        let [_, h, w] = self.grid_dims();
+        data[k * h * w..(k + 1) * h * w].to_vec()
+    }
+
     /// The file's (D, H, W) along the view's axes.
     fn permuted_dims(&self) -> [usize; 3] {
         self.axes.map(|(a, _)| self.file[a])
@@ -274,9 +326,22 @@ impl View {
         self.crop.as_ref().map_or(self.permuted_dims(), |c| c.clone().map(|r| r.len()))
     }
 
-    /// The model's (D, H, W).
-    fn dims(&self) -> [usize; 3] {
+    /// The (D, H, W) of the whole volume on the model's grid.
+    fn grid_dims(&self) -> [usize; 3] {
         self.resampled.as_ref().map_or(self.cropped_dims(), |r| r.dims)
+    }
+
+    /// The model's (D, H, W): the grid, or its one slab.
+    fn dims(&self) -> [usize; 3] {
+        let [d, h, w] = self.grid_dims();
+        [if self.slab.is_some() { 1 } else { d }, h, w]
+    }
+
+    /// The file indices of the slab's slice (all of its voxels, cropped or not).
+    fn slab_voxels(&self) -> Option<Vec<usize>> {
+        let k = self.slab? + self.crop.as_ref().map_or(0, |c| c[0].start);
+        let [_, h, w] = self.permuted_dims();
+        Some(self.file_indices().skip(k * h * w).take(h * w).collect())
     }
 
     /// Voxel spacing in mm of the model's grid.
@@ -344,15 +409,18 @@ impl View {
     /// prepares its input).
     fn to_model(&self, data: &[f32]) -> Vec<f32> {
         let view = self.file_to_view(data);
-        match &self.resampled {
+        self.take_slab(match &self.resampled {
             None => view,
             Some(r) => r.resample(&view, self.cropped_dims(), self.spacing, true),
-        }
+        })
     }
 
     /// Values on the model's grid (logits, maps) -> the file's grid (as the framework brings its
     /// predictions back; 0 where nnU-Net cropped, which it labels background).
     fn to_file(&self, data: &[f32]) -> Vec<f32> {
+        if let Some(slab) = self.slab_view() {
+            return slab.to_file(data);
+        }
         match &self.resampled {
             None => self.view_to_file(data),
             Some(r) => self.view_to_file(&r.resample(data, self.cropped_dims(), self.spacing, false)),
@@ -362,14 +430,17 @@ impl View {
     /// A mask on the file's grid -> the model's grid (linearly, kept where at least one half).
     fn mask_to_model(&self, mask: &[bool]) -> Vec<bool> {
         let view = self.file_to_view(mask);
-        match &self.resampled {
+        self.take_slab(match &self.resampled {
             None => view,
             Some(r) => r.resample_mask(&view, self.cropped_dims(), self.spacing, true),
-        }
+        })
     }
 
     /// A mask on the model's grid -> the file's grid.
     fn mask_to_file(&self, mask: &[bool]) -> Vec<bool> {
+        if let Some(slab) = self.slab_view() {
+            return slab.mask_to_file(mask);
+        }
         match &self.resampled {
             None => self.view_to_file(mask),
             Some(r) => self.view_to_file(&r.resample_mask(mask, self.cropped_dims(), self.spacing, false)),
@@ -452,6 +523,40 @@ fn region(
     })
 }
 
+/// `data` at `voxels`, or all of it.
+fn voxels_of<T: Copy>(data: &[T], voxels: Option<&[usize]>) -> Vec<T> {
+    voxels.map_or_else(|| data.to_vec(), |v| v.iter().map(|&i| data[i]).collect())
+}
+
+/// Whether `model` takes one slice of a volume's grid: an nnU-Net 2d configuration.
+fn explains_slices<B: Backend>(model: &SegModel<B>) -> Result<()> {
+    ensure!(
+        matches!(model, SegModel::NnUNet { .. }) && model.spatial_dims() == 2,
+        "one slice of a volume is for an nnU-Net 2d configuration; this model explains the whole volume (--slice all)"
+    );
+    Ok(())
+}
+
+/// The one slice `slices` names for an nnU-Net 2d configuration, along its slicing axis (organ-center:
+/// where `truth`, the `organ`'s labels, covers most voxels).
+fn one_slice<B: Backend>(
+    slices: &Slices,
+    model: &SegModel<B>,
+    volume: &Volume,
+    truth: Option<&[bool]>,
+    organ: &str,
+) -> Result<usize> {
+    explains_slices(model)?;
+    if truth.is_some_and(|t| !t.contains(&true)) {
+        fail!(OrganAbsent, "{}: no slice contains {organ} in the labels", volume.source.display());
+    }
+    let labels: Option<Vec<u8>> = truth.map(|t| t.iter().map(|&b| u8::from(b)).collect());
+    match slices.resolve(volume, labels.as_deref(), 1, model.orientation())?[..] {
+        [k] => Ok(k),
+        ref many => fail!(InvalidInput, "--slice: expected one slice, got {}", many.len()),
+    }
+}
+
 /// The volume as the model takes it.
 struct ModelInput {
     view: View,
@@ -472,6 +577,7 @@ fn model_input<B: Backend>(
     volume: &Volume,
     window: &SlidingWindow,
     intensity: Option<Intensity>,
+    slice: Option<usize>,
 ) -> Result<ModelInput> {
     ensure!(
         model.spatial_dims() == 3 || matches!(model, SegModel::NnUNet { .. }),
@@ -479,6 +585,10 @@ fn model_input<B: Backend>(
     );
     ensure!(model.in_channels() == 1, "the U-Net takes {} input channels; volumes give one", model.in_channels());
     let view = View::of(model, volume)?;
+    let view = match slice {
+        Some(k) => view.of_slice(volume, k)?,
+        None => view,
+    };
     let dims = view.dims();
     let intensity = model.input_intensity(intensity)?;
     let warning = crate::preprocess::check_modality(volume, intensity.modality())?;
@@ -513,7 +623,33 @@ pub fn predict_volume<B: Backend>(
     window: &SlidingWindow,
     intensity: Option<Intensity>,
 ) -> Result<Vec<f32>> {
-    let ModelInput { view, x, window, map, .. } = model_input(model, volume, window, intensity)?;
+    predict(backend, model, volume, window, intensity, None)
+}
+
+/// Slice `k` (along its slicing axis) of an nnU-Net 2d configuration's prediction of `volume`, as
+/// nnUNetPredictor gives it for the whole volume ([`VolumeSettings::slice`]): logits (K, voxels) on the
+/// input's grid, 0 off the slice; only that slice runs through the network.
+pub fn predict_slice<B: Backend>(
+    backend: &B,
+    model: &SegModel<B>,
+    volume: &Volume,
+    window: &SlidingWindow,
+    intensity: Option<Intensity>,
+    k: usize,
+) -> Result<Vec<f32>> {
+    explains_slices(model)?;
+    predict(backend, model, volume, window, intensity, Some(k))
+}
+
+fn predict<B: Backend>(
+    backend: &B,
+    model: &SegModel<B>,
+    volume: &Volume,
+    window: &SlidingWindow,
+    intensity: Option<Intensity>,
+    slice: Option<usize>,
+) -> Result<Vec<f32>> {
+    let ModelInput { view, x, window, map, .. } = model_input(model, volume, window, intensity, slice)?;
     let own = model.with_input_map(backend, map)?;
     let model = own.as_ref().unwrap_or(model);
     let y =
@@ -537,8 +673,22 @@ pub fn explain_volume<B: Backend>(
     progress: impl FnMut(usize, usize),
 ) -> Result<VolumeRun> {
     let started = std::time::Instant::now();
+    let organ = model.class_name(class);
+    let slice = settings.slice.as_ref().map(|s| one_slice(s, model, volume, truth, &organ)).transpose()?;
     let ModelInput { view, x, window, intensity, warning, map } =
-        model_input(model, volume, &settings.window, settings.intensity)?;
+        model_input(model, volume, &settings.window, settings.intensity, slice)?;
+    // Agreement and the organ's presence are over the slice's voxels when one slice is explained.
+    let slab = view.slab_voxels();
+    let on_slab = |t: &[bool]| voxels_of(t, slab.as_deref());
+    if let (Some(k), Some(t)) = (slice, truth) {
+        if !on_slab(t).contains(&true) {
+            fail!(
+                OrganAbsent,
+                "{}: slice {k} has no {organ} in the labels; pick another slice (or --slice organ-center)",
+                volume.source.display()
+            );
+        }
+    }
     let own = model.with_input_map(backend, map)?;
     let model = own.as_ref().unwrap_or(model);
     let dims = view.dims();
@@ -549,7 +699,6 @@ pub fn explain_volume<B: Backend>(
     scorer.m0().iter().for_each(|&v| m0[v] = true);
     let spacing = view.spacing();
     let clip_mask = clip.as_ref().map(|c| view.mask_to_model(&c.mask));
-    let organ = model.class_name(class);
     let roi = region(settings.roi, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?;
     if !roi.contains(&true) {
         fail!(
@@ -601,10 +750,13 @@ pub fn explain_volume<B: Backend>(
         steps => Some(volume_faithfulness(&mut scorer, &result.saliency, steps)?),
     };
     let saliency = view.to_file(&result.saliency);
-    let agreement = truth.map(|t| agreement(&saliency, t));
+    let agreement = truth.map(|t| agreement(&voxels_of(&saliency, slab.as_deref()), &on_slab(t)));
+    let m0 = view.mask_to_file(&m0);
+    let unet_dice = truth.map(|t| crate::metrics::overlap(&on_slab(&m0), &on_slab(t)).dice);
     Ok(VolumeRun {
         saliency,
-        m0: view.mask_to_file(&m0),
+        m0,
+        unet_dice,
         roi: view.mask_to_file(&roi),
         base_score,
         samples: result.samples,
@@ -618,6 +770,7 @@ pub fn explain_volume<B: Backend>(
         clip,
         agreement,
         faithfulness,
+        slice: slice.map(|k| (view.axes[0].0, k)),
         intensity,
         warnings: warning.into_iter().collect(),
     })
@@ -657,6 +810,24 @@ pub fn volume_window(dir: &std::path::Path) -> Option<SlidingWindow> {
         }
     }
     model_window(dir)
+}
+
+/// The labels at `path` (any grid, matched to `image`) as FLARE22 ids for the model in `dir`:
+/// [`crate::read_labels`]'s schemes, and [`LabelIds::Model`] through the class names the model lists.
+pub fn model_labels(dir: &std::path::Path, path: &std::path::Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
+    if ids != LabelIds::Model {
+        return crate::dataset::load_labels(path, ids, image);
+    }
+    let Some(classes) = SegModel::<crate::backend::CpuBackend>::classes_in(dir)? else {
+        fail!(
+            InvalidInput,
+            "{}: --label-ids model: the model in {} does not list its classes (its ids are FLARE22's: --label-ids flare22)",
+            path.display(),
+            dir.display()
+        );
+    };
+    let labels = crate::io::read_image(path)?;
+    Ok(crate::dataset::model_labels_of(&labels, &classes, image).map_err(|e| crate::error::Error::input(path, e))?)
 }
 
 /// The intensity window the 3-D model in `dir` gets its input with: `asked`, else its own, else the
@@ -814,7 +985,8 @@ pub fn explain_volumes_on(
         };
         let mut out = Vec::with_capacity(runs.len());
         for settings in runs {
-            let stage = format!("{} 3-D ({})", settings.method.name(), settings.roi.name());
+            let what = if settings.slice.is_some() { "slice" } else { "3-D" };
+            let stage = format!("{} {what} ({})", settings.method.name(), settings.roi.name());
             let clip = clip.clone().filter(|_| needs_clip(settings));
             let run = explain_volume(b, &model, volume, truth.as_deref(), class, settings, clip, |d, t| {
                 progress(&stage, d, t)

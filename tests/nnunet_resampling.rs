@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use xaiclip::backend::CpuBackend;
 use xaiclip::models::SegModel;
 use xaiclip::resample::{new_shape, resample, Orders};
-use xaiclip::volumes::{predict_volume, segment_volume_on, volume_window};
+use xaiclip::volumes::{predict_slice, predict_volume, segment_volume_on, volume_window};
 use xaiclip::weights::WeightsFile;
 use xaiclip::{Device, Precision};
 
@@ -84,6 +84,53 @@ fn volumes_at_other_spacings_or_with_zero_borders_are_cropped_and_resampled_as_n
 fn a_2d_configuration_predicts_volumes_slice_by_slice_as_nnunet_does() {
     // Cropped, resampled in plane (the spacing between slices kept), each slice tiled with the 2-D patch.
     predicts_as_nnunet("2d", "reference_2d.safetensors");
+}
+
+#[test]
+fn one_slice_of_a_2d_configuration_gets_the_logits_nnunet_predicts_for_it() {
+    // Each slice alone, on the grid of the whole volume (cropped and resampled as a whole), against the
+    // predictor's logits of the volume on that slice.
+    let ct = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
+    let mr = repo().join("tests/fixtures/nnunet_zscore/Dataset003_TinyMR/nnUNetTrainer__nnUNetPlans__2d");
+    let reference = WeightsFile::open(&fixture("reference_2d.safetensors")).unwrap();
+    for (case, dir) in [("coarse", &ct), ("fine", &ct), ("cropped_mr", &mr)] {
+        let model = SegModel::load_dir(&CpuBackend, dir).unwrap();
+        // These plans keep the file's axes: slices along k.
+        assert_eq!(model.orientation(), xaiclip::preprocess::Orientation::Voxel([2, 1, 0]));
+        let window = volume_window(dir).unwrap();
+        let volume = xaiclip::io::read_image(&fixture(&format!("{case}.nii.gz"))).unwrap();
+        let expected = reference.get(&format!("{case}.logits")).unwrap();
+        let expected = expected.data();
+        let [nx, ny, nz] = volume.dims;
+        let plane = nx * ny;
+        let (mut worst, mut scale, mut refused) = (0f32, 0f32, 0);
+        for k in 0..nz {
+            let logits = match predict_slice(&CpuBackend, &model, &volume, &window, None, k) {
+                Ok(l) => l,
+                Err(e) => {
+                    // Only slices nnU-Net crops away (all zero) are refused, and it labels them background.
+                    assert_eq!(xaiclip::error::kind_of(&e), xaiclip::ErrorKind::OrganAbsent, "{case} slice {k}: {e}");
+                    assert!(volume.data[k * plane..(k + 1) * plane].iter().all(|&v| v == 0.0), "{case} slice {k}");
+                    refused += 1;
+                    continue;
+                }
+            };
+            for (class, (got, want)) in
+                logits.chunks_exact(volume.voxel_count()).zip(expected.chunks_exact(volume.voxel_count())).enumerate()
+            {
+                let (off, on) = (k * plane, (k + 1) * plane);
+                let (err, s) = max_error(&got[off..on], &want[off..on]);
+                (worst, scale) = (worst.max(err), scale.max(s));
+                assert!(
+                    got[..off].iter().chain(&got[on..]).all(|&v| v == 0.0),
+                    "{case} slice {k} class {class}: off the slice"
+                );
+            }
+        }
+        println!("{case}: {nz} slices one at a time ({refused} cropped away): logits max |diff| {worst:.2e} of max {scale:.2}");
+        assert!(worst <= 1e-4 * scale, "{case}: off by {worst} (max {scale})");
+        assert_eq!(refused, if case == "cropped_mr" { 2 } else { 0 }, "{case}");
+    }
 }
 
 #[test]

@@ -45,12 +45,23 @@ pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     // A 3-D U-Net explains the whole volume instead of a slice.
     if let Some(dir) = &cmd.method_args.unet {
         if let Some(window) = xaiclip::volumes::model_window(dir) {
-            return super::volume::run(device, &cmd, dir, window);
+            return super::volume::run(device, &cmd, dir, window, false, None);
         }
+    }
+    // An nnU-Net 2d configuration explains the whole volume, and any slice that nnUNetPredictor would
+    // crop, resample or tile, on its predictor's grid (unless --size asks for slices resized to a grid).
+    let nnunet_2d = cmd.method_args.unet.as_deref().filter(|_| cmd.size.is_none());
+    let nnunet_2d = nnunet_2d.and_then(|d| Some((d, xaiclip::volumes::volume_window(d)?)));
+    if let Some((dir, window)) = nnunet_2d.filter(|_| cmd.case.slice == "all") {
+        return super::volume::run(device, &cmd, dir, window, true, None);
     }
     let started = std::time::Instant::now();
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;
+    if let Some((dir, window)) = nnunet_2d.filter(|_| explainer.geometry_warning(&volume).is_some()) {
+        drop(explainer);
+        return super::volume::run(device, &cmd, dir, window, true, Some(volume));
+    }
     super::warn_image(&explainer, &volume)?;
     let mut request = Request::new(&cmd.method_args.organ, cmd.method).roi(cmd.roi).slices(cmd.case.slices()?);
     if let Some(label) = &cmd.case.label {

@@ -13,8 +13,8 @@ use xaiclip::explain::volume::Occlusion3d;
 use xaiclip::io::{self, stage_text, Staging};
 use xaiclip::models::sliding::{Blend, SlidingWindow};
 use xaiclip::pipeline::Method;
-use xaiclip::volumes::{explain_volumes_on, VolumeMethod, VolumeSettings, OCCLUSION_WINDOW};
-use xaiclip::{read_labels, render};
+use xaiclip::render;
+use xaiclip::volumes::{explain_volumes_on, model_labels, VolumeMethod, VolumeSettings, OCCLUSION_WINDOW};
 
 /// Options of whole-volume runs (3-D U-Nets).
 #[derive(clap::Args, Debug)]
@@ -133,15 +133,28 @@ fn explain_with_bars(
     result
 }
 
-/// The whole-volume run: DIR/{saliency.nii.gz, overlay.png, report.json}.
-pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: SlidingWindow) -> Result<()> {
-    if cmd.case.slice != "all" {
+/// The whole-volume run, or with `slices` (an nnU-Net 2d configuration) one slice's unless --slice all,
+/// on `volume` when it has been read: DIR/{saliency.nii.gz, overlay.png, report.json}.
+pub fn run(
+    device: &DeviceArgs,
+    cmd: &ExplainCmd,
+    dir: &Path,
+    model_window: SlidingWindow,
+    slices: bool,
+    volume: Option<xaiclip::io::Volume>,
+) -> Result<()> {
+    let whole = cmd.case.slice == "all";
+    if !whole && !slices {
         bail!("--slice {}: a 3-D U-Net explains the whole volume; pass --slice all", cmd.case.slice);
     }
     let mut settings = settings(&cmd.volume, &cmd.method_args, cmd.method, model_window)?;
     settings.roi = cmd.roi;
-    let volume = io::read_image(&cmd.case.image)?;
-    let labels = cmd.case.label.as_ref().map(|l| read_labels(l, cmd.case.label_ids, &volume)).transpose()?;
+    settings.slice = (!whole).then(|| cmd.case.slices()).transpose()?;
+    let volume = match volume {
+        Some(v) => v,
+        None => io::read_image(&cmd.case.image)?,
+    };
+    let labels = cmd.case.label.as_ref().map(|l| model_labels(dir, l, cmd.case.label_ids, &volume)).transpose()?;
     let runs = std::slice::from_ref(&settings);
     let explained = explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, runs)?.remove(0);
     let run = &explained.run;
@@ -151,8 +164,9 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
     io::nifti::stage_like(&mut staging, &cmd.out.join("saliency.nii.gz"), &volume, &run.saliency)?;
     let (organ, class) = (&explained.organ, explained.class);
     let method = settings.method.name();
+    let what = run.slice.map_or("3-D".to_string(), |(_, k)| format!("slice {k}"));
     let title = format!(
-        "{method} 3-D · {organ} · {:.1} s · {} tiles ({} without reuse)",
+        "{method} {what} · {organ} · {:.1} s · {} tiles ({} without reuse)",
         run.seconds, run.tiles_evaluated, run.tiles_naive
     );
     let figure = xaiclip::report::volume_figure(
@@ -164,14 +178,18 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
         &title,
     )?;
     render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &figure)?;
-    let roi_fraction = run.roi.iter().filter(|&&r| r).count() as f64 / run.roi.len() as f64;
+    // The ROI's share of what was explained: the volume, or the one slice.
+    let voxels = run.slice.map_or(run.roi.len(), |(axis, _)| run.roi.len() / volume.dims[axis]);
+    let roi_fraction = run.roi.iter().filter(|&&r| r).count() as f64 / voxels as f64;
+    let whole = if run.slice.is_some() { "slice" } else { "volume" };
     let w = &settings.window;
     let mut unet = xaiclip::explainer::weights_entry(dir, &explained.files)?;
     unet["network"] = explained.network.clone().into();
     unet["intensity"] = format!("{:?}", run.intensity).into();
     unet["voxels"] = explained.orientation.clone().into();
     let mut report = json!({
-        "image": cmd.case.image, "label": cmd.case.label, "organ": organ, "class": class, "mode": "volume",
+        "image": cmd.case.image, "label": cmd.case.label, "organ": organ, "class": class,
+        "mode": if run.slice.is_some() { "slice" } else { "volume" }, "slice": run.slice.map(|(_, k)| k),
         "backend": explained.backend,
         "settings": {
             "method": method, "roi": cmd.roi.name(), "margin_mm": settings.margin_mm, "same_budget": !settings.scale_roi_budget,
@@ -188,7 +206,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
             "roi_fraction": roi_fraction, "roi_coverage": run.roi_coverage, "m0_voxels": run.m0.iter().filter(|&&m| m).count(),
             "roi_fallback": run.roi_fallback.map(|m| m.name()),
             "clip": run.clip.as_ref().map(|c| json!({"slices": c.slices, "seconds": c.seconds, "voxels": c.mask.iter().filter(|&&m| m).count()})),
-            "agreement": run.agreement,
+            "agreement": run.agreement, "unet_dice": run.unet_dice,
             "faithfulness": run.faithfulness,
         },
         "warnings": run.warnings,
@@ -200,7 +218,7 @@ pub fn run(device: &DeviceArgs, cmd: &ExplainCmd, dir: &Path, model_window: Slid
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     staging.commit()?;
     eprintln!(
-        "{method} 3-D of the {organ} ({} ROI, {:.1}% of the volume): {:.2}s, {} samples, {} of {} tiles evaluated ({:.1}x fewer), {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
+        "{method} {what} of the {organ} ({} ROI, {:.1}% of the {whole}): {:.2}s, {} samples, {} of {} tiles evaluated ({:.1}x fewer), {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
         cmd.roi.name(),
         100.0 * roi_fraction,
         run.seconds,
@@ -241,7 +259,7 @@ pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_window: Slid
         runs.extend([full, roi]);
     }
     let volume = io::read_image(image)?;
-    let labels = cmd.label.as_ref().map(|l| read_labels(l, cmd.label_ids, &volume)).transpose()?;
+    let labels = cmd.label.as_ref().map(|l| model_labels(dir, l, cmd.label_ids, &volume)).transpose()?;
     let explained = explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, &runs)?;
     let first = explained.first().context("no method to bench")?;
     let w = &runs[0].window;

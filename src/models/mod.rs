@@ -164,6 +164,18 @@ impl<B: Backend> SegModel<B> {
         UNetConfig::from_json(&text).ok().map(|c| (c.spatial_dims, c.patch_size))
     }
 
+    /// The class names the model in `dir` lists (an nnU-Net result folder's dataset.json, a bundle's
+    /// metadata.json), read without its weights; None where its format lists none.
+    pub fn classes_in(dir: &std::path::Path) -> anyhow::Result<Option<Vec<String>>> {
+        if bundle::is_bundle(dir) {
+            return Ok(bundle::read(dir)?.classes);
+        }
+        if nnunet::is_result_folder(dir) {
+            return nnunet::classes_of(dir).map(Some);
+        }
+        Ok(None)
+    }
+
     /// 2 (slices) or 3 (volumes).
     pub fn spatial_dims(&self) -> usize {
         match self {

@@ -757,6 +757,12 @@ pub fn patch_of(dir: &Path) -> Option<Vec<usize>> {
     config.get("patch_size")?.as_array()?.iter().map(|v| v.as_f64().map(|n| n as usize)).collect()
 }
 
+/// dataset.json's class names by output channel, read without the weights.
+pub fn classes_of(dir: &Path) -> Result<Vec<String>> {
+    let path = describe(dir)?.root.join("dataset.json");
+    Ok(dataset_classes(&read_json(&path)?).with_context(|| path.display().to_string())?.0)
+}
+
 impl<B: Backend> NnUNet<B> {
     /// Opens a result folder `<trainer>__<plans>__<configuration>` (every `fold_K` with a checkpoint,
     /// as nnUNetPredictor does) or one `fold_K` inside it.
@@ -922,7 +928,7 @@ impl<B: Backend> NnUNet<B> {
         }
         (!what.is_empty()).then(|| {
             format!(
-                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (3d configurations do all of this exactly, and so does `segment` of every slice)",
+                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (`xaiclip explain` without --size and `segment` of every slice do all of this exactly, as 3d configurations do; the library: `volumes::explain_volume_on` with `VolumeSettings::slice`)",
                 volume.source.display(),
                 what.join(", ")
             )
