@@ -292,8 +292,10 @@ impl View {
         if !kept.contains(&k) {
             fail!(
                 OrganAbsent,
-                "{}: slice {k} holds no nonzero voxel: nnU-Net crops it away ({kept:?} kept) and labels it background; pick another slice",
-                volume.source.display()
+                "{}: slice {k} holds no nonzero voxel: nnU-Net crops it away (it keeps slices {} to {}) and labels it background; pick another slice",
+                volume.source.display(),
+                kept.start,
+                kept.end - 1
             );
         }
         self.slab = Some(k - kept.start);
@@ -700,11 +702,14 @@ pub fn explain_volume<B: Backend>(
     let spacing = view.spacing();
     let clip_mask = clip.as_ref().map(|c| view.mask_to_model(&c.mask));
     let roi = region(settings.roi, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?;
-    if !roi.contains(&true) {
+    let place = slice.map_or("volume".to_string(), |k| format!("volume's slice {k}"));
+    // An empty ROI covers none of M0: the fallback's case where one is given.
+    if !roi.contains(&true) && settings.fallback.is_none() {
         fail!(
             OrganAbsent,
-            "the {} ROI is empty in this volume (the CLIP map has no {organ} above its threshold): nothing to perturb; try --roi seg, --roi none or another --roi-threshold",
-            settings.roi.name()
+            "the {} ROI is empty in this {} (the CLIP map has no {organ} above its threshold): nothing to perturb; try --roi seg, --roi none, --roi-fallback or another --roi-threshold",
+            settings.roi.name(),
+            place
         );
     }
     // The ROI must contain the organ the model sees, or the explanation is of the wrong place.
@@ -715,7 +720,7 @@ pub fn explain_volume<B: Backend>(
         let Some(fallback) = settings.fallback else {
             fail!(
                 RoiMiss,
-                "the {} ROI covers {:.1}% of the model's own {organ} prediction in this volume (at least {:.0}% needed): it would explain the wrong place; use --roi seg or --roi clip+seg, or --roi-fallback seg",
+                "the {} ROI covers {:.1}% of the model's own {organ} prediction in this {place} (at least {:.0}% needed): it would explain the wrong place; use --roi seg or --roi clip+seg, or --roi-fallback seg",
                 settings.roi.name(),
                 100.0 * roi_coverage,
                 100.0 * settings.min_coverage

@@ -389,6 +389,44 @@ fn nnunet_copy(
 }
 
 #[test]
+fn a_2d_nnunet_slice_with_nothing_to_explain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let fixture = |p: &str| repo().join("tests/fixtures").join(p);
+    let explain = |model: &Path, image: &Path, extra: &[&str], expect: &[&str]| {
+        let args =
+            ["explain", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--organ", "liver"];
+        let rest = ["--method", "occlusion", "--roi", "none", "--out", out.to_str().unwrap()];
+        fails(&[&args[..], extra, &rest].concat(), expect);
+        assert!(!out.exists());
+    };
+    // A slice nnU-Net crops away (all zero): it labels it background without running the network.
+    let mr = fixture("nnunet_zscore/Dataset003_TinyMR/nnUNetTrainer__nnUNetPlans__2d");
+    let cropped = fixture("nnunet_resampling/cropped_mr.nii.gz");
+    let volume = xaiclip::io::read_image(&cropped).unwrap();
+    let plane = volume.dims[0] * volume.dims[1];
+    let zero =
+        (0..volume.dims[2]).find(|&k| volume.data[k * plane..(k + 1) * plane].iter().all(|&v| v == 0.0)).unwrap();
+    let slice = zero.to_string();
+    explain(
+        &mr,
+        &cropped,
+        &["--slice", &slice],
+        &[&format!("slice {zero} holds no nonzero voxel: nnU-Net crops it away")],
+    );
+    // A labelled slice without the organ.
+    let ct = fixture("nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
+    let coarse = fixture("nnunet_resampling/coarse.nii.gz");
+    let image = xaiclip::io::read_image(&coarse).unwrap();
+    let plane = image.dims[0] * image.dims[1];
+    let labels: Vec<u8> = (0..image.data.len()).map(|v| u8::from(v / plane == 2)).collect();
+    let label = tmp.path().join("labels.nii.gz");
+    xaiclip::io::nifti::write_like(&label, &image, &labels).unwrap();
+    let with_labels = ["--label", label.to_str().unwrap(), "--label-ids", "model", "--slice"];
+    explain(&ct, &coarse, &[&with_labels[..], &["5"]].concat(), &["coarse.nii.gz: slice 5 has no liver in the labels"]);
+}
+
+#[test]
 fn nnunet_result_folders_that_cannot_be_used() {
     let tmp = tempfile::tempdir().unwrap();
     let case = |name: &str, edit: fn(&mut serde_json::Value, &mut serde_json::Value)| {

@@ -134,6 +134,44 @@ fn one_slice_of_a_2d_configuration_gets_the_logits_nnunet_predicts_for_it() {
 }
 
 #[test]
+fn explain_runs_a_2d_configuration_on_the_predictors_grid_for_a_slice_or_the_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__2d");
+    let image = fixture("coarse.nii.gz");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let args =
+            ["explain", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--organ", "liver"];
+        let rest = ["--method", "occlusion", "--occlusion-window", "8", "--roi", "none", "--faithfulness-steps", "0"];
+        let o = xaiclip(&[&args[..], extra, &rest, &["--out", out.to_str().unwrap()]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        (o, report, out)
+    };
+    // One slice nnUNetPredictor would resample and tile: on its grid (47 x 49, four 40 x 48 tiles), no
+    // warning, the map on that slice alone.
+    let (o, report, out) = run("slice", &["--slice", "5"]);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    assert_eq!(
+        (&report["mode"], &report["slice"], &report["warnings"]),
+        (&"slice".into(), &5.into(), &serde_json::json!([]))
+    );
+    assert_eq!(report["result"]["tiles"].as_u64(), Some(4), "{}", report["result"]);
+    let saliency = xaiclip::io::read_image(&out.join("saliency.nii.gz")).unwrap();
+    let plane = saliency.dims[0] * saliency.dims[1];
+    let on: Vec<usize> = (0..saliency.data.len()).filter(|&v| saliency.data[v] != 0.0).collect();
+    assert!(!on.is_empty() && on.iter().all(|&v| v / plane == 5), "the map lies on slice 5 alone");
+    // --size asks for the slice resized to a model grid: the slice path, with the warning.
+    let (o, report, _) = run("resized", &["--slice", "5", "--size", "64"]);
+    assert!(stderr(&o).contains("nnUNetPredictor would resample"), "{}", stderr(&o));
+    assert_eq!(report["model_input_size"], 64);
+    // Every slice: the whole volume, 4 tiles on each of its 10 slices.
+    let (_, report, _) = run("volume", &["--slice", "all"]);
+    assert_eq!((&report["mode"], report["result"]["tiles"].as_u64()), (&"volume".into(), Some(40)));
+}
+
+#[test]
 fn explain_resamples_and_maps_come_back_on_the_input_grid() {
     let dir = tempfile::tempdir().unwrap();
     let (image, out) = (fixture("coarse.nii.gz"), dir.path().join("out"));
