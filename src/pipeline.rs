@@ -11,12 +11,12 @@ use crate::fail;
 use crate::io::Volume;
 use crate::metrics::{agreement, faithfulness, Agreement, Faithfulness};
 use crate::models::SegModel;
-use crate::organs::organ_name;
 use crate::preprocess::{normalise, resize_bilinear, resize_nearest, AxialLayout, Orientation};
+pub use crate::preprocess::{organ_center_slice, Slices};
 use crate::render::{Colouring, Panel, Sign};
 use crate::roi::clip::ClipRoi;
 use crate::roi::{area_fraction, region, RoiMode};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use std::time::Instant;
@@ -688,101 +688,6 @@ pub fn run_method<B: Backend>(
         clip_seconds,
         metrics_seconds: metrics_started.elapsed().as_secs_f64(),
     })
-}
-
-/// Which axial slices to work on (`--slice`, `--slices`): one parser and one resolver for every command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Slices {
-    /// The slice where the organ's labelled area is largest (needs labels, or a prediction).
-    OrganCenter,
-    /// Every K-th slice, starting at 0.
-    Every(usize),
-    /// These slice indices, along the file's slice axis.
-    List(Vec<usize>),
-    /// Every slice.
-    All,
-}
-
-impl FromStr for Slices {
-    type Err = anyhow::Error;
-
-    /// "organ-center", "every-K", "all", "K" or "K1,K2,...".
-    fn from_str(spec: &str) -> Result<Self> {
-        let spec = spec.trim();
-        if spec == "organ-center" {
-            return Ok(Slices::OrganCenter);
-        }
-        if spec == "all" {
-            return Ok(Slices::All);
-        }
-        if let Some(k) = spec.strip_prefix("every-") {
-            return match k.parse::<usize>() {
-                Ok(k) if k >= 1 => Ok(Slices::Every(k)),
-                _ => bail!("expected every-K with K >= 1 (e.g. every-5)"),
-            };
-        }
-        let list = spec.split(',').map(|p| p.trim().parse::<usize>()).collect::<std::result::Result<Vec<_>, _>>();
-        match list {
-            Ok(list) => Ok(Slices::List(list)),
-            Err(_) => bail!("expected an index, a comma list of indices, all, every-K or organ-center"),
-        }
-    }
-}
-
-/// The spelling `FromStr` reads.
-impl std::fmt::Display for Slices {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Slices::OrganCenter => write!(f, "organ-center"),
-            Slices::Every(k) => write!(f, "every-{k}"),
-            Slices::All => write!(f, "all"),
-            Slices::List(list) => {
-                write!(f, "{}", list.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(","))
-            }
-        }
-    }
-}
-
-impl Slices {
-    /// The slice indices for `class` in `volume`, slices taken as `orientation` says; `labels` (on the
-    /// volume's grid) are needed by organ-center. Indices are checked against the volume.
-    pub fn resolve(
-        &self,
-        volume: &Volume,
-        labels: Option<&[u8]>,
-        class: usize,
-        orientation: Orientation,
-    ) -> Result<Vec<usize>> {
-        let layout = orientation.layout(volume)?;
-        Ok(match self {
-            Slices::OrganCenter => {
-                let labels = labels.context("--slice organ-center needs --label")?;
-                vec![organ_center_slice(volume, labels, class, orientation)?]
-            }
-            Slices::Every(k) => (0..layout.slices(volume)).step_by(*k).collect(),
-            Slices::All => (0..layout.slices(volume)).collect(),
-            Slices::List(list) => {
-                for &k in list {
-                    layout.check_slice(volume, k)?;
-                }
-                list.clone()
-            }
-        })
-    }
-}
-
-/// The slice where the organ's ground-truth area is largest.
-pub fn organ_center_slice(volume: &Volume, labels: &[u8], class: usize, orientation: Orientation) -> Result<usize> {
-    let layout = orientation.layout(volume)?;
-    let area = |k: usize| layout.plane(volume.dims, k, labels).into_iter().filter(|&l| l as usize == class).count();
-    let (k, n) = (0..layout.slices(volume))
-        .map(|k| (k, area(k)))
-        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))
-        .unwrap_or((0, 0));
-    if n == 0 {
-        fail!(OrganAbsent, "{}: no slice contains {} in the labels", volume.source.display(), organ_name(class));
-    }
-    Ok(k)
 }
 
 /// Saliency on the model grid of `input` mapped back to the slice's pixels (bilinear).

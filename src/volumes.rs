@@ -22,8 +22,7 @@ use crate::metrics::{agreement, volume_faithfulness, Agreement, Faithfulness};
 use crate::models::bundle::Stats;
 use crate::models::sliding::SlidingWindow;
 use crate::models::SegModel;
-use crate::pipeline::Slices;
-use crate::preprocess::{normalise_values, Intensity, Orientation};
+use crate::preprocess::{normalise_values, Intensity, Orientation, Slices};
 use crate::resample::{self, Orders, Resampling};
 use crate::roi::clip::{ClipOptions, ClipRoiFinder};
 use crate::roi::volume::{bounding_box, clip_volume, dilate, ClipVolume};
@@ -818,7 +817,7 @@ pub fn volume_window(dir: &std::path::Path) -> Option<SlidingWindow> {
 }
 
 /// The labels at `path` (any grid, matched to `image`) as FLARE22 ids for the model in `dir`:
-/// [`crate::read_labels`]'s schemes, and [`LabelIds::Model`] through the class names the model lists.
+/// the id schemes of the facade's `read_labels`, and [`LabelIds::Model`] through the class names the model lists.
 pub fn model_labels(dir: &std::path::Path, path: &std::path::Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {
     if ids != LabelIds::Model {
         return crate::dataset::load_labels(path, ids, image);
@@ -832,7 +831,7 @@ pub fn model_labels(dir: &std::path::Path, path: &std::path::Path, ids: LabelIds
         );
     };
     let labels = crate::io::read_image(path)?;
-    Ok(crate::dataset::model_labels_of(&labels, &classes, image).map_err(|e| crate::error::Error::input(path, e))?)
+    crate::dataset::model_labels_of(&labels, &classes, image).map_err(|e| crate::error::Error::input(path, e))
 }
 
 /// The intensity window the 3-D model in `dir` gets its input with: `asked`, else its own, else the
@@ -1027,6 +1026,7 @@ mod tests {
             spacing: [1.0; 3],
             crop: None,
             resampled: None,
+            slab: None,
         };
         let data: Vec<usize> = (0..60).collect();
         let model = view.permute(&data);
@@ -1040,6 +1040,7 @@ mod tests {
             spacing: [1.0; 3],
             crop: None,
             resampled: None,
+            slab: None,
         };
         assert_eq!(view.dims(), [5, 3, 4]);
         let model = view.permute(&data);

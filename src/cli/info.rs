@@ -279,7 +279,7 @@ fn nnunet_info(path: &Path) -> Result<()> {
             model.default_grid(),
             model.grid_multiple()
         );
-        println!("volumes:    segment --slice all (the default) predicts as nnUNetPredictor: {}; every slice tiled with the 2-D patch at step 0.5, its Gaussian weighting", model.describe_volume());
+        println!("volumes:    segment --slice all (the default) predicts as nnUNetPredictor: {}; every slice tiled with the 2-D patch at step 0.5, its Gaussian weighting; explain (no --size) runs a slice, or the volume with --slice all, on that grid where it differs from the model grid", model.describe_volume());
     }
     println!("check:      every fold's weights have the shapes the plans' architecture expects");
     Ok(())
