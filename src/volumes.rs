@@ -25,7 +25,7 @@ use crate::models::SegModel;
 use crate::preprocess::{normalise_values, Intensity, Orientation, Slices};
 use crate::resample::{self, Orders, Resampling};
 use crate::roi::clip::{ClipOptions, ClipRoiFinder};
-use crate::roi::volume::{bounding_box, clip_volume, dilate, ClipVolume};
+use crate::roi::volume::{bounding_box, clip_slice, clip_volume, dilate, ClipVolume};
 use crate::roi::{RoiMode, MIN_COVERAGE};
 use crate::tensor::Tensor;
 use anyhow::{ensure, Context, Result};
@@ -111,7 +111,8 @@ pub struct VolumeSettings {
     pub mirror: bool,
     /// One slice of an nnU-Net 2d configuration instead of the whole volume (one index, or organ-center
     /// with labels; counted along its slicing axis): nnUNetPredictor's grid of the whole volume (cropped,
-    /// resampled in plane), of which only that slice is tiled, perturbed and scored. None: the volume.
+    /// resampled in plane), of which only that slice is tiled, perturbed and scored; CLIP maps that
+    /// slice alone where it is axial, thresholded on its own as a slice's CLIP ROI is. None: the volume.
     pub slice: Option<Slices>,
 }
 
@@ -973,22 +974,40 @@ pub fn explain_volumes_on(
         let needs_clip = |s: &VolumeSettings| {
             s.roi.uses_clip() || (s.roi != RoiMode::Full && s.fallback.is_some_and(|f| f.uses_clip()))
         };
-        let clipped: Vec<&VolumeSettings> = runs.iter().filter(|s| needs_clip(s)).collect();
+        // Each run's one slice, resolved once (organ-center reads the labels).
+        let organ_name = model.class_name(class);
+        let one =
+            |s: &VolumeSettings| s.slice.as_ref().map(|k| one_slice(k, &model, volume, truth.as_deref(), &organ_name));
+        let slices: Vec<Option<usize>> = runs.iter().map(|s| one(s).transpose()).collect::<Result<_>>()?;
+        let clipped: Vec<(&VolumeSettings, Option<usize>)> =
+            runs.iter().zip(slices.iter().copied()).filter(|(s, _)| needs_clip(s)).collect();
         ensure!(
-            clipped.windows(2).all(|w| w[0].clip == w[1].clip && w[0].intensity == w[1].intensity),
+            clipped.windows(2).all(|w| w[0].0.clip == w[1].0.clip && w[0].0.intensity == w[1].0.intensity),
             "runs sharing one CLIP ROI need the same CLIP options and intensity window"
         );
+        // Runs of one and the same axial slice need CLIP's map of that slice alone, thresholded on its own
+        // as on other 2-D models' slices.
+        let axial =
+            model.orientation().layout(volume)?.slice_axis == Orientation::Radiological.layout(volume)?.slice_axis;
+        let only = match clipped.first() {
+            Some(&(_, Some(k))) if axial && clipped.iter().all(|c| c.1 == Some(k)) => Some(k),
+            _ => None,
+        };
         let clip = match clipped.first() {
-            Some(s) => {
+            Some((s, _)) => {
                 let intensity = model.input_intensity(s.intensity)?;
                 let finder = ClipRoiFinder::load(b, &s.clip, intensity.modality())?;
-                let range = intensity.range(volume);
-                Some(clip_volume(b, &finder, volume, range, model.label_id(class)?, |d, t| progress("clip", d, t))?)
+                let (range, label) = (intensity.range(volume), model.label_id(class)?);
+                Some(match only {
+                    Some(k) => clip_slice(b, &finder, volume, range, label, k)?,
+                    None => clip_volume(b, &finder, volume, range, label, |d, t| progress("clip", d, t))?,
+                })
             }
             None => None,
         };
         let mut out = Vec::with_capacity(runs.len());
-        for settings in runs {
+        for (settings, k) in runs.iter().zip(slices) {
+            let settings = &VolumeSettings { slice: k.map(|k| Slices::List(vec![k])), ..settings.clone() };
             let what = if settings.slice.is_some() { "slice" } else { "3-D" };
             let stage = format!("{} {what} ({})", settings.method.name(), settings.roi.name());
             let clip = clip.clone().filter(|_| needs_clip(settings));

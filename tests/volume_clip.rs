@@ -7,7 +7,7 @@ use xaiclip::dataset::LabelIds;
 use xaiclip::io::Volume;
 use xaiclip::preprocess::Intensity;
 use xaiclip::roi::clip::{ClipOptions, ClipRoiFinder};
-use xaiclip::roi::volume::{clip_volume, dilate};
+use xaiclip::roi::volume::{clip_slice, clip_volume, dilate};
 
 /// (coverage of the organ, share of the volume) of the CLIP mask and of the ROI grown by 15 mm, per
 /// FLARE22 organ id; printed for the record.
@@ -73,4 +73,25 @@ fn the_volume_clip_roi_holds_the_organs_of_held_out_mr_phantoms() {
             }
         }
     }
+}
+
+#[test]
+fn one_slice_gets_its_own_map_thresholded_on_its_own() {
+    // The ROI of a run that perturbs one axial slice: that slice's map, as in the whole-volume run, and a
+    // threshold of its own (as a slice's CLIP ROI has), nothing on the other slices.
+    let p = xaiclip::phantom::generate(9001, 128, 12);
+    let finder = ClipRoiFinder::load(&CpuBackend, &ClipOptions::default(), Intensity::ABDOMEN.modality()).unwrap();
+    let range = Intensity::ABDOMEN.range(&p.image);
+    let whole = clip_volume(&CpuBackend, &finder, &p.image, range, 1, |_, _| {}).unwrap();
+    let plane = p.image.dims[0] * p.image.dims[1];
+    let k = 6;
+    let one = clip_slice(&CpuBackend, &finder, &p.image, range, 1, k).unwrap();
+    assert_eq!(one.slices, 1);
+    let on = k * plane..(k + 1) * plane;
+    assert_eq!(one.probability[on.clone()], whole.probability[on.clone()]);
+    assert!(one.probability.iter().enumerate().all(|(v, &x)| on.contains(&v) || x == 0.0));
+    assert!(one.mask.iter().enumerate().all(|(v, &m)| on.contains(&v) || !m));
+    let liver = p.labels[on.clone()].iter().zip(&one.mask[on]).filter(|(&l, &m)| l == 1 && m).count();
+    println!("slice {k}: {liver} liver voxels in its CLIP mask");
+    assert!(liver > 0, "the slice's mask holds liver");
 }

@@ -33,6 +33,31 @@ pub fn clip_volume<B: Backend>(
     volume: &Volume,
     range: (f32, f32),
     class: usize,
+    progress: impl FnMut(usize, usize),
+) -> Result<ClipVolume> {
+    clip_slices(backend, finder, volume, range, class, None, progress)
+}
+
+/// [`clip_volume`] of axial slice `k` alone, thresholded on its own as a slice's CLIP ROI is (for a
+/// run that perturbs that slice only); 0 on every other slice.
+pub fn clip_slice<B: Backend>(
+    backend: &B,
+    finder: &ClipRoiFinder<B>,
+    volume: &Volume,
+    range: (f32, f32),
+    class: usize,
+    k: usize,
+) -> Result<ClipVolume> {
+    clip_slices(backend, finder, volume, range, class, Some(k), |_, _| {})
+}
+
+fn clip_slices<B: Backend>(
+    backend: &B,
+    finder: &ClipRoiFinder<B>,
+    volume: &Volume,
+    range: (f32, f32),
+    class: usize,
+    only: Option<usize>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ClipVolume> {
     let started = Instant::now();
@@ -40,18 +65,27 @@ pub fn clip_volume<B: Backend>(
     let localiser = finder.localiser(backend, class)?;
     let side = localiser.model.config().image_size;
     let (h, w) = layout.slice_shape(volume);
-    let slices = layout.slices(volume);
+    let ks: Vec<usize> = only.map_or_else(|| (0..layout.slices(volume)).collect(), |k| vec![k]);
     let mut probability = vec![0f32; volume.voxel_count()];
-    for k in 0..slices {
+    for (done, &k) in ks.iter().enumerate() {
         let slice = normalise(&layout.extract(volume, k)?, range);
         let image = resize_bilinear(&slice.data, 1, (h, w), (side, side));
         let map = localiser.probability_map(backend, &image, side, class)?;
         layout.insert(volume.dims, k, &resize_bilinear(&map, 1, (side, side), (h, w)), &mut probability);
-        progress(k + 1, slices);
+        progress(done + 1, ks.len());
     }
     let [nx, ny, nz] = volume.dims;
-    let mask = keep_large_components(&binarise(&probability, finder.threshold()), [nz, ny, nx], 0.2);
-    Ok(ClipVolume { probability, mask, slices, seconds: started.elapsed().as_secs_f64() })
+    let mask = match only {
+        None => keep_large_components(&binarise(&probability, finder.threshold()), [nz, ny, nx], 0.2),
+        Some(k) => {
+            let plane = layout.plane(volume.dims, k, &probability);
+            let kept = keep_large_components(&binarise(&plane, finder.threshold()), [1, h, w], 0.2);
+            let mut mask = vec![false; volume.voxel_count()];
+            layout.insert(volume.dims, k, &kept, &mut mask);
+            mask
+        }
+    };
+    Ok(ClipVolume { probability, mask, slices: ks.len(), seconds: started.elapsed().as_secs_f64() })
 }
 
 /// `mask` (row-major on `dims`) dilated by an ellipsoid of `radius` mm given the spacing per axis.
