@@ -100,7 +100,7 @@ pub fn volume_figures(run: &VolumeRun) -> RunFigures {
         forward_passes: run.forward_passes,
         forward_fraction: None,
         samples: run.samples,
-        roi_fraction: run.roi.iter().filter(|&&r| r).count() as f64 / run.roi.len() as f64,
+        roi_fraction: run.roi_fraction(),
         roi_coverage: Some(run.roi_coverage),
         roi_fallback: run.roi_fallback,
         ..RunFigures::of_map(&run.saliency, run.agreement.as_ref(), run.faithfulness.as_ref())
@@ -120,12 +120,12 @@ pub fn in_roi_agreement(full: &VolumeRun, roi: &VolumeRun) -> (f64, f64) {
 const VOLUME_LEGEND: &str = "
 seconds: wall time of the explanation (the CLIP ROI included; the curves, metrics and loading not). \
 tiles: sliding-window tiles run through the model, the unperturbed pass included; without reuse: what \
-recomputing every tile for every sample would need. ROI volume: share of the voxels that may be \
-perturbed; M0 covered: share of the model's own prediction of the organ inside the ROI asked for (a \
+recomputing every tile for every sample would need. ROI volume: share of the voxels explained (the \
+volume, or its one slice) that may be perturbed; M0 covered: share of the model's own prediction of the organ inside the ROI asked for (a \
 fallback, named in the roi column, then covers it). Dice, IoU: the \
 map above half its maximum against the ground truth; AUROC: the map as a classifier of ground-truth \
 voxels. Deletion / insertion AUC: the target score as the most salient voxels go to the baseline or are \
-restored into it, over the whole volume in every mode.
+restored into it, over all the voxels explained in every mode.
 
 In the second table, reductions are 100 x (1 - ROI / full); in-ROI max diff is the largest difference \
 of the two maps inside the ROI as a share of the full map's maximum, r their Pearson correlation there \

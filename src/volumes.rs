@@ -191,6 +191,15 @@ pub struct VolumeRun {
     /// The file axis and index of the one slice explained ([`VolumeSettings::slice`]); the maps and
     /// masks are 0 off it, and the agreement is over its voxels.
     pub slice: Option<(usize, usize)>,
+    /// The voxels explained: the volume's, or its one slice's.
+    pub explained_voxels: usize,
+}
+
+impl VolumeRun {
+    /// The share of the voxels explained (the volume, or its one slice) that perturbations could touch.
+    pub fn roi_fraction(&self) -> f64 {
+        self.roi.iter().filter(|&&r| r).count() as f64 / self.explained_voxels as f64
+    }
 }
 
 /// How the model sees the volume's voxels: axis t of its (D, H, W) view runs along file axis
@@ -776,6 +785,7 @@ pub fn explain_volume<B: Backend>(
         agreement,
         faithfulness,
         slice: slice.map(|k| (view.axes[0].0, k)),
+        explained_voxels: slab.as_ref().map_or(volume.voxel_count(), Vec::len),
         intensity,
         warnings: warning.into_iter().collect(),
     })

@@ -169,6 +169,29 @@ fn explain_runs_a_2d_configuration_on_the_predictors_grid_for_a_slice_or_the_vol
     // Every slice: the whole volume, 4 tiles on each of its 10 slices.
     let (_, report, _) = run("volume", &["--slice", "all"]);
     assert_eq!((&report["mode"], report["result"]["tiles"].as_u64()), (&"volume".into(), Some(40)));
+    // bench takes the same path: shares are of the slice's voxels.
+    let json = dir.path().join("bench.json");
+    let args = ["bench", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--slice", "5"];
+    let rest = [
+        "--methods",
+        "occlusion",
+        "--roi",
+        "seg",
+        "--margin-mm",
+        "0",
+        "--faithfulness-steps",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let o = xaiclip(&[&args[..], &rest].concat());
+    assert!(o.status.success() && !stderr(&o).contains("warning"), "{}", stderr(&o));
+    let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((&table["context"]["mode"], &table["context"]["slice"]), (&"slice".into(), &5.into()));
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["roi_fraction"], 1.0, "{}", rows[0]);
+    let roi = rows[1]["roi_fraction"].as_f64().unwrap();
+    assert!(roi > 0.0 && roi < 1.0, "{}", rows[1]);
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! `xaiclip bench`: each method in full-image and ROI mode, side by side.
 
-use super::explain::{bench_rows, load_case, Case};
+use super::explain::{bench_rows, case_of, Case};
 use super::{CaseArgs, DeviceArgs, FigureArgs, MethodArgs};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use xaiclip::bench::bench_tables;
 use xaiclip::dataset::LabelIds;
-use xaiclip::io::{check_output_file, stage_text, write_text, Staging};
+use xaiclip::io::{self, check_output_file, stage_text, write_text, Staging};
 
 use xaiclip::phantom;
 use xaiclip::pipeline::Method;
@@ -75,10 +75,30 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     // A 3-D U-Net benches the whole volume.
     if let Some(dir) = &cmd.method_args.unet {
         if let Some(window) = xaiclip::volumes::model_window(dir) {
-            return super::volume::bench(device, &cmd, dir, window);
+            return super::volume::bench(device, &cmd, dir, window, false, None);
         }
     }
+    // An nnU-Net 2d configuration benches on nnUNetPredictor's grid, as explain does: the volume with
+    // --slice all, and a slice it would crop, resample or tile (unless --size asks for the model grid, or
+    // --html or --export for the slice path's report or exported inputs: those warn).
+    let slice_path = cmd.size.is_some() || cmd.demo || cmd.html.is_some() || cmd.export.is_some();
+    let nnunet_2d = cmd.method_args.unet.as_deref().filter(|_| !slice_path);
+    let nnunet_2d = nnunet_2d.and_then(|d| Some((d, xaiclip::volumes::volume_window(d)?)));
+    if let Some((dir, window)) = nnunet_2d.filter(|_| cmd.slice == "all") {
+        return super::volume::bench(device, &cmd, dir, window, true, None);
+    }
     let explainer = cmd.method_args.explainer(device, cmd.size)?;
+    let volume = match (&cmd.image, cmd.demo) {
+        (Some(image), false) => Some(io::read_image(image)?),
+        _ => None,
+    };
+    if let Some((dir, window)) = nnunet_2d {
+        if let Some(v) = volume.as_ref().filter(|v| explainer.geometry_warning(v).is_some()) {
+            let v = v.clone();
+            drop(explainer);
+            return super::volume::bench(device, &cmd, dir, window, true, Some(v));
+        }
+    }
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
         let class = explainer.class_of(&cmd.method_args.organ)?;
@@ -92,7 +112,7 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
             label_ids: cmd.label_ids,
             slice: cmd.slice.clone(),
         };
-        load_case(&explainer, &args, &cmd.method_args.organ)?
+        case_of(&explainer, volume.context("--image or --demo is required")?, &args, &cmd.method_args.organ)?
     };
     let clip = case.clip(&explainer, cmd.roi.uses_clip())?;
     let settings = explainer.settings();

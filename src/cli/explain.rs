@@ -171,7 +171,11 @@ fn budget_note(run: &MethodRun, settings: &Settings) -> Option<String> {
 
 /// Reads the image (and labels), converts the slice option, and picks the slice for the organ.
 pub fn load_case(explainer: &Explainer, case: &CaseArgs, organ: &str) -> Result<Case> {
-    let volume = io::read_image(&case.image)?;
+    case_of(explainer, io::read_image(&case.image)?, case, organ)
+}
+
+/// [`load_case`] of a volume already read from `case.image`.
+pub fn case_of(explainer: &Explainer, volume: Volume, case: &CaseArgs, organ: &str) -> Result<Case> {
     super::warn_image(explainer, &volume)?;
     let class = explainer.class_of(organ)?;
     let labels = case.label.as_deref().map(|l| explainer.read_labels(l, case.label_ids, &volume)).transpose()?;

@@ -178,9 +178,7 @@ pub fn run(
         &title,
     )?;
     render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &figure)?;
-    // The ROI's share of what was explained: the volume, or the one slice.
-    let voxels = run.slice.map_or(run.roi.len(), |(axis, _)| run.roi.len() / volume.dims[axis]);
-    let roi_fraction = run.roi.iter().filter(|&&r| r).count() as f64 / voxels as f64;
+    let roi_fraction = run.roi_fraction();
     let whole = if run.slice.is_some() { "slice" } else { "volume" };
     let w = &settings.window;
     let mut unet = xaiclip::explainer::weights_entry(dir, &explained.files)?;
@@ -233,11 +231,20 @@ pub fn run(
 }
 
 /// `xaiclip bench` with a 3-D U-Net: each method over the whole volume and in `cmd.roi`, the model
-/// loaded and the CLIP ROI found once; prints the table and writes --md/--json.
-pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_window: SlidingWindow) -> Result<()> {
-    if cmd.demo || cmd.slice != "organ-center" && cmd.slice != "all" {
+/// loaded and the CLIP ROI found once; with `slices` (an nnU-Net 2d configuration) over one slice
+/// unless --slice all; on `volume` when it has been read. Prints the table and writes --md/--json.
+pub fn bench(
+    device: &DeviceArgs,
+    cmd: &BenchCmd,
+    dir: &Path,
+    model_window: SlidingWindow,
+    slices: bool,
+    volume: Option<xaiclip::io::Volume>,
+) -> Result<()> {
+    if cmd.demo || !slices && cmd.slice != "organ-center" && cmd.slice != "all" {
         bail!("a 3-D U-Net benches a whole volume: pass --image (and --label), without --demo or --slice");
     }
+    let slice = (slices && cmd.slice != "all").then(|| super::parse_slices("--slice", &cmd.slice)).transpose()?;
     for (given, flag) in
         [(cmd.html.is_some(), "--html"), (cmd.export.is_some(), "--export"), (cmd.size.is_some(), "--size")]
     {
@@ -254,17 +261,22 @@ pub fn bench(device: &DeviceArgs, cmd: &BenchCmd, dir: &Path, model_window: Slid
     let image = cmd.image.as_deref().context("--image is required")?;
     let mut runs = Vec::new();
     for &method in &cmd.methods {
-        let full = settings(&cmd.volume, &cmd.method_args, method, model_window)?;
+        let full =
+            VolumeSettings { slice: slice.clone(), ..settings(&cmd.volume, &cmd.method_args, method, model_window)? };
         let roi = VolumeSettings { roi: cmd.roi, ..full.clone() };
         runs.extend([full, roi]);
     }
-    let volume = io::read_image(image)?;
+    let volume = match volume {
+        Some(v) => v,
+        None => io::read_image(image)?,
+    };
     let labels = cmd.label.as_ref().map(|l| model_labels(dir, l, cmd.label_ids, &volume)).transpose()?;
     let explained = explain_with_bars(device, dir, &volume, labels.as_deref(), &cmd.method_args.organ, &runs)?;
     let first = explained.first().context("no method to bench")?;
     let w = &runs[0].window;
     let context = json!({
-        "image": image, "label": cmd.label, "organ": first.organ, "class": first.class, "mode": "volume",
+        "image": image, "label": cmd.label, "organ": first.organ, "class": first.class,
+        "mode": if first.run.slice.is_some() { "slice" } else { "volume" }, "slice": first.run.slice.map(|(_, k)| k),
         "backend": first.backend, "network": first.network, "voxels": first.orientation,
         "sliding_window": {"patch": w.roi_size, "overlap": w.overlap, "blend": w.blend, "tiles_per_forward": w.batch},
         "tile_reuse": runs[0].reuse, "faithfulness_steps": runs[0].faithfulness_steps, "margin_mm": runs[0].margin_mm,

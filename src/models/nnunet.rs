@@ -928,7 +928,7 @@ impl<B: Backend> NnUNet<B> {
         }
         (!what.is_empty()).then(|| {
             format!(
-                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (`xaiclip explain` without --size and `segment` of every slice do all of this exactly, as 3d configurations do; the library: `volumes::explain_volume_on` with `VolumeSettings::slice`)",
+                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (`xaiclip explain` and `bench` without --size and `segment` of every slice do all of this exactly, as 3d configurations do; the library: `volumes::explain_volume_on` with `VolumeSettings::slice`)",
                 volume.source.display(),
                 what.join(", ")
             )
