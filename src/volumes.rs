@@ -703,7 +703,16 @@ pub fn explain_volume<B: Backend>(
     let own = model.with_input_map(backend, map)?;
     let model = own.as_ref().unwrap_or(model);
     let dims = view.dims();
-    let mut scorer = VolumeScorer::new(backend, model, &x, &window, class, 0.0)?;
+    let place = slice.map_or("volume".to_string(), |k| format!("volume's slice {k}"));
+    let mut scorer =
+        VolumeScorer::new(backend, model, &x, &window, class, 0.0).map_err(|e| match crate::error::kind_of(&e) {
+            crate::error::ErrorKind::OrganAbsent => crate::error::Error::new(
+                crate::error::ErrorKind::OrganAbsent,
+                format!("the model predicts no {organ} in this {place}: nothing to explain"),
+            )
+            .into(),
+            _ => e,
+        })?;
     scorer.reuse = settings.reuse;
     scorer.cancel = settings.cancel.clone();
     let mut m0 = vec![false; dims.iter().product()];
@@ -711,7 +720,6 @@ pub fn explain_volume<B: Backend>(
     let spacing = view.spacing();
     let clip_mask = clip.as_ref().map(|c| view.mask_to_model(&c.mask));
     let roi = region(settings.roi, &m0, clip_mask.as_deref(), dims, spacing, settings.margin_mm)?;
-    let place = slice.map_or("volume".to_string(), |k| format!("volume's slice {k}"));
     // An empty ROI covers none of M0: the fallback's case where one is given.
     if !roi.contains(&true) && settings.fallback.is_none() {
         fail!(

@@ -424,6 +424,13 @@ fn a_2d_nnunet_slice_with_nothing_to_explain() {
     xaiclip::io::nifti::write_like(&label, &image, &labels).unwrap();
     let with_labels = ["--label", label.to_str().unwrap(), "--label-ids", "model", "--slice"];
     explain(&ct, &coarse, &[&with_labels[..], &["5"]].concat(), &["coarse.nii.gz: slice 5 has no liver in the labels"]);
+    // A slice where the model predicts none of the organ (this random-weight model, mirrored, on slice 3).
+    explain(
+        &ct,
+        &coarse,
+        &["--slice", "3", "--mirror"],
+        &["the model predicts no liver in this volume's slice 3: nothing to explain"],
+    );
 }
 
 #[test]
