@@ -47,9 +47,12 @@ fn tile_permission() -> bool {
 }
 
 /// Whether the tile kernel takes `g`: stride 1, and at least 16 input channels (fewer leave most of a
-/// tile's K empty; the backend runs those, such as a U-Net's 1-channel input conv, in f32).
+/// tile's K empty; the backend runs those, such as a U-Net's 1-channel input conv, in f32). A 1x1 conv
+/// with fewer than 16 outputs (a segmentation head) also stays f32: one partly filled tile of outputs per
+/// voxel block, so its time is reading the input, which f32 reads in place and bf16 must convert first.
 pub(super) fn applies(g: &Conv3d) -> bool {
-    g.stride == [1; 3] && g.cin >= 16 && available()
+    let head = g.kernel == [1; 3] && g.cout < TILE;
+    g.stride == [1; 3] && g.cin >= 16 && !head && available()
 }
 
 /// Channel pairs per K step and K steps: all pairs in one step up to 16, else steps of 16 (the input
@@ -317,6 +320,15 @@ unsafe fn store(c: usize, p: *mut f32, stride: usize) {
 mod tests {
     use super::*;
     use crate::backend::cpu::direct::tests::{alone, case, max_abs_diff, on_two_threads, rounded_reference, SkipCase};
+
+    #[test]
+    fn a_segmentation_head_stays_f32_and_wider_1x1_convs_take_the_tiles() {
+        let conv = |cout| Conv3d::new(&[16, 16, 1, 64, 64], &[cout, 16, 1, 1, 1], [1; 3], [0; 3]).unwrap();
+        assert!(!applies(&conv(14)), "a 14-class head");
+        assert_eq!(applies(&conv(16)), available());
+        let three = Conv3d::new(&[16, 16, 1, 64, 64], &[14, 16, 1, 3, 3], [1; 3], [0, 1, 1]).unwrap();
+        assert_eq!(applies(&three), available(), "a 3x3 with few outputs still takes the tiles");
+    }
 
     #[test]
     fn tile_convolution_matches_im2col_on_the_rounded_operands() {
