@@ -93,10 +93,9 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
         _ => None,
     };
     if let Some((dir, window)) = nnunet_2d {
-        if let Some(v) = volume.as_ref().filter(|v| explainer.geometry_warning(v).is_some()) {
-            let v = v.clone();
+        if volume.as_ref().is_some_and(|v| explainer.geometry_warning(v).is_some()) {
             drop(explainer);
-            return super::volume::bench(device, &cmd, dir, window, true, Some(v));
+            return super::volume::bench(device, &cmd, dir, window, true, volume);
         }
     }
     let case = if cmd.demo {

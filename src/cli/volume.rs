@@ -179,7 +179,8 @@ pub fn run(
     )?;
     render::stage_png(&mut staging, &cmd.out.join("overlay.png"), &figure)?;
     let roi_fraction = run.roi_fraction();
-    let whole = if run.slice.is_some() { "slice" } else { "volume" };
+    // What was explained: the report's mode and the summary's "of the ...".
+    let scope = if run.slice.is_some() { "slice" } else { "volume" };
     let w = &settings.window;
     let mut unet = xaiclip::explainer::weights_entry(dir, &explained.files)?;
     unet["network"] = explained.network.clone().into();
@@ -187,7 +188,7 @@ pub fn run(
     unet["voxels"] = explained.orientation.clone().into();
     let mut report = json!({
         "image": cmd.case.image, "label": cmd.case.label, "organ": organ, "class": class,
-        "mode": if run.slice.is_some() { "slice" } else { "volume" }, "slice": run.slice.map(|(_, k)| k),
+        "mode": scope, "slice": run.slice.map(|(_, k)| k),
         "backend": explained.backend,
         "settings": {
             "method": method, "roi": cmd.roi.name(), "margin_mm": settings.margin_mm, "same_budget": !settings.scale_roi_budget,
@@ -216,7 +217,7 @@ pub fn run(
     stage_text(&mut staging, &cmd.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     staging.commit()?;
     eprintln!(
-        "{method} {what} of the {organ} ({} ROI, {:.1}% of the {whole}): {:.2}s, {} samples, {} of {} tiles evaluated ({:.1}x fewer), {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
+        "{method} {what} of the {organ} ({} ROI, {:.1}% of the {scope}): {:.2}s, {} samples, {} of {} tiles evaluated ({:.1}x fewer), {} forward passes; wrote {}/{{saliency.nii.gz, overlay.png, report.json}}",
         cmd.roi.name(),
         100.0 * roi_fraction,
         run.seconds,
