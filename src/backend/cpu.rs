@@ -11,6 +11,8 @@ mod direct;
 #[cfg(target_arch = "x86_64")]
 mod transposed;
 mod volume;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use super::perturb::{MaskBatch, ScoreKind};
 use super::volume::batch_channels_plane;
@@ -163,6 +165,8 @@ impl CpuBackend {
         let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, wcin, 1, kh, kw], [1; 3], [0, pad, pad])?;
         let conv = if self.bf16 && amx::applies(&g) {
             amx::conv3d
+        } else if !self.bf16 && winograd::applies(&g) {
+            winograd::conv3d
         } else if !direct::applies(&g) {
             return Ok(None);
         } else if self.bf16 && !amx::available() {

@@ -1,0 +1,353 @@
+//! Winograd F(2x2, 3x3) for the 2-D U-Nets' 3x3, padding-1 convolutions in f32 on AVX-512 (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2 x 2 output tile of a channel is
+//! `A^T [sum over input channels of (G w G^T) . (B^T d B)] A`, 16 products per input and output channel
+//! where the direct kernel makes 36. The transforms are additions, the weights' done once per call.
+//! The 16 transform positions are 16 small GEMMs (output channels x input channels x tiles) over one
+//! tile row, vectorised over 16 tiles: 8 output channels x 32 tiles stay in registers while the input
+//! channels stream through, as in the direct kernel.
+//!
+//! Rounding: an input is a sum of up to 4 input values before its product, an output a sum of up to 9
+//! products after its channel sum; the weights' transform sums 3 values twice (scaled by 1/2, exact). Against
+//! the direct sums that is an error of a few f32 ulps of the largest partial sum (the tests bound it);
+//! every output is computed alike on any number of threads, so results are the same bits on each.
+//! `direct::conv3d` (and through it im2col + GEMM) is the reference it is tested against.
+
+use super::direct::{self, Input};
+use crate::backend::volume::Conv3d;
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Transform positions (4 x 4) of one tile.
+const XI: usize = 16;
+/// Output channels held in registers at once.
+const BLOCK: usize = 8;
+/// Tiles per vector.
+const LANES: usize = 16;
+
+/// Whether the kernel applies: a 3x3 kernel (1 deep) with padding 1 in plane, stride 1, on a CPU with
+/// AVX-512F, rows of at least 16 outputs (8 tiles: half a vector; on 8 x 8 planes the direct kernel and
+/// GEMM are faster) and enough input channels for the transforms to pay (the 1-channel input conv
+/// stays direct).
+pub(super) fn applies(g: &Conv3d) -> bool {
+    g.kernel == [1, 3, 3]
+        && g.pad == [0, 1, 1]
+        && g.stride == [1; 3]
+        && g.cin >= 8
+        && g.output[2] >= 16
+        && direct::capability() == Some(direct::Capability::Avx512)
+}
+
+/// `G w G^T` of each (output, input) channel's 3x3 kernel, as [block][position][input channel][block
+/// output channels], zero beyond `cout`. Computed per call (as the direct kernel packs its weights):
+/// `G w` first, then `(G w) G^T`, 84 products a kernel.
+fn transform_weights(weight: &[f32], g: &Conv3d) -> Vec<f32> {
+    let mut u = vec![0f32; g.cout.div_ceil(BLOCK) * XI * g.cin * BLOCK];
+    // One row (or column) of G applied to three values.
+    let gt = |[a, b, c]: [f32; 3]| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            let k = &weight[(co * g.cin + ci) * 9..][..9];
+            let cols: [[f32; 4]; 3] = std::array::from_fn(|x| gt([k[x], k[3 + x], k[6 + x]]));
+            for i in 0..4 {
+                for (j, value) in gt([cols[0][i], cols[1][i], cols[2][i]]).into_iter().enumerate() {
+                    u[(((co / BLOCK) * XI + i * 4 + j) * g.cin + ci) * BLOCK + co % BLOCK] = value;
+                }
+            }
+        }
+    }
+    u
+}
+
+thread_local! {
+    /// Each thread's transformed inputs and products of one tile row (reused: a tile row's are 64-512
+    /// KiB, which glibc would otherwise map and unmap per task).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added (`applies` must hold).
+pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+    assert!(applies(g), "winograd::applies was checked");
+    let u = transform_weights(weight, g);
+    let [od, oh, ow] = g.output;
+    let plane = od * oh * ow;
+    let (x_len, skip_len) = (x.x.len() / g.n, x.skip.len() / g.n);
+    assert_eq!(x_len + skip_len, g.cin * g.input.iter().product::<usize>(), "input and skip make cin channels");
+    let len = g.n * g.cout * plane;
+    // Every output value is stored once below, so the buffer is not zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let out_base = super::SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let tasks = od * oh.div_ceil(2);
+    direct::for_each_image(g.n, |img, rows_in_parallel| {
+        let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
+        // SAFETY: image img's output lies inside the buffer's capacity.
+        let out_ptr = super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) });
+        let job = Job { own, skip, first: x_len / plane, u: &u, bias, g };
+        let one_row = |r| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                // SAFETY: `applies` checked AVX-512F; the call writes tile row r of each output channel of
+                // this image only, inside the buffer's capacity.
+                unsafe { tile_row(&job, r, scratch, out_ptr.ptr()) }
+            })
+        };
+        if rows_in_parallel {
+            (0..tasks).into_par_iter().for_each(one_row);
+        } else {
+            (0..tasks).for_each(one_row);
+        }
+    });
+    // SAFETY: the tasks stored every (image, channel, row, voxel) value.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// What every tile row of one image reads: its own channels, then the skip's (read in place).
+struct Job<'a> {
+    own: &'a [f32],
+    skip: &'a [f32],
+    /// Channels in `own`.
+    first: usize,
+    u: &'a [f32],
+    bias: Option<&'a [f32]>,
+    g: &'a Conv3d,
+}
+
+impl Job<'_> {
+    /// Row y (of the unpadded input; None above or below it) of channel ci in slice z.
+    fn line(&self, ci: usize, z: usize, y: isize) -> Option<*const f32> {
+        let [d, h, w] = self.g.input;
+        let y = usize::try_from(y).ok().filter(|&y| y < h)?;
+        let (source, c) = match ci.checked_sub(self.first) {
+            None => (self.own, ci),
+            Some(cs) => (self.skip, cs),
+        };
+        Some(source[((c * d + z) * h + y) * w..][..w].as_ptr())
+    }
+}
+
+/// Tiles per chunk: the tiles whose transformed inputs and products stay in cache between the
+/// transforms and the GEMMs.
+const CHUNK: usize = 2 * LANES;
+
+/// Tile row r = z * ceil(oh / 2) + ty (output rows 2ty and 2ty + 1 of slice z) of every output channel,
+/// chunk by chunk of 32 tiles: the inputs' transform, the 16 GEMMs and the outputs' transform of a chunk
+/// run back to back on data in L1/L2.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_row(job: &Job, r: usize, scratch: &mut Vec<f32>, out: *mut f32) {
+    let g = job.g;
+    let [od, oh, ow] = g.output;
+    let cin = g.cin;
+    let (z, ty) = (r / oh.div_ceil(2), r % oh.div_ceil(2));
+    let need = XI * (cin + BLOCK) * CHUNK;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (v, m) = scratch.split_at_mut(XI * cin * CHUNK);
+    let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
+    let lines: Vec<[Option<*const f32>; 4]> =
+        (0..cin).map(|ci| std::array::from_fn(|k| job.line(ci, z, (2 * ty + k) as isize - 1))).collect();
+    let ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for t0 in (0..ow.div_ceil(2)).step_by(CHUNK) {
+        let halves = (ow.div_ceil(2) - t0).min(CHUNK).div_ceil(LANES);
+        for (ci, lines) in lines.iter().enumerate() {
+            for half in 0..halves {
+                let col = 2 * (t0 + half * LANES);
+                transform_input(lines, col, ow, v.add(ci * CHUNK + half * LANES), cin * CHUNK);
+            }
+        }
+        for block in 0..g.cout.div_ceil(BLOCK) {
+            // The 16 GEMMs of this block of output channels.
+            for xi in 0..XI {
+                let u = job.u.as_ptr().add((block * XI + xi) * cin * BLOCK);
+                let (vx, mx) = (v.add(xi * cin * CHUNK), m.add(xi * BLOCK * CHUNK));
+                if halves == 2 {
+                    gemm::<2>(vx, u, mx, cin);
+                } else {
+                    gemm::<1>(vx, u, mx, cin);
+                }
+            }
+            // A^T m A, bias added, even and odd columns interleaved into the output rows.
+            for j in 0..BLOCK.min(g.cout - block * BLOCK) {
+                let co = block * BLOCK + j;
+                let bias = _mm512_set1_ps(job.bias.map_or(0.0, |b| b[co]));
+                for half in 0..halves {
+                    let mut s = [[_mm512_setzero_ps(); 2]; 4];
+                    for (k, s) in s.iter_mut().enumerate() {
+                        let at = m.add((k * 4 * BLOCK + j) * CHUNK + half * LANES);
+                        let step = BLOCK * CHUNK;
+                        *s = at_(
+                            _mm512_loadu_ps(at),
+                            _mm512_loadu_ps(at.add(step)),
+                            _mm512_loadu_ps(at.add(2 * step)),
+                            _mm512_loadu_ps(at.add(3 * step)),
+                        );
+                    }
+                    // y[c][dy]: column c (even, odd) of row dy of each tile.
+                    let y = [at_(s[0][0], s[1][0], s[2][0], s[3][0]), at_(s[0][1], s[1][1], s[2][1], s[3][1])];
+                    let x0 = 2 * (t0 + half * LANES);
+                    for (dy, (even, odd)) in y[0].iter().zip(&y[1]).enumerate() {
+                        let oy = 2 * ty + dy;
+                        if oy >= oh {
+                            continue;
+                        }
+                        let (r0, r1) = (_mm512_add_ps(*even, bias), _mm512_add_ps(*odd, bias));
+                        let lo = _mm512_permutex2var_ps(r0, ilo, r1);
+                        let hi = _mm512_permutex2var_ps(r0, ihi, r1);
+                        let dst = out.add(co * od * oh * ow + (z * oh + oy) * ow + x0);
+                        store(dst, lo, ow - x0);
+                        if ow - x0 > LANES {
+                            store(dst.add(LANES), hi, ow - x0 - LANES);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// B^T d B of 16 tiles of one input channel, the tiles whose 4 x 4 patches start at column `col - 1`
+/// of the four rows (None: zero rows of the padding), stored as 16 vectors `stride` apart (position
+/// 4k + c at `v + (4k + c) * stride`). Columns outside the row read as zeros (masked loads).
+/// (Loops, not closures: a closure's intrinsics are not inlined into the AVX-512 caller.)
+#[inline(always)]
+unsafe fn transform_input(lines: &[Option<*const f32>; 4], col: usize, w: usize, v: *mut f32, stride: usize) {
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let x0 = col as isize - 1;
+    let mut t = [[_mm512_setzero_ps(); 4]; 4];
+    for (t, line) in t.iter_mut().zip(lines) {
+        if let Some(p) = *line {
+            let (a, b) = (load(p, x0, w), load(p, x0 + 16, w));
+            let (c, d) = (load(p, x0 + 2, w), load(p, x0 + 18, w));
+            *t = bt(
+                _mm512_permutex2var_ps(a, even, b),
+                _mm512_permutex2var_ps(a, odd, b),
+                _mm512_permutex2var_ps(c, even, d),
+                _mm512_permutex2var_ps(c, odd, d),
+            );
+        }
+    }
+    // Columns c of the four row transforms (a transpose, so not an iterator over one row).
+    #[allow(clippy::needless_range_loop)]
+    for c in 0..4 {
+        let col = bt(t[0][c], t[1][c], t[2][c], t[3][c]);
+        for (k, &value) in col.iter().enumerate() {
+            _mm512_storeu_ps(v.add((k * 4 + c) * stride), value);
+        }
+    }
+}
+
+/// The 16 values of a row of `w` from column x (may be -1); lanes outside 0..w are zero and not read.
+#[inline(always)]
+unsafe fn load(p: *const f32, x: isize, w: usize) -> __m512 {
+    let lo = (-x).clamp(0, 16) as u32;
+    let hi = (w as isize - x).clamp(0, 16) as u32;
+    let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
+    _mm512_maskz_loadu_ps(mask, p.wrapping_offset(x))
+}
+
+/// B^T d of one column (or row) of a 4 x 4 patch.
+#[inline(always)]
+unsafe fn bt(d0: __m512, d1: __m512, d2: __m512, d3: __m512) -> [__m512; 4] {
+    [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)]
+}
+
+/// A^T m of one column (or row) of a 4 x 4 product.
+#[inline(always)]
+unsafe fn at_(m0: __m512, m1: __m512, m2: __m512, m3: __m512) -> [__m512; 2] {
+    [_mm512_add_ps(_mm512_add_ps(m0, m1), m2), _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3)]
+}
+
+/// The first `n` (up to 16) lanes of `v` at `p`.
+#[inline(always)]
+unsafe fn store(p: *mut f32, v: __m512, n: usize) {
+    if n >= LANES {
+        _mm512_storeu_ps(p, v);
+    } else {
+        _mm512_mask_storeu_ps(p, (1u16 << n) - 1, v);
+    }
+}
+
+/// m[j][t] = sum over input channels of u[ci][j] v[ci][t] for BLOCK output channels and CHUNKS vectors
+/// of tiles, in registers (rows of v and m are `CHUNK` apart).
+#[inline(always)]
+unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, cin: usize) {
+    let mut acc = [[_mm512_setzero_ps(); CHUNKS]; BLOCK];
+    for ci in 0..cin {
+        let mut x = [_mm512_setzero_ps(); CHUNKS];
+        for (c, x) in x.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(v.add(ci * CHUNK + c * LANES));
+        }
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(*u.add(ci * BLOCK + j));
+            for (a, &x) in acc.iter_mut().zip(&x) {
+                *a = _mm512_fmadd_ps(x, w, *a);
+            }
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        for (c, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(m.add(j * CHUNK + c * LANES), a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::direct::tests::{alone, case, max_abs_diff, on_two_threads, SkipCase};
+    use crate::backend::cpu::volume::im2col_conv3d;
+
+    #[test]
+    fn winograd_matches_the_im2col_path() {
+        if direct::capability() != Some(direct::Capability::Avx512) {
+            println!("SKIP: this CPU has no AVX-512F; the Winograd kernel never runs here");
+            return;
+        }
+        // Odd rows and columns (a last tile row and tile half outside), rows of 32, 33 and 70 outputs
+        // (partial vectors of tiles, one and two 32-tile chunks), cout not a multiple of 8, two images,
+        // two slices of a 1x3x3 kernel.
+        for (seed, &(n, cin, cout, input)) in [
+            (1, 8, 8, [1, 32, 32]),
+            (2, 16, 5, [1, 7, 33]),
+            (1, 19, 16, [1, 9, 70]),
+            (2, 32, 12, [2, 6, 64]),
+            (1, 64, 19, [1, 5, 130]),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (g, x, w, b) = case((n, cin, cout), input, [1, 3, 3], [0, 1, 1], 5 * seed as u64);
+            assert!(applies(&g));
+            let mut reference = vec![f32::NAN; n * cout * g.output.iter().product::<usize>()];
+            im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
+            let wino = conv3d(x[..].into(), &w, Some(&b), &g);
+            assert_eq!(wino.len(), reference.len());
+            // Up to 9 * 64 products of O(1) values summed in another order, the inputs transformed by
+            // sums of 4: a few 1e-6, against outputs of magnitude ~10.
+            let err = max_abs_diff(&wino, &reference);
+            assert!(err < 1e-4, "case {seed}: max |diff| {err}");
+        }
+        // A NaN in the input reaches the outputs it touches, as it does in the direct sums.
+        let (g, mut x, w, b) = case((1, 8, 8), [1, 4, 32], [1, 3, 3], [0, 1, 1], 40);
+        x[3 * 32 + 7] = f32::NAN;
+        let y = conv3d(x[..].into(), &w, Some(&b), &g);
+        assert!(y[3 * 32 + 7].is_nan() && !y[0].is_nan());
+    }
+
+    #[test]
+    fn winograd_reads_a_skip_in_place_and_gives_each_image_alone_the_same_bits() {
+        if direct::capability() != Some(direct::Capability::Avx512) {
+            println!("SKIP: this CPU has no AVX-512F; the Winograd kernel never runs here");
+            return;
+        }
+        let c = SkipCase::new(4, (16, 8), (9, 40), 11);
+        let (weight, bias) = (&c.weight, Some(&c.bias[..]));
+        let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
+        let (batch, each) =
+            on_two_threads(|| (conv3d(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d(x, weight, bias, g))));
+        assert_eq!(batch, whole, "a skip read in place: bit for bit");
+        assert_eq!(batch, each, "a batch and each image alone: bit for bit");
+    }
+}
