@@ -835,6 +835,19 @@ pub fn volume_window(dir: &std::path::Path) -> Option<SlidingWindow> {
     model_window(dir)
 }
 
+/// The sliding window on which one slice of `volume` is explained with the model in `dir`, where that
+/// model is an nnU-Net 2d configuration at its default grid and nnUNetPredictor would crop, resample or
+/// tile the slice (so a slice resized to the model grid would differ from what it predicts): then
+/// `VolumeSettings::slice` gives the predictor's own logits. None for any other model, and for slices
+/// that already are one patch at the plans' spacing. Reads plans.json and dataset.json, not the weights.
+pub fn predictor_slice_window(dir: &std::path::Path, volume: &Volume) -> Result<Option<SlidingWindow>> {
+    if !crate::models::nnunet::is_result_folder(dir) {
+        return Ok(None);
+    }
+    let differs = crate::models::nnunet::default_slice_warning(dir, volume)?.is_some();
+    Ok(volume_window(dir).filter(|_| differs))
+}
+
 /// The labels at `path` (any grid, matched to `image`) as FLARE22 ids for the model in `dir`:
 /// the id schemes of the facade's `read_labels`, and [`LabelIds::Model`] through the class names the model lists.
 pub fn model_labels(dir: &std::path::Path, path: &std::path::Path, ids: LabelIds, image: &Volume) -> Result<Vec<u8>> {

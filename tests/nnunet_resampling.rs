@@ -258,6 +258,17 @@ fn slices_through_a_2d_model_warn_where_nnunet_would_prepare_them_otherwise() {
     // A 3-D configuration does all of it itself.
     let ct = repo().join("tests/fixtures/nnunet/Dataset001_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres");
     assert_eq!(SegModel::load_dir(&CpuBackend, &ct).unwrap().slice_geometry_warning(&coarse, grid), None);
+    // explain and bench route a slice from plans.json alone (no weights read): the same decision.
+    for (v, exact) in [(&volume, true), (&coarse, false), (&border, false)] {
+        let window = xaiclip::volumes::predictor_slice_window(&dir, v).unwrap();
+        assert_eq!(window.is_none(), exact);
+        assert_eq!(
+            xaiclip::models::nnunet::default_slice_warning(&dir, v).unwrap(),
+            model.slice_geometry_warning(v, grid)
+        );
+    }
+    assert!(xaiclip::volumes::predictor_slice_window(&ct, &coarse).unwrap().is_none());
+    assert!(xaiclip::volumes::predictor_slice_window(&repo().join("weights/unet"), &coarse).unwrap().is_none());
 }
 
 #[test]

@@ -87,17 +87,16 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     if let Some((dir, window)) = nnunet_2d.filter(|_| cmd.slice == "all") {
         return super::volume::bench(device, &cmd, dir, window, true, None);
     }
-    let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = match (&cmd.image, cmd.demo) {
         (Some(image), false) => Some(io::read_image(image)?),
         _ => None,
     };
-    if let Some((dir, window)) = nnunet_2d {
-        if volume.as_ref().is_some_and(|v| explainer.geometry_warning(v).is_some()) {
-            drop(explainer);
+    if let (Some((dir, _)), Some(v)) = (nnunet_2d, &volume) {
+        if let Some(window) = xaiclip::volumes::predictor_slice_window(dir, v)? {
             return super::volume::bench(device, &cmd, dir, window, true, volume);
         }
     }
+    let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let case = if cmd.demo {
         let p = phantom::generate(7, 256, 32);
         let class = explainer.class_of(&cmd.method_args.organ)?;

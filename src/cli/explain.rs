@@ -56,12 +56,13 @@ pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
         return super::volume::run(device, &cmd, dir, window, true, None);
     }
     let started = std::time::Instant::now();
-    let explainer = cmd.method_args.explainer(device, cmd.size)?;
     let volume = io::read_image(&cmd.case.image)?;
-    if let Some((dir, window)) = nnunet_2d.filter(|_| explainer.geometry_warning(&volume).is_some()) {
-        drop(explainer);
-        return super::volume::run(device, &cmd, dir, window, true, Some(volume));
+    if let Some((dir, _)) = nnunet_2d {
+        if let Some(window) = xaiclip::volumes::predictor_slice_window(dir, &volume)? {
+            return super::volume::run(device, &cmd, dir, window, true, Some(volume));
+        }
     }
+    let explainer = cmd.method_args.explainer(device, cmd.size)?;
     super::warn_image(&explainer, &volume)?;
     let mut request = Request::new(&cmd.method_args.organ, cmd.method).roi(cmd.roi).slices(cmd.case.slices()?);
     if let Some(label) = &cmd.case.label {

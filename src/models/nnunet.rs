@@ -751,6 +751,102 @@ fn describe(dir: &Path) -> Result<Described> {
     Ok(Described { name: name.to_string(), root, only_fold, plans, config })
 }
 
+/// A configuration's patch, spacing and axis order, and the multiple its 2-D grids must be: what decides
+/// how it sees a volume, read without the weights.
+struct Geometry {
+    patch_size: Vec<usize>,
+    spacing: Vec<f64>,
+    orientation: Orientation,
+    /// The least common multiple of the network's total stride along rows and columns.
+    grid_multiple: usize,
+}
+
+impl Described {
+    /// The class names by output channel (dataset.json) and the network's configuration (plans.json).
+    fn network(&self) -> Result<(Vec<String>, DynamicUNetConfig)> {
+        let dataset = read_json(&self.root.join("dataset.json"))?;
+        let (classes, in_channels) =
+            dataset_classes(&dataset).with_context(|| format!("{}", self.root.join("dataset.json").display()))?;
+        let arch = self.config.get("architecture").context("plans.json: the configuration has no architecture")?;
+        let net_config = DynamicUNetConfig::from_architecture(arch, in_channels, classes.len())
+            .with_context(|| format!("{}: configuration {}", self.root.join("plans.json").display(), self.name))?;
+        Ok((classes, net_config))
+    }
+
+    fn geometry(&self, network: &DynamicUNetConfig) -> Result<Geometry> {
+        let floats = |key: &str| -> Result<Vec<f64>> {
+            self.config
+                .get(key)
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(Value::as_f64).collect())
+                .with_context(|| format!("plans.json: configuration {} has no {key}", self.name))
+        };
+        let transpose: Vec<usize> = self
+            .plans
+            .get("transpose_forward")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|v| v.as_u64().map(|n| n as usize)).collect())
+            .unwrap_or_else(|| vec![0, 1, 2]);
+        let mut sorted = transpose.clone();
+        sorted.sort_unstable();
+        ensure!(sorted == [0, 1, 2], "plans.json: transpose_forward {transpose:?} is not a permutation of 0, 1, 2");
+        let [_, h, w] = network.total_stride();
+        Ok(Geometry {
+            patch_size: floats("patch_size")?.iter().map(|&v| v as usize).collect(),
+            spacing: floats("spacing")?,
+            orientation: Orientation::Voxel(std::array::from_fn(|a| 2 - transpose[a])),
+            grid_multiple: super::lcm(h, w),
+        })
+    }
+}
+
+impl Geometry {
+    /// The default square model grid of a 2d configuration: the longer patch side rounded up to the grid
+    /// multiple.
+    fn default_grid(&self) -> usize {
+        let multiple = self.grid_multiple;
+        self.patch_size.iter().max().map_or(multiple, |&p| p.div_ceil(multiple) * multiple)
+    }
+
+    /// See [`NnUNet::slice_geometry_warning`].
+    fn slice_warning(&self, volume: &crate::io::Volume, grid: usize) -> Option<String> {
+        let (Orientation::Voxel([_, h, w]), &[th, tw]) = (self.orientation, &self.spacing[..]) else { return None };
+        let s = volume.spacing();
+        let shape = [volume.dims[h], volume.dims[w]];
+        let resampled: [usize; 2] =
+            std::array::from_fn(|a| (s[[h, w][a]] / [th, tw][a] * shape[a] as f64).round_ties_even() as usize);
+        let boxed = nonzero_box(volume);
+        let mut what = Vec::new();
+        if boxed.iter().zip(volume.dims).any(|(r, n)| r.len() != n) {
+            what.push("crop it to its nonzero voxels".to_string());
+        }
+        if resampled != shape {
+            what.push(format!(
+                "resample its {}x{} slices from {:.3} x {:.3} mm to the plans' {th:.3} x {tw:.3} mm ({}x{})",
+                shape[0], shape[1], s[h], s[w], resampled[0], resampled[1]
+            ));
+        }
+        if self.patch_size[..] != [grid, grid] || resampled != [grid, grid] {
+            what.push(format!("predict them with its {:?} patch", self.patch_size));
+        }
+        (!what.is_empty()).then(|| {
+            format!(
+                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (`xaiclip explain` and `bench` without --size and `segment` of every slice do all of this exactly, as 3d configurations do; the library: `volumes::explain_volume_on` with `VolumeSettings::slice`)",
+                volume.source.display(),
+                what.join(", ")
+            )
+        })
+    }
+}
+
+/// [`NnUNet::slice_geometry_warning`] of the 2d configuration in `dir` at its default grid, read from
+/// plans.json and dataset.json without the weights: whether a slice of `volume` resized to that grid
+/// differs from what nnUNetPredictor predicts for it. None for a 3d configuration.
+pub fn default_slice_warning(dir: &Path, volume: &crate::io::Volume) -> Result<Option<String>> {
+    let geometry = describe(dir).and_then(|d| d.geometry(&d.network()?.1)).map_err(|e| Error::input(dir, e))?;
+    Ok((geometry.patch_size.len() == 2).then(|| geometry.slice_warning(volume, geometry.default_grid())).flatten())
+}
+
 /// The configuration's patch (its length is the rank: 2 or 3), read from plans.json alone.
 pub fn patch_of(dir: &Path) -> Option<Vec<usize>> {
     let config = describe(dir).ok()?.config;
@@ -771,13 +867,10 @@ impl<B: Backend> NnUNet<B> {
     }
 
     fn open(backend: &B, dir: &Path) -> Result<Self> {
-        let Described { root, only_fold, plans, name, config } = describe(dir)?;
-        let dataset = read_json(&root.join("dataset.json"))?;
-        let (classes, in_channels) =
-            dataset_classes(&dataset).with_context(|| format!("{}", root.join("dataset.json").display()))?;
-        let arch = config.get("architecture").context("plans.json: the configuration has no architecture")?;
-        let net_config = DynamicUNetConfig::from_architecture(arch, in_channels, classes.len())
-            .with_context(|| format!("{}: configuration {name}", root.join("plans.json").display()))?;
+        let described = describe(dir)?;
+        let (classes, net_config) = described.network()?;
+        let geometry = described.geometry(&net_config)?;
+        let Described { root, only_fold, plans, name, config } = described;
         let mut folds: Vec<(String, PathBuf)> = std::fs::read_dir(&root)
             .with_context(|| format!("{}: cannot list", root.display()))?
             .filter_map(|e| e.ok())
@@ -810,23 +903,7 @@ impl<B: Backend> NnUNet<B> {
             let share = 1.0 / networks.len() as f32;
             networks.iter_mut().try_for_each(|n| n.scale_logits(backend, share))?;
         }
-        let floats = |key: &str| -> Result<Vec<f64>> {
-            config
-                .get(key)
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(Value::as_f64).collect())
-                .with_context(|| format!("plans.json: configuration {name} has no {key}"))
-        };
-        let patch_size: Vec<usize> = floats("patch_size")?.iter().map(|&v| v as usize).collect();
         let normalization = normalization(&plans, &config)?;
-        let transpose: Vec<usize> = plans
-            .get("transpose_forward")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(|v| v.as_u64().map(|n| n as usize)).collect())
-            .unwrap_or_else(|| vec![0, 1, 2]);
-        let mut sorted = transpose.clone();
-        sorted.sort_unstable();
-        ensure!(sorted == [0, 1, 2], "plans.json: transpose_forward {transpose:?} is not a permutation of 0, 1, 2");
         match plans.get("image_reader_writer").and_then(Value::as_str).unwrap_or("SimpleITKIO") {
             "SimpleITKIO" | "NibabelIO" => {}
             other => crate::fail!(
@@ -834,14 +911,14 @@ impl<B: Backend> NnUNet<B> {
                 "plans.json: image_reader_writer {other} is not supported (SimpleITKIO and NibabelIO read voxels as stored)"
             ),
         }
-        let orientation = Orientation::Voxel(std::array::from_fn(|a| 2 - transpose[a]));
+        let Geometry { patch_size, spacing, orientation, .. } = geometry;
         Ok(Self {
             dir: root,
             configuration: name.to_string(),
             folds,
             classes,
             patch_size,
-            spacing: floats("spacing")?,
+            spacing,
             normalization,
             resampling: resampling(&config),
             orientation,
@@ -895,11 +972,15 @@ impl<B: Backend> NnUNet<B> {
         super::lcm(h, w)
     }
 
+    fn geometry(&self) -> Geometry {
+        let (patch_size, spacing) = (self.patch_size.clone(), self.spacing.clone());
+        Geometry { patch_size, spacing, orientation: self.orientation, grid_multiple: self.grid_multiple() }
+    }
+
     /// The default square model grid of a 2d model: the longer patch side rounded up to
     /// [`Self::grid_multiple`].
     pub fn default_grid(&self) -> usize {
-        let multiple = self.grid_multiple();
-        self.patch_size.iter().max().map_or(multiple, |&p| p.div_ceil(multiple) * multiple)
+        self.geometry().default_grid()
     }
 
     /// For a 2d configuration explaining slices on a `grid` x `grid` model grid: what nnUNetPredictor
@@ -907,32 +988,7 @@ impl<B: Backend> NnUNet<B> {
     /// resample it to the plans' in-plane spacing, or tile slices that are not one patch), so that its
     /// labels and logits can differ from xaiclip's; None where the slices are exactly one patch.
     pub fn slice_geometry_warning(&self, volume: &crate::io::Volume, grid: usize) -> Option<String> {
-        let (Orientation::Voxel([_, h, w]), &[th, tw]) = (self.orientation, &self.spacing[..]) else { return None };
-        let s = volume.spacing();
-        let shape = [volume.dims[h], volume.dims[w]];
-        let resampled: [usize; 2] =
-            std::array::from_fn(|a| (s[[h, w][a]] / [th, tw][a] * shape[a] as f64).round_ties_even() as usize);
-        let boxed = nonzero_box(volume);
-        let mut what = Vec::new();
-        if boxed.iter().zip(volume.dims).any(|(r, n)| r.len() != n) {
-            what.push("crop it to its nonzero voxels".to_string());
-        }
-        if resampled != shape {
-            what.push(format!(
-                "resample its {}x{} slices from {:.3} x {:.3} mm to the plans' {th:.3} x {tw:.3} mm ({}x{})",
-                shape[0], shape[1], s[h], s[w], resampled[0], resampled[1]
-            ));
-        }
-        if self.patch_size[..] != [grid, grid] || resampled != [grid, grid] {
-            what.push(format!("predict them with its {:?} patch", self.patch_size));
-        }
-        (!what.is_empty()).then(|| {
-            format!(
-                "{}: nnUNetPredictor would {}, where xaiclip resizes each slice to the {grid}x{grid} model grid: its labels and logits can differ from nnU-Net's (`xaiclip explain` and `bench` without --size and `segment` of every slice do all of this exactly, as 3d configurations do; the library: `volumes::explain_volume_on` with `VolumeSettings::slice`)",
-                volume.source.display(),
-                what.join(", ")
-            )
-        })
+        self.geometry().slice_warning(volume, grid)
     }
 
     /// How a 3-D configuration sees a volume's voxels, in words.
