@@ -134,9 +134,6 @@ fn convolve<const CO: usize, const RUNS: usize>(
     let (pairs, k_steps) = steps(g);
     let packed = pack(weight, g, pairs, k_steps);
     let [od, oh, ow] = g.output;
-    let plane = od * oh * ow;
-    let (x_len, skip_len) = (x.x.len() / g.n, x.skip.len() / g.n);
-    assert_eq!(x_len + skip_len, g.cin * g.input.iter().product::<usize>(), "input and skip make cin channels");
     let runs = od * oh * ow.div_ceil(TILE);
     let steps_of_runs = runs.div_ceil(RUNS);
     // A few tasks per thread: enough to balance, few enough that the tile configuration is loaded rarely.
@@ -145,15 +142,8 @@ fn convolve<const CO: usize, const RUNS: usize>(
     let bias_tiles: Vec<f32> = (0..g.cout.div_ceil(TILE) * TILE)
         .flat_map(|co| [if co < g.cout { bias.map_or(0.0, |b| b[co]) } else { 0.0 }; TILE])
         .collect();
-    let len = g.n * g.cout * plane;
-    // Every output value is stored once below, so the buffer is not zeroed first.
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let out_base = super::SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    direct::for_each_image(g.n, |img, tasks_in_parallel| {
-        let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
-        let (input, row) = direct::padded::<Bf16Pair>(own, skip, g, TILE, k_steps * pairs);
-        // SAFETY: image img's output lies inside the buffer's capacity.
-        let out_ptr = super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) });
+    let image = |one: Input, tasks_in_parallel, out_ptr: super::SharedMut| {
+        let (input, row) = direct::padded::<Bf16Pair>(one.x, one.skip, g, TILE, k_steps * pairs);
         let job = Job {
             input: &input,
             row,
@@ -177,10 +167,9 @@ fn convolve<const CO: usize, const RUNS: usize>(
             // The whole image in one task: one tile configuration.
             steps(0..steps_of_runs);
         }
-    });
-    // SAFETY: the tasks stored every (image, channel, voxel) value.
-    unsafe { out.set_len(len) };
-    out
+    };
+    // SAFETY: the steps 0..steps_of_runs cover every output run of every channel of the image.
+    unsafe { direct::each_image(x, g, image) }
 }
 
 /// What every task of one image reads.

@@ -334,40 +334,56 @@ fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
     let (block, chunk) = (BLOCK, CHUNKS * V::LANES);
     let packed = pack::<V::Elem>(weight, g, block);
     let [od, oh, ow] = g.output;
-    let plane = od * oh * ow;
-    let (x_len, skip_len) = (x.x.len() / g.n, x.skip.len() / g.n);
-    assert_eq!(x_len + skip_len, g.cin * g.input.iter().product::<usize>(), "input and skip make cin channels");
-    let len = g.n * g.cout * plane;
-    // Every output value is stored once below, so the buffer is not zeroed first.
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let out_base = super::SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     // A 1x1 convolution over rows of whole runs reads the image as it is: the padded copy would equal it
     // (the bundled U-Net's 1x1 head at 256², batch 16, copied 64 MiB for nothing: 15 -> 10 ms).
-    let in_place = g.pad == [0; 3] && g.kernel == [1; 3] && ow % chunk == 0 && skip_len == 0;
-    for_each_image(g.n, |img, rows_in_parallel| {
-        let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
+    let in_place = g.pad == [0; 3] && g.kernel == [1; 3] && ow % chunk == 0 && x.skip.is_empty();
+    let image = |one: Input, rows_in_parallel, out: super::SharedMut| {
         let copy;
-        let (input, row) = match V::Elem::borrow(own).filter(|_| in_place) {
+        let (input, row) = match V::Elem::borrow(one.x).filter(|_| in_place) {
             Some(image) => (image, ow),
             None => {
-                copy = padded::<V::Elem>(own, skip, g, chunk, groups::<V::Elem>(g));
+                copy = padded::<V::Elem>(one.x, one.skip, g, chunk, groups::<V::Elem>(g));
                 (&copy.0[..], copy.1)
             }
         };
-        // SAFETY: image img's output lies inside the buffer's capacity.
-        let out_ptr = super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) });
         let job = Row { input, row, packed: &packed, groups: groups::<V::Elem>(g), bias, g };
         // SAFETY: the CPU has the kernel's instructions (the callers checked); the call writes row r of
-        // each output channel of this image only, inside the buffer's capacity.
-        let one_row = |r| unsafe { kernel(&job, r, out_ptr.ptr()) };
+        // each output channel of this image only, inside its output.
+        let one_row = |r| unsafe { kernel(&job, r, out.ptr()) };
         // A task is one output row (z, y) of every channel, or the whole image.
         if rows_in_parallel {
             (0..od * oh).into_par_iter().for_each(one_row);
         } else {
             (0..od * oh).for_each(one_row);
         }
+    };
+    // SAFETY: the rows 0..od * oh of every output channel, all of the image's output, are stored above.
+    unsafe { each_image(x, g, image) }
+}
+
+/// The (N, cout, od, oh, ow) output of a convolution of `x`: `image(one, in_parallel, out)` runs for each
+/// image as [`for_each_image`] schedules it, with that image's own and skip channels and its output
+/// (cout x od x oh x ow values, not zeroed: each is stored once).
+///
+/// # Safety
+/// Each call of `image` must store every value of its image's output, and nothing outside it.
+pub(super) unsafe fn each_image(
+    x: Input,
+    g: &Conv3d,
+    image: impl Fn(Input, bool, super::SharedMut) + Sync,
+) -> Vec<f32> {
+    let plane = g.output.iter().product::<usize>();
+    let (x_len, skip_len) = (x.x.len() / g.n, x.skip.len() / g.n);
+    assert_eq!(x_len + skip_len, g.cin * g.input.iter().product::<usize>(), "input and skip make cin channels");
+    let len = g.n * g.cout * plane;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let out_base = super::SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    for_each_image(g.n, |img, in_parallel| {
+        let one = Input { x: &x.x[img * x_len..][..x_len], skip: &x.skip[img * skip_len..][..skip_len] };
+        // SAFETY: image img's output lies inside the buffer's capacity.
+        image(one, in_parallel, super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) }));
     });
-    // SAFETY: the tasks stored every (image, channel, row, voxel) value.
+    // SAFETY: the caller's `image` stored every value of every image's output.
     unsafe { out.set_len(len) };
     out
 }

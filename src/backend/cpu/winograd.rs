@@ -71,25 +71,15 @@ thread_local! {
 pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
     assert!(applies(g), "winograd::applies was checked");
     let u = transform_weights(weight, g);
-    let [od, oh, ow] = g.output;
-    let plane = od * oh * ow;
-    let (x_len, skip_len) = (x.x.len() / g.n, x.skip.len() / g.n);
-    assert_eq!(x_len + skip_len, g.cin * g.input.iter().product::<usize>(), "input and skip make cin channels");
-    let len = g.n * g.cout * plane;
-    // Every output value is stored once below, so the buffer is not zeroed first.
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let out_base = super::SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    let tasks = od * oh.div_ceil(2);
-    direct::for_each_image(g.n, |img, rows_in_parallel| {
-        let (own, skip) = (&x.x[img * x_len..][..x_len], &x.skip[img * skip_len..][..skip_len]);
-        // SAFETY: image img's output lies inside the buffer's capacity.
-        let out_ptr = super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) });
-        let job = Job { own, skip, first: x_len / plane, u: &u, bias, g };
+    let tasks = g.output[0] * g.output[1].div_ceil(2);
+    let image = |one: Input, rows_in_parallel, out: super::SharedMut| {
+        let job =
+            Job { own: one.x, skip: one.skip, first: one.x.len() / g.input.iter().product::<usize>(), u: &u, bias, g };
         let one_row = |r| {
             SCRATCH.with_borrow_mut(|scratch| {
                 // SAFETY: `applies` checked AVX-512F; the call writes tile row r of each output channel of
-                // this image only, inside the buffer's capacity.
-                unsafe { tile_row(&job, r, scratch, out_ptr.ptr()) }
+                // this image only, inside its output.
+                unsafe { tile_row(&job, r, scratch, out.ptr()) }
             })
         };
         if rows_in_parallel {
@@ -97,10 +87,9 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d)
         } else {
             (0..tasks).for_each(one_row);
         }
-    });
-    // SAFETY: the tasks stored every (image, channel, row, voxel) value.
-    unsafe { out.set_len(len) };
-    out
+    };
+    // SAFETY: the tile rows 0..tasks of every output channel, all of the image's output, are stored above.
+    unsafe { direct::each_image(x, g, image) }
 }
 
 /// What every tile row of one image reads: its own channels, then the skip's (read in place).
