@@ -2,15 +2,15 @@
 //! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2 x 2 output tile of a channel is
 //! `A^T [sum over input channels of (G w G^T) . (B^T d B)] A`, 16 products per input and output channel
 //! where the direct kernel makes 36. The transforms are additions, the weights' done once per call.
-//! The 16 transform positions are 16 small GEMMs (output channels x input channels x tiles) over one
-//! tile row, vectorised over 16 tiles: 8 output channels x 32 tiles stay in registers while the input
+//! The 16 transform positions are 16 small GEMMs (output channels x input channels x tiles) over 32
+//! tiles of one tile row at a time, vectorised over 16 tiles: 8 output channels x 32 tiles stay in registers while the input
 //! channels stream through, as in the direct kernel.
 //!
 //! Rounding: an input is a sum of up to 4 input values before its product, an output a sum of up to 9
 //! products after its channel sum; the weights' transform sums 3 values twice (scaled by 1/2, exact). Against
 //! the direct sums that is an error of a few f32 ulps of the largest partial sum (the tests bound it);
 //! every output is computed alike on any number of threads, so results are the same bits on each.
-//! `direct::conv3d` (and through it im2col + GEMM) is the reference it is tested against.
+//! im2col + GEMM (`volume::im2col_conv3d`) is the reference it is tested against.
 
 use super::direct::{self, Input};
 use crate::backend::volume::Conv3d;
@@ -62,8 +62,8 @@ fn transform_weights(weight: &[f32], g: &Conv3d) -> Vec<f32> {
 }
 
 thread_local! {
-    /// Each thread's transformed inputs and products of one tile row (reused: a tile row's are 64-512
-    /// KiB, which glibc would otherwise map and unmap per task).
+    /// Each thread's transformed inputs and products of one chunk of 32 tiles (reused: 48-272 KiB at
+    /// 16-128 input channels, which glibc would otherwise map and unmap per task).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
