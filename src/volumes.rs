@@ -835,17 +835,14 @@ pub fn volume_window(dir: &std::path::Path) -> Option<SlidingWindow> {
     model_window(dir)
 }
 
-/// The sliding window on which one slice of `volume` is explained with the model in `dir`, where that
-/// model is an nnU-Net 2d configuration at its default grid and nnUNetPredictor would crop, resample or
-/// tile the slice (so a slice resized to the model grid would differ from what it predicts): then
-/// `VolumeSettings::slice` gives the predictor's own logits. None for any other model, and for slices
-/// that already are one patch at the plans' spacing. Reads plans.json and dataset.json, not the weights.
-pub fn predictor_slice_window(dir: &std::path::Path, volume: &Volume) -> Result<Option<SlidingWindow>> {
-    if !crate::models::nnunet::is_result_folder(dir) {
-        return Ok(None);
-    }
-    let differs = crate::models::nnunet::default_slice_warning(dir, volume)?.is_some();
-    Ok(volume_window(dir).filter(|_| differs))
+/// Whether one slice of `volume` explained with the model in `dir` belongs on nnUNetPredictor's grid
+/// (`VolumeSettings::slice`, on [`volume_window`]'s window): the model is an nnU-Net 2d configuration at
+/// its default grid and the predictor would crop, resample or tile the slice, so a slice resized to the
+/// model grid would differ from what it predicts. False for any other model, and for slices that already
+/// are one patch at the plans' spacing. Reads plans.json and dataset.json, not the weights.
+pub fn slice_needs_predictor_grid(dir: &std::path::Path, volume: &Volume) -> Result<bool> {
+    Ok(crate::models::nnunet::is_result_folder(dir)
+        && crate::models::nnunet::default_slice_warning(dir, volume)?.is_some())
 }
 
 /// The labels at `path` (any grid, matched to `image`) as FLARE22 ids for the model in `dir`:

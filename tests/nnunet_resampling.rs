@@ -260,15 +260,14 @@ fn slices_through_a_2d_model_warn_where_nnunet_would_prepare_them_otherwise() {
     assert_eq!(SegModel::load_dir(&CpuBackend, &ct).unwrap().slice_geometry_warning(&coarse, grid), None);
     // explain and bench route a slice from plans.json alone (no weights read): the same decision.
     for (v, exact) in [(&volume, true), (&coarse, false), (&border, false)] {
-        let window = xaiclip::volumes::predictor_slice_window(&dir, v).unwrap();
-        assert_eq!(window.is_none(), exact);
+        assert_eq!(xaiclip::volumes::slice_needs_predictor_grid(&dir, v).unwrap(), !exact);
         assert_eq!(
             xaiclip::models::nnunet::default_slice_warning(&dir, v).unwrap(),
             model.slice_geometry_warning(v, grid)
         );
     }
-    assert!(xaiclip::volumes::predictor_slice_window(&ct, &coarse).unwrap().is_none());
-    assert!(xaiclip::volumes::predictor_slice_window(&repo().join("weights/unet"), &coarse).unwrap().is_none());
+    assert!(!xaiclip::volumes::slice_needs_predictor_grid(&ct, &coarse).unwrap());
+    assert!(!xaiclip::volumes::slice_needs_predictor_grid(&repo().join("weights/unet"), &coarse).unwrap());
 }
 
 #[test]

@@ -91,8 +91,8 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
         (Some(image), false) => Some(io::read_image(image)?),
         _ => None,
     };
-    if let (Some((dir, _)), Some(v)) = (nnunet_2d, &volume) {
-        if let Some(window) = xaiclip::volumes::predictor_slice_window(dir, v)? {
+    if let (Some((dir, window)), Some(v)) = (nnunet_2d, &volume) {
+        if xaiclip::volumes::slice_needs_predictor_grid(dir, v)? {
             return super::volume::bench(device, &cmd, dir, window, true, volume);
         }
     }

@@ -57,8 +57,8 @@ pub fn run(device: &DeviceArgs, cmd: ExplainCmd) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let volume = io::read_image(&cmd.case.image)?;
-    if let Some((dir, _)) = nnunet_2d {
-        if let Some(window) = xaiclip::volumes::predictor_slice_window(dir, &volume)? {
+    if let Some((dir, window)) = nnunet_2d {
+        if xaiclip::volumes::slice_needs_predictor_grid(dir, &volume)? {
             return super::volume::run(device, &cmd, dir, window, true, Some(volume));
         }
     }
