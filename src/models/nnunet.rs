@@ -790,14 +790,19 @@ impl Described {
         let mut sorted = transpose.clone();
         sorted.sort_unstable();
         ensure!(sorted == [0, 1, 2], "plans.json: transpose_forward {transpose:?} is not a permutation of 0, 1, 2");
-        let [_, h, w] = network.total_stride();
         Ok(Geometry {
             patch_size: floats("patch_size")?.iter().map(|&v| v as usize).collect(),
             spacing: floats("spacing")?,
             orientation: Orientation::Voxel(std::array::from_fn(|a| 2 - transpose[a])),
-            grid_multiple: super::lcm(h, w),
+            grid_multiple: grid_multiple(network),
         })
     }
+}
+
+/// The least common multiple of the network's total stride along rows and columns.
+fn grid_multiple(network: &DynamicUNetConfig) -> usize {
+    let [_, h, w] = network.total_stride();
+    super::lcm(h, w)
 }
 
 impl Geometry {
@@ -968,8 +973,7 @@ impl<B: Backend> NnUNet<B> {
     /// What square model-grid sides must be a multiple of: the least common multiple of the total
     /// stride along rows and columns.
     pub fn grid_multiple(&self) -> usize {
-        let [_, h, w] = self.config().total_stride();
-        super::lcm(h, w)
+        grid_multiple(self.config())
     }
 
     fn geometry(&self) -> Geometry {
