@@ -256,11 +256,8 @@ pub(super) fn padded<E: Element>(x: &[f32], skip: &[f32], g: &Conv3d, chunk: usi
     let row = g.output[2].div_ceil(chunk) * chunk + g.kernel[2] - 1;
     let len = groups * dp * hp * row;
     let zero = std::mem::MaybeUninit::new(E::ZERO);
-    let first = x.len() / (d * h * w);
-    let line = |ci: usize, z: usize, y: usize| match ci.checked_sub(first) {
-        None => &x[((ci * d + z) * h + y) * w..][..w],
-        Some(cs) => &skip[((cs * d + z) * h + y) * w..][..w],
-    };
+    let image = Input { x, skip };
+    let line = |ci: usize, z: usize, y: usize| image.line(g, ci, z, y);
     let mut out = Vec::with_capacity(len);
     // Every value is written once, one task per padded (channel group, z) plane (no zeroing pass first:
     // it cost as much as the copy).
@@ -291,6 +288,18 @@ pub(super) fn padded<E: Element>(x: &[f32], skip: &[f32], g: &Conv3d, chunk: usi
 pub(super) struct Input<'a> {
     pub x: &'a [f32],
     pub skip: &'a [f32],
+}
+
+impl<'a> Input<'a> {
+    /// Row (z, y) of channel `ci` of one image of `g`'s input: its own channels, then the skip's.
+    pub(super) fn line(&self, g: &Conv3d, ci: usize, z: usize, y: usize) -> &'a [f32] {
+        let [d, h, w] = g.input;
+        let (source, c) = match ci.checked_sub(self.x.len() / (d * h * w)) {
+            None => (self.x, ci),
+            Some(cs) => (self.skip, cs),
+        };
+        &source[((c * d + z) * h + y) * w..][..w]
+    }
 }
 
 impl<'a> From<&'a [f32]> for Input<'a> {

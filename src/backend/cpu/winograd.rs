@@ -73,8 +73,7 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d)
     let u = transform_weights(weight, g);
     let tasks = g.output[0] * g.output[1].div_ceil(2);
     let image = |one: Input, rows_in_parallel, out: super::SharedMut| {
-        let job =
-            Job { own: one.x, skip: one.skip, first: one.x.len() / g.input.iter().product::<usize>(), u: &u, bias, g };
+        let job = Job { input: one, u: &u, bias, g };
         let one_row = |r| {
             SCRATCH.with_borrow_mut(|scratch| {
                 // SAFETY: `applies` checked AVX-512F; the call writes tile row r of each output channel of
@@ -94,10 +93,7 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d)
 
 /// What every tile row of one image reads: its own channels, then the skip's (read in place).
 struct Job<'a> {
-    own: &'a [f32],
-    skip: &'a [f32],
-    /// Channels in `own`.
-    first: usize,
+    input: Input<'a>,
     u: &'a [f32],
     bias: Option<&'a [f32]>,
     g: &'a Conv3d,
@@ -106,13 +102,8 @@ struct Job<'a> {
 impl Job<'_> {
     /// Row y (of the unpadded input; None above or below it) of channel ci in slice z.
     fn line(&self, ci: usize, z: usize, y: isize) -> Option<*const f32> {
-        let [d, h, w] = self.g.input;
-        let y = usize::try_from(y).ok().filter(|&y| y < h)?;
-        let (source, c) = match ci.checked_sub(self.first) {
-            None => (self.own, ci),
-            Some(cs) => (self.skip, cs),
-        };
-        Some(source[((c * d + z) * h + y) * w..][..w].as_ptr())
+        let y = usize::try_from(y).ok().filter(|&y| y < self.g.input[1])?;
+        Some(self.input.line(self.g, ci, z, y).as_ptr())
     }
 }
 
