@@ -8,6 +8,7 @@
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+mod elementwise;
 #[cfg(target_arch = "x86_64")]
 mod transposed;
 mod volume;
@@ -258,24 +259,6 @@ pub fn reuse_freed_memory() {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
-}
-
-/// Sum of f(v) over a plane: 16 f32 lanes within blocks of 1024 values (vectorised, ~1e-7 relative),
-/// blocks added in f64 so a 512x512 plane keeps its digits.
-fn lane_sum(plane: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut total = 0f64;
-    for block in plane.chunks(1024) {
-        let mut lanes = [0f32; 16];
-        let mut it = block.chunks_exact(16);
-        for c in &mut it {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += f(v);
-            }
-        }
-        total +=
-            lanes.iter().map(|&l| l as f64).sum::<f64>() + it.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
-    }
-    total
 }
 
 /// One conv tile's GEMM, `dst[co * plane + j] = bias[co] + sum_k weight[co, k] rhs[k, j]` for the
@@ -549,26 +532,16 @@ impl Backend for CpuBackend {
         let gamma = vector_arg(gamma, c, "group_norm weight")?;
         let beta = vector_arg(beta, c, "group_norm bias")?;
         x.data_mut().par_chunks_mut(per_group * len).enumerate().for_each(|(i, group)| {
-            // Two passes (mean, then squared deviations): planes are up to 512x512 and a one-pass
-            // E[x^2] - mean^2 loses the variance when |mean| >> std.
-            let mean = lane_sum(group, |v| v) / group.len() as f64;
-            let m = mean as f32;
-            let var = lane_sum(group, |v| (v - m) * (v - m)) / group.len() as f64;
-            let inv = 1.0 / (var + eps as f64).sqrt();
-            for (j, plane) in group.chunks_exact_mut(len).enumerate() {
-                let ch = (i % groups) * per_group + j;
-                let g = gamma.map_or(1.0, |g| g[ch] as f64);
-                let scale = (inv * g) as f32;
-                let shift = (beta.map_or(0.0, |b| b[ch] as f64) - mean * inv * g) as f32;
-                plane.iter_mut().for_each(|v| *v = act.apply(*v * scale + shift));
-            }
+            let channels = (i % groups) * per_group..(i % groups + 1) * per_group;
+            let (gamma, beta) = (gamma.map(|g| &g[channels.clone()]), beta.map(|b| &b[channels]));
+            elementwise::normalize_group(group, len, gamma, beta, eps, act);
         });
         Ok(())
     }
 
     fn activate(&self, x: &mut Tensor, act: Activation) -> Result<()> {
         if act != Activation::Identity {
-            x.data_mut().par_chunks_mut(16384).for_each(|chunk| chunk.iter_mut().for_each(|v| *v = act.apply(*v)));
+            x.data_mut().par_chunks_mut(16384).for_each(|chunk| elementwise::activate(chunk, act));
         }
         Ok(())
     }
@@ -583,12 +556,7 @@ impl Backend for CpuBackend {
             if k == 2 {
                 // The U-Nets' pooling: two rows at a time in slices the compiler vectorises (the general
                 // loop below ran at about 3 GB/s); same maxima in the same order.
-                for (oy, row) in dst.chunks_exact_mut(wo).enumerate() {
-                    let (top, bottom) = (&src[2 * oy * w..][..2 * wo], &src[(2 * oy + 1) * w..][..2 * wo]);
-                    for ((o, a), b) in row.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
-                        *o = f32::NEG_INFINITY.max(a[0]).max(a[1]).max(b[0]).max(b[1]);
-                    }
-                }
+                elementwise::max_pool2x2(src, w, dst, wo);
                 return;
             }
             for oy in 0..ho {
