@@ -293,12 +293,18 @@ pub(super) struct Input<'a> {
 impl<'a> Input<'a> {
     /// Row (z, y) of channel `ci` of one image of `g`'s input: its own channels, then the skip's.
     pub(super) fn line(&self, g: &Conv3d, ci: usize, z: usize, y: usize) -> &'a [f32] {
-        let [d, h, w] = g.input;
-        let (source, c) = match ci.checked_sub(self.x.len() / (d * h * w)) {
+        let [_, h, w] = g.input;
+        &self.channel(g, ci)[(z * h + y) * w..][..w]
+    }
+
+    /// Channel `ci` (d x h x w values) of one image of `g`'s input: its own channels, then the skip's.
+    pub(super) fn channel(&self, g: &Conv3d, ci: usize) -> &'a [f32] {
+        let len = g.input.iter().product::<usize>();
+        let (source, c) = match ci.checked_sub(self.x.len() / len) {
             None => (self.x, ci),
             Some(cs) => (self.skip, cs),
         };
-        &source[((c * d + z) * h + y) * w..][..w]
+        &source[c * len..][..len]
     }
 }
 
