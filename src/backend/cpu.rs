@@ -200,9 +200,11 @@ pub fn describe_cpu() -> String {
             .map(|(_, name)| name)
             .collect();
     let kernels = match direct::capability() {
-        Some(direct::Capability::Avx512) if amx::available() => "direct AVX-512 (bf16: AMX tiles)",
-        Some(direct::Capability::Avx512) if direct::bf16_available() => "direct AVX-512 (bf16: AVX512-BF16)",
-        Some(direct::Capability::Avx512) => "direct AVX-512",
+        Some(direct::Capability::Avx512) if amx::available() => "Winograd and direct AVX-512 (bf16: AMX tiles)",
+        Some(direct::Capability::Avx512) if direct::bf16_available() => {
+            "Winograd and direct AVX-512 (bf16: AVX512-BF16)"
+        }
+        Some(direct::Capability::Avx512) => "Winograd and direct AVX-512",
         Some(direct::Capability::Avx2) => "direct AVX2",
         None => "im2col GEMM",
     };
