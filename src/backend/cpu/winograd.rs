@@ -154,11 +154,11 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let (v, m) = scratch.split_at_mut(XI * cin * CHUNK);
     let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
     // The chunk's groups, two per vector (None past the image's last group), and their input rows.
-    let q0 = k * CHUNK / GROUP;
+    let (q0, total) = (k * CHUNK / GROUP, job.groups());
     let groups: [Option<(usize, usize, usize)>; CHUNK / GROUP] =
-        std::array::from_fn(|i| (q0 + i < job.groups()).then(|| job.group(q0 + i)));
+        std::array::from_fn(|i| (q0 + i < total).then(|| job.group(q0 + i)));
     let rows = groups.map(|group| group.map_or([None; 4], |(z, ty, _)| job.rows(z, ty)));
-    let halves = (job.groups() - q0).min(CHUNK / GROUP).div_ceil(2);
+    let halves = (total - q0).min(CHUNK / GROUP).div_ceil(2);
     // Where each group's two output rows start in an output channel (None past the image's last row),
     // and how many columns they have.
     let targets: [[Option<usize>; 2]; CHUNK / GROUP] = groups.map(|group| {
