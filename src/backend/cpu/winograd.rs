@@ -170,7 +170,23 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let columns = groups.map(|group| group.map_or(0, |(_, _, x)| x as isize - 1));
+    // The two input rows the next tile row reads first, fetched into L2 a tile row ahead (2 chunks on
+    // 128² planes): short rows, 16 channels x 2 rows apart, defeat the hardware prefetcher, and the
+    // loads of those rows stalled on L3 (Zen 4, batch 16: forward 128² 59 -> 54 ms, 256² 278 -> 228 ms).
+    let ahead = groups.map(|group| {
+        group.and_then(|(z, ty, x)| {
+            let [_, _, next0, next1] = job.rows(z, ty + 1);
+            (2 * (ty + 1) < oh).then_some(([next0, next1], x))
+        })
+    });
     for (ci, channel) in job.channels.iter().enumerate() {
+        for &([r0, r1], x) in ahead.iter().flatten() {
+            for at in [r0, r1].into_iter().flatten() {
+                let p = channel.as_ptr().add(at + x).wrapping_sub(1) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(p);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(68.min(4 * (ow - x + 1))));
+            }
+        }
         for half in 0..halves {
             let mut lines = [[job.zeros.as_ptr(); 4]; 2];
             for (i, lines) in lines.iter_mut().enumerate() {
