@@ -14,6 +14,10 @@ use xaiclip::roi::clip::ClipRoi;
 use xaiclip::roi::RoiMode;
 use xaiclip::tensor::Tensor;
 
+// What the binary runs with (aligned activations).
+#[global_allocator]
+static ALLOC: xaiclip::backend::cpu::CacheAligned = xaiclip::backend::cpu::CacheAligned;
+
 fn weights(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(name)
 }

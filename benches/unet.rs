@@ -10,6 +10,10 @@ use xaiclip::models::{BasicUNet, UNetConfig};
 use xaiclip::rng::Philox;
 use xaiclip::tensor::Tensor;
 
+// What the binary runs with (aligned activations).
+#[global_allocator]
+static ALLOC: xaiclip::backend::cpu::CacheAligned = xaiclip::backend::cpu::CacheAligned;
+
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
     let rng = Philox::new(seed);

@@ -5,6 +5,9 @@ mod cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOC: xaiclip::backend::cpu::CacheAligned = xaiclip::backend::cpu::CacheAligned;
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so `xaiclip info ... | head` would panic on the closed pipe; restore the
     // default (quiet exit) that command-line tools have.

@@ -20,6 +20,10 @@ use xaiclip::preprocess::Intensity;
 use xaiclip::roi::clip::{ClipOptions, Prompts};
 use xaiclip::{Device, ErrorKind, Method, Precision, Request, RoiMode, Slices};
 
+/// The engine's kernels want cache-line-aligned activations (see `CacheAligned`).
+#[global_allocator]
+static ALLOC: xaiclip::backend::cpu::CacheAligned = xaiclip::backend::cpu::CacheAligned;
+
 /// The engine's error as the Python exception of its kind, with the same message the CLI prints. The
 /// package's own exceptions are defined in `xaiclip/errors.py` (each also a ValueError or RuntimeError).
 fn py_err(e: xaiclip::Error) -> PyErr {

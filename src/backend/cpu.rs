@@ -22,6 +22,7 @@ use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::alloc::{GlobalAlloc, Layout, System};
 
 /// The reference backend: rayon over images and tiles, the direct kernel or the `gemm` crate for the
 /// convolutions. The constant `CpuBackend` computes in f32; `CpuBackend::bf16()` runs the stride-1 2-D
@@ -260,6 +261,54 @@ pub fn reuse_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// The allocator for programs that run the CPU kernels (`#[global_allocator] static ALLOC: CacheAligned
+/// = CacheAligned;`, as the CLI, the benches and the Python module do; process-wide, so the library
+/// cannot choose it): the system allocator with blocks of 1 KiB and more aligned to a 64-byte cache line.
+/// glibc aligns to 16 bytes, so every 64-byte vector load and store of an activation row or a kernel's
+/// scratch straddled two lines (AMD Zen 4, forward at batch 16, fastest of interleaved runs: 128²
+/// 51.5 -> 47.4 ms, 256² 209 -> 205 ms).
+pub struct CacheAligned;
+
+impl CacheAligned {
+    fn widened(layout: Layout) -> Layout {
+        if layout.size() >= 1024 {
+            layout.align_to(64).unwrap_or(layout)
+        } else {
+            layout
+        }
+    }
+}
+
+// SAFETY: each block is allocated and freed by the system allocator with the same widened layout (a
+// function of the caller's layout), whose size and alignment are at least what the caller asked for.
+unsafe impl GlobalAlloc for CacheAligned {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        System.alloc(Self::widened(layout))
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        System.alloc_zeroed(Self::widened(layout))
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, Self::widened(layout))
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new = Layout::from_size_align_unchecked(new_size, layout.align());
+        if Self::widened(layout) == layout && Self::widened(new) == new {
+            // Small blocks stay small: glibc may grow them in place.
+            return System.realloc(ptr, layout, new_size);
+        }
+        let moved = self.alloc(new);
+        if !moved.is_null() {
+            std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
+            self.dealloc(ptr, layout);
+        }
+        moved
     }
 }
 
@@ -970,6 +1019,29 @@ mod tests {
             }
             let g = got.data()[((i * 2 + co) * 8 + oy) * 10 + ox];
             assert!((g as f64 - want).abs() < 1e-5, "{g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn cache_aligned_blocks_start_on_a_cache_line_and_keep_their_contents() {
+        let a = CacheAligned;
+        // SAFETY: every block below is freed once, with the layout (or the size) it was made with.
+        unsafe {
+            let layout = Layout::from_size_align(4096, 4).unwrap();
+            let p = a.alloc_zeroed(layout);
+            assert_eq!(p as usize % 64, 0, "a 4 KiB block is cache-line aligned");
+            assert!(std::slice::from_raw_parts(p, 4096).iter().all(|&b| b == 0));
+            p.add(1000).write(7);
+            // Grown past and shrunk below the 1 KiB threshold: moved with its contents.
+            let p = a.realloc(p, layout, 1 << 20);
+            assert_eq!((p as usize % 64, p.add(1000).read()), (0, 7));
+            let p = a.realloc(p, Layout::from_size_align(1 << 20, 4).unwrap(), 1001);
+            assert_eq!(p.add(1000).read(), 7);
+            a.dealloc(p, Layout::from_size_align(1001, 4).unwrap());
+            let small = Layout::from_size_align(100, 4).unwrap();
+            let q = a.alloc(small);
+            assert!(!q.is_null());
+            a.dealloc(q, small);
         }
     }
 
