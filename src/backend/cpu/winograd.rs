@@ -65,7 +65,7 @@ fn transform_weights(weight: &[f32], g: &Conv3d) -> Vec<f32> {
 }
 
 thread_local! {
-    /// Each thread's transformed inputs and products of one chunk of 32 tiles (reused: 48-272 KiB at
+    /// Each thread's transformed inputs and products of one chunk of 32 tiles (reused: 49-280 KiB at
     /// 16-128 input channels, which glibc would otherwise map and unmap per task).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -140,6 +140,12 @@ impl<'a> Job<'a> {
 /// transforms and the GEMMs (two vectors, four groups).
 const CHUNK: usize = 2 * LANES;
 
+/// One input channel's transformed chunk: its 16 positions, then a vector of padding. Positions at fixed
+/// offsets let the transform store through one pointer (with the positions `cin` chunks apart, the
+/// compiler kept 16 pointers on the stack); the padding staggers the channels' cache sets for the GEMMs,
+/// which read one position of every channel (2 KiB apart, 16 channels would share 4 of L1's 64 sets).
+const V_CHANNEL: usize = XI * CHUNK + LANES;
+
 /// Chunk k (groups 4k..4k + 4) of every output channel: the inputs' transform, the 16 GEMMs and the
 /// outputs' transform run back to back on data in L1/L2.
 #[target_feature(enable = "avx512f")]
@@ -147,11 +153,11 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let g = job.g;
     let [od, oh, ow] = g.output;
     let cin = g.cin;
-    let need = XI * (cin + BLOCK) * CHUNK;
+    let need = cin * V_CHANNEL + XI * BLOCK * CHUNK;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
-    let (v, m) = scratch.split_at_mut(XI * cin * CHUNK);
+    let (v, m) = scratch.split_at_mut(cin * V_CHANNEL);
     let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
     // The chunk's groups, two per vector (None past the image's last group), and their input rows.
     let (q0, total) = (k * CHUNK / GROUP, job.groups());
@@ -198,14 +204,14 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
                 }
             }
             let sources = [(lines[0], columns[2 * half]), (lines[1], columns[2 * half + 1])];
-            transform_input(sources, ow, v.add(ci * CHUNK + half * LANES), cin * CHUNK);
+            transform_input(sources, ow, v.add(ci * V_CHANNEL + half * LANES));
         }
     }
     for block in 0..g.cout.div_ceil(BLOCK) {
         // The 16 GEMMs of this block of output channels.
         for xi in 0..XI {
             let u = job.u.as_ptr().add((block * XI + xi) * cin * BLOCK);
-            let (vx, mx) = (v.add(xi * cin * CHUNK), m.add(xi * BLOCK * CHUNK));
+            let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
             if halves == 2 {
                 gemm::<2>(vx, u, mx, cin);
             } else {
@@ -247,11 +253,11 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
 
 /// B^T d B of 16 tiles of one input channel, two groups of 8: each source gives the four rows of its
 /// tile row (a row of zeros for the padding) and the column its 4 x 4 patches start at (one left of
-/// its first output column). Stored as 16 vectors `stride` apart (position 4k + c at
-/// `v + (4k + c) * stride`). Columns outside the row read as zeros (masked loads).
+/// its first output column). Stored as 16 vectors a chunk apart (position 4k + c at
+/// `v + (4k + c) * CHUNK`). Columns outside the row read as zeros (masked loads).
 /// (Loops, not closures: a closure's intrinsics are not inlined into the AVX-512 caller.)
 #[inline(always)]
-unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *mut f32, stride: usize) {
+unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *mut f32) {
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let [(la, xa), (lb, xb)] = sources;
@@ -272,7 +278,7 @@ unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *
     for c in 0..4 {
         let col = bt(t[0][c], t[1][c], t[2][c], t[3][c]);
         for (k, &value) in col.iter().enumerate() {
-            _mm512_storeu_ps(v.add((k * 4 + c) * stride), value);
+            _mm512_storeu_ps(v.add((k * 4 + c) * CHUNK), value);
         }
     }
 }
@@ -309,14 +315,14 @@ unsafe fn store(p: *mut f32, v: __m512, n: usize) {
 }
 
 /// m[j][t] = sum over input channels of u[ci][j] v[ci][t] for BLOCK output channels and CHUNKS vectors
-/// of tiles, in registers (rows of v and m are `CHUNK` apart).
+/// of tiles, in registers (rows of v are `V_CHANNEL` apart, of m `CHUNK`).
 #[inline(always)]
 unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, cin: usize) {
     let mut acc = [[_mm512_setzero_ps(); CHUNKS]; BLOCK];
     for ci in 0..cin {
         let mut x = [_mm512_setzero_ps(); CHUNKS];
         for (c, x) in x.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(v.add(ci * CHUNK + c * LANES));
+            *x = _mm512_loadu_ps(v.add(ci * V_CHANNEL + c * LANES));
         }
         for (j, acc) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(*u.add(ci * BLOCK + j));
