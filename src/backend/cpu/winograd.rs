@@ -9,17 +9,11 @@
 //! vectors (AMD EPYC Zen 4, batch 16: 64->64 @16 3.4-3.9 -> 1.8-2.1 ms, where half of each vector
 //! was empty).
 //!
-//! Rows of 64 outputs and more take F(4x4, 3x3) instead: 4 x 4 output tiles from 6 x 6 input patches,
-//! 36 products per 16 outputs (F(2x2) makes 64), a vector of 16 tiles being 64 columns of one tile row.
-//! The GEMMs were half of the time of the 16-channel full-resolution layers, the transforms cost about
-//! the same per output in both (AMD EPYC Zen 4, bundled U-Net at 128², batch 16: forward ... ms).
-//!
-//! Rounding: in F(2x2) an input is a sum of up to 4 input values before its product, an output a sum of
-//! up to 9 products after its channel sum, the weights' transform exact (halves); against the direct
-//! sums a few f32 ulps of the largest partial sum. F(4x4)'s transforms scale by up to 5 and 8 and its
-//! weights' by 1/6 and 1/24 (computed in f64, rounded once), some ten times that error (the tests bound
-//! both). Every output is computed alike on any number of threads and batch sizes, so results are the
-//! same bits on each. im2col + GEMM (`volume::im2col_conv3d`) is the reference it is tested against.
+//! Rounding: an input is a sum of up to 4 input values before its product, an output a sum of up to 9
+//! products after its channel sum; the weights' transform sums 3 values twice (scaled by 1/2, exact). Against
+//! the direct sums that is an error of a few f32 ulps of the largest partial sum (the tests bound it);
+//! every output is computed alike on any number of threads, so results are the same bits on each.
+//! im2col + GEMM (`volume::im2col_conv3d`) is the reference it is tested against.
 
 use super::direct::{self, Input};
 use crate::backend::volume::Conv3d;
@@ -27,9 +21,8 @@ use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Transform positions of one F(2x2) tile (4 x 4) and of one F(4x4) tile (6 x 6).
+/// Transform positions (4 x 4) of one tile.
 const XI: usize = 16;
-const XI4: usize = 36;
 /// Output channels held in registers at once.
 const BLOCK: usize = 8;
 /// Tiles per vector.
@@ -50,19 +43,20 @@ pub(super) fn applies(g: &Conv3d) -> bool {
         && direct::capability() == Some(direct::Capability::Avx512)
 }
 
-/// `G w G^T` of each (output, input) channel's 3x3 kernel, with `gt` one row (or column) of G applied to
-/// three values (P of them: 4 or 6), as [block][position][input channel][block output channels], zero
-/// beyond `cout`. Computed per call (as the direct kernel packs its weights), in f64: `G w`, then
-/// `(G w) G^T`.
-fn transform_weights<const P: usize>(weight: &[f32], g: &Conv3d, gt: fn([f64; 3]) -> [f64; P]) -> Vec<f32> {
-    let mut u = vec![0f32; g.cout.div_ceil(BLOCK) * P * P * g.cin * BLOCK];
+/// `G w G^T` of each (output, input) channel's 3x3 kernel, as [block][position][input channel][block
+/// output channels], zero beyond `cout`. Computed per call (as the direct kernel packs its weights):
+/// `G w` first, then `(G w) G^T`, 84 products a kernel.
+fn transform_weights(weight: &[f32], g: &Conv3d) -> Vec<f32> {
+    let mut u = vec![0f32; g.cout.div_ceil(BLOCK) * XI * g.cin * BLOCK];
+    // One row (or column) of G applied to three values.
+    let gt = |[a, b, c]: [f32; 3]| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     for co in 0..g.cout {
         for ci in 0..g.cin {
             let k = &weight[(co * g.cin + ci) * 9..][..9];
-            let cols: [[f64; P]; 3] = std::array::from_fn(|x| gt([k[x], k[3 + x], k[6 + x]].map(f64::from)));
-            for i in 0..P {
+            let cols: [[f32; 4]; 3] = std::array::from_fn(|x| gt([k[x], k[3 + x], k[6 + x]]));
+            for i in 0..4 {
                 for (j, value) in gt([cols[0][i], cols[1][i], cols[2][i]]).into_iter().enumerate() {
-                    u[(((co / BLOCK) * P * P + i * P + j) * g.cin + ci) * BLOCK + co % BLOCK] = value as f32;
+                    u[(((co / BLOCK) * XI + i * 4 + j) * g.cin + ci) * BLOCK + co % BLOCK] = value;
                 }
             }
         }
@@ -70,45 +64,26 @@ fn transform_weights<const P: usize>(weight: &[f32], g: &Conv3d, gt: fn([f64; 3]
     u
 }
 
-/// A row of F(2x2)'s G (4 x 3) applied to three values (halves: exact).
-fn g2([a, b, c]: [f64; 3]) -> [f64; 4] {
-    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
-}
-
-/// A row of F(4x4)'s G (6 x 3, interpolation points 0, -1, 1, 1/2, -1/2, and infinity, Lavin & Gray).
-fn g4([a, b, c]: [f64; 3]) -> [f64; 6] {
-    [a / 4.0, -(a + b + c) / 6.0, -(a - b + c) / 6.0, a / 24.0 + b / 12.0 + c / 6.0, a / 24.0 - b / 12.0 + c / 6.0, c]
-}
-
 thread_local! {
     /// Each thread's transformed inputs and products of one chunk of 32 tiles (reused: 49-280 KiB at
-    /// 16-128 input channels in F(2x2), 111-182 KiB at 16-32 in F(4x4), which glibc would otherwise map
-    /// and unmap per task).
+    /// 16-128 input channels, which glibc would otherwise map and unmap per task).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added (`applies` must hold).
 pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
     assert!(applies(g), "winograd::applies was checked");
-    // F(4x4) where a tile row fills a vector of 16 tiles.
-    let side = if g.output[2] >= 4 * LANES { 4 } else { 2 };
-    let u = if side == 4 { transform_weights(weight, g, g4) } else { transform_weights(weight, g, g2) };
+    let u = transform_weights(weight, g);
     let image = |one: Input, in_parallel, out: super::SharedMut| {
-        let job = Job::new(one, &u, bias, g, side);
+        let job = Job::new(one, &u, bias, g);
         let one_chunk = |k| {
             SCRATCH.with_borrow_mut(|scratch| {
                 // SAFETY: `applies` checked AVX-512F; the call writes the tiles of chunk k of each output
                 // channel of this image only, inside its output.
-                unsafe {
-                    if side == 4 {
-                        chunk4(&job, k, scratch, out.ptr())
-                    } else {
-                        chunk(&job, k, scratch, out.ptr())
-                    }
-                }
+                unsafe { chunk(&job, k, scratch, out.ptr()) }
             })
         };
-        let chunks = job.groups().div_ceil(CHUNK / job.group_tiles());
+        let chunks = job.groups().div_ceil(CHUNK / GROUP);
         if in_parallel {
             (0..chunks).into_par_iter().for_each(one_chunk);
         } else {
@@ -119,9 +94,9 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d)
     unsafe { direct::each_image(x, g, image) }
 }
 
-/// Tiles per F(2x2) group: a tile row is cut into groups of 8 tiles (16 output columns), and each vector
-/// of tiles holds two groups, from the same tile row or (on planes 16 wide or less) from two, so that
-/// narrow planes fill whole vectors. An F(4x4) group is a vector: 16 tiles, 64 output columns.
+/// Tiles per group: a tile row is cut into groups of 8 tiles (16 output columns), and each vector of
+/// tiles holds two groups, from the same tile row or (on planes 16 wide or less) from two, so that narrow
+/// planes fill whole vectors.
 const GROUP: usize = LANES / 2;
 
 /// What every chunk of one image reads: its own channels, then the skip's (read in place).
@@ -132,74 +107,32 @@ struct Job<'a> {
     u: &'a [f32],
     bias: Option<&'a [f32]>,
     g: &'a Conv3d,
-    /// Output tile side: 2 or 4.
-    side: usize,
 }
 
 impl<'a> Job<'a> {
-    fn new(input: Input<'a>, u: &'a [f32], bias: Option<&'a [f32]>, g: &'a Conv3d, side: usize) -> Self {
+    fn new(input: Input<'a>, u: &'a [f32], bias: Option<&'a [f32]>, g: &'a Conv3d) -> Self {
         let zeros = vec![0.0; g.input[2]];
-        Self { channels: (0..g.cin).map(|ci| input.channel(g, ci)).collect(), zeros, u, bias, g, side }
-    }
-
-    /// Tiles per group: 8 in F(2x2), 16 in F(4x4).
-    fn group_tiles(&self) -> usize {
-        if self.side == 4 {
-            LANES
-        } else {
-            GROUP
-        }
-    }
-
-    /// Groups of tiles per tile row, and tile rows per slice.
-    fn grid(&self) -> (usize, usize) {
-        let [_, oh, ow] = self.g.output;
-        (ow.div_ceil(self.side * self.group_tiles()), oh.div_ceil(self.side))
+        Self { channels: (0..g.cin).map(|ci| input.channel(g, ci)).collect(), zeros, u, bias, g }
     }
 
     /// Groups of tiles in the image: slices x tile rows x groups per tile row.
     fn groups(&self) -> usize {
-        let (per_row, rows) = self.grid();
-        self.g.output[0] * rows * per_row
+        let [od, oh, ow] = self.g.output;
+        od * oh.div_ceil(2) * ow.div_ceil(2).div_ceil(GROUP)
     }
 
     /// Group q as (slice, tile row, first output column).
     fn group(&self, q: usize) -> (usize, usize, usize) {
-        let (per_row, rows) = self.grid();
-        (q / (per_row * rows), q / per_row % rows, self.side * self.group_tiles() * (q % per_row))
+        let [_, oh, ow] = self.g.output;
+        let (per_row, rows) = (ow.div_ceil(2).div_ceil(GROUP), oh.div_ceil(2));
+        (q / (per_row * rows), q / per_row % rows, 2 * GROUP * (q % per_row))
     }
 
-    /// Where input row k (of side + 2) that tile row ty of slice z reads starts in each channel (None:
-    /// the padding above or below the image).
-    fn row(&self, z: usize, ty: usize, k: usize) -> Option<usize> {
+    /// Where the four input rows that tile row ty of slice z reads start in each channel (None: the
+    /// padding above or below the image).
+    fn rows(&self, z: usize, ty: usize) -> [Option<usize>; 4] {
         let [_, h, w] = self.g.input;
-        (self.side * ty + k).checked_sub(1).filter(|&y| y < h).map(|y| (z * h + y) * w)
-    }
-
-    /// Fetches into L2 the input rows that the next tile row of these groups reads first, a tile row (2
-    /// chunks on 128² planes) before they are read: short rows, 16 channels x 2 rows apart, defeat the
-    /// hardware prefetcher, and the loads of those rows stalled on L3 (Zen 4, batch 16, F(2x2): forward
-    /// 128² 59 -> 54 ms, 256² 278 -> 228 ms). F(4x4) reads whole rows of each channel in order, which the
-    /// hardware follows (fetching them here as well made no difference).
-    #[inline(always)]
-    unsafe fn prefetch_next(&self, channel: &[f32], groups: &[Option<(usize, usize, usize)>]) {
-        let ow = self.g.output[2];
-        let span = self.side * self.group_tiles() + 2;
-        for &(z, ty, x) in groups.iter().flatten() {
-            if self.side * (ty + 1) >= self.g.output[1] {
-                continue;
-            }
-            for k in 2..self.side + 2 {
-                if let Some(at) = self.row(z, ty + 1, k) {
-                    let p = channel.as_ptr().add(at + x).wrapping_sub(1);
-                    // Every line of the span: each 16 values, and the last.
-                    let end = span.min(ow - x + 1);
-                    for c in (0..end).step_by(16).chain([end - 1]) {
-                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(c) as *const i8);
-                    }
-                }
-            }
-        }
+        std::array::from_fn(|k| (2 * ty + k).checked_sub(1).filter(|&y| y < h).map(|y| (z * h + y) * w))
     }
 }
 
@@ -230,8 +163,7 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let (q0, total) = (k * CHUNK / GROUP, job.groups());
     let groups: [Option<(usize, usize, usize)>; CHUNK / GROUP] =
         std::array::from_fn(|i| (q0 + i < total).then(|| job.group(q0 + i)));
-    let rows: [[Option<usize>; 4]; CHUNK / GROUP] =
-        groups.map(|group| group.map_or([None; 4], |(z, ty, _)| std::array::from_fn(|k| job.row(z, ty, k))));
+    let rows = groups.map(|group| group.map_or([None; 4], |(z, ty, _)| job.rows(z, ty)));
     let halves = (total - q0).min(CHUNK / GROUP).div_ceil(2);
     // Where each group's two output rows start in an output channel (None past the image's last row),
     // and how many columns they have.
@@ -244,8 +176,23 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let columns = groups.map(|group| group.map_or(0, |(_, _, x)| x as isize - 1));
+    // The two input rows the next tile row reads first, fetched into L2 a tile row ahead (2 chunks on
+    // 128² planes): short rows, 16 channels x 2 rows apart, defeat the hardware prefetcher, and the
+    // loads of those rows stalled on L3 (Zen 4, batch 16: forward 128² 59 -> 54 ms, 256² 278 -> 228 ms).
+    let ahead = groups.map(|group| {
+        group.and_then(|(z, ty, x)| {
+            let [_, _, next0, next1] = job.rows(z, ty + 1);
+            (2 * (ty + 1) < oh).then_some(([next0, next1], x))
+        })
+    });
     for (ci, channel) in job.channels.iter().enumerate() {
-        job.prefetch_next(channel, &groups);
+        for &([r0, r1], x) in ahead.iter().flatten() {
+            for at in [r0, r1].into_iter().flatten() {
+                let p = channel.as_ptr().add(at + x).wrapping_sub(1) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(p);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(68.min(4 * (ow - x + 1))));
+            }
+        }
         for half in 0..halves {
             let mut lines = [[job.zeros.as_ptr(); 4]; 2];
             for (i, lines) in lines.iter_mut().enumerate() {
@@ -266,9 +213,9 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
             let u = job.u.as_ptr().add((block * XI + xi) * cin * BLOCK);
             let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
             if halves == 2 {
-                gemm::<2, V_CHANNEL, CHUNK>(vx, u, mx, cin);
+                gemm::<2>(vx, u, mx, cin);
             } else {
-                gemm::<1, V_CHANNEL, CHUNK>(vx, u, mx, cin);
+                gemm::<1>(vx, u, mx, cin);
             }
         }
         // A^T m A, bias added, even and odd columns interleaved into the output rows.
@@ -302,166 +249,6 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
             }
         }
     }
-}
-
-/// One input channel's transformed F(4x4) chunk: 36 positions, then a vector of padding (as `V_CHANNEL`).
-const V4_CHANNEL: usize = XI4 * CHUNK + LANES;
-
-/// F(4x4, 3x3) on chunk k (groups 2k, 2k + 1: a vector of 16 tiles each) of every output channel, as
-/// `chunk` does F(2x2).
-#[target_feature(enable = "avx512f")]
-unsafe fn chunk4(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
-    let g = job.g;
-    let [od, oh, ow] = g.output;
-    let cin = g.cin;
-    let need = cin * V4_CHANNEL + XI4 * BLOCK * CHUNK;
-    if scratch.len() < need {
-        scratch.resize(need, 0.0);
-    }
-    let (v, m) = scratch.split_at_mut(cin * V4_CHANNEL);
-    let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
-    let (q0, total) = (2 * k, job.groups());
-    let groups: [Option<(usize, usize, usize)>; 2] =
-        std::array::from_fn(|i| (q0 + i < total).then(|| job.group(q0 + i)));
-    let halves = (total - q0).min(2);
-    let rows: [[Option<usize>; 6]; 2] =
-        groups.map(|group| group.map_or([None; 6], |(z, ty, _)| std::array::from_fn(|k| job.row(z, ty, k))));
-    // Where each group's four output rows start in an output channel (None past the image's last row).
-    let targets: [[Option<usize>; 4]; 2] = groups.map(|group| {
-        std::array::from_fn(|dy| {
-            group.and_then(|(z, ty, x)| (4 * ty + dy < oh).then(|| (z * oh + 4 * ty + dy) * ow + x))
-        })
-    });
-    let widths = groups.map(|group| group.map_or(0, |(_, _, x)| ow - x));
-    // Each group's first patch column (one left of its first output column) and the lanes of its five
-    // loads per row that lie inside the row.
-    let columns = groups.map(|group| {
-        let x = group.map_or(0, |(_, _, x)| x as isize - 1);
-        (x, std::array::from_fn(|i| mask(x + 16 * i as isize, ow)))
-    });
-    for (ci, channel) in job.channels.iter().enumerate() {
-        for half in 0..halves {
-            let lines: [*const f32; 6] =
-                rows[half].map(|row| row.map_or(job.zeros.as_ptr(), |at| channel.as_ptr().add(at)));
-            transform_input4(lines, columns[half], v.add(ci * V4_CHANNEL + half * LANES));
-        }
-    }
-    // Lanes that interleave four vectors of tile columns (c0 c1 c2 c3 of tile t) into output columns.
-    let pairs_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let pairs_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    let quads_lo = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
-    let quads_hi = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
-    for block in 0..g.cout.div_ceil(BLOCK) {
-        for xi in 0..XI4 {
-            let u = job.u.as_ptr().add((block * XI4 + xi) * cin * BLOCK);
-            // m as [channel][position][tiles]: the outputs' transform reads one channel's 36 vectors in
-            // a row (in the position-major order these loads stalled).
-            let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * CHUNK));
-            if halves == 2 {
-                gemm::<2, V4_CHANNEL, { XI4 * CHUNK }>(vx, u, mx, cin);
-            } else {
-                gemm::<1, V4_CHANNEL, { XI4 * CHUNK }>(vx, u, mx, cin);
-            }
-        }
-        // A^T m A, bias added, the four columns of each tile interleaved into 64 output columns.
-        for j in 0..BLOCK.min(g.cout - block * BLOCK) {
-            let co = block * BLOCK + j;
-            let bias = _mm512_set1_ps(job.bias.map_or(0.0, |b| b[co]));
-            for half in 0..halves {
-                let mut s = [[_mm512_setzero_ps(); 4]; 6];
-                for (c, s) in s.iter_mut().enumerate() {
-                    let at = m.add((j * XI4 + c) * CHUNK + half * LANES);
-                    *s = at4(std::array::from_fn(|r| _mm512_loadu_ps(at.add(r * 6 * CHUNK))));
-                }
-                for dy in 0..4 {
-                    let Some(row) = targets[half][dy] else { continue };
-                    let y = at4(std::array::from_fn(|c| s[c][dy])).map(|y| _mm512_add_ps(y, bias));
-                    let (p01, q01) =
-                        (_mm512_permutex2var_ps(y[0], pairs_lo, y[1]), _mm512_permutex2var_ps(y[0], pairs_hi, y[1]));
-                    let (p23, q23) =
-                        (_mm512_permutex2var_ps(y[2], pairs_lo, y[3]), _mm512_permutex2var_ps(y[2], pairs_hi, y[3]));
-                    let columns = [
-                        _mm512_permutex2var_ps(p01, quads_lo, p23),
-                        _mm512_permutex2var_ps(p01, quads_hi, p23),
-                        _mm512_permutex2var_ps(q01, quads_lo, q23),
-                        _mm512_permutex2var_ps(q01, quads_hi, q23),
-                    ];
-                    let at = out.add(co * od * oh * ow + row);
-                    for (i, columns) in columns.into_iter().enumerate() {
-                        if widths[half] > i * LANES {
-                            store(at.add(i * LANES), columns, widths[half] - i * LANES);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// B^T d B of 16 tiles (64 output columns of one tile row) of one input channel: `lines` are the six
-/// input rows (a row of zeros for the padding), x the column the first patch starts at (one left of the
-/// first output column) with the masks of its five loads per row (columns outside the row read as
-/// zeros). Stored as 36 vectors a chunk apart (position 6r + c at `v + (6r + c) * CHUNK`).
-#[inline(always)]
-unsafe fn transform_input4(lines: [*const f32; 6], (x, masks): (isize, [__mmask16; 5]), v: *mut f32) {
-    // Lanes that gather every fourth column: of two vectors, columns 0 and 2 (mod 4), and 1 and 3.
-    let even = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 2, 6, 10, 14, 18, 22, 26, 30);
-    let odd = _mm512_setr_epi32(1, 5, 9, 13, 17, 21, 25, 29, 3, 7, 11, 15, 19, 23, 27, 31);
-    // Lanes 1..16 of a, then lane 1 of b: the next tile's column 1.
-    let next1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17);
-    let mut t = [[_mm512_setzero_ps(); 6]; 6];
-    for (t, &p) in t.iter_mut().zip(&lines) {
-        let [a, b, c, d, e] =
-            std::array::from_fn(|i| _mm512_maskz_loadu_ps(masks[i], p.wrapping_offset(x + 16 * i as isize)));
-        let (ab02, ab13) = (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
-        let (cd02, cd13) = (_mm512_permutex2var_ps(c, even, d), _mm512_permutex2var_ps(c, odd, d));
-        // d_k[t]: column 4t + k of the patches, t = 0..16.
-        let d0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(ab02, cd02);
-        let d2 = _mm512_shuffle_f32x4::<0b11_10_11_10>(ab02, cd02);
-        let d1 = _mm512_shuffle_f32x4::<0b01_00_01_00>(ab13, cd13);
-        let d3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(ab13, cd13);
-        let d4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(_mm512_castps_si512(e), _mm512_castps_si512(d0)));
-        let d5 = _mm512_permutex2var_ps(d1, next1, e);
-        *t = bt4([d0, d1, d2, d3, d4, d5]);
-    }
-    // Columns c of the six row transforms (a transpose, so not an iterator over one row).
-    #[allow(clippy::needless_range_loop)]
-    for c in 0..6 {
-        let col = bt4(std::array::from_fn(|r| t[r][c]));
-        for (r, &value) in col.iter().enumerate() {
-            _mm512_storeu_ps(v.add((r * 6 + c) * CHUNK), value);
-        }
-    }
-}
-
-/// B^T d of one column (or row) of a 6 x 6 patch (F(4x4)).
-#[inline(always)]
-unsafe fn bt4([d0, d1, d2, d3, d4, d5]: [__m512; 6]) -> [__m512; 6] {
-    let k = |v: f32| _mm512_set1_ps(v);
-    let (p, q) = (_mm512_fnmadd_ps(k(4.0), d2, d4), _mm512_fnmadd_ps(k(4.0), d1, d3));
-    let (r, s) = (_mm512_sub_ps(d4, d2), _mm512_sub_ps(d3, d1));
-    [
-        _mm512_fmadd_ps(k(4.0), d0, _mm512_fnmadd_ps(k(5.0), d2, d4)),
-        _mm512_add_ps(p, q),
-        _mm512_sub_ps(p, q),
-        _mm512_fmadd_ps(k(2.0), s, r),
-        _mm512_fnmadd_ps(k(2.0), s, r),
-        _mm512_fmadd_ps(k(4.0), d1, _mm512_fnmadd_ps(k(5.0), d3, d5)),
-    ]
-}
-
-/// A^T m of one column (or row) of a 6 x 6 product (F(4x4)).
-#[inline(always)]
-unsafe fn at4([m0, m1, m2, m3, m4, m5]: [__m512; 6]) -> [__m512; 4] {
-    let k = |v: f32| _mm512_set1_ps(v);
-    let (s12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
-    let (s34, d34) = (_mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
-    [
-        _mm512_add_ps(_mm512_add_ps(m0, s12), s34),
-        _mm512_fmadd_ps(k(2.0), d34, d12),
-        _mm512_fmadd_ps(k(4.0), s34, s12),
-        _mm512_add_ps(_mm512_fmadd_ps(k(8.0), d34, d12), m5),
-    ]
 }
 
 /// B^T d B of 16 tiles of one input channel, two groups of 8: each source gives the four rows of its
@@ -499,15 +286,10 @@ unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *
 /// The 16 values of a row of `w` from column x (may be -1); lanes outside 0..w are zero and not read.
 #[inline(always)]
 unsafe fn load(p: *const f32, x: isize, w: usize) -> __m512 {
-    _mm512_maskz_loadu_ps(mask(x, w), p.wrapping_offset(x))
-}
-
-/// The lanes of 16 values from column x (may be negative) that lie inside a row of `w`.
-#[inline(always)]
-fn mask(x: isize, w: usize) -> __mmask16 {
     let lo = (-x).clamp(0, 16) as u32;
     let hi = (w as isize - x).clamp(0, 16) as u32;
-    (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+    let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
+    _mm512_maskz_loadu_ps(mask, p.wrapping_offset(x))
 }
 
 /// B^T d of one column (or row) of a 4 x 4 patch.
@@ -533,19 +315,14 @@ unsafe fn store(p: *mut f32, v: __m512, n: usize) {
 }
 
 /// m[j][t] = sum over input channels of u[ci][j] v[ci][t] for BLOCK output channels and CHUNKS vectors
-/// of tiles, in registers (rows of v are `V` apart, of m `M`).
+/// of tiles, in registers (rows of v are `V_CHANNEL` apart, of m `CHUNK`).
 #[inline(always)]
-unsafe fn gemm<const CHUNKS: usize, const V: usize, const M: usize>(
-    v: *const f32,
-    u: *const f32,
-    m: *mut f32,
-    cin: usize,
-) {
+unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, cin: usize) {
     let mut acc = [[_mm512_setzero_ps(); CHUNKS]; BLOCK];
     for ci in 0..cin {
         let mut x = [_mm512_setzero_ps(); CHUNKS];
         for (c, x) in x.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(v.add(ci * V + c * LANES));
+            *x = _mm512_loadu_ps(v.add(ci * V_CHANNEL + c * LANES));
         }
         for (j, acc) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(*u.add(ci * BLOCK + j));
@@ -556,7 +333,7 @@ unsafe fn gemm<const CHUNKS: usize, const V: usize, const M: usize>(
     }
     for (j, acc) in acc.iter().enumerate() {
         for (c, &a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(m.add(j * M + c * LANES), a);
+            _mm512_storeu_ps(m.add(j * CHUNK + c * LANES), a);
         }
     }
 }
@@ -585,7 +362,6 @@ mod tests {
             (1, 19, 16, [1, 9, 70]),
             (2, 32, 12, [2, 6, 64]),
             (1, 64, 19, [1, 5, 130]),
-            (2, 16, 16, [1, 8, 128]),
         ]
         .iter()
         .enumerate()
@@ -596,13 +372,10 @@ mod tests {
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
             let wino = conv3d(x[..].into(), &w, Some(&b), &g);
             assert_eq!(wino.len(), reference.len());
-            // Up to 9 * 64 products of O(1) values summed in another order: F(2x2) within 5.3e-7 of the
-            // largest output (rows up to 33 wide), F(4x4) (rows of 64 and more) within 5.3e-6 when this
-            // test was written; a NaN fails.
+            // Up to 9 * 64 products of O(1) values summed in another order, the inputs transformed by
+            // sums of 4: a few 1e-6, against outputs of magnitude ~10.
             let err = max_abs_diff(&wino, &reference);
-            let top = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let bound = if g.output[2] >= 4 * LANES { 2e-5 } else { 2e-6 };
-            assert!(err <= bound * top, "case {seed}: max |diff| {err} of {top}");
+            assert!(err < 1e-4, "case {seed}: max |diff| {err}");
         }
         // A NaN in the input reaches the outputs it touches, as it does in the direct sums.
         let (g, mut x, w, b) = case((1, 8, 8), [1, 4, 32], [1, 3, 3], [0, 1, 1], 40);
