@@ -115,16 +115,21 @@ impl<'a> Job<'a> {
         Self { channels: (0..g.cin).map(|ci| input.channel(g, ci)).collect(), zeros, u, bias, g }
     }
 
+    /// Groups per tile row, and tile rows per slice.
+    fn grid(&self) -> (usize, usize) {
+        let [_, oh, ow] = self.g.output;
+        (ow.div_ceil(2).div_ceil(GROUP), oh.div_ceil(2))
+    }
+
     /// Groups of tiles in the image: slices x tile rows x groups per tile row.
     fn groups(&self) -> usize {
-        let [od, oh, ow] = self.g.output;
-        od * oh.div_ceil(2) * ow.div_ceil(2).div_ceil(GROUP)
+        let (per_row, rows) = self.grid();
+        self.g.output[0] * rows * per_row
     }
 
     /// Group q as (slice, tile row, first output column).
     fn group(&self, q: usize) -> (usize, usize, usize) {
-        let [_, oh, ow] = self.g.output;
-        let (per_row, rows) = (ow.div_ceil(2).div_ceil(GROUP), oh.div_ceil(2));
+        let (per_row, rows) = self.grid();
         (q / (per_row * rows), q / per_row % rows, 2 * GROUP * (q % per_row))
     }
 
@@ -188,9 +193,11 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     for (ci, channel) in job.channels.iter().enumerate() {
         for &([r0, r1], x) in ahead.iter().flatten() {
             for at in [r0, r1].into_iter().flatten() {
-                let p = channel.as_ptr().add(at + x).wrapping_sub(1) as *const i8;
-                _mm_prefetch::<_MM_HINT_T1>(p);
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(68.min(4 * (ow - x + 1))));
+                // The first and the last (or the row's last) of the group's patch columns x - 1 ..= x + 16;
+                // where those 72 bytes span three lines, the middle one is left to the hardware.
+                let p = channel.as_ptr().add(at + x).wrapping_sub(1);
+                _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add((2 * GROUP + 1).min(ow - x)) as *const i8);
             }
         }
         for half in 0..halves {
