@@ -7,7 +7,9 @@
 //! the input channels stream through, as in the direct kernel. A vector holds two groups of 8 tiles
 //! (16 output columns each), from one tile row or, on planes 16 wide, from two: 16² planes fill whole
 //! vectors (AMD EPYC Zen 4, batch 16: 64->64 @16 3.4-3.9 -> 1.8-2.1 ms, where half of each vector
-//! was empty).
+//! was empty). On planes of 5 x 5 to 8 x 8 a vector holds all of one slice's tiles, picked from the
+//! plane with permutes (batch 16: 128->128 @8 2.9 -> 1.2 ms, 64->128 @8 1.5 -> 0.6 ms, from im2col +
+//! GEMM).
 //!
 //! Rounding: an input is a sum of up to 4 input values before its product, an output a sum of up to 9
 //! products after its channel sum; the weights' transform sums 3 values twice (scaled by 1/2, exact). Against
@@ -29,18 +31,26 @@ const BLOCK: usize = 8;
 const LANES: usize = 16;
 
 /// Whether the kernel applies: a 3x3 kernel (1 deep) with padding 1 in plane, stride 1, on a CPU with
-/// AVX-512F, rows of at least 16 outputs (8 tiles: half a vector; on 8 x 8 planes the direct kernel and
-/// GEMM are faster) and enough input channels for the transforms to pay (the 1-channel input conv
-/// stays direct), with transformed weights that stay in L2 (up to 128 x 128 channels, 1 MiB: every
-/// chunk reads all of them; 256->256 on 16² planes ran at half the speed of GEMM).
+/// AVX-512F, rows of at least 16 outputs (8 tiles: half a vector) or small planes whose 9-16 tiles fill
+/// most of one vector (see [`small_planes`]), and enough input channels for the transforms to pay (the
+/// 1-channel input conv stays direct), with transformed weights that stay in L2 (up to 128 x 128
+/// channels, 1 MiB: every chunk reads all of them; 256->256 on 16² planes ran at half the speed of GEMM).
 pub(super) fn applies(g: &Conv3d) -> bool {
     g.kernel == [1, 3, 3]
         && g.pad == [0, 1, 1]
         && g.stride == [1; 3]
         && g.cin >= 8
-        && g.output[2] >= 16
+        && (g.output[2] >= 16 || small_planes(g))
         && g.cin * g.cout <= 128 * 128
         && direct::capability() == Some(direct::Capability::Avx512)
+}
+
+/// Planes of 5 x 5 to 8 x 8 (the U-Nets' bottom at 128² inputs): a vector holds all of a slice's tiles
+/// and the input plane fits four vectors, from which each transform position is picked with permutes
+/// (a tile row of 4 tiles would fill a quarter of a vector; these layers went through im2col + GEMM at
+/// about 100 GFLOP/s).
+fn small_planes(g: &Conv3d) -> bool {
+    g.output[1..].iter().all(|s| (5..=8).contains(s))
 }
 
 /// `G w G^T` of each (output, input) channel's 3x3 kernel, as [block][position][input channel][block
@@ -83,7 +93,7 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d)
                 unsafe { chunk(&job, k, scratch, out.ptr()) }
             })
         };
-        let chunks = job.groups().div_ceil(CHUNK / GROUP);
+        let chunks = job.chunks();
         if in_parallel {
             (0..chunks).into_par_iter().for_each(one_chunk);
         } else {
@@ -107,12 +117,23 @@ struct Job<'a> {
     u: &'a [f32],
     bias: Option<&'a [f32]>,
     g: &'a Conv3d,
+    /// On small planes, where each transform position is picked from the plane (None: tile rows).
+    picks: Option<Picks>,
 }
 
 impl<'a> Job<'a> {
     fn new(input: Input<'a>, u: &'a [f32], bias: Option<&'a [f32]>, g: &'a Conv3d) -> Self {
         let zeros = vec![0.0; g.input[2]];
-        Self { channels: (0..g.cin).map(|ci| input.channel(g, ci)).collect(), zeros, u, bias, g }
+        let picks = small_planes(g).then(|| Picks::new(g));
+        Self { channels: (0..g.cin).map(|ci| input.channel(g, ci)).collect(), zeros, u, bias, g, picks }
+    }
+
+    /// Chunks of the image: of four groups of tiles, or of two slices on small planes.
+    fn chunks(&self) -> usize {
+        match self.picks {
+            Some(_) => self.g.output[0].div_ceil(CHUNK / LANES),
+            None => self.groups().div_ceil(CHUNK / GROUP),
+        }
     }
 
     /// Groups per tile row, and tile rows per slice.
@@ -151,8 +172,8 @@ const CHUNK: usize = 2 * LANES;
 /// which read one position of every channel (2 KiB apart, 16 channels would share 4 of L1's 64 sets).
 const V_CHANNEL: usize = XI * CHUNK + LANES;
 
-/// Chunk k (groups 4k..4k + 4) of every output channel: the inputs' transform, the 16 GEMMs and the
-/// outputs' transform run back to back on data in L1/L2.
+/// Chunk k of every output channel (groups 4k..4k + 4, or slices 2k and 2k + 1 on small planes): the
+/// inputs' transform, the 16 GEMMs and the outputs' transform run back to back on data in L1/L2.
 #[target_feature(enable = "avx512f")]
 unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let g = job.g;
@@ -164,22 +185,110 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     }
     let (v, m) = scratch.split_at_mut(cin * V_CHANNEL);
     let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
+    let places = match &job.picks {
+        Some(picks) => picks.transform(job, k, v),
+        None => transform_rows(job, k, v),
+    };
+    let halves = places.halves();
+    let ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for block in 0..g.cout.div_ceil(BLOCK) {
+        // The 16 GEMMs of this block of output channels.
+        for xi in 0..XI {
+            let u = job.u.as_ptr().add((block * XI + xi) * cin * BLOCK);
+            let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
+            if halves == 2 {
+                gemm::<2>(vx, u, mx, cin);
+            } else {
+                gemm::<1>(vx, u, mx, cin);
+            }
+        }
+        // A^T m A, bias added, even and odd columns interleaved into the output rows.
+        for j in 0..BLOCK.min(g.cout - block * BLOCK) {
+            let co = block * BLOCK + j;
+            let bias = _mm512_set1_ps(job.bias.map_or(0.0, |b| b[co]));
+            let channel = out.add(co * od * oh * ow);
+            for half in 0..halves {
+                let mut s = [[_mm512_setzero_ps(); 2]; 4];
+                for (k, s) in s.iter_mut().enumerate() {
+                    let at = m.add((k * 4 * BLOCK + j) * CHUNK + half * LANES);
+                    let step = BLOCK * CHUNK;
+                    *s = at_(
+                        _mm512_loadu_ps(at),
+                        _mm512_loadu_ps(at.add(step)),
+                        _mm512_loadu_ps(at.add(2 * step)),
+                        _mm512_loadu_ps(at.add(3 * step)),
+                    );
+                }
+                // y[c][dy]: column c (even, odd) of row dy of each tile.
+                let y = [at_(s[0][0], s[1][0], s[2][0], s[3][0]), at_(s[0][1], s[1][1], s[2][1], s[3][1])];
+                for (dy, (even, odd)) in y[0].iter().zip(&y[1]).enumerate() {
+                    let (r0, r1) = (_mm512_add_ps(*even, bias), _mm512_add_ps(*odd, bias));
+                    // Tile t's two columns at lanes 2t, 2t + 1 of the pair (tiles 0-7, then 8-15).
+                    let columns = [_mm512_permutex2var_ps(r0, ilo, r1), _mm512_permutex2var_ps(r0, ihi, r1)];
+                    places.store(channel, half, dy, columns);
+                }
+            }
+        }
+    }
+}
+
+/// Where a chunk's outputs go, each output row dy (0, 1) of a vector of tiles given as the tiles' two
+/// columns interleaved (32 values).
+enum Places {
+    /// Per group of tiles: where its two output rows start in an output channel (None past the image's
+    /// last row) and how many columns they have; as many vectors as `halves`.
+    Rows { targets: [[Option<usize>; 2]; CHUNK / GROUP], widths: [usize; CHUNK / GROUP], halves: usize },
+    /// The slices of the chunk's vectors (one or two), the tile rows and tiles per tile row of each, and
+    /// the output plane's height and width.
+    Planes { slices: std::ops::Range<usize>, tiles: (usize, usize), plane: [usize; 2] },
+}
+
+impl Places {
+    fn halves(&self) -> usize {
+        match self {
+            Places::Rows { halves, .. } => *halves,
+            Places::Planes { slices, .. } => slices.len(),
+        }
+    }
+
+    /// Stores row dy of vector `half`'s tiles into `channel` (one output channel of the image).
+    #[inline(always)]
+    unsafe fn store(&self, channel: *mut f32, half: usize, dy: usize, columns: [__m512; 2]) {
+        match self {
+            Places::Rows { targets, widths, .. } => {
+                // Lanes 0-7 of the tiles are the first group's 16 columns, lanes 8-15 the second's.
+                for (i, columns) in columns.into_iter().enumerate() {
+                    if let Some(at) = targets[2 * half + i][dy] {
+                        store(channel.add(at), columns, widths[2 * half + i]);
+                    }
+                }
+            }
+            Places::Planes { slices, tiles: (rows, per_row), plane: [oh, ow] } => {
+                // Tile row ty's 2 * per_row columns follow each other; output row 2 ty + dy takes ow of them.
+                let mut line = [0f32; 2 * LANES];
+                _mm512_storeu_ps(line.as_mut_ptr(), columns[0]);
+                _mm512_storeu_ps(line.as_mut_ptr().add(LANES), columns[1]);
+                let z = slices.start + half;
+                for ty in (0..*rows).filter(|ty| 2 * ty + dy < *oh) {
+                    let at = channel.add((z * oh + 2 * ty + dy) * ow);
+                    std::ptr::copy_nonoverlapping(line.as_ptr().add(2 * ty * per_row), at, *ow);
+                }
+            }
+        }
+    }
+}
+
+/// The input transform of chunk k on tile rows, every input channel: two groups of 8 tiles per vector.
+#[inline(always)]
+unsafe fn transform_rows(job: &Job, k: usize, v: *mut f32) -> Places {
+    let [_, oh, ow] = job.g.output;
     // The chunk's groups, two per vector (None past the image's last group), and their input rows.
     let (q0, total) = (k * CHUNK / GROUP, job.groups());
     let groups: [Option<(usize, usize, usize)>; CHUNK / GROUP] =
         std::array::from_fn(|i| (q0 + i < total).then(|| job.group(q0 + i)));
     let rows = groups.map(|group| group.map_or([None; 4], |(z, ty, _)| job.rows(z, ty)));
     let halves = (total - q0).min(CHUNK / GROUP).div_ceil(2);
-    // Where each group's two output rows start in an output channel (None past the image's last row),
-    // and how many columns they have.
-    let targets: [[Option<usize>; 2]; CHUNK / GROUP] = groups.map(|group| {
-        std::array::from_fn(|dy| {
-            group.and_then(|(z, ty, x)| (2 * ty + dy < oh).then(|| (z * oh + 2 * ty + dy) * ow + x))
-        })
-    });
-    let widths = groups.map(|group| group.map_or(0, |(_, _, x)| ow - x));
-    let ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let columns = groups.map(|group| group.map_or(0, |(_, _, x)| x as isize - 1));
     // The two input rows the next tile row reads first, fetched into L2 a tile row ahead (2 chunks on
     // 128² planes): short rows, 16 channels x 2 rows apart, defeat the hardware prefetcher, and the
@@ -214,54 +323,20 @@ unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
             transform_input(sources, ow, v.add(ci * V_CHANNEL + half * LANES));
         }
     }
-    for block in 0..g.cout.div_ceil(BLOCK) {
-        // The 16 GEMMs of this block of output channels.
-        for xi in 0..XI {
-            let u = job.u.as_ptr().add((block * XI + xi) * cin * BLOCK);
-            let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
-            if halves == 2 {
-                gemm::<2>(vx, u, mx, cin);
-            } else {
-                gemm::<1>(vx, u, mx, cin);
-            }
-        }
-        // A^T m A, bias added, even and odd columns interleaved into the output rows.
-        for j in 0..BLOCK.min(g.cout - block * BLOCK) {
-            let co = block * BLOCK + j;
-            let bias = _mm512_set1_ps(job.bias.map_or(0.0, |b| b[co]));
-            for half in 0..halves {
-                let mut s = [[_mm512_setzero_ps(); 2]; 4];
-                for (k, s) in s.iter_mut().enumerate() {
-                    let at = m.add((k * 4 * BLOCK + j) * CHUNK + half * LANES);
-                    let step = BLOCK * CHUNK;
-                    *s = at_(
-                        _mm512_loadu_ps(at),
-                        _mm512_loadu_ps(at.add(step)),
-                        _mm512_loadu_ps(at.add(2 * step)),
-                        _mm512_loadu_ps(at.add(3 * step)),
-                    );
-                }
-                // y[c][dy]: column c (even, odd) of row dy of each tile.
-                let y = [at_(s[0][0], s[1][0], s[2][0], s[3][0]), at_(s[0][1], s[1][1], s[2][1], s[3][1])];
-                for (dy, (even, odd)) in y[0].iter().zip(&y[1]).enumerate() {
-                    let (r0, r1) = (_mm512_add_ps(*even, bias), _mm512_add_ps(*odd, bias));
-                    // Lanes 0-7 of the tiles are the first group's 16 columns, lanes 8-15 the second's.
-                    let columns = [_mm512_permutex2var_ps(r0, ilo, r1), _mm512_permutex2var_ps(r0, ihi, r1)];
-                    for (i, columns) in columns.into_iter().enumerate() {
-                        if let Some(at) = targets[2 * half + i][dy] {
-                            store(out.add(co * od * oh * ow + at), columns, widths[2 * half + i]);
-                        }
-                    }
-                }
-            }
-        }
-    }
+    // Where each group's two output rows start in an output channel (None past the image's last row),
+    // and how many columns they have.
+    let targets = groups.map(|group| {
+        std::array::from_fn(|dy| {
+            group.and_then(|(z, ty, x)| (2 * ty + dy < oh).then(|| (z * oh + 2 * ty + dy) * ow + x))
+        })
+    });
+    let widths = groups.map(|group| group.map_or(0, |(_, _, x)| ow - x));
+    Places::Rows { targets, widths, halves }
 }
 
 /// B^T d B of 16 tiles of one input channel, two groups of 8: each source gives the four rows of its
 /// tile row (a row of zeros for the padding) and the column its 4 x 4 patches start at (one left of
-/// its first output column). Stored as 16 vectors a chunk apart (position 4k + c at
-/// `v + (4k + c) * CHUNK`). Columns outside the row read as zeros (masked loads).
+/// its first output column). Columns outside the row read as zeros (masked loads).
 /// (Loops, not closures: a closure's intrinsics are not inlined into the AVX-512 caller.)
 #[inline(always)]
 unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *mut f32) {
@@ -280,6 +355,13 @@ unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *
             _mm512_permutex2var_ps(c, odd, d),
         );
     }
+    store_transformed(t, v);
+}
+
+/// Stores the column transforms of `t` (the row transforms B^T d of a patch's four rows): 16 vectors a
+/// chunk apart (position 4k + c at `v + (4k + c) * CHUNK`).
+#[inline(always)]
+unsafe fn store_transformed(t: [[__m512; 4]; 4], v: *mut f32) {
     // Columns c of the four row transforms (a transpose, so not an iterator over one row).
     #[allow(clippy::needless_range_loop)]
     for c in 0..4 {
@@ -287,6 +369,68 @@ unsafe fn transform_input(sources: [([*const f32; 4], isize); 2], w: usize, v: *
         for (k, &value) in col.iter().enumerate() {
             _mm512_storeu_ps(v.add((k * 4 + c) * CHUNK), value);
         }
+    }
+}
+
+/// On small planes, where lane t (tile t of a slice, tile rows first) of transform position (i, j) reads
+/// the input plane: its index into the first 32 values (of four vectors holding the plane) or the next
+/// 32, as permutes take them, and masks of the lanes each half gives (neither: padding, a zero).
+struct Picks {
+    index: [[i32; LANES]; XI],
+    low: [u16; XI],
+    high: [u16; XI],
+    /// Tile rows and tiles per tile row.
+    tiles: (usize, usize),
+}
+
+impl Picks {
+    fn new(g: &Conv3d) -> Self {
+        let [_, h, w] = g.input;
+        let [_, oh, ow] = g.output;
+        let tiles = (oh.div_ceil(2), ow.div_ceil(2));
+        let mut picks = Picks { index: [[0; LANES]; XI], low: [0; XI], high: [0; XI], tiles };
+        for (i, j) in (0..4).flat_map(|i| (0..4).map(move |j| (i, j))) {
+            for t in 0..tiles.0 * tiles.1 {
+                let (y, x) = ((2 * (t / tiles.1) + i).checked_sub(1), (2 * (t % tiles.1) + j).checked_sub(1));
+                if let (Some(y), Some(x)) = (y.filter(|&y| y < h), x.filter(|&x| x < w)) {
+                    let at = y * w + x;
+                    picks.index[i * 4 + j][t] = (at % 32) as i32;
+                    *if at < 32 { &mut picks.low[i * 4 + j] } else { &mut picks.high[i * 4 + j] } |= 1 << t;
+                }
+            }
+        }
+        picks
+    }
+
+    /// The input transform of chunk k (slices 2k and 2k + 1 where there are two), every input channel.
+    #[inline(always)]
+    unsafe fn transform(&self, job: &Job, k: usize, v: *mut f32) -> Places {
+        let [od, oh, ow] = job.g.output;
+        let [_, h, w] = job.g.input;
+        let slices = k * CHUNK / LANES..((k + 1) * CHUNK / LANES).min(od);
+        let index: [__m512i; XI] = std::array::from_fn(|p| _mm512_loadu_si512(self.index[p].as_ptr().cast()));
+        for (ci, channel) in job.channels.iter().enumerate() {
+            for (half, z) in slices.clone().enumerate() {
+                let plane = channel.as_ptr().add(z * h * w);
+                // The plane's h * w (up to 64) values in four vectors, zeros past them (never read).
+                let r: [__m512; 4] = std::array::from_fn(|q| {
+                    let n = (h * w).saturating_sub(q * LANES).min(LANES);
+                    _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, plane.wrapping_add(q * LANES))
+                });
+                let mut t = [[_mm512_setzero_ps(); 4]; 4];
+                for (i, t) in t.iter_mut().enumerate() {
+                    let mut d = [_mm512_setzero_ps(); 4];
+                    for (j, d) in d.iter_mut().enumerate() {
+                        let p = i * 4 + j;
+                        let low = _mm512_maskz_permutex2var_ps(self.low[p], r[0], index[p], r[1]);
+                        *d = _mm512_mask_mov_ps(low, self.high[p], _mm512_permutex2var_ps(r[2], index[p], r[3]));
+                    }
+                    *t = bt(d[0], d[1], d[2], d[3]);
+                }
+                store_transformed(t, v.add(ci * V_CHANNEL + half * LANES));
+            }
+        }
+        Places::Planes { slices, tiles: self.tiles, plane: [oh, ow] }
     }
 }
 
@@ -360,7 +504,8 @@ mod tests {
         // Odd rows and columns (a last tile row and tile half outside), rows of 32, 33 and 70 outputs
         // (partial groups of tiles, vectors whose two groups come from one tile row or two), rows of 16
         // and 18 (two and four tile rows per chunk, chunks across slices), cout not a multiple of 8, two
-        // images, two and three slices of a 1x3x3 kernel.
+        // images, two and three slices of a 1x3x3 kernel; small planes (8 x 8, odd 7 x 5 and 5 x 6: a last
+        // tile row and column half outside, 9-16 tiles per vector), one slice per chunk or two.
         for (seed, &(n, cin, cout, input)) in [
             (1, 8, 8, [1, 32, 32]),
             (1, 8, 11, [3, 5, 16]),
@@ -369,6 +514,10 @@ mod tests {
             (1, 19, 16, [1, 9, 70]),
             (2, 32, 12, [2, 6, 64]),
             (1, 64, 19, [1, 5, 130]),
+            (2, 64, 19, [3, 8, 8]),
+            (1, 16, 8, [1, 7, 5]),
+            (2, 8, 11, [2, 5, 6]),
+            (1, 128, 128, [1, 8, 8]),
         ]
         .iter()
         .enumerate()
@@ -397,12 +546,16 @@ mod tests {
             println!("SKIP: this CPU has no AVX-512F; the Winograd kernel never runs here");
             return;
         }
-        let c = SkipCase::new(4, (16, 8), (9, 40), 11);
-        let (weight, bias) = (&c.weight, Some(&c.bias[..]));
-        let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
-        let (batch, each) =
-            on_two_threads(|| (conv3d(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d(x, weight, bias, g))));
-        assert_eq!(batch, whole, "a skip read in place: bit for bit");
-        assert_eq!(batch, each, "a batch and each image alone: bit for bit");
+        // Tile rows, and small planes.
+        for c in [SkipCase::new(4, (16, 8), (9, 40), 11), SkipCase::new(4, (8, 16), (8, 7), 9)] {
+            let (weight, bias) = (&c.weight, Some(&c.bias[..]));
+            assert!(applies(&c.g));
+            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
+            let (batch, each) = on_two_threads(|| {
+                (conv3d(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d(x, weight, bias, g)))
+            });
+            assert_eq!(batch, whole, "a skip read in place: bit for bit");
+            assert_eq!(batch, each, "a batch and each image alone: bit for bit");
+        }
     }
 }
