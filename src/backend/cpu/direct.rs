@@ -403,19 +403,23 @@ pub(super) unsafe fn each_image(
     out
 }
 
-/// Runs `image(img, rows_in_parallel)` for each of `n` images: where the batch splits evenly over the
-/// threads (or is large), one task per image with its rows in order; else image after image with the
-/// rows shared out. Per image and layer the shared rows meet at a join, and the AMX tasks each load the
-/// tile configuration: bundled U-Net, batch 16 (`xaiclip profile`, interleaved runs), f32 128² 78 ->
-/// 64 ms, 256² 271-278 -> 250-253 ms, 512² 1044 -> 1020 ms; bf16 128² 49 -> 29 ms, 256² 167 -> 133 ms.
-/// Every row is computed alike either way, so the results are the same bits.
+/// Runs `image(img, rows_in_parallel)` for each of `n` images: one task per image with its rows in
+/// order for as many images as split evenly over the threads (at least two each; all of a large
+/// batch), then the rest image after image with the rows shared out. Per image and layer the shared
+/// rows meet at a join, and the AMX tasks each load the tile configuration: bundled U-Net, batch 16
+/// (`xaiclip profile`, interleaved runs), f32 128² 78 -> 64 ms, 256² 271-278 -> 250-253 ms, 512² 1044
+/// -> 1020 ms; bf16 128² 49 -> 29 ms, 256² 167 -> 133 ms. An odd batch's last image alone (not every
+/// image) has its rows shared: batch 13 at 128² 42-46 -> 36-39 ms (fastest and median of 8). Every row
+/// is computed alike either way, so the results are the same bits.
 pub(super) fn for_each_image(n: usize, image: impl Fn(usize, bool) + Sync) {
     let threads = rayon::current_num_threads();
-    if n >= 2 * threads && (n.is_multiple_of(threads) || n >= 8 * threads) {
-        (0..n).into_par_iter().for_each(|img| image(img, false));
-    } else {
-        (0..n).for_each(|img| image(img, true));
-    }
+    let whole = match n {
+        n if n >= 8 * threads => n,
+        n if n >= 2 * threads => n / threads * threads,
+        _ => 0,
+    };
+    (0..whole).into_par_iter().for_each(|img| image(img, false));
+    (whole..n).for_each(|img| image(img, true));
 }
 
 /// What every output row of one image reads.
@@ -667,8 +671,9 @@ pub(super) mod tests {
             println!("SKIP: this CPU has neither AVX2+FMA nor AVX-512F; the direct kernel never runs here");
             return;
         };
-        // Four images on two threads: one task per image; alone, each runs its rows in parallel.
-        let c = SkipCase::new(4, (3, 5), (9, 13), 6);
+        // Five images on two threads: one task for each of the first four, the last one's rows shared;
+        // alone, each runs its rows in parallel.
+        let c = SkipCase::new(5, (3, 5), (9, 13), 6);
         let (weight, bias) = (&c.weight, Some(&c.bias[..]));
         let (batch, each) = on_two_threads(|| {
             (conv3d_with(cap, c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d_with(cap, x, weight, bias, g)))

@@ -547,7 +547,7 @@ mod tests {
             return;
         }
         // Tile rows, and small planes.
-        for c in [SkipCase::new(4, (16, 8), (9, 40), 11), SkipCase::new(4, (8, 16), (8, 7), 9)] {
+        for c in [SkipCase::new(4, (16, 8), (9, 40), 11), SkipCase::new(5, (8, 16), (8, 7), 9)] {
             let (weight, bias) = (&c.weight, Some(&c.bias[..]));
             assert!(applies(&c.g));
             let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
