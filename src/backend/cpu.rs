@@ -217,8 +217,10 @@ pub fn describe_cpu() -> String {
 }
 
 /// Bytes the process can still allocate: the least of MemAvailable, the cgroup's memory limit less its
-/// usage (v2 or v1), and the address-space rlimit less nothing (a cap, not a measure of use). Unknown
-/// parts are ignored; 4 GiB when nothing can be read.
+/// usage (v2 or v1), and the address-space rlimit less the address space already mapped (VmSize: the
+/// binary, the models, the threads' stacks and allocator arenas, 0.5-0.7 GB for the CLI with CLIP,
+/// which the rlimit counts; without it a 1.2 GB `ulimit -v` batch ran out of address space, now and
+/// then, at its last layer). Unknown parts are ignored; 4 GiB when nothing can be read.
 pub fn available_memory() -> usize {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let number = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
@@ -245,7 +247,11 @@ pub fn available_memory() -> usize {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes the struct it is given and nothing else.
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
-            limits.push(r.rlim_cur);
+            let mapped = read("/proc/self/status").and_then(|status| {
+                let kb = status.lines().find_map(|l| l.strip_prefix("VmSize:"))?;
+                kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+            });
+            limits.push(r.rlim_cur.saturating_sub(mapped.unwrap_or(0) * 1024));
         }
     }
     limits.into_iter().min().map_or(4 << 30, |b| b.min(usize::MAX as u64) as usize)
