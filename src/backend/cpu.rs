@@ -224,16 +224,14 @@ pub fn describe_cpu() -> String {
 pub fn available_memory() -> usize {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let number = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+    // A "Name:   123 kB" line of a /proc file, in bytes.
+    let kb_field = |path: &str, name: &str| {
+        let text = read(path)?;
+        let kb = text.lines().find_map(|l| l.strip_prefix(name))?;
+        kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kb| kb * 1024)
+    };
     let mut limits: Vec<u64> = Vec::new();
-    if let Some(info) = read("/proc/meminfo") {
-        if let Some(kb) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            limits.push(kb * 1024);
-        }
-    }
+    limits.extend(kb_field("/proc/meminfo", "MemAvailable:"));
     for (max, used) in [
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
@@ -247,11 +245,8 @@ pub fn available_memory() -> usize {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes the struct it is given and nothing else.
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
-            let mapped = read("/proc/self/status").and_then(|status| {
-                let kb = status.lines().find_map(|l| l.strip_prefix("VmSize:"))?;
-                kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-            });
-            limits.push(r.rlim_cur.saturating_sub(mapped.unwrap_or(0) * 1024));
+            let mapped = kb_field("/proc/self/status", "VmSize:").unwrap_or(0);
+            limits.push(r.rlim_cur.saturating_sub(mapped));
         }
     }
     limits.into_iter().min().map_or(4 << 30, |b| b.min(usize::MAX as u64) as usize)

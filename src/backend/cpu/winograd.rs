@@ -42,8 +42,7 @@ pub(super) fn applies(g: &Conv3d) -> bool {
         && g.pad == [0, 1, 1]
         && g.stride == [1; 3]
         && g.cin >= 8
-        && (g.output[2] >= 16 || small_planes(g))
-        && (g.cin * g.cout <= 128 * 128 || small_planes(g))
+        && (small_planes(g) || (g.output[2] >= 16 && g.cin * g.cout <= 128 * 128))
         && direct::capability() == Some(direct::Capability::Avx512)
 }
 
@@ -507,7 +506,8 @@ mod tests {
         // (partial groups of tiles, vectors whose two groups come from one tile row or two), rows of 16
         // and 18 (two and four tile rows per chunk, chunks across slices), cout not a multiple of 8, two
         // images, two and three slices of a 1x3x3 kernel; small planes (8 x 8, odd 7 x 5 and 5 x 6: a last
-        // tile row and column half outside, 9-16 tiles per vector), one slice per chunk or two, weights past L2 (256 x 160).
+        // tile row and column half outside, 9-16 tiles per vector), one slice per chunk or two, weights
+        // past L2 (256 x 160).
         for (seed, &(n, cin, cout, input)) in [
             (1, 8, 8, [1, 32, 32]),
             (1, 8, 11, [3, 5, 16]),
