@@ -100,7 +100,7 @@ impl<'a, B: Backend> ClipLocaliser<'a, B> {
         prompt: Option<(usize, &str)>,
         template: &str,
     ) -> Result<Self> {
-        let tok = ClipTokenizer::default();
+        let tok = ClipTokenizer::shared();
         let text = match (coop, prompt) {
             (Some(coop), None) => {
                 ensure!(coop.classes == classes, "CoOp classes {:?} do not match {:?}", coop.classes, classes);
@@ -320,6 +320,8 @@ impl<B: Backend> ClipRoiFinder<B> {
             None => bundled("clip")?,
         };
         let clip = ClipModel::load_dir(backend, &clip_dir)?;
+        // The tokenizer's vocabulary is built with the weights, not in the first slice's ROI seconds.
+        ClipTokenizer::shared();
         let classes = std::iter::once("background".to_string())
             .chain(FLARE22_ORGANS.iter().map(|(_, n)| n.to_string()))
             .collect();
@@ -354,7 +356,7 @@ impl<B: Backend> ClipRoiFinder<B> {
 
     /// The CLIP ROI of a `size` x `size` slice windowed to [0, 1]: organ probability map of `class` (a
     /// FLARE22 id), thresholded, small components dropped. Seconds count the text features, map and
-    /// threshold (not the weights' loading).
+    /// threshold (not the loading of the weights or the tokenizer's vocabulary).
     pub fn roi(&self, backend: &B, image: &[f32], size: usize, class: usize) -> Result<ClipRoi> {
         let started = Instant::now();
         let probability = self.localiser(backend, class)?.probability_map(backend, image, size, class)?;
