@@ -51,6 +51,39 @@ fn image_text_dense_and_coop_features_match_transformers() {
     assert!(e < 1e-4, "CoOp text features: {e}");
 }
 
+/// The CLIP ROI encodes every class's CoOp prompt in one batch, the shorter ones padded with zero rows
+/// after their end: the causal text tower must give each the features it gives it alone.
+#[test]
+fn coop_prompts_in_one_padded_batch_equal_each_alone() {
+    let model = ClipModel::load_dir(&CpuBackend, &fixture()).unwrap();
+    let ctx = WeightsFile::open(&fixture().join("io.safetensors")).unwrap().get("ctx").unwrap();
+    let prompts: Vec<(Tensor, usize)> = [&[11u32][..], &[11, 12, 40], &[7, 8]]
+        .iter()
+        .map(|name| model.prompt_embeddings(&ctx, name, ClassPosition::End, (998, 13, 999)).unwrap())
+        .collect();
+    let d = prompts[0].0.shape()[1];
+    let l = prompts.iter().map(|(p, _)| p.shape()[0]).max().unwrap();
+    assert!(prompts.iter().any(|(p, _)| p.shape()[0] < l), "the case needs prompts of different lengths");
+    let mut batch = vec![0f32; prompts.len() * l * d];
+    for ((p, _), rows) in prompts.iter().zip(batch.chunks_mut(l * d)) {
+        rows[..p.data().len()].copy_from_slice(p.data());
+    }
+    let eot: Vec<usize> = prompts.iter().map(|&(_, e)| e).collect();
+    let together =
+        model.encode_text_embeddings(&CpuBackend, &Tensor::new(&[prompts.len(), l, d], batch).unwrap(), &eot).unwrap();
+    let width = together.shape()[1];
+    for (i, (p, e)) in prompts.iter().enumerate() {
+        let alone = model
+            .encode_text_embeddings(&CpuBackend, &p.clone().reshape(&[1, p.shape()[0], d]).unwrap(), &[*e])
+            .unwrap();
+        let row = Tensor::new(&[1, width], together.data()[i * width..][..width].to_vec()).unwrap();
+        let e = err(&row, &alone);
+        // Float rounding of other GEMM shapes (3.7e-6 seen); a prompt that saw its padding, or another
+        // prompt's rows, would be off by far more.
+        assert!(e < 2e-5, "prompt {i}: batched vs alone {e:e}");
+    }
+}
+
 #[test]
 fn tokenizer_matches_transformers_clip_tokenizer() {
     let text = std::fs::read_to_string(fixture().join("tokens.json")).unwrap();
