@@ -167,8 +167,13 @@ impl CpuBackend {
         let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, wcin, 1, kh, kw], [1; 3], [0, pad, pad])?;
         let conv = if self.bf16 && amx::applies(&g) {
             amx::conv3d
-        } else if !self.bf16 && winograd::applies(&g) {
-            winograd::conv3d
+        } else if winograd::applies(&g) {
+            // bf16 without AMX: the Winograd GEMMs on `vdpbf16ps`.
+            if self.bf16 {
+                winograd::conv3d_bf16
+            } else {
+                winograd::conv3d
+            }
         } else if !direct::applies(&g) {
             return Ok(None);
         } else if self.bf16 && !amx::available() {
