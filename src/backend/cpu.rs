@@ -167,8 +167,8 @@ impl CpuBackend {
         let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, wcin, 1, kh, kw], [1; 3], [0, pad, pad])?;
         let conv = if self.bf16 && amx::applies(&g) {
             amx::conv3d
-        } else if winograd::applies(&g) {
-            // bf16 without AMX: the Winograd GEMMs on `vdpbf16ps`.
+        } else if winograd::applies(&g) && !(self.bf16 && amx::available()) {
+            // bf16 without AMX: the Winograd GEMMs on `vdpbf16ps` (with AMX, what the tiles leave stays f32).
             if self.bf16 {
                 winograd::conv3d_bf16
             } else {
