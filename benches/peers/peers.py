@@ -15,7 +15,9 @@ xaiclip's exported input, so both see the same image): issue #21's 128², 256² 
 The score is xaiclip's default: mean softmax probability of the organ over M0, the unperturbed predicted
 organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
 the map's largest magnitude; LIME/SHAP draw different random coalitions, so only their correlation is
-reported. Seconds are medians of --repeat runs, with torch using every core (as xaiclip does).
+reported. Seconds are medians of --repeat rounds, each round xaiclip (`bench --methods M --repeat R`, its
+median) and then each peer once, so that every implementation is timed in the same minutes; torch uses
+every core (as xaiclip does).
 
 With --model (an nnU-Net v2 result folder) and --image/--label, both sides run that model instead: PyTorch
 builds it with nnunetv2's get_network_from_plans from fold_0's checkpoint and feeds it the same windowed
@@ -141,15 +143,6 @@ class Score:
         return (p * self.m0).sum((1, 2)) / self.count
 
 
-def timed(fn, repeat):
-    times, result = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), result
-
-
 def arrays(path):
     with safe_open(path, "np") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -217,14 +210,25 @@ def main():
             o = ours[(m, roi)]
             add(m, f"xaiclip ({'full image' if roi == 'none' else 'CLIP ROI'})", o["seconds"], o["forward_passes"], full[m][0]["saliency"] if roi == "none" else None)
 
-    def retime(method):
-        # This machine's speed drifts by tens of percent over minutes: xaiclip is timed again right before
-        # the method's peers, so that each ratio compares runs made side by side.
-        again = {r["roi"]: r["seconds"] for r in xaiclip_bench(method, f"xaiclip-{method}.json")["rows"]}
+    def side_by_side(method, peers):
+        """--repeat rounds of: xaiclip (`bench --methods method --repeat R`, its median), then each peer
+        once. This machine's speed drifts by tens of percent within minutes, and a run of xaiclip at
+        128² lasts a fraction of a second, so each implementation's median comes from runs interleaved
+        with the others' rather than from a block of its own. Returns each peer's (median seconds,
+        forward passes, result of its last run)."""
+        ours, times, passes, result = [], {name: [] for name, _ in peers}, {}, {}
+        for _ in range(a.repeat):
+            ours.append({r["roi"]: r["seconds"] for r in xaiclip_bench(method, f"xaiclip-{method}.json")["rows"]})
+            for name, fn in peers:
+                t = time.perf_counter()
+                result[name] = fn()
+                times[name].append(time.perf_counter() - t)
+                passes[name] = score.passes
         for r in rows:
             if r["method"] == method and r["implementation"].startswith("xaiclip"):
-                r["seconds"] = again["none" if "full image" in r["implementation"] else "clip"]
+                r["seconds"] = statistics.median(o["none" if "full image" in r["implementation"] else "clip"] for o in ours)
                 print(f"{method:10} {r['implementation']:28} {r['seconds']:8.2f}s (timed again beside the peers)", flush=True)
+        return {name: (statistics.median(times[name]), passes[name], result[name]) for name, _ in peers}
 
     # Occlusion: window and stride from xaiclip's settings.
     window, stride = settings["occlusion"]["window"], settings["occlusion"]["stride"]
@@ -239,11 +243,6 @@ def main():
         return Occlusion(score).attribute(x, sliding_window_shapes=(1, window, window), strides=(1, stride, stride), baselines=0.0, perturbations_per_eval=a.batch)
 
     want = a.only.split(",")
-    if "occlusion" in want:
-        retime("occlusion")
-        t, sal = timed(captum_occlusion, a.repeat)
-        add("occlusion", "Captum Occlusion", t, score.passes + 1, sal[0, 0].numpy())
-
     from monai.visualize import OcclusionSensitivity
 
     class AsClassifier(torch.nn.Module):
@@ -259,8 +258,11 @@ def main():
         return base - occ_map
 
     if "occlusion" in want:
-        t, sal = timed(monai_occlusion, a.repeat)
-        add("occlusion", "MONAI OcclusionSensitivity", t, score.passes + 1, sal.numpy())
+        got = side_by_side("occlusion", [("Captum Occlusion", captum_occlusion), ("MONAI OcclusionSensitivity", monai_occlusion)])
+        t, passes, sal = got["Captum Occlusion"]
+        add("occlusion", "Captum Occlusion", t, passes + 1, sal[0, 0].numpy())
+        t, passes, sal = got["MONAI OcclusionSensitivity"]
+        add("occlusion", "MONAI OcclusionSensitivity", t, passes + 1, sal.numpy())
 
     grid, p1 = settings["rise"]["grid"], settings["rise"]["p1"]
     n_masks = int(full["rise"][1]["samples"])
@@ -276,27 +278,14 @@ def main():
         return total / (n_masks * p1)
 
     if "rise" in want:
-        retime("rise")
-        t, sal = timed(rise, a.repeat)
-        add("rise", "RISE in PyTorch (same masks)", t, score.passes, sal.numpy())
-
-    for method, cls_ in [(m, c) for m, c in (("lime", Lime), ("kernelshap", KernelShap)) if m in want]:
-        seg = torch.from_numpy(full[method][0]["segments"].astype(np.int64)).reshape(1, 1, size, size)
-
-        def run():
-            score.passes = 0
-            return cls_(score).attribute(x, baselines=0.0, feature_mask=seg, n_samples=a.samples, perturbations_per_eval=a.batch)
-
-        retime(method)
-        t, sal = timed(run, a.repeat)
-        add(method, f"Captum {cls_.__name__}", t, score.passes, sal[0, 0].numpy())
+        t, passes, sal = side_by_side("rise", [("RISE", rise)])["RISE"]
+        add("rise", "RISE in PyTorch (same masks)", t, passes, sal.numpy())
 
     from lime import lime_image
 
-    seg = full["lime"][0]["segments"].astype(np.int64)
-
     def lime_package():
         score.passes = 0
+        seg = full["lime"][0]["segments"].astype(np.int64)
 
         def classify(images):
             s = score(torch.from_numpy(images[..., 0].astype(np.float32))[:, None]).numpy()
@@ -308,14 +297,25 @@ def main():
         weights = dict(e.local_exp[0])
         return np.vectorize(lambda l: weights.get(l, 0.0))(seg)
 
-    if "lime" in want:
-        t, sal = timed(lime_package, a.repeat)
-        add("lime", "lime (lime_image)", t, score.passes, sal)
+    for method, cls_ in [(m, c) for m, c in (("lime", Lime), ("kernelshap", KernelShap)) if m in want]:
+        seg = torch.from_numpy(full[method][0]["segments"].astype(np.int64)).reshape(1, 1, size, size)
+
+        def run():
+            score.passes = 0
+            return cls_(score).attribute(x, baselines=0.0, feature_mask=seg, n_samples=a.samples, perturbations_per_eval=a.batch)
+
+        captum = f"Captum {cls_.__name__}"
+        got = side_by_side(method, [(captum, run)] + ([("lime (lime_image)", lime_package)] if method == "lime" else []))
+        t, passes, sal = got[captum]
+        add(method, captum, t, passes, sal[0, 0].numpy())
+        if method == "lime":
+            t, passes, sal = got["lime (lime_image)"]
+            add("lime", "lime (lime_image)", t, passes, sal)
 
     by = {(r["method"], r["implementation"]): r for r in rows}
     lines = [
         f"Same slice ({'bundled phantom, seed 7' if a.image is None else a.image}, organ-center {a.organ}), {a.weights}, score mean-prob over M0, zero baseline; "
-        f"{os.cpu_count()} cores; model input {size}x{size}; seconds = median of {a.repeat} (xaiclip's timed again right before each method's peers); RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
+        f"{os.cpu_count()} cores; model input {size}x{size}; seconds = median of {a.repeat} rounds (per method: xaiclip, median of {a.repeat} runs, then each peer once); RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
         "",
         "| method | implementation | seconds | forward passes | max abs diff / max abs | Pearson r | xaiclip full-image speed-up | xaiclip ROI speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
