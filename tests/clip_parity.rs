@@ -51,8 +51,9 @@ fn image_text_dense_and_coop_features_match_transformers() {
     assert!(e < 1e-4, "CoOp text features: {e}");
 }
 
-/// The CLIP ROI encodes every class's CoOp prompt in one batch, the shorter ones padded with zero rows
-/// after their end: the causal text tower must give each the features it gives it alone.
+/// `encode_prompts` (how the CLIP ROI encodes every class's CoOp prompt in one batch, the shorter ones
+/// padded with zero rows after their end): the causal text tower must give each the features it gives it
+/// alone.
 #[test]
 fn coop_prompts_in_one_padded_batch_equal_each_alone() {
     let model = ClipModel::load_dir(&CpuBackend, &fixture()).unwrap();
@@ -64,13 +65,7 @@ fn coop_prompts_in_one_padded_batch_equal_each_alone() {
     let d = prompts[0].0.shape()[1];
     let l = prompts.iter().map(|(p, _)| p.shape()[0]).max().unwrap();
     assert!(prompts.iter().any(|(p, _)| p.shape()[0] < l), "the case needs prompts of different lengths");
-    let mut batch = vec![0f32; prompts.len() * l * d];
-    for ((p, _), rows) in prompts.iter().zip(batch.chunks_mut(l * d)) {
-        rows[..p.data().len()].copy_from_slice(p.data());
-    }
-    let eot: Vec<usize> = prompts.iter().map(|&(_, e)| e).collect();
-    let together =
-        model.encode_text_embeddings(&CpuBackend, &Tensor::new(&[prompts.len(), l, d], batch).unwrap(), &eot).unwrap();
+    let together = model.encode_prompts(&CpuBackend, &prompts).unwrap();
     let width = together.shape()[1];
     for (i, (p, e)) in prompts.iter().enumerate() {
         let alone = model

@@ -421,6 +421,22 @@ impl<B: Backend> ClipModel<B> {
         b.download(&b.linear(&b.upload(&Tensor::new(&[n, d], pooled)?)?, &self.text_projection, None)?)
     }
 
+    /// Text embeddings (N, projection_dim) of prompts of different lengths (each (L_i, width) embeddings
+    /// and its end-of-text position, as [`Self::prompt_embeddings`] gives them) in one batch: the shorter
+    /// ones padded with zero rows after their end, which the causal text tower's end-of-text features
+    /// never see (one forward where a forward per prompt took ~15 ms for the 14 CoOp classes).
+    pub fn encode_prompts(&self, b: &B, prompts: &[(Tensor, usize)]) -> Result<Tensor> {
+        let l = prompts.iter().map(|(emb, _)| emb.shape()[0]).max().unwrap_or(0);
+        let d = self.config.text.hidden;
+        let mut batch = vec![0f32; prompts.len() * l * d];
+        for ((emb, _), rows) in prompts.iter().zip(batch.chunks_mut(l * d)) {
+            ensure!(emb.shape()[1] == d, "prompt embeddings of width {} for a text tower of {d}", emb.shape()[1]);
+            rows[..emb.data().len()].copy_from_slice(emb.data());
+        }
+        let eot: Vec<usize> = prompts.iter().map(|&(_, e)| e).collect();
+        self.encode_text_embeddings(b, &Tensor::new(&[prompts.len(), l, d], batch)?, &eot)
+    }
+
     /// Text embeddings for token id sequences (each with its start and end tokens); pooled at the first
     /// eos_token_id.
     pub fn encode_text_ids(&self, b: &B, ids: &[Vec<u32>]) -> Result<Tensor> {

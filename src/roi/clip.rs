@@ -112,17 +112,7 @@ impl<'a, B: Backend> ClipLocaliser<'a, B> {
                         model.prompt_embeddings(ctx, &tok.encode(name), coop.position, (tok.start(), dot, tok.end()))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                // One batch of every class's prompt (14 forwards of one took ~15 ms at the bundled CLIP's
-                // size), zero rows after the shorter ones' end: the text tower's attention is causal, so
-                // the end-of-text features never see them.
-                let l = prompts.iter().map(|(emb, _)| emb.shape()[0]).max().unwrap_or(0);
-                let d = model.config().text.hidden;
-                let mut batch = vec![0f32; prompts.len() * l * d];
-                for ((emb, _), rows) in prompts.iter().zip(batch.chunks_mut(l * d)) {
-                    rows[..emb.data().len()].copy_from_slice(emb.data());
-                }
-                let eot: Vec<usize> = prompts.iter().map(|&(_, e)| e).collect();
-                let t = model.encode_text_embeddings(backend, &Tensor::new(&[prompts.len(), l, d], batch)?, &eot)?;
+                let t = model.encode_prompts(backend, &prompts)?;
                 t.data().chunks(t.shape()[1]).map(<[f32]>::to_vec).collect()
             }
             (_, prompt) => {
