@@ -86,6 +86,14 @@ pub(super) fn bf16_bits(v: f32) -> u32 {
     b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
 }
 
+impl Bf16Pair {
+    /// `low` and `high` rounded to bf16 and packed (a lone channel: `high` 0, whose bits are 0).
+    #[inline(always)]
+    pub(super) fn new(low: f32, high: f32) -> Self {
+        Bf16Pair(bf16_bits(low) | bf16_bits(high) << 16)
+    }
+}
+
 impl Element for Bf16Pair {
     const GROUP: usize = 2;
     const ZERO: Self = Bf16Pair(0);
@@ -95,8 +103,8 @@ impl Element for Bf16Pair {
             [a, b] => dst
                 .iter_mut()
                 .zip(a.iter().zip(*b))
-                .for_each(|(o, (&a, &b))| *o = std::mem::MaybeUninit::new(Bf16Pair(bf16_bits(a) | bf16_bits(b) << 16))),
-            [a] => dst.iter_mut().zip(*a).for_each(|(o, &a)| *o = std::mem::MaybeUninit::new(Bf16Pair(bf16_bits(a)))),
+                .for_each(|(o, (&a, &b))| *o = std::mem::MaybeUninit::new(Bf16Pair::new(a, b))),
+            [a] => dst.iter_mut().zip(*a).for_each(|(o, &a)| *o = std::mem::MaybeUninit::new(Bf16Pair::new(a, 0.0))),
             _ => unreachable!("a bf16 pair holds one or two channels"),
         }
     }

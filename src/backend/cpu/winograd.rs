@@ -22,7 +22,7 @@
 //! every output is computed alike on any number of threads, so results are the same bits on each.
 //! im2col + GEMM (`volume::im2col_conv3d`) is the reference it is tested against.
 
-use super::direct::{self, Input};
+use super::direct::{self, Bf16Pair, Input};
 use crate::backend::volume::Conv3d;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -161,8 +161,8 @@ fn pair_weights(u: &[f32], cin: usize) -> Vec<f32> {
     for (row, out) in u.chunks_exact(cin * BLOCK).zip(out.chunks_exact_mut(pairs * BLOCK)) {
         for (cp, out) in out.chunks_exact_mut(BLOCK).enumerate() {
             for (j, o) in out.iter_mut().enumerate() {
-                let high = row.get((2 * cp + 1) * BLOCK + j).map_or(0, |&v| direct::bf16_bits(v));
-                *o = f32::from_bits(direct::bf16_bits(row[2 * cp * BLOCK + j]) | high << 16);
+                let high = row.get((2 * cp + 1) * BLOCK + j).copied().unwrap_or(0.0);
+                *o = f32::from_bits(Bf16Pair::new(row[2 * cp * BLOCK + j], high).0);
             }
         }
     }
@@ -223,23 +223,23 @@ impl Gemm for Bf16 {
         cin.div_ceil(2)
     }
 
-    /// Pair p (channels 2p, 2p + 1, rounded to nearest even as `direct::bf16_bits`) goes where channel
-    /// p was, pairs in order: channel p was read by pair p / 2, already written (pair 0 reads before it
-    /// writes).
+    /// Pair p (channels 2p and 2p + 1, as `Bf16Pair::new` packs them) goes where channel p was, pairs in
+    /// order: channel p was read by pair p / 2, already written (pair 0 reads each vector before it
+    /// writes it).
     #[inline(always)]
     unsafe fn prepare(v: *mut f32, cin: usize, halves: usize) {
-        let high = _mm512_set1_epi32(-65536);
+        let vector = |c: usize, xi: usize, half: usize| v.add(c * V_CHANNEL + xi * CHUNK + half * LANES);
         for p in 0..cin.div_ceil(2) {
             for xi in 0..XI {
                 for half in 0..halves {
-                    let at = |c: usize| v.add(c * V_CHANNEL + xi * CHUNK + half * LANES);
-                    let low = _mm512_srli_epi32(rounded(_mm512_loadu_ps(at(2 * p))), 16);
-                    let hi = if 2 * p + 1 < cin {
-                        _mm512_and_si512(rounded(_mm512_loadu_ps(at(2 * p + 1))), high)
+                    let low = vector(2 * p, xi, half).cast::<[f32; LANES]>().read();
+                    let high = if 2 * p + 1 < cin {
+                        vector(2 * p + 1, xi, half).cast::<[f32; LANES]>().read()
                     } else {
-                        _mm512_setzero_si512()
+                        [0.0; LANES]
                     };
-                    _mm512_storeu_si512(at(p).cast(), _mm512_or_si512(low, hi));
+                    let pairs: [u32; LANES] = std::array::from_fn(|t| Bf16Pair::new(low[t], high[t]).0);
+                    vector(p, xi, half).cast::<[u32; LANES]>().write(pairs);
                 }
             }
         }
@@ -262,15 +262,6 @@ impl Gemm for Bf16 {
         }
         store_products(acc, m);
     }
-}
-
-/// The bits of `v` rounded at bit 16 to nearest, ties even (the bf16 is their top half), as
-/// `direct::bf16_bits`. (A function, not a closure: a closure's intrinsics are not inlined.)
-#[inline(always)]
-unsafe fn rounded(v: __m512) -> __m512i {
-    let x = _mm512_castps_si512(v);
-    let odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    _mm512_add_epi32(x, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd))
 }
 
 /// The GEMMs' sums into m (rows `CHUNK` apart).
