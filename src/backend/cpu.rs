@@ -17,9 +17,10 @@ mod winograd;
 
 use super::perturb::{MaskBatch, ScoreKind};
 use super::volume::batch_channels_plane;
-use super::{perturb, Activation, Backend, Scene};
+use super::{perturb, Activation, Backend, PlaneNorm, Scene};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
+use elementwise::Epilogue;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -153,7 +154,8 @@ fn vector_arg<'a>(t: Option<&'a Tensor>, len: usize, what: &str) -> Result<Optio
 
 impl CpuBackend {
     /// A stride-1 convolution of `input` (`[n, cin, h, w]`, its own and skip channels) on the direct
-    /// kernel, on the image as one slice; None where the kernel does not apply (im2col + GEMM then).
+    /// kernel, on the image as one slice, then `post` on each image's output; None where the kernel
+    /// does not apply (im2col + GEMM then).
     #[cfg(target_arch = "x86_64")]
     fn direct2d(
         &self,
@@ -162,6 +164,7 @@ impl CpuBackend {
         weight: &Tensor,
         bias: Option<&[f32]>,
         pad: usize,
+        post: Epilogue,
     ) -> Result<Option<Tensor>> {
         let (cout, wcin, kh, kw) = weight.nchw()?;
         let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, wcin, 1, kh, kw], [1; 3], [0, pad, pad])?;
@@ -184,7 +187,46 @@ impl CpuBackend {
             direct::conv3d
         };
         let [_, _, _, oh, ow] = g.output_shape();
-        Ok(Some(Tensor::new(&[n, cout, oh, ow], conv(input, weight.data(), bias, &g))?))
+        Ok(Some(Tensor::new(&[n, cout, oh, ow], conv(input, weight.data(), bias, &g, post))?))
+    }
+
+    /// A stride-1 convolution over [x, extra] with padding `pad`, then `post`: the direct kernels read the
+    /// skip in place and apply `post` to each image while it is in cache; elsewhere the separate calls.
+    fn conv2d_then(
+        &self,
+        x: &Tensor,
+        extra: Option<&Tensor>,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        pad: usize,
+        post: Epilogue,
+    ) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (n, c, h, w) = x.nchw()?;
+            let (ce, skip) = match extra {
+                Some(e) => {
+                    let (ne, ce, he, we) = e.nchw()?;
+                    ensure!(
+                        (ne, he, we) == (n, h, w),
+                        "conv2d_fused: skip {:?} does not match input {:?}",
+                        e.shape(),
+                        x.shape()
+                    );
+                    (ce, e.data())
+                }
+                None => (0, &[][..]),
+            };
+            let bias = vector_arg(bias, weight.shape()[0], "conv2d bias")?;
+            let input = direct::Input { x: x.data(), skip };
+            if let Some(y) = self.direct2d(input, [n, c + ce, h, w], weight, bias, pad, post)? {
+                return Ok(y);
+            }
+        }
+        let mut y = super::conv2d_unfused(self, x, extra, weight, bias, pad, Activation::Identity)?;
+        let (_, cout, len) = batch_channels_plane(y.shape(), "conv2d")?;
+        post.apply(y.data_mut(), cout, len, true);
+        Ok(y)
     }
 }
 
@@ -504,7 +546,7 @@ impl Backend for CpuBackend {
         let kdim = cin * kh * kw;
         #[cfg(target_arch = "x86_64")]
         if stride == 1 {
-            if let Some(y) = self.direct2d(x.data().into(), [n, cin, h, w], weight, bias, pad)? {
+            if let Some(y) = self.direct2d(x.data().into(), [n, cin, h, w], weight, bias, pad, Epilogue::None)? {
                 return Ok(y);
             }
         }
@@ -558,24 +600,22 @@ impl Backend for CpuBackend {
         pad: usize,
         act: Activation,
     ) -> Result<Tensor> {
-        // The direct kernel reads a skip connection in place (one copy of the activations fewer).
-        #[cfg(target_arch = "x86_64")]
-        if let Some(e) = extra {
-            let ((n, c, h, w), (ne, ce, he, we)) = (x.nchw()?, e.nchw()?);
-            ensure!(
-                (ne, he, we) == (n, h, w),
-                "conv2d_fused: skip {:?} does not match input {:?}",
-                e.shape(),
-                x.shape()
-            );
-            let bias = vector_arg(bias, weight.shape()[0], "conv2d bias")?;
-            let input = direct::Input { x: x.data(), skip: e.data() };
-            if let Some(mut y) = self.direct2d(input, [n, c + ce, h, w], weight, bias, pad)? {
-                self.activate(&mut y, act)?;
-                return Ok(y);
-            }
-        }
-        super::conv2d_unfused(self, x, extra, weight, bias, pad, act)
+        self.conv2d_then(x, extra, weight, bias, pad, Epilogue::Activate(act))
+    }
+
+    fn conv2d_norm(
+        &self,
+        x: &Tensor,
+        extra: Option<&Tensor>,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        pad: usize,
+        norm: &PlaneNorm<Tensor>,
+    ) -> Result<Tensor> {
+        let cout = weight.shape()[0];
+        let (gamma, beta) =
+            (vector_arg(norm.gamma, cout, "instance_norm weight")?, vector_arg(norm.beta, cout, "instance_norm bias")?);
+        self.conv2d_then(x, extra, weight, bias, pad, Epilogue::Norm { gamma, beta, eps: norm.eps, act: norm.act })
     }
 
     fn conv_transpose2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -1073,6 +1113,29 @@ mod tests {
             let q = a.alloc(small);
             assert!(!q.is_null());
             a.dealloc(q, small);
+        }
+    }
+
+    #[test]
+    fn conv_with_the_norm_in_its_epilogue_gives_the_bits_of_the_separate_calls() {
+        // Winograd with a skip read in place (8 + 8 channels, 20 wide), the direct kernel (3 channels),
+        // im2col + GEMM (80 outputs on a 12-wide plane); a batch of 1 (rows shared out) and of 5 (whole
+        // images per task, then the last one shared out).
+        for (cin, skip, cout, side) in [(8, 8, 16, 20), (3, 0, 16, 20), (8, 0, 80, 12)] {
+            for n in [1, 5] {
+                let x = random(&[n, cin, side, side], 1);
+                let extra = (skip > 0).then(|| random(&[n, skip, side, side], 2));
+                let (w, b) = (random(&[cout, cin + skip, 3, 3], 3), random(&[cout], 4));
+                let (gamma, beta) = (random(&[cout], 5), random(&[cout], 6));
+                for (gamma, act) in [(Some(&gamma), Activation::LeakyRelu(0.1)), (None, Activation::Identity)] {
+                    let mut want =
+                        CpuBackend.conv2d_fused(&x, extra.as_ref(), &w, Some(&b), 1, Activation::Identity).unwrap();
+                    CpuBackend.instance_norm(&mut want, gamma, Some(&beta), 1e-5, act).unwrap();
+                    let norm = PlaneNorm { gamma, beta: Some(&beta), eps: 1e-5, act };
+                    let got = CpuBackend.conv2d_norm(&x, extra.as_ref(), &w, Some(&b), 1, &norm).unwrap();
+                    assert_eq!(got, want, "{cin}+{skip}->{cout} @{side}, batch {n}, {act:?}");
+                }
+            }
         }
     }
 

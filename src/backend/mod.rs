@@ -71,6 +71,18 @@ fn erf(x: f32) -> f32 {
     (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
 }
 
+/// The instance norm that follows a convolution in [`Backend::conv2d_norm`].
+pub struct PlaneNorm<'a, T> {
+    /// Scale per output channel (None: 1).
+    pub gamma: Option<&'a T>,
+    /// Shift per output channel (None: 0).
+    pub beta: Option<&'a T>,
+    /// Added to the variance.
+    pub eps: f32,
+    /// Applied after the norm.
+    pub act: Activation,
+}
+
 /// `conv2d_fused` as separate calls: concatenate, convolve, activate (the trait's default, and what a
 /// backend's own version falls back to).
 pub fn conv2d_unfused<B: Backend + ?Sized>(
@@ -192,6 +204,23 @@ pub trait Backend: Send + Sync {
         act: Activation,
     ) -> Result<Self::Tensor> {
         conv2d_unfused(self, x, extra, weight, bias, pad, act)
+    }
+
+    /// `conv2d_fused` without activation, then instance norm of each output plane and `norm.act` (the
+    /// 2-D U-Nets' conv unit). The default composes the calls; the CPU normalises each image's planes
+    /// right after its convolution, while they are still in cache.
+    fn conv2d_norm(
+        &self,
+        x: &Self::Tensor,
+        extra: Option<&Self::Tensor>,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        pad: usize,
+        norm: &PlaneNorm<Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let mut y = self.conv2d_fused(x, extra, weight, bias, pad, Activation::Identity)?;
+        self.instance_norm(&mut y, norm.gamma, norm.beta, norm.eps, norm.act)?;
+        Ok(y)
     }
 
     /// k x k max pooling with stride k, floor mode (odd edges dropped, as in PyTorch).

@@ -4,7 +4,7 @@
 //! `xaiclip profile` prints and benches/peers/forward.py sets beside `torch.profiler`.
 
 use super::perturb::{MaskBatch, Scene, ScoreKind};
-use super::{volume, Activation, Backend};
+use super::{volume, Activation, Backend, PlaneNorm};
 use crate::tensor::Tensor;
 use anyhow::Result;
 use std::sync::Mutex;
@@ -207,6 +207,25 @@ impl<B: Backend> Backend for Profiled<B> {
             "conv2d_fused",
             shapes,
             || self.inner.conv2d_fused(x, extra, weight, bias, pad, act),
+            |y| self.conv_flops(y, weight),
+        )
+    }
+
+    fn conv2d_norm(
+        &self,
+        x: &Self::Tensor,
+        extra: Option<&Self::Tensor>,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        pad: usize,
+        norm: &PlaneNorm<Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let skip = extra.map(|e| format!(" + {}", self.dims(e))).unwrap_or_default();
+        let shapes = format!("{}{skip} w {}", self.dims(x), self.dims(weight));
+        self.measured(
+            "conv2d_norm",
+            shapes,
+            || self.inner.conv2d_norm(x, extra, weight, bias, pad, norm),
             |y| self.conv_flops(y, weight),
         )
     }

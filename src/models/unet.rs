@@ -7,7 +7,7 @@
 //! Each conv unit is conv -> norm -> dropout (identity at inference) -> activation ("NDA").
 
 use crate::backend::volume::Transposed;
-use crate::backend::{Activation, Backend};
+use crate::backend::{Activation, Backend, PlaneNorm};
 use crate::error::Error;
 use crate::preprocess::{Modality, Orientation};
 use crate::tensor::Tensor;
@@ -410,11 +410,15 @@ impl<B: Backend> BasicUNet<B> {
         Ok(y)
     }
 
-    /// conv over [x, extra] -> norm -> activation; without instance norm the activation rides in the
-    /// conv's epilogue.
+    /// conv over [x, extra] -> norm -> activation; in 2-D the norm, and without it the activation, ride in
+    /// the conv's epilogue.
     fn conv_unit(&self, b: &B, x: &B::Tensor, extra: Option<&B::Tensor>, u: &ConvUnit<B>) -> Result<B::Tensor> {
         let act = self.config.act;
         match &u.instance_norm {
+            Some((gamma, beta)) if !self.volumetric() => {
+                let norm = PlaneNorm { gamma: gamma.as_ref(), beta: beta.as_ref(), eps: self.config.norm_eps, act };
+                b.conv2d_norm(x, extra, &u.weight, u.bias.as_ref(), 1, &norm)
+            }
             Some((g, bt)) => {
                 let mut y = self.conv(b, x, extra, &u.weight, u.bias.as_ref(), 1, Activation::Identity)?;
                 b.instance_norm(&mut y, g.as_ref(), bt.as_ref(), self.config.norm_eps, act)?;

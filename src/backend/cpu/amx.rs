@@ -12,6 +12,7 @@
 //! `vdpbf16ps` kernel; `volume::im2col_conv3d` on the rounded operands is the reference.
 
 use super::direct::{self, Bf16Pair, Input};
+use super::elementwise::Epilogue;
 use crate::backend::volume::Conv3d;
 use rayon::prelude::*;
 use std::arch::asm;
@@ -113,13 +114,13 @@ impl Config {
 }
 
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added (`applies` must hold).
-pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
     assert!(applies(g), "amx::applies was checked");
     // Two channel blocks x two voxel runs where there are two blocks; one block x three runs otherwise.
     if g.cout > TILE {
-        convolve::<2, 2>(x, weight, bias, g)
+        convolve::<2, 2>(x, weight, bias, g, post)
     } else {
-        convolve::<1, 3>(x, weight, bias, g)
+        convolve::<1, 3>(x, weight, bias, g, post)
     }
 }
 
@@ -130,6 +131,7 @@ fn convolve<const CO: usize, const RUNS: usize>(
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &Conv3d,
+    post: Epilogue,
 ) -> Vec<f32> {
     let (pairs, k_steps) = steps(g);
     let packed = pack(weight, g, pairs, k_steps);
@@ -169,7 +171,7 @@ fn convolve<const CO: usize, const RUNS: usize>(
         }
     };
     // SAFETY: the steps 0..steps_of_runs cover every output run of every channel of the image.
-    unsafe { direct::each_image(x, g, image) }
+    unsafe { direct::each_image(x, g, post, image) }
 }
 
 /// What every task of one image reads.
@@ -341,7 +343,7 @@ mod tests {
         {
             let (g, x, w, b) = case((n, cin, cout), input, kernel, pad, 5 * seed as u64);
             let rounded = rounded_reference(&x, &w, &b, &g);
-            let tiles = conv3d(x[..].into(), &w, Some(&b), &g);
+            let tiles = conv3d(x[..].into(), &w, Some(&b), &g, Epilogue::None);
             assert_eq!(tiles.len(), rounded.len());
             // Sums of up to ~1900 products of O(1) in another order: ~1e-5 absolute; a NaN fails.
             let err = max_abs_diff(&tiles, &rounded);
@@ -360,8 +362,12 @@ mod tests {
         let c = SkipCase::new(4, (16, 16), (7, 21), 20);
         let (weight, bias) = (&c.weight, Some(&c.bias[..]));
         let (whole, split, each) = on_two_threads(|| {
-            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
-            (whole, conv3d(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d(x, weight, bias, g)))
+            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
+            (
+                whole,
+                conv3d(c.input(), weight, bias, &c.g, Epilogue::None),
+                alone(&c, |x, g| conv3d(x, weight, bias, g, Epilogue::None)),
+            )
         });
         assert_eq!(split, whole);
         assert_eq!(each, whole, "each image alone: bit for bit");

@@ -11,6 +11,7 @@
 //! accumulation (`vdpbf16ps`: each lane adds the products of two input channels), inputs and weights
 //! rounded to bf16 once, two channels interleaved per 32-bit element: half the instructions and bytes.
 
+use super::elementwise::Epilogue;
 use crate::backend::volume::Conv3d;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -324,22 +325,29 @@ impl<'a> From<&'a [f32]> for Input<'a> {
 
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added, with the CPU's capability
 /// (`applies` must hold).
-pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
-    conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g)
+pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
+    conv3d_with(capability().expect("direct::applies was checked"), x, weight, bias, g, post)
 }
 
 /// The f32 convolution with `cap`'s kernel (the tests run each capability the CPU has).
-fn conv3d_with(cap: Capability, x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+fn conv3d_with(
+    cap: Capability,
+    x: Input,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv3d,
+    post: Epilogue,
+) -> Vec<f32> {
     match cap {
-        Capability::Avx512 => convolve::<__m512, 8, 2>(x, weight, bias, g, row_avx512),
-        Capability::Avx2 => convolve::<__m256, 4, 3>(x, weight, bias, g, row_avx2),
+        Capability::Avx512 => convolve::<__m512, 8, 2>(x, weight, bias, g, post, row_avx512),
+        Capability::Avx2 => convolve::<__m256, 4, 3>(x, weight, bias, g, post, row_avx2),
     }
 }
 
 /// The same with bf16 operands and f32 accumulation (`applies` and `bf16_available` must hold).
-pub(super) fn conv3d_bf16(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+pub(super) fn conv3d_bf16(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
     assert!(bf16_available(), "direct::bf16_available was checked");
-    convolve::<Bf16Acc, 8, 2>(x, weight, bias, g, row_bf16)
+    convolve::<Bf16Acc, 8, 2>(x, weight, bias, g, post, row_bf16)
 }
 
 /// One output row of every channel: `output_row::<V, BLOCK, CHUNKS>` compiled for its instructions.
@@ -352,6 +360,7 @@ fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &Conv3d,
+    post: Epilogue,
     kernel: RowKernel<V::Elem>,
 ) -> Vec<f32> {
     let (block, chunk) = (BLOCK, CHUNKS * V::LANES);
@@ -381,18 +390,20 @@ fn convolve<V: Vector, const BLOCK: usize, const CHUNKS: usize>(
         }
     };
     // SAFETY: the rows 0..od * oh of every output channel, all of the image's output, are stored above.
-    unsafe { each_image(x, g, image) }
+    unsafe { each_image(x, g, post, image) }
 }
 
 /// The (N, cout, od, oh, ow) output of a convolution of `x`: `image(one, in_parallel, out)` runs for each
 /// image as [`for_each_image`] schedules it, with that image's own and skip channels and its output
-/// (cout x od x oh x ow values, not zeroed: each is stored once).
+/// (cout x od x oh x ow values, not zeroed: each is stored once), then `post` on that output in the
+/// same task.
 ///
 /// # Safety
 /// Each call of `image` must store every value of its image's output, and nothing outside it.
 pub(super) unsafe fn each_image(
     x: Input,
     g: &Conv3d,
+    post: Epilogue,
     image: impl Fn(Input, bool, super::SharedMut) + Sync,
 ) -> Vec<f32> {
     let plane = g.output.iter().product::<usize>();
@@ -404,7 +415,10 @@ pub(super) unsafe fn each_image(
     for_each_image(g.n, |img, in_parallel| {
         let one = Input { x: &x.x[img * x_len..][..x_len], skip: &x.skip[img * skip_len..][..skip_len] };
         // SAFETY: image img's output lies inside the buffer's capacity.
-        image(one, in_parallel, super::SharedMut(unsafe { out_base.ptr().add(img * g.cout * plane) }));
+        let out = unsafe { out_base.ptr().add(img * g.cout * plane) };
+        image(one, in_parallel, super::SharedMut(out));
+        // SAFETY: `image` stored all of this image's output, which no other task touches.
+        post.apply(unsafe { std::slice::from_raw_parts_mut(out, g.cout * plane) }, g.cout, plane, in_parallel);
     });
     // SAFETY: the caller's `image` stored every value of every image's output.
     unsafe { out.set_len(len) };
@@ -612,7 +626,7 @@ pub(super) mod tests {
             let mut reference = vec![f32::NAN; len];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
             for &cap in &capabilities {
-                let direct = conv3d_with(cap, x[..].into(), &w, Some(&b), &g);
+                let direct = conv3d_with(cap, x[..].into(), &w, Some(&b), &g, Epilogue::None);
                 assert_eq!(direct.len(), len);
                 // Sums of up to a few hundred O(1) products in another order: ~1e-6 absolute.
                 let err = max_abs_diff(&direct, &reference);
@@ -622,7 +636,7 @@ pub(super) mod tests {
             // the f32 sums differs (odd cin leaves half of the last pair zero).
             if bf16_available() {
                 let rounded = rounded_reference(&x, &w, &b, &g);
-                let direct = conv3d_bf16(x[..].into(), &w, Some(&b), &g);
+                let direct = conv3d_bf16(x[..].into(), &w, Some(&b), &g, Epilogue::None);
                 assert_eq!(direct.len(), len);
                 let err = max_abs_diff(&direct, &rounded);
                 assert!(err < 1e-4, "case {seed}, bf16: max |diff| {err} against the rounded operands");
@@ -645,12 +659,12 @@ pub(super) mod tests {
             println!("SKIP: this CPU has neither AVX2+FMA nor AVX-512F; the direct kernel never runs here");
             return;
         };
-        let whole = conv3d_with(cap, c.joined[..].into(), weight, bias, g);
-        let split = conv3d_with(cap, c.input(), weight, bias, g);
+        let whole = conv3d_with(cap, c.joined[..].into(), weight, bias, g, Epilogue::None);
+        let split = conv3d_with(cap, c.input(), weight, bias, g, Epilogue::None);
         assert_eq!(split, whole, "same values in the same order: bit for bit");
         if bf16_available() {
-            let whole = conv3d_bf16(c.joined[..].into(), weight, bias, g);
-            assert_eq!(conv3d_bf16(c.input(), weight, bias, g), whole);
+            let whole = conv3d_bf16(c.joined[..].into(), weight, bias, g, Epilogue::None);
+            assert_eq!(conv3d_bf16(c.input(), weight, bias, g, Epilogue::None), whole);
         }
     }
 
@@ -684,12 +698,18 @@ pub(super) mod tests {
         let c = SkipCase::new(5, (3, 5), (9, 13), 6);
         let (weight, bias) = (&c.weight, Some(&c.bias[..]));
         let (batch, each) = on_two_threads(|| {
-            (conv3d_with(cap, c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d_with(cap, x, weight, bias, g)))
+            (
+                conv3d_with(cap, c.input(), weight, bias, &c.g, Epilogue::None),
+                alone(&c, |x, g| conv3d_with(cap, x, weight, bias, g, Epilogue::None)),
+            )
         });
         assert_eq!(batch, each, "bit for bit");
         if bf16_available() {
             let (batch, each) = on_two_threads(|| {
-                (conv3d_bf16(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d_bf16(x, weight, bias, g)))
+                (
+                    conv3d_bf16(c.input(), weight, bias, &c.g, Epilogue::None),
+                    alone(&c, |x, g| conv3d_bf16(x, weight, bias, g, Epilogue::None)),
+                )
             });
             assert_eq!(batch, each, "bf16: bit for bit");
         }

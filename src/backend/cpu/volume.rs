@@ -51,7 +51,10 @@ pub(super) fn conv3d(
     let bias = vector_arg(bias, g.cout, "conv3d bias")?;
     #[cfg(target_arch = "x86_64")]
     if super::direct::applies(&g) {
-        return Tensor::new(&g.output_shape(), super::direct::conv3d(x.data().into(), weight.data(), bias, &g));
+        return Tensor::new(
+            &g.output_shape(),
+            super::direct::conv3d(x.data().into(), weight.data(), bias, &g, super::elementwise::Epilogue::None),
+        );
     }
     let mut out = Tensor::zeros(&g.output_shape());
     im2col_conv3d(x.data(), weight.data(), bias, &g, out.data_mut());

@@ -23,6 +23,7 @@
 //! im2col + GEMM (`volume::im2col_conv3d`) is the reference it is tested against.
 
 use super::direct::{self, Bf16Pair, Input};
+use super::elementwise::Epilogue;
 use crate::backend::volume::Conv3d;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -115,8 +116,8 @@ thread_local! {
 }
 
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added (`applies` must hold).
-pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
-    run::<F32>(x, transform_weights(weight, g), bias, g)
+pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
+    run::<F32>(x, transform_weights(weight, g), bias, g, post)
 }
 
 /// The same with the 16 GEMMs on bf16 operands and f32 accumulation (`vdpbf16ps`, two input channels
@@ -124,12 +125,12 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d)
 /// rounded to bf16, the transforms stay f32. For CPUs with AVX512-BF16 but no AMX (AMD Zen 4), where
 /// the direct bf16 kernel ran no faster than f32 Winograd: 36 products per output at twice the rate
 /// against 16.
-pub(super) fn conv3d_bf16(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+pub(super) fn conv3d_bf16(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
     assert!(direct::bf16_available(), "direct::bf16_available was checked");
-    run::<Bf16>(x, pair_weights(&transform_weights(weight, g), g.cin), bias, g)
+    run::<Bf16>(x, pair_weights(&transform_weights(weight, g), g.cin), bias, g, post)
 }
 
-fn run<G: Gemm>(x: Input, u: Vec<f32>, bias: Option<&[f32]>, g: &Conv3d) -> Vec<f32> {
+fn run<G: Gemm>(x: Input, u: Vec<f32>, bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
     assert!(applies(g), "winograd::applies was checked");
     let image = |one: Input, in_parallel, out: super::SharedMut| {
         let job = Job::new(one, &u, bias, g);
@@ -148,7 +149,7 @@ fn run<G: Gemm>(x: Input, u: Vec<f32>, bias: Option<&[f32]>, g: &Conv3d) -> Vec<
         }
     };
     // SAFETY: the chunks cover every group of tiles, so every output value of the image is stored above.
-    unsafe { direct::each_image(x, g, image) }
+    unsafe { direct::each_image(x, g, post, image) }
 }
 
 /// Transformed weights as bf16 pairs of input channels (2c low, 2c + 1 high, zero past `cin`), as
@@ -687,7 +688,7 @@ mod tests {
             assert!(applies(&g));
             let mut reference = vec![f32::NAN; n * cout * g.output.iter().product::<usize>()];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
-            let wino = conv3d(x[..].into(), &w, Some(&b), &g);
+            let wino = conv3d(x[..].into(), &w, Some(&b), &g, Epilogue::None);
             assert_eq!(wino.len(), reference.len());
             // Up to 9 * 64 products of O(1) values summed in another order, the inputs transformed by
             // sums of 4: a few 1e-6, against outputs of magnitude ~10.
@@ -697,7 +698,7 @@ mod tests {
         // A NaN in the input reaches the outputs it touches, as it does in the direct sums.
         let (g, mut x, w, b) = case((1, 8, 8), [1, 4, 32], [1, 3, 3], [0, 1, 1], 40);
         x[3 * 32 + 7] = f32::NAN;
-        let y = conv3d(x[..].into(), &w, Some(&b), &g);
+        let y = conv3d(x[..].into(), &w, Some(&b), &g, Epilogue::None);
         assert!(y[3 * 32 + 7].is_nan() && !y[0].is_nan());
     }
 
@@ -717,19 +718,26 @@ mod tests {
             let (g, x, w, b) = case((n, cin, cout), input, [1, 3, 3], [0, 1, 1], 9 * seed as u64);
             let mut reference = vec![f32::NAN; n * cout * g.output.iter().product::<usize>()];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
-            let bf16 = conv3d_bf16(x[..].into(), &w, Some(&b), &g);
+            let bf16 = conv3d_bf16(x[..].into(), &w, Some(&b), &g, Epilogue::None);
             let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
             // Transformed inputs and weights rounded to 8 bits of mantissa: the selftest's bf16 bound.
             let err = max_abs_diff(&bf16, &reference) / scale;
             println!("case {seed}: bf16 Winograd vs im2col {err:.2e} of max");
             assert!(err < 2e-2, "case {seed}: {err} of max");
-            assert_ne!(bf16, conv3d(x[..].into(), &w, Some(&b), &g), "case {seed}: bf16 must not be the f32 path");
+            assert_ne!(
+                bf16,
+                conv3d(x[..].into(), &w, Some(&b), &g, Epilogue::None),
+                "case {seed}: bf16 must not be the f32 path"
+            );
         }
         let c = SkipCase::new(4, (16, 9), (9, 40), 13);
         let (weight, bias) = (&c.weight, Some(&c.bias[..]));
-        let whole = conv3d_bf16(c.joined[..].into(), weight, bias, &c.g);
+        let whole = conv3d_bf16(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
         let (batch, each) = on_two_threads(|| {
-            (conv3d_bf16(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d_bf16(x, weight, bias, g)))
+            (
+                conv3d_bf16(c.input(), weight, bias, &c.g, Epilogue::None),
+                alone(&c, |x, g| conv3d_bf16(x, weight, bias, g, Epilogue::None)),
+            )
         });
         assert_eq!(batch, whole, "a skip read in place: bit for bit");
         assert_eq!(batch, each, "a batch and each image alone: bit for bit");
@@ -745,9 +753,12 @@ mod tests {
         for c in [SkipCase::new(4, (16, 8), (9, 40), 11), SkipCase::new(5, (8, 16), (8, 7), 9)] {
             let (weight, bias) = (&c.weight, Some(&c.bias[..]));
             assert!(applies(&c.g));
-            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g);
+            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
             let (batch, each) = on_two_threads(|| {
-                (conv3d(c.input(), weight, bias, &c.g), alone(&c, |x, g| conv3d(x, weight, bias, g)))
+                (
+                    conv3d(c.input(), weight, bias, &c.g, Epilogue::None),
+                    alone(&c, |x, g| conv3d(x, weight, bias, g, Epilogue::None)),
+                )
             });
             assert_eq!(batch, whole, "a skip read in place: bit for bit");
             assert_eq!(batch, each, "a batch and each image alone: bit for bit");
