@@ -308,10 +308,8 @@ impl ExplainerBuilder {
             None => bundled("unet")?,
         };
         let compute = self.device.select(self.precision)?;
-        // The CPU has no tf32: it computes in f32 unless it runs bf16.
         let precision = match &compute {
-            Compute::Cpu(b) if b.is_bf16() => Precision::Bf16,
-            Compute::Cpu(_) => Precision::F32,
+            Compute::Cpu(b) => b.precision(),
             Compute::Cuda(_) => self.precision,
         };
         let mut settings = self.settings;

@@ -1,5 +1,6 @@
 //! bf16 convolutions on the CPU (`--device cpu --precision bf16`, AVX512-BF16): the maps agree with f32
-//! (the bar: Pearson r >= 0.999), and a CPU without the instructions refuses the option.
+//! (the bar: Pearson r >= 0.999), and a CPU without the instructions refuses the option. tf32
+//! (f32 on Winograd F(4x4, 3x3)) stays within 1e-4 of max of the f32 maps.
 
 mod common;
 use common::*;
@@ -44,6 +45,28 @@ fn bf16_maps_agree_with_f32_on_the_demo_slice() {
         assert!(r >= 0.999 && dice >= 0.9 && diff < 0.05, "{roi:?}: r {r}, Dice {dice}, diff {diff}");
         // bf16 is not f32 by another name: the maps differ somewhere.
         assert!(diff > 0.0);
+    }
+}
+
+#[test]
+fn tf32_maps_stay_within_1e4_of_max_of_f32() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        println!("SKIP: this CPU has no AVX-512F; --precision tf32 computes as f32 here");
+        return;
+    }
+    let phantom = xaiclip::phantom::generate(7, 256, 32);
+    let build = |p| Explainer::builder().device(Device::Cpu).precision(p).build().unwrap();
+    let (f32s, tf32s) = (build(Precision::F32), build(Precision::Tf32));
+    assert_eq!(tf32s.precision(), Precision::Tf32);
+    assert!(tf32s.device_name().contains("F(4x4, 3x3)"), "{}", tf32s.device_name());
+    // Occlusion on the full image, RISE (random masks, the same on both) in the CLIP ROI.
+    for (method, roi) in [(Method::Occlusion, RoiMode::Full), (Method::Rise, RoiMode::Clip)] {
+        let request = Request::new("liver", method).roi(roi).labels(phantom.labels.clone());
+        let reference = f32s.explain(&phantom.image, &request).unwrap();
+        let fast = tf32s.explain(&phantom.image, &request).unwrap();
+        let (diff, r, _) = agreement(&fast.run.saliency, &reference.run.saliency);
+        println!("{method:?}: tf32 vs f32 max diff {diff:.2e} of max, Pearson r {r:.8}");
+        assert!(diff < 1e-4 && diff > 0.0, "{method:?}: {diff} of max");
     }
 }
 

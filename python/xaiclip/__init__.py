@@ -241,7 +241,8 @@ class Explainer:
       None: the bundled one.
     - ``clip``, ``coop``: CLIP (transformers CLIPModel) and CoOp folders; None: the bundled ones.
     - ``device``: "auto" (a GPU when usable), "cpu", "cuda" or "cuda:N". ``precision``: "f32", "tf32",
-      "bf16" (GPU convolutions; on a CPU with AVX512-BF16 too, on AMX tiles where it has them).
+      "bf16" (GPU convolutions; on a CPU with AVX512-BF16 too, on AMX tiles where it has them; on a
+      CPU, "tf32" is f32 on Winograd F(4x4, 3x3), maps within ~1e-6 of max of f32).
       ``batch``: perturbed images per forward pass, a number or "auto".
     - ``size``: side of the square model grid (None: the model's own; required when it states none).
     - ``modality``: "ct" (HU ``window``, default "-160,240") or "mr" (0.5-99.5th percentiles); neither

@@ -17,7 +17,7 @@ mod winograd;
 
 use super::perturb::{MaskBatch, ScoreKind};
 use super::volume::batch_channels_plane;
-use super::{perturb, Activation, Backend, PlaneNorm, Scene};
+use super::{perturb, Activation, Backend, PlaneNorm, Precision, Scene};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
 use elementwise::Epilogue;
@@ -29,30 +29,50 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// convolutions. The constant `CpuBackend` computes in f32; `CpuBackend::bf16()` runs the stride-1 2-D
 /// convolutions on bf16 operands with f32 accumulation (`--precision bf16` on a CPU with AVX512-BF16:
 /// on AMX tiles those with 16+ input channels, the others in f32, where the CPU has AMX; else on
-/// `vdpbf16ps`; 3-D convolutions stay f32, as on the GPU).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `vdpbf16ps`; 3-D convolutions stay f32, as on the GPU); `CpuBackend::tf32()` computes in f32 with
+/// the 2-D 3x3 convolutions on rows of 64 outputs and more on Winograd F(4x4, 3x3), 36 products per 16
+/// outputs instead of F(2x2, 3x3)'s 64, whose rounding (a few 1e-6 of a layer's largest output
+/// against F(2x2)'s ~5e-7) stays far inside what tf32 promises on a GPU (`--precision tf32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuBackend {
-    bf16: bool,
+    precision: Precision,
 }
 
 /// The f32 CPU backend, the reference: a constant named as its type, so that `CpuBackend` reads as the
 /// unit struct it was before the bf16 variant existed.
 #[allow(non_upper_case_globals)]
-pub const CpuBackend: CpuBackend = CpuBackend { bf16: false };
+pub const CpuBackend: CpuBackend = CpuBackend { precision: Precision::F32 };
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend
+    }
+}
 
 impl CpuBackend {
     /// The bf16 variant, where the CPU has AVX512-BF16 (`vdpbf16ps`); None elsewhere.
     pub fn bf16() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         if direct::bf16_available() {
-            return Some(CpuBackend { bf16: true });
+            return Some(CpuBackend { precision: Precision::Bf16 });
         }
         None
     }
 
+    /// The tf32 variant: f32 with Winograd F(4x4, 3x3) on wide planes (the same as f32 where AVX-512F
+    /// is missing).
+    pub fn tf32() -> Self {
+        CpuBackend { precision: Precision::Tf32 }
+    }
+
+    /// The precision its convolutions run at.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Whether convolutions run on bf16 operands.
     pub fn is_bf16(&self) -> bool {
-        self.bf16
+        self.precision == Precision::Bf16
     }
 }
 
@@ -168,18 +188,19 @@ impl CpuBackend {
     ) -> Result<Option<Tensor>> {
         let (cout, wcin, kh, kw) = weight.nchw()?;
         let g = super::volume::Conv3d::new(&[n, cin, 1, h, w], &[cout, wcin, 1, kh, kw], [1; 3], [0, pad, pad])?;
-        let conv = if self.bf16 && amx::applies(&g) {
+        let bf16 = self.is_bf16();
+        let conv = if bf16 && amx::applies(&g) {
             amx::conv3d
-        } else if winograd::applies(&g) && !(self.bf16 && amx::available()) {
+        } else if winograd::applies(&g) && !(bf16 && amx::available()) {
             // bf16 without AMX: the Winograd GEMMs on `vdpbf16ps` (with AMX, what the tiles leave stays f32).
-            if self.bf16 {
-                winograd::conv3d_bf16
-            } else {
-                winograd::conv3d
+            match self.precision {
+                Precision::Bf16 => winograd::conv3d_bf16,
+                Precision::Tf32 => winograd::conv3d_f4x4,
+                Precision::F32 => winograd::conv3d,
             }
         } else if !direct::applies(&g) {
             return Ok(None);
-        } else if self.bf16 && !amx::available() {
+        } else if bf16 && !amx::available() {
             direct::conv3d_bf16
         } else {
             // With AMX, the convolutions the tiles leave (fewer than 16 input channels) run faster in f32
@@ -514,8 +535,12 @@ impl Backend for CpuBackend {
     type Tensor = Tensor;
 
     fn name(&self) -> String {
-        let bf16 = if self.bf16 { ", bf16 convolutions" } else { "" };
-        format!("cpu ({} threads{bf16})", rayon::current_num_threads())
+        let precision = match self.precision {
+            Precision::F32 => "",
+            Precision::Tf32 => ", tf32: Winograd F(4x4, 3x3) convolutions",
+            Precision::Bf16 => ", bf16 convolutions",
+        };
+        format!("cpu ({} threads{precision})", rayon::current_num_threads())
     }
 
     fn upload(&self, t: &Tensor) -> Result<Tensor> {

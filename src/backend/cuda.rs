@@ -31,7 +31,8 @@ pub use built::{BUILD_STATUS, MODULES, PTXAS_REPORT};
 pub enum Precision {
     /// Plain f32 operands (matches the CPU to ~1e-6).
     F32,
-    /// TensorFloat-32 operands on the tensor cores (~1e-3 relative).
+    /// TensorFloat-32 operands on the tensor cores (~1e-3 relative); on the CPU, f32 on Winograd
+    /// F(4x4, 3x3) (a few 1e-6 of a layer's largest output).
     Tf32,
     /// bfloat16 operands on the tensor cores (~1e-2 relative), or on a CPU with AVX512-BF16.
     Bf16,

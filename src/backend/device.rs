@@ -75,7 +75,7 @@ impl Device {
 }
 
 /// The CPU backend for `precision`: bf16 where the CPU has AVX512-BF16 (refused elsewhere rather than
-/// silently run in f32); f32 and tf32 run in f32 (the CPU has no tf32).
+/// silently run in f32); tf32 computes in f32 with Winograd F(4x4, 3x3) (the CPU has no tf32 operands).
 fn cpu(precision: Precision) -> Result<CpuBackend> {
     match precision {
         Precision::Bf16 => match CpuBackend::bf16() {
@@ -85,7 +85,8 @@ fn cpu(precision: Precision) -> Result<CpuBackend> {
                 "--precision bf16 on the CPU needs AVX512-BF16 (vdpbf16ps), which this CPU lacks (or XAICLIP_CPU_CAPABILITY caps); use --precision f32"
             ),
         },
-        Precision::F32 | Precision::Tf32 => Ok(CpuBackend),
+        Precision::Tf32 => Ok(CpuBackend::tf32()),
+        Precision::F32 => Ok(CpuBackend),
     }
 }
 

@@ -264,7 +264,8 @@ pub struct DeviceOptions {
     /// Operand precision of the convolutions (accumulation is f32): f32 matches the CPU to ~1e-6; on a
     /// GPU tf32 and bf16 use the tensor cores (~1e-3 and ~1e-2 relative); on a CPU with AVX512-BF16,
     /// bf16 runs the stride-1 convolutions on bf16 operands, on AMX tiles where the CPU has them
-    /// (refused on other CPUs; tf32 runs as f32) [default: f32].
+    /// (refused on other CPUs); on a CPU with AVX-512, tf32 runs f32 on Winograd F(4x4, 3x3) (~17-21%
+    /// faster forwards, maps within ~1e-6 of max of f32) [default: f32].
     #[arg(long, value_enum, help_heading = "Device")]
     pub precision: Option<Precision>,
 }

@@ -22,6 +22,8 @@
 //! every output is computed alike on any number of threads, so results are the same bits on each.
 //! im2col + GEMM (`volume::im2col_conv3d`) is the reference it is tested against.
 
+mod f4x4;
+
 use super::direct::{self, Bf16Pair, Input};
 use super::elementwise::Epilogue;
 use crate::backend::volume::Conv3d;
@@ -117,7 +119,15 @@ thread_local! {
 
 /// The convolution of `x` (N images): (N, cout, od, oh, ow), bias added (`applies` must hold).
 pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
-    run::<F32>(x, transform_weights(weight, g), bias, g, post)
+    run(x, transform_weights(weight, g), bias, g, post, (|job: &Job| job.chunks(), F32::CHUNK))
+}
+
+/// The same on F(4x4, 3x3) where `f4x4::applies` (rows of 64 outputs and more; `--precision tf32`).
+pub(super) fn conv3d_f4x4(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
+    if !f4x4::applies(g) {
+        return conv3d(x, weight, bias, g, post);
+    }
+    run(x, f4x4::transform_weights(weight, g), bias, g, post, (f4x4::chunks, f4x4::chunk))
 }
 
 /// The same with the 16 GEMMs on bf16 operands and f32 accumulation (`vdpbf16ps`, two input channels
@@ -127,10 +137,15 @@ pub(super) fn conv3d(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d,
 /// against 16.
 pub(super) fn conv3d_bf16(x: Input, weight: &[f32], bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
     assert!(direct::bf16_available(), "direct::bf16_available was checked");
-    run::<Bf16>(x, pair_weights(&transform_weights(weight, g), g.cin), bias, g, post)
+    run(x, pair_weights(&transform_weights(weight, g), g.cin), bias, g, post, (|job: &Job| job.chunks(), Bf16::CHUNK))
 }
 
-fn run<G: Gemm>(x: Input, u: Vec<f32>, bias: Option<&[f32]>, g: &Conv3d, post: Epilogue) -> Vec<f32> {
+/// A chunk function and the number of chunks per image it takes.
+type Chunks = (fn(&Job) -> usize, unsafe fn(&Job, usize, &mut Vec<f32>, *mut f32));
+
+/// The convolution with transformed weights `u`, image by image as `direct::each_image` schedules them,
+/// each image's chunks computed by `chunk`.
+fn run(x: Input, u: Vec<f32>, bias: Option<&[f32]>, g: &Conv3d, post: Epilogue, (chunks, chunk): Chunks) -> Vec<f32> {
     assert!(applies(g), "winograd::applies was checked");
     let image = |one: Input, in_parallel, out: super::SharedMut| {
         let job = Job::new(one, &u, bias, g);
@@ -138,10 +153,10 @@ fn run<G: Gemm>(x: Input, u: Vec<f32>, bias: Option<&[f32]>, g: &Conv3d, post: E
             SCRATCH.with_borrow_mut(|scratch| {
                 // SAFETY: `applies` checked AVX-512F (and the caller AVX512-BF16 for bf16); the call
                 // writes the tiles of chunk k of each output channel of this image only, inside its output.
-                unsafe { G::CHUNK(&job, k, scratch, out.ptr()) }
+                unsafe { chunk(&job, k, scratch, out.ptr()) }
             })
         };
-        let chunks = job.chunks();
+        let chunks = chunks(&job);
         if in_parallel {
             (0..chunks).into_par_iter().for_each(one_chunk);
         } else {
@@ -180,8 +195,8 @@ trait Gemm {
     /// position) into the GEMMs' rows, in place.
     unsafe fn prepare(v: *mut f32, cin: usize, halves: usize);
     /// m[j][t] = sum over the depth of u[d][j] v[d][t] for BLOCK output channels and CHUNKS vectors of
-    /// tiles, in registers (rows of v are `V_CHANNEL` apart, of m `CHUNK`).
-    unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, depth: usize);
+    /// tiles, in registers (rows of v are `stride` apart, of m `CHUNK`).
+    unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, depth: usize, stride: usize);
 }
 
 struct F32;
@@ -197,12 +212,12 @@ impl Gemm for F32 {
     unsafe fn prepare(_: *mut f32, _: usize, _: usize) {}
 
     #[inline(always)]
-    unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, cin: usize) {
+    unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, cin: usize, stride: usize) {
         let mut acc = [[_mm512_setzero_ps(); CHUNKS]; BLOCK];
         for ci in 0..cin {
             let mut x = [_mm512_setzero_ps(); CHUNKS];
             for (c, x) in x.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(v.add(ci * V_CHANNEL + c * LANES));
+                *x = _mm512_loadu_ps(v.add(ci * stride + c * LANES));
             }
             for (j, acc) in acc.iter_mut().enumerate() {
                 let w = _mm512_set1_ps(*u.add(ci * BLOCK + j));
@@ -247,13 +262,13 @@ impl Gemm for Bf16 {
     }
 
     #[inline(always)]
-    unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, pairs: usize) {
+    unsafe fn gemm<const CHUNKS: usize>(v: *const f32, u: *const f32, m: *mut f32, pairs: usize, stride: usize) {
         let mut acc = [[_mm512_setzero_ps(); CHUNKS]; BLOCK];
         for p in 0..pairs {
             // The same 512 bits seen as 32 bf16s.
             let bh = |bits: __m512i| std::mem::transmute::<__m512i, __m512bh>(bits);
             let x: [__m512bh; CHUNKS] =
-                std::array::from_fn(|c| bh(_mm512_loadu_si512(v.add(p * V_CHANNEL + c * LANES).cast())));
+                std::array::from_fn(|c| bh(_mm512_loadu_si512(v.add(p * stride + c * LANES).cast())));
             for (j, acc) in acc.iter_mut().enumerate() {
                 let w = bh(_mm512_set1_epi32(*u.add(p * BLOCK + j).cast::<i32>()));
                 for (a, &x) in acc.iter_mut().zip(&x) {
@@ -382,9 +397,9 @@ unsafe fn chunk<G: Gemm>(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut 
             let u = job.u.as_ptr().add((block * XI + xi) * depth * BLOCK);
             let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
             if halves == 2 {
-                G::gemm::<2>(vx, u, mx, depth);
+                G::gemm::<2>(vx, u, mx, depth, V_CHANNEL);
             } else {
-                G::gemm::<1>(vx, u, mx, depth);
+                G::gemm::<1>(vx, u, mx, depth, V_CHANNEL);
             }
         }
         // A^T m A, bias added, even and odd columns interleaved into the output rows.
@@ -655,6 +670,8 @@ mod tests {
     use crate::backend::cpu::direct::tests::{alone, case, max_abs_diff, on_two_threads, SkipCase};
     use crate::backend::cpu::volume::im2col_conv3d;
 
+    type Conv = fn(Input, &[f32], Option<&[f32]>, &Conv3d, Epilogue) -> Vec<f32>;
+
     #[test]
     fn winograd_matches_the_im2col_path() {
         if direct::capability() != Some(direct::Capability::Avx512) {
@@ -666,7 +683,8 @@ mod tests {
         // and 18 (two and four tile rows per chunk, chunks across slices), cout not a multiple of 8, two
         // images, two and three slices of a 1x3x3 kernel; small planes (8 x 8, odd 7 x 5 and 5 x 6: a last
         // tile row and column half outside, 9-16 tiles per vector), one slice per chunk or two, weights
-        // past L2 (256 x 160).
+        // past L2 (256 x 160); F(4x4, 3x3) on rows of 64 to 200 (one or two vectors of tiles, a last
+        // vector or chunk partly outside, 13 and 9 rows: a last tile row partly outside, two slices).
         for (seed, &(n, cin, cout, input)) in [
             (1, 8, 8, [1, 32, 32]),
             (1, 8, 11, [3, 5, 16]),
@@ -675,6 +693,8 @@ mod tests {
             (1, 19, 16, [1, 9, 70]),
             (2, 32, 12, [2, 6, 64]),
             (1, 64, 19, [1, 5, 130]),
+            (2, 16, 16, [1, 13, 200]),
+            (1, 8, 9, [2, 4, 67]),
             (2, 64, 19, [3, 8, 8]),
             (1, 16, 8, [1, 7, 5]),
             (2, 8, 11, [2, 5, 6]),
@@ -688,18 +708,28 @@ mod tests {
             assert!(applies(&g));
             let mut reference = vec![f32::NAN; n * cout * g.output.iter().product::<usize>()];
             im2col_conv3d(&x, &w, Some(&b), &g, &mut reference);
-            let wino = conv3d(x[..].into(), &w, Some(&b), &g, Epilogue::None);
-            assert_eq!(wino.len(), reference.len());
             // Up to 9 * 64 products of O(1) values summed in another order, the inputs transformed by
-            // sums of 4: a few 1e-6, against outputs of magnitude ~10.
-            let err = max_abs_diff(&wino, &reference);
-            assert!(err < 1e-4, "case {seed}: max |diff| {err}");
+            // weighted sums of 4: F(2x2, 3x3) 3-8e-7 of the largest output; F(4x4, 3x3) (rows of 64 and
+            // more, else F(2x2)) 2-5e-6.
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (name, conv, bound) in [("F(2x2, 3x3)", conv3d as Conv, 1e-6), ("F(4x4, 3x3)", conv3d_f4x4, 1e-5)] {
+                let wino = conv(x[..].into(), &w, Some(&b), &g, Epilogue::None);
+                assert_eq!(wino.len(), reference.len());
+                let err = max_abs_diff(&wino, &reference) / scale;
+                println!("case {seed}: {name} (F(4x4) applies: {}), max |diff| {err:.2e} of max", f4x4::applies(&g));
+                assert!(err < bound, "case {seed}, {name}: max |diff| {err} of max");
+            }
         }
         // A NaN in the input reaches the outputs it touches, as it does in the direct sums.
         let (g, mut x, w, b) = case((1, 8, 8), [1, 4, 32], [1, 3, 3], [0, 1, 1], 40);
         x[3 * 32 + 7] = f32::NAN;
         let y = conv3d(x[..].into(), &w, Some(&b), &g, Epilogue::None);
         assert!(y[3 * 32 + 7].is_nan() && !y[0].is_nan());
+        let (g, mut x, w, b) = case((1, 8, 8), [1, 6, 64], [1, 3, 3], [0, 1, 1], 41);
+        assert!(f4x4::applies(&g));
+        x[3 * 64 + 37] = f32::NAN;
+        let y = conv3d_f4x4(x[..].into(), &w, Some(&b), &g, Epilogue::None);
+        assert!(y[3 * 64 + 37].is_nan() && !y[0].is_nan() && !y[5 * 64 + 63].is_nan());
     }
 
     #[test]
@@ -749,19 +779,25 @@ mod tests {
             println!("SKIP: this CPU has no AVX-512F; the Winograd kernel never runs here");
             return;
         }
-        // Tile rows, and small planes.
-        for c in [SkipCase::new(4, (16, 8), (9, 40), 11), SkipCase::new(5, (8, 16), (8, 7), 9)] {
+        // Tile rows, small planes, and F(4x4, 3x3)'s rows.
+        for c in [
+            SkipCase::new(4, (16, 8), (9, 40), 11),
+            SkipCase::new(5, (8, 16), (8, 7), 9),
+            SkipCase::new(3, (8, 8), (6, 70), 12),
+        ] {
             let (weight, bias) = (&c.weight, Some(&c.bias[..]));
             assert!(applies(&c.g));
-            let whole = conv3d(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
-            let (batch, each) = on_two_threads(|| {
-                (
-                    conv3d(c.input(), weight, bias, &c.g, Epilogue::None),
-                    alone(&c, |x, g| conv3d(x, weight, bias, g, Epilogue::None)),
-                )
-            });
-            assert_eq!(batch, whole, "a skip read in place: bit for bit");
-            assert_eq!(batch, each, "a batch and each image alone: bit for bit");
+            for conv in [conv3d as Conv, conv3d_f4x4] {
+                let whole = conv(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
+                let (batch, each) = on_two_threads(|| {
+                    (
+                        conv(c.input(), weight, bias, &c.g, Epilogue::None),
+                        alone(&c, |x, g| conv(x, weight, bias, g, Epilogue::None)),
+                    )
+                });
+                assert_eq!(batch, whole, "a skip read in place: bit for bit");
+                assert_eq!(batch, each, "a batch and each image alone: bit for bit");
+            }
         }
     }
 }
