@@ -10,7 +10,9 @@ PyTorch with the same weights loaded into MONAI's BasicUNet:
 - Captum Lime and KernelShap and the `lime` package over xaiclip's superpixels.
 
 --size runs both sides at another model input side (xaiclip resizes the slice to it; the peers take
-xaiclip's exported input, so both see the same image): issue #21's 128², 256² and 512².
+xaiclip's exported input, so both see the same image): issue #21's 128², 256² and 512². --precision tf32
+runs xaiclip's convolutions on Winograd F(4x4, 3x3) in f32 (the peers stay f32; the maps are compared as
+always).
 
 The score is xaiclip's default: mean softmax probability of the organ over M0, the unperturbed predicted
 organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
@@ -174,6 +176,7 @@ def main():
     ap.add_argument("--organ", default="liver")
     ap.add_argument("--size", type=int, help="model input side (both sides run the slice resized to it); default: the model's own")
     ap.add_argument("--roi-fallback", help="xaiclip's ROI mode where the CLIP ROI covers too little of the organ (e.g. clip+seg)")
+    ap.add_argument("--precision", default="f32", help="xaiclip's --precision (the peers run f32); tf32 on a CPU is f32 on Winograd F(4x4, 3x3)")
     a = ap.parse_args()
     case = ["--demo"] if a.image is None else [
         "--image", a.image, "--label", a.label, "--label-ids", a.label_ids, "--slice", "organ-center", "--organ", a.organ, "--unet", a.weights]
@@ -184,7 +187,7 @@ def main():
         subprocess.run(
             [a.xaiclip, "bench", *case, "--roi", "clip", "--methods", methods, "--repeat", str(a.repeat), "--masks", str(a.rise_masks),
              "--samples", str(a.samples), "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0",
-             "--json", os.path.join(a.out, record), *extra,
+             "--json", os.path.join(a.out, record), "--device", "cpu", "--precision", a.precision, *extra,
              *(["--size", str(a.size)] if a.size else []), *(["--roi-fallback", a.roi_fallback] if a.roi_fallback else [])],
             check=True, stdout=subprocess.DEVNULL if quiet else None,
         )
@@ -315,7 +318,7 @@ def main():
     by = {(r["method"], r["implementation"]): r for r in rows}
     lines = [
         f"Same slice ({'bundled phantom, seed 7' if a.image is None else a.image}, organ-center {a.organ}), {a.weights}, score mean-prob over M0, zero baseline; "
-        f"{os.cpu_count()} cores; model input {size}x{size}; seconds = median of {a.repeat} rounds (per method: xaiclip, median of {a.repeat} runs, then each peer once); RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
+        f"{os.cpu_count()} cores; model input {size}x{size}; xaiclip --precision {a.precision}; seconds = median of {a.repeat} rounds (per method: xaiclip, median of {a.repeat} runs, then each peer once); RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
         "",
         "| method | implementation | seconds | forward passes | max abs diff / max abs | Pearson r | xaiclip full-image speed-up | xaiclip ROI speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
