@@ -280,6 +280,29 @@ impl Gemm for Bf16 {
     }
 }
 
+/// The GEMMs of one block of output channels, one per transform position: the chunk's `halves` vectors
+/// of tiles (position xi at `v + xi * CHUNK`, depth rows `stride` apart) times the block's transformed
+/// weights `u` (position xi at `u + xi * depth * BLOCK`), into m (position xi at `m + xi * BLOCK * CHUNK`).
+#[inline(always)]
+unsafe fn block_gemms<G: Gemm>(
+    u: *const f32,
+    v: *const f32,
+    m: *mut f32,
+    positions: usize,
+    depth: usize,
+    stride: usize,
+    halves: usize,
+) {
+    for xi in 0..positions {
+        let (ux, vx, mx) = (u.add(xi * depth * BLOCK), v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
+        if halves == 2 {
+            G::gemm::<2>(vx, ux, mx, depth, stride);
+        } else {
+            G::gemm::<1>(vx, ux, mx, depth, stride);
+        }
+    }
+}
+
 /// The GEMMs' sums into m (rows `CHUNK` apart).
 #[inline(always)]
 unsafe fn store_products<const CHUNKS: usize>(acc: [[__m512; CHUNKS]; BLOCK], m: *mut f32) {
@@ -393,15 +416,8 @@ unsafe fn chunk<G: Gemm>(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut 
     let ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for block in 0..g.cout.div_ceil(BLOCK) {
         // The 16 GEMMs of this block of output channels.
-        for xi in 0..XI {
-            let u = job.u.as_ptr().add((block * XI + xi) * depth * BLOCK);
-            let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
-            if halves == 2 {
-                G::gemm::<2>(vx, u, mx, depth, V_CHANNEL);
-            } else {
-                G::gemm::<1>(vx, u, mx, depth, V_CHANNEL);
-            }
-        }
+        let u = job.u.as_ptr().add(block * XI * depth * BLOCK);
+        block_gemms::<G>(u, v, m, XI, depth, V_CHANNEL, halves);
         // A^T m A, bias added, even and odd columns interleaved into the output rows.
         for j in 0..BLOCK.min(g.cout - block * BLOCK) {
             let co = block * BLOCK + j;
@@ -760,13 +776,18 @@ mod tests {
                 "case {seed}: bf16 must not be the f32 path"
             );
         }
-        let c = SkipCase::new(4, (16, 9), (9, 40), 13);
+        same_bits_in_place_and_alone(&SkipCase::new(4, (16, 9), (9, 40), 13), conv3d_bf16);
+    }
+
+    /// `conv` of `c` with its skip read in place equals it on the concatenated input, and on two threads
+    /// a batch equals each image alone, bit for bit.
+    fn same_bits_in_place_and_alone(c: &SkipCase, conv: Conv) {
         let (weight, bias) = (&c.weight, Some(&c.bias[..]));
-        let whole = conv3d_bf16(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
+        let whole = conv(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
         let (batch, each) = on_two_threads(|| {
             (
-                conv3d_bf16(c.input(), weight, bias, &c.g, Epilogue::None),
-                alone(&c, |x, g| conv3d_bf16(x, weight, bias, g, Epilogue::None)),
+                conv(c.input(), weight, bias, &c.g, Epilogue::None),
+                alone(c, |x, g| conv(x, weight, bias, g, Epilogue::None)),
             )
         });
         assert_eq!(batch, whole, "a skip read in place: bit for bit");
@@ -785,18 +806,9 @@ mod tests {
             SkipCase::new(5, (8, 16), (8, 7), 9),
             SkipCase::new(3, (8, 8), (6, 70), 12),
         ] {
-            let (weight, bias) = (&c.weight, Some(&c.bias[..]));
             assert!(applies(&c.g));
             for conv in [conv3d as Conv, conv3d_f4x4] {
-                let whole = conv(c.joined[..].into(), weight, bias, &c.g, Epilogue::None);
-                let (batch, each) = on_two_threads(|| {
-                    (
-                        conv(c.input(), weight, bias, &c.g, Epilogue::None),
-                        alone(&c, |x, g| conv(x, weight, bias, g, Epilogue::None)),
-                    )
-                });
-                assert_eq!(batch, whole, "a skip read in place: bit for bit");
-                assert_eq!(batch, each, "a batch and each image alone: bit for bit");
+                same_bits_in_place_and_alone(&c, conv);
             }
         }
     }

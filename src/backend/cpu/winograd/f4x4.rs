@@ -14,7 +14,7 @@
 //! that is an error of ~1e-6 of the outputs' magnitude (the tests bound it). Every output is computed
 //! alike on any number of threads.
 
-use super::{Gemm, Job, BLOCK, CHUNK, F32, LANES};
+use super::{block_gemms, Job, BLOCK, CHUNK, F32, LANES};
 use crate::backend::volume::Conv3d;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -109,15 +109,7 @@ pub(super) unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mu
         }
     }
     for block in 0..g.cout.div_ceil(BLOCK) {
-        for xi in 0..XI {
-            let u = job.u.as_ptr().add((block * XI + xi) * cin * BLOCK);
-            let (vx, mx) = (v.add(xi * CHUNK), m.add(xi * BLOCK * CHUNK));
-            if halves == 2 {
-                F32::gemm::<2>(vx, u, mx, cin, V_CHANNEL);
-            } else {
-                F32::gemm::<1>(vx, u, mx, cin, V_CHANNEL);
-            }
-        }
+        block_gemms::<F32>(job.u.as_ptr().add(block * XI * cin * BLOCK), v, m, XI, cin, V_CHANNEL, halves);
         for j in 0..BLOCK.min(g.cout - block * BLOCK) {
             let co = block * BLOCK + j;
             let bias = _mm512_set1_ps(job.bias.map_or(0.0, |b| b[co]));
