@@ -277,10 +277,12 @@ fn resume_with_another_batch_is_accepted_and_batch_changes_no_result() {
         args
     };
     assert!(xaiclip(&with_batch(&a, "3")).status.success());
+    // Another precision changes the maps (the CPU's tf32 runs Winograd F(4x4, 3x3)), so it is refused.
+    let mut other = with_batch(&a, "7");
+    other.extend(["--resume", "--precision", "tf32"]);
+    fails(&other, &["eval.json: --resume with other settings", "precision: \"f32\" vs \"tf32\""]);
     let mut resumed = with_batch(&a, "7");
-    // The CPU has no tf32 and computes in f32, so that may differ too (on a GPU it may not, nor bf16 on
-    // a CPU with AVX512-BF16: it changes the maps).
-    resumed.extend(["--resume", "--precision", "tf32"]);
+    resumed.push("--resume");
     let out = xaiclip(&resumed);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(xaiclip(&with_batch(&b, "16")).status.success());

@@ -336,25 +336,34 @@ pub fn reuse_freed_memory() {
 /// The allocator for programs that run the CPU kernels (`#[global_allocator] static ALLOC: CacheAligned
 /// = CacheAligned;`, as the CLI, the benches and the Python module do; process-wide, so the library
 /// cannot choose it): the system allocator with blocks of 1 KiB and more aligned to a 64-byte cache line,
-/// and on Linux blocks of 4 MiB and more (activations) on 2 MiB boundaries, marked for transparent huge
-/// pages. glibc aligns to 16 bytes, so every 64-byte vector load and store of an activation row or a
-/// kernel's scratch straddled two lines (AMD Zen 4, forward at batch 16, fastest of interleaved runs:
-/// 128² 51.5 -> 47.4 ms, 256² 209 -> 205 ms); a convolution reads 16 and more planes at once, each on
-/// its own 4 KiB pages (huge pages, where the kernel's setting is `madvise` or `always`: 128² 42.6 ->
-/// 40.8 ms, 256² 180 -> 170 ms).
+/// and on Linux the whole 2 MiB pages inside blocks of 4 MiB and more (activations) marked for
+/// transparent huge pages. glibc aligns to 16 bytes, so every 64-byte vector load and store of an
+/// activation row or a kernel's scratch straddled two lines (AMD Zen 4, forward at batch 16, fastest of
+/// interleaved runs: 128² 51.5 -> 47.4 ms, 256² 209 -> 205 ms); a convolution reads 16 and more planes
+/// at once, each on its own 4 KiB pages (huge pages, where the kernel's setting is `madvise` or
+/// `always`: 128² 42.6 -> 40.8 ms, 256² 180 -> 170 ms). The blocks are not aligned to 2 MiB: glibc's
+/// memalign asks its free lists for the size plus 2 MiB, so a freed activation never served the next
+/// one of its size and the heap grew by ~18 MiB per large block in every run (11 heap extensions in runs
+/// 2-5 of `bench --methods occlusion --repeat 5` at 128², none now), each new page a fault, which some
+/// VMs serve slowly (Zen 4 VM, 6 runs of `bench --methods occlusion,rise --repeat 5`: huge-page faults
+/// median ~155 -> ~110, peak RSS ~360 -> ~300 MB, occlusion's median 0.152 -> 0.140 s; the forward the
+/// same).
 pub struct CacheAligned;
 
 /// Blocks this large get huge pages.
+#[cfg(target_os = "linux")]
 const HUGE_BLOCK: usize = 4 << 20;
+/// A transparent huge page.
+#[cfg(target_os = "linux")]
+const HUGE_PAGE: usize = 2 << 20;
 
 impl CacheAligned {
     fn widened(layout: Layout) -> Layout {
-        let align = match layout.size() {
-            s if s >= HUGE_BLOCK && cfg!(target_os = "linux") => 2 << 20,
-            s if s >= 1024 => 64,
-            _ => return layout,
-        };
-        layout.align_to(align).unwrap_or(layout)
+        if layout.size() >= 1024 {
+            layout.align_to(64).unwrap_or(layout)
+        } else {
+            layout
+        }
     }
 }
 
@@ -367,8 +376,13 @@ unsafe impl GlobalAlloc for CacheAligned {
         let ptr = System.alloc(widened);
         #[cfg(target_os = "linux")]
         if !ptr.is_null() && widened.size() >= HUGE_BLOCK {
-            // Before the first touch: pages already faulted in stay small. A hint; failure changes nothing.
-            libc::madvise(ptr.cast(), widened.size(), libc::MADV_HUGEPAGE);
+            // The whole huge pages inside the block, before the first touch (pages already faulted in
+            // stay small). A hint; failure changes nothing.
+            let (start, end) =
+                ((ptr as usize).next_multiple_of(HUGE_PAGE), (ptr as usize + widened.size()) / HUGE_PAGE * HUGE_PAGE);
+            if end > start {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
         }
         ptr
     }
@@ -1125,8 +1139,7 @@ mod tests {
             p.add(1000).write(7);
             // Grown past the huge-page threshold and shrunk below the 1 KiB one: moved with its contents.
             let p = a.realloc(p, layout, 8 << 20);
-            let huge = if cfg!(target_os = "linux") { 2 << 20 } else { 64 };
-            assert_eq!((p as usize % huge, p.add(1000).read()), (0, 7));
+            assert_eq!((p as usize % 64, p.add(1000).read()), (0, 7));
             let p = a.realloc(p, Layout::from_size_align(8 << 20, 4).unwrap(), 1001);
             assert_eq!(p.add(1000).read(), 7);
             a.dealloc(p, Layout::from_size_align(1001, 4).unwrap());
