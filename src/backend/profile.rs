@@ -51,6 +51,19 @@ impl<B: Backend> Profiled<B> {
         format!("{} w {}", self.dims(x), self.dims(weight))
     }
 
+    /// A 2-D convolution over [x, extra] (`op`, "input + skip w weight"), timed with its FLOPs.
+    fn conv2d_measured(
+        &self,
+        op: &'static str,
+        [x, weight]: [&B::Tensor; 2],
+        extra: Option<&B::Tensor>,
+        call: impl FnOnce() -> Result<B::Tensor>,
+    ) -> Result<B::Tensor> {
+        let skip = extra.map(|e| format!(" + {}", self.dims(e))).unwrap_or_default();
+        let shapes = format!("{}{skip} w {}", self.dims(x), self.dims(weight));
+        self.measured(op, shapes, call, |y| self.conv_flops(y, weight))
+    }
+
     fn timed<T>(&self, op: &'static str, shapes: String, call: impl FnOnce() -> Result<T>) -> Result<T> {
         self.measured(op, shapes, call, |_| 0.0)
     }
@@ -201,14 +214,9 @@ impl<B: Backend> Backend for Profiled<B> {
         pad: usize,
         act: Activation,
     ) -> Result<Self::Tensor> {
-        let skip = extra.map(|e| format!(" + {}", self.dims(e))).unwrap_or_default();
-        let shapes = format!("{}{skip} w {}", self.dims(x), self.dims(weight));
-        self.measured(
-            "conv2d_fused",
-            shapes,
-            || self.inner.conv2d_fused(x, extra, weight, bias, pad, act),
-            |y| self.conv_flops(y, weight),
-        )
+        self.conv2d_measured("conv2d_fused", [x, weight], extra, || {
+            self.inner.conv2d_fused(x, extra, weight, bias, pad, act)
+        })
     }
 
     fn conv2d_norm(
@@ -220,14 +228,9 @@ impl<B: Backend> Backend for Profiled<B> {
         pad: usize,
         norm: &PlaneNorm<Self::Tensor>,
     ) -> Result<Self::Tensor> {
-        let skip = extra.map(|e| format!(" + {}", self.dims(e))).unwrap_or_default();
-        let shapes = format!("{}{skip} w {}", self.dims(x), self.dims(weight));
-        self.measured(
-            "conv2d_norm",
-            shapes,
-            || self.inner.conv2d_norm(x, extra, weight, bias, pad, norm),
-            |y| self.conv_flops(y, weight),
-        )
+        self.conv2d_measured("conv2d_norm", [x, weight], extra, || {
+            self.inner.conv2d_norm(x, extra, weight, bias, pad, norm)
+        })
     }
 
     fn max_pool2d(&self, x: &Self::Tensor, k: usize) -> Result<Self::Tensor> {
