@@ -78,7 +78,7 @@ pub(super) fn chunks(job: &Job) -> usize {
 pub(super) unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mut f32) {
     let g = job.g;
     let [od, oh, ow] = g.output;
-    let [_, h, w] = g.input;
+    let w = g.input[2];
     let cin = g.cin;
     let (per_row, rows) = (ow.div_ceil(TILE * CHUNK), oh.div_ceil(TILE));
     let (z, ty, x0) = (k / (per_row * rows), k / per_row % rows, TILE * CHUNK * (k % per_row));
@@ -90,14 +90,13 @@ pub(super) unsafe fn chunk(job: &Job, k: usize, scratch: &mut Vec<f32>, out: *mu
     let (v, m) = scratch.split_at_mut(cin * V_CHANNEL);
     let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
     // The six input rows of the tile row's patches (None: padding above or below the image).
-    let lines: [Option<usize>; 6] =
-        std::array::from_fn(|i| (TILE * ty + i).checked_sub(1).filter(|&y| y < h).map(|y| (z * h + y) * w));
+    let lines = job.rows::<6>(z, TILE * ty);
     // The four input rows the next tile row adds, fetched into L2 a tile row ahead: the loads of the
     // rows stalled on L3 and memory (16 channels' rows, 64 KiB apart, defeat the hardware prefetcher).
-    let ahead = (TILE * ty + 5..TILE * ty + 9).filter(|&y| y < h).map(|y| (z * h + y) * w);
+    let [_, _, ahead @ ..] = job.rows::<6>(z, TILE * (ty + 1));
     let (first, last) = (x0.saturating_sub(1), (x0 + TILE * CHUNK + 4).min(w));
     for (ci, channel) in job.channels.iter().enumerate() {
-        for at in ahead.clone() {
+        for &at in ahead.iter().flatten() {
             for x in (first..last).step_by(LANES) {
                 _mm_prefetch::<_MM_HINT_T1>(channel.as_ptr().add(at + x).cast());
             }
