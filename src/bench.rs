@@ -8,6 +8,26 @@ use crate::pipeline::{MethodRun, RunFigures};
 use crate::volumes::{VolumeRun, VolumeSettings};
 use serde_json::{json, Value};
 
+/// How often [`crate::Explainer::bench`] runs each row: `warmup` untimed runs, then `repeat` timed ones
+/// whose median is the row's seconds (hyperfine's `--warmup`, `--runs`). The first run, timed or not,
+/// computes the row's maps, metrics and curves; the others only time the explanation. A warm-up makes
+/// the seconds those of a process that has run the model before (the first run also faults in the
+/// activations' fresh memory: at 128², occlusion's 50 forwards took 0.29-0.32 s cold against 0.13 s
+/// warm on a Zen 4 VM), as a peer's time in a Python session that has already run it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Runs {
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Timed runs (at least 1).
+    pub repeat: usize,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Self { warmup: 0, repeat: 1 }
+    }
+}
+
 fn pct(new: f64, old: f64) -> f64 {
     if old.abs() < 1e-12 {
         f64::NAN

@@ -6,6 +6,7 @@
 //! `Explanation::slice_saliency` holds the same map resampled onto the slice's own pixels.
 
 use crate::backend::{Backend, Compute, CpuBackend, CudaBackend, Device, Precision};
+use crate::bench::Runs;
 use crate::dataset::{labels_of, load_labels, LabelIds};
 use crate::error::Result;
 use crate::explain::lime::{KernelShap, Lime};
@@ -842,9 +843,9 @@ impl Explainer {
         )?))
     }
 
-    /// Each method in full-image mode and in `roi` mode, `repeat` times (median seconds; maps and
-    /// metrics from the first run, the only one that computes the metrics). `progress(method, mode,
-    /// done, total)` counts forward passes; `finished` sees each row.
+    /// Each method in full-image mode and in `roi` mode, run as `runs` says (median seconds of the timed
+    /// runs; maps and metrics from the first run, the only one that computes the metrics).
+    /// `progress(method, mode, done, total)` counts forward passes; `finished` sees each row.
     #[allow(clippy::too_many_arguments)]
     pub fn bench(
         &self,
@@ -854,21 +855,28 @@ impl Explainer {
         methods: &[Method],
         roi: RoiMode,
         settings: &Settings,
-        repeat: usize,
+        runs: Runs,
         mut progress: impl FnMut(Method, RoiMode, usize, usize),
         mut finished: impl FnMut(&MethodRun),
     ) -> Result<Vec<MethodRun>> {
+        if runs.repeat == 0 {
+            crate::fail!(InvalidInput, "repeat must be at least 1 (timed runs per row)");
+        }
         let mut rows = Vec::new();
         for &method in methods {
             for mode in [RoiMode::Full, roi] {
                 let mut first =
                     self.run(input, clip, class, method, mode, settings, |d, t| progress(method, mode, d, t))?;
                 let quick = Settings { faithfulness_steps: 0, ..settings.clone() };
-                let mut times = vec![first.seconds];
-                for _ in 1..repeat.max(1) {
+                // The first run is the first warm-up, or the first timed run.
+                let mut times = if runs.warmup == 0 { vec![first.seconds] } else { Vec::new() };
+                let untimed = runs.warmup.saturating_sub(1);
+                for i in 0..untimed + runs.repeat - times.len() {
                     let again =
                         self.run(input, clip, class, method, mode, &quick, |d, t| progress(method, mode, d, t))?;
-                    times.push(again.seconds);
+                    if i >= untimed {
+                        times.push(again.seconds);
+                    }
                 }
                 times.sort_by(f64::total_cmp);
                 first.seconds = times[times.len() / 2];

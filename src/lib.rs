@@ -76,6 +76,7 @@ pub mod explainer;
 pub mod eval;
 
 pub use backend::{Device, Precision};
+pub use bench::Runs;
 pub use error::{Error, ErrorKind, Result};
 pub use explainer::{read_labels, read_volume, Explainer, ExplainerBuilder, Explanation, Request};
 pub use pipeline::{Method, Settings, Slices};

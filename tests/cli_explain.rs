@@ -151,3 +151,46 @@ fn a_slice_without_the_organ_is_refused_with_a_reason() {
     assert!(stderr(&o).contains("slice 0 has no liver"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn bench_times_the_runs_after_its_warmups_and_keeps_the_first_runs_map() {
+    use xaiclip::{Device, ErrorKind, Explainer, Method, RoiMode, Runs, Slices};
+    let phantom = xaiclip::phantom::generate(7, 128, 8);
+    let explainer = Explainer::builder().device(Device::Cpu).size(Some(64)).build().unwrap();
+    let class = explainer.class_of("liver").unwrap();
+    let k = explainer.pick_slice(&phantom.image, Some(&phantom.labels), &Slices::OrganCenter, class).unwrap();
+    let input = explainer.prepare(&phantom.image, Some(&phantom.labels), k, class, explainer.intensity()).unwrap();
+    let mut settings = explainer.settings().clone();
+    settings.occlusion.window = 32;
+    settings.occlusion.stride = 32;
+    settings.faithfulness_steps = 2;
+    // Runs per row, counted as the progress callbacks that end a run (done == total).
+    let bench = |runs: Runs| {
+        let mut ends = 0;
+        let rows = explainer.bench(
+            &input,
+            &Default::default(),
+            class,
+            &[Method::Occlusion],
+            RoiMode::Full,
+            &settings,
+            runs,
+            |_, _, done, total| ends += (done == total) as usize,
+            |_| {},
+        );
+        (rows, ends)
+    };
+    let (plain, ends) = bench(Runs::default());
+    assert_eq!(ends, 2, "one run for each of the two rows");
+    let plain = plain.unwrap();
+    let (warm, ends) = bench(Runs { warmup: 2, repeat: 3 });
+    assert_eq!(ends, 2 * 5, "2 warm-ups + 3 timed runs per row");
+    let warm = warm.unwrap();
+    for (a, b) in warm.iter().zip(&plain) {
+        // The maps and the metrics come from the first run (the only one with the curves).
+        assert_eq!(a.saliency, b.saliency);
+        assert!(a.faithfulness.is_some() && a.seconds > 0.0);
+    }
+    let (zero, ends) = bench(Runs { warmup: 1, repeat: 0 });
+    assert_eq!((zero.err().map(|e| e.kind()), ends), (Some(ErrorKind::InvalidInput), 0));
+}

@@ -181,6 +181,7 @@ fn bench_with_a_3d_unet_compares_each_method_over_the_volume_and_in_the_roi() {
     for (extra, expect) in [
         (&["--html", "x.html"][..], "--html is for slices"),
         (&["--repeat", "3"][..], "--repeat 3: a 3-D bench runs each row once"),
+        (&["--warmup", "1"][..], "--warmup 1: a 3-D bench runs each row once"),
         (&["--slice", "12"][..], "a 3-D U-Net benches a whole volume"),
     ] {
         std::fs::remove_file(&json).unwrap();

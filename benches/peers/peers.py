@@ -17,9 +17,11 @@ always).
 The score is xaiclip's default: mean softmax probability of the organ over M0, the unperturbed predicted
 organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
 the map's largest magnitude; LIME/SHAP draw different random coalitions, so only their correlation is
-reported. Seconds are medians of --repeat rounds, each round xaiclip (`bench --methods M --repeat R`, its
-median) and then each peer once, so that every implementation is timed in the same minutes; torch uses
-every core (as xaiclip does).
+reported. Seconds are medians of --repeat rounds, each round xaiclip (`bench --methods M --warmup 1
+--repeat R`, its median) and then each peer once, so that every implementation is timed in the same
+minutes; torch uses every core (as xaiclip does). The peers run in one Python session that has already
+run the model; xaiclip's untimed first run per row does the same for its process (at 128² a cold run of
+occlusion faults in the activations' fresh memory, which took as long as the run itself on a Zen 4 VM).
 
 With --model (an nnU-Net v2 result folder) and --image/--label, both sides run that model instead: PyTorch
 builds it with nnunetv2's get_network_from_plans from fold_0's checkpoint and feeds it the same windowed
@@ -185,7 +187,7 @@ def main():
     export = os.path.join(a.out, "arrays")
     def xaiclip_bench(methods, record, *extra, quiet=True):
         subprocess.run(
-            [a.xaiclip, "bench", *case, "--roi", "clip", "--methods", methods, "--repeat", str(a.repeat), "--masks", str(a.rise_masks),
+            [a.xaiclip, "bench", *case, "--roi", "clip", "--methods", methods, "--warmup", "1", "--repeat", str(a.repeat), "--masks", str(a.rise_masks),
              "--samples", str(a.samples), "--batch", str(a.batch), "--seed", str(a.seed), "--faithfulness-steps", "0",
              "--json", os.path.join(a.out, record), "--device", "cpu", "--precision", a.precision, *extra,
              *(["--size", str(a.size)] if a.size else []), *(["--roi-fallback", a.roi_fallback] if a.roi_fallback else [])],
@@ -214,7 +216,7 @@ def main():
             add(m, f"xaiclip ({'full image' if roi == 'none' else 'CLIP ROI'})", o["seconds"], o["forward_passes"], full[m][0]["saliency"] if roi == "none" else None)
 
     def side_by_side(method, peers):
-        """--repeat rounds of: xaiclip (`bench --methods method --repeat R`, its median), then each peer
+        """--repeat rounds of: xaiclip (`bench --methods method --warmup 1 --repeat R`, its median), then each peer
         once. This machine's speed drifts by tens of percent within minutes, and a run of xaiclip at
         128² lasts a fraction of a second, so each implementation's median comes from runs interleaved
         with the others' rather than from a block of its own. Returns each peer's (median seconds,
@@ -318,7 +320,7 @@ def main():
     by = {(r["method"], r["implementation"]): r for r in rows}
     lines = [
         f"Same slice ({'bundled phantom, seed 7' if a.image is None else a.image}, organ-center {a.organ}), {a.weights}, score mean-prob over M0, zero baseline; "
-        f"{os.cpu_count()} cores; model input {size}x{size}; xaiclip --precision {a.precision}; seconds = median of {a.repeat} rounds (per method: xaiclip, median of {a.repeat} runs, then each peer once); RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
+        f"{os.cpu_count()} cores; model input {size}x{size}; xaiclip --precision {a.precision}; seconds = median of {a.repeat} rounds (per method: xaiclip, median of {a.repeat} runs after one untimed, then each peer once); RISE {n_masks} masks, LIME/SHAP {a.samples} samples, batch {a.batch}.",
         "",
         "| method | implementation | seconds | forward passes | max abs diff / max abs | Pearson r | xaiclip full-image speed-up | xaiclip ROI speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -384,7 +384,7 @@ impl Explainer {
     }
 
     /// Each method in full-image and `roi` mode; rows as report.json's `result` blocks.
-    #[pyo3(signature = (image, organ, methods, roi, label, affine, slice, label_ids, repeat, options, progress))]
+    #[pyo3(signature = (image, organ, methods, roi, label, affine, slice, label_ids, repeat, warmup, options, progress))]
     #[allow(clippy::too_many_arguments)]
     fn bench(
         &self,
@@ -398,6 +398,7 @@ impl Explainer {
         slice: Option<&Bound<'_, PyAny>>,
         label_ids: &str,
         repeat: usize,
+        warmup: usize,
         options: &Bound<'_, PyDict>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<String> {
@@ -421,7 +422,7 @@ impl Explainer {
                 &methods,
                 roi,
                 &settings,
-                repeat,
+                xaiclip::Runs { warmup, repeat },
                 |_, _, d, t| report(d, t),
                 |_| {},
             )?;

@@ -366,6 +366,7 @@ class Explainer:
         slice: Union[int, str, None] = None,
         label_ids: str = "flare22",
         repeat: int = 1,
+        warmup: int = 0,
         progress: Progress = False,
         as_frame: Optional[bool] = None,
         **options: Any,
@@ -374,7 +375,8 @@ class Explainer:
 
         Returns one dict per run (report.json's ``result`` plus the slice), or a pandas DataFrame of the
         flat columns when pandas is installed (``as_frame=False`` keeps the dicts). Arguments as
-        :meth:`explain`; ``repeat`` runs each row that often and keeps the median seconds.
+        :meth:`explain`; ``repeat`` times each row that often and keeps the median seconds, after
+        ``warmup`` untimed runs (the first run, timed or not, computes the maps and metrics).
         """
         methods = [methods] if isinstance(methods, str) else list(methods)
         text = _with_progress(
@@ -390,6 +392,7 @@ class Explainer:
                 slice,
                 label_ids,
                 repeat,
+                warmup,
                 options,
                 cb,
             ),

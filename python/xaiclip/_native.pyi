@@ -53,6 +53,7 @@ class Explainer:
         slice: Any,
         label_ids: str,
         repeat: int,
+        warmup: int,
         options: dict[str, Any],
         progress: Optional[Callable[[int, int], Any]],
     ) -> str: ...

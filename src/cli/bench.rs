@@ -13,6 +13,7 @@ use xaiclip::phantom;
 use xaiclip::pipeline::Method;
 use xaiclip::report::{runs_report, ReportContext};
 use xaiclip::roi::RoiMode;
+use xaiclip::Runs;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchCmd {
@@ -37,9 +38,13 @@ pub struct BenchCmd {
     /// The ROI mode compared against the full image.
     #[arg(long, value_enum, default_value_t = RoiMode::default())]
     pub roi: RoiMode,
-    /// Runs per row; seconds are the median.
-    #[arg(long, default_value_t = 1)]
+    /// Timed runs per row; seconds are their median.
+    #[arg(long, default_value_t = Runs::default().repeat, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub repeat: usize,
+    /// Untimed runs per row before the timed ones (the first run computes the maps and metrics either
+    /// way): seconds of a warm process, as a peer timed in a Python session that has run the model.
+    #[arg(long, default_value_t = Runs::default().warmup)]
+    pub warmup: usize,
     /// Model input size (square); default: the U-Net config's input_size (required when it has none).
     #[arg(long)]
     pub size: Option<usize>,
@@ -115,9 +120,10 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
     let clip = case.clip(&explainer, cmd.roi.uses_clip())?;
     let settings = explainer.settings();
     let size = explainer.model_size();
-    let rows = bench_rows(&explainer, &case, &clip, &cmd.methods, cmd.roi, settings, cmd.repeat)?;
+    let runs = Runs { warmup: cmd.warmup, repeat: cmd.repeat };
+    let rows = bench_rows(&explainer, &case, &clip, &cmd.methods, cmd.roi, settings, runs)?;
     let image = if cmd.demo { "phantom seed 7".into() } else { case.volume.source.display().to_string() };
-    let context = json!({"image": image, "slice": case.slice, "organ": explainer.class_name(case.class), "repeat": cmd.repeat, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
+    let context = json!({"image": image, "slice": case.slice, "organ": explainer.class_name(case.class), "repeat": cmd.repeat, "warmup": cmd.warmup, "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
     let (md, json_table) = bench_tables(&rows, context.clone());
     println!("{md}");
     // The tables and the report are written together or not at all.

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
-use xaiclip::bench::bench_tables;
+use xaiclip::bench::{bench_tables, Runs};
 use xaiclip::io::{self, write_text};
 use xaiclip::organs::organ_name;
 use xaiclip::pipeline::{Method, Slices};
@@ -100,7 +100,7 @@ fn explain_case(explainer: &Explainer, cmd: &DemoCmd, demo: DemoCase) -> Result<
         case.slice,
         settings.margin_mm
     );
-    let rows = bench_rows(explainer, &case, &clip, &Method::ALL, RoiMode::Clip, &settings, 1)?;
+    let rows = bench_rows(explainer, &case, &clip, &Method::ALL, RoiMode::Clip, &settings, Runs::default())?;
     let image = format!("{what} phantom seed 7");
     let context = json!({"image": image, "slice": case.slice, "organ": "liver", "backend": explainer.device_name(), "settings": settings.to_json(), "provenance": super::provenance(), "weights": explainer.weights_json()?});
     let (md, table) = bench_tables(&rows, context.clone());

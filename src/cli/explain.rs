@@ -9,7 +9,7 @@ use xaiclip::pipeline::{Method, MethodRun, Settings, SliceInput, Slices};
 use xaiclip::report::{runs_report, FigureOptions, ReportContext};
 use xaiclip::roi::clip::ClipRoi;
 use xaiclip::roi::RoiMode;
-use xaiclip::{render, Explainer, Request};
+use xaiclip::{render, Explainer, Request, Runs};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainCmd {
@@ -222,7 +222,7 @@ pub fn bench_rows(
     methods: &[Method],
     roi: RoiMode,
     settings: &Settings,
-    repeat: usize,
+    runs: Runs,
 ) -> Result<Vec<MethodRun>> {
     let mut bar: Option<(Method, RoiMode, Progress)> = None;
     let rows = explainer.bench(
@@ -232,7 +232,7 @@ pub fn bench_rows(
         methods,
         roi,
         settings,
-        repeat,
+        runs,
         |method, mode, done, total| {
             if !bar.as_ref().is_some_and(|(m, r, _)| (*m, *r) == (method, mode)) {
                 if let Some((_, _, b)) = bar.take() {

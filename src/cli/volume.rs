@@ -253,11 +253,12 @@ pub fn bench(
             bail!("{flag} is for slices; with a 3-D U-Net bench writes --md and --json (explain writes each run's map and overlay)");
         }
     }
-    if cmd.repeat != 1 {
-        bail!(
-            "--repeat {}: a 3-D bench runs each row once (minutes per row); compare runs side by side instead",
-            cmd.repeat
-        );
+    for (flag, given, plain) in [("--repeat", cmd.repeat, 1), ("--warmup", cmd.warmup, 0)] {
+        if given != plain {
+            bail!(
+                "{flag} {given}: a 3-D bench runs each row once (minutes per row); compare runs side by side instead"
+            );
+        }
     }
     let image = cmd.image.as_deref().context("--image is required")?;
     let mut runs = Vec::new();
