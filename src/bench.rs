@@ -8,7 +8,7 @@ use crate::pipeline::{MethodRun, RunFigures};
 use crate::volumes::{VolumeRun, VolumeSettings};
 use serde_json::{json, Value};
 
-/// How often [`crate::Explainer::bench`] runs each row: `warmup` untimed runs, then `repeat` timed ones
+/// How often the facade's `Explainer::bench` runs each row: `warmup` untimed runs, then `repeat` timed ones
 /// whose median is the row's seconds (hyperfine's `--warmup`, `--runs`). The first run, timed or not,
 /// computes the row's maps, metrics and curves; the others only time the explanation. A warm-up makes
 /// the seconds those of a process that has run the model before (the first run also faults in the
