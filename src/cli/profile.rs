@@ -17,7 +17,8 @@ pub struct ProfileCmd {
     /// Images per forward, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub batches: Vec<usize>,
-    /// Timed forwards per size and batch (after one warm-up); the median is reported.
+    /// Timed forwards per size and batch (after one warm-up); the medians are reported (the forward's, and
+    /// each operation's over the forwards).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Rows of the per-layer table (the slowest operations first).
