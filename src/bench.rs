@@ -238,6 +238,13 @@ pub struct ForwardProfile {
     pub ops: Vec<crate::backend::profile::OpTime>,
 }
 
+/// The middle of `times` once sorted (the upper middle of an even count): the seconds a bench row or a
+/// profiled forward reports.
+pub(crate) fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 /// Each operation's time in the forwards' median: the calls of every forward are the same (one model,
 /// one input shape), so each (operation, shapes) takes the median over the forwards of its seconds in
 /// each. A mean let one slow forward speak for all: the bundled U-Net's two 16-channel convolutions at
@@ -252,8 +259,7 @@ fn median_ops(mut forwards: Vec<Vec<crate::backend::profile::OpTime>>) -> Vec<cr
             .map(|o| o.seconds)
             .chain([op.seconds])
             .collect();
-        seconds.sort_by(f64::total_cmp);
-        op.seconds = seconds[seconds.len() / 2];
+        op.seconds = median(&mut seconds);
     }
     ops
 }
@@ -305,12 +311,10 @@ pub fn profile_forward(
                 progress(done, total);
             }
             let ops = median_ops(forwards);
-            let mut sorted = seconds.clone();
-            sorted.sort_by(f64::total_cmp);
             out.push(ForwardProfile {
                 size,
                 batch,
-                median_seconds: sorted[sorted.len() / 2],
+                median_seconds: median(&mut seconds.clone()),
                 seconds,
                 flops: ops.iter().map(|o| o.flops).sum(),
                 ops,

@@ -6,7 +6,7 @@
 //! `Explanation::slice_saliency` holds the same map resampled onto the slice's own pixels.
 
 use crate::backend::{Backend, Compute, CpuBackend, CudaBackend, Device, Precision};
-use crate::bench::Runs;
+use crate::bench::{median, Runs};
 use crate::dataset::{labels_of, load_labels, LabelIds};
 use crate::error::Result;
 use crate::explain::lime::{KernelShap, Lime};
@@ -878,8 +878,7 @@ impl Explainer {
                         times.push(again.seconds);
                     }
                 }
-                times.sort_by(f64::total_cmp);
-                first.seconds = times[times.len() / 2];
+                first.seconds = median(&mut times);
                 finished(&first);
                 rows.push(first);
             }
