@@ -194,3 +194,50 @@ fn bench_times_the_runs_after_its_warmups_and_keeps_the_first_runs_map() {
     let (zero, ends) = bench(Runs { warmup: 1, repeat: 0 });
     assert_eq!((zero.err().map(|e| e.kind()), ends), (Some(ErrorKind::InvalidInput), 0));
 }
+
+#[test]
+fn bench_exports_the_lime_and_shap_coalitions_it_scored() {
+    use xaiclip::explain::lime::{KernelShap, Lime};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("arrays");
+    let o = xaiclip(&[
+        "bench",
+        "--demo",
+        "--size",
+        "64",
+        "--methods",
+        "lime,kernelshap",
+        "--samples",
+        "12",
+        "--seed",
+        "5",
+        "--roi",
+        "seg",
+        "--faithfulness-steps",
+        "0",
+        "--export",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (method, roi) in [("lime", "none"), ("lime", "seg"), ("kernelshap", "none"), ("kernelshap", "seg")] {
+        let bytes = std::fs::read(out.join(format!("{method}-{roi}.safetensors"))).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let segments: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor("segments").unwrap().data());
+        assert_eq!(segments.len(), 64 * 64);
+        // Peers (lime_image) number the features 0..k-1 by the labels present: no label may be missing.
+        let k = (segments.iter().max().unwrap() + 1) as usize;
+        assert!((0..k as i32).all(|l| segments.contains(&l)), "{method}-{roi}: labels not 0..{k}");
+        assert_eq!(segments.contains(&-1), roi == "seg", "{method}-{roi}: pixels outside the ROI are -1");
+        let c = st.tensor("coalitions").unwrap();
+        assert_eq!((c.dtype(), c.shape()), (safetensors::Dtype::U8, &[12, k][..]), "{method}-{roi}");
+        let rows: Vec<Vec<bool>> = c.data().chunks(k).map(|r| r.iter().map(|&b| b == 1).collect()).collect();
+        let expect = if method == "lime" {
+            Lime { samples: 12, kernel_width: 0.25, alpha: 1.0, seed: 5 }.coalitions(k)
+        } else {
+            KernelShap { samples: 12, seed: 5 }.coalitions(k)
+        };
+        assert_eq!(rows, expect, "{method}-{roi}: not the coalitions of --seed 5");
+        let first = if method == "lime" { vec![true; k] } else { vec![false; k] };
+        assert_eq!(rows[0], first, "{method}-{roi}: sample 0");
+    }
+}

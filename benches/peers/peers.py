@@ -16,8 +16,11 @@ always).
 
 The score is xaiclip's default: mean softmax probability of the organ over M0, the unperturbed predicted
 organ mask. Occlusion and RISE compute the same quantity, so their maps must agree to 1e-4 relative to
-the map's largest magnitude; LIME/SHAP draw different random coalitions, so only their correlation is
-reported. Seconds are medians of --repeat rounds, each round xaiclip (`bench --methods M --warmup 1
+the map's largest magnitude. The timed LIME/SHAP peers draw their own random coalitions, so only their
+correlation is reported; each is then run again on xaiclip's coalitions (exported with the arrays):
+lime_image and Captum KernelShap with their sampler replaced by a replay and everything else (images,
+distances, kernel, feature selection, regression) their own, which must agree to the same 1e-4 (Captum
+KernelShap once with its float32 fit and once fitting in float64; see Float64Regression). Seconds are medians of --repeat rounds, each round xaiclip (`bench --methods M --warmup 1
 --repeat R`, its median) and then each peer once, so that every implementation is timed in the same
 minutes; torch uses every core (as xaiclip does). The peers run in one Python session that has already
 run the model; xaiclip's untimed first run per row does the same for its process (at 128² a cold run of
@@ -238,6 +241,8 @@ def main():
     # Occlusion: window and stride from xaiclip's settings.
     window, stride = settings["occlusion"]["window"], settings["occlusion"]["stride"]
     from captum.attr import Occlusion, Lime, KernelShap
+    from captum._utils.models.linear_model import SkLearnLinearRegression
+    from torch.utils.data import DataLoader, TensorDataset
 
     score = Score(model, x, cls)
     base = score(x)
@@ -288,7 +293,44 @@ def main():
 
     from lime import lime_image
 
-    def lime_package():
+    class ReplayLimeImage(lime_image.LimeImageExplainer):
+        """lime_image drawing xaiclip's coalitions instead of its own; it builds the images as it always does."""
+
+        def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
+            data = full["lime"][0]["coalitions"].astype(np.int64)
+            assert len(data) == num_samples and (data[0] == 1).all(), "sample 0 must be the unperturbed image"
+            images = []
+            for row in data:
+                temp = image.copy()
+                off = np.isin(segments, np.flatnonzero(row == 0))
+                temp[off] = fudged_image[off]
+                images.append(temp)
+            labels = [classifier_fn(np.array(images[i:i + batch_size])) for i in range(0, num_samples, batch_size)]
+            return data, np.concatenate(labels)
+
+    class ReplayKernelShap(KernelShap):
+        """Captum's KernelShap drawing xaiclip's coalitions (all-off and all-on first) instead of its own."""
+
+        def kernel_shap_perturb_generator(self, original_inp, **kwargs):
+            for row in full["kernelshap"][0]["coalitions"]:
+                yield torch.from_numpy(row.astype(np.int64))[None]
+
+    class Float64Regression(SkLearnLinearRegression):
+        """Captum's linear regression fitted on float64 copies of the samples, scores and weights that Captum
+        casts to float32: with its 1e6 weight on the all-off and all-on samples, a float32 fit is off by
+        ~1e-3 of the map's largest value (xaiclip's exact constraint and a float64 fit of Captum's
+        weighting differ by ~3e-5 on the 128² demo)."""
+
+        def fit(self, train_data, **kwargs):
+            tensors = [t.double() for t in train_data.dataset.tensors]
+            return super().fit(DataLoader(TensorDataset(*tensors), batch_size=len(tensors[0])), **kwargs)
+
+    class ReplayKernelShap64(ReplayKernelShap):
+        def __init__(self, forward_func):
+            super().__init__(forward_func)
+            self.interpretable_model = Float64Regression()
+
+    def lime_package(explainer=lime_image.LimeImageExplainer):
         score.passes = 0
         seg = full["lime"][0]["segments"].astype(np.int64)
 
@@ -296,7 +338,7 @@ def main():
             s = score(torch.from_numpy(images[..., 0].astype(np.float32))[:, None]).numpy()
             return np.stack([s, 1 - s], 1)
 
-        e = lime_image.LimeImageExplainer(kernel_width=0.25, random_state=a.seed).explain_instance(
+        e = explainer(kernel_width=0.25, random_state=a.seed).explain_instance(
             x[0, 0].numpy().astype(np.float64), classify, labels=(0,), top_labels=None, hide_color=0, num_samples=a.samples,
             batch_size=a.batch, segmentation_fn=lambda _: seg)
         weights = dict(e.local_exp[0])
@@ -305,17 +347,19 @@ def main():
     for method, cls_ in [(m, c) for m, c in (("lime", Lime), ("kernelshap", KernelShap)) if m in want]:
         seg = torch.from_numpy(full[method][0]["segments"].astype(np.int64)).reshape(1, 1, size, size)
 
-        def run():
+        def run(cls_=cls_, n=a.samples):
             score.passes = 0
-            return cls_(score).attribute(x, baselines=0.0, feature_mask=seg, n_samples=a.samples, perturbations_per_eval=a.batch)
+            return cls_(score).attribute(x, baselines=0.0, feature_mask=seg, n_samples=n, perturbations_per_eval=a.batch)
 
         captum = f"Captum {cls_.__name__}"
-        got = side_by_side(method, [(captum, run)] + ([("lime (lime_image)", lime_package)] if method == "lime" else []))
-        t, passes, sal = got[captum]
-        add(method, captum, t, passes, sal[0, 0].numpy())
         if method == "lime":
-            t, passes, sal = got["lime (lime_image)"]
-            add("lime", "lime (lime_image)", t, passes, sal)
+            peers = [(captum, run), ("lime (lime_image)", lime_package), ("lime_image, xaiclip's coalitions", lambda: lime_package(ReplayLimeImage))]
+        else:
+            n = len(full["kernelshap"][0]["coalitions"])
+            peers = [(captum, run), ("Captum KernelShap, xaiclip's coalitions", lambda: run(ReplayKernelShap, n)),
+                     ("the same, fit in float64", lambda: run(ReplayKernelShap64, n))]
+        for name, (t, passes, sal) in side_by_side(method, peers).items():
+            add(method, name, t, passes, sal if method == "lime" and "lime" in name else sal[0, 0].numpy())
 
     by = {(r["method"], r["implementation"]): r for r in rows}
     lines = [

@@ -61,7 +61,8 @@ pub struct BenchCmd {
     #[command(flatten)]
     pub figures: FigureArgs,
     /// Write each run's arrays on the model grid to DIR/<method>-<roi>.safetensors (input, baseline,
-    /// roi, saliency, and LIME/SHAP segments): what benches/peers compares other libraries against.
+    /// roi, saliency, and LIME/SHAP segments and coalitions): what benches/peers compares other libraries
+    /// against.
     #[arg(long)]
     pub export: Option<PathBuf>,
     #[command(flatten)]
@@ -163,19 +164,28 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
         for r in &rows {
             let path = dir.join(format!("{}-{}.safetensors", r.method.name(), r.roi_mode.name()));
             let roi: Vec<f32> = r.roi.iter().map(|&b| b as u8 as f32).collect();
-            let mut arrays: Vec<(&str, Vec<u8>, safetensors::Dtype)> = vec![
-                ("input", bytemuck::cast_slice(&case.input.image).to_vec(), safetensors::Dtype::F32),
-                ("baseline", bytemuck::cast_slice(&baseline).to_vec(), safetensors::Dtype::F32),
-                ("roi", bytemuck::cast_slice(&roi).to_vec(), safetensors::Dtype::F32),
-                ("saliency", bytemuck::cast_slice(&r.saliency).to_vec(), safetensors::Dtype::F32),
+            let plane = vec![size, size];
+            let mut arrays: Vec<(&str, Vec<u8>, safetensors::Dtype, Vec<usize>)> = vec![
+                ("input", bytemuck::cast_slice(&case.input.image).to_vec(), safetensors::Dtype::F32, plane.clone()),
+                ("baseline", bytemuck::cast_slice(&baseline).to_vec(), safetensors::Dtype::F32, plane.clone()),
+                ("roi", bytemuck::cast_slice(&roi).to_vec(), safetensors::Dtype::F32, plane.clone()),
+                ("saliency", bytemuck::cast_slice(&r.saliency).to_vec(), safetensors::Dtype::F32, plane.clone()),
             ];
             if let Some(s) = &r.segments {
-                arrays.push(("segments", bytemuck::cast_slice(s).to_vec(), safetensors::Dtype::I32));
+                arrays.push(("segments", bytemuck::cast_slice(s).to_vec(), safetensors::Dtype::I32, plane));
+                // The coalitions (sample x superpixel, 1 = kept) let a peer refit on exactly these samples.
+                let count = s.iter().map(|&l| l + 1).max().unwrap_or(0) as usize;
+                let rows = match r.method {
+                    Method::Lime => settings.lime.coalitions(count),
+                    _ => settings.shap.coalitions(count),
+                };
+                let bytes: Vec<u8> = rows.iter().flatten().map(|&b| b as u8).collect();
+                arrays.push(("coalitions", bytes, safetensors::Dtype::U8, vec![rows.len(), count]));
             }
             let views = arrays
                 .iter()
-                .map(|(name, bytes, dtype)| {
-                    Ok((*name, safetensors::tensor::TensorView::new(*dtype, vec![size, size], bytes)?))
+                .map(|(name, bytes, dtype, shape)| {
+                    Ok((*name, safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)?))
                 })
                 .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
             let meta = std::collections::HashMap::from([
