@@ -176,11 +176,14 @@ pub fn run(device: &DeviceArgs, cmd: BenchCmd) -> Result<()> {
                 // The coalitions (sample x superpixel, 1 = kept) let a peer refit on exactly these samples.
                 let count = s.iter().map(|&l| l + 1).max().unwrap_or(0) as usize;
                 let rows = match r.method {
-                    Method::Lime => settings.lime.coalitions(count),
-                    _ => settings.shap.coalitions(count),
+                    Method::Lime => Some(settings.lime.coalitions(count)),
+                    Method::KernelShap => Some(settings.shap.coalitions(count)),
+                    Method::Occlusion | Method::Rise => None,
                 };
-                let bytes: Vec<u8> = rows.iter().flatten().map(|&b| b as u8).collect();
-                arrays.push(("coalitions", bytes, safetensors::Dtype::U8, vec![rows.len(), count]));
+                if let Some(rows) = rows {
+                    let bytes: Vec<u8> = rows.iter().flatten().map(|&b| b as u8).collect();
+                    arrays.push(("coalitions", bytes, safetensors::Dtype::U8, vec![rows.len(), count]));
+                }
             }
             let views = arrays
                 .iter()
