@@ -9,6 +9,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 mod elementwise;
+mod head;
 #[cfg(target_arch = "x86_64")]
 mod transposed;
 mod volume;
@@ -997,6 +998,24 @@ impl Backend for CpuBackend {
 
     fn accumulate_weighted(&self, acc: &mut Tensor, weights: &Tensor, masks: &Tensor) -> Result<()> {
         perturb::accumulate_weighted(acc, weights, masks)
+    }
+
+    fn head_scores(
+        &self,
+        features: &Tensor,
+        (weight, bias): (&Tensor, &Tensor),
+        m0: &Tensor,
+        class: usize,
+        kind: ScoreKind,
+    ) -> Result<Tensor> {
+        match kind {
+            ScoreKind::MeanProb | ScoreKind::LogitSum => {
+                head::m0_head_scores(features, (weight, bias), m0, class, kind)
+            }
+            ScoreKind::SoftDice | ScoreKind::Dice => {
+                super::head_then_scores(self, features, (weight, bias), m0, class, kind)
+            }
+        }
     }
 }
 

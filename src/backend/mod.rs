@@ -319,4 +319,31 @@ pub trait Backend: Send + Sync {
     /// acc (2, plane) holds a Kahan sum and its compensation; adds `sum_i weights[i] * masks[i]` in item
     /// order (RISE's saliency sum, kept where the masks are).
     fn accumulate_weighted(&self, acc: &mut Self::Tensor, weights: &Self::Tensor, masks: &Self::Tensor) -> Result<()>;
+
+    /// `segmentation_scores` of the logits a pointwise (1x1) head (weight (classes, C, 1, 1), bias) makes
+    /// of `features` (N, C, H, W). A backend may compute the head only where the score reads it
+    /// (M0's pixels for the mean probability and the logit sum); by default, everywhere.
+    fn head_scores(
+        &self,
+        features: &Self::Tensor,
+        head: (&Self::Tensor, &Self::Tensor),
+        m0: &Self::Tensor,
+        class: usize,
+        kind: ScoreKind,
+    ) -> Result<Self::Tensor> {
+        head_then_scores(self, features, head, m0, class, kind)
+    }
+}
+
+/// [`Backend::head_scores`] through the head's logits at every pixel.
+pub fn head_then_scores<B: Backend + ?Sized>(
+    b: &B,
+    features: &B::Tensor,
+    (weight, bias): (&B::Tensor, &B::Tensor),
+    m0: &B::Tensor,
+    class: usize,
+    kind: ScoreKind,
+) -> Result<B::Tensor> {
+    let logits = b.conv2d_fused(features, None, weight, Some(bias), 0, Activation::Identity)?;
+    b.segmentation_scores(&logits, m0, class, kind)
 }

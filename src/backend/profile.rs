@@ -360,6 +360,17 @@ impl<B: Backend> Backend for Profiled<B> {
         self.timed("segmentation_scores", self.dims(logits), || self.inner.segmentation_scores(logits, m0, class, kind))
     }
 
+    fn head_scores(
+        &self,
+        features: &Self::Tensor,
+        head: (&Self::Tensor, &Self::Tensor),
+        m0: &Self::Tensor,
+        class: usize,
+        kind: ScoreKind,
+    ) -> Result<Self::Tensor> {
+        self.timed("head_scores", self.dims(features), || self.inner.head_scores(features, head, m0, class, kind))
+    }
+
     fn accumulate_weighted(&self, acc: &mut Self::Tensor, weights: &Self::Tensor, masks: &Self::Tensor) -> Result<()> {
         let shapes = self.dims(masks);
         self.timed("accumulate_weighted", shapes, || self.inner.accumulate_weighted(acc, weights, masks))

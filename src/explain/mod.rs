@@ -13,7 +13,7 @@ pub mod volume;
 
 use crate::backend::perturb::keep_outside_roi_and_blend;
 pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
-use crate::backend::{Backend, Scene};
+use crate::backend::{Activation, Backend, Scene};
 use crate::error::{kind_of, ErrorKind};
 use crate::fail;
 use crate::models::SegModel;
@@ -168,8 +168,16 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         ensure!(class < classes, "class {class} is not an output of this U-Net ({classes} classes)");
         let started = std::time::Instant::now();
         let x = backend.upload(&Tensor::new(&[1, 1, size, size], input.to_vec())?)?;
-        let on_device = model.forward_logits(backend, &x)?;
-        let logits = backend.download(&on_device)?;
+        let forward = Forward::run(model, backend, &x)?;
+        let head_logits;
+        let on_device = match &forward {
+            Forward::Logits(logits) => logits,
+            Forward::Features(features, (weight, bias)) => {
+                head_logits = backend.conv2d_fused(features, None, weight, Some(bias), 0, Activation::Identity)?;
+                &head_logits
+            }
+        };
+        let logits = backend.download(on_device)?;
         crate::models::check_finite_outputs(logits.data())?;
         let forward_nanos = std::sync::atomic::AtomicU64::new(started.elapsed().as_nanos() as u64);
         let plane = size * size;
@@ -183,17 +191,20 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             fail!(OrganAbsent, "the U-Net predicts no pixel of class {class} on this slice: nothing to explain");
         }
         let m0_plane = backend.upload(&Tensor::new(&[plane], m0.iter().map(|&b| b as u8 as f32).collect())?)?;
-        let scores = backend.segmentation_scores(&on_device, &m0_plane, class, kind)?;
+        let scores = forward.scores(backend, &m0_plane, class, kind)?;
         let unperturbed_score = backend.download(&scores)?.data()[0];
         let input = input.to_vec();
         Ok(Self { backend, model, class, m0, m0_plane, kind, unperturbed_score, input, forward_nanos })
     }
 
-    fn timed_forward(&self, images: &B::Tensor) -> Result<B::Tensor> {
+    /// One score per image of a batch on the backend; the forward is timed (with the head, where the
+    /// scores apply it).
+    fn score_batch(&self, images: &B::Tensor) -> Result<B::Tensor> {
         let started = std::time::Instant::now();
-        let logits = self.model.forward_logits(self.backend, images)?;
+        let scores =
+            Forward::run(self.model, self.backend, images)?.scores(self.backend, &self.m0_plane, self.class, self.kind);
         self.forward_nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(logits)
+        scores
     }
 
     fn fused(
@@ -222,7 +233,7 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
             let count = batch.min(n - start);
             let step = (|| -> Result<B::Tensor> {
                 let (mask_t, images) = b.perturb(&scene, masks, start, count)?;
-                let s = b.segmentation_scores(&self.timed_forward(&images)?, &self.m0_plane, self.class, self.kind)?;
+                let s = self.score_batch(&images)?;
                 if let Some(acc) = acc.as_mut() {
                     b.accumulate_weighted(acc, &s, &mask_t)?;
                 }
@@ -260,11 +271,7 @@ impl<B: Backend> Scorer for UNetScorer<'_, B> {
     }
 
     fn scores(&self, images: &Tensor) -> Result<Vec<f32>> {
-        let logits = self.timed_forward(&self.backend.upload(images)?)?;
-        Ok(self
-            .backend
-            .download(&self.backend.segmentation_scores(&logits, &self.m0_plane, self.class, self.kind)?)?
-            .into_data())
+        Ok(self.backend.download(&self.score_batch(&self.backend.upload(images)?)?)?.into_data())
     }
 
     fn score_masks(
@@ -276,6 +283,29 @@ impl<B: Backend> Scorer for UNetScorer<'_, B> {
         progress: &mut dyn FnMut(usize),
     ) -> Option<Result<MaskScores>> {
         Some(self.fused(problem, masks, n, weighted_sum, progress))
+    }
+}
+
+/// A batch's forward: the logits, or, where the model ends in a pointwise head, the features before it
+/// and that head, which `Backend::head_scores` may apply at the pixels the score reads only.
+enum Forward<'m, T> {
+    Logits(T),
+    Features(T, (&'m T, &'m T)),
+}
+
+impl<'m, T> Forward<'m, T> {
+    fn run<B: Backend<Tensor = T>>(model: &'m SegModel<B>, b: &B, x: &T) -> Result<Self> {
+        Ok(match model.pointwise_head() {
+            Some(head) => Forward::Features(model.forward_features(b, x)?, head),
+            None => Forward::Logits(model.forward_logits(b, x)?),
+        })
+    }
+
+    fn scores<B: Backend<Tensor = T>>(&self, b: &B, m0: &T, class: usize, kind: ScoreKind) -> Result<T> {
+        match self {
+            Forward::Logits(logits) => b.segmentation_scores(logits, m0, class, kind),
+            Forward::Features(features, head) => b.head_scores(features, *head, m0, class, kind),
+        }
     }
 }
 

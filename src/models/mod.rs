@@ -398,10 +398,29 @@ impl<B: Backend> SegModel<B> {
     /// model also takes one-slice volumes (N, C, 1, H, W), the tiles of an nnU-Net 2d configuration's
     /// sliding window over a volume, and gives (N, classes, 1, H, W).
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
+        self.run(b, x, Until::Logits)
+    }
+
+    /// The last layer as (weight, bias) where it is a pointwise (1x1) convolution of a 2-D network with
+    /// nothing after it (BasicUNet's), so that a score reading some pixels only may apply it there
+    /// ([`Backend::head_scores`] on [`Self::forward_features`]).
+    pub fn pointwise_head(&self) -> Option<(&B::Tensor, &B::Tensor)> {
+        match self.net() {
+            Arch::Basic(m) if self.spatial_dims() == 2 => Some(m.head()),
+            _ => None,
+        }
+    }
+
+    /// [`Self::forward_logits`] less the [`Self::pointwise_head`]: what that head turns into the logits.
+    pub fn forward_features(&self, b: &B, x: &B::Tensor) -> anyhow::Result<B::Tensor> {
+        self.run(b, x, Until::Features)
+    }
+
+    fn run(&self, b: &B, x: &B::Tensor, until: Until) -> anyhow::Result<B::Tensor> {
         if let (2, &[n, c, 1, h, w]) = (self.spatial_dims(), b.shape(x)) {
-            let y = self.forward_logits(b, &b.reshape(x.clone(), &[n, c, h, w])?)?;
-            let classes = b.shape(&y)[1];
-            return b.reshape(y, &[n, classes, 1, h, w]);
+            let y = self.run(b, &b.reshape(x.clone(), &[n, c, h, w])?, until)?;
+            let channels = b.shape(&y)[1];
+            return b.reshape(y, &[n, channels, 1, h, w]);
         }
         let map = match self {
             SegModel::NnUNet { input_map, .. } | SegModel::Bundle { input_map, .. } => input_map.as_ref(),
@@ -430,6 +449,12 @@ impl<B: Backend> SegModel<B> {
                 &mapped
             }
         };
+        if until == Until::Features {
+            return match self.net() {
+                Arch::Basic(m) if self.pointwise_head().is_some() => m.forward_features(b, x),
+                _ => crate::fail!(InvalidInput, "this model's last layer is not a pointwise head to stop before"),
+            };
+        }
         match self.net() {
             Arch::Basic(m) => m.forward_logits(b, x),
             Arch::UNet(m) => m.forward_logits(b, x),
@@ -582,6 +607,13 @@ pub(crate) fn lcm(a: usize, b: usize) -> usize {
         (x, y) = (y, x % y);
     }
     a / x * b
+}
+
+/// Where [`SegModel`]'s forward stops: at the logits, or before the pointwise head.
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    Logits,
+    Features,
 }
 
 /// A model's network, borrowed.

@@ -467,6 +467,17 @@ impl<B: Backend> BasicUNet<B> {
     /// Logits (N, out_channels, spatial...) for a batch (N, in_channels, H, W), or (N, in_channels, D, H,
     /// W) for a 3-D model; every spatial side must be >= 16 (four 2x poolings).
     pub fn forward_logits(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let y = self.forward_features(b, x)?;
+        self.conv(b, &y, None, &self.final_weight, Some(&self.final_bias), 0, Activation::Identity)
+    }
+
+    /// The last layer, a 1x1 convolution with no activation after it: (weight, bias).
+    pub fn head(&self) -> (&B::Tensor, &B::Tensor) {
+        (&self.final_weight, &self.final_bias)
+    }
+
+    /// What [`Self::head`] turns into the logits: the features of the last decoder level.
+    pub fn forward_features(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let shape = b.shape(x);
         let axes = if self.volumetric() { "D, H, W" } else { "H, W" };
         ensure!(
@@ -490,7 +501,7 @@ impl<B: Backend> BasicUNet<B> {
         for up in &self.ups {
             y = self.upcat(b, &y, &skips.pop().expect("one skip per level"), up)?;
         }
-        self.conv(b, &y, None, &self.final_weight, Some(&self.final_bias), 0, Activation::Identity)
+        Ok(y)
     }
 
     /// Class probabilities: softmax over channels of `forward_logits`.
