@@ -20,11 +20,12 @@ the map's largest magnitude. The timed LIME/SHAP peers draw their own random coa
 correlation is reported; each is then run again on xaiclip's coalitions (exported with the arrays):
 lime_image and Captum KernelShap with their sampler replaced by a replay and everything else (images,
 distances, kernel, feature selection, regression) their own, which must agree to the same 1e-4 (Captum
-KernelShap once with its float32 fit and once fitting in float64; see Float64Regression). Seconds are medians of --repeat rounds, each round xaiclip (`bench --methods M --warmup 1
---repeat R`, its median) and then each peer once, so that every implementation is timed in the same
-minutes; torch uses every core (as xaiclip does). The peers run in one Python session that has already
-run the model; xaiclip's untimed first run per row does the same for its process (at 128² a cold run of
-occlusion faults in the activations' fresh memory, which took as long as the run itself on a Zen 4 VM).
+KernelShap once with its float32 fit and once fitting in float64; see Float64Regression). Seconds are
+medians of --repeat rounds, each round xaiclip (`bench --methods M --warmup 1 --repeat R`, its median)
+and then each peer once, so that every implementation is timed in the same minutes; torch uses every core
+(as xaiclip does). The peers run in one Python session that has already run the model; xaiclip's untimed
+first run per row does the same for its process (at 128² a cold run of occlusion faults in the
+activations' fresh memory, which took as long as the run itself on a Zen 4 VM).
 
 With --model (an nnU-Net v2 result folder) and --image/--label, both sides run that model instead: PyTorch
 builds it with nnunetv2's get_network_from_plans from fold_0's checkpoint and feeds it the same windowed

@@ -335,15 +335,23 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// The logits a pointwise (1x1) head (weight, bias) makes of `features` (N, C, H, W), at every pixel.
+pub fn head_logits<B: Backend + ?Sized>(
+    b: &B,
+    features: &B::Tensor,
+    (weight, bias): (&B::Tensor, &B::Tensor),
+) -> Result<B::Tensor> {
+    b.conv2d_fused(features, None, weight, Some(bias), 0, Activation::Identity)
+}
+
 /// [`Backend::head_scores`] through the head's logits at every pixel.
 pub fn head_then_scores<B: Backend + ?Sized>(
     b: &B,
     features: &B::Tensor,
-    (weight, bias): (&B::Tensor, &B::Tensor),
+    head: (&B::Tensor, &B::Tensor),
     m0: &B::Tensor,
     class: usize,
     kind: ScoreKind,
 ) -> Result<B::Tensor> {
-    let logits = b.conv2d_fused(features, None, weight, Some(bias), 0, Activation::Identity)?;
-    b.segmentation_scores(&logits, m0, class, kind)
+    b.segmentation_scores(&head_logits(b, features, head)?, m0, class, kind)
 }

@@ -13,7 +13,7 @@ pub mod volume;
 
 use crate::backend::perturb::keep_outside_roi_and_blend;
 pub use crate::backend::perturb::{MaskBatch, RiseMasks, ScoreKind};
-use crate::backend::{Activation, Backend, Scene};
+use crate::backend::{Backend, Scene};
 use crate::error::{kind_of, ErrorKind};
 use crate::fail;
 use crate::models::SegModel;
@@ -172,8 +172,8 @@ impl<'a, B: Backend> UNetScorer<'a, B> {
         let head_logits;
         let on_device = match &forward {
             Forward::Logits(logits) => logits,
-            Forward::Features(features, (weight, bias)) => {
-                head_logits = backend.conv2d_fused(features, None, weight, Some(bias), 0, Activation::Identity)?;
+            Forward::Features(features, head) => {
+                head_logits = crate::backend::head_logits(backend, features, *head)?;
                 &head_logits
             }
         };
