@@ -192,6 +192,42 @@ fn kernel_shap_recovers_an_additive_model() {
 }
 
 #[test]
+fn kernel_shap_scores_each_distinct_coalition_once_with_the_same_map() {
+    // 5 stripes: 60 coalitions of 5 superpixels repeat many times.
+    let size = 15;
+    let model = linear(size);
+    let p = problem(size, &model, vec![true; size * size]);
+    let seg = stripes(size);
+    let shap = KernelShap { samples: 60, seed: 3 };
+    let e = shap.explain(&mut Runner::new(&p, |_| {}), &seg).unwrap();
+    let rows = shap.coalitions(seg.count);
+    let mut distinct = rows.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() < rows.len() / 2, "{} distinct of {}", distinct.len(), rows.len());
+    {
+        let seen = model.seen.lock().unwrap();
+        assert_eq!((seen.len(), e.forward_passes, e.samples), (distinct.len(), distinct.len(), rows.len()));
+        for (i, a) in seen.iter().enumerate() {
+            assert!(seen[..i].iter().all(|b| b != a), "image {i} was scored twice");
+        }
+    }
+    // Every row scored on its own (zero baseline: a pixel is its input or 0) gives the same bits.
+    let y: Vec<f64> = rows
+        .iter()
+        .map(|on| {
+            let image: Vec<f32> =
+                (0..size * size).map(|q| if on[seg.labels[q] as usize] { p.input[q] } else { 0.0 }).collect();
+            model.scores(&Tensor::new(&[1, 1, size, size], image).unwrap()).unwrap()[0] as f64
+        })
+        .collect();
+    let phi = shapley_regression(&rows, &y).unwrap();
+    for (q, &l) in seg.labels.iter().enumerate() {
+        assert_eq!(e.saliency[q].to_bits(), (phi[l as usize] as f32).to_bits(), "pixel {q}");
+    }
+}
+
+#[test]
 fn lime_recovers_segment_contributions_of_a_linear_model() {
     let size = 15;
     let model = linear(size);

@@ -34,11 +34,31 @@ pub(crate) fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
     segments.labels.iter().map(|&l| if l < 0 { 0.0 } else { coefficients[l as usize] as f32 }).collect()
 }
 
-/// Scores every coalition in `rows` through the runner.
+/// The distinct coalitions of `rows` in order of first appearance, and which of them each row is. Kernel
+/// SHAP draws its sizes from the Shapley kernel, which favours one superpixel on or off, so repeats are
+/// common (demo slice at 128², 68 superpixels: 13 of 300); the same coalition is the same image, scored
+/// once (as the shap package's KernelExplainer merges repeated samples).
+pub(crate) fn distinct(rows: &[Vec<bool>]) -> (Vec<Vec<bool>>, Vec<usize>) {
+    let mut seen = std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let index = rows
+        .iter()
+        .map(|row| {
+            *seen.entry(row.as_slice()).or_insert_with(|| {
+                unique.push(row.clone());
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, index)
+}
+
+/// Scores every coalition in `rows` through the runner, each distinct one once.
 fn score_coalitions(runner: &mut Runner, segments: &Segments, rows: &[Vec<bool>]) -> Result<Vec<f64>> {
-    let scores =
-        runner.score_masks(rows.len(), &MaskBatch::Coalitions { rows, labels: &segments.labels }, false)?.scores;
-    Ok(scores.into_iter().map(f64::from).collect())
+    let (unique, index) = distinct(rows);
+    let masks = MaskBatch::Coalitions { rows: &unique, labels: &segments.labels };
+    let scores = runner.score_masks(unique.len(), &masks, false)?.scores;
+    Ok(index.into_iter().map(|i| f64::from(scores[i])).collect())
 }
 
 impl Lime {

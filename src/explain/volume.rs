@@ -10,7 +10,7 @@
 //!
 //! The target is the mean probability of the organ over M0, its unperturbed predicted 3-D mask.
 
-use super::lime::{paint, shapley_regression, KernelShap, Lime};
+use super::lime::{distinct, paint, shapley_regression, KernelShap, Lime};
 use super::occlusion::window_origins;
 use super::rise::Rise;
 use super::superpixels::Segments;
@@ -576,14 +576,15 @@ fn score_coalitions<B: Backend>(
     let region = roi_box(&scorer.roi, image).context("the ROI is empty: nothing to perturb")?;
     ensure!(segments.labels.len() == scorer.roi.len(), "supervoxels and volume differ in size");
     let labels: std::sync::Arc<[i32]> = segments.labels.clone().into();
-    let mut scores = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(SAMPLES_PER_CALL) {
+    let (unique, index) = distinct(rows);
+    let mut scores = Vec::with_capacity(unique.len());
+    for chunk in unique.chunks(SAMPLES_PER_CALL) {
         let batch: Vec<Perturbation> =
             chunk.iter().map(|on| Perturbation::Coalition(region, labels.clone(), on.clone())).collect();
         scores.extend(scorer.score(&batch)?.into_iter().map(f64::from));
-        progress(scores.len(), rows.len());
+        progress(scores.len(), unique.len());
     }
-    Ok(scores)
+    Ok(index.into_iter().map(|i| scores[i]).collect())
 }
 
 impl Lime {
