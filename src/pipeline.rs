@@ -624,13 +624,6 @@ pub fn run_method<B: Backend>(
         }
         _ => (None, roi),
     };
-    // Planned forward passes, for progress reports (adaptive RISE may stop earlier).
-    let total = match method {
-        Method::Occlusion => settings.occlusion.windows(size, &roi).len(),
-        Method::Rise => settings.rise.masks,
-        Method::Lime => settings.lime.samples,
-        Method::KernelShap => settings.shap.samples.max(3),
-    };
     let problem = Problem {
         size,
         input: slice.image.clone(),
@@ -639,6 +632,18 @@ pub fn run_method<B: Backend>(
         scorer: &scorer,
         batch: settings.batch,
         cancel: cancel.clone(),
+    };
+    // Planned forward passes, one per distinct image, for progress reports (adaptive RISE may stop
+    // earlier).
+    let coalitions = |rows: Vec<Vec<bool>>| {
+        crate::explain::lime::distinct_coalitions(&problem, segments.as_ref().expect("segmented"), &rows).0.len()
+    };
+    let count = segments.as_ref().map_or(0, |s| s.count);
+    let total = match method {
+        Method::Occlusion => settings.occlusion.plan(&problem).scored.len(),
+        Method::Rise => settings.rise.masks,
+        Method::Lime => coalitions(settings.lime.coalitions(count)),
+        Method::KernelShap => coalitions(settings.shap.coalitions(count)),
     };
     // done counts the unperturbed pass too, which the plan leaves out.
     let mut runner = Runner::new(&problem, |done| progress(done.min(total), total));

@@ -2,6 +2,7 @@
 //! guarantee, and determinism.
 
 use std::sync::Mutex;
+use xaiclip::backend::perturb::keep_outside_roi_and_blend;
 use xaiclip::explain::lime::{shapley_regression, weighted_ridge, KernelShap, Lime};
 use xaiclip::explain::occlusion::Occlusion;
 use xaiclip::explain::rise::Rise;
@@ -192,38 +193,64 @@ fn kernel_shap_recovers_an_additive_model() {
 }
 
 #[test]
-fn kernel_shap_scores_each_distinct_coalition_once_with_the_same_map() {
-    // 5 stripes: 60 coalitions of 5 superpixels repeat many times.
+fn samples_that_build_the_same_image_are_scored_once_and_the_maps_keep_their_bits() {
+    // Stripes 0 and 1 (columns 0-5) already are the baseline (0.25, not zero): no mask changes them.
     let size = 15;
     let model = linear(size);
-    let p = problem(size, &model, vec![true; size * size]);
+    let mut p = problem(size, &model, vec![true; size * size]);
+    p.baseline = vec![0.25; size * size];
+    (0..size * size).filter(|q| q % size < 6).for_each(|q| p.input[q] = 0.25);
     let seg = stripes(size);
+    let image = |mask: &mut Vec<f32>| {
+        let mut image = vec![0f32; size * size];
+        keep_outside_roi_and_blend(mask, &mut image, &p.input, &p.baseline, |_| true);
+        model.scores(&Tensor::new(&[1, 1, size, size], image).unwrap()).unwrap()[0]
+    };
+    let coalition = |on: &[bool]| image(&mut seg.labels.iter().map(|&l| on[l as usize] as u8 as f32).collect());
+    let occlusion = Occlusion { window: 3, stride: 3 };
+    let lime = Lime { samples: 40, kernel_width: 0.25, alpha: 1.0, seed: 2 };
     let shap = KernelShap { samples: 60, seed: 3 };
-    let e = shap.explain(&mut Runner::new(&p, |_| {}), &seg).unwrap();
-    let rows = shap.coalitions(seg.count);
-    let mut distinct = rows.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert!(distinct.len() < rows.len() / 2, "{} distinct of {}", distinct.len(), rows.len());
-    {
-        let seen = model.seen.lock().unwrap();
-        assert_eq!((seen.len(), e.forward_passes, e.samples), (distinct.len(), distinct.len(), rows.len()));
+    for method in 0..3 {
+        model.seen.lock().unwrap().clear();
+        let mut r = Runner::new(&p, |_| {});
+        // Occlusion: 25 windows, the 10 over columns 0-5 one image, plus the base; LIME and SHAP: 3
+        // stripes that change anything, so at most 8 images.
+        let (e, most) = match method {
+            0 => (occlusion.explain(&mut r).unwrap(), 25 - 9 + 1),
+            1 => (lime.explain(&mut r, &seg).unwrap(), 8),
+            _ => (shap.explain(&mut r, &seg).unwrap(), 8),
+        };
+        let seen = std::mem::take(&mut *model.seen.lock().unwrap());
+        assert_eq!(seen.len(), e.forward_passes, "method {method}");
+        assert!(e.forward_passes <= most && e.samples > most, "method {method}: {} of {}", e.forward_passes, e.samples);
         for (i, a) in seen.iter().enumerate() {
-            assert!(seen[..i].iter().all(|b| b != a), "image {i} was scored twice");
+            assert!(seen[..i].iter().all(|b| b != a), "method {method}: image {i} was scored twice");
         }
-    }
-    // Every row scored on its own (zero baseline: a pixel is its input or 0) gives the same bits.
-    let y: Vec<f64> = rows
-        .iter()
-        .map(|on| {
-            let image: Vec<f32> =
-                (0..size * size).map(|q| if on[seg.labels[q] as usize] { p.input[q] } else { 0.0 }).collect();
-            model.scores(&Tensor::new(&[1, 1, size, size], image).unwrap()).unwrap()[0] as f64
-        })
-        .collect();
-    let phi = shapley_regression(&rows, &y).unwrap();
-    for (q, &l) in seg.labels.iter().enumerate() {
-        assert_eq!(e.saliency[q].to_bits(), (phi[l as usize] as f32).to_bits(), "pixel {q}");
+        // Every sample scored on its own, and the explainer's arithmetic on those scores.
+        let want: Vec<f32> = match method {
+            0 => {
+                let base = image(&mut vec![1.0; size * size]);
+                let (mut sum, mut count) = (vec![0f64; size * size], vec![0u32; size * size]);
+                for (y0, x0) in occlusion.windows(size, &p.roi) {
+                    let cells: Vec<usize> =
+                        (y0..y0 + 3).flat_map(|y| (x0..x0 + 3).map(move |x| y * size + x)).collect();
+                    let mut mask = vec![1f32; size * size];
+                    cells.iter().for_each(|&q| mask[q] = 0.0);
+                    let drop = (base - image(&mut mask)) as f64;
+                    cells.iter().for_each(|&q| (sum[q], count[q]) = (sum[q] + drop, count[q] + 1));
+                }
+                sum.iter().zip(&count).map(|(s, &c)| (s / c as f64) as f32).collect()
+            }
+            _ => {
+                let rows = if method == 1 { lime.coalitions(seg.count) } else { shap.coalitions(seg.count) };
+                let y: Vec<f64> = rows.iter().map(|on| coalition(on) as f64).collect();
+                let c = if method == 1 { lime.fit(&rows, &y).unwrap() } else { shapley_regression(&rows, &y).unwrap() };
+                seg.labels.iter().map(|&l| c[l as usize] as f32).collect()
+            }
+        };
+        for (q, (a, b)) in e.saliency.iter().zip(&want).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "method {method}, pixel {q}: {a} vs {b}");
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! whose coefficients are painted back onto the superpixels.
 
 use super::superpixels::Segments;
-use super::{Explanation, MaskBatch, Runner};
+use super::{distinct_by, Explanation, MaskBatch, Problem, Runner};
 use crate::rng::Philox;
 use anyhow::{bail, ensure, Result};
 
@@ -34,28 +34,24 @@ pub(crate) fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
     segments.labels.iter().map(|&l| if l < 0 { 0.0 } else { coefficients[l as usize] as f32 }).collect()
 }
 
-/// The distinct coalitions of `rows` in order of first appearance, and which of them each row is. Kernel
-/// SHAP draws its sizes from the Shapley kernel, which favours one superpixel on or off, so repeats are
-/// common (demo slice at 128², 68 superpixels: 13 of 300); the same coalition is the same image, scored
-/// once (as the shap package's KernelExplainer merges repeated samples).
-pub(crate) fn distinct(rows: &[Vec<bool>]) -> (Vec<Vec<bool>>, Vec<usize>) {
-    let mut seen = std::collections::HashMap::new();
-    let mut unique = Vec::new();
-    let index = rows
-        .iter()
-        .map(|row| {
-            *seen.entry(row.as_slice()).or_insert_with(|| {
-                unique.push(row.clone());
-                unique.len() - 1
-            })
-        })
-        .collect();
-    (unique, index)
+/// The coalitions of `rows` that build distinct images, and which of them each row builds. A superpixel
+/// with no perturbable pixel changes nothing on or off, and Kernel SHAP's kernel draws one superpixel on
+/// or off often, so repeats are common (demo slice at 128², 68 superpixels, 300 samples: 13 identical
+/// rows); each image is scored once (as the shap package's KernelExplainer merges repeated samples).
+pub fn distinct_coalitions(problem: &Problem, segments: &Segments, rows: &[Vec<bool>]) -> (Vec<Vec<bool>>, Vec<usize>) {
+    let mut active = vec![false; segments.count];
+    for (q, &l) in segments.labels.iter().enumerate() {
+        if l >= 0 && problem.perturbable(q) {
+            active[l as usize] = true;
+        }
+    }
+    // Inert superpixels read as on.
+    distinct_by(rows, |row| row.iter().zip(&active).map(|(&on, &a)| on || !a).collect::<Vec<bool>>())
 }
 
-/// Scores every coalition in `rows` through the runner, each distinct one once.
+/// Scores every coalition in `rows` through the runner, each distinct image once.
 fn score_coalitions(runner: &mut Runner, segments: &Segments, rows: &[Vec<bool>]) -> Result<Vec<f64>> {
-    let (unique, index) = distinct(rows);
+    let (unique, index) = distinct_coalitions(runner.problem, segments, rows);
     let masks = MaskBatch::Coalitions { rows: &unique, labels: &segments.labels };
     let scores = runner.score_masks(unique.len(), &masks, false)?.scores;
     Ok(index.into_iter().map(|i| f64::from(scores[i])).collect())

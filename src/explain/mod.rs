@@ -327,6 +327,42 @@ pub struct Problem<'a> {
     pub cancel: Cancel,
 }
 
+impl Problem<'_> {
+    /// Whether a keep-mask can change pixel q of the perturbed images, `baseline + m (input - baseline)`
+    /// on every path: inside the ROI where input - baseline is not zero. Where it is ±0, m times it is
+    /// that same ±0 for every mask value, so the pixel comes out the same bits (background that already
+    /// is the baseline, as air windowed to 0 against the zero baseline).
+    pub fn perturbable(&self, q: usize) -> bool {
+        self.roi[q] && self.input[q] - self.baseline[q] != 0.0
+    }
+
+    /// Whether the perturbed image of an all-ones mask is the input itself, bit for bit (as with the zero
+    /// baseline; another may round `input - baseline` back to a neighbour of the input).
+    pub fn keeps_input(&self) -> bool {
+        self.input.iter().zip(&self.baseline).all(|(&x, &b)| (b + 1.0 * (x - b)).to_bits() == x.to_bits())
+    }
+}
+
+/// The items of `items` distinct by `key`, in order of first appearance, and which of them each item is:
+/// samples that build the same perturbed image are scored once (the map gets the same bits).
+pub(crate) fn distinct_by<'a, T: Clone, K: std::hash::Hash + Eq>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> (Vec<T>, Vec<usize>) {
+    let mut seen = std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let index = items
+        .iter()
+        .map(|item| {
+            *seen.entry(key(item)).or_insert_with(|| {
+                unique.push(item.clone());
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, index)
+}
+
 /// Counts forward passes (perturbed images scored) and reports progress.
 pub struct Runner<'a> {
     /// The problem being explained.

@@ -4,7 +4,7 @@
 //! window set to the baseline). ROI mode evaluates only windows that intersect the ROI and occludes only
 //! their part inside it.
 
-use super::{Explanation, MaskBatch, Runner};
+use super::{distinct_by, Explanation, MaskBatch, Problem, Runner};
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -21,6 +21,16 @@ pub struct Occlusion {
 pub fn window_origins(size: usize, window: usize, stride: usize) -> Vec<usize> {
     let shifts = size.saturating_sub(window).div_ceil(stride) + 1;
     (0..shifts).map(|k| k * stride).collect()
+}
+
+/// What an occlusion run evaluates ([`Occlusion::plan`]).
+pub struct Plan {
+    /// Every window's origin (y, x).
+    pub windows: Vec<(usize, usize)>,
+    /// The windows scored, one per distinct perturbed image other than the input itself.
+    pub scored: Vec<(usize, usize)>,
+    /// Per window, the scored window that builds its image (None: the input itself, scored as the base).
+    pub which: Vec<Option<usize>>,
 }
 
 impl Occlusion {
@@ -44,20 +54,52 @@ impl Occlusion {
         out
     }
 
+    /// The pixels window (y0, x0) changes: its pixels that are [`Problem::perturbable`].
+    fn changes(&self, problem: &Problem, (y0, x0): (usize, usize)) -> Vec<usize> {
+        let (size, k) = (problem.size, self.window);
+        (y0..(y0 + k).min(size))
+            .flat_map(|y| (x0..(x0 + k).min(size)).map(move |x| y * size + x))
+            .filter(|&q| problem.perturbable(q))
+            .collect()
+    }
+
+    /// The windows to evaluate and the ones to score: windows that change the same pixels build the same
+    /// image, scored once (those over background that already is the baseline change none: demo slice,
+    /// 32/16 windows, 4 of 49 at 128², 76 of 225 at 256²), and one that changes nothing is not scored
+    /// where an all-ones mask gives the input back (the zero baseline): its score is the base.
+    pub fn plan(&self, problem: &Problem) -> Plan {
+        let windows = self.windows(problem.size, &problem.roi);
+        let (mut scored, which) = distinct_by(&windows, |&w| self.changes(problem, w));
+        let idle = problem.keeps_input().then(|| scored.iter().position(|&w| self.changes(problem, w).is_empty()));
+        let idle = idle.flatten();
+        if let Some(i) = idle {
+            scored.remove(i);
+        }
+        let which = which
+            .into_iter()
+            .map(|j| match idle {
+                Some(i) if j == i => None,
+                Some(i) if j > i => Some(j - 1),
+                _ => Some(j),
+            })
+            .collect();
+        Plan { windows, scored, which }
+    }
+
     /// The map: per pixel, the mean score drop of the windows covering it.
     pub fn explain(&self, runner: &mut Runner) -> Result<Explanation> {
         ensure!(self.window >= 1 && self.stride >= 1, "occlusion window and stride must be >= 1");
         let size = runner.problem.size;
-        let windows = self.windows(size, &runner.problem.roi);
+        let Plan { windows, scored, which } = self.plan(runner.problem);
         let base = runner.base_score()?;
         let mut sum = vec![0f64; size * size];
         let mut count = vec![0u32; size * size];
         let k = self.window;
         let roi = &runner.problem.roi;
         let scores =
-            runner.score_masks(windows.len(), &MaskBatch::Windows { origins: &windows, window: k }, false)?.scores;
-        for (&(y0, x0), score) in windows.iter().zip(scores) {
-            let drop = (base - score) as f64;
+            runner.score_masks(scored.len(), &MaskBatch::Windows { origins: &scored, window: k }, false)?.scores;
+        for (&(y0, x0), i) in windows.iter().zip(which) {
+            let drop = (base - i.map_or(base, |i| scores[i])) as f64;
             // The runner occluded the window's part inside the ROI only.
             for y in y0..(y0 + k).min(size) {
                 for x in x0..(x0 + k).min(size) {

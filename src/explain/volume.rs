@@ -10,7 +10,7 @@
 //!
 //! The target is the mean probability of the organ over M0, its unperturbed predicted 3-D mask.
 
-use super::lime::{distinct, paint, shapley_regression, KernelShap, Lime};
+use super::lime::{paint, shapley_regression, KernelShap, Lime};
 use super::occlusion::window_origins;
 use super::rise::Rise;
 use super::superpixels::Segments;
@@ -576,7 +576,7 @@ fn score_coalitions<B: Backend>(
     let region = roi_box(&scorer.roi, image).context("the ROI is empty: nothing to perturb")?;
     ensure!(segments.labels.len() == scorer.roi.len(), "supervoxels and volume differ in size");
     let labels: std::sync::Arc<[i32]> = segments.labels.clone().into();
-    let (unique, index) = distinct(rows);
+    let (unique, index) = super::distinct_by(rows, |row| row.as_slice());
     let mut scores = Vec::with_capacity(unique.len());
     for chunk in unique.chunks(SAMPLES_PER_CALL) {
         let batch: Vec<Perturbation> =
