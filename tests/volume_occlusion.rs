@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use xaiclip::backend::perturb::RiseMask3d;
 use xaiclip::backend::CpuBackend;
-use xaiclip::explain::lime::{KernelShap, Lime};
+use xaiclip::explain::lime::{shapley_regression, KernelShap, Lime};
 use xaiclip::explain::rise::Rise;
 use xaiclip::explain::superpixels::Segmenter;
 use xaiclip::explain::volume::{Occlusion3d, Perturbation, Region, VolumeExplanation, VolumeScorer};
@@ -193,6 +193,51 @@ fn lime_and_kernel_shap_over_supervoxels_reuse_tiles_exactly_and_shap_adds_up() 
         "sum {total}, f1 - f0 {}",
         scorer.base_score as f64 - f0
     );
+}
+
+#[test]
+fn coalitions_that_build_the_same_volume_are_scored_once_with_the_same_map() {
+    let roi = corner_roi();
+    let (model, mut x, window) = case();
+    let voxels = 18 * 40 * 36;
+    let segments = Segmenter::slic(12).segment_volume(&x.data()[..voxels], [18, 40, 36], &roi).unwrap();
+    // The first half of the supervoxels already is the baseline (0) in every channel: switching them off
+    // changes nothing.
+    let (channels, inert) = (x.len() / voxels, segments.count as i32 / 2);
+    assert!(inert >= 2, "{} supervoxels", segments.count);
+    for v in (0..voxels).filter(|&v| (0..inert).contains(&segments.labels[v])) {
+        (0..channels).for_each(|c| x.data_mut()[c * voxels + v] = 0.0);
+    }
+    let shap = KernelShap { samples: 40, seed: 5 };
+    let rows = shap.coalitions(segments.count);
+    let mut distinct: Vec<Vec<bool>> =
+        rows.iter().map(|r| r.iter().enumerate().map(|(l, &on)| on || (l as i32) < inert).collect()).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() < rows.len(), "{} of {}", distinct.len(), rows.len());
+    let scorer = || {
+        let mut s = VolumeScorer::new(&CpuBackend, &model, &x, &window, 1, 0.0).unwrap();
+        s.set_roi(roi.clone()).unwrap();
+        s
+    };
+    let mut planned = 0;
+    let e = shap.explain_volume(&mut scorer(), &segments, |_, total| planned = total).unwrap();
+    assert_eq!((planned, e.samples), (distinct.len(), rows.len()));
+    // Every row scored on its own gives the same Shapley values, bit for bit.
+    let mut alone = scorer();
+    let region = Region { lo: [0; 3], hi: [8, 18, 16] };
+    let y: Vec<f64> = rows
+        .iter()
+        .map(|on| {
+            let p = Perturbation::Coalition(region, segments.labels.clone().into(), on.clone());
+            alone.score(&[p]).unwrap()[0] as f64
+        })
+        .collect();
+    let phi = shapley_regression(&rows, &y).unwrap();
+    for (v, &l) in segments.labels.iter().enumerate() {
+        let want = usize::try_from(l).map_or(0.0, |l| phi[l] as f32);
+        assert_eq!(e.saliency[v].to_bits(), want.to_bits(), "voxel {v}");
+    }
 }
 
 #[test]

@@ -45,8 +45,13 @@ pub fn distinct_coalitions(problem: &Problem, segments: &Segments, rows: &[Vec<b
             active[l as usize] = true;
         }
     }
-    // Inert superpixels read as on.
-    distinct_by(rows, |row| row.iter().zip(&active).map(|(&on, &a)| on || !a).collect::<Vec<bool>>())
+    distinct_images(rows, &active)
+}
+
+/// The coalitions of `rows` that build distinct images where only the superpixels marked in `active`
+/// change anything, and which of them each row builds (the others read as on).
+pub(crate) fn distinct_images(rows: &[Vec<bool>], active: &[bool]) -> (Vec<Vec<bool>>, Vec<usize>) {
+    distinct_by(rows, |row| row.iter().zip(active).map(|(&on, &a)| on || !a).collect::<Vec<bool>>())
 }
 
 /// Scores every coalition in `rows` through the runner, each distinct image once.

@@ -10,7 +10,7 @@
 //!
 //! The target is the mean probability of the organ over M0, its unperturbed predicted 3-D mask.
 
-use super::lime::{paint, shapley_regression, KernelShap, Lime};
+use super::lime::{distinct_images, paint, shapley_regression, KernelShap, Lime};
 use super::occlusion::window_origins;
 use super::rise::Rise;
 use super::superpixels::Segments;
@@ -329,6 +329,21 @@ impl<'a, B: Backend> VolumeScorer<'a, B> {
         out
     }
 
+    /// Which supervoxels of `segments` a coalition can change: those with a voxel, in any channel, whose
+    /// bits are not the baseline's (switching the others off writes the values already there, so
+    /// coalitions that differ only in them build the same volume).
+    fn changing(&self, segments: &Segments) -> Vec<bool> {
+        let voxels = self.roi.len();
+        let mut active = vec![false; segments.count];
+        for (v, &l) in segments.labels.iter().enumerate() {
+            let differs = (0..self.channels).any(|c| self.volume[c * voxels + v].to_bits() != self.baseline.to_bits());
+            if l >= 0 && differs {
+                active[l as usize] = true;
+            }
+        }
+        active
+    }
+
     /// The reference: the perturbed volume through every tile and the full blend.
     fn score_recomputing_every_tile(&mut self, p: &Perturbation) -> Result<f32> {
         let [d, h, w] = self.plan.image;
@@ -576,7 +591,7 @@ fn score_coalitions<B: Backend>(
     let region = roi_box(&scorer.roi, image).context("the ROI is empty: nothing to perturb")?;
     ensure!(segments.labels.len() == scorer.roi.len(), "supervoxels and volume differ in size");
     let labels: std::sync::Arc<[i32]> = segments.labels.clone().into();
-    let (unique, index) = super::distinct_by(rows, |row| row.as_slice());
+    let (unique, index) = distinct_images(rows, &scorer.changing(segments));
     let mut scores = Vec::with_capacity(unique.len());
     for chunk in unique.chunks(SAMPLES_PER_CALL) {
         let batch: Vec<Perturbation> =
