@@ -70,8 +70,8 @@ impl Occlusion {
     pub fn plan(&self, problem: &Problem) -> Plan {
         let windows = self.windows(problem.size, &problem.roi);
         let (mut scored, which) = distinct_by(&windows, |&w| self.changes(problem, w));
-        let idle = problem.keeps_input().then(|| scored.iter().position(|&w| self.changes(problem, w).is_empty()));
-        let idle = idle.flatten();
+        let idle =
+            if problem.keeps_input() { scored.iter().position(|&w| self.changes(problem, w).is_empty()) } else { None };
         if let Some(i) = idle {
             scored.remove(i);
         }
