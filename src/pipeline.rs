@@ -577,7 +577,7 @@ pub fn run_method<B: Backend>(
     method: Method,
     roi_mode: RoiMode,
     settings: &Settings,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
     cancel: &Cancel,
 ) -> Result<MethodRun> {
     let size = slice.size;
@@ -633,20 +633,7 @@ pub fn run_method<B: Backend>(
         batch: settings.batch,
         cancel: cancel.clone(),
     };
-    // Planned forward passes, one per distinct image, for progress reports (adaptive RISE may stop
-    // earlier).
-    let coalitions = |rows: Vec<Vec<bool>>| {
-        crate::explain::lime::distinct_coalitions(&problem, segments.as_ref().expect("segmented"), &rows).0.len()
-    };
-    let count = segments.as_ref().map_or(0, |s| s.count);
-    let total = match method {
-        Method::Occlusion => settings.occlusion.plan(&problem).scored.len(),
-        Method::Rise => settings.rise.masks,
-        Method::Lime => coalitions(settings.lime.coalitions(count)),
-        Method::KernelShap => coalitions(settings.shap.coalitions(count)),
-    };
-    // done counts the unperturbed pass too, which the plan leaves out.
-    let mut runner = Runner::new(&problem, |done| progress(done.min(total), total));
+    let mut runner = Runner::new(&problem, progress);
     let explanation = match method {
         Method::Occlusion => settings.occlusion.explain(&mut runner)?,
         Method::Rise => settings.rise.explain(&mut runner)?,
@@ -666,7 +653,7 @@ pub fn run_method<B: Backend>(
     let roi = problem.roi.clone();
     let faithfulness = if settings.faithfulness_steps > 0 {
         let whole = Problem { roi: vec![true; size * size], ..problem };
-        let mut metric_runner = Runner::new(&whole, |_| {});
+        let mut metric_runner = Runner::new(&whole, |_, _| {});
         let curves = faithfulness(&mut metric_runner, &explanation.saliency, settings.faithfulness_steps)?;
         Some(curves)
     } else {

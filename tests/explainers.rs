@@ -67,7 +67,7 @@ fn occlusion_of_a_linear_model_is_the_mean_window_sum() {
     let model = linear(size);
     let p = problem(size, &model, vec![true; size * size]);
     for (k, t) in [(1, 1), (3, 2), (4, 3), (5, 5)] {
-        let e = Occlusion { window: k, stride: t }.explain(&mut Runner::new(&p, |_| {})).unwrap();
+        let e = Occlusion { window: k, stride: t }.explain(&mut Runner::new(&p, |_, _| {})).unwrap();
         // Captum: origins 0, t, ... while ceil((size - k) / t) + 1 shifts; window clipped at the border.
         let shifts = (size - k).div_ceil(t) + 1;
         let (mut sum, mut count) = (vec![0f64; size * size], vec![0f64; size * size]);
@@ -98,7 +98,7 @@ fn rise_equals_its_formula_on_the_same_masks() {
     let model = linear(size);
     let p = problem(size, &model, vec![true; size * size]);
     let rise = Rise { masks: 40, grid: 5, p1: 0.5, seed: 3, tol: None };
-    let e = rise.explain(&mut Runner::new(&p, |_| {})).unwrap();
+    let e = rise.explain(&mut Runner::new(&p, |_, _| {})).unwrap();
     let mut want = vec![0f64; size * size];
     let mut m = vec![0f32; size * size];
     for i in 0..40 {
@@ -177,7 +177,7 @@ fn kernel_shap_recovers_an_additive_model() {
     let model = linear(size);
     let p = problem(size, &model, vec![true; size * size]);
     let seg = stripes(size);
-    let e = KernelShap { samples: 60, seed: 9 }.explain(&mut Runner::new(&p, |_| {}), &seg).unwrap();
+    let e = KernelShap { samples: 60, seed: 9 }.explain(&mut Runner::new(&p, |_, _| {}), &seg).unwrap();
     // Linear model, zero baseline: segment j contributes exactly sum_{q in j} w_q x_q when on.
     for j in 0..seg.count as i32 {
         let want: f64 =
@@ -212,7 +212,7 @@ fn samples_that_build_the_same_image_are_scored_once_and_the_maps_keep_their_bit
     let shap = KernelShap { samples: 60, seed: 3 };
     for method in 0..3 {
         model.seen.lock().unwrap().clear();
-        let mut r = Runner::new(&p, |_| {});
+        let mut r = Runner::new(&p, |_, _| {});
         // Occlusion: 25 windows, the 10 over columns 0-5 one image, plus the base; LIME and SHAP: 3
         // stripes that change anything, so at most 8 images.
         let (e, most) = match method {
@@ -261,7 +261,7 @@ fn lime_recovers_segment_contributions_of_a_linear_model() {
     let p = problem(size, &model, vec![true; size * size]);
     let seg = stripes(size);
     let lime = Lime { samples: 400, kernel_width: 0.25, alpha: 1e-6, seed: 4 };
-    let e = lime.explain(&mut Runner::new(&p, |_| {}), &seg).unwrap();
+    let e = lime.explain(&mut Runner::new(&p, |_, _| {}), &seg).unwrap();
     for j in 0..seg.count as i32 {
         let want: f64 =
             (0..size * size).filter(|&q| seg.labels[q] == j).map(|q| (p.input[q] * model.w[q]) as f64).sum();
@@ -279,7 +279,7 @@ fn roi_mode_never_touches_a_pixel_outside_the_roi() {
     for method in 0..4 {
         let model = linear(size);
         let p = problem(size, &model, roi.clone());
-        let mut r = Runner::new(&p, |_| {});
+        let mut r = Runner::new(&p, |_, _| {});
         let e = match method {
             0 => Occlusion { window: 4, stride: 2 }.explain(&mut r),
             1 => Rise { masks: 30, grid: 4, p1: 0.5, seed: 1, tol: None }.explain(&mut r),
@@ -318,7 +318,7 @@ fn same_seed_gives_bit_identical_maps() {
     let run = |seed: u64, method: usize| {
         let model = linear(size);
         let p = problem(size, &model, vec![true; size * size]);
-        let mut r = Runner::new(&p, |_| {});
+        let mut r = Runner::new(&p, |_, _| {});
         let e = match method {
             0 => Rise { masks: 25, grid: 4, p1: 0.4, seed, tol: None }.explain(&mut r),
             1 => Lime { samples: 25, kernel_width: 0.25, alpha: 1.0, seed }.explain(&mut r, &seg),
@@ -337,8 +337,9 @@ fn adaptive_rise_stops_early_on_a_converged_map() {
     let size = 12;
     let model = linear(size);
     let p = problem(size, &model, vec![true; size * size]);
-    let e =
-        Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }.explain(&mut Runner::new(&p, |_| {})).unwrap();
+    let e = Rise { masks: 4000, grid: 3, p1: 0.5, seed: 2, tol: Some(0.05) }
+        .explain(&mut Runner::new(&p, |_, _| {}))
+        .unwrap();
     assert!(e.samples < 4000 && e.samples >= 500 && e.samples.is_multiple_of(250), "used {}", e.samples);
     // The history the convergence plot draws: one check per block after the first, every change but the
     // last at or above the tolerance, the last below it.
@@ -349,7 +350,7 @@ fn adaptive_rise_stops_early_on_a_converged_map() {
     let (last, before) = c.steps.split_last().unwrap();
     assert!(last.1 < 0.05 && before.iter().all(|s| s.1 >= 0.05 && s.1.is_finite()), "{:?}", c.steps);
     let fixed =
-        Rise { masks: 500, grid: 3, p1: 0.5, seed: 2, tol: None }.explain(&mut Runner::new(&p, |_| {})).unwrap();
+        Rise { masks: 500, grid: 3, p1: 0.5, seed: 2, tol: None }.explain(&mut Runner::new(&p, |_, _| {})).unwrap();
     assert!(fixed.convergence.is_none());
 }
 
@@ -360,7 +361,7 @@ fn deletion_and_insertion_curves_run_between_input_and_baseline() {
     let p = problem(size, &model, vec![true; size * size]);
     let total: f64 = p.input.iter().map(|&v| v as f64).sum();
     // Saliency = the input itself: deletion removes the largest pixels first, so its curve falls fastest.
-    let f = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &p.input, 5).unwrap();
+    let f = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_, _| {}), &p.input, 5).unwrap();
     assert!((f.deletion_curve[0] - total).abs() < 1e-3 && f.deletion_curve[5].abs() < 1e-6, "{:?}", f.deletion_curve);
     assert!(
         f.insertion_curve[0].abs() < 1e-6 && (f.insertion_curve[5] - total).abs() < 1e-3,
@@ -369,7 +370,7 @@ fn deletion_and_insertion_curves_run_between_input_and_baseline() {
     );
     assert!(f.deletion_curve.windows(2).all(|w| w[1] <= w[0] + 1e-6));
     let reversed: Vec<f32> = p.input.iter().map(|v| -v).collect();
-    let g = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_| {}), &reversed, 5).unwrap();
+    let g = xaiclip::metrics::faithfulness(&mut Runner::new(&p, |_, _| {}), &reversed, 5).unwrap();
     assert!(f.deletion_auc < g.deletion_auc && f.insertion_auc > g.insertion_auc);
 }
 
@@ -383,7 +384,7 @@ fn a_cancelled_run_stops_at_the_next_batch() {
     // The progress callback cancels after the first batch of 7; the runner must not start a second.
     let mut calls = 0;
     let err = rise
-        .explain(&mut Runner::new(&p, |_| {
+        .explain(&mut Runner::new(&p, |_, _| {
             calls += 1;
             cancel.cancel();
         }))
@@ -392,5 +393,5 @@ fn a_cancelled_run_stops_at_the_next_batch() {
     assert_eq!(model.seen.lock().unwrap().len(), 7);
     assert_eq!(calls, 1);
     p.cancel.reset();
-    assert!(rise.explain(&mut Runner::new(&p, |_| {})).is_ok());
+    assert!(rise.explain(&mut Runner::new(&p, |_, _| {})).is_ok());
 }

@@ -71,7 +71,7 @@ fn fused_explanations_equal_the_host_path() {
                 batch: 5,
                 cancel: Cancel::default(),
             };
-            let mut runner = Runner::new(&problem, |_| {});
+            let mut runner = Runner::new(&problem, |_, _| {});
             match method {
                 0 => Occlusion { window: 7, stride: 5 }.explain(&mut runner),
                 1 => Rise { masks: 23, grid: 5, p1: 0.5, seed: 3, tol: None }.explain(&mut runner),

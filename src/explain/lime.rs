@@ -38,7 +38,7 @@ pub(crate) fn paint(segments: &Segments, coefficients: &[f64]) -> Vec<f32> {
 /// with no perturbable pixel changes nothing on or off, and Kernel SHAP's kernel draws one superpixel on
 /// or off often, so repeats are common (demo slice at 128², 68 superpixels, 300 samples: 13 identical
 /// rows); each image is scored once (as the shap package's KernelExplainer merges repeated samples).
-pub fn distinct_coalitions(problem: &Problem, segments: &Segments, rows: &[Vec<bool>]) -> (Vec<Vec<bool>>, Vec<usize>) {
+fn distinct_coalitions(problem: &Problem, segments: &Segments, rows: &[Vec<bool>]) -> (Vec<Vec<bool>>, Vec<usize>) {
     let mut active = vec![false; segments.count];
     for (q, &l) in segments.labels.iter().enumerate() {
         if l >= 0 && problem.perturbable(q) {
@@ -57,6 +57,7 @@ pub(crate) fn distinct_images(rows: &[Vec<bool>], active: &[bool]) -> (Vec<Vec<b
 /// Scores every coalition in `rows` through the runner, each distinct image once.
 fn score_coalitions(runner: &mut Runner, segments: &Segments, rows: &[Vec<bool>]) -> Result<Vec<f64>> {
     let (unique, index) = distinct_coalitions(runner.problem, segments, rows);
+    runner.plan(unique.len());
     let masks = MaskBatch::Coalitions { rows: &unique, labels: &segments.labels };
     let scores = runner.score_masks(unique.len(), &masks, false)?.scores;
     Ok(index.into_iter().map(|i| f64::from(scores[i])).collect())

@@ -369,13 +369,26 @@ pub struct Runner<'a> {
     pub problem: &'a Problem<'a>,
     /// Forward passes so far (the unperturbed base score counted where it had to run).
     pub forward_passes: usize,
-    progress: Box<dyn FnMut(usize) + 'a>,
+    /// The images the explainer said it will score ([`Runner::plan`]), for progress reports.
+    planned: usize,
+    progress: Box<dyn FnMut(usize, usize) + 'a>,
 }
 
 impl<'a> Runner<'a> {
-    /// A runner for `problem` that reports the forward passes done to `progress`.
-    pub fn new(problem: &'a Problem<'a>, progress: impl FnMut(usize) + 'a) -> Self {
-        Self { problem, forward_passes: 0, progress: Box::new(progress) }
+    /// A runner for `problem` that reports `progress(done, planned)` in forward passes (done capped at
+    /// planned: the base score's pass is not in the plan).
+    pub fn new(problem: &'a Problem<'a>, progress: impl FnMut(usize, usize) + 'a) -> Self {
+        Self { problem, forward_passes: 0, planned: 0, progress: Box::new(progress) }
+    }
+
+    /// The explainer's plan: it will score `images` perturbed images (one per distinct image; adaptive
+    /// RISE may stop earlier).
+    pub fn plan(&mut self, images: usize) {
+        self.planned = images;
+    }
+
+    fn report(&mut self, done: usize) {
+        (self.progress)(done.min(self.planned), self.planned);
     }
 
     /// Score of the unperturbed input: the scorer's own where it knows it (no forward), else one forward.
@@ -393,8 +406,7 @@ impl<'a> Runner<'a> {
     pub fn score_masks(&mut self, n: usize, masks: &MaskBatch, weighted_sum: bool) -> Result<MaskScores> {
         let p = self.problem;
         let done = self.forward_passes;
-        let progress = &mut self.progress;
-        let fused = p.scorer.score_masks(p, masks, n, weighted_sum, &mut |k| progress(done + k));
+        let fused = p.scorer.score_masks(p, masks, n, weighted_sum, &mut |k| self.report(done + k));
         if let Some(result) = fused {
             let result = result?;
             ensure!(result.scores.len() == n, "scorer returned {} scores for {n} samples", result.scores.len());
@@ -450,7 +462,7 @@ impl<'a> Runner<'a> {
             }
             start += b;
             self.forward_passes += b;
-            (self.progress)(self.forward_passes);
+            self.report(self.forward_passes);
             p.cancel.check()?;
         }
         Ok(())

@@ -24,13 +24,13 @@ pub fn window_origins(size: usize, window: usize, stride: usize) -> Vec<usize> {
 }
 
 /// What an occlusion run evaluates ([`Occlusion::plan`]).
-pub struct Plan {
+struct Plan {
     /// Every window's origin (y, x).
-    pub windows: Vec<(usize, usize)>,
+    windows: Vec<(usize, usize)>,
     /// The windows scored, one per distinct perturbed image other than the input itself.
-    pub scored: Vec<(usize, usize)>,
+    scored: Vec<(usize, usize)>,
     /// Per window, the scored window that builds its image (None: the input itself, scored as the base).
-    pub which: Vec<Option<usize>>,
+    which: Vec<Option<usize>>,
 }
 
 impl Occlusion {
@@ -67,7 +67,7 @@ impl Occlusion {
     /// image, scored once (those over background that already is the baseline change none: demo slice,
     /// 32/16 windows, 4 of 49 at 128², 76 of 225 at 256²), and one that changes nothing is not scored
     /// where an all-ones mask gives the input back (the zero baseline): its score is the base.
-    pub fn plan(&self, problem: &Problem) -> Plan {
+    fn plan(&self, problem: &Problem) -> Plan {
         let windows = self.windows(problem.size, &problem.roi);
         let (mut scored, which) = distinct_by(&windows, |&w| self.changes(problem, w));
         let idle =
@@ -91,6 +91,7 @@ impl Occlusion {
         ensure!(self.window >= 1 && self.stride >= 1, "occlusion window and stride must be >= 1");
         let size = runner.problem.size;
         let Plan { windows, scored, which } = self.plan(runner.problem);
+        runner.plan(scored.len());
         let base = runner.base_score()?;
         let mut sum = vec![0f64; size * size];
         let mut count = vec![0u32; size * size];

@@ -47,6 +47,7 @@ impl Rise {
         let mut steps = Vec::new();
         // Blocks only matter for the adaptive stop; a fixed run is one block of all masks.
         let block = if self.tol.is_some() { BLOCK } else { self.masks };
+        runner.plan(self.masks);
         while used < self.masks {
             let n = block.min(self.masks - used);
             let result = runner.score_masks(n, &MaskBatch::Rise { masks: self.mask_set(), first: used }, true)?;
